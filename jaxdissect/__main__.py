@@ -1,0 +1,7 @@
+"""``python -m jaxdissect``."""
+
+import sys
+
+from jaxdissect.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Writing a Broden-format folder: the inverse of ``open_broden``.
+
+Used by the synthetic world and by tests to make probe sets that real Broden readers
+(NetDissect, NetDissect-Lite, this package) read the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeImage:
+    """One image of a probe set.
+
+    Attributes:
+      name: file stem relative to images/ (e.g. "synthetic/000001").
+      pixels: (ih, iw, 3) uint8 RGB.
+      planes: per pixel-level category, a list of (sh, sw) integer label planes.
+      image_labels: per image-level category, label numbers (0 allowed: unlabelled).
+    """
+
+    name: str
+    pixels: np.ndarray
+    planes: Mapping[str, Sequence[np.ndarray]] = dataclasses.field(default_factory=dict)
+    image_labels: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
+
+
+def encode_plane(labels: np.ndarray) -> np.ndarray:
+    """(sh, sw) label numbers < 65536 as an RGB image with label = R + 256 * G."""
+    labels = np.asarray(labels)
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 0xFFFF:
+        raise ValueError("label numbers must lie in [0, 65535] to fit a PNG plane")
+    rgb = np.zeros((*labels.shape, 3), np.uint8)
+    rgb[..., 0] = labels % 256
+    rgb[..., 1] = labels // 256
+    return rgb
+
+
+def write_broden(
+    directory: str | Path,
+    categories: Sequence[str],
+    label_names: Sequence[str],
+    label_coverage: Mapping[str, Mapping[int, float]],
+    images: Sequence[ProbeImage],
+    column_order: Sequence[str] | None = None,
+) -> Path:
+    """Writes index.csv, category.csv, label.csv, c_<cat>.csv and images/.
+
+    Args:
+      directory: output folder (created).
+      categories: category names in category.csv order.
+      label_names: name of each label number; index 0 is unlabelled.
+      label_coverage: per category, {label number: coverage} for its c_<cat>.csv.
+      images: the probe images with their labels.
+      column_order: order of the category columns in index.csv (default: ``categories``).
+
+    Returns:
+      The folder.
+    """
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    column_order = list(column_order or categories)
+    rows = []
+    frequency = {c: np.zeros(len(label_names), np.int64) for c in categories}
+    for image in images:
+        height, width = image.pixels.shape[:2]
+        label_shape = None
+        row = {"image": f"{image.name}.jpg", "split": "train", "ih": height, "iw": width}
+        (directory / "images" / image.name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.pixels).save(directory / "images" / f"{image.name}.jpg", quality=95)
+        for category in column_order:
+            items = []
+            for k, plane in enumerate(image.planes.get(category, ())):
+                label_shape = plane.shape
+                path = f"{image.name}_{category}_{k}.png"
+                Image.fromarray(encode_plane(plane)).save(directory / "images" / path)
+                items.append(path)
+                frequency[category][np.unique(plane)] += 1
+            for label in image.image_labels.get(category, ()):
+                items.append(str(int(label)))
+                frequency[category][int(label)] += 1
+            row[category] = ";".join(items)
+        row["sh"], row["sw"] = label_shape or (height // 2, width // 2)
+        rows.append(row)
+    with open(directory / "index.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["image", "split", "ih", "iw", "sh", "sw", *column_order])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(directory / "category.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "first", "last", "count", "frequency"])
+        for category in categories:
+            numbers = sorted(label_coverage.get(category, {}))
+            first, last = (numbers[0], numbers[-1]) if numbers else (0, 0)
+            writer.writerow([category, first, last, len(numbers), len(images)])
+    with open(directory / "label.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
+        for number, name in enumerate(label_names):
+            if number == 0:
+                continue
+            member = [c for c in categories if number in label_coverage.get(c, {})]
+            tags = ";".join(f"{c}({int(frequency[c][number])})" for c in member)
+            total = sum(int(frequency[c][number]) for c in member)
+            coverage = sum(label_coverage[c][number] for c in member)
+            writer.writerow([number, name, tags, total, repr(float(coverage)), ""])
+    for category in categories:
+        with open(directory / f"c_{category}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["code", "number", "name", "frequency", "coverage"])
+            for code, number in enumerate(sorted(label_coverage.get(category, {})), start=1):
+                writer.writerow([
+                    code, number, label_names[number], int(frequency[category][number]),
+                    repr(float(label_coverage[category][number])),
+                ])
+    return directory

@@ -1,0 +1,200 @@
+"""Exact IoU tallies: label areas G, intersections I and unit areas A, as integer counts.
+
+For each image, each unit's map is upsampled (half-pixel bilinear) to the label size and
+thresholded strictly (``> T_u``). The labels present in the image become at most
+``num_slots`` slots; a matmul of the masks with per-pixel slot counts gives every
+intersection of the image at once, and a scatter-add moves them to the label axis. Counts
+are exact integers (float32 is exact per image, far below 2**24; the state is int32).
+
+``union`` chooses which images count towards A[u, c] (see DESIGN.md):
+``"paper"``: images carrying any label of primary category c;
+``"lite"``: images where an active pixel hits a category-c label, or that carry an
+image-level label of category c.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+UNIONS = ("paper", "lite")
+
+
+class TallyState(NamedTuple):
+    """Integer counts summed over the images seen so far.
+
+    Attributes:
+      label_area: (L,) int32, G[l]: pixels of label l over all planes (image-level labels
+        cover the whole image). Column 0 (unlabelled) is kept at zero.
+      intersection: (U, L) int32, I[u, l].
+      unit_area: (U, C) int32, A[u, c] under the state's union rule.
+      overflow: () int32, images with more distinct pixel labels than slots (must stay 0).
+    """
+
+    label_area: Int[Array, " labels"]
+    intersection: Int[Array, "units labels"]
+    unit_area: Int[Array, "units categories"]
+    overflow: Int[Array, ""]
+
+
+def tally_init(units: int, num_labels: int, num_categories: int) -> TallyState:
+    """Zero counts for ``units`` units, labels numbered 0..num_labels-1, and categories."""
+    return TallyState(
+        label_area=jnp.zeros((num_labels,), jnp.int32),
+        intersection=jnp.zeros((units, num_labels), jnp.int32),
+        unit_area=jnp.zeros((units, num_categories), jnp.int32),
+        overflow=jnp.zeros((), jnp.int32),
+    )
+
+
+def tally_merge(a: TallyState, b: TallyState) -> TallyState:
+    """Combine the tallies of two disjoint parts of the data (associative, commutative)."""
+    return jax.tree.map(jnp.add, a, b)
+
+
+def unit_masks(
+    acts: Float[Array, "h w units"],
+    thresholds: Float[Array, " units"],
+    row_matrix: Float[Array, "sh h"],
+    col_matrix: Float[Array, "sw w"],
+) -> Bool[Array, "units sh sw"]:
+    """One image's unit masks: bilinear upsampling to (sh, sw), then a strict threshold."""
+    upsampled = jnp.einsum(
+        "yh,hwu,xw->uyx", row_matrix, acts.astype(jnp.float32), col_matrix,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    return upsampled > thresholds[:, None, None]
+
+
+def _image_tally(
+    acts, thresholds, label_planes, image_labels, valid, label_category, row_matrix,
+    col_matrix, *, num_slots, num_categories, union,
+):
+    """Per-image contributions: (slot labels, slot areas, slot intersections, image labels'
+    intersections via the mask areas, unit-area increments, overflow)."""
+    units = acts.shape[-1]
+    mask = unit_masks(acts, thresholds, row_matrix, col_matrix) & valid
+    mask = mask.reshape(units, -1).astype(jnp.float32)
+    mask_area = jnp.sum(mask, axis=1)  # (U,) exact in float32: <= sh*sw
+
+    # Distinct labels of the image, 0 (unlabelled) first when present.
+    planes = label_planes.reshape(label_planes.shape[0], -1)
+    flat = jnp.sort(planes.ravel())
+    distinct = 1 + jnp.sum(flat[1:] != flat[:-1])
+    nonzero_distinct = distinct - (flat[0] == 0)
+    overflow = (nonzero_distinct > num_slots) & valid
+    # Pad with a sentinel above every label so the slots stay sorted for searchsorted.
+    sentinel = jnp.iinfo(flat.dtype).max
+    sorted_slots = jnp.unique(flat, size=num_slots + 1, fill_value=sentinel)
+    slot_index = jnp.searchsorted(sorted_slots, planes)  # (P, sh*sw)
+    slot_labels = jnp.where(sorted_slots == sentinel, 0, sorted_slots)
+    # A pixel carried by two planes counts twice: sum the one-hots over planes.
+    pixel_slots = jax.nn.one_hot(slot_index, num_slots + 1, dtype=jnp.float32).sum(axis=0)
+    pixel_slots = pixel_slots * valid
+    slot_area = jnp.sum(pixel_slots, axis=0)  # (S+1,)
+    slot_intersection = jnp.matmul(
+        mask, pixel_slots, precision=jax.lax.Precision.HIGHEST
+    )  # (U, S+1)
+
+    # Categories: slot padding and label 0 have no category (-1 one-hots to zeros).
+    slot_category = jnp.where(slot_labels > 0, label_category[slot_labels], -1)
+    slot_category_onehot = jax.nn.one_hot(slot_category, num_categories, dtype=jnp.float32)
+    slot_category_onehot = slot_category_onehot * (slot_area > 0)[:, None]
+    image_category = jnp.where(image_labels > 0, label_category[image_labels], -1)
+    image_category_present = jnp.max(
+        jax.nn.one_hot(image_category, num_categories, dtype=jnp.float32), axis=0,
+        initial=0.0,
+    )
+    if union == "paper":
+        present = jnp.maximum(jnp.max(slot_category_onehot, axis=0), image_category_present)
+        counted = jnp.broadcast_to(present, (units, num_categories))
+    else:
+        hit = (slot_intersection > 0).astype(jnp.float32) @ slot_category_onehot
+        counted = jnp.maximum((hit > 0).astype(jnp.float32), image_category_present)
+    unit_area = mask_area[:, None] * counted * valid
+    return (
+        slot_labels,
+        slot_area.astype(jnp.int32),
+        slot_intersection.astype(jnp.int32),
+        mask_area.astype(jnp.int32),
+        unit_area.astype(jnp.int32),
+        overflow.astype(jnp.int32),
+    )
+
+
+def tally_update(
+    state: TallyState,
+    acts: Float[Array, "batch h w units"],
+    thresholds: Float[Array, " units"],
+    label_planes: Int[Array, "batch planes sh sw"],
+    image_labels: Int[Array, "batch image_labels"],
+    label_category: Int[Array, " labels"],
+    row_matrix: Float[Array, "sh h"],
+    col_matrix: Float[Array, "sw w"],
+    valid: Bool[Array, " batch"] | None = None,
+    *,
+    num_slots: int = 64,
+    union: str = "paper",
+) -> TallyState:
+    """Fold one batch into the tally.
+
+    Args:
+      state: the running counts.
+      acts: (B, h, w, U) activations at the layer's resolution.
+      thresholds: (U,) per-unit thresholds (``quantile_result``).
+      label_planes: (B, P, sh, sw) label numbers of every pixel-level plane (0 = none).
+      image_labels: (B, M) image-level label numbers (0 = none).
+      label_category: (L,) primary category index of each label, -1 for none.
+      row_matrix, col_matrix: ``bilinear_matrix(sh, h)`` and ``bilinear_matrix(sw, w)``.
+      valid: optional (B,) mask; padded images (False) count nothing.
+      num_slots: static bound on distinct pixel labels per image; images above it are
+        counted in ``state.overflow`` and must be re-run with more slots.
+      union: "paper" or "lite", the rule for A (static).
+
+    Returns:
+      The updated state. Jittable (mark ``num_slots`` and ``union`` static).
+    """
+    if union not in UNIONS:
+        raise ValueError(f"union must be one of {UNIONS}, got {union!r}")
+    batch = acts.shape[0]
+    label_height, label_width = label_planes.shape[-2:]
+    if valid is None:
+        valid = jnp.ones((batch,), bool)
+    num_categories = state.unit_area.shape[1]
+    per_image = jax.vmap(
+        lambda a, p, m, v: _image_tally(
+            a, thresholds, p, m, v, label_category, row_matrix, col_matrix,
+            num_slots=num_slots, num_categories=num_categories, union=union,
+        )
+    )
+    slot_labels, slot_area, slot_intersection, mask_area, unit_area, overflow = per_image(
+        acts, label_planes, image_labels, valid
+    )
+    image_labels = jnp.where(valid[:, None], image_labels, 0)
+    units = acts.shape[-1]
+
+    label_area = state.label_area.at[slot_labels.ravel()].add(slot_area.ravel())
+    label_area = label_area.at[image_labels.ravel()].add(label_height * label_width)
+    label_area = label_area.at[0].set(0)
+
+    intersection = state.intersection.at[:, slot_labels.ravel()].add(
+        jnp.moveaxis(slot_intersection, 1, 0).reshape(units, -1)
+    )
+    # An image-level label intersects a mask wherever the mask is on.
+    image_label_hits = jnp.broadcast_to(
+        mask_area[:, :, None], (batch, units, image_labels.shape[1])
+    )
+    intersection = intersection.at[:, image_labels.ravel()].add(
+        jnp.moveaxis(image_label_hits, 1, 0).reshape(units, -1)
+    )
+    intersection = intersection.at[:, 0].set(0)
+
+    return TallyState(
+        label_area=label_area,
+        intersection=intersection,
+        unit_area=state.unit_area + unit_area.sum(axis=0),
+        overflow=state.overflow + overflow.sum(),
+    )

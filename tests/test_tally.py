@@ -1,0 +1,119 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from probe_fixture import dyadic_features, reference_tally
+
+from jaxdissect import open_broden, load_label_arrays, tally
+from jaxdissect.dissect import DissectConfig, compute_tally, compute_thresholds, features_source
+from jaxdissect.upsample import bilinear_matrix
+
+
+def _thresholds(features, q=0.05):
+    units = features.shape[-1]
+    return np.quantile(features.reshape(-1, units), 1 - q, axis=0).astype(np.float32)
+
+
+@pytest.mark.parametrize("union", ["paper", "lite"])
+@pytest.mark.parametrize("shape", [(4, 4, 5), (8, 8, 3)])
+def test_driver_tally_equals_numpy_loop(probe, union, shape):
+    features = dyadic_features(12, shape)
+    thresholds = _thresholds(features)
+    dataset = open_broden(probe.directory)
+    labels = load_label_arrays(dataset, progress=False)
+    source, layer_shape = features_source(features)
+    G, I, A = compute_tally(
+        source, labels, dataset, thresholds, layer_shape,
+        DissectConfig(union=union, batch_size=5), progress=False,
+    )
+    G_ref, I_ref, A_ref = reference_tally(features, thresholds, probe, union)
+    np.testing.assert_array_equal(G, G_ref)
+    np.testing.assert_array_equal(I, I_ref)
+    np.testing.assert_array_equal(A, A_ref)
+    assert I.sum() > 0 and A.sum() > 0 and (G > 0).sum() > 20
+
+
+def test_unions_differ_on_fixture(probe):
+    features = dyadic_features(12, (4, 4, 5))
+    thresholds = _thresholds(features)
+    _, _, A_paper = reference_tally(features, thresholds, probe, "paper")
+    _, _, A_lite = reference_tally(features, thresholds, probe, "lite")
+    assert (A_lite <= A_paper).all() and (A_lite < A_paper).any()
+
+
+def _batch_inputs(probe, features, start, stop):
+    planes = np.zeros((stop - start, 5, *probe.label_size), np.int32)
+    scalars = np.zeros((stop - start, 3), np.int32)
+    for k, i in enumerate(range(start, stop)):
+        for p, plane in enumerate(probe.planes[i]):
+            planes[k, p] = plane
+        scalars[k, : len(probe.scalars[i])] = probe.scalars[i]
+    return jnp.asarray(features[start:stop]), jnp.asarray(planes), jnp.asarray(scalars)
+
+
+def test_merge_is_associative_and_equals_one_pass(probe):
+    features = dyadic_features(12, (4, 4, 5))
+    thresholds = jnp.asarray(_thresholds(features))
+    constants = dict(
+        thresholds=thresholds, label_category=jnp.asarray(probe.label_category),
+        row_matrix=bilinear_matrix(16, 4), col_matrix=bilinear_matrix(16, 4),
+    )
+
+    def part(start, stop):
+        acts, planes, scalars = _batch_inputs(probe, features, start, stop)
+        state = tally.tally_init(5, probe.num_labels, 6)
+        return tally.tally_update(state, acts, label_planes=planes, image_labels=scalars,
+                                  num_slots=24, **constants)
+
+    whole = part(0, 12)
+    a, b, c = part(0, 3), part(3, 8), part(8, 12)
+    left = tally.tally_merge(tally.tally_merge(a, b), c)
+    right = tally.tally_merge(a, tally.tally_merge(b, c))
+    for x, y, z in zip(whole, left, right):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(y, z)
+
+
+def test_overflow_is_counted(probe):
+    features = dyadic_features(12, (4, 4, 5))
+    acts, planes, scalars = _batch_inputs(probe, features, 0, 4)
+    state = tally.tally_update(
+        tally.tally_init(5, probe.num_labels, 6), acts, jnp.zeros(5), planes, scalars,
+        jnp.asarray(probe.label_category), bilinear_matrix(16, 4), bilinear_matrix(16, 4),
+        num_slots=2,
+    )
+    assert int(state.overflow) == 4
+
+
+def test_tally_step_traces_once(probe):
+    features = dyadic_features(12, (4, 4, 5))
+    traces = []
+
+    def counted(state, acts, planes, scalars, valid):
+        traces.append(1)
+        return tally.tally_update(
+            state, acts, jnp.zeros(5), planes, scalars, jnp.asarray(probe.label_category),
+            bilinear_matrix(16, 4), bilinear_matrix(16, 4), valid, num_slots=24,
+        )
+
+    step = jax.jit(counted)
+    state = tally.tally_init(5, probe.num_labels, 6)
+    for start in (0, 4, 8):
+        acts, planes, scalars = _batch_inputs(probe, features, start, start + 4)
+        state = step(state, acts, planes, scalars, jnp.ones(4, bool))
+    assert len(traces) == 1
+
+
+def test_thresholds_pass_equals_numpy(probe):
+    features = np.random.default_rng(5).normal(size=(12, 4, 4, 5)).astype(np.float32)
+    source, shape = features_source(features)
+    got = compute_thresholds(source, 12, shape, DissectConfig(quantile=0.02, batch_size=5), progress=False)
+    np.testing.assert_array_equal(got, _thresholds(features, 0.02))
+
+
+def test_nchw_layout_equals_nhwc(probe):
+    features = dyadic_features(12, (4, 4, 5))
+    a, shape_a = features_source(features, "nhwc")
+    b, shape_b = features_source(np.ascontiguousarray(features.transpose(0, 3, 1, 2)), "nchw")
+    assert shape_a == shape_b
+    np.testing.assert_array_equal(a(2, 7), b(2, 7))
