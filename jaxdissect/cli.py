@@ -43,38 +43,60 @@ def _categories(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jaxdissect", description="Network Dissection in JAX."
-    )
+    parser = argparse.ArgumentParser(prog="jaxdissect", description="Network Dissection in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     dissect = commands.add_parser(
-        "dissect", help="label every unit of a layer with the concept it detects",
+        "dissect",
+        help="label every unit of a layer with the concept it detects",
         description="Dissect a layer's activations on a Broden-format probe set.",
     )
     dissect.add_argument("--dataset", required=True, type=Path, help="Broden-format folder")
     dissect.add_argument(
-        "--features", required=True, type=Path,
+        "--features",
+        required=True,
+        type=Path,
         help="activations .npy, one row per index.csv row, (N, h, w, U) unless --layout nchw",
     )
     dissect.add_argument("--out", required=True, type=Path, help="output folder")
     dissect.add_argument("--layer", default=None, help="layer name for the outputs")
-    dissect.add_argument("--union", choices=("paper", "lite"), default="paper",
-                         help="which images count towards a unit's area (default: paper)")
-    dissect.add_argument("--quantile", type=_fraction(True), default=0.005,
-                         help="fraction of activations above each threshold (default 0.005)")
-    dissect.add_argument("--iou-threshold", type=_fraction(False), default=0.04,
-                         help="detector when IoU is above this (default 0.04)")
-    dissect.add_argument("--categories", type=_categories, default=None,
-                         help="comma-separated subset (default: all in category.csv)")
+    dissect.add_argument(
+        "--union",
+        choices=("paper", "lite"),
+        default="paper",
+        help="which images count towards a unit's area (default: paper)",
+    )
+    dissect.add_argument(
+        "--quantile",
+        type=_fraction(True),
+        default=0.005,
+        help="fraction of activations above each threshold (default 0.005)",
+    )
+    dissect.add_argument(
+        "--iou-threshold",
+        type=_fraction(False),
+        default=0.04,
+        help="detector when IoU is above this (default 0.04)",
+    )
+    dissect.add_argument(
+        "--categories",
+        type=_categories,
+        default=None,
+        help="comma-separated subset (default: all in category.csv)",
+    )
     dissect.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc")
     dissect.add_argument("--batch-size", type=_positive_int, default=32)
-    dissect.add_argument("--cache", type=Path, default=None,
-                         help="decoded-label cache (default: $JAXDISSECT_CACHE or ~/.cache/jaxdissect)")
+    dissect.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="decoded-label cache (default: $JAXDISSECT_CACHE or ~/.cache/jaxdissect)",
+    )
     dissect.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     summarize = commands.add_parser(
-        "summarize", help="detectors and unique detectors of a tally.csv",
+        "summarize",
+        help="detectors and unique detectors of a tally.csv",
         description="Count detectors and unique detectors (top-label and per-category rules).",
     )
     summarize.add_argument("tally", type=Path, help="a tally.csv in NetDissect's columns")
@@ -115,7 +137,9 @@ def run_dissect(args: argparse.Namespace) -> int:
         )
     labels = load_label_arrays(dataset, args.cache, progress)
     config = DissectConfig(
-        quantile=args.quantile, iou_threshold=args.iou_threshold, union=args.union,
+        quantile=args.quantile,
+        iou_threshold=args.iou_threshold,
+        union=args.union,
         batch_size=args.batch_size,
     )
     layer = args.layer or args.features.stem

@@ -98,8 +98,17 @@ def tally_step(state, constants, acts, planes, image_labels, valid, *, num_slots
     """One jitted step of pass 2."""
     thresholds, label_category, rows, cols = constants
     return tally.tally_update(
-        state, acts, thresholds, planes.astype(jnp.int32), image_labels, label_category,
-        rows, cols, valid, num_slots=num_slots, union=union,
+        state,
+        acts,
+        thresholds,
+        planes.astype(jnp.int32),
+        image_labels,
+        label_category,
+        rows,
+        cols,
+        valid,
+        num_slots=num_slots,
+        union=union,
     )
 
 
@@ -159,14 +168,19 @@ def compute_thresholds(
     )
     first_bad = jax.device_put(jnp.asarray(INT32_MAX, jnp.int32), replicated)
     for start, stop in tqdm(
-        list(_batches(num_images, batch_size)), desc=f"{layer}: thresholds", unit="batch",
+        list(_batches(num_images, batch_size)),
+        desc=f"{layer}: thresholds",
+        unit="batch",
         disable=not progress,
     ):
         acts = _pad(np.asarray(activations(start, stop), np.float32), batch_size)
         valid = np.arange(batch_size) < stop - start
         indices = np.arange(start, start + batch_size, dtype=np.int32)
         state, first_bad = threshold_step(
-            state, first_bad, jax.device_put(acts, data), jax.device_put(valid, data),
+            state,
+            first_bad,
+            jax.device_put(acts, data),
+            jax.device_put(valid, data),
             jax.device_put(indices, data),
         )
     _check_finite(first_bad, num_images, layer)
@@ -197,8 +211,11 @@ def compute_tally(
     replicated = NamedSharding(mesh, PartitionSpec())
     num_slots = config.num_slots or max(1, labels.max_distinct)
     num_categories = len(dataset.categories)
-    per_batch_max = batch_size * label_height * label_width * max(
-        labels.planes.shape[1], labels.image_labels.shape[1]
+    per_batch_max = (
+        batch_size
+        * label_height
+        * label_width
+        * max(labels.planes.shape[1], labels.image_labels.shape[1])
     )
     flush_every = max(1, INT32_MAX // per_batch_max)
 
@@ -213,17 +230,21 @@ def compute_tally(
     )
 
     def fresh():
-        return jax.device_put(tally.tally_init(units, dataset.num_labels, num_categories), replicated)
+        return jax.device_put(
+            tally.tally_init(units, dataset.num_labels, num_categories), replicated
+        )
 
-    totals = [np.zeros((dataset.num_labels,), np.int64),
-              np.zeros((units, dataset.num_labels), np.int64),
-              np.zeros((units, num_categories), np.int64)]
+    totals = [
+        np.zeros((dataset.num_labels,), np.int64),
+        np.zeros((units, dataset.num_labels), np.int64),
+        np.zeros((units, num_categories), np.int64),
+    ]
     overflow = 0
 
     def flush(state):
         nonlocal overflow
         host = jax.device_get(state)
-        for total, part in zip(totals, host[:3]):
+        for total, part in zip(totals, host[:3], strict=True):
             total += part
         overflow += int(host.overflow)
 
@@ -237,8 +258,11 @@ def compute_tally(
         image_labels = _pad(np.asarray(labels.image_labels[start:stop]), batch_size)
         valid = np.arange(batch_size) < stop - start
         state = tally_step(
-            state, constants, *jax.device_put((acts, planes, image_labels, valid), data),
-            num_slots=num_slots, union=config.union,
+            state,
+            constants,
+            *jax.device_put((acts, planes, image_labels, valid), data),
+            num_slots=num_slots,
+            union=config.union,
         )
         if (step_index + 1) % flush_every == 0:
             flush(state)
@@ -295,8 +319,10 @@ def dissect_activations(
         [dataset.categories[c] for c in unit_labels.category],
         [names[label] if label >= 0 else "" for label in unit_labels.label],
         unit_labels.score,
-        [[names[label] if label >= 0 else "" for label in row]
-         for row in unit_labels.category_label],
+        [
+            [names[label] if label >= 0 else "" for label in row]
+            for row in unit_labels.category_label
+        ],
         unit_labels.category_iou,
         config.iou_threshold,
     )
@@ -312,7 +338,9 @@ def dissect_activations(
     )
 
 
-def features_source(features: np.ndarray, layout: str = "nhwc") -> tuple[ActivationSource, tuple[int, int, int]]:
+def features_source(
+    features: np.ndarray, layout: str = "nhwc"
+) -> tuple[ActivationSource, tuple[int, int, int]]:
     """An ActivationSource over an in-memory or memory-mapped (N, h, w, U) / (N, U, h, w) array."""
     if features.ndim != 4:
         raise FeaturesError(

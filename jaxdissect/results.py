@@ -30,7 +30,9 @@ TALLY_FIELDS = ("label", "truth", "activation", "intersect", "iou")
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it onto ``path`` if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".partial", dir=path.parent
+    )
     os.close(handle)
     try:
         yield Path(temporary)
@@ -63,9 +65,7 @@ def unit_rows(dissection: Dissection, dataset: BrodenDataset) -> list[dict]:
             row[f"{category}-label"] = names[best] if best >= 0 else ""
             row[f"{category}-truth"] = int(dissection.label_area[best]) if best >= 0 else 0
             row[f"{category}-activation"] = int(dissection.unit_area[u, c])
-            row[f"{category}-intersect"] = (
-                int(dissection.intersection[u, best]) if best >= 0 else 0
-            )
+            row[f"{category}-intersect"] = int(dissection.intersection[u, best]) if best >= 0 else 0
             row[f"{category}-iou"] = float(labels.category_iou[u, c])
         rows.append(row)
     rows.sort(key=lambda row: (-row["score"], row["unit"]))
@@ -84,7 +84,10 @@ def tally_csv_text(rows: list[dict], categories: tuple[str, ...]) -> str:
 
 
 def write_dissection(
-    out: str | Path, dissection: Dissection, dataset: BrodenDataset, config: DissectConfig,
+    out: str | Path,
+    dissection: Dissection,
+    dataset: BrodenDataset,
+    config: DissectConfig,
     extra: dict | None = None,
 ) -> Path:
     """Writes OUT/tally.csv, OUT/counts.npz and (last) OUT/results.json.

@@ -63,15 +63,28 @@ def unit_masks(
 ) -> Bool[Array, "units sh sw"]:
     """One image's unit masks: bilinear upsampling to (sh, sw), then a strict threshold."""
     upsampled = jnp.einsum(
-        "yh,hwu,xw->uyx", row_matrix, acts.astype(jnp.float32), col_matrix,
+        "yh,hwu,xw->uyx",
+        row_matrix,
+        acts.astype(jnp.float32),
+        col_matrix,
         precision=jax.lax.Precision.HIGHEST,
     )
     return upsampled > thresholds[:, None, None]
 
 
 def _image_tally(
-    acts, thresholds, label_planes, image_labels, valid, label_category, row_matrix,
-    col_matrix, *, num_slots, num_categories, union,
+    acts,
+    thresholds,
+    label_planes,
+    image_labels,
+    valid,
+    label_category,
+    row_matrix,
+    col_matrix,
+    *,
+    num_slots,
+    num_categories,
+    union,
 ):
     """Per-image contributions: (slot labels, slot areas, slot intersections, image labels'
     intersections via the mask areas, unit-area increments, overflow)."""
@@ -105,7 +118,8 @@ def _image_tally(
     slot_category_onehot = slot_category_onehot * (slot_area > 0)[:, None]
     image_category = jnp.where(image_labels > 0, label_category[image_labels], -1)
     image_category_present = jnp.max(
-        jax.nn.one_hot(image_category, num_categories, dtype=jnp.float32), axis=0,
+        jax.nn.one_hot(image_category, num_categories, dtype=jnp.float32),
+        axis=0,
         initial=0.0,
     )
     if union == "paper":
@@ -166,8 +180,17 @@ def tally_update(
     num_categories = state.unit_area.shape[1]
     per_image = jax.vmap(
         lambda a, p, m, v: _image_tally(
-            a, thresholds, p, m, v, label_category, row_matrix, col_matrix,
-            num_slots=num_slots, num_categories=num_categories, union=union,
+            a,
+            thresholds,
+            p,
+            m,
+            v,
+            label_category,
+            row_matrix,
+            col_matrix,
+            num_slots=num_slots,
+            num_categories=num_categories,
+            union=union,
         )
     )
     slot_labels, slot_area, slot_intersection, mask_area, unit_area, overflow = per_image(

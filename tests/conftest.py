@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from probe_fixture import make_probe  # noqa: E402
+from probe_fixture import make_probe
 
 
 @pytest.fixture(scope="session")

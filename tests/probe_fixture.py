@@ -30,8 +30,12 @@ LABELS = {
     "scene": [40, 41, 280],
     "texture": [50, 51, 290],
 }
-COVERAGE_OVERRIDES = {("object", 260): 0.3, ("part", 260): 0.6, ("color", 7): 0.5,
-                      ("material", 7): 0.5}
+COVERAGE_OVERRIDES = {
+    ("object", 260): 0.3,
+    ("part", 260): 0.6,
+    ("color", 7): 0.5,
+    ("material", 7): 0.5,
+}
 EXPECTED_PRIMARY = {260: "part", 7: "material"}
 
 
@@ -63,8 +67,10 @@ def make_probe(
     rng = np.random.default_rng(seed)
     label_names = ["-"] + [f"label-{i}" for i in range(1, 303)]
     coverage = {
-        c: {label: COVERAGE_OVERRIDES.get((c, label), float(rng.uniform(0.01, 0.2)))
-            for label in LABELS[c]}
+        c: {
+            label: COVERAGE_OVERRIDES.get((c, label), float(rng.uniform(0.01, 0.2)))
+            for label in LABELS[c]
+        }
         for c in CATEGORIES
     }
     images, all_planes, all_scalars = [], [], []
@@ -83,14 +89,23 @@ def make_probe(
                 plane[rng.random(label_size) < 0.1] = 0
                 planes[category].append(plane)
         scalars["scene"] = [0] if i % 4 == 0 else [int(rng.choice(LABELS["scene"]))]
-        scalars["texture"] = [int(t) for t in rng.choice(LABELS["texture"], size=i % 3, replace=False)]
+        scalars["texture"] = [
+            int(t) for t in rng.choice(LABELS["texture"], size=i % 3, replace=False)
+        ]
         pixels = rng.integers(0, 256, size=(*image_size, 3), dtype=np.uint8)
         images.append(ProbeImage(f"fixture/{i:04d}", pixels, planes, scalars))
         all_planes.append([p for c in PIXEL for p in planes[c]])
         all_scalars.append([s for c in ("scene", "texture") for s in scalars[c]])
     write_broden(directory, CATEGORIES, label_names, coverage, images, COLUMN_ORDER)
-    return Probe(directory, all_planes, all_scalars, expected_label_category(), CATEGORIES,
-                 len(label_names), label_size)
+    return Probe(
+        directory,
+        all_planes,
+        all_scalars,
+        expected_label_category(),
+        CATEGORIES,
+        len(label_names),
+        label_size,
+    )
 
 
 def dyadic_features(num_images, shape, seed=1) -> np.ndarray:
@@ -114,8 +129,12 @@ def reference_upsample(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
             x0 = int(np.floor(sx))
             x1 = min(x0 + 1, w - 1)
             wx = sx - x0
-            out[y, x] = ((1 - wy) * (1 - wx) * a[y0, x0] + (1 - wy) * wx * a[y0, x1]
-                         + wy * (1 - wx) * a[y1, x0] + wy * wx * a[y1, x1])
+            out[y, x] = (
+                (1 - wy) * (1 - wx) * a[y0, x0]
+                + (1 - wy) * wx * a[y0, x1]
+                + wy * (1 - wx) * a[y1, x0]
+                + wy * wx * a[y1, x1]
+            )
     return out
 
 
@@ -140,7 +159,9 @@ def reference_tally(features, thresholds, probe: Probe, union: str):
         present = {cat[l] for p in planes for l in np.unique(p) if l and cat[l] >= 0}
         present |= {cat[s] for s in scalars if cat[s] >= 0}
         for u in range(units):
-            mask = reference_upsample(features[i, :, :, u].astype(np.float64), sh, sw) > thresholds[u]
+            mask = (
+                reference_upsample(features[i, :, :, u].astype(np.float64), sh, sw) > thresholds[u]
+            )
             area = int(mask.sum())
             hit = set()
             for plane in planes:

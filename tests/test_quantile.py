@@ -12,7 +12,7 @@ def _fold(values, q, batch):
     state = quantile.quantile_init(u, q, n * h * w)
     update = jax.jit(quantile.quantile_update)
     for start in range(0, n, batch):
-        chunk = values[start:start + batch]
+        chunk = values[start : start + batch]
         valid = np.arange(batch) < chunk.shape[0]
         chunk = np.concatenate([chunk, np.full((batch - chunk.shape[0], h, w, u), 1e9, np.float32)])
         state = update(state, jnp.asarray(chunk), jnp.asarray(valid))
@@ -47,8 +47,13 @@ def test_merge_equals_single_pass():
     a = quantile.quantile_update(quantile.quantile_init(4, 0.05, n), jnp.asarray(values[:7]))
     b = quantile.quantile_update(quantile.quantile_init(4, 0.05, n), jnp.asarray(values[7:]))
     c = quantile.quantile_init(4, 0.05, n)
-    for merged in (quantile.quantile_merge(a, b), quantile.quantile_merge(quantile.quantile_merge(b, c), a)):
-        np.testing.assert_array_equal(quantile.quantile_result(merged, 0.05), quantile.quantile_result(whole, 0.05))
+    for merged in (
+        quantile.quantile_merge(a, b),
+        quantile.quantile_merge(quantile.quantile_merge(b, c), a),
+    ):
+        np.testing.assert_array_equal(
+            quantile.quantile_result(merged, 0.05), quantile.quantile_result(whole, 0.05)
+        )
 
 
 def test_traces_once_across_batches():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from probe_fixture import dyadic_features, reference_tally
 
-from jaxdissect import open_broden, load_label_arrays, tally
+from jaxdissect import load_label_arrays, open_broden, tally
 from jaxdissect.dissect import DissectConfig, compute_tally, compute_thresholds, features_source
 from jaxdissect.upsample import bilinear_matrix
 
@@ -23,8 +23,13 @@ def test_driver_tally_equals_numpy_loop(probe, union, shape):
     labels = load_label_arrays(dataset, progress=False)
     source, layer_shape = features_source(features)
     G, I, A = compute_tally(
-        source, labels, dataset, thresholds, layer_shape,
-        DissectConfig(union=union, batch_size=5), progress=False,
+        source,
+        labels,
+        dataset,
+        thresholds,
+        layer_shape,
+        DissectConfig(union=union, batch_size=5),
+        progress=False,
     )
     G_ref, I_ref, A_ref = reference_tally(features, thresholds, probe, union)
     np.testing.assert_array_equal(G, G_ref)
@@ -55,21 +60,24 @@ def test_merge_is_associative_and_equals_one_pass(probe):
     features = dyadic_features(12, (4, 4, 5))
     thresholds = jnp.asarray(_thresholds(features))
     constants = dict(
-        thresholds=thresholds, label_category=jnp.asarray(probe.label_category),
-        row_matrix=bilinear_matrix(16, 4), col_matrix=bilinear_matrix(16, 4),
+        thresholds=thresholds,
+        label_category=jnp.asarray(probe.label_category),
+        row_matrix=bilinear_matrix(16, 4),
+        col_matrix=bilinear_matrix(16, 4),
     )
 
     def part(start, stop):
         acts, planes, scalars = _batch_inputs(probe, features, start, stop)
         state = tally.tally_init(5, probe.num_labels, 6)
-        return tally.tally_update(state, acts, label_planes=planes, image_labels=scalars,
-                                  num_slots=24, **constants)
+        return tally.tally_update(
+            state, acts, label_planes=planes, image_labels=scalars, num_slots=24, **constants
+        )
 
     whole = part(0, 12)
     a, b, c = part(0, 3), part(3, 8), part(8, 12)
     left = tally.tally_merge(tally.tally_merge(a, b), c)
     right = tally.tally_merge(a, tally.tally_merge(b, c))
-    for x, y, z in zip(whole, left, right):
+    for x, y, z in zip(whole, left, right, strict=True):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(y, z)
 
@@ -78,8 +86,14 @@ def test_overflow_is_counted(probe):
     features = dyadic_features(12, (4, 4, 5))
     acts, planes, scalars = _batch_inputs(probe, features, 0, 4)
     state = tally.tally_update(
-        tally.tally_init(5, probe.num_labels, 6), acts, jnp.zeros(5), planes, scalars,
-        jnp.asarray(probe.label_category), bilinear_matrix(16, 4), bilinear_matrix(16, 4),
+        tally.tally_init(5, probe.num_labels, 6),
+        acts,
+        jnp.zeros(5),
+        planes,
+        scalars,
+        jnp.asarray(probe.label_category),
+        bilinear_matrix(16, 4),
+        bilinear_matrix(16, 4),
         num_slots=2,
     )
     assert int(state.overflow) == 4
@@ -92,8 +106,16 @@ def test_tally_step_traces_once(probe):
     def counted(state, acts, planes, scalars, valid):
         traces.append(1)
         return tally.tally_update(
-            state, acts, jnp.zeros(5), planes, scalars, jnp.asarray(probe.label_category),
-            bilinear_matrix(16, 4), bilinear_matrix(16, 4), valid, num_slots=24,
+            state,
+            acts,
+            jnp.zeros(5),
+            planes,
+            scalars,
+            jnp.asarray(probe.label_category),
+            bilinear_matrix(16, 4),
+            bilinear_matrix(16, 4),
+            valid,
+            num_slots=24,
         )
 
     step = jax.jit(counted)
@@ -107,7 +129,9 @@ def test_tally_step_traces_once(probe):
 def test_thresholds_pass_equals_numpy(probe):
     features = np.random.default_rng(5).normal(size=(12, 4, 4, 5)).astype(np.float32)
     source, shape = features_source(features)
-    got = compute_thresholds(source, 12, shape, DissectConfig(quantile=0.02, batch_size=5), progress=False)
+    got = compute_thresholds(
+        source, 12, shape, DissectConfig(quantile=0.02, batch_size=5), progress=False
+    )
     np.testing.assert_array_equal(got, _thresholds(features, 0.02))
 
 

@@ -137,9 +137,7 @@ def _read_labels(directory: Path) -> tuple[str, ...]:
     return tuple(names.get(i, "-" if i == 0 else f"label-{i}") for i in range(size))
 
 
-def _primary_categories(
-    directory: Path, categories: Sequence[str], num_labels: int
-) -> np.ndarray:
+def _primary_categories(directory: Path, categories: Sequence[str], num_labels: int) -> np.ndarray:
     """Per label, the index of the category with the largest coverage (later wins ties)."""
     best_coverage = np.full(num_labels, -np.inf)
     primary = np.full(num_labels, -1, np.int32)
@@ -160,7 +158,9 @@ def _primary_categories(
 
 def _parse_index(
     directory: Path, categories: Sequence[str], label_names: Sequence[str]
-) -> tuple[list[str], list[tuple[str, ...]], list[tuple[int, ...]], tuple[int, int], tuple[int, int]]:
+) -> tuple[
+    list[str], list[tuple[str, ...]], list[tuple[int, ...]], tuple[int, int], tuple[int, int]
+]:
     path = directory / "index.csv"
     rows = _read_csv(path, INDEX_FIELDS)
     if not rows:

@@ -116,8 +116,13 @@ def write_broden(
             writer = csv.writer(f)
             writer.writerow(["code", "number", "name", "frequency", "coverage"])
             for code, number in enumerate(sorted(label_coverage.get(category, {})), start=1):
-                writer.writerow([
-                    code, number, label_names[number], int(frequency[category][number]),
-                    repr(float(label_coverage[category][number])),
-                ])
+                writer.writerow(
+                    [
+                        code,
+                        number,
+                        label_names[number],
+                        int(frequency[category][number]),
+                        repr(float(label_coverage[category][number])),
+                    ]
+                )
     return directory

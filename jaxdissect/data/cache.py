@@ -10,6 +10,7 @@ dataset gets a new cache. The folder appears under its final name only when comp
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import json
 import os
@@ -115,7 +116,9 @@ def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
     num_planes = max(1, max(len(p) for p in dataset.pixel_planes))
     num_image_labels = max(1, max(len(m) for m in dataset.image_labels))
     planes = np.lib.format.open_memmap(
-        folder / "planes.npy", mode="w+", dtype=np.uint16,
+        folder / "planes.npy",
+        mode="w+",
+        dtype=np.uint16,
         shape=(num_images, num_planes, *dataset.label_size),
     )
     image_labels = np.zeros((num_images, num_image_labels), np.int32)
@@ -125,14 +128,18 @@ def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
     workers = min(32, (os.cpu_count() or 1) * 2)
     max_distinct = 0
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        jobs = pool.map(lambda i: _decode_image(dataset, i, planes), range(num_images))
+        jobs = pool.map(
+            functools.partial(_decode_image, dataset, planes_out=planes), range(num_images)
+        )
         for distinct in tqdm(
-            jobs, total=num_images, desc="decoding label planes", unit="img",
+            jobs,
+            total=num_images,
+            desc="decoding label planes",
+            unit="img",
             disable=not progress,
         ):
             max_distinct = max(max_distinct, distinct)
     planes.flush()
-    del planes
     meta = {"version": CACHE_VERSION, "images": num_images, "max_distinct": max_distinct}
     (folder / "meta.json").write_text(json.dumps(meta))
 

@@ -1,0 +1,30 @@
+# Set-up is two commands: `make demo` and `make test`. Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup lint
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m jaxdissect demo --out runs/demo
+
+bench: setup
+	$(PY) -m bench.tally_cpu
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

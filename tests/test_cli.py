@@ -1,0 +1,205 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from probe_fixture import dyadic_features, reference_tally
+
+from jaxdissect.cli import main
+
+CATS = ("color", "object", "part", "material", "scene", "texture")
+
+
+def _reference_rows(features, probe, q, union):
+    thresholds = np.quantile(features.reshape(-1, features.shape[-1]), 1 - q, axis=0).astype(
+        np.float32
+    )
+    G, I, A = reference_tally(features, thresholds, probe, union)
+    rows = {}
+    for u in range(features.shape[-1]):
+        best = {}
+        for c, name in enumerate(CATS):
+            top_label, top_iou = None, -1.0
+            for label in range(probe.num_labels):
+                if probe.label_category[label] != c:
+                    continue
+                denominator = A[u, c] + G[label] - I[u, label]
+                value = I[u, label] / denominator if denominator else 0.0
+                if value > top_iou:
+                    top_label, top_iou = label, value
+            best[name] = (top_label, top_iou)
+        category = max(CATS, key=lambda name: (best[name][1], -CATS.index(name)))
+        rows[u + 1] = (category, best)
+    return rows
+
+
+@pytest.mark.parametrize("union", ["paper", "lite"])
+def test_dissect_end_to_end(probe, tmp_path, union, capsys):
+    features = dyadic_features(12, (4, 4, 6))
+    np.save(tmp_path / "feats.npy", features)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "dissect",
+            "--dataset",
+            str(probe.directory),
+            "--features",
+            str(tmp_path / "feats.npy"),
+            "--out",
+            str(out),
+            "--union",
+            union,
+            "--quantile",
+            "0.05",
+            "--batch-size",
+            "5",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert "wrote" in capsys.readouterr().out
+    with open(out / "tally.csv") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames
+        rows = list(reader)
+    assert header[:4] == ["unit", "category", "label", "score"]
+    assert header[4:9] == [
+        "color-label",
+        "color-truth",
+        "color-activation",
+        "color-intersect",
+        "color-iou",
+    ]
+    assert len(rows) == 6 and sorted(int(r["unit"]) for r in rows) == list(range(1, 7))
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    expected = _reference_rows(features, probe, 0.05, union)
+    for row in rows:
+        category, best = expected[int(row["unit"])]
+        assert row["category"] == category
+        for name in CATS:
+            label, value = best[name]
+            assert row[f"{name}-label"] == f"label-{label}"
+            assert float(row[f"{name}-iou"]) == pytest.approx(value, abs=1e-12)
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["union"] == union
+    assert len(results["thresholds"]) == 6
+    assert results["summary"]["units"] == 6
+
+
+def test_categories_subset(probe, tmp_path):
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 3)))
+    assert (
+        main(
+            [
+                "dissect",
+                "--dataset",
+                str(probe.directory),
+                "--features",
+                str(tmp_path / "f.npy"),
+                "--out",
+                str(tmp_path / "o"),
+                "--categories",
+                "object,part",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    header = (tmp_path / "o" / "tally.csv").read_text().splitlines()[0]
+    assert "object-iou" in header and "part-iou" in header and "color-iou" not in header
+
+
+def _dissect(probe, tmp_path, features, *extra):
+    np.save(tmp_path / "f.npy", features)
+    return main(
+        [
+            "dissect",
+            "--dataset",
+            str(probe.directory),
+            "--features",
+            str(tmp_path / "f.npy"),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def test_wrong_number_of_images(probe, tmp_path, capsys):
+    assert _dissect(probe, tmp_path, np.zeros((11, 4, 4, 3), np.float32)) == 2
+    assert "11 rows of activations but" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_names_layer_and_image(probe, tmp_path, capsys):
+    features = dyadic_features(12, (4, 4, 3))
+    features[7, 1, 2, 0] = np.nan
+    assert _dissect(probe, tmp_path, features, "--layer", "conv5") == 2
+    assert "layer 'conv5': NaN or inf activation in image 7" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_failure_keeps_previous_results(probe, tmp_path, capsys):
+    assert _dissect(probe, tmp_path, dyadic_features(12, (4, 4, 3))) == 0
+    before = (tmp_path / "out" / "tally.csv").read_bytes()
+    features = dyadic_features(12, (4, 4, 3))
+    features[0, 0, 0, 0] = np.inf
+    assert _dissect(probe, tmp_path, features) == 2
+    assert (tmp_path / "out" / "tally.csv").read_bytes() == before
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_wrong_rank_and_layout(probe, tmp_path, capsys):
+    assert _dissect(probe, tmp_path, np.zeros((12, 4, 4), np.float32)) == 2
+    assert "4 dimensions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--quantile", "0"),
+        ("--quantile", "1.5"),
+        ("--quantile", "abc"),
+        ("--iou-threshold", "-0.1"),
+        ("--batch-size", "0"),
+        ("--union", "both"),
+    ],
+)
+def test_bad_values_exit_nonzero(probe, tmp_path, flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _dissect(probe, tmp_path, np.zeros((12, 4, 4, 3), np.float32), flag, value)
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_missing_features_file(probe, tmp_path, capsys):
+    code = main(
+        [
+            "dissect",
+            "--dataset",
+            str(probe.directory),
+            "--features",
+            str(tmp_path / "nope.npy"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "nope.npy: features file not found" in capsys.readouterr().err
+
+
+def test_not_a_dataset(tmp_path, capsys):
+    np.save(tmp_path / "f.npy", np.zeros((1, 1, 1, 1), np.float32))
+    code = main(
+        [
+            "dissect",
+            "--dataset",
+            str(tmp_path / "none"),
+            "--features",
+            str(tmp_path / "f.npy"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "not a directory" in capsys.readouterr().err

@@ -1,0 +1,53 @@
+"""The data axis shards over a Mesh: 8 fake CPU devices give exactly one device's results."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from probe_fixture import dyadic_features
+
+from jaxdissect.cli import main
+
+
+def _run_with_devices(devices, args, env_extra):
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        **env_extra,
+    )
+    code = (
+        "import sys, jax; from jaxdissect.cli import main; "
+        f"assert jax.device_count() == {devices}; sys.exit(main(sys.argv[1:]))"
+    )
+    subprocess.run([sys.executable, "-c", code, *args], env=env, check=True, capture_output=True)
+
+
+def test_eight_devices_equal_one(probe, tmp_path):
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 6)))
+    common = [
+        "dissect",
+        "--dataset",
+        str(probe.directory),
+        "--features",
+        str(tmp_path / "f.npy"),
+        "--quantile",
+        "0.05",
+        "--no-progress",
+    ]
+    assert main([*common, "--out", str(tmp_path / "one"), "--batch-size", "5"]) == 0
+    _run_with_devices(
+        8,
+        [*common, "--out", str(tmp_path / "eight"), "--batch-size", "8"],
+        {"JAXDISSECT_CACHE": str(tmp_path / "cache8")},
+    )
+    assert (tmp_path / "one" / "tally.csv").read_bytes() == (
+        tmp_path / "eight" / "tally.csv"
+    ).read_bytes()
+    one, eight = (
+        np.load(tmp_path / "one" / "counts.npz"),
+        np.load(tmp_path / "eight" / "counts.npz"),
+    )
+    for name in ("thresholds", "label_area", "intersection", "unit_area"):
+        np.testing.assert_array_equal(one[name], eight[name])
