@@ -102,7 +102,57 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("tally", type=Path, help="a tally.csv in NetDissect's columns")
     summarize.add_argument("--iou-threshold", type=_fraction(False), default=0.04)
     summarize.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    synthetic = commands.add_parser(
+        "synthetic",
+        help="the embedded synthetic concept world",
+        description="Write the synthetic world's probe set, or a picture of it.",
+    )
+    synthetic_commands = synthetic.add_subparsers(dest="synthetic_command", required=True)
+    probe = synthetic_commands.add_parser("probe", help="write a Broden-format probe folder")
+    probe.add_argument("--out", required=True, type=Path, help="output folder")
+    probe.add_argument("--images", required=True, type=_positive_int, help="number of images")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--size", type=_positive_int, default=64, help="image size (square)")
+    probe.add_argument(
+        "--label-size",
+        type=_positive_int,
+        default=None,
+        help="label-plane size (default: size // 2; must divide size)",
+    )
+    probe.add_argument("--no-progress", action="store_true")
+    figure = synthetic_commands.add_parser("figure", help="a PNG of images with their labels")
+    figure.add_argument("--out", required=True, type=Path, help="PNG path")
+    figure.add_argument("--seed", type=int, default=0)
+    figure.add_argument("--rows", type=_positive_int, default=4)
+    figure.add_argument("--size", type=_positive_int, default=128)
     return parser
+
+
+def _world_config(args: argparse.Namespace):
+    from jaxdissect.data.synthetic.world import WorldConfig
+
+    try:
+        return WorldConfig(image_size=args.size, label_size=getattr(args, "label_size", None))
+    except ValueError as error:
+        raise DissectError(f"--size/--label-size: {error}") from None
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    config = _world_config(args)
+    if args.synthetic_command == "probe":
+        from jaxdissect.data.synthetic.world import write_probe
+
+        if (args.out / "index.csv").exists():
+            raise DissectError(
+                f"{args.out}: already holds a probe set (index.csv); choose another --out"
+            )
+        write_probe(args.out, args.images, args.seed, config, progress=not args.no_progress)
+        print(f"wrote a Broden-format probe set of {args.images} images to {args.out}")
+    else:
+        from jaxdissect.data.synthetic.figure import save_world_figure
+
+        print(f"wrote {save_world_figure(args.out, args.seed, args.rows, config)}")
+    return 0
 
 
 def _load_features(path: Path) -> np.ndarray:
@@ -166,7 +216,7 @@ def run_summarize(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"dissect": run_dissect, "summarize": run_summarize}
+    handlers = {"dissect": run_dissect, "summarize": run_summarize, "synthetic": run_synthetic}
     try:
         return handlers[args.command](args)
     except DissectError as error:

@@ -66,13 +66,6 @@ def make_probe(
 ) -> Probe:
     rng = np.random.default_rng(seed)
     label_names = ["-"] + [f"label-{i}" for i in range(1, 303)]
-    coverage = {
-        c: {
-            label: COVERAGE_OVERRIDES.get((c, label), float(rng.uniform(0.01, 0.2)))
-            for label in LABELS[c]
-        }
-        for c in CATEGORIES
-    }
     images, all_planes, all_scalars = [], [], []
     for i in range(num_images):
         planes, scalars = {}, {}
@@ -96,7 +89,9 @@ def make_probe(
         images.append(ProbeImage(f"fixture/{i:04d}", pixels, planes, scalars))
         all_planes.append([p for c in PIXEL for p in planes[c]])
         all_scalars.append([s for c in ("scene", "texture") for s in scalars[c]])
-    write_broden(directory, CATEGORIES, label_names, coverage, images, COLUMN_ORDER)
+    write_broden(
+        directory, CATEGORIES, label_names, LABELS, images, COLUMN_ORDER, COVERAGE_OVERRIDES
+    )
     return Probe(
         directory,
         all_planes,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +48,11 @@ def write_broden(
     directory: str | Path,
     categories: Sequence[str],
     label_names: Sequence[str],
-    label_coverage: Mapping[str, Mapping[int, float]],
-    images: Sequence[ProbeImage],
+    category_labels: Mapping[str, Sequence[int]],
+    images: Iterable[ProbeImage],
     column_order: Sequence[str] | None = None,
+    coverage: Mapping[tuple[str, int], float] | None = None,
+    progress: bool = False,
 ) -> Path:
     """Writes index.csv, category.csv, label.csv, c_<cat>.csv and images/.
 
@@ -57,9 +60,12 @@ def write_broden(
       directory: output folder (created).
       categories: category names in category.csv order.
       label_names: name of each label number; index 0 is unlabelled.
-      label_coverage: per category, {label number: coverage} for its c_<cat>.csv.
-      images: the probe images with their labels.
+      category_labels: per category, the label numbers listed in its c_<cat>.csv.
+      images: the probe images with their labels (consumed once, so a generator is fine).
       column_order: order of the category columns in index.csv (default: ``categories``).
+      coverage: optional {(category, label): coverage} replacing the measured coverage
+        (Broden's: summed fraction of each image the label covers; 1 per image-level label).
+      progress: show a progress bar.
 
     Returns:
       The folder.
@@ -69,7 +75,8 @@ def write_broden(
     column_order = list(column_order or categories)
     rows = []
     frequency = {c: np.zeros(len(label_names), np.int64) for c in categories}
-    for image in images:
+    measured = {c: np.zeros(len(label_names), np.float64) for c in categories}
+    for image in tqdm(images, desc="writing probe images", unit="img", disable=not progress):
         height, width = image.pixels.shape[:2]
         label_shape = None
         row = {"image": f"{image.name}.jpg", "split": "train", "ih": height, "iw": width}
@@ -82,13 +89,22 @@ def write_broden(
                 path = f"{image.name}_{category}_{k}.png"
                 Image.fromarray(encode_plane(plane)).save(directory / "images" / path)
                 items.append(path)
-                frequency[category][np.unique(plane)] += 1
+                present, counts = np.unique(plane, return_counts=True)
+                frequency[category][present] += 1
+                measured[category][present] += counts / plane.size
             for label in image.image_labels.get(category, ()):
                 items.append(str(int(label)))
                 frequency[category][int(label)] += 1
+                measured[category][int(label)] += 1.0
             row[category] = ";".join(items)
         row["sh"], row["sw"] = label_shape or (height // 2, width // 2)
         rows.append(row)
+
+    def coverage_of(category, label):
+        if coverage and (category, label) in coverage:
+            return float(coverage[(category, label)])
+        return float(measured[category][label])
+
     with open(directory / "index.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["image", "split", "ih", "iw", "sh", "sw", *column_order])
         writer.writeheader()
@@ -97,32 +113,32 @@ def write_broden(
         writer = csv.writer(f)
         writer.writerow(["name", "first", "last", "count", "frequency"])
         for category in categories:
-            numbers = sorted(label_coverage.get(category, {}))
+            numbers = sorted(category_labels.get(category, ()))
             first, last = (numbers[0], numbers[-1]) if numbers else (0, 0)
-            writer.writerow([category, first, last, len(numbers), len(images)])
+            writer.writerow([category, first, last, len(numbers), len(rows)])
     with open(directory / "label.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
         for number, name in enumerate(label_names):
             if number == 0:
                 continue
-            member = [c for c in categories if number in label_coverage.get(c, {})]
+            member = [c for c in categories if number in category_labels.get(c, ())]
             tags = ";".join(f"{c}({int(frequency[c][number])})" for c in member)
             total = sum(int(frequency[c][number]) for c in member)
-            coverage = sum(label_coverage[c][number] for c in member)
-            writer.writerow([number, name, tags, total, repr(float(coverage)), ""])
+            covered = sum(coverage_of(c, number) for c in member)
+            writer.writerow([number, name, tags, total, repr(covered), ""])
     for category in categories:
         with open(directory / f"c_{category}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["code", "number", "name", "frequency", "coverage"])
-            for code, number in enumerate(sorted(label_coverage.get(category, {})), start=1):
+            for code, number in enumerate(sorted(category_labels.get(category, ())), start=1):
                 writer.writerow(
                     [
                         code,
                         number,
                         label_names[number],
                         int(frequency[category][number]),
-                        repr(float(label_coverage[category][number])),
+                        repr(coverage_of(category, number)),
                     ]
                 )
     return directory

@@ -1,0 +1,1 @@
+"""The synthetic concept world: the embedded default probe set and training data."""

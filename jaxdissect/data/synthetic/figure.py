@@ -1,0 +1,72 @@
+"""A picture of the synthetic world: images beside their object, part and material labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jaxdissect.data.synthetic import world
+
+
+def _overlay(pixels: np.ndarray, plane: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Label colours over a faded image (unlabelled pixels stay faded grey)."""
+    stride = pixels.shape[0] // plane.shape[0]
+    labels = np.kron(plane, np.ones((stride, stride), plane.dtype))
+    faded = pixels.astype(np.float32) / 255 * 0.35 + 0.4
+    colored = palette[labels % len(palette)]
+    return np.where((labels > 0)[..., None], colored, faded)
+
+
+def save_world_figure(
+    path: str | Path, seed: int = 0, rows: int = 6, config: world.WorldConfig = world.WorldConfig()
+) -> Path:
+    """Saves a grid: per probe image, the image and its object, part and material labels,
+    each label region named at its centre."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vocab = world.vocabulary()
+    palette = np.random.default_rng(7).uniform(0.1, 1.0, (len(vocab.label_names), 3))
+    samples, index = [], 0
+    while len(samples) < rows:  # scene images only: textures carry no pixel labels
+        sample = world.draw(seed, "probe", index, config)
+        index += 1
+        if sample.scene:
+            samples.append(sample)
+    columns = ("image", "object", "part", "material")
+    figure, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows))
+    for row, sample in enumerate(samples):
+        for col, name in enumerate(columns):
+            axis = axes[row, col]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if name == "image":
+                axis.imshow(sample.pixels, interpolation="nearest")
+                axis.set_title(vocab.label_names[sample.scene], fontsize=10)
+                continue
+            plane = sample.planes[name]
+            axis.imshow(_overlay(sample.pixels, plane, palette), interpolation="nearest")
+            axis.set_title(name, fontsize=10)
+            stride = config.image_size / plane.shape[0]
+            for label in np.unique(plane[plane > 0]):
+                ys, xs = np.nonzero(plane == label)
+                if ys.size < 3:
+                    continue
+                axis.text(
+                    (xs.mean() + 0.5) * stride,
+                    (ys.mean() + 0.5) * stride,
+                    vocab.label_names[label],
+                    fontsize=6.5,
+                    ha="center",
+                    va="center",
+                    bbox={"facecolor": "white", "alpha": 0.7, "pad": 0.5, "linewidth": 0},
+                )
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
