@@ -19,12 +19,13 @@ def _overlay(pixels: np.ndarray, plane: np.ndarray, palette: np.ndarray) -> np.n
 
 
 def save_world_figure(
-    path: str | Path, seed: int = 0, rows: int = 6, config: world.WorldConfig = world.WorldConfig()
+    path: str | Path, seed: int = 0, rows: int = 6, config: world.WorldConfig | None = None
 ) -> Path:
     """Saves a grid: per probe image, the image and its object, part and material labels,
     each label region named at its centre."""
     import matplotlib
 
+    config = config or world.WorldConfig()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
