@@ -1,4 +1,5 @@
-"""Command line: ``python -m jaxdissect {dissect,summarize} ...`` (also ``jaxdissect``)."""
+"""Command line: ``python -m jaxdissect {dissect,summarize,synthetic,demo} ...`` (also
+``jaxdissect``)."""
 
 from __future__ import annotations
 
@@ -125,7 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--seed", type=int, default=0)
     figure.add_argument("--rows", type=_positive_int, default=4)
     figure.add_argument("--size", type=_positive_int, default=128)
+    demo = commands.add_parser(
+        "demo",
+        help="dissect a layer of known units on the synthetic world (make demo)",
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--images", type=_positive_int, default=600)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from jaxdissect.demo import run
+
+    run(args.out, args.images, args.seed, progress=not args.no_progress)
+    return 0
 
 
 def _world_config(args: argparse.Namespace):
@@ -216,7 +232,12 @@ def run_summarize(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"dissect": run_dissect, "summarize": run_summarize, "synthetic": run_synthetic}
+    handlers = {
+        "dissect": run_dissect,
+        "summarize": run_summarize,
+        "synthetic": run_synthetic,
+        "demo": run_demo,
+    }
     try:
         return handlers[args.command](args)
     except DissectError as error:
