@@ -40,7 +40,7 @@ def run(out: Path, num_images: int = 600, seed: int = 0, progress: bool = True) 
         world.write_probe(probe, num_images, seed, world.WorldConfig(image_size=64), progress)
     dataset = open_broden(probe)
     labels = load_label_arrays(dataset, out / "cache", progress)
-    planes = np.asarray(labels.planes)
+    planes = labels.label_planes(0, dataset.num_images)
     image_labels = np.asarray(labels.image_labels)
     counts = np.bincount(planes.ravel(), minlength=dataset.num_labels)
     counts += np.bincount(image_labels.ravel(), minlength=dataset.num_labels) * planes[0, 0].size

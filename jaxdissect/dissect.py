@@ -38,15 +38,12 @@ class DissectConfig:
       iou_threshold: a unit is a detector when its best IoU is strictly above this.
       union: "paper" (original NetDissect) or "lite" (NetDissect-Lite) rule for A[u, c].
       batch_size: images per step (rounded up to a multiple of the device count).
-      num_slots: distinct pixel labels per image the tally reserves room for (default:
-        the dataset's own maximum).
     """
 
     quantile: float = 0.005
     iou_threshold: float = 0.04
     union: str = "paper"
     batch_size: int = 32
-    num_slots: int | None = None
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -93,23 +90,31 @@ def threshold_step(state, first_bad, acts, valid, indices):
     return quantile.quantile_update(state, acts, valid), first_bad
 
 
-@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("num_slots", "union"))
-def tally_step(state, constants, acts, planes, image_labels, valid, *, num_slots, union):
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("union", "mask_dtype"))
+def tally_step(
+    state, constants, acts, slot_planes, slot_labels, image_labels, valid, *, union, mask_dtype
+):
     """One jitted step of pass 2."""
     thresholds, label_category, rows, cols = constants
-    return tally.tally_update(
+    return tally.tally_update_compact(
         state,
         acts,
         thresholds,
-        planes.astype(jnp.int32),
+        slot_planes.astype(jnp.int32),
+        slot_labels,
         image_labels,
         label_category,
         rows,
         cols,
         valid,
-        num_slots=num_slots,
         union=union,
+        mask_dtype=mask_dtype,
     )
+
+
+def mask_dtype_for_backend() -> jnp.dtype:
+    """bfloat16 on accelerators (matrix units; exact for 0/1 masks), float32 on CPU."""
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
 def _mesh() -> Mesh:
@@ -209,13 +214,12 @@ def compute_tally(
     batch_size = -(-config.batch_size // mesh.size) * mesh.size
     data = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    num_slots = config.num_slots or max(1, labels.max_distinct)
     num_categories = len(dataset.categories)
     per_batch_max = (
         batch_size
         * label_height
         * label_width
-        * max(labels.planes.shape[1], labels.image_labels.shape[1])
+        * max(labels.slot_planes.shape[1], labels.image_labels.shape[1])
     )
     flush_every = max(1, INT32_MAX // per_batch_max)
 
@@ -239,14 +243,12 @@ def compute_tally(
         np.zeros((units, dataset.num_labels), np.int64),
         np.zeros((units, num_categories), np.int64),
     ]
-    overflow = 0
+    mask_dtype = mask_dtype_for_backend()
 
     def flush(state):
-        nonlocal overflow
         host = jax.device_get(state)
         for total, part in zip(totals, host[:3], strict=True):
             total += part
-        overflow += int(host.overflow)
 
     state = fresh()
     batches = list(_batches(num_images, batch_size))
@@ -254,25 +256,16 @@ def compute_tally(
         tqdm(batches, desc=f"{layer}: tally", unit="batch", disable=not progress)
     ):
         acts = _pad(np.asarray(activations(start, stop), np.float32), batch_size)
-        planes = _pad(np.asarray(labels.planes[start:stop]), batch_size)
+        slot_planes = _pad(np.asarray(labels.slot_planes[start:stop]), batch_size)
+        slot_labels = _pad(np.asarray(labels.slot_labels[start:stop]), batch_size)
         image_labels = _pad(np.asarray(labels.image_labels[start:stop]), batch_size)
         valid = np.arange(batch_size) < stop - start
-        state = tally_step(
-            state,
-            constants,
-            *jax.device_put((acts, planes, image_labels, valid), data),
-            num_slots=num_slots,
-            union=config.union,
-        )
+        batch = jax.device_put((acts, slot_planes, slot_labels, image_labels, valid), data)
+        state = tally_step(state, constants, *batch, union=config.union, mask_dtype=mask_dtype)
         if (step_index + 1) % flush_every == 0:
             flush(state)
             state = fresh()
     flush(state)
-    if overflow:
-        raise FeaturesError(
-            f"layer {layer!r}: {overflow} image(s) carry more than num_slots={num_slots} "
-            "distinct pixel labels; raise num_slots"
-        )
     return tuple(totals)
 
 

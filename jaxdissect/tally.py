@@ -1,8 +1,8 @@
 """Exact IoU tallies: label areas G, intersections I and unit areas A, as integer counts.
 
 For each image, each unit's map is upsampled (half-pixel bilinear) to the label size and
-thresholded strictly (``> T_u``). The labels present in the image become at most
-``num_slots`` slots; a matmul of the masks with per-pixel slot counts gives every
+thresholded strictly (``> T_u``). The labels present in the image become slots
+(``compact_labels``; the decoded cache stores labels that way); a matmul of the masks with per-pixel slot counts gives every
 intersection of the image at once, and a scatter-add moves them to the label axis. Counts
 are exact integers (float32 is exact per image, far below 2**24; the state is int32).
 
@@ -72,47 +72,67 @@ def unit_masks(
     return upsampled > thresholds[:, None, None]
 
 
+def compact_labels(
+    label_planes: Int[Array, "planes sh sw"], num_slots: int
+) -> tuple[Int[Array, "planes sh sw"], Int[Array, " slots"], Bool[Array, ""]]:
+    """One image's distinct labels as slots: slot 0 is "unlabelled", slots 1.. the labels.
+
+    Args:
+      label_planes: (P, sh, sw) label numbers.
+      num_slots: room for this many distinct nonzero labels (static).
+
+    Returns:
+      slot_planes (P, sh, sw) slot indices, slot_labels (num_slots + 1,) the label of each
+      slot (0 for unused ones), and whether the image had more labels than slots.
+    """
+    flat = jnp.concatenate([jnp.zeros((1,), label_planes.dtype), label_planes.ravel()])
+    ordered = jnp.sort(flat)
+    overflow = jnp.sum(ordered[1:] != ordered[:-1]) > num_slots
+    # Pad with a sentinel above every label so the slots stay sorted for searchsorted.
+    sentinel = jnp.iinfo(flat.dtype).max
+    sorted_slots = jnp.unique(ordered, size=num_slots + 1, fill_value=sentinel)
+    slot_planes = jnp.searchsorted(sorted_slots, label_planes).astype(jnp.int32)
+    slot_labels = jnp.where(sorted_slots == sentinel, 0, sorted_slots)
+    return slot_planes, slot_labels, overflow
+
+
 def _image_tally(
     acts,
     thresholds,
-    label_planes,
+    slot_planes,
+    slot_labels,
     image_labels,
     valid,
     label_category,
     row_matrix,
     col_matrix,
     *,
-    num_slots,
     num_categories,
     union,
+    mask_dtype,
 ):
-    """Per-image contributions: (slot labels, slot areas, slot intersections, image labels'
-    intersections via the mask areas, unit-area increments, overflow)."""
+    """Per-image contributions: (slot areas, slot intersections, mask areas, unit-area
+    increments)."""
     units = acts.shape[-1]
+    num_slots = slot_labels.shape[0]
     mask = unit_masks(acts, thresholds, row_matrix, col_matrix) & valid
-    mask = mask.reshape(units, -1).astype(jnp.float32)
-    mask_area = jnp.sum(mask, axis=1)  # (U,) exact in float32: <= sh*sw
+    mask = mask.reshape(units, -1)
+    mask_area = jnp.sum(mask, axis=1, dtype=jnp.int32)
 
-    # Distinct labels of the image, 0 (unlabelled) first when present.
-    planes = label_planes.reshape(label_planes.shape[0], -1)
-    flat = jnp.sort(planes.ravel())
-    distinct = 1 + jnp.sum(flat[1:] != flat[:-1])
-    nonzero_distinct = distinct - (flat[0] == 0)
-    overflow = (nonzero_distinct > num_slots) & valid
-    # Pad with a sentinel above every label so the slots stay sorted for searchsorted.
-    sentinel = jnp.iinfo(flat.dtype).max
-    sorted_slots = jnp.unique(flat, size=num_slots + 1, fill_value=sentinel)
-    slot_index = jnp.searchsorted(sorted_slots, planes)  # (P, sh*sw)
-    slot_labels = jnp.where(sorted_slots == sentinel, 0, sorted_slots)
-    # A pixel carried by two planes counts twice: sum the one-hots over planes.
-    pixel_slots = jax.nn.one_hot(slot_index, num_slots + 1, dtype=jnp.float32).sum(axis=0)
-    pixel_slots = pixel_slots * valid
-    slot_area = jnp.sum(pixel_slots, axis=0)  # (S+1,)
+    # A pixel carried by two planes counts twice: sum the one-hots over planes. Entries are
+    # small integers, exact in bfloat16; the matmul accumulates in float32, exact below 2**24.
+    planes = slot_planes.reshape(slot_planes.shape[0], -1)
+    pixel_slots = jax.nn.one_hot(planes, num_slots, dtype=mask_dtype).sum(axis=0)
+    pixel_slots = pixel_slots * valid.astype(mask_dtype)
+    slot_area = jnp.sum(pixel_slots, axis=0, dtype=jnp.float32)
     slot_intersection = jnp.matmul(
-        mask, pixel_slots, precision=jax.lax.Precision.HIGHEST
+        mask.astype(mask_dtype),
+        pixel_slots,
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
     )  # (U, S+1)
 
-    # Categories: slot padding and label 0 have no category (-1 one-hots to zeros).
+    # Categories: slot 0, unused slots and labels without one map to -1 (a zero one-hot).
     slot_category = jnp.where(slot_labels > 0, label_category[slot_labels], -1)
     slot_category_onehot = jax.nn.one_hot(slot_category, num_categories, dtype=jnp.float32)
     slot_category_onehot = slot_category_onehot * (slot_area > 0)[:, None]
@@ -128,76 +148,75 @@ def _image_tally(
     else:
         hit = (slot_intersection > 0).astype(jnp.float32) @ slot_category_onehot
         counted = jnp.maximum((hit > 0).astype(jnp.float32), image_category_present)
-    unit_area = mask_area[:, None] * counted * valid
+    unit_area = mask_area[:, None] * counted.astype(jnp.int32) * valid
     return (
-        slot_labels,
         slot_area.astype(jnp.int32),
         slot_intersection.astype(jnp.int32),
-        mask_area.astype(jnp.int32),
-        unit_area.astype(jnp.int32),
-        overflow.astype(jnp.int32),
+        mask_area,
+        unit_area,
     )
 
 
-def tally_update(
+def tally_update_compact(
     state: TallyState,
     acts: Float[Array, "batch h w units"],
     thresholds: Float[Array, " units"],
-    label_planes: Int[Array, "batch planes sh sw"],
+    slot_planes: Int[Array, "batch planes sh sw"],
+    slot_labels: Int[Array, "batch slots"],
     image_labels: Int[Array, "batch image_labels"],
     label_category: Int[Array, " labels"],
     row_matrix: Float[Array, "sh h"],
     col_matrix: Float[Array, "sw w"],
     valid: Bool[Array, " batch"] | None = None,
     *,
-    num_slots: int = 64,
     union: str = "paper",
+    mask_dtype=jnp.float32,
 ) -> TallyState:
-    """Fold one batch into the tally.
+    """Fold one batch into the tally, its labels already compacted into slots.
 
     Args:
       state: the running counts.
       acts: (B, h, w, U) activations at the layer's resolution.
       thresholds: (U,) per-unit thresholds (``quantile_result``).
-      label_planes: (B, P, sh, sw) label numbers of every pixel-level plane (0 = none).
+      slot_planes: (B, P, sh, sw) slot index of every pixel of every plane (0 = none).
+      slot_labels: (B, S + 1) label number of each slot (``compact_labels``).
       image_labels: (B, M) image-level label numbers (0 = none).
       label_category: (L,) primary category index of each label, -1 for none.
       row_matrix, col_matrix: ``bilinear_matrix(sh, h)`` and ``bilinear_matrix(sw, w)``.
       valid: optional (B,) mask; padded images (False) count nothing.
-      num_slots: static bound on distinct pixel labels per image; images above it are
-        counted in ``state.overflow`` and must be re-run with more slots.
       union: "paper" or "lite", the rule for A (static).
+      mask_dtype: operand type of the intersection matmul (static); float32, or bfloat16
+        where the matrix units want it. Both are exact.
 
     Returns:
-      The updated state. Jittable (mark ``num_slots`` and ``union`` static).
+      The updated state. Jittable (mark ``union`` and ``mask_dtype`` static).
     """
     if union not in UNIONS:
         raise ValueError(f"union must be one of {UNIONS}, got {union!r}")
-    batch = acts.shape[0]
-    label_height, label_width = label_planes.shape[-2:]
+    batch, units = acts.shape[0], acts.shape[-1]
+    label_height, label_width = slot_planes.shape[-2:]
     if valid is None:
         valid = jnp.ones((batch,), bool)
-    num_categories = state.unit_area.shape[1]
     per_image = jax.vmap(
-        lambda a, p, m, v: _image_tally(
+        lambda a, p, s, m, v: _image_tally(
             a,
             thresholds,
             p,
+            s,
             m,
             v,
             label_category,
             row_matrix,
             col_matrix,
-            num_slots=num_slots,
-            num_categories=num_categories,
+            num_categories=state.unit_area.shape[1],
             union=union,
+            mask_dtype=mask_dtype,
         )
     )
-    slot_labels, slot_area, slot_intersection, mask_area, unit_area, overflow = per_image(
-        acts, label_planes, image_labels, valid
+    slot_area, slot_intersection, mask_area, unit_area = per_image(
+        acts, slot_planes, slot_labels, image_labels, valid
     )
     image_labels = jnp.where(valid[:, None], image_labels, 0)
-    units = acts.shape[-1]
 
     label_area = state.label_area.at[slot_labels.ravel()].add(slot_area.ravel())
     label_area = label_area.at[image_labels.ravel()].add(label_height * label_width)
@@ -219,5 +238,61 @@ def tally_update(
         label_area=label_area,
         intersection=intersection,
         unit_area=state.unit_area + unit_area.sum(axis=0),
-        overflow=state.overflow + overflow.sum(),
+        overflow=state.overflow,
     )
+
+
+def tally_update(
+    state: TallyState,
+    acts: Float[Array, "batch h w units"],
+    thresholds: Float[Array, " units"],
+    label_planes: Int[Array, "batch planes sh sw"],
+    image_labels: Int[Array, "batch image_labels"],
+    label_category: Int[Array, " labels"],
+    row_matrix: Float[Array, "sh h"],
+    col_matrix: Float[Array, "sw w"],
+    valid: Bool[Array, " batch"] | None = None,
+    *,
+    num_slots: int = 64,
+    union: str = "paper",
+    mask_dtype=jnp.float32,
+) -> TallyState:
+    """Fold one batch into the tally, from raw label planes.
+
+    Args:
+      state: the running counts.
+      acts: (B, h, w, U) activations at the layer's resolution.
+      thresholds: (U,) per-unit thresholds (``quantile_result``).
+      label_planes: (B, P, sh, sw) label numbers of every pixel-level plane (0 = none).
+      image_labels: (B, M) image-level label numbers (0 = none).
+      label_category: (L,) primary category index of each label, -1 for none.
+      row_matrix, col_matrix: ``bilinear_matrix(sh, h)`` and ``bilinear_matrix(sw, w)``.
+      valid: optional (B,) mask; padded images (False) count nothing.
+      num_slots: static bound on distinct pixel labels per image; images above it are
+        counted in ``state.overflow`` and must be re-run with more slots.
+      union: "paper" or "lite", the rule for A (static).
+      mask_dtype: see ``tally_update_compact``.
+
+    Returns:
+      The updated state. Jittable (mark the keyword arguments static).
+    """
+    if valid is None:
+        valid = jnp.ones((acts.shape[0],), bool)
+    slot_planes, slot_labels, overflow = jax.vmap(lambda p: compact_labels(p, num_slots))(
+        label_planes
+    )
+    state = tally_update_compact(
+        state,
+        acts,
+        thresholds,
+        slot_planes,
+        slot_labels,
+        image_labels,
+        label_category,
+        row_matrix,
+        col_matrix,
+        valid,
+        union=union,
+        mask_dtype=mask_dtype,
+    )
+    return state._replace(overflow=state.overflow + jnp.sum(overflow & valid, dtype=jnp.int32))

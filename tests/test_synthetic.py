@@ -87,7 +87,9 @@ def test_reader_sees_every_category_and_the_drawn_labels(synthetic_probe):
     assert dataset.image_size == (64, 64) and dataset.label_size == (32, 32)
     labels = load_label_arrays(dataset, progress=False)
     vocab = world.vocabulary()
-    present = set(np.unique(labels.planes).tolist()) | set(np.unique(labels.image_labels).tolist())
+    present = set(np.unique(labels.slot_labels).tolist()) | set(
+        np.unique(labels.image_labels).tolist()
+    )
     for category, numbers in vocab.category_labels.items():
         seen = present & set(numbers)
         assert len(seen) >= 0.6 * len(numbers), (category, len(seen), len(numbers))
@@ -95,7 +97,8 @@ def test_reader_sees_every_category_and_the_drawn_labels(synthetic_probe):
     for index in (0, 1, 57, 399):
         sample = world.draw(3, "probe", index, CONFIG)
         drawn = [sample.planes[c] for c in world.PIXEL_CATEGORIES if sample.planes[c].any()]
-        np.testing.assert_array_equal(labels.planes[index, : len(drawn)], np.stack(drawn))
+        decoded = labels.label_planes(index, index + 1)[0]
+        np.testing.assert_array_equal(decoded[: len(drawn)], np.stack(drawn))
         expected = [x for x in (sample.scene, sample.texture) if x]
         assert [int(x) for x in labels.image_labels[index] if x] == expected
 
@@ -108,7 +111,7 @@ def _label_features(labels, dataset, chosen, stride=2, seed=0):
     h = sh // stride
     rng = np.random.default_rng(seed)
     feats = np.zeros((n, h, h, len(chosen)), np.float32)
-    planes = np.asarray(labels.planes)
+    planes = labels.label_planes(0, n)
     scalars = np.asarray(labels.image_labels)
     for j, label in enumerate(chosen):
         mask = (planes == label).sum(axis=1).astype(np.float32)
@@ -123,9 +126,9 @@ def test_closed_loop_units_find_their_own_labels(synthetic_probe, union):
     labels = load_label_arrays(dataset, progress=False)
     q = 0.03
     # Area share of each label (image-level labels cover whole images).
-    share = np.bincount(np.asarray(labels.planes).ravel(), minlength=dataset.num_labels) / (
-        dataset.num_images * 32 * 32
-    )
+    share = np.bincount(
+        labels.label_planes(0, dataset.num_images).ravel(), minlength=dataset.num_labels
+    ) / (dataset.num_images * 32 * 32)
     share += (
         np.bincount(np.asarray(labels.image_labels).ravel(), minlength=dataset.num_labels)
         / dataset.num_images

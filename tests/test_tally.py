@@ -141,3 +141,34 @@ def test_nchw_layout_equals_nhwc(probe):
     b, shape_b = features_source(np.ascontiguousarray(features.transpose(0, 3, 1, 2)), "nchw")
     assert shape_a == shape_b
     np.testing.assert_array_equal(a(2, 7), b(2, 7))
+
+
+def test_compact_labels_round_trip():
+    rng = np.random.default_rng(0)
+    planes = rng.choice([0, 3, 300, 7, 1000], size=(3, 6, 6)).astype(np.int32)
+    slot_planes, slot_labels, overflow = tally.compact_labels(jnp.asarray(planes), 8)
+    np.testing.assert_array_equal(np.asarray(slot_labels)[np.asarray(slot_planes)], planes)
+    assert int(slot_labels[0]) == 0 and not bool(overflow)
+    assert sorted(np.asarray(slot_labels)[1:5].tolist()) == [3, 7, 300, 1000]
+    assert bool(tally.compact_labels(jnp.asarray(planes), 3)[2])
+
+
+def test_bfloat16_mask_matmul_is_exact(probe):
+    features = dyadic_features(12, (4, 4, 5))
+    thresholds = jnp.asarray(_thresholds(features))
+    acts, planes, scalars = _batch_inputs(probe, features, 0, 12)
+    common = dict(
+        thresholds=thresholds,
+        label_planes=planes,
+        image_labels=scalars,
+        label_category=jnp.asarray(probe.label_category),
+        row_matrix=bilinear_matrix(16, 4),
+        col_matrix=bilinear_matrix(16, 4),
+        num_slots=24,
+    )
+    f32 = tally.tally_update(tally.tally_init(5, probe.num_labels, 6), acts, **common)
+    bf16 = tally.tally_update(
+        tally.tally_init(5, probe.num_labels, 6), acts, mask_dtype=jnp.bfloat16, **common
+    )
+    for x, y in zip(f32, bf16, strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -1,8 +1,11 @@
 """Decode a Broden folder's label planes once into memory-mapped arrays.
 
-Decoding PNGs dominates a dissection's time, so the planes are decoded once into
-``<cache>/<key>/planes.npy`` (N, P, sh, sw) uint16 and ``image_labels.npy`` (N, M) int32,
-then read batch by batch through ``np.load(mmap_mode="r")``. The key hashes the CSV files'
+Decoding PNGs dominates a dissection's time, so the planes are decoded once, and stored
+compacted: each image's distinct labels become slots (slot 0 = unlabelled), so
+``<cache>/<key>/slot_planes.npy`` is (N, P, sh, sw) uint8 slot indices and
+``slot_labels.npy`` (N, S + 1) int32 the label of each slot; ``image_labels.npy`` is
+(N, M) int32. Batches are read through ``np.load(mmap_mode="r")``; the label planes are
+``slot_labels[slot_planes]``, exactly. The key hashes the CSV files'
 bytes, the selected categories and each plane file's path, size and mtime, so an edited
 dataset gets a new cache. The folder appears under its final name only when complete.
 """
@@ -26,21 +29,28 @@ from tqdm.auto import tqdm
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.errors import BrodenFormatError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class LabelArrays(NamedTuple):
-    """Decoded labels of every image, memory-mapped.
+    """Decoded labels of every image, memory-mapped, with pixel labels as slots.
 
     Attributes:
-      planes: (N, P, sh, sw) uint16 label numbers of the pixel-level planes (0 = none).
+      slot_planes: (N, P, sh, sw) uint8 slot index of each pixel of each plane (0 = none).
+      slot_labels: (N, S + 1) int32 label number of each slot (slot 0 and unused ones: 0).
       image_labels: (N, M) int32 image-level label numbers (0 = none); M >= 1.
-      max_distinct: the largest number of distinct nonzero pixel labels in one image.
     """
 
-    planes: np.ndarray
+    slot_planes: np.ndarray
+    slot_labels: np.ndarray
     image_labels: np.ndarray
-    max_distinct: int
+
+    def label_planes(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, P, sh, sw) int32 label numbers of images [start, stop)."""
+        slots = np.asarray(self.slot_planes[start:stop])
+        labels = np.asarray(self.slot_labels[start:stop])
+        flat = slots.reshape(len(slots), -1).astype(np.int64)
+        return np.take_along_axis(labels, flat, axis=1).reshape(slots.shape)
 
 
 def default_cache_root() -> Path:
@@ -100,25 +110,38 @@ def decode_plane(path: Path, label_size: tuple[int, int], num_labels: int) -> np
     return labels.astype(np.uint16)
 
 
-def _decode_image(dataset: BrodenDataset, index: int, planes_out: np.ndarray) -> int:
-    """Decodes image ``index``'s planes into ``planes_out[index]``; returns its distinct labels."""
+MAX_SLOTS = 255  # slot indices are stored as uint8
+
+
+def _decode_image(dataset: BrodenDataset, index: int, slot_planes: np.ndarray) -> np.ndarray:
+    """Decodes image ``index``'s planes into ``slot_planes[index]``; returns its slot labels."""
     image_root = dataset.directory / "images"
-    for slot, plane in enumerate(dataset.pixel_planes[index]):
-        planes_out[index, slot] = decode_plane(
-            image_root / plane, dataset.label_size, dataset.num_labels
+    planes = [
+        decode_plane(image_root / plane, dataset.label_size, dataset.num_labels)
+        for plane in dataset.pixel_planes[index]
+    ]
+    if not planes:
+        return np.zeros((1,), np.int32)
+    stack = np.stack(planes)
+    # 0 goes first so that slot 0 always means "unlabelled".
+    labels, inverse = np.unique(np.concatenate([[0], stack.ravel()]), return_inverse=True)
+    if len(labels) - 1 > MAX_SLOTS:
+        raise BrodenFormatError(
+            f"{image_root / dataset.images[index]}: its planes carry {len(labels) - 1} "
+            f"distinct labels; at most {MAX_SLOTS} per image are supported"
         )
-    present = np.unique(planes_out[index])
-    return int(np.count_nonzero(present))
+    slot_planes[index, : len(planes)] = inverse[1:].reshape(stack.shape)
+    return labels.astype(np.int32)
 
 
 def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
     num_images = dataset.num_images
     num_planes = max(1, max(len(p) for p in dataset.pixel_planes))
     num_image_labels = max(1, max(len(m) for m in dataset.image_labels))
-    planes = np.lib.format.open_memmap(
-        folder / "planes.npy",
+    slot_planes = np.lib.format.open_memmap(
+        folder / "slot_planes.npy",
         mode="w+",
-        dtype=np.uint16,
+        dtype=np.uint8,
         shape=(num_images, num_planes, *dataset.label_size),
     )
     image_labels = np.zeros((num_images, num_image_labels), np.int32)
@@ -126,21 +149,26 @@ def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
         image_labels[i, : len(labels)] = labels
     np.save(folder / "image_labels.npy", image_labels)
     workers = min(32, (os.cpu_count() or 1) * 2)
-    max_distinct = 0
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         jobs = pool.map(
-            functools.partial(_decode_image, dataset, planes_out=planes), range(num_images)
+            functools.partial(_decode_image, dataset, slot_planes=slot_planes),
+            range(num_images),
         )
-        for distinct in tqdm(
-            jobs,
-            total=num_images,
-            desc="decoding label planes",
-            unit="img",
-            disable=not progress,
-        ):
-            max_distinct = max(max_distinct, distinct)
-    planes.flush()
-    meta = {"version": CACHE_VERSION, "images": num_images, "max_distinct": max_distinct}
+        per_image = list(
+            tqdm(
+                jobs,
+                total=num_images,
+                desc="decoding label planes",
+                unit="img",
+                disable=not progress,
+            )
+        )
+    slot_planes.flush()
+    slot_labels = np.zeros((num_images, max(len(s) for s in per_image)), np.int32)
+    for i, labels in enumerate(per_image):
+        slot_labels[i, : len(labels)] = labels
+    np.save(folder / "slot_labels.npy", slot_labels)
+    meta = {"version": CACHE_VERSION, "images": num_images}
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
@@ -171,9 +199,8 @@ def load_label_arrays(
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    meta = json.loads((folder / "meta.json").read_text())
     return LabelArrays(
-        planes=np.load(folder / "planes.npy", mmap_mode="r"),
+        slot_planes=np.load(folder / "slot_planes.npy", mmap_mode="r"),
+        slot_labels=np.load(folder / "slot_labels.npy", mmap_mode="r"),
         image_labels=np.load(folder / "image_labels.npy", mmap_mode="r"),
-        max_distinct=int(meta["max_distinct"]),
     )
