@@ -78,7 +78,8 @@ class Dissection(NamedTuple):
     summary: dict
 
 
-# A function from (start, stop) image indices to a (B, h, w, U) float array.
+# A function from (start, stop) image indices to a (B, h, w, U) float array: NumPy (a
+# features file) or a jax.Array already on the devices (a model's output).
 ActivationSource = Callable[[int, int], np.ndarray]
 
 
@@ -133,6 +134,17 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([array, padding])
 
 
+def _device_activations(acts, size: int, sharding: NamedSharding) -> jax.Array:
+    """A batch of activations, padded to ``size`` and placed; arrays already on a device
+    (a model's output) stay there."""
+    if isinstance(acts, jax.Array):
+        acts = acts.astype(jnp.float32)
+        if acts.shape[0] != size:
+            acts = jnp.pad(acts, [(0, size - acts.shape[0])] + [(0, 0)] * (acts.ndim - 1))
+        return jax.device_put(acts, sharding)
+    return jax.device_put(_pad(np.asarray(acts, np.float32), size), sharding)
+
+
 def _check_finite(first_bad: jax.Array, num_images: int, layer: str) -> None:
     index = int(first_bad)
     if index < num_images:
@@ -178,15 +190,11 @@ def compute_thresholds(
         unit="batch",
         disable=not progress,
     ):
-        acts = _pad(np.asarray(activations(start, stop), np.float32), batch_size)
+        acts = _device_activations(activations(start, stop), batch_size, data)
         valid = np.arange(batch_size) < stop - start
         indices = np.arange(start, start + batch_size, dtype=np.int32)
         state, first_bad = threshold_step(
-            state,
-            first_bad,
-            jax.device_put(acts, data),
-            jax.device_put(valid, data),
-            jax.device_put(indices, data),
+            state, first_bad, acts, *jax.device_put((valid, indices), data)
         )
     _check_finite(first_bad, num_images, layer)
     return quantile.quantile_result(state, config.quantile)
@@ -255,13 +263,15 @@ def compute_tally(
     for step_index, (start, stop) in enumerate(
         tqdm(batches, desc=f"{layer}: tally", unit="batch", disable=not progress)
     ):
-        acts = _pad(np.asarray(activations(start, stop), np.float32), batch_size)
+        acts = _device_activations(activations(start, stop), batch_size, data)
         slot_planes = _pad(np.asarray(labels.slot_planes[start:stop]), batch_size)
         slot_labels = _pad(np.asarray(labels.slot_labels[start:stop]), batch_size)
         image_labels = _pad(np.asarray(labels.image_labels[start:stop]), batch_size)
         valid = np.arange(batch_size) < stop - start
-        batch = jax.device_put((acts, slot_planes, slot_labels, image_labels, valid), data)
-        state = tally_step(state, constants, *batch, union=config.union, mask_dtype=mask_dtype)
+        labels_batch = jax.device_put((slot_planes, slot_labels, image_labels, valid), data)
+        state = tally_step(
+            state, constants, acts, *labels_batch, union=config.union, mask_dtype=mask_dtype
+        )
         if (step_index + 1) % flush_every == 0:
             flush(state)
             state = fresh()

@@ -1,0 +1,168 @@
+"""Broden-scale dissection on whatever JAX device is present (made for one H100/H200).
+
+    python -m bench.tally_accelerator [--images 63305] [--units 512] [--size 7]
+
+Activations are drawn on the device image by image (as a forward pass would leave them);
+labels come from host memory in the decoded cache's compact form (``bench.workload``).
+Prints, per stage, seconds and images/s: the exact threshold pass, the tally pass, scoring,
+and the end-to-end total; then the dense one-hot matmul baseline against our tally on the
+same images (ratio, counts asserted identical), and a NetDissect-Lite-style NumPy loop on a
+few images (counts asserted identical). Compilation is timed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.dense_baseline import dense_tally
+from bench.lite_loop import lite_tally
+from bench.workload import CATEGORIES, broden_like, label_category
+from jaxdissect import scores
+from jaxdissect.data.broden import BrodenDataset
+from jaxdissect.dissect import DissectConfig, compute_tally, compute_thresholds
+from jaxdissect.upsample import bilinear_matrix
+
+
+@functools.partial(jax.jit, static_argnames=("count", "shape"))
+def _draw(key, start, *, count, shape):
+    """Activations of images [start, start + count), each from fold_in(key, index): ReLU
+    noise with per-unit gains, on a 1/64 grid (see bench.workload.relu_features)."""
+
+    def one(index):
+        k1, k2 = jax.random.split(jax.random.fold_in(key, index))
+        gain = jax.random.gamma(k1, 2.0, (1, 1, shape[-1])) * 0.5
+        values = jnp.clip(jax.random.normal(k2, shape) * gain - 0.5, 0, 15.9)
+        return jnp.round(values * 64) / 64
+
+    return jax.vmap(one)(start + jnp.arange(count))
+
+
+def device_source(key, shape):
+    def activations(start, stop):
+        return _draw(key, start, count=stop - start, shape=shape)
+
+    return activations
+
+
+def synthetic_dataset(num_images: int, size: int) -> BrodenDataset:
+    category = label_category()
+    return BrodenDataset(
+        directory=Path("<broden-like workload>"),
+        categories=CATEGORIES,
+        label_names=tuple(f"label-{i}" for i in range(len(category))),
+        label_category=category,
+        images=tuple(f"{i}.jpg" for i in range(num_images)),
+        image_size=(2 * size, 2 * size),
+        label_size=(size, size),
+        pixel_planes=((),) * num_images,
+        image_labels=((),) * num_images,
+    )
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = jax.block_until_ready(fn(*args, **kwargs))
+    return result, time.perf_counter() - start
+
+
+def subset(labels, count):
+    return type(labels)(*(np.asarray(a[:count]) for a in labels))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=63305)
+    parser.add_argument("--units", type=int, default=512)
+    parser.add_argument("--size", type=int, default=7, help="activation map size h = w")
+    parser.add_argument("--label-size", type=int, default=112)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--baseline-images", type=int, default=2048)
+    parser.add_argument("--lite-images", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    print(f"devices: {jax.devices()}")
+    shape = (args.size, args.size, args.units)
+    labels, seconds = timed(broden_like, args.images, 0, args.label_size)
+    print(f"workload: {args.images} images, {shape} activations, {args.label_size}^2 labels "
+          f"({seconds:.1f} s to draw the labels)")
+    dataset = synthetic_dataset(args.images, args.label_size)
+    source = device_source(jax.random.key(0), shape)
+    config = DissectConfig(batch_size=args.batch_size, union="lite")
+
+    # Compile on a small prefix (same batch shapes), then time the full passes.
+    warm = synthetic_dataset(args.batch_size, args.label_size)
+    warm_labels = subset(labels, args.batch_size)
+    _, compile_seconds = timed(
+        lambda: compute_tally(source, warm_labels, warm,
+                              compute_thresholds(source, args.batch_size, shape, config,
+                                                 progress=False),
+                              shape, config, progress=False))
+    print(f"compile + first batch: {compile_seconds:.1f} s")
+
+    thresholds, t_threshold = timed(
+        compute_thresholds, source, args.images, shape, config, progress=False)
+    (G, I, A), t_tally = timed(
+        compute_tally, source, labels, dataset, thresholds, shape, config, progress=False)
+    start = time.perf_counter()
+    unit_iou = scores.iou(G, I, A, dataset.label_category)
+    unit_labels = scores.label_units(unit_iou, dataset.label_category, len(CATEGORIES))
+    t_score = time.perf_counter() - start
+    total = t_threshold + t_tally + t_score
+    n = args.images
+    print(f"thresholds: {t_threshold:.2f} s ({n / t_threshold:,.0f} images/s)")
+    print(f"tally:      {t_tally:.2f} s ({n / t_tally:,.0f} images/s)")
+    print(f"scoring:    {t_score:.2f} s")
+    print(f"total:      {total:.2f} s end to end ({n / total:,.0f} images/s); "
+          f"detectors (IoU > 0.04): {int((unit_labels.score > 0.04).sum())}")
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**30:.1f} GiB")
+
+    # Baseline: the dense one-hot matmul tally, same images, same thresholds.
+    count = min(args.baseline_images, n) // args.batch_size * args.batch_size
+    part = subset(labels, count)
+    part_dataset = synthetic_dataset(count, args.label_size)
+    rows = jnp.asarray(bilinear_matrix(args.label_size, args.size))
+    cols = jnp.asarray(bilinear_matrix(args.label_size, args.size))
+    category = jnp.asarray(dataset.label_category)
+
+    def baseline():
+        totals = [0, 0, 0]
+        for s in range(0, count, args.batch_size):
+            planes = jnp.asarray(part.label_planes(s, s + args.batch_size))
+            out = dense_tally(source(s, s + args.batch_size), jnp.asarray(thresholds), planes,
+                              jnp.asarray(part.image_labels[s:s + args.batch_size]), category,
+                              rows, cols, num_labels=len(category),
+                              num_categories=len(CATEGORIES))
+            totals = [t + np.asarray(o, np.int64) for t, o in zip(totals, out, strict=True)]
+        return totals
+
+    timed(baseline)  # compile
+    dense, t_dense = timed(baseline)
+    ours, t_ours = timed(compute_tally, source, part, part_dataset, thresholds, shape, config,
+                         progress=False)
+    for a, b in zip(dense, ours, strict=True):
+        np.testing.assert_array_equal(a, b)
+    print(f"on {count} images: dense one-hot baseline {count / t_dense:,.0f} images/s, "
+          f"ours {count / t_ours:,.0f} images/s: {t_dense / t_ours:.1f}x; counts identical")
+
+    few = args.lite_images
+    acts = np.asarray(source(0, few))
+    lite = lite_tally(acts, thresholds, part.label_planes(0, few), part.image_labels[:few],
+                      dataset.label_category, len(CATEGORIES))
+    small = compute_tally(source, subset(labels, few), synthetic_dataset(few, args.label_size),
+                          thresholds, shape, config, progress=False)
+    for a, b in zip(lite, small, strict=True):
+        np.testing.assert_array_equal(a, b)
+    print(f"NetDissect-Lite-style NumPy loop on {few} images: counts identical")
+
+
+if __name__ == "__main__":
+    main()
