@@ -90,8 +90,10 @@ def main(argv=None):
     print(f"devices: {jax.devices()}")
     shape = (args.size, args.size, args.units)
     labels, seconds = timed(broden_like, args.images, 0, args.label_size)
-    print(f"workload: {args.images} images, {shape} activations, {args.label_size}^2 labels "
-          f"({seconds:.1f} s to draw the labels)")
+    print(
+        f"workload: {args.images} images, {shape} activations, {args.label_size}^2 labels "
+        f"({seconds:.1f} s to draw the labels)"
+    )
     dataset = synthetic_dataset(args.images, args.label_size)
     source = device_source(jax.random.key(0), shape)
     config = DissectConfig(batch_size=args.batch_size, union="lite")
@@ -100,16 +102,24 @@ def main(argv=None):
     warm = synthetic_dataset(args.batch_size, args.label_size)
     warm_labels = subset(labels, args.batch_size)
     _, compile_seconds = timed(
-        lambda: compute_tally(source, warm_labels, warm,
-                              compute_thresholds(source, args.batch_size, shape, config,
-                                                 progress=False),
-                              shape, config, progress=False))
+        lambda: compute_tally(
+            source,
+            warm_labels,
+            warm,
+            compute_thresholds(source, args.batch_size, shape, config, progress=False),
+            shape,
+            config,
+            progress=False,
+        )
+    )
     print(f"compile + first batch: {compile_seconds:.1f} s")
 
     thresholds, t_threshold = timed(
-        compute_thresholds, source, args.images, shape, config, progress=False)
+        compute_thresholds, source, args.images, shape, config, progress=False
+    )
     (G, I, A), t_tally = timed(
-        compute_tally, source, labels, dataset, thresholds, shape, config, progress=False)
+        compute_tally, source, labels, dataset, thresholds, shape, config, progress=False
+    )
     start = time.perf_counter()
     unit_iou = scores.iou(G, I, A, dataset.label_category)
     unit_labels = scores.label_units(unit_iou, dataset.label_category, len(CATEGORIES))
@@ -119,8 +129,10 @@ def main(argv=None):
     print(f"thresholds: {t_threshold:.2f} s ({n / t_threshold:,.0f} images/s)")
     print(f"tally:      {t_tally:.2f} s ({n / t_tally:,.0f} images/s)")
     print(f"scoring:    {t_score:.2f} s")
-    print(f"total:      {total:.2f} s end to end ({n / total:,.0f} images/s); "
-          f"detectors (IoU > 0.04): {int((unit_labels.score > 0.04).sum())}")
+    print(
+        f"total:      {total:.2f} s end to end ({n / total:,.0f} images/s); "
+        f"detectors (IoU > 0.04): {int((unit_labels.score > 0.04).sum())}"
+    )
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**30:.1f} GiB")
@@ -137,28 +149,51 @@ def main(argv=None):
         totals = [0, 0, 0]
         for s in range(0, count, args.batch_size):
             planes = jnp.asarray(part.label_planes(s, s + args.batch_size))
-            out = dense_tally(source(s, s + args.batch_size), jnp.asarray(thresholds), planes,
-                              jnp.asarray(part.image_labels[s:s + args.batch_size]), category,
-                              rows, cols, num_labels=len(category),
-                              num_categories=len(CATEGORIES))
+            out = dense_tally(
+                source(s, s + args.batch_size),
+                jnp.asarray(thresholds.thresholds),
+                planes,
+                jnp.asarray(part.image_labels[s : s + args.batch_size]),
+                category,
+                rows,
+                cols,
+                num_labels=len(category),
+                num_categories=len(CATEGORIES),
+            )
             totals = [t + np.asarray(o, np.int64) for t, o in zip(totals, out, strict=True)]
         return totals
 
     timed(baseline)  # compile
     dense, t_dense = timed(baseline)
-    ours, t_ours = timed(compute_tally, source, part, part_dataset, thresholds, shape, config,
-                         progress=False)
+    ours, t_ours = timed(
+        compute_tally, source, part, part_dataset, thresholds, shape, config, progress=False
+    )
     for a, b in zip(dense, ours, strict=True):
         np.testing.assert_array_equal(a, b)
-    print(f"on {count} images: dense one-hot baseline {count / t_dense:,.0f} images/s, "
-          f"ours {count / t_ours:,.0f} images/s: {t_dense / t_ours:.1f}x; counts identical")
+    print(
+        f"on {count} images: dense one-hot baseline {count / t_dense:,.0f} images/s, "
+        f"ours {count / t_ours:,.0f} images/s: {t_dense / t_ours:.1f}x; counts identical"
+    )
 
     few = args.lite_images
     acts = np.asarray(source(0, few))
-    lite = lite_tally(acts, thresholds, part.label_planes(0, few), part.image_labels[:few],
-                      dataset.label_category, len(CATEGORIES))
-    small = compute_tally(source, subset(labels, few), synthetic_dataset(few, args.label_size),
-                          thresholds, shape, config, progress=False)
+    lite = lite_tally(
+        acts,
+        thresholds.thresholds,
+        part.label_planes(0, few),
+        part.image_labels[:few],
+        dataset.label_category,
+        len(CATEGORIES),
+    )
+    small = compute_tally(
+        source,
+        subset(labels, few),
+        synthetic_dataset(few, args.label_size),
+        thresholds,
+        shape,
+        config,
+        progress=False,
+    )
     for a, b in zip(lite, small, strict=True):
         np.testing.assert_array_equal(a, b)
     print(f"NetDissect-Lite-style NumPy loop on {few} images: counts identical")

@@ -13,8 +13,14 @@ import numpy as np
 
 from jaxdissect.data.cache import LabelArrays
 
-CATEGORY_SIZES = {"color": 11, "object": 584, "part": 234, "material": 32, "scene": 468,
-                  "texture": 47}
+CATEGORY_SIZES = {
+    "color": 11,
+    "object": 584,
+    "part": 234,
+    "material": 32,
+    "scene": 468,
+    "texture": 47,
+}
 CATEGORIES = tuple(CATEGORY_SIZES)
 
 
@@ -45,8 +51,12 @@ def _blocky(rng, num_images, size, cell, slots, first_slot, empty):
 
 
 # Per pixel plane: (category, labels drawn per image, block size, share of empty blocks).
-PLANES = (("color", 6, 8, 0.0), ("object", 8, 16, 0.1), ("part", 4, 8, 0.6),
-          ("material", 3, 16, 0.7))
+PLANES = (
+    ("color", 6, 8, 0.0),
+    ("object", 8, 16, 0.1),
+    ("part", 4, 8, 0.6),
+    ("material", 3, 16, 0.7),
+)
 
 
 def broden_like(num_images: int, seed: int = 0, size: int = 112) -> LabelArrays:

@@ -38,12 +38,15 @@ class DissectConfig:
       iou_threshold: a unit is a detector when its best IoU is strictly above this.
       union: "paper" (original NetDissect) or "lite" (NetDissect-Lite) rule for A[u, c].
       batch_size: images per step (rounded up to a multiple of the device count).
+      skip_inactive: upsample only the units whose map rises above their threshold (exact;
+        off, every unit of every image is upsampled).
     """
 
     quantile: float = 0.005
     iou_threshold: float = 0.04
     union: str = "paper"
     batch_size: int = 32
+    skip_inactive: bool = True
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -83,17 +86,38 @@ class Dissection(NamedTuple):
 ActivationSource = Callable[[int, int], np.ndarray]
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def threshold_step(state, first_bad, acts, valid, indices):
-    """One jitted step of pass 1: the top-k update and the first non-finite image index."""
+@functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+def threshold_step(state, first_bad, maxima, acts, valid, indices, start):
+    """One jitted step of pass 1: the top-k update, each image's per-unit maxima (to size
+    pass 2's skipping of inactive units), and the first non-finite image index."""
     finite = jnp.all(jnp.isfinite(acts), axis=(1, 2, 3)) | ~valid
     first_bad = jnp.minimum(first_bad, jnp.min(jnp.where(finite, INT32_MAX, indices)))
-    return quantile.quantile_update(state, acts, valid), first_bad
+    batch_maxima = jnp.where(valid[:, None], jnp.max(acts, axis=(1, 2)), -jnp.inf)
+    maxima = jax.lax.dynamic_update_slice(maxima, batch_maxima, (start, 0))
+    return quantile.quantile_update(state, acts, valid), first_bad, maxima
 
 
-@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("union", "mask_dtype"))
+@jax.jit
+def _most_active_units(maxima, thresholds):
+    """The largest number of units of one image whose maximum is above its threshold."""
+    return jnp.max(jnp.sum(maxima > thresholds, axis=1))
+
+
+@functools.partial(
+    jax.jit, donate_argnums=(0,), static_argnames=("union", "mask_dtype", "max_active")
+)
 def tally_step(
-    state, constants, acts, slot_planes, slot_labels, image_labels, valid, *, union, mask_dtype
+    state,
+    constants,
+    acts,
+    slot_planes,
+    slot_labels,
+    image_labels,
+    valid,
+    *,
+    union,
+    mask_dtype,
+    max_active,
 ):
     """One jitted step of pass 2."""
     thresholds, label_category, rows, cols = constants
@@ -110,6 +134,7 @@ def tally_step(
         valid,
         union=union,
         mask_dtype=mask_dtype,
+        max_active=max_active,
     )
 
 
@@ -153,6 +178,19 @@ def _check_finite(first_bad: jax.Array, num_images: int, layer: str) -> None:
         )
 
 
+class Thresholds(NamedTuple):
+    """Pass 1's results.
+
+    Attributes:
+      thresholds: (U,) float32 per-unit thresholds.
+      max_active: the most units of any one image whose map rises above its threshold:
+        pass 2 upsamples only those, in a buffer of this size.
+    """
+
+    thresholds: np.ndarray
+    max_active: int
+
+
 def compute_thresholds(
     activations: ActivationSource,
     num_images: int,
@@ -160,7 +198,7 @@ def compute_thresholds(
     config: DissectConfig,
     layer: str = "features",
     progress: bool = True,
-) -> np.ndarray:
+) -> Thresholds:
     """Pass 1: exact per-unit (1 - q) quantiles; also rejects NaN/inf activations.
 
     Args:
@@ -172,39 +210,43 @@ def compute_thresholds(
       progress: show a progress bar.
 
     Returns:
-      (U,) float32 thresholds.
+      Thresholds: (U,) float32 thresholds and the bound for skipping inactive units. Keeps
+      an (N, U) float32 array of per-image maxima on the devices meanwhile.
     """
     height, width, units = shape
     mesh = _mesh()
     batch_size = -(-config.batch_size // mesh.size) * mesh.size
     data = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
+    batches = list(_batches(num_images, batch_size))
 
     state = jax.device_put(
         quantile.quantile_init(units, config.quantile, num_images * height * width), replicated
     )
     first_bad = jax.device_put(jnp.asarray(INT32_MAX, jnp.int32), replicated)
+    maxima = jax.device_put(
+        jnp.full((len(batches) * batch_size, units), -jnp.inf, jnp.float32), replicated
+    )
     for start, stop in tqdm(
-        list(_batches(num_images, batch_size)),
-        desc=f"{layer}: thresholds",
-        unit="batch",
-        disable=not progress,
+        batches, desc=f"{layer}: thresholds", unit="batch", disable=not progress
     ):
         acts = _device_activations(activations(start, stop), batch_size, data)
         valid = np.arange(batch_size) < stop - start
         indices = np.arange(start, start + batch_size, dtype=np.int32)
-        state, first_bad = threshold_step(
-            state, first_bad, acts, *jax.device_put((valid, indices), data)
+        state, first_bad, maxima = threshold_step(
+            state, first_bad, maxima, acts, *jax.device_put((valid, indices), data), start
         )
     _check_finite(first_bad, num_images, layer)
-    return quantile.quantile_result(state, config.quantile)
+    thresholds = quantile.quantile_result(state, config.quantile)
+    max_active = int(_most_active_units(maxima, jnp.asarray(thresholds)))
+    return Thresholds(thresholds, max_active)
 
 
 def compute_tally(
     activations: ActivationSource,
     labels: LabelArrays,
     dataset: BrodenDataset,
-    thresholds: np.ndarray,
+    thresholds: Thresholds,
     shape: tuple[int, int, int],
     config: DissectConfig,
     layer: str = "features",
@@ -212,6 +254,8 @@ def compute_tally(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pass 2: G, I and A as int64 host arrays.
 
+    Each image upsamples only the units whose map rises above their threshold (at most
+    ``thresholds.max_active``, measured in pass 1), unless ``config.skip_inactive`` is off.
     The device state is int32; it is moved into int64 host totals often enough that no
     device count can pass 2**31 (a host sync every few hundred batches, not every step).
     """
@@ -233,7 +277,7 @@ def compute_tally(
 
     constants = jax.device_put(
         (
-            jnp.asarray(thresholds, jnp.float32),
+            jnp.asarray(thresholds.thresholds, jnp.float32),
             jnp.asarray(dataset.label_category, jnp.int32),
             jnp.asarray(bilinear_matrix(label_height, height)),
             jnp.asarray(bilinear_matrix(label_width, width)),
@@ -252,9 +296,15 @@ def compute_tally(
         np.zeros((units, num_categories), np.int64),
     ]
     mask_dtype = mask_dtype_for_backend()
+    # Rounded up to a multiple of 8 so that similar layers share compiled steps.
+    max_active = -(-max(thresholds.max_active, 1) // 8) * 8
+    if not config.skip_inactive or max_active >= units:
+        max_active = None
 
     def flush(state):
         host = jax.device_get(state)
+        if host.overflow:  # cannot happen: pass 1 measured the bound
+            raise RuntimeError(f"layer {layer!r}: {host.overflow} images overflowed the tally")
         for total, part in zip(totals, host[:3], strict=True):
             total += part
 
@@ -270,7 +320,13 @@ def compute_tally(
         valid = np.arange(batch_size) < stop - start
         labels_batch = jax.device_put((slot_planes, slot_labels, image_labels, valid), data)
         state = tally_step(
-            state, constants, acts, *labels_batch, union=config.union, mask_dtype=mask_dtype
+            state,
+            constants,
+            acts,
+            *labels_batch,
+            union=config.union,
+            mask_dtype=mask_dtype,
+            max_active=max_active,
         )
         if (step_index + 1) % flush_every == 0:
             flush(state)
@@ -331,7 +387,7 @@ def dissect_activations(
     )
     return Dissection(
         layer=layer,
-        thresholds=thresholds,
+        thresholds=thresholds.thresholds,
         label_area=label_area,
         intersection=intersection,
         unit_area=unit_area,

@@ -31,7 +31,8 @@ class TallyState(NamedTuple):
         cover the whole image). Column 0 (unlabelled) is kept at zero.
       intersection: (U, L) int32, I[u, l].
       unit_area: (U, C) int32, A[u, c] under the state's union rule.
-      overflow: () int32, images with more distinct pixel labels than slots (must stay 0).
+      overflow: () int32, images with more distinct pixel labels than slots, or more
+        active units than ``max_active`` (must stay 0).
     """
 
     label_area: Int[Array, " labels"]
@@ -110,13 +111,32 @@ def _image_tally(
     num_categories,
     union,
     mask_dtype,
+    max_active,
 ):
-    """Per-image contributions: (slot areas, slot intersections, mask areas, unit-area
-    increments)."""
-    units = acts.shape[-1]
+    """One image's contributions, for its K tallied units (all U, or the active ones).
+
+    Returns:
+      (units (K,), pair_valid (K,), slot areas (S+1,), slot intersections (K, S+1), mask
+      areas (K,), unit-area increments (K, C), overflow ()).
+    """
+    num_units = acts.shape[-1]
     num_slots = slot_labels.shape[0]
-    mask = unit_masks(acts, thresholds, row_matrix, col_matrix) & valid
-    mask = mask.reshape(units, -1)
+    if max_active is None:
+        units = jnp.arange(num_units)
+        pair_valid = jnp.broadcast_to(valid, (num_units,))
+        overflow = jnp.zeros((), bool)
+    else:
+        # A map whose maximum is <= T has an empty mask (bilinear interpolation never
+        # exceeds the maximum): only the other units need upsampling.
+        active = (jnp.max(acts, axis=(0, 1)) > thresholds) & valid
+        count = jnp.sum(active)
+        (units,) = jnp.nonzero(active, size=max_active, fill_value=0)
+        pair_valid = jnp.arange(max_active) < count
+        overflow = count > max_active
+        acts = acts[:, :, units]
+        thresholds = thresholds[units]
+    mask = unit_masks(acts, thresholds, row_matrix, col_matrix) & pair_valid[:, None, None]
+    mask = mask.reshape(mask.shape[0], -1)
     mask_area = jnp.sum(mask, axis=1, dtype=jnp.int32)
 
     # A pixel carried by two planes counts twice: sum the one-hots over planes. Entries are
@@ -130,7 +150,7 @@ def _image_tally(
         pixel_slots,
         precision=jax.lax.Precision.HIGHEST,
         preferred_element_type=jnp.float32,
-    )  # (U, S+1)
+    )  # (K, S+1)
 
     # Categories: slot 0, unused slots and labels without one map to -1 (a zero one-hot).
     slot_category = jnp.where(slot_labels > 0, label_category[slot_labels], -1)
@@ -144,16 +164,19 @@ def _image_tally(
     )
     if union == "paper":
         present = jnp.maximum(jnp.max(slot_category_onehot, axis=0), image_category_present)
-        counted = jnp.broadcast_to(present, (units, num_categories))
+        counted = jnp.broadcast_to(present, (mask.shape[0], num_categories))
     else:
         hit = (slot_intersection > 0).astype(jnp.float32) @ slot_category_onehot
         counted = jnp.maximum((hit > 0).astype(jnp.float32), image_category_present)
-    unit_area = mask_area[:, None] * counted.astype(jnp.int32) * valid
+    unit_area = mask_area[:, None] * counted.astype(jnp.int32)
     return (
+        units,
+        pair_valid,
         slot_area.astype(jnp.int32),
         slot_intersection.astype(jnp.int32),
         mask_area,
         unit_area,
+        overflow,
     )
 
 
@@ -171,6 +194,7 @@ def tally_update_compact(
     *,
     union: str = "paper",
     mask_dtype=jnp.float32,
+    max_active: int | None = None,
 ) -> TallyState:
     """Fold one batch into the tally, its labels already compacted into slots.
 
@@ -187,13 +211,16 @@ def tally_update_compact(
       union: "paper" or "lite", the rule for A (static).
       mask_dtype: operand type of the intersection matmul (static); float32, or bfloat16
         where the matrix units want it. Both are exact.
+      max_active: if set (static), each image upsamples only its units whose maximum is
+        above the threshold, at most this many; images with more are counted in
+        ``state.overflow`` (their extra units are not tallied). None tallies every unit.
 
     Returns:
-      The updated state. Jittable (mark ``union`` and ``mask_dtype`` static).
+      The updated state. Jittable (mark the keyword arguments static).
     """
     if union not in UNIONS:
         raise ValueError(f"union must be one of {UNIONS}, got {union!r}")
-    batch, units = acts.shape[0], acts.shape[-1]
+    batch = acts.shape[0]
     label_height, label_width = slot_planes.shape[-2:]
     if valid is None:
         valid = jnp.ones((batch,), bool)
@@ -211,34 +238,36 @@ def tally_update_compact(
             num_categories=state.unit_area.shape[1],
             union=union,
             mask_dtype=mask_dtype,
+            max_active=max_active,
         )
     )
-    slot_area, slot_intersection, mask_area, unit_area = per_image(
+    units, pair_valid, slot_area, slot_intersection, mask_area, unit_area, overflow = per_image(
         acts, slot_planes, slot_labels, image_labels, valid
     )
     image_labels = jnp.where(valid[:, None], image_labels, 0)
+    # Padding pairs point at unit 0 with zero counts, so they add nothing.
+    slot_intersection = slot_intersection * pair_valid[:, :, None]
+    mask_area = mask_area * pair_valid
+    unit_area = unit_area * pair_valid[:, :, None]
 
     label_area = state.label_area.at[slot_labels.ravel()].add(slot_area.ravel())
     label_area = label_area.at[image_labels.ravel()].add(label_height * label_width)
     label_area = label_area.at[0].set(0)
 
-    intersection = state.intersection.at[:, slot_labels.ravel()].add(
-        jnp.moveaxis(slot_intersection, 1, 0).reshape(units, -1)
-    )
+    rows = units[:, :, None]  # (B, K, 1)
+    intersection = state.intersection.at[rows, slot_labels[:, None, :]].add(slot_intersection)
     # An image-level label intersects a mask wherever the mask is on.
     image_label_hits = jnp.broadcast_to(
-        mask_area[:, :, None], (batch, units, image_labels.shape[1])
+        mask_area[:, :, None], (*mask_area.shape, image_labels.shape[1])
     )
-    intersection = intersection.at[:, image_labels.ravel()].add(
-        jnp.moveaxis(image_label_hits, 1, 0).reshape(units, -1)
-    )
+    intersection = intersection.at[rows, image_labels[:, None, :]].add(image_label_hits)
     intersection = intersection.at[:, 0].set(0)
 
     return TallyState(
         label_area=label_area,
         intersection=intersection,
-        unit_area=state.unit_area + unit_area.sum(axis=0),
-        overflow=state.overflow,
+        unit_area=state.unit_area.at[units].add(unit_area),
+        overflow=state.overflow + jnp.sum(overflow, dtype=jnp.int32),
     )
 
 
@@ -256,6 +285,7 @@ def tally_update(
     num_slots: int = 64,
     union: str = "paper",
     mask_dtype=jnp.float32,
+    max_active: int | None = None,
 ) -> TallyState:
     """Fold one batch into the tally, from raw label planes.
 
@@ -271,7 +301,7 @@ def tally_update(
       num_slots: static bound on distinct pixel labels per image; images above it are
         counted in ``state.overflow`` and must be re-run with more slots.
       union: "paper" or "lite", the rule for A (static).
-      mask_dtype: see ``tally_update_compact``.
+      mask_dtype, max_active: see ``tally_update_compact``.
 
     Returns:
       The updated state. Jittable (mark the keyword arguments static).
@@ -294,5 +324,6 @@ def tally_update(
         valid,
         union=union,
         mask_dtype=mask_dtype,
+        max_active=max_active,
     )
     return state._replace(overflow=state.overflow + jnp.sum(overflow & valid, dtype=jnp.int32))

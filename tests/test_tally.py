@@ -15,23 +15,21 @@ def _thresholds(features, q=0.05):
 
 
 @pytest.mark.parametrize("union", ["paper", "lite"])
-@pytest.mark.parametrize("shape", [(4, 4, 5), (8, 8, 3)])
-def test_driver_tally_equals_numpy_loop(probe, union, shape):
+@pytest.mark.parametrize("shape,skip", [((4, 4, 5), True), ((8, 8, 3), True), ((4, 4, 5), False)])
+def test_driver_tally_equals_numpy_loop(probe, union, shape, skip):
     features = dyadic_features(12, shape)
-    thresholds = _thresholds(features)
     dataset = open_broden(probe.directory)
     labels = load_label_arrays(dataset, progress=False)
     source, layer_shape = features_source(features)
+    config = DissectConfig(union=union, batch_size=5, quantile=0.05, skip_inactive=skip)
+    thresholds = compute_thresholds(source, 12, layer_shape, config, progress=False)
+    np.testing.assert_array_equal(thresholds.thresholds, _thresholds(features))
+    active = (features.max(axis=(1, 2)) > thresholds.thresholds).sum(axis=1)
+    assert thresholds.max_active == active.max()
     G, I, A = compute_tally(
-        source,
-        labels,
-        dataset,
-        thresholds,
-        layer_shape,
-        DissectConfig(union=union, batch_size=5),
-        progress=False,
+        source, labels, dataset, thresholds, layer_shape, config, progress=False
     )
-    G_ref, I_ref, A_ref = reference_tally(features, thresholds, probe, union)
+    G_ref, I_ref, A_ref = reference_tally(features, thresholds.thresholds, probe, union)
     np.testing.assert_array_equal(G, G_ref)
     np.testing.assert_array_equal(I, I_ref)
     np.testing.assert_array_equal(A, A_ref)
@@ -132,7 +130,7 @@ def test_thresholds_pass_equals_numpy(probe):
     got = compute_thresholds(
         source, 12, shape, DissectConfig(quantile=0.02, batch_size=5), progress=False
     )
-    np.testing.assert_array_equal(got, _thresholds(features, 0.02))
+    np.testing.assert_array_equal(got.thresholds, _thresholds(features, 0.02))
 
 
 def test_nchw_layout_equals_nhwc(probe):
@@ -172,3 +170,32 @@ def test_bfloat16_mask_matmul_is_exact(probe):
     )
     for x, y in zip(f32, bf16, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("union", ["paper", "lite"])
+def test_skipping_inactive_units_is_exact(probe, union):
+    features = dyadic_features(12, (4, 4, 5))
+    thresholds = jnp.asarray(_thresholds(features, 0.02))
+    acts, planes, scalars = _batch_inputs(probe, features, 0, 12)
+    common = dict(
+        thresholds=thresholds,
+        label_planes=planes,
+        image_labels=scalars,
+        label_category=jnp.asarray(probe.label_category),
+        row_matrix=bilinear_matrix(16, 4),
+        col_matrix=bilinear_matrix(16, 4),
+        num_slots=24,
+        union=union,
+    )
+    active = (np.asarray(acts).max(axis=(1, 2)) > np.asarray(thresholds)).sum(1)
+    assert 0 < active.max() < 5  # some units are skipped somewhere
+    dense = tally.tally_update(tally.tally_init(5, probe.num_labels, 6), acts, **common)
+    sparse = tally.tally_update(
+        tally.tally_init(5, probe.num_labels, 6), acts, max_active=int(active.max()), **common
+    )
+    for x, y in zip(dense, sparse, strict=True):
+        np.testing.assert_array_equal(x, y)
+    short = tally.tally_update(
+        tally.tally_init(5, probe.num_labels, 6), acts, max_active=int(active.max()) - 1, **common
+    )
+    assert int(short.overflow) == int((active == active.max()).sum())
