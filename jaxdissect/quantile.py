@@ -20,15 +20,25 @@ from jaxtyping import Array, Bool, Float, Int
 
 
 class QuantileState(NamedTuple):
-    """Running top-k of each unit's activations.
+    """Running top-k of each unit's activations, with a staging buffer.
+
+    A new value can only matter if it exceeds the unit's current k-th largest value (the
+    last column of ``top``); those few are appended to the unit's row of ``buffer``, and
+    only when a row would overflow is the buffer merged into ``top`` by one top-k. So the
+    cost per value stays constant however large k grows (a top-k per batch would cost
+    O(k) each time).
 
     Attributes:
-      top: (U, k) float32, the k largest values seen per unit (-inf where fewer seen).
+      top: (U, k) float32, the k largest values merged so far, descending (-inf where fewer).
+      buffer: (U, M) float32, candidate values not merged yet (-inf in unused columns).
+      fill: (U,) int32, columns of each row of ``buffer`` in use.
       count: () int32, number of positions folded in per unit.
       q: () float32, the upper-tail fraction (kept for ``quantile_result``).
     """
 
     top: Float[Array, "units k"]
+    buffer: Float[Array, "units m"]
+    fill: Int[Array, " units"]
     count: Int[Array, ""]
     q: Float[Array, ""]
 
@@ -43,22 +53,37 @@ def topk_size(q: float, positions: int) -> int:
     return min(positions, math.ceil(q * positions) + 2)
 
 
-def quantile_init(units: int, q: float, positions: int) -> QuantileState:
+def quantile_init(
+    units: int, q: float, positions: int, buffer_size: int | None = None
+) -> QuantileState:
     """Empty state for ``units`` units whose (1 - q) quantile over ``positions`` values is wanted.
 
     Args:
       units: number of units U.
       q: upper-tail fraction in (0, 1); NetDissect uses 0.005.
       positions: total number of values per unit that will be folded in (N * h * w).
+      buffer_size: staging columns M (default max(k, 4096)); a larger buffer merges less often.
 
     Returns:
-      A QuantileState with a (U, k) buffer, k = ceil(q * positions) + 2 (at most positions).
+      A QuantileState with a (U, k) top-k, k = ceil(q * positions) + 2 (at most positions).
     """
     k = topk_size(q, positions)
+    buffer_size = buffer_size or max(k, 4096)
     return QuantileState(
         top=jnp.full((units, k), -jnp.inf, jnp.float32),
+        buffer=jnp.full((units, buffer_size), -jnp.inf, jnp.float32),
+        fill=jnp.zeros((units,), jnp.int32),
         count=jnp.zeros((), jnp.int32),
         q=jnp.asarray(q, jnp.float32),
+    )
+
+
+def _flush(state: QuantileState) -> QuantileState:
+    """Merges the buffer into the top-k and empties it."""
+    k = state.top.shape[1]
+    top, _ = jax.lax.top_k(jnp.concatenate([state.top, state.buffer], axis=1), k)
+    return state._replace(
+        top=top, buffer=jnp.full_like(state.buffer, -jnp.inf), fill=jnp.zeros_like(state.fill)
     )
 
 
@@ -83,16 +108,30 @@ def quantile_update(
         valid = jnp.ones((batch,), bool)
     acts = jnp.where(valid[:, None, None, None], acts, -jnp.inf)
     values = acts.reshape(batch * height * width, units).T
-    top, _ = jax.lax.top_k(jnp.concatenate([state.top, values], axis=1), state.top.shape[1])
     count = state.count + jnp.sum(valid).astype(jnp.int32) * (height * width)
-    return QuantileState(top=top, count=count, q=state.q)
+    size = values.shape[1]
+    if size > state.buffer.shape[1]:  # static: the batch alone could overfill the buffer
+        state = _flush(state)
+        top, _ = jax.lax.top_k(jnp.concatenate([state.top, values], axis=1), state.top.shape[1])
+        return state._replace(top=top, count=count)
+    # Equal values leave the multiset of the k largest unchanged, so strict > is exact.
+    candidate = values > state.top[:, -1:]
+    needed = state.fill + jnp.sum(candidate, axis=1, dtype=jnp.int32)
+    state = jax.lax.cond(jnp.any(needed > state.buffer.shape[1]), _flush, lambda s: s, state)
+    candidate = values > state.top[:, -1:]
+    column = state.fill[:, None] + jnp.cumsum(candidate, axis=1, dtype=jnp.int32) - 1
+    column = jnp.where(candidate, column, state.buffer.shape[1])  # out of range: dropped
+    rows = jnp.broadcast_to(jnp.arange(units)[:, None], column.shape)
+    buffer = state.buffer.at[rows, column].set(values, mode="drop")
+    fill = state.fill + jnp.sum(candidate, axis=1, dtype=jnp.int32)
+    return state._replace(buffer=buffer, fill=fill, count=count)
 
 
 def quantile_merge(a: QuantileState, b: QuantileState) -> QuantileState:
     """Combine the states of two disjoint parts of the data (associative, commutative)."""
-    k = a.top.shape[1]
-    top, _ = jax.lax.top_k(jnp.concatenate([a.top, b.top], axis=1), k)
-    return QuantileState(top=top, count=a.count + b.count, q=a.q)
+    a, b = _flush(a), _flush(b)
+    top, _ = jax.lax.top_k(jnp.concatenate([a.top, b.top], axis=1), a.top.shape[1])
+    return a._replace(top=top, count=a.count + b.count)
 
 
 def quantile_result(state: QuantileState, q: float | None = None) -> np.ndarray:
@@ -109,7 +148,7 @@ def quantile_result(state: QuantileState, q: float | None = None) -> np.ndarray:
     Returns:
       (U,) float32 thresholds.
     """
-    top = np.asarray(state.top, np.float32)
+    top = np.asarray(_flush(state).top, np.float32)
     n = int(state.count)
     k = top.shape[1]
     if n < 1:

@@ -6,10 +6,10 @@ import pytest
 from jaxdissect import quantile
 
 
-def _fold(values, q, batch):
+def _fold(values, q, batch, buffer_size=None):
     """values: (N, h, w, U); fold in batches of ``batch`` (last one padded and masked)."""
     n, h, w, u = values.shape
-    state = quantile.quantile_init(u, q, n * h * w)
+    state = quantile.quantile_init(u, q, n * h * w, buffer_size)
     update = jax.jit(quantile.quantile_update)
     for start in range(0, n, batch):
         chunk = values[start : start + batch]
@@ -20,11 +20,14 @@ def _fold(values, q, batch):
 
 
 @pytest.mark.parametrize("q", [0.005, 0.01, 0.2, 0.5, 0.9])
-@pytest.mark.parametrize("batch", [1, 3, 8])
-def test_equals_numpy_quantile(q, batch):
+@pytest.mark.parametrize(
+    "batch,buffer_size", [(1, None), (3, None), (8, None), (1, 45), (3, 70), (8, 30)]
+)
+def test_equals_numpy_quantile(q, batch, buffer_size):
+    # Small buffers flush often; buffer 30 < a batch of 8 * 20 positions takes the direct path.
     rng = np.random.default_rng(0)
     values = rng.normal(size=(13, 5, 4, 6)).astype(np.float32)
-    state = _fold(values, q, batch)
+    state = _fold(values, q, batch, buffer_size)
     expected = np.quantile(values.reshape(-1, 6), 1 - q, axis=0)
     np.testing.assert_array_equal(quantile.quantile_result(state, q), expected.astype(np.float32))
 
