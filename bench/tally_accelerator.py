@@ -37,7 +37,7 @@ def _draw(key, start, *, count, shape):
 
     def one(index):
         k1, k2 = jax.random.split(jax.random.fold_in(key, index))
-        gain = jax.random.gamma(k1, 2.0, (1, 1, shape[-1])) * 0.5
+        gain = jnp.exp(0.5 * jax.random.normal(k1, (1, 1, shape[-1])))
         values = jnp.clip(jax.random.normal(k2, shape) * gain - 0.5, 0, 15.9)
         return jnp.round(values * 64) / 64
 

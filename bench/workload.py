@@ -86,7 +86,7 @@ def broden_like(num_images: int, seed: int = 0, size: int = 112) -> LabelArrays:
 
 
 def relu_features(num_images: int, shape=(7, 7, 512), seed: int = 1) -> np.ndarray:
-    """(N, h, w, U) float32 activations: ReLU of noise with per-image, per-unit gains.
+    """(N, h, w, U) float32 activations: ReLU of noise with log-normal per-image, per-unit gains.
 
     Values are multiples of 1/64 below 16, so bilinear upsampling by a power of two is exact
     in any summation order: the baseline's NumPy matmuls and XLA's einsum then produce the
@@ -94,7 +94,7 @@ def relu_features(num_images: int, shape=(7, 7, 512), seed: int = 1) -> np.ndarr
     """
     rng = np.random.default_rng(seed)
     height, width, units = shape
-    gain = rng.gamma(2.0, 0.5, (num_images, 1, 1, units)).astype(np.float32)
+    gain = np.exp(0.5 * rng.standard_normal((num_images, 1, 1, units))).astype(np.float32)
     noise = rng.standard_normal((num_images, height, width, units), np.float32)
     values = np.clip(np.maximum(noise * gain - 0.5, 0), 0, 15.9)
     return (np.round(values * 64) / 64).astype(np.float32)

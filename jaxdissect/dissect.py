@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -170,6 +172,27 @@ def _device_activations(acts, size: int, sharding: NamedSharding) -> jax.Array:
     return jax.device_put(_pad(np.asarray(acts, np.float32), size), sharding)
 
 
+def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Runs ``items`` (host slicing, padding, device_put) in a thread, ``depth`` ahead, so
+    the host side of the next batches overlaps the devices' work on this one."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def worker():
+        try:
+            for item in items:
+                ready.put(item)
+        except BaseException as error:  # re-raised in the consumer's thread
+            ready.put(error)
+        ready.put(done)
+
+    threading.Thread(target=worker, daemon=True).start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def _check_finite(first_bad: jax.Array, num_images: int, layer: str) -> None:
     index = int(first_bad)
     if index < num_images:
@@ -227,14 +250,23 @@ def compute_thresholds(
     maxima = jax.device_put(
         jnp.full((len(batches) * batch_size, units), -jnp.inf, jnp.float32), replicated
     )
-    for start, stop in tqdm(
-        batches, desc=f"{layer}: thresholds", unit="batch", disable=not progress
+
+    def placed():
+        for start, stop in batches:
+            acts = _device_activations(activations(start, stop), batch_size, data)
+            valid = np.arange(batch_size) < stop - start
+            indices = np.arange(start, start + batch_size, dtype=np.int32)
+            yield start, acts, *jax.device_put((valid, indices), data)
+
+    for start, acts, valid, indices in tqdm(
+        _prefetch(placed()),
+        total=len(batches),
+        desc=f"{layer}: thresholds",
+        unit="batch",
+        disable=not progress,
     ):
-        acts = _device_activations(activations(start, stop), batch_size, data)
-        valid = np.arange(batch_size) < stop - start
-        indices = np.arange(start, start + batch_size, dtype=np.int32)
         state, first_bad, maxima = threshold_step(
-            state, first_bad, maxima, acts, *jax.device_put((valid, indices), data), start
+            state, first_bad, maxima, acts, valid, indices, start
         )
     _check_finite(first_bad, num_images, layer)
     thresholds = quantile.quantile_result(state, config.quantile)
@@ -310,20 +342,29 @@ def compute_tally(
 
     state = fresh()
     batches = list(_batches(num_images, batch_size))
-    for step_index, (start, stop) in enumerate(
-        tqdm(batches, desc=f"{layer}: tally", unit="batch", disable=not progress)
+
+    def placed():
+        for start, stop in batches:
+            acts = _device_activations(activations(start, stop), batch_size, data)
+            slot_planes = _pad(np.asarray(labels.slot_planes[start:stop]), batch_size)
+            slot_labels = _pad(np.asarray(labels.slot_labels[start:stop]), batch_size)
+            image_labels = _pad(np.asarray(labels.image_labels[start:stop]), batch_size)
+            valid = np.arange(batch_size) < stop - start
+            yield acts, *jax.device_put((slot_planes, slot_labels, image_labels, valid), data)
+
+    for step_index, batch in enumerate(
+        tqdm(
+            _prefetch(placed()),
+            total=len(batches),
+            desc=f"{layer}: tally",
+            unit="batch",
+            disable=not progress,
+        )
     ):
-        acts = _device_activations(activations(start, stop), batch_size, data)
-        slot_planes = _pad(np.asarray(labels.slot_planes[start:stop]), batch_size)
-        slot_labels = _pad(np.asarray(labels.slot_labels[start:stop]), batch_size)
-        image_labels = _pad(np.asarray(labels.image_labels[start:stop]), batch_size)
-        valid = np.arange(batch_size) < stop - start
-        labels_batch = jax.device_put((slot_planes, slot_labels, image_labels, valid), data)
         state = tally_step(
             state,
             constants,
-            acts,
-            *labels_batch,
+            *batch,
             union=config.union,
             mask_dtype=mask_dtype,
             max_active=max_active,
