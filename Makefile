@@ -11,6 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# PyTorch (CPU) is an optional test dependency: the ResNet-20 import is compared with it.
+	$(PY) -m pip install --quiet torch==2.13.0 || echo "PyTorch not installable here: its comparison tests will be skipped"
 	touch $@
 
 lint: setup

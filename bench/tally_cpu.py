@@ -36,7 +36,7 @@ def main(argv=None):
     features = relu_features(n, (args.size, args.size, args.units))
     dataset = synthetic_dataset(n, args.label_size)
     source, shape = features_source(features)
-    print(f"workload: {n} images, {shape} activations, {args.label_size}^2 labels")
+    print(f"workload: {n} images, {shape['features']} activations, {args.label_size}^2 labels")
 
     results = {}
     for skip in (True, False):
@@ -58,12 +58,12 @@ def main(argv=None):
         counts, t_tally = timed(
             compute_tally, source, labels, dataset, thresholds, shape, config, progress=False
         )
-        results[skip] = counts
+        results[skip] = counts["features"]
         name = "skipping inactive units" if skip else "every unit"
         print(
             f"ours ({name}): thresholds {n / t_threshold:,.0f} images/s, tally "
             f"{n / t_tally:,.0f} images/s, total {n / (t_threshold + t_tally):,.0f} images/s "
-            f"(at most {thresholds.max_active} of {args.units} units active per image)"
+            f"(at most {thresholds['features'].max_active} of {args.units} units active per image)"
         )
         if skip:
             t_ours = t_tally
@@ -74,7 +74,7 @@ def main(argv=None):
     start = time.perf_counter()
     lite = lite_tally(
         features[:few],
-        thresholds.thresholds,
+        thresholds["features"].thresholds,
         labels.label_planes(0, few),
         labels.image_labels[:few],
         dataset.label_category,
@@ -92,7 +92,7 @@ def main(argv=None):
         config,
         progress=False,
     )
-    for a, b in zip(lite, ours, strict=True):
+    for a, b in zip(lite, ours["features"], strict=True):
         np.testing.assert_array_equal(a, b)
     print(
         f"NetDissect-Lite-style loop: {n / t_lite:,.0f} images/s (timed on {few} images); "

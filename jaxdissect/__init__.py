@@ -7,9 +7,13 @@ a Broden-format reader, and a driver that dissects a layer end to end.
 from jaxdissect.data.broden import BrodenDataset as BrodenDataset
 from jaxdissect.data.broden import open_broden as open_broden
 from jaxdissect.data.cache import LabelArrays as LabelArrays
+from jaxdissect.data.cache import load_image_array as load_image_array
 from jaxdissect.data.cache import load_label_arrays as load_label_arrays
 from jaxdissect.dissect import DissectConfig as DissectConfig
 from jaxdissect.dissect import Dissection as Dissection
+from jaxdissect.dissect import Thresholds as Thresholds
+from jaxdissect.dissect import compute_tally as compute_tally
+from jaxdissect.dissect import compute_thresholds as compute_thresholds
 from jaxdissect.dissect import dissect_activations as dissect_activations
 from jaxdissect.dissect import features_source as features_source
 from jaxdissect.errors import BrodenFormatError as BrodenFormatError

@@ -53,14 +53,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dissect a layer's activations on a Broden-format probe set.",
     )
     dissect.add_argument("--dataset", required=True, type=Path, help="Broden-format folder")
-    dissect.add_argument(
+    source = dissect.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--features",
-        required=True,
         type=Path,
         help="activations .npy, one row per index.csv row, (N, h, w, U) unless --layout nchw",
     )
+    source.add_argument(
+        "--model",
+        help="zoo:NAME (alexnet, vgg16, resnet18, resnet50, resnet20-cifar10) or "
+        "package.module:factory (factory(weights) returns a jaxdissect.features.FeatureModel)",
+    )
+    dissect.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="PyTorch checkpoint for --model (default: random init)",
+    )
     dissect.add_argument("--out", required=True, type=Path, help="output folder")
-    dissect.add_argument("--layer", default=None, help="layer name for the outputs")
+    dissect.add_argument(
+        "--layer",
+        action="append",
+        default=None,
+        help="layer to dissect (repeat for several; with --features, a name for the outputs)",
+    )
     dissect.add_argument(
         "--union",
         choices=("paper", "lite"),
@@ -94,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoded-label cache (default: $JAXDISSECT_CACHE or ~/.cache/jaxdissect)",
     )
     dissect.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    features = commands.add_parser(
+        "features",
+        help="write one layer's activations for an array of images",
+        description="Run a model over uint8 RGB images (N, H, W, 3) and save a layer's "
+        "activations (N, h, w, U), or the classifier output for --layer logits.",
+    )
+    features.add_argument("--model", required=True, help="as for dissect")
+    features.add_argument("--weights", type=Path, default=None)
+    features.add_argument("--layer", required=True)
+    features.add_argument("--images", required=True, type=Path, help="uint8 (N, H, W, 3) .npy")
+    features.add_argument("--out", required=True, type=Path, help="output .npy")
+    features.add_argument("--batch-size", type=_positive_int, default=64)
 
     summarize = commands.add_parser(
         "summarize",
@@ -185,38 +214,122 @@ def _load_features(path: Path) -> np.ndarray:
 
 def run_dissect(args: argparse.Namespace) -> int:
     from jaxdissect.data.broden import open_broden
-    from jaxdissect.data.cache import load_label_arrays
+    from jaxdissect.data.cache import load_image_array, load_label_arrays
     from jaxdissect.dissect import DissectConfig, dissect_activations, features_source
     from jaxdissect.results import format_summary, write_dissection
 
     progress = not args.no_progress
     dataset = open_broden(args.dataset, args.categories)
-    features = _load_features(args.features)
-    try:
-        source, shape = features_source(features, args.layout)
-    except DissectError as error:
-        raise DissectError(f"{args.features}: {error}") from None
-    if features.shape[0] != dataset.num_images:
-        raise DissectError(
-            f"{args.features}: {features.shape[0]} rows of activations but "
-            f"{args.dataset / 'index.csv'} lists {dataset.num_images} images"
-        )
-    labels = load_label_arrays(dataset, args.cache, progress)
     config = DissectConfig(
         quantile=args.quantile,
         iou_threshold=args.iou_threshold,
         union=args.union,
         batch_size=args.batch_size,
     )
-    layer = args.layer or args.features.stem
-    dissection = dissect_activations(
-        source, features.shape[0], shape, dataset, labels, config, layer, progress
+    if args.features is not None:
+        if args.layer and len(args.layer) > 1:
+            raise DissectError("--features holds one layer: give at most one --layer")
+        if args.weights is not None:
+            raise DissectError("--weights goes with --model, not --features")
+        features = _load_features(args.features)
+        layer = args.layer[0] if args.layer else args.features.stem
+        try:
+            source, shapes = features_source(features, args.layout, layer)
+        except DissectError as error:
+            raise DissectError(f"{args.features}: {error}") from None
+        if features.shape[0] != dataset.num_images:
+            raise DissectError(
+                f"{args.features}: {features.shape[0]} rows of activations but "
+                f"{args.dataset / 'index.csv'} lists {dataset.num_images} images"
+            )
+        extra = {"features": str(args.features)}
+    else:
+        if not args.layer:
+            raise DissectError("--model needs at least one --layer")
+        model = load_model(args.model, args.weights)
+        layers = model.check_layers(args.layer)
+        images = load_image_array(dataset, args.cache, progress)
+        source, shapes = model_source(model, images, layers, config.batch_size)
+        extra = {"model": args.model, "weights": str(args.weights) if args.weights else None}
+    labels = load_label_arrays(dataset, args.cache, progress)
+    dissections = dissect_activations(
+        source, dataset.num_images, shapes, dataset, labels, config, progress
     )
-    results = write_dissection(
-        args.out, dissection, dataset, config, {"features": str(args.features)}
-    )
-    print(format_summary(dissection.summary))
-    print(f"wrote {args.out / 'tally.csv'} and {results}")
+    for layer, dissection in dissections.items():
+        # One layer writes OUT/; several write OUT/<layer>/.
+        out = args.out if len(dissections) == 1 else args.out / layer
+        results = write_dissection(out, dissection, dataset, config, extra)
+        print(f"layer {layer}:")
+        print(format_summary(dissection.summary))
+        print(f"wrote {out / 'tally.csv'} and {results}")
+    return 0
+
+
+def load_model(spec: str, weights: Path | None):
+    """A FeatureModel from ``zoo:NAME`` or ``package.module:factory``."""
+    import importlib
+
+    from jaxdissect.features import FeatureModel
+
+    if spec.startswith("zoo:"):
+        from jaxdissect import zoo
+
+        return zoo.feature_model(spec[len("zoo:") :], weights)
+    module_name, _, factory_name = spec.partition(":")
+    if not module_name or not factory_name:
+        raise DissectError(f"--model {spec!r}: expected zoo:NAME or package.module:factory")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as error:
+        raise DissectError(f"--model {spec!r}: cannot import it ({error})") from None
+    model = factory(weights)
+    if not isinstance(model, FeatureModel):
+        raise DissectError(
+            f"--model {spec!r}: the factory returned {type(model).__name__}, not a "
+            "jaxdissect.features.FeatureModel (wrap your model with from_nnx, from_linen or "
+            "from_function)"
+        )
+    return model
+
+
+def model_source(model, images, layers, batch_size):
+    """An ActivationSource over ``images`` and the layers' (h, w, U) shapes."""
+    import jax.numpy as jnp
+
+    from jaxdissect.features import model_activations
+
+    probe = model.apply(jnp.asarray(np.asarray(images[:1])), layers)
+    shapes = {}
+    for layer, value in probe.items():
+        if value.ndim != 4:
+            raise DissectError(
+                f"layer {layer!r} of {model.name!r} has shape {tuple(value.shape)}; dissection "
+                "needs (B, h, w, U) maps"
+            )
+        shapes[layer] = tuple(value.shape[1:])
+    return model_activations(model, images, layers, batch_size), shapes
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from jaxdissect.results import atomic_path
+
+    images = _load_features(args.images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DissectError(
+            f"{args.images}: expected uint8 RGB images of shape (N, H, W, 3), got "
+            f"{images.dtype} {images.shape}"
+        )
+    model = load_model(args.model, args.weights)
+    layers = model.check_layers([args.layer])
+    batches = []
+    for start in range(0, len(images), args.batch_size):
+        batch = np.asarray(images[start : start + args.batch_size])
+        batches.append(np.asarray(model.apply(batch, layers)[args.layer]))
+    output = np.concatenate(batches)
+    with atomic_path(args.out) as temporary:
+        with open(temporary, "wb") as f:
+            np.save(f, output)
+    print(f"wrote {args.out}: {args.layer} activations of shape {output.shape}")
     return 0
 
 
@@ -237,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "summarize": run_summarize,
         "synthetic": run_synthetic,
         "demo": run_demo,
+        "features": run_features,
     }
     try:
         return handlers[args.command](args)

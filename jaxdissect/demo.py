@@ -50,11 +50,11 @@ def run(out: Path, num_images: int = 600, seed: int = 0, progress: bool = True) 
         members = np.flatnonzero((dataset.label_category == c) & (counts > 0))
         chosen += members[np.argsort(-counts[members], kind="stable")[:4]].tolist()
     features = concept_layer(planes, image_labels, chosen, stride=2, seed=seed)
-    source, shape = features_source(features)
+    source, shapes = features_source(features, layer="concept-layer")
     config = DissectConfig(quantile=0.05)
     dissection = dissect_activations(
-        source, len(features), shape, dataset, labels, config, "concept-layer", progress
-    )
+        source, len(features), shapes, dataset, labels, config, progress
+    )["concept-layer"]
     results = write_dissection(out / "dissection", dissection, dataset, config)
     recovered = sum(
         int(dissection.labels.category_label[u, dataset.label_category[label]]) == label

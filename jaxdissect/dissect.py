@@ -1,4 +1,6 @@
-"""The driver: two passes over a layer's activations (thresholds, then tallies).
+"""The driver: two passes over layers' activations (thresholds, then tallies).
+
+Several layers share each pass, so a model runs twice whatever the number of layers.
 
 This is the one place that jits, shards and talks to the host. The data axis of every
 batch is sharded over a 1-D ``Mesh`` of all local devices; states are replicated and XLA
@@ -13,8 +15,8 @@ import dataclasses
 import functools
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,9 +85,9 @@ class Dissection(NamedTuple):
     summary: dict
 
 
-# A function from (start, stop) image indices to a (B, h, w, U) float array: NumPy (a
-# features file) or a jax.Array already on the devices (a model's output).
-ActivationSource = Callable[[int, int], np.ndarray]
+# A function from (start, stop) image indices to {layer: (B, h, w, U) float array}: NumPy
+# (a features file) or jax.Arrays already on the devices (a model's output).
+ActivationSource = Callable[[int, int], Mapping[str, Any]]
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
@@ -202,7 +204,7 @@ def _check_finite(first_bad: jax.Array, num_images: int, layer: str) -> None:
 
 
 class Thresholds(NamedTuple):
-    """Pass 1's results.
+    """Pass 1's results for one layer.
 
     Attributes:
       thresholds: (U,) float32 per-unit thresholds.
@@ -214,90 +216,107 @@ class Thresholds(NamedTuple):
     max_active: int
 
 
+Shapes = Mapping[str, tuple[int, int, int]]
+
+
+def _layout(config: DissectConfig):
+    mesh = _mesh()
+    batch_size = -(-config.batch_size // mesh.size) * mesh.size
+    return (
+        batch_size,
+        NamedSharding(mesh, PartitionSpec("data")),
+        NamedSharding(mesh, PartitionSpec()),
+    )
+
+
 def compute_thresholds(
     activations: ActivationSource,
     num_images: int,
-    shape: tuple[int, int, int],
+    shapes: Shapes,
     config: DissectConfig,
-    layer: str = "features",
     progress: bool = True,
-) -> Thresholds:
-    """Pass 1: exact per-unit (1 - q) quantiles; also rejects NaN/inf activations.
+) -> dict[str, Thresholds]:
+    """Pass 1: exact per-unit (1 - q) quantiles of every layer; rejects NaN/inf activations.
 
     Args:
-      activations: ``activations(start, stop)`` returns images [start, stop) as (B, h, w, U).
+      activations: ``activations(start, stop)`` returns {layer: (B, h, w, U)} for images
+        [start, stop).
       num_images: N.
-      shape: (h, w, U) of one image's activations.
+      shapes: {layer: (h, w, U)}.
       config: the dissection config.
-      layer: name used in messages.
       progress: show a progress bar.
 
     Returns:
-      Thresholds: (U,) float32 thresholds and the bound for skipping inactive units. Keeps
-      an (N, U) float32 array of per-image maxima on the devices meanwhile.
+      {layer: Thresholds}. Keeps an (N, U) float32 array of per-image maxima per layer on
+      the devices meanwhile.
     """
-    height, width, units = shape
-    mesh = _mesh()
-    batch_size = -(-config.batch_size // mesh.size) * mesh.size
-    data = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_size, data, replicated = _layout(config)
     batches = list(_batches(num_images, batch_size))
-
-    state = jax.device_put(
-        quantile.quantile_init(units, config.quantile, num_images * height * width), replicated
-    )
-    first_bad = jax.device_put(jnp.asarray(INT32_MAX, jnp.int32), replicated)
-    maxima = jax.device_put(
-        jnp.full((len(batches) * batch_size, units), -jnp.inf, jnp.float32), replicated
-    )
+    states, first_bad, maxima = {}, {}, {}
+    for layer, (height, width, units) in shapes.items():
+        states[layer] = jax.device_put(
+            quantile.quantile_init(units, config.quantile, num_images * height * width),
+            replicated,
+        )
+        first_bad[layer] = jax.device_put(jnp.asarray(INT32_MAX, jnp.int32), replicated)
+        maxima[layer] = jax.device_put(
+            jnp.full((len(batches) * batch_size, units), -jnp.inf, jnp.float32), replicated
+        )
 
     def placed():
         for start, stop in batches:
-            acts = _device_activations(activations(start, stop), batch_size, data)
+            acts = _checked(activations(start, stop), shapes, stop - start)
             valid = np.arange(batch_size) < stop - start
             indices = np.arange(start, start + batch_size, dtype=np.int32)
-            yield start, acts, *jax.device_put((valid, indices), data)
+            placed_acts = {k: _device_activations(v, batch_size, data) for k, v in acts.items()}
+            yield start, placed_acts, *jax.device_put((valid, indices), data)
 
+    label = ", ".join(shapes)
     for start, acts, valid, indices in tqdm(
         _prefetch(placed()),
         total=len(batches),
-        desc=f"{layer}: thresholds",
+        desc=f"{label}: thresholds",
         unit="batch",
         disable=not progress,
     ):
-        state, first_bad, maxima = threshold_step(
-            state, first_bad, maxima, acts, valid, indices, start
-        )
-    _check_finite(first_bad, num_images, layer)
-    thresholds = quantile.quantile_result(state, config.quantile)
-    max_active = int(_most_active_units(maxima, jnp.asarray(thresholds)))
-    return Thresholds(thresholds, max_active)
+        for layer in shapes:
+            states[layer], first_bad[layer], maxima[layer] = threshold_step(
+                states[layer],
+                first_bad[layer],
+                maxima[layer],
+                acts[layer],
+                valid,
+                indices,
+                start,
+            )
+    results = {}
+    for layer in shapes:
+        _check_finite(first_bad[layer], num_images, layer)
+        thresholds = quantile.quantile_result(states[layer], config.quantile)
+        max_active = int(_most_active_units(maxima[layer], jnp.asarray(thresholds)))
+        results[layer] = Thresholds(thresholds, max_active)
+    return results
 
 
 def compute_tally(
     activations: ActivationSource,
     labels: LabelArrays,
     dataset: BrodenDataset,
-    thresholds: Thresholds,
-    shape: tuple[int, int, int],
+    thresholds: Mapping[str, Thresholds],
+    shapes: Shapes,
     config: DissectConfig,
-    layer: str = "features",
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pass 2: G, I and A as int64 host arrays.
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Pass 2: {layer: (G, I, A)} as int64 host arrays.
 
     Each image upsamples only the units whose map rises above their threshold (at most
-    ``thresholds.max_active``, measured in pass 1), unless ``config.skip_inactive`` is off.
-    The device state is int32; it is moved into int64 host totals often enough that no
-    device count can pass 2**31 (a host sync every few hundred batches, not every step).
+    ``max_active``, measured in pass 1), unless ``config.skip_inactive`` is off. The device
+    states are int32; they are moved into int64 host totals often enough that no device
+    count can pass 2**31 (a host sync every few hundred batches, not every step).
     """
-    height, width, units = shape
     num_images = dataset.num_images
     label_height, label_width = dataset.label_size
-    mesh = _mesh()
-    batch_size = -(-config.batch_size // mesh.size) * mesh.size
-    data = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_size, data, replicated = _layout(config)
     num_categories = len(dataset.categories)
     per_batch_max = (
         batch_size
@@ -306,111 +325,130 @@ def compute_tally(
         * max(labels.slot_planes.shape[1], labels.image_labels.shape[1])
     )
     flush_every = max(1, INT32_MAX // per_batch_max)
+    mask_dtype = mask_dtype_for_backend()
+    label_category = jnp.asarray(dataset.label_category, jnp.int32)
 
-    constants = jax.device_put(
-        (
-            jnp.asarray(thresholds.thresholds, jnp.float32),
-            jnp.asarray(dataset.label_category, jnp.int32),
-            jnp.asarray(bilinear_matrix(label_height, height)),
-            jnp.asarray(bilinear_matrix(label_width, width)),
-        ),
-        replicated,
-    )
+    constants, max_active, totals = {}, {}, {}
+    for layer, (height, width, units) in shapes.items():
+        constants[layer] = jax.device_put(
+            (
+                jnp.asarray(thresholds[layer].thresholds, jnp.float32),
+                label_category,
+                jnp.asarray(bilinear_matrix(label_height, height)),
+                jnp.asarray(bilinear_matrix(label_width, width)),
+            ),
+            replicated,
+        )
+        # Rounded up to a multiple of 8 so that similar layers share compiled steps.
+        bound = -(-max(thresholds[layer].max_active, 1) // 8) * 8
+        max_active[layer] = bound if config.skip_inactive and bound < units else None
+        totals[layer] = [
+            np.zeros((dataset.num_labels,), np.int64),
+            np.zeros((units, dataset.num_labels), np.int64),
+            np.zeros((units, num_categories), np.int64),
+        ]
 
-    def fresh():
+    def fresh(layer):
+        units = shapes[layer][2]
         return jax.device_put(
             tally.tally_init(units, dataset.num_labels, num_categories), replicated
         )
 
-    totals = [
-        np.zeros((dataset.num_labels,), np.int64),
-        np.zeros((units, dataset.num_labels), np.int64),
-        np.zeros((units, num_categories), np.int64),
-    ]
-    mask_dtype = mask_dtype_for_backend()
-    # Rounded up to a multiple of 8 so that similar layers share compiled steps.
-    max_active = -(-max(thresholds.max_active, 1) // 8) * 8
-    if not config.skip_inactive or max_active >= units:
-        max_active = None
-
-    def flush(state):
+    def flush(layer, state):
         host = jax.device_get(state)
         if host.overflow:  # cannot happen: pass 1 measured the bound
             raise RuntimeError(f"layer {layer!r}: {host.overflow} images overflowed the tally")
-        for total, part in zip(totals, host[:3], strict=True):
+        for total, part in zip(totals[layer], host[:3], strict=True):
             total += part
 
-    state = fresh()
     batches = list(_batches(num_images, batch_size))
 
     def placed():
         for start, stop in batches:
-            acts = _device_activations(activations(start, stop), batch_size, data)
+            acts = _checked(activations(start, stop), shapes, stop - start)
+            placed_acts = {k: _device_activations(v, batch_size, data) for k, v in acts.items()}
             slot_planes = _pad(np.asarray(labels.slot_planes[start:stop]), batch_size)
             slot_labels = _pad(np.asarray(labels.slot_labels[start:stop]), batch_size)
             image_labels = _pad(np.asarray(labels.image_labels[start:stop]), batch_size)
             valid = np.arange(batch_size) < stop - start
-            yield acts, *jax.device_put((slot_planes, slot_labels, image_labels, valid), data)
+            yield placed_acts, jax.device_put((slot_planes, slot_labels, image_labels, valid), data)
 
-    for step_index, batch in enumerate(
+    states = {layer: fresh(layer) for layer in shapes}
+    label = ", ".join(shapes)
+    for step_index, (acts, label_batch) in enumerate(
         tqdm(
             _prefetch(placed()),
             total=len(batches),
-            desc=f"{layer}: tally",
+            desc=f"{label}: tally",
             unit="batch",
             disable=not progress,
         )
     ):
-        state = tally_step(
-            state,
-            constants,
-            *batch,
-            union=config.union,
-            mask_dtype=mask_dtype,
-            max_active=max_active,
-        )
-        if (step_index + 1) % flush_every == 0:
-            flush(state)
-            state = fresh()
-    flush(state)
-    return tuple(totals)
+        for layer in shapes:
+            states[layer] = tally_step(
+                states[layer],
+                constants[layer],
+                acts[layer],
+                *label_batch,
+                union=config.union,
+                mask_dtype=mask_dtype,
+                max_active=max_active[layer],
+            )
+            if (step_index + 1) % flush_every == 0:
+                flush(layer, states[layer])
+                states[layer] = fresh(layer)
+    for layer in shapes:
+        flush(layer, states[layer])
+    return {layer: tuple(totals[layer]) for layer in shapes}
 
 
 def dissect_activations(
     activations: ActivationSource,
     num_images: int,
-    shape: tuple[int, int, int],
+    shapes: Shapes,
     dataset: BrodenDataset,
     labels: LabelArrays,
     config: DissectConfig = DissectConfig(),
-    layer: str = "features",
     progress: bool = True,
-) -> Dissection:
-    """Dissects one layer: thresholds, tally, IoU, labels and summary.
+) -> dict[str, Dissection]:
+    """Dissects every layer of ``shapes``: thresholds, tally, IoU, labels and summary.
 
     Args:
-      activations: ``activations(start, stop)`` gives images [start, stop) as (B, h, w, U),
-        in index.csv order (called once per batch in each of the two passes).
+      activations: ``activations(start, stop)`` gives {layer: (B, h, w, U)} for images
+        [start, stop), in index.csv order (called once per batch in each of the two passes).
       num_images: N, which must equal the dataset's.
-      shape: (h, w, U).
+      shapes: {layer: (h, w, U)}.
       dataset: from ``open_broden``.
       labels: from ``load_label_arrays``.
       config: thresholds, union rule, batch size.
-      layer: the layer's name, for messages and outputs.
       progress: show progress bars.
 
     Returns:
-      A Dissection.
+      {layer: Dissection}.
     """
     if num_images != dataset.num_images:
         raise FeaturesError(
-            f"layer {layer!r}: activations cover {num_images} images but "
+            f"activations cover {num_images} images but "
             f"{dataset.directory / 'index.csv'} lists {dataset.num_images}"
         )
-    thresholds = compute_thresholds(activations, num_images, shape, config, layer, progress)
-    label_area, intersection, unit_area = compute_tally(
-        activations, labels, dataset, thresholds, shape, config, layer, progress
-    )
+    thresholds = compute_thresholds(activations, num_images, shapes, config, progress)
+    counts = compute_tally(activations, labels, dataset, thresholds, shapes, config, progress)
+    return {
+        layer: score_layer(layer, thresholds[layer].thresholds, *counts[layer], dataset, config)
+        for layer in shapes
+    }
+
+
+def score_layer(
+    layer: str,
+    thresholds: np.ndarray,
+    label_area: np.ndarray,
+    intersection: np.ndarray,
+    unit_area: np.ndarray,
+    dataset: BrodenDataset,
+    config: DissectConfig,
+) -> Dissection:
+    """IoU, labels and summary from a layer's counts."""
     unit_iou = scores.iou(label_area, intersection, unit_area, dataset.label_category)
     unit_labels = scores.label_units(unit_iou, dataset.label_category, len(dataset.categories))
     names = dataset.label_names
@@ -428,7 +466,7 @@ def dissect_activations(
     )
     return Dissection(
         layer=layer,
-        thresholds=thresholds.thresholds,
+        thresholds=thresholds,
         label_area=label_area,
         intersection=intersection,
         unit_area=unit_area,
@@ -438,18 +476,36 @@ def dissect_activations(
     )
 
 
+def _checked(acts: Mapping, shapes: Shapes, count: int) -> Mapping:
+    """The source's batch, checked against the declared shapes."""
+    for layer, shape in shapes.items():
+        if layer not in acts:
+            raise FeaturesError(f"the activation source gave no layer {layer!r}")
+        got = tuple(acts[layer].shape)
+        if got != (count, *shape):
+            raise FeaturesError(
+                f"layer {layer!r}: a batch has shape {got}, expected {(count, *shape)}"
+            )
+    return acts
+
+
 def features_source(
-    features: np.ndarray, layout: str = "nhwc"
-) -> tuple[ActivationSource, tuple[int, int, int]]:
-    """An ActivationSource over an in-memory or memory-mapped (N, h, w, U) / (N, U, h, w) array."""
+    features: np.ndarray, layout: str = "nhwc", layer: str = "features"
+) -> tuple[ActivationSource, dict[str, tuple[int, int, int]]]:
+    """An ActivationSource over one layer's in-memory or memory-mapped (N, h, w, U) or
+    (N, U, h, w) array."""
     if features.ndim != 4:
         raise FeaturesError(
             f"features must have 4 dimensions (N, h, w, U) or (N, U, h, w); got shape "
             f"{features.shape}"
         )
     if layout == "nhwc":
-        return (lambda start, stop: features[start:stop]), tuple(features.shape[1:])
+        return (lambda start, stop: {layer: features[start:stop]}), {
+            layer: tuple(features.shape[1:])
+        }
     if layout == "nchw":
         shape = (features.shape[2], features.shape[3], features.shape[1])
-        return (lambda start, stop: np.transpose(features[start:stop], (0, 2, 3, 1))), shape
+        return (lambda start, stop: {layer: np.transpose(features[start:stop], (0, 2, 3, 1))}), {
+            layer: shape
+        }
     raise FeaturesError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")

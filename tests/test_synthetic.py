@@ -148,7 +148,7 @@ def test_closed_loop_units_find_their_own_labels(synthetic_probe, union):
         labels,
         DissectConfig(quantile=q, union=union),
         progress=False,
-    )
+    )["features"]
     # Within its label's category, every unit's best label is its own. (Overall, a part
     # that covers its whole object, such as cloud-puff, ties with the object, and the
     # earlier category wins, as DESIGN.md says.)

@@ -22,13 +22,13 @@ def test_driver_tally_equals_numpy_loop(probe, union, shape, skip):
     labels = load_label_arrays(dataset, progress=False)
     source, layer_shape = features_source(features)
     config = DissectConfig(union=union, batch_size=5, quantile=0.05, skip_inactive=skip)
-    thresholds = compute_thresholds(source, 12, layer_shape, config, progress=False)
+    thresholds = compute_thresholds(source, 12, layer_shape, config, progress=False)["features"]
     np.testing.assert_array_equal(thresholds.thresholds, _thresholds(features))
     active = (features.max(axis=(1, 2)) > thresholds.thresholds).sum(axis=1)
     assert thresholds.max_active == active.max()
     G, I, A = compute_tally(
-        source, labels, dataset, thresholds, layer_shape, config, progress=False
-    )
+        source, labels, dataset, {"features": thresholds}, layer_shape, config, progress=False
+    )["features"]
     G_ref, I_ref, A_ref = reference_tally(features, thresholds.thresholds, probe, union)
     np.testing.assert_array_equal(G, G_ref)
     np.testing.assert_array_equal(I, I_ref)
@@ -130,7 +130,7 @@ def test_thresholds_pass_equals_numpy(probe):
     got = compute_thresholds(
         source, 12, shape, DissectConfig(quantile=0.02, batch_size=5), progress=False
     )
-    np.testing.assert_array_equal(got.thresholds, _thresholds(features, 0.02))
+    np.testing.assert_array_equal(got["features"].thresholds, _thresholds(features, 0.02))
 
 
 def test_nchw_layout_equals_nhwc(probe):
@@ -138,7 +138,7 @@ def test_nchw_layout_equals_nhwc(probe):
     a, shape_a = features_source(features, "nhwc")
     b, shape_b = features_source(np.ascontiguousarray(features.transpose(0, 3, 1, 2)), "nchw")
     assert shape_a == shape_b
-    np.testing.assert_array_equal(a(2, 7), b(2, 7))
+    np.testing.assert_array_equal(a(2, 7)["features"], b(2, 7)["features"])
 
 
 def test_compact_labels_round_trip():

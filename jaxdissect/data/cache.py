@@ -172,6 +172,90 @@ def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
+def _image_key(dataset: BrodenDataset) -> str:
+    digest = hashlib.sha256(f"jaxdissect-images-v{CACHE_VERSION}\n".encode())
+    digest.update((dataset.directory / "index.csv").read_bytes())
+    for image in dataset.images:
+        try:
+            stat = (dataset.directory / "images" / image).stat()
+            digest.update(f"{image}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{image}\0missing\n".encode())
+    return "images-" + digest.hexdigest()[:24]
+
+
+def decode_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
+    """One image as (ih, iw, 3) uint8 RGB, checked against index.csv's size."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise BrodenFormatError(f"{path}: image not found") from None
+    except OSError as error:
+        raise BrodenFormatError(f"{path}: cannot decode image ({error})") from None
+    if pixels.shape[:2] != tuple(image_size):
+        raise BrodenFormatError(
+            f"{path}: image is {pixels.shape[0]}x{pixels.shape[1]} but index.csv declares "
+            f"ih x iw = {image_size[0]}x{image_size[1]}"
+        )
+    return pixels
+
+
+def _cached(root: Path, key: str, write) -> Path:
+    """The cache folder ``root/key``, written by ``write(folder)`` into a staging folder and
+    renamed into place on success."""
+    folder = root / key
+    if not (folder / "meta.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+        try:
+            write(staging)
+            try:
+                staging.rename(folder)
+            except OSError:
+                if not (folder / "meta.json").is_file():  # not a concurrent run's success
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def load_image_array(
+    dataset: BrodenDataset, cache_root: str | Path | None = None, progress: bool = True
+) -> np.ndarray:
+    """The dataset's images as a read-only (N, ih, iw, 3) uint8 memory map, decoded into the
+    cache on first use (for running a model over the probe set)."""
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+
+    def write(folder: Path) -> None:
+        images = np.lib.format.open_memmap(
+            folder / "images.npy",
+            mode="w+",
+            dtype=np.uint8,
+            shape=(dataset.num_images, *dataset.image_size, 3),
+        )
+
+        def decode(index: int) -> None:
+            images[index] = decode_image(
+                dataset.directory / "images" / dataset.images[index], dataset.image_size
+            )
+
+        workers = min(32, (os.cpu_count() or 1) * 2)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for _ in tqdm(
+                pool.map(decode, range(dataset.num_images)),
+                total=dataset.num_images,
+                desc="decoding images",
+                unit="img",
+                disable=not progress,
+            ):
+                pass
+        images.flush()
+        (folder / "meta.json").write_text(json.dumps({"version": CACHE_VERSION}))
+
+    return np.load(_cached(root, _image_key(dataset), write) / "images.npy", mmap_mode="r")
+
+
 def load_label_arrays(
     dataset: BrodenDataset, cache_root: str | Path | None = None, progress: bool = True
 ) -> LabelArrays:
@@ -186,19 +270,9 @@ def load_label_arrays(
       LabelArrays whose arrays are read-only memory maps.
     """
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    folder = root / cache_key(dataset)
-    if not (folder / "meta.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-        try:
-            _write_arrays(dataset, staging, progress)
-            try:
-                staging.rename(folder)
-            except OSError:
-                if not (folder / "meta.json").is_file():  # not a concurrent run's success
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    folder = _cached(
+        root, cache_key(dataset), lambda staging: _write_arrays(dataset, staging, progress)
+    )
     return LabelArrays(
         slot_planes=np.load(folder / "slot_planes.npy", mmap_mode="r"),
         slot_labels=np.load(folder / "slot_labels.npy", mmap_mode="r"),

@@ -1,0 +1,226 @@
+"""Activations of named layers from any model: Flax NNX, Flax Linen, or a plain function.
+
+Every adapter returns a ``FeatureModel``: the names of the layers it can capture, and a
+jittable ``apply(images, layers) -> {layer: (B, h, w, U)}`` that takes uint8 RGB images
+(B, H, W, 3) and applies the model's own preprocessing (``Preprocess``) once, at its entry.
+Several layers come from one forward pass. The name ``logits`` means the model's output.
+
+NNX modules are captured by module path (``layer1``, ``layer1.blocks.0``, ...) without
+changing them: inside the traced function the model is rebuilt from its state and each
+requested submodule's class is swapped, on that copy only, for a subclass that records
+what ``__call__`` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdissect.errors import DissectError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OUTPUT = "logits"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """uint8 RGB (B, H, W, 3) -> the float input a model was trained on.
+
+    Attributes:
+      mean, std: per channel, applied to values scaled to [0, 1] (in ``channel_order``).
+      size: (H, W) to resize to (half-pixel bilinear), or None to keep the size.
+      channel_order: "rgb" or "bgr".
+      scale: divide raw values by this first (255 for [0, 1]; 1 to keep 0..255, as Caffe).
+    """
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    size: tuple[int, int] | None = None
+    channel_order: str = "rgb"
+    scale: float = 255.0
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = jnp.asarray(images).astype(jnp.float32) / self.scale
+        if self.size is not None and tuple(x.shape[1:3]) != tuple(self.size):
+            x = jax.image.resize(x, (x.shape[0], *self.size, x.shape[3]), "linear")
+        if self.channel_order == "bgr":
+            x = x[..., ::-1]
+        return (x - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureModel:
+    """A model ready for dissection.
+
+    Attributes:
+      name: for messages and outputs.
+      layer_names: every capturable layer, plus ``logits``.
+      apply: ``apply(images, layers)``: uint8 (B, H, W, 3) -> {layer: activations}; jitted,
+        ``layers`` a static tuple.
+    """
+
+    name: str
+    layer_names: tuple[str, ...]
+    apply: Callable[[jax.Array, tuple[str, ...]], dict[str, jax.Array]]
+
+    def check_layers(self, layers: Sequence[str]) -> tuple[str, ...]:
+        """The layers, or a DissectError listing the model's layer names."""
+        unknown = [layer for layer in layers if layer not in self.layer_names]
+        if unknown:
+            raise DissectError(
+                f"model {self.name!r} has no layer {', '.join(map(repr, unknown))}; its layers "
+                f"are: {', '.join(self.layer_names)}"
+            )
+        if not layers:
+            raise DissectError(f"name at least one layer of model {self.name!r}")
+        return tuple(layers)
+
+    def __call__(self, images, layers: Sequence[str]) -> dict[str, jax.Array]:
+        return self.apply(images, self.check_layers(layers))
+
+
+def _iter_modules(module):
+    from flax import nnx
+
+    if hasattr(nnx, "iter_modules"):
+        return nnx.iter_modules(module)
+    return module.iter_modules()
+
+
+@functools.cache
+def _recording_class(cls):
+    def __call__(self, *args, **kwargs):
+        out = cls.__call__(self, *args, **kwargs)
+        self._jaxdissect_sink[self._jaxdissect_name] = out
+        return out
+
+    return type(f"Recording{cls.__name__}", (cls,), {"__call__": __call__})
+
+
+def from_nnx(module, preprocess: Preprocess | None = None, name: str | None = None) -> FeatureModel:
+    """A FeatureModel over a Flax NNX module (put it in eval mode first if it has BatchNorm
+    or Dropout). Layers are module paths joined with dots."""
+    from flax import nnx
+
+    preprocess = preprocess or Preprocess()
+    paths = {".".join(map(str, path)): path for path, _ in _iter_modules(module) if path}
+    graphdef, state = nnx.split(module)
+
+    @functools.partial(jax.jit, static_argnames="layers")
+    def apply(state, images, layers):
+        model = nnx.merge(graphdef, state)
+        sink = {}
+        for layer in layers:
+            if layer == OUTPUT:
+                continue
+            submodule = model
+            for part in paths[layer]:
+                submodule = submodule[part] if isinstance(part, int) else getattr(submodule, part)
+            object.__setattr__(submodule, "_jaxdissect_sink", sink)
+            object.__setattr__(submodule, "_jaxdissect_name", layer)
+            submodule.__class__ = _recording_class(type(submodule))
+        sink[OUTPUT] = model(preprocess(images))
+        return {layer: sink[layer] for layer in layers}
+
+    return FeatureModel(
+        name=name or type(module).__name__,
+        layer_names=(*paths, OUTPUT),
+        apply=lambda images, layers: apply(state, images, layers),
+    )
+
+
+def from_linen(
+    module,
+    variables,
+    preprocess: Preprocess | None = None,
+    name: str | None = None,
+    layer_names: Sequence[str] | None = None,
+) -> FeatureModel:
+    """A FeatureModel over a Flax Linen module and its variables, via
+    ``capture_intermediates``. Layers are submodule scope paths joined with dots; pass
+    ``layer_names`` to skip discovering them with a trial call."""
+    preprocess = preprocess or Preprocess()
+
+    def flatten(tree, prefix=()):
+        for key, value in tree.items():
+            if key == "__call__":
+                yield ".".join(prefix), value[0]
+            elif isinstance(value, Mapping):
+                yield from flatten(value, (*prefix, key))
+
+    @functools.partial(jax.jit, static_argnames="layers")
+    def apply(variables, images, layers):
+        wanted = set(layers)
+        out, state = module.apply(
+            variables,
+            preprocess(images),
+            capture_intermediates=lambda mdl, method: ".".join(mdl.scope.path) in wanted,
+            mutable=["intermediates"],
+        )
+        captured = dict(flatten(state.get("intermediates", {})))
+        captured[OUTPUT] = out
+        return {layer: captured[layer] for layer in layers}
+
+    if layer_names is None:
+        probe = jnp.zeros((1, 32, 32, 3), jnp.uint8)
+        _, state = module.apply(
+            variables, preprocess(probe), capture_intermediates=True, mutable=["intermediates"]
+        )
+        layer_names = [n for n, _ in flatten(state["intermediates"]) if n]
+    return FeatureModel(
+        name=name or type(module).__name__,
+        layer_names=(*layer_names, OUTPUT),
+        apply=lambda images, layers: apply(variables, images, layers),
+    )
+
+
+def from_function(
+    fn: Callable,
+    params,
+    layer_names: Sequence[str],
+    preprocess: Preprocess | None = None,
+    name: str = "function",
+) -> FeatureModel:
+    """A FeatureModel over ``fn(params, inputs) -> {layer: activations}`` (``inputs`` being the
+    preprocessed images)."""
+    preprocess = preprocess or Preprocess()
+
+    @functools.partial(jax.jit, static_argnames="layers")
+    def apply(params, images, layers):
+        out = fn(params, preprocess(images))
+        return {layer: out[layer] for layer in layers}
+
+    return FeatureModel(
+        name, tuple(layer_names), lambda images, layers: apply(params, images, layers)
+    )
+
+
+def model_activations(
+    model: FeatureModel, images: np.ndarray, layers: Sequence[str], batch_size: int
+):
+    """An ActivationSource over a uint8 image array: batches are padded to ``batch_size`` so
+    the model compiles once."""
+    layers = model.check_layers(layers)
+
+    def activations(start: int, stop: int) -> dict[str, jax.Array]:
+        batch = np.asarray(images[start:stop])
+        if len(batch) < batch_size:
+            batch = np.concatenate(
+                [batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)]
+            )
+        out = model.apply(jnp.asarray(batch), layers)
+        for layer, value in out.items():
+            if value.ndim != 4:
+                raise DissectError(
+                    f"layer {layer!r} of {model.name!r} gives shape {tuple(value.shape)}; "
+                    "dissection needs (B, h, w, U) maps"
+                )
+        return {layer: value[: stop - start] for layer, value in out.items()}
+
+    return activations

@@ -1,0 +1,385 @@
+"""Flax NNX definitions of the networks the paper dissected, with the layer names people
+know, and PyTorch (torchvision / akamaster) weight import.
+
+    zoo:alexnet             conv1 .. conv5 (after ReLU), fc6, fc7, logits
+    zoo:vgg16               conv1_1 .. conv5_3 (after ReLU), fc6, fc7, logits
+    zoo:resnet18, resnet50  conv1 (stem after ReLU), layer1 .. layer4, logits
+    zoo:resnet20-cifar10    conv1, layer1 .. layer3 (each after its last ReLU), logits
+
+Images are NHWC; convolutions use PyTorch's explicit padding so imported weights give
+PyTorch's numbers. Before a fully connected layer, maps are flattened in PyTorch's (C, H, W)
+order so that its weights need no permutation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdissect.errors import DissectError
+from jaxdissect.features import FeatureModel, Preprocess, from_nnx
+
+
+def _conv(cin, cout, kernel, stride=1, padding=0, bias=True, *, rngs):
+    return nnx.Conv(
+        cin,
+        cout,
+        (kernel, kernel),
+        strides=stride,
+        padding=((padding, padding), (padding, padding)),
+        use_bias=bias,
+        rngs=rngs,
+    )
+
+
+def _bn(features, *, rngs):
+    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+def _max_pool(x, kernel, stride, padding=0):
+    pad = ((padding, padding), (padding, padding))
+    return nnx.max_pool(x, (kernel, kernel), (stride, stride), padding=pad)
+
+
+def _adaptive_avg_pool(x, size):
+    """PyTorch's AdaptiveAvgPool2d: bins [floor(i H / n), ceil((i + 1) H / n))."""
+    height, width = x.shape[1:3]
+    if (height, width) == (size, size):
+        return x
+    rows = []
+    for i in range(size):
+        r0, r1 = (i * height) // size, -((-(i + 1) * height) // size)
+        cols = []
+        for j in range(size):
+            c0, c1 = (j * width) // size, -((-(j + 1) * width) // size)
+            cols.append(x[:, r0:r1, c0:c1].mean(axis=(1, 2)))
+        rows.append(jnp.stack(cols, axis=1))
+    return jnp.stack(rows, axis=1)
+
+
+def _flatten_chw(x):
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+class ConvReLU(nnx.Module):
+    def __init__(self, cin, cout, kernel, stride=1, padding=0, *, rngs):
+        self.conv = _conv(cin, cout, kernel, stride, padding, rngs=rngs)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.conv(x))
+
+
+class LinearReLU(nnx.Module):
+    def __init__(self, din, dout, *, rngs):
+        self.linear = nnx.Linear(din, dout, rngs=rngs)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.linear(x))
+
+
+class AlexNet(nnx.Module):
+    """torchvision's AlexNet."""
+
+    def __init__(self, num_classes=1000, *, rngs):
+        self.conv1 = ConvReLU(3, 64, 11, 4, 2, rngs=rngs)
+        self.conv2 = ConvReLU(64, 192, 5, 1, 2, rngs=rngs)
+        self.conv3 = ConvReLU(192, 384, 3, 1, 1, rngs=rngs)
+        self.conv4 = ConvReLU(384, 256, 3, 1, 1, rngs=rngs)
+        self.conv5 = ConvReLU(256, 256, 3, 1, 1, rngs=rngs)
+        self.fc6 = LinearReLU(256 * 36, 4096, rngs=rngs)
+        self.fc7 = LinearReLU(4096, 4096, rngs=rngs)
+        self.fc8 = nnx.Linear(4096, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = _max_pool(self.conv1(x), 3, 2)
+        x = _max_pool(self.conv2(x), 3, 2)
+        x = _max_pool(self.conv5(self.conv4(self.conv3(x))), 3, 2)
+        x = _flatten_chw(_adaptive_avg_pool(x, 6))
+        return self.fc8(self.fc7(self.fc6(x)))  # dropout is the identity at evaluation
+
+
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class VGG16(nnx.Module):
+    """torchvision's VGG-16 (no batch norm); layers conv1_1 .. conv5_3."""
+
+    def __init__(self, num_classes=1000, *, rngs):
+        cin = 3
+        for stage, widths in enumerate(VGG16_STAGES, start=1):
+            for index, cout in enumerate(widths, start=1):
+                setattr(self, f"conv{stage}_{index}", ConvReLU(cin, cout, 3, 1, 1, rngs=rngs))
+                cin = cout
+        self.fc6 = LinearReLU(512 * 49, 4096, rngs=rngs)
+        self.fc7 = LinearReLU(4096, 4096, rngs=rngs)
+        self.fc8 = nnx.Linear(4096, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        for stage, widths in enumerate(VGG16_STAGES, start=1):
+            for index in range(1, len(widths) + 1):
+                x = getattr(self, f"conv{stage}_{index}")(x)
+            x = _max_pool(x, 2, 2)
+        x = _flatten_chw(_adaptive_avg_pool(x, 7))
+        return self.fc8(self.fc7(self.fc6(x)))
+
+
+class Stem(nnx.Module):
+    """conv, batch norm, ReLU: a ResNet's first layer."""
+
+    def __init__(self, cin, cout, kernel, stride, padding, *, rngs):
+        self.conv = _conv(cin, cout, kernel, stride, padding, bias=False, rngs=rngs)
+        self.bn = _bn(cout, rngs=rngs)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.bn(self.conv(x)))
+
+
+class BasicBlock(nnx.Module):
+    def __init__(self, cin, cout, stride, shortcut: str, *, rngs):
+        self.conv1 = _conv(cin, cout, 3, stride, 1, bias=False, rngs=rngs)
+        self.bn1 = _bn(cout, rngs=rngs)
+        self.conv2 = _conv(cout, cout, 3, 1, 1, bias=False, rngs=rngs)
+        self.bn2 = _bn(cout, rngs=rngs)
+        self.shortcut = shortcut if (stride != 1 or cin != cout) else "identity"
+        self.pad = (cout - cin) // 2
+        if self.shortcut == "conv":
+            self.downsample_conv = _conv(cin, cout, 1, stride, 0, bias=False, rngs=rngs)
+            self.downsample_bn = _bn(cout, rngs=rngs)
+
+    def __call__(self, x):
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut == "conv":
+            x = self.downsample_bn(self.downsample_conv(x))
+        elif self.shortcut == "pad":  # "option A": subsample, zero-pad the channels
+            x = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (self.pad, self.pad)))
+        return jax.nn.relu(out + x)
+
+
+class Bottleneck(nnx.Module):
+    expansion = 4
+
+    def __init__(self, cin, width, stride, shortcut: str, *, rngs):
+        cout = width * 4
+        self.conv1 = _conv(cin, width, 1, 1, 0, bias=False, rngs=rngs)
+        self.bn1 = _bn(width, rngs=rngs)
+        self.conv2 = _conv(width, width, 3, stride, 1, bias=False, rngs=rngs)
+        self.bn2 = _bn(width, rngs=rngs)
+        self.conv3 = _conv(width, cout, 1, 1, 0, bias=False, rngs=rngs)
+        self.bn3 = _bn(cout, rngs=rngs)
+        self.has_downsample = stride != 1 or cin != cout
+        if self.has_downsample:
+            self.downsample_conv = _conv(cin, cout, 1, stride, 0, bias=False, rngs=rngs)
+            self.downsample_bn = _bn(cout, rngs=rngs)
+
+    def __call__(self, x):
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = jax.nn.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.has_downsample:
+            x = self.downsample_bn(self.downsample_conv(x))
+        return jax.nn.relu(out + x)
+
+
+class Stage(nnx.Module):
+    """A ResNet stage (torchvision's ``layerN``): its output is its last block's."""
+
+    def __init__(self, blocks):
+        self.blocks = nnx.List(blocks)
+
+    def __call__(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ResNet(nnx.Module):
+    """torchvision's ResNet-18/34 (basic blocks) and ResNet-50 (bottlenecks)."""
+
+    def __init__(self, block: str, depths, num_classes=1000, *, rngs):
+        self.conv1 = Stem(3, 64, 7, 2, 3, rngs=rngs)
+        cin = 64
+        for index, (depth, width) in enumerate(zip(depths, (64, 128, 256, 512), strict=True)):
+            blocks = []
+            for b in range(depth):
+                stride = 2 if (b == 0 and index > 0) else 1
+                if block == "basic":
+                    blocks.append(BasicBlock(cin, width, stride, "conv", rngs=rngs))
+                    cin = width
+                else:
+                    blocks.append(Bottleneck(cin, width, stride, "conv", rngs=rngs))
+                    cin = width * 4
+            setattr(self, f"layer{index + 1}", Stage(blocks))
+        self.fc = nnx.Linear(cin, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = _max_pool(self.conv1(x), 3, 2, padding=1)
+        for index in range(1, 5):
+            x = getattr(self, f"layer{index}")(x)
+        return self.fc(x.mean(axis=(1, 2)))
+
+
+class ResNetCifar(nnx.Module):
+    """He et al.'s CIFAR ResNet (akamaster/pytorch_resnet_cifar10): 3 stages of n basic
+    blocks with 16, 32, 64 channels and "option A" shortcuts; ResNet-20 has n = 3."""
+
+    def __init__(self, blocks_per_stage=3, num_classes=10, *, rngs):
+        self.conv1 = Stem(3, 16, 3, 1, 1, rngs=rngs)
+        cin = 16
+        for index, width in enumerate((16, 32, 64)):
+            blocks = []
+            for b in range(blocks_per_stage):
+                stride = 2 if (b == 0 and index > 0) else 1
+                blocks.append(BasicBlock(cin, width, stride, "pad", rngs=rngs))
+                cin = width
+            setattr(self, f"layer{index + 1}", Stage(blocks))
+        self.linear = nnx.Linear(64, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        for index in range(1, 4):
+            x = getattr(self, f"layer{index}")(self.conv1(x) if index == 1 else x)
+        return self.linear(x.mean(axis=(1, 2)))
+
+
+# PyTorch state-dict names -> paths in these modules.
+_COMMON_RULES = (
+    (r"^(layer\d+)\.(\d+)\.downsample\.0\.", r"\1.blocks.\2.downsample_conv."),
+    (r"^(layer\d+)\.(\d+)\.downsample\.1\.", r"\1.blocks.\2.downsample_bn."),
+    (r"^(layer\d+)\.(\d+)\.", r"\1.blocks.\2."),
+    (r"^conv1\.weight$", "conv1.conv.weight"),
+    (r"^bn1\.", "conv1.bn."),
+)
+_ALEXNET_RULES = (
+    (r"^features\.0\.", "conv1.conv."),
+    (r"^features\.3\.", "conv2.conv."),
+    (r"^features\.6\.", "conv3.conv."),
+    (r"^features\.8\.", "conv4.conv."),
+    (r"^features\.10\.", "conv5.conv."),
+    (r"^classifier\.1\.", "fc6.linear."),
+    (r"^classifier\.4\.", "fc7.linear."),
+    (r"^classifier\.6\.", "fc8."),
+)
+_VGG16_FEATURE_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+_VGG16_CONVS = [
+    (s, i) for s, widths in enumerate(VGG16_STAGES, 1) for i in range(1, len(widths) + 1)
+]
+_VGG16_RULES = (
+    *(
+        (rf"^features\.{index}\.", f"conv{stage}_{sub}.conv.")
+        for index, (stage, sub) in zip(_VGG16_FEATURE_INDEX, _VGG16_CONVS, strict=True)
+    ),
+    (r"^classifier\.0\.", "fc6.linear."),
+    (r"^classifier\.3\.", "fc7.linear."),
+    (r"^classifier\.6\.", "fc8."),
+)
+_LEAF = {"weight": None, "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def _rename(name: str, rules) -> str:
+    for pattern, replacement in rules:
+        name, count = re.subn(pattern, replacement, name)
+        if count:
+            break
+    return name
+
+
+def load_torch_weights(
+    model: nnx.Module, state_dict: dict[str, np.ndarray], rules, source: str
+) -> None:
+    """Copies a PyTorch state dict into ``model`` in place (kernels transposed to HWIO, linear
+    weights to (in, out), BatchNorm weight/bias/running stats to scale/bias/mean/var).
+
+    Raises:
+      DissectError: naming missing, unexpected or mis-shaped tensors (weights of another
+        model).
+    """
+    targets = {}
+    for path, variable in nnx.iter_graph(model):
+        if isinstance(variable, nnx.Variable):
+            targets[".".join(map(str, path))] = variable
+    assigned, problems = set(), []
+    for name, tensor in state_dict.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        renamed = _rename(name, rules)
+        prefix, leaf = renamed.rsplit(".", 1)
+        if leaf not in _LEAF:
+            problems.append(f"unexpected tensor {name}")
+            continue
+        if leaf == "weight":
+            kind = "kernel" if f"{prefix}.kernel" in targets else "scale"
+        else:
+            kind = _LEAF[leaf]
+        key = f"{prefix}.{kind}"
+        if key not in targets:
+            problems.append(f"unexpected tensor {name}")
+            continue
+        value = np.asarray(tensor, np.float32)
+        if kind == "kernel":
+            value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+        if value.shape != targets[key].get_value().shape:
+            problems.append(
+                f"{name}: shape {tuple(tensor.shape)} does not fit {key} "
+                f"{tuple(targets[key].get_value().shape)}"
+            )
+            continue
+        targets[key].set_value(jnp.asarray(value))
+        assigned.add(key)
+    missing = [
+        k
+        for k, v in targets.items()
+        if k not in assigned and isinstance(v, (nnx.Param, nnx.BatchStat))
+    ]
+    problems += [f"missing tensor for {k}" for k in missing]
+    if problems:
+        shown = "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else "")
+        raise DissectError(f"{source}: these weights do not fit the model: {shown}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    build: Callable[[nnx.Rngs], nnx.Module]
+    rules: tuple
+    preprocess: Preprocess
+
+
+ZOO = {
+    "alexnet": ZooEntry(lambda rngs: AlexNet(rngs=rngs), _ALEXNET_RULES, Preprocess()),
+    "vgg16": ZooEntry(lambda rngs: VGG16(rngs=rngs), _VGG16_RULES, Preprocess()),
+    "resnet18": ZooEntry(
+        lambda rngs: ResNet("basic", (2, 2, 2, 2), rngs=rngs), _COMMON_RULES, Preprocess()
+    ),
+    "resnet50": ZooEntry(
+        lambda rngs: ResNet("bottleneck", (3, 4, 6, 3), rngs=rngs), _COMMON_RULES, Preprocess()
+    ),
+    "resnet20-cifar10": ZooEntry(
+        lambda rngs: ResNetCifar(3, rngs=rngs), _COMMON_RULES, Preprocess()
+    ),
+}
+
+
+def build(name: str, weights: str | Path | None = None, seed: int = 0) -> nnx.Module:
+    """A zoo network in evaluation mode, randomly initialised from ``seed`` or loaded from a
+    PyTorch checkpoint."""
+    from jaxdissect.torch_weights import load_state_dict
+
+    if name not in ZOO:
+        raise DissectError(f"no zoo model {name!r}; the zoo has: {', '.join(ZOO)}")
+    model = ZOO[name].build(nnx.Rngs(seed))
+    if weights is not None:
+        load_torch_weights(model, load_state_dict(weights), ZOO[name].rules, str(weights))
+    model.eval()
+    return model
+
+
+def feature_model(name: str, weights: str | Path | None = None, seed: int = 0) -> FeatureModel:
+    """A zoo network ready for dissection (layer names as in the module docstring)."""
+    model = build(name, weights, seed)
+    return from_nnx(model, ZOO[name].preprocess, name=f"zoo:{name}")

@@ -1,0 +1,23 @@
+"""A user's model for the ``--model package.module:factory`` contract test."""
+
+from flax import nnx
+
+from jaxdissect.features import Preprocess, from_nnx
+
+
+class Tiny(nnx.Module):
+    def __init__(self, rngs):
+        self.conv_a = nnx.Conv(3, 6, (3, 3), strides=2, rngs=rngs)
+        self.conv_b = nnx.Conv(6, 4, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv_b(nnx.relu(self.conv_a(x)))
+
+
+def factory(weights):
+    assert weights is None
+    return from_nnx(Tiny(nnx.Rngs(0)), Preprocess(), name="tiny")
+
+
+def not_a_feature_model(weights):
+    return Tiny(nnx.Rngs(0))
