@@ -323,3 +323,54 @@ def test_cli_features_matches_the_model(tmp_path, capsys):
     args[args.index(str(tmp_path / "images.npy"))] = str(tmp_path / "floats.npy")
     assert main(args) == 2
     assert "expected uint8 RGB images" in capsys.readouterr().err
+
+
+def _torchvision_names(name):
+    """torchvision's state-dict keys, spelled out here independently of the zoo."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    if name == "alexnet":
+        layers = [f"features.{i}" for i in (0, 3, 6, 8, 10)] + [
+            f"classifier.{i}" for i in (1, 4, 6)
+        ]
+        return [f"{layer}.{p}" for layer in layers for p in ("weight", "bias")]
+    if name == "vgg16":
+        convs = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+        layers = [f"features.{i}" for i in convs] + [f"classifier.{i}" for i in (0, 3, 6)]
+        return [f"{layer}.{p}" for layer in layers for p in ("weight", "bias")]
+    names = ["conv1.weight", *(f"bn1.{p}" for p in bn), "fc.weight", "fc.bias"]
+    for stage in range(1, 5):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            names += [f"{prefix}.conv1.weight", f"{prefix}.conv2.weight"]
+            names += [f"{prefix}.bn{i}.{p}" for i in (1, 2) for p in bn]
+            if stage > 1 and block == 0:
+                names += [f"{prefix}.downsample.0.weight"]
+                names += [f"{prefix}.downsample.1.{p}" for p in bn]
+    return names
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet18"])
+def test_torchvision_names_cover_every_parameter(name):
+    model = zoo.build(name)
+    shapes = {}
+    for path, variable in nnx.iter_graph(model):
+        if isinstance(variable, (nnx.Param, nnx.BatchStat)):
+            shapes[".".join(map(str, path))] = variable.get_value().shape
+    rng = np.random.default_rng(0)
+    state = {}
+    for key in _torchvision_names(name):
+        target = zoo._rename(key, zoo.ZOO[name].rules)
+        prefix, leaf = target.rsplit(".", 1)
+        kind = {"bias": "bias", "running_mean": "mean", "running_var": "var"}.get(leaf)
+        if leaf == "weight":
+            kind = "kernel" if f"{prefix}.kernel" in shapes else "scale"
+        if leaf == "num_batches_tracked":
+            state[key] = np.array(0)
+            continue
+        shape = shapes[f"{prefix}.{kind}"]
+        torch_shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+        state[key] = rng.normal(size=torch_shape).astype(np.float32)
+    zoo.load_torch_weights(model, state, zoo.ZOO[name].rules, name)  # raises on any gap
+    first = "features.0.weight" if name != "resnet18" else "conv1.weight"
+    kernel = (model.conv1_1 if name == "vgg16" else model.conv1).conv.kernel.get_value()
+    np.testing.assert_array_equal(kernel, state[first].transpose(2, 3, 1, 0))
