@@ -14,6 +14,7 @@ order so that its weights need no permutation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,8 @@ from jaxdissect.errors import DissectError
 from jaxdissect.features import FeatureModel, Preprocess, from_nnx
 
 
-def _conv(cin, cout, kernel, stride=1, padding=0, bias=True, *, rngs):
+def _conv(cin, cout, kernel, stride=1, padding=0, bias=True, *, rngs, kernel_init=None):
+    init = {} if kernel_init is None else {"kernel_init": kernel_init}
     return nnx.Conv(
         cin,
         cout,
@@ -36,10 +38,18 @@ def _conv(cin, cout, kernel, stride=1, padding=0, bias=True, *, rngs):
         padding=((padding, padding), (padding, padding)),
         use_bias=bias,
         rngs=rngs,
+        **init,
     )
 
 
-def _bn(features, *, rngs):
+class Identity(nnx.Module):
+    def __call__(self, x):
+        return x
+
+
+def _bn(features, *, rngs, enabled=True):
+    if not enabled:
+        return Identity()
     return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
@@ -133,25 +143,39 @@ class VGG16(nnx.Module):
 class Stem(nnx.Module):
     """conv, batch norm, ReLU: a ResNet's first layer."""
 
-    def __init__(self, cin, cout, kernel, stride, padding, *, rngs):
-        self.conv = _conv(cin, cout, kernel, stride, padding, bias=False, rngs=rngs)
-        self.bn = _bn(cout, rngs=rngs)
+    def __init__(
+        self, cin, cout, kernel, stride, padding, *, rngs, batch_norm=True, kernel_init=None
+    ):
+        self.conv = _conv(
+            cin,
+            cout,
+            kernel,
+            stride,
+            padding,
+            bias=not batch_norm,
+            rngs=rngs,
+            kernel_init=kernel_init,
+        )
+        self.bn = _bn(cout, rngs=rngs, enabled=batch_norm)
 
     def __call__(self, x):
         return jax.nn.relu(self.bn(self.conv(x)))
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, cin, cout, stride, shortcut: str, *, rngs):
-        self.conv1 = _conv(cin, cout, 3, stride, 1, bias=False, rngs=rngs)
-        self.bn1 = _bn(cout, rngs=rngs)
-        self.conv2 = _conv(cout, cout, 3, 1, 1, bias=False, rngs=rngs)
-        self.bn2 = _bn(cout, rngs=rngs)
+    def __init__(
+        self, cin, cout, stride, shortcut: str, *, rngs, batch_norm=True, kernel_init=None
+    ):
+        conv = functools.partial(_conv, bias=not batch_norm, rngs=rngs, kernel_init=kernel_init)
+        self.conv1 = conv(cin, cout, 3, stride, 1)
+        self.bn1 = _bn(cout, rngs=rngs, enabled=batch_norm)
+        self.conv2 = conv(cout, cout, 3, 1, 1)
+        self.bn2 = _bn(cout, rngs=rngs, enabled=batch_norm)
         self.shortcut = shortcut if (stride != 1 or cin != cout) else "identity"
         self.pad = (cout - cin) // 2
         if self.shortcut == "conv":
-            self.downsample_conv = _conv(cin, cout, 1, stride, 0, bias=False, rngs=rngs)
-            self.downsample_bn = _bn(cout, rngs=rngs)
+            self.downsample_conv = conv(cin, cout, 1, stride, 0)
+            self.downsample_bn = _bn(cout, rngs=rngs, enabled=batch_norm)
 
     def __call__(self, x):
         out = jax.nn.relu(self.bn1(self.conv1(x)))

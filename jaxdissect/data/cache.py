@@ -201,7 +201,7 @@ def decode_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     return pixels
 
 
-def _cached(root: Path, key: str, write) -> Path:
+def cached_folder(root: Path, key: str, write) -> Path:
     """The cache folder ``root/key``, written by ``write(folder)`` into a staging folder and
     renamed into place on success."""
     folder = root / key
@@ -253,7 +253,7 @@ def load_image_array(
         images.flush()
         (folder / "meta.json").write_text(json.dumps({"version": CACHE_VERSION}))
 
-    return np.load(_cached(root, _image_key(dataset), write) / "images.npy", mmap_mode="r")
+    return np.load(cached_folder(root, _image_key(dataset), write) / "images.npy", mmap_mode="r")
 
 
 def load_label_arrays(
@@ -270,7 +270,7 @@ def load_label_arrays(
       LabelArrays whose arrays are read-only memory maps.
     """
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    folder = _cached(
+    folder = cached_folder(
         root, cache_key(dataset), lambda staging: _write_arrays(dataset, staging, progress)
     )
     return LabelArrays(

@@ -1,0 +1,157 @@
+"""train/: each variation trains, checkpoints follow the schedule, restores are exact,
+a resumed run equals an uninterrupted one, and the sharded step equals one device's."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from train.checkpoints import feature_model, list_checkpoints, load_run
+from train.config import PAPER_SCHEDULE, make_config
+from train.loop import TrainingError, train
+
+
+def _params(model):
+    return jax.tree.leaves(nnx.to_pure_dict(nnx.state(model)))
+
+
+@pytest.fixture(autouse=True)
+def _shared_data_cache(tmp_path_factory, monkeypatch):
+    # The drawn scenes are shared by every test of this module.
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path_factory.getbasetemp() / "train-cache"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["dropout=false"],
+        ["batch_norm=true"],
+        ["last_width=3"],
+        ["depth=4", "init=orthogonal", "init_seed=3"],
+        ["family=resnet", "depth=1"],
+        ["objective=rotation"],
+    ],
+)
+def test_each_variation_trains(tmp_path, overrides):
+    config = make_config("smoke", overrides)
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["step"] == config.steps
+    assert list_checkpoints(tmp_path / "run") == list(config.schedule())
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(x.get("loss", 0.0)) for x in lines)
+    assert [x["step"] for x in lines if "eval_accuracy" in x] == list(config.schedule())
+    extractor = feature_model(tmp_path / "run")
+    layer = "layer3" if config.family == "resnet" else f"conv{config.depth}"
+    out = extractor(np.zeros((2, 32, 32, 3), np.uint8), [layer])[layer]
+    expected_units = {"[]": 64, "['last_width=3']": 192}.get(str(overrides))
+    if expected_units:
+        assert out.shape[-1] == expected_units
+
+
+def test_schedule_is_the_papers():
+    config = make_config("smoke", ["steps=300"])
+    assert config.schedule() == (0, 1, 2, 4, 9, 20, 44, 99, 223, 300)
+    assert PAPER_SCHEDULE[:12] == (1, 2, 4, 9, 20, 44, 99, 223, 492, 1108, 2446, 5509)
+
+
+def test_restore_is_bit_identical_and_resume_equals_uninterrupted(tmp_path):
+    config = make_config("smoke", ["steps=10", "checkpoint_steps=0,3,6,10"])
+    train(config, tmp_path / "whole", progress=False)
+    partial = train(config, tmp_path / "resumed", progress=False, stop_after=5)
+    assert partial["checkpoints"] == [0, 3]
+    train(config, tmp_path / "resumed", progress=False)
+    for step in (3, 6, 10):
+        a, _ = load_run(tmp_path / "whole", step)
+        b, _ = load_run(tmp_path / "resumed", step)
+        for x, y in zip(_params(a), _params(b), strict=True):
+            np.testing.assert_array_equal(x, y)
+    c, _ = load_run(tmp_path / "whole", 10)  # a second restore: bit-identical too
+    for x, y in zip(_params(a), _params(c), strict=True):
+        np.testing.assert_array_equal(x, y)
+    whole = (tmp_path / "whole" / "metrics.jsonl").read_text()
+    assert whole == (tmp_path / "resumed" / "metrics.jsonl").read_text()
+
+
+def test_killed_run_resumes(tmp_path):
+    config_args = [
+        "--config",
+        "smoke",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "steps=10",
+        "checkpoint_steps=0,3,6,10",
+    ]
+    code = "import sys; from train.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    killed = subprocess.run(
+        [sys.executable, "-c", code, *config_args, "--stop-after", "5"],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == 0, killed.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", code, *config_args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "checkpoints at [0, 3, 6, 10]" in done.stdout
+
+
+def test_other_config_in_workdir_is_refused(tmp_path):
+    train(make_config("smoke", ["steps=2"]), tmp_path / "run", progress=False)
+    with pytest.raises(TrainingError, match=r"another config .*dropout"):
+        train(make_config("smoke", ["steps=2", "dropout=false"]), tmp_path / "run", progress=False)
+
+
+def test_bad_overrides():
+    with pytest.raises(ValueError, match="key one of"):
+        make_config("smoke", ["colour=red"])
+    with pytest.raises(ValueError, match="dropout: expected true or false"):
+        make_config("smoke", ["dropout=maybe"])
+    with pytest.raises(ValueError, match="invalid training config: family='vgg'"):
+        make_config("smoke", ["family=vgg"])
+
+
+def test_nan_loss_names_the_step(tmp_path):
+    config = make_config("smoke", ["learning_rate=1e30", "steps=6"])
+    with pytest.raises(TrainingError, match=r"NaN or inf at step \d"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_fine_tuning_starts_from_another_run(tmp_path):
+    train(make_config("smoke", ["steps=3"]), tmp_path / "source", progress=False)
+    config = make_config(
+        "smoke", ["steps=1", f"init_from={tmp_path / 'source'}", "objective=rotation"]
+    )
+    train(config, tmp_path / "tuned", progress=False)
+    source, _ = load_run(tmp_path / "source")
+    tuned_start, _ = load_run(tmp_path / "tuned", 0)
+    np.testing.assert_array_equal(
+        source.conv1.conv.kernel.get_value(), tuned_start.conv1.conv.kernel.get_value()
+    )
+    assert tuned_start.classifier.kernel.get_value().shape[-1] == 4
+
+
+def test_sharded_step_matches_one_device(tmp_path):
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    args = ["--config", "smoke", "--no-progress", "steps=4", "checkpoint_steps=4"]
+    code = "import sys; from train.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--workdir", str(tmp_path / "eight"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    train(make_config("smoke", ["steps=4", "checkpoint_steps=4"]), tmp_path / "one", progress=False)
+    a, _ = load_run(tmp_path / "one", 4)
+    b, _ = load_run(tmp_path / "eight", 4)
+    for x, y in zip(_params(a), _params(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)

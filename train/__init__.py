@@ -1,0 +1,1 @@
+"""The bundled Flax NNX training module: models, data, loop and checkpoints."""

@@ -1,0 +1,42 @@
+"""``python -m train --config smoke|default|full --workdir DIR [key=value ...]``.
+
+Trains (or resumes) a run; prints its final evaluation accuracy and its checkpoints. See
+train.config.TrainConfig for every key.
+"""
+
+import argparse
+import sys
+
+from train.checkpoints import list_checkpoints
+from train.config import PRESETS, make_config
+from train.loop import TrainingError, train
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="stop at this step (a later run resumes)"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. dropout=false width=0.5")
+    args = parser.parse_args(argv)
+    try:
+        config = make_config(args.config, args.overrides)
+        result = train(
+            config, args.workdir, progress=not args.no_progress, stop_after=args.stop_after
+        )
+    except (ValueError, TrainingError) as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"step {result['step']} of {config.steps}; evaluation accuracy "
+        f"{result['eval_accuracy']}; checkpoints at {list_checkpoints(args.workdir)} in "
+        f"{args.workdir}/checkpoints"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

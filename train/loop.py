@@ -1,0 +1,261 @@
+"""The training loop: jitted, data-parallel, checkpointed along a schedule, resumable.
+
+A workdir holds config.json, metrics.jsonl (one JSON object per logged step),
+checkpoints/<step>/ (Orbax: parameters, batch statistics and optimiser state). The data
+order, augmentation and dropout depend only on (seed, step), so a run killed at any point
+and restarted with the same command resumes from its last checkpoint and reaches the
+parameters an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from jaxdissect.data.loader import iterate_batches, rotation_pretext
+from jaxdissect.features import Preprocess
+from train.config import TrainConfig
+from train.data import load_data
+from train.models import build_model
+
+PREPROCESS = Preprocess()  # ImageNet mean and std on [0, 1] RGB, as the zoo's models
+INT32_MAX = np.iinfo(np.int32).max
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, a workdir of another run, ...)."""
+
+
+def _split(model):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def _optimizer(config: TrainConfig):
+    schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum),
+    )
+
+
+def _augment(images, key):
+    """Random horizontal flips, one coin per image."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1], images)
+
+
+def make_train_step(graphdef, tx, config: TrainConfig):
+    base_key = jax.random.key(config.seed)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
+    def train_step(params, rest, opt_state, bad_step, images, labels, step):
+        key = jax.random.fold_in(base_key, step)
+        augment_key, dropout_key = jax.random.split(key)
+        inputs = PREPROCESS(_augment(images, augment_key))
+
+        # A copying merge, so that the batch statistics it updates belong to this trace.
+        def loss_fn(params, rest):
+            model = nnx.merge(graphdef, params, rest, copy=True)
+            model.train()
+            logits = model(inputs, rngs=nnx.Rngs(dropout=dropout_key))
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss)
+        bad_step = jnp.where(finite, bad_step, jnp.minimum(bad_step, step))
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return params, rest, opt_state, bad_step, {"loss": loss, "accuracy": accuracy}
+
+    return train_step
+
+
+def evaluate(graphdef, params, rest, source, config: TrainConfig, batch_size: int = 128) -> float:
+    """Accuracy on ``source`` (for rotation: of predicting the quarter turn)."""
+
+    @jax.jit
+    def predict(params, rest, images):
+        model = nnx.merge(graphdef, params, rest)
+        model.eval()
+        return jnp.argmax(model(PREPROCESS(images)), -1)
+
+    correct = 0
+    for start in range(0, len(source), batch_size):
+        stop = min(start + batch_size, len(source))
+        batch = [source[i] for i in range(start, stop)]
+        images = np.stack([b["image"] for b in batch])
+        labels = np.array([b["label"] for b in batch])
+        if config.objective == "rotation":
+            images, labels = rotation_pretext(images, config.seed + 1, start)
+        correct += int(np.sum(np.asarray(predict(params, rest, images)) == labels))
+    return correct / len(source)
+
+
+def checkpoint_manager(workdir: Path, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None,
+        create=not read_only,
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+
+
+def _payload(params, rest, opt_state):
+    return {
+        "params": nnx.to_pure_dict(params),
+        "rest": nnx.to_pure_dict(rest),
+        "opt_state": opt_state,
+    }
+
+
+def _restore(manager, step, params, rest, opt_state):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _payload(params, rest, opt_state))
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    nnx.replace_by_pure_dict(params, restored["params"])
+    nnx.replace_by_pure_dict(rest, restored["rest"])
+    return params, rest, restored["opt_state"]
+
+
+def _check_workdir(workdir: Path, config: TrainConfig) -> None:
+    path = workdir / "config.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != json.loads(config.to_json()):
+            changed = sorted(
+                k for k in previous if previous.get(k) != dataclasses.asdict(config).get(k)
+            )
+            raise TrainingError(
+                f"{workdir} holds a run with another config (differs in {', '.join(changed)}); "
+                "use another --workdir or the same settings to resume"
+            )
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".partial")
+        temporary.write_text(config.to_json())
+        os.replace(temporary, path)
+
+
+def _initial_weights(model, config: TrainConfig) -> None:
+    """Fine-tuning: copy another run's final weights, all but the classifier."""
+    from train.checkpoints import load_run
+
+    source, _ = load_run(config.init_from)
+    source_state = nnx.to_pure_dict(nnx.state(source))
+    state = nnx.state(model)
+    target = nnx.to_pure_dict(state)
+    for key in source_state:
+        if key != "classifier" and key in target:
+            target[key] = source_state[key]
+    nnx.replace_by_pure_dict(state, target)
+    nnx.update(model, state)
+
+
+def train(
+    config: TrainConfig, workdir: str | Path, progress: bool = True, stop_after: int | None = None
+) -> dict:
+    """Trains (or resumes) the run in ``workdir``.
+
+    Args:
+      config: the run's config.
+      workdir: where config.json, metrics.jsonl and checkpoints/ go.
+      progress: show progress bars.
+      stop_after: stop once this step is reached (as if interrupted); a later call resumes.
+
+    Returns:
+      {"step", "eval_accuracy", "checkpoints"} of the run so far.
+    """
+    workdir = Path(workdir)
+    _check_workdir(workdir, config)
+    data = load_data(config, progress)
+    num_classes = 4 if config.objective == "rotation" else data.num_classes
+    class_names = ("0", "90", "180", "270") if config.objective == "rotation" else data.class_names
+    run_path = workdir / "run.json"
+    run_path.write_text(json.dumps({"num_classes": num_classes, "class_names": list(class_names)}))
+    model = build_model(config, num_classes)
+    if config.init_from:
+        _initial_weights(model, config)
+    graphdef, params, rest = _split(model)
+    tx = _optimizer(config)
+    opt_state = tx.init(params)
+    manager = checkpoint_manager(workdir)
+    schedule = config.schedule()
+
+    start = manager.latest_step()
+    metrics_path = workdir / "metrics.jsonl"
+    if start is None:
+        start = 0
+        metrics_path.write_text("")
+    else:
+        params, rest, opt_state = _restore(manager, start, params, rest, opt_state)
+        # Drop what the interrupted run logged after its last checkpoint: it is redone.
+        kept = [
+            line
+            for line in metrics_path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= start
+        ]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params, rest, opt_state = jax.device_put((params, rest, opt_state), replicated)
+    bad_step = jax.device_put(jnp.asarray(INT32_MAX, jnp.int32), replicated)
+    train_step = make_train_step(graphdef, tx, config)
+
+    def log(record):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def checkpoint(step):
+        accuracy = evaluate(graphdef, params, rest, data.evaluation, config)
+        log({"step": step, "eval_accuracy": accuracy})
+        manager.save(step, args=ocp.args.StandardSave(_payload(params, rest, opt_state)))
+        manager.wait_until_finished()
+        return accuracy
+
+    accuracy = None
+    if start == 0 and 0 in schedule and manager.latest_step() is None:
+        accuracy = checkpoint(0)
+    batches = iterate_batches(data.train, config.batch_size, seed=config.seed, start_step=start)
+    last = min(config.steps, stop_after) if stop_after is not None else config.steps
+    for step in tqdm(
+        range(start, last),
+        initial=start,
+        total=config.steps,
+        desc="training",
+        unit="step",
+        disable=not progress,
+    ):
+        batch = next(batches)
+        images, labels = batch["image"], batch["label"].astype(np.int32)
+        if config.objective == "rotation":
+            images, labels = rotation_pretext(images, config.seed, step)
+        images, labels = jax.device_put((images, labels), data_sharding)
+        params, rest, opt_state, bad_step, metrics = train_step(
+            params, rest, opt_state, bad_step, images, labels, step
+        )
+        done = step + 1
+        if done % config.log_every == 0 or done in schedule:
+            if int(bad_step) != INT32_MAX:
+                raise TrainingError(
+                    f"{workdir}: the loss became NaN or inf at step {int(bad_step)}"
+                )
+            log({"step": done, **{k: float(v) for k, v in metrics.items()}})
+        if done in schedule:
+            accuracy = checkpoint(done)
+    return {"step": last, "eval_accuracy": accuracy, "checkpoints": list(manager.all_steps())}
