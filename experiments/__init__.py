@@ -1,0 +1,1 @@
+"""The paper's studies, runnable as ``python -m experiments.<name>``."""

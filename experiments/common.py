@@ -1,0 +1,122 @@
+"""What every experiment shares: flags, the probe set, and dissecting a checkpoint (its own
+units and a randomly rotated basis, in the same two passes)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdissect.data.broden import BrodenDataset, open_broden
+from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
+from jaxdissect.data.synthetic import world
+from jaxdissect.dissect import DissectConfig, dissect_activations
+from jaxdissect.features import FeatureModel, model_activations
+from jaxdissect.results import write_dissection, write_text_atomic
+
+ROTATED = "@rotated"
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    dataset: BrodenDataset
+    labels: LabelArrays
+    images: np.ndarray
+
+
+def prepare_probe(directory: str | Path, num_images: int, image_size: int, seed: int,
+                  progress: bool) -> Probe:
+    """The probe set: a Broden folder if ``directory`` holds one, else the synthetic world's
+    probe split written there."""
+    directory = Path(directory)
+    if not (directory / "index.csv").is_file():
+        world.write_probe(directory, num_images, seed, world.WorldConfig(image_size=image_size),
+                          progress)
+    dataset = open_broden(directory)
+    return Probe(dataset, load_label_arrays(dataset, progress=progress),
+                 load_image_array(dataset, progress=progress))
+
+
+def dissect_model(model: FeatureModel, layers: typing.Sequence[str], probe: Probe,
+                  config: DissectConfig, out: Path, rotations: dict[str, np.ndarray] | None = None,
+                  progress: bool = False) -> dict[str, dict]:
+    """Dissects ``layers`` of ``model`` and, for each layer in ``rotations``, the same layer
+    in the rotated basis ``acts @ R`` (as layer ``<layer>@rotated``). Results already in
+    ``out`` are reused. Returns {name: results.json content}."""
+    rotations = rotations or {}
+    names = [*layers, *(layer + ROTATED for layer in rotations)]
+    paths = {name: out / name / "results.json" for name in names}
+    if all(path.is_file() for path in paths.values()):
+        return {name: json.loads(path.read_text()) for name, path in paths.items()}
+    source = model_activations(model, probe.images, layers, config.batch_size)
+    matrices = {layer: jnp.asarray(r, jnp.float32) for layer, r in rotations.items()}
+
+    def activations(start, stop):
+        acts = dict(source(start, stop))
+        for layer, matrix in matrices.items():
+            acts[layer + ROTATED] = jnp.einsum("bhwu,uv->bhwv", acts[layer], matrix,
+                                               precision=jax.lax.Precision.HIGHEST)
+        return acts
+
+    first = activations(0, 1)
+    shapes = {name: tuple(first[name].shape[1:]) for name in names}
+    dissections = dissect_activations(activations, probe.dataset.num_images, shapes,
+                                      probe.dataset, probe.labels, config, progress)
+    results = {}
+    for name, dissection in dissections.items():
+        write_dissection(out / name, dissection, probe.dataset, config, {"model": model.name})
+        results[name] = json.loads(paths[name].read_text())
+    return results
+
+
+def unique_counts(results: dict) -> dict:
+    """The numbers the plots show, from a results.json: unique detectors (top-label rule)
+    per category and in total, and the detector count."""
+    summary = results["summary"]
+    return {"total": summary["unique_top_label"]["total"],
+            "detectors": summary["detectors"],
+            **summary["unique_top_label"]["per_category"]}
+
+
+def eval_accuracy(workdir: Path) -> dict[int, float]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line]
+    return {r["step"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}
+
+
+def parse_args(doc: str, presets: dict, config_type, argv=None):
+    """``--config``, ``--workdir``, ``--no-progress`` and key=value overrides."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--config", default="default", choices=sorted(presets))
+    parser.add_argument("--workdir", default=None, help="default: runs/<experiment>-<config>")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value")
+    args = parser.parse_args(argv)
+    values = dict(presets[args.config])
+    hints = typing.get_type_hints(config_type)
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    for item in args.overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            parser.error(f"override {item!r}: expected key=value with key one of {', '.join(sorted(fields))}")
+        kind = hints[key]
+        try:
+            if kind is bool:
+                values[key] = text.lower() in ("1", "true", "yes")
+            elif typing.get_origin(kind) is tuple:
+                values[key] = tuple(text.split(",")) if text else ()
+            else:
+                values[key] = kind(text)
+        except ValueError as error:
+            parser.error(f"override {item!r}: {error}")
+    return args, config_type(**values)
+
+
+def save_json(path: Path, value) -> None:
+    write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
