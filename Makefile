@@ -23,7 +23,7 @@ test: setup lint
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) -m jaxdissect demo --out runs/demo
+	$(PY) -m experiments.training_dynamics
 
 bench: setup
 	$(PY) -m bench.tally_cpu

@@ -18,6 +18,7 @@ from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arra
 from jaxdissect.data.synthetic import world
 from jaxdissect.dissect import DissectConfig, dissect_activations
 from jaxdissect.features import FeatureModel, model_activations
+from jaxdissect.report import write_layer_report
 from jaxdissect.results import write_dissection, write_text_atomic
 
 ROTATED = "@rotated"
@@ -30,22 +31,33 @@ class Probe:
     images: np.ndarray
 
 
-def prepare_probe(directory: str | Path, num_images: int, image_size: int, seed: int,
-                  progress: bool) -> Probe:
+def prepare_probe(
+    directory: str | Path, num_images: int, image_size: int, seed: int, progress: bool
+) -> Probe:
     """The probe set: a Broden folder if ``directory`` holds one, else the synthetic world's
     probe split written there."""
     directory = Path(directory)
     if not (directory / "index.csv").is_file():
-        world.write_probe(directory, num_images, seed, world.WorldConfig(image_size=image_size),
-                          progress)
+        world.write_probe(
+            directory, num_images, seed, world.WorldConfig(image_size=image_size), progress
+        )
     dataset = open_broden(directory)
-    return Probe(dataset, load_label_arrays(dataset, progress=progress),
-                 load_image_array(dataset, progress=progress))
+    return Probe(
+        dataset,
+        load_label_arrays(dataset, progress=progress),
+        load_image_array(dataset, progress=progress),
+    )
 
 
-def dissect_model(model: FeatureModel, layers: typing.Sequence[str], probe: Probe,
-                  config: DissectConfig, out: Path, rotations: dict[str, np.ndarray] | None = None,
-                  progress: bool = False) -> dict[str, dict]:
+def dissect_model(
+    model: FeatureModel,
+    layers: typing.Sequence[str],
+    probe: Probe,
+    config: DissectConfig,
+    out: Path,
+    rotations: dict[str, np.ndarray] | None = None,
+    progress: bool = False,
+) -> dict[str, dict]:
     """Dissects ``layers`` of ``model`` and, for each layer in ``rotations``, the same layer
     in the rotated basis ``acts @ R`` (as layer ``<layer>@rotated``). Results already in
     ``out`` are reused. Returns {name: results.json content}."""
@@ -53,6 +65,9 @@ def dissect_model(model: FeatureModel, layers: typing.Sequence[str], probe: Prob
     names = [*layers, *(layer + ROTATED for layer in rotations)]
     paths = {name: out / name / "results.json" for name in names}
     if all(path.is_file() for path in paths.values()):
+        for name in names:
+            if not (out / name / "report.html").is_file():
+                write_layer_report(out / name, probe.images)
         return {name: json.loads(path.read_text()) for name, path in paths.items()}
     source = model_activations(model, probe.images, layers, config.batch_size)
     matrices = {layer: jnp.asarray(r, jnp.float32) for layer, r in rotations.items()}
@@ -60,17 +75,20 @@ def dissect_model(model: FeatureModel, layers: typing.Sequence[str], probe: Prob
     def activations(start, stop):
         acts = dict(source(start, stop))
         for layer, matrix in matrices.items():
-            acts[layer + ROTATED] = jnp.einsum("bhwu,uv->bhwv", acts[layer], matrix,
-                                               precision=jax.lax.Precision.HIGHEST)
+            acts[layer + ROTATED] = jnp.einsum(
+                "bhwu,uv->bhwv", acts[layer], matrix, precision=jax.lax.Precision.HIGHEST
+            )
         return acts
 
     first = activations(0, 1)
     shapes = {name: tuple(first[name].shape[1:]) for name in names}
-    dissections = dissect_activations(activations, probe.dataset.num_images, shapes,
-                                      probe.dataset, probe.labels, config, progress)
+    dissections = dissect_activations(
+        activations, probe.dataset.num_images, shapes, probe.dataset, probe.labels, config, progress
+    )
     results = {}
     for name, dissection in dissections.items():
         write_dissection(out / name, dissection, probe.dataset, config, {"model": model.name})
+        write_layer_report(out / name, probe.images)
         results[name] = json.loads(paths[name].read_text())
     return results
 
@@ -79,9 +97,11 @@ def unique_counts(results: dict) -> dict:
     """The numbers the plots show, from a results.json: unique detectors (top-label rule)
     per category and in total, and the detector count."""
     summary = results["summary"]
-    return {"total": summary["unique_top_label"]["total"],
-            "detectors": summary["detectors"],
-            **summary["unique_top_label"]["per_category"]}
+    return {
+        "total": summary["unique_top_label"]["total"],
+        "detectors": summary["detectors"],
+        **summary["unique_top_label"]["per_category"],
+    }
 
 
 def eval_accuracy(workdir: Path) -> dict[int, float]:
@@ -104,7 +124,9 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
     for item in args.overrides:
         key, sep, text = item.partition("=")
         if not sep or key not in fields:
-            parser.error(f"override {item!r}: expected key=value with key one of {', '.join(sorted(fields))}")
+            parser.error(
+                f"override {item!r}: expected key=value with key one of {', '.join(sorted(fields))}"
+            )
         kind = hints[key]
         try:
             if kind is bool:

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from experiments.common import (
     ROTATED,
@@ -74,17 +73,23 @@ class Config:
 
 
 PRESETS = {
-    "smoke": dict(train_preset="smoke", steps=6, variations=("baseline", "no_dropout"),
-                  probe_images=40, image_size=32, batch_size=20),
+    "smoke": dict(
+        train_preset="smoke",
+        steps=6,
+        variations=("baseline", "no_dropout"),
+        probe_images=40,
+        image_size=32,
+        batch_size=20,
+    ),
     "default": {},
-    "full": dict(train_preset="full", steps=300_000, image_size=128, probe_images=0,
-                 batch_size=256),
+    "full": dict(
+        train_preset="full", steps=300_000, image_size=128, probe_images=0, batch_size=256
+    ),
 }
 
 
 def train_config(config: Config, variation: str):
-    overrides = [f"steps={config.steps}", f"image_size={config.image_size}",
-                 *VARIATIONS[variation]]
+    overrides = [f"steps={config.steps}", f"image_size={config.image_size}", *VARIATIONS[variation]]
     return make_config(config.train_preset, overrides)
 
 
@@ -93,10 +98,16 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     save_json(workdir / "config.json", dataclasses.asdict(config))
     started = time.time()
-    probe = prepare_probe(config.probe or workdir / "probe", config.probe_images,
-                          config.image_size, seed=1, progress=progress)
-    dissect_config = DissectConfig(quantile=config.quantile, iou_threshold=config.iou_threshold,
-                                   batch_size=config.batch_size)
+    probe = prepare_probe(
+        config.probe or workdir / "probe",
+        config.probe_images,
+        config.image_size,
+        seed=1,
+        progress=progress,
+    )
+    dissect_config = DissectConfig(
+        quantile=config.quantile, iou_threshold=config.iou_threshold, batch_size=config.batch_size
+    )
     curves = {}
     for index, variation in enumerate(config.variations):
         run_dir = workdir / "runs" / variation
@@ -108,24 +119,36 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
             units = model.apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
             key = jax.random.fold_in(jax.random.key(config.rotation_seed), index * 1_000_003 + step)
             results = dissect_model(
-                model, [config.layer], probe, dissect_config,
+                model,
+                [config.layer],
+                probe,
+                dissect_config,
                 workdir / "dissections" / variation / str(step),
                 rotations={config.layer: random_rotation(key, units)},
             )
-            points.append({
-                "step": step,
-                "eval_accuracy": accuracy.get(step),
-                "units": unique_counts(results[config.layer]),
-                "rotated": unique_counts(results[config.layer + ROTATED]),
-                "num_units": units,
-            })
+            points.append(
+                {
+                    "step": step,
+                    "eval_accuracy": accuracy.get(step),
+                    "units": unique_counts(results[config.layer]),
+                    "rotated": unique_counts(results[config.layer + ROTATED]),
+                    "num_units": units,
+                }
+            )
             if progress:
-                print(f"{variation} step {step}: unique detectors {points[-1]['units']['total']} "
-                      f"(rotated {points[-1]['rotated']['total']}), accuracy "
-                      f"{points[-1]['eval_accuracy']}", file=sys.stderr)
+                print(
+                    f"{variation} step {step}: unique detectors {points[-1]['units']['total']} "
+                    f"(rotated {points[-1]['rotated']['total']}), accuracy "
+                    f"{points[-1]['eval_accuracy']}",
+                    file=sys.stderr,
+                )
         curves[variation] = points
-    results = {"config": dataclasses.asdict(config), "layer": config.layer, "curves": curves,
-               "seconds": round(time.time() - started, 1)}
+    results = {
+        "config": dataclasses.asdict(config),
+        "layer": config.layer,
+        "curves": curves,
+        "seconds": round(time.time() - started, 1),
+    }
     save_json(workdir / "results.json", results)
     plot(curves, workdir, config.layer)
     write_summary(results, workdir)
@@ -146,11 +169,19 @@ def plot(curves: dict, workdir: Path, layer: str) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for axis, basis in zip(axes, ("units", "rotated"), strict=True):
         for variation, points in curves.items():
-            axis.plot(steps(points), [p[basis]["total"] for p in points], "o-", ms=3,
-                      color=colors[variation], label=variation)
+            axis.plot(
+                steps(points),
+                [p[basis]["total"] for p in points],
+                "o-",
+                ms=3,
+                color=colors[variation],
+                label=variation,
+            )
         axis.set_xscale("symlog", linthresh=1)
         axis.set_xlabel("training iteration")
-        axis.set_title(f"{layer}: {'its units' if basis == 'units' else 'a random rotation of its basis'}")
+        axis.set_title(
+            f"{layer}: {'its units' if basis == 'units' else 'a random rotation of its basis'}"
+        )
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("unique detectors (IoU > 0.04)")
     axes[0].legend()
@@ -161,10 +192,20 @@ def plot(curves: dict, workdir: Path, layer: str) -> None:
     figure, axes = plt.subplots(2, 3, figsize=(13, 7))
     for axis, category in zip(axes.ravel(), CATEGORIES, strict=True):
         for variation, points in curves.items():
-            axis.plot(steps(points), [p["units"].get(category, 0) for p in points], "-",
-                      color=colors[variation], label=variation)
-            axis.plot(steps(points), [p["rotated"].get(category, 0) for p in points], "--",
-                      color=colors[variation], alpha=0.6)
+            axis.plot(
+                steps(points),
+                [p["units"].get(category, 0) for p in points],
+                "-",
+                color=colors[variation],
+                label=variation,
+            )
+            axis.plot(
+                steps(points),
+                [p["rotated"].get(category, 0) for p in points],
+                "--",
+                color=colors[variation],
+                alpha=0.6,
+            )
         axis.set_xscale("symlog", linthresh=1)
         axis.set_title(category)
         axis.grid(alpha=0.3)
@@ -177,8 +218,14 @@ def plot(curves: dict, workdir: Path, layer: str) -> None:
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     for variation, points in curves.items():
         known = [p for p in points if p["eval_accuracy"] is not None]
-        axis.plot(steps(known), [p["eval_accuracy"] for p in known], "o-", ms=3,
-                  color=colors[variation], label=variation)
+        axis.plot(
+            steps(known),
+            [p["eval_accuracy"] for p in known],
+            "o-",
+            ms=3,
+            color=colors[variation],
+            label=variation,
+        )
     axis.set_xscale("symlog", linthresh=1)
     axis.set_xlabel("training iteration")
     axis.set_ylabel("validation accuracy")
@@ -209,7 +256,7 @@ def write_summary(results: dict, workdir: Path) -> Path:
 <p>Run in {results["seconds"]} s. Config: <code>{html.escape(json.dumps(results["config"]))}</code></p>
 <table><tr><th>variation</th><th>unique at step 0</th><th>unique at the end</th>
 <th>rotated basis, end</th><th>detectors, end</th><th>accuracy, end</th><th>dissection reports by step</th></tr>
-{''.join(rows)}</table>
+{"".join(rows)}</table>
 <h2>Unique detectors</h2><img src="unique_detectors.png" alt="unique detectors against iteration">
 <h2>Per category</h2><img src="per_category.png" alt="unique detectors per category">
 <h2>Accuracy</h2><img src="accuracy.png" alt="accuracy against iteration">

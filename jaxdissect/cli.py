@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoded-label cache (default: $JAXDISSECT_CACHE or ~/.cache/jaxdissect)",
     )
     dissect.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    dissect.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
     features = commands.add_parser(
         "features",
@@ -123,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--images", required=True, type=Path, help="uint8 (N, H, W, 3) .npy")
     features.add_argument("--out", required=True, type=Path, help="output .npy")
     features.add_argument("--batch-size", type=_positive_int, default=64)
+
+    report = commands.add_parser(
+        "report",
+        help="(re)build the HTML report of a finished dissection",
+        description="Rebuild OUT/report.html (and OUT/index.html for several layers) from "
+        "OUT's results.json and counts.npz; the probe images come from the dataset named there.",
+    )
+    report.add_argument("out", type=Path, help="a dissect --out folder")
+    report.add_argument("--cache", type=Path, default=None)
 
     summarize = commands.add_parser(
         "summarize",
@@ -216,6 +226,7 @@ def run_dissect(args: argparse.Namespace) -> int:
     from jaxdissect.data.broden import open_broden
     from jaxdissect.data.cache import load_image_array, load_label_arrays
     from jaxdissect.dissect import DissectConfig, dissect_activations, features_source
+    from jaxdissect.report import write_index, write_layer_report
     from jaxdissect.results import format_summary, write_dissection
 
     progress = not args.no_progress
@@ -255,6 +266,7 @@ def run_dissect(args: argparse.Namespace) -> int:
     dissections = dissect_activations(
         source, dataset.num_images, shapes, dataset, labels, config, progress
     )
+    images = None if args.no_report else load_image_array(dataset, args.cache, progress)
     for layer, dissection in dissections.items():
         # One layer writes OUT/; several write OUT/<layer>/.
         out = args.out if len(dissections) == 1 else args.out / layer
@@ -262,6 +274,41 @@ def run_dissect(args: argparse.Namespace) -> int:
         print(f"layer {layer}:")
         print(format_summary(dissection.summary))
         print(f"wrote {out / 'tally.csv'} and {results}")
+        if images is not None:
+            print(f"report: {write_layer_report(out, images)}")
+    if len(dissections) > 1 and images is not None:
+        print(f"index: {write_index(args.out, list(dissections))}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import json
+
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.data.cache import load_image_array
+    from jaxdissect.report import write_index, write_layer_report
+
+    folders = (
+        [args.out]
+        if (args.out / "results.json").is_file()
+        else sorted(p.parent for p in args.out.glob("*/results.json"))
+    )
+    if not folders:
+        raise DissectError(f"{args.out}: no results.json here or in its subfolders")
+    for folder in folders:
+        results = json.loads((folder / "results.json").read_text())
+        try:
+            dataset = open_broden(results["dataset"], results["categories"])
+            images = load_image_array(dataset, args.cache, progress=False)
+        except DissectError as error:
+            print(
+                f"jaxdissect: warning: drawing {folder}'s cards without images ({error})",
+                file=sys.stderr,
+            )
+            images = None
+        print(f"report: {write_layer_report(folder, images)}")
+    if len(folders) > 1 or folders[0] != args.out:
+        print(f"index: {write_index(args.out, [f.name for f in folders])}")
     return 0
 
 
@@ -351,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic": run_synthetic,
         "demo": run_demo,
         "features": run_features,
+        "report": run_report,
     }
     try:
         return handlers[args.command](args)

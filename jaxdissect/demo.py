@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from jaxdissect.data.broden import open_broden
-from jaxdissect.data.cache import load_label_arrays
+from jaxdissect.data.cache import load_image_array, load_label_arrays
 from jaxdissect.data.synthetic import world
 from jaxdissect.dissect import DissectConfig, dissect_activations, features_source
+from jaxdissect.report import write_layer_report
 from jaxdissect.results import format_summary, write_dissection
 
 
@@ -56,6 +57,9 @@ def run(out: Path, num_images: int = 600, seed: int = 0, progress: bool = True) 
         source, len(features), shapes, dataset, labels, config, progress
     )["concept-layer"]
     results = write_dissection(out / "dissection", dissection, dataset, config)
+    report = write_layer_report(
+        out / "dissection", load_image_array(dataset, out / "cache", progress)
+    )
     recovered = sum(
         int(dissection.labels.category_label[u, dataset.label_category[label]]) == label
         for u, label in enumerate(chosen)
@@ -65,5 +69,6 @@ def run(out: Path, num_images: int = 600, seed: int = 0, progress: bool = True) 
         f"concept units labelled with their own concept (within its category): "
         f"{recovered}/{len(chosen)}; noise units: {len(chosen)}"
     )
-    print(f"report: {out / 'dissection' / 'tally.csv'} and {results}")
+    print(f"wrote {out / 'dissection' / 'tally.csv'} and {results}")
+    print(f"report: {report}")
     return results

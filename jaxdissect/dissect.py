@@ -28,6 +28,7 @@ from jaxdissect import quantile, scores, tally
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays
 from jaxdissect.errors import FeaturesError
+from jaxdissect.top_images import top_images_init, top_images_update
 from jaxdissect.upsample import bilinear_matrix
 
 INT32_MAX = np.iinfo(np.int32).max
@@ -44,6 +45,8 @@ class DissectConfig:
       batch_size: images per step (rounded up to a multiple of the device count).
       skip_inactive: upsample only the units whose map rises above their threshold (exact;
         off, every unit of every image is upsampled).
+      top_images: per unit, keep this many most activating images and their maps (for the
+        report), gathered during the threshold pass; 0 keeps none.
     """
 
     quantile: float = 0.005
@@ -51,6 +54,7 @@ class DissectConfig:
     union: str = "paper"
     batch_size: int = 32
     skip_inactive: bool = True
+    top_images: int = 8
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -61,6 +65,8 @@ class DissectConfig:
             raise ValueError(f"union must be one of {tally.UNIONS}, got {self.union!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.top_images < 0:
+            raise ValueError(f"top_images must be >= 0, got {self.top_images}")
 
 
 class Dissection(NamedTuple):
@@ -73,6 +79,7 @@ class Dissection(NamedTuple):
       iou: (U, L) float64.
       labels: the units' best labels (``scores.UnitLabels``).
       summary: detectors and unique detectors under both rules.
+      top_indices, top_maps: each unit's most activating images and maps (or None).
     """
 
     layer: str
@@ -83,6 +90,8 @@ class Dissection(NamedTuple):
     iou: np.ndarray
     labels: scores.UnitLabels
     summary: dict
+    top_indices: np.ndarray | None = None
+    top_maps: np.ndarray | None = None
 
 
 # A function from (start, stop) image indices to {layer: (B, h, w, U) float array}: NumPy
@@ -99,6 +108,9 @@ def threshold_step(state, first_bad, maxima, acts, valid, indices, start):
     batch_maxima = jnp.where(valid[:, None], jnp.max(acts, axis=(1, 2)), -jnp.inf)
     maxima = jax.lax.dynamic_update_slice(maxima, batch_maxima, (start, 0))
     return quantile.quantile_update(state, acts, valid), first_bad, maxima
+
+
+top_images_step = jax.jit(top_images_update, donate_argnums=(0,))
 
 
 @jax.jit
@@ -210,10 +222,14 @@ class Thresholds(NamedTuple):
       thresholds: (U,) float32 per-unit thresholds.
       max_active: the most units of any one image whose map rises above its threshold:
         pass 2 upsamples only those, in a buffer of this size.
+      top_indices: (U, k) int32 each unit's most activating images (by maximum), or None.
+      top_maps: (U, k, h, w) float32 their activation maps, or None.
     """
 
     thresholds: np.ndarray
     max_active: int
+    top_indices: np.ndarray | None = None
+    top_maps: np.ndarray | None = None
 
 
 Shapes = Mapping[str, tuple[int, int, int]]
@@ -252,8 +268,12 @@ def compute_thresholds(
     """
     batch_size, data, replicated = _layout(config)
     batches = list(_batches(num_images, batch_size))
-    states, first_bad, maxima = {}, {}, {}
+    states, first_bad, maxima, tops = {}, {}, {}, {}
     for layer, (height, width, units) in shapes.items():
+        if config.top_images:
+            tops[layer] = jax.device_put(
+                top_images_init(units, config.top_images, height, width), replicated
+            )
         states[layer] = jax.device_put(
             quantile.quantile_init(units, config.quantile, num_images * height * width),
             replicated,
@@ -294,7 +314,13 @@ def compute_thresholds(
         _check_finite(first_bad[layer], num_images, layer)
         thresholds = quantile.quantile_result(states[layer], config.quantile)
         max_active = int(_most_active_units(maxima[layer], jnp.asarray(thresholds)))
-        results[layer] = Thresholds(thresholds, max_active)
+        top = jax.device_get(tops[layer]) if config.top_images else None
+        results[layer] = Thresholds(
+            thresholds,
+            max_active,
+            None if top is None else np.asarray(top.indices),
+            None if top is None else np.asarray(top.maps),
+        )
     return results
 
 
@@ -434,7 +460,9 @@ def dissect_activations(
     thresholds = compute_thresholds(activations, num_images, shapes, config, progress)
     counts = compute_tally(activations, labels, dataset, thresholds, shapes, config, progress)
     return {
-        layer: score_layer(layer, thresholds[layer].thresholds, *counts[layer], dataset, config)
+        layer: score_layer(
+            layer, thresholds[layer].thresholds, *counts[layer], dataset, config
+        )._replace(top_indices=thresholds[layer].top_indices, top_maps=thresholds[layer].top_maps)
         for layer in shapes
     }
 

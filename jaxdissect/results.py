@@ -100,12 +100,16 @@ def write_dissection(
     write_text_atomic(out / "tally.csv", tally_csv_text(rows, dataset.categories))
     with atomic_path(out / "counts.npz") as temporary:
         with open(temporary, "wb") as f:
+            tops = {}
+            if dissection.top_indices is not None:
+                tops = {"top_indices": dissection.top_indices, "top_maps": dissection.top_maps}
             np.savez(
                 f,
                 thresholds=dissection.thresholds,
                 label_area=dissection.label_area,
                 intersection=dissection.intersection,
                 unit_area=dissection.unit_area,
+                **tops,
             )
     results = {
         "layer": dissection.layer,

@@ -1,0 +1,218 @@
+"""NetDissect-style HTML reports, self-contained (no network; images as files beside them).
+
+Per layer, ``OUT/report.html``: "k/U units covering m concepts with IoU > t", the unique
+detectors as a bar graph (SVG, bars grouped and coloured by category), and one card per
+unit (label, category, IoU, and its most activating images shown as image * (0.2 + 0.8 *
+mask), the mask at image resolution), sortable by label, IoU or unit; units below the
+threshold are dimmed. For a run with several layers, ``OUT/index.html`` compares them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from jaxdissect.results import write_text_atomic
+from jaxdissect.upsample import bilinear_matrix
+
+CATEGORY_COLORS = {
+    "object": "#4e79a7",
+    "part": "#f28e2b",
+    "scene": "#59a14f",
+    "material": "#b07aa1",
+    "texture": "#edc948",
+    "color": "#e15759",
+}
+MIN_TILE = 96  # small probe images are enlarged (nearest) so that the strips stay legible
+
+
+def unit_strip(images: np.ndarray, maps: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, k*W, 3) uint8: each image * (0.2 + 0.8 * mask), mask = upsampled map > threshold."""
+    height, width = images.shape[1:3]
+    rows = bilinear_matrix(height, maps.shape[1]).astype(np.float64)
+    cols = bilinear_matrix(width, maps.shape[2]).astype(np.float64)
+    tiles = []
+    for image, activation in zip(images, maps, strict=True):
+        mask = (rows @ activation.astype(np.float64) @ cols.T) > threshold
+        tiles.append((image * (0.2 + 0.8 * mask[..., None])).astype(np.uint8))
+        tiles.append(np.full((height, 2, 3), 255, np.uint8))
+    strip = np.concatenate(tiles[:-1], axis=1)
+    scale = max(1, -(-MIN_TILE // height))
+    return np.repeat(np.repeat(strip, scale, axis=0), scale, axis=1)
+
+
+def bar_graph_counts(results: dict) -> list[tuple[str, str, int]]:
+    """(category, label, units) for every unique detector label (top-label rule)."""
+    threshold = results["summary"]["iou_threshold"]
+    counts = Counter(
+        (row["category"], row["label"]) for row in results["units"] if row["score"] > threshold
+    )
+    order = {c: i for i, c in enumerate(results["categories"])}
+    return sorted(
+        ((c, label, n) for (c, label), n in counts.items()),
+        key=lambda x: (order[x[0]], -x[2], x[1]),
+    )
+
+
+def bar_graph_svg(bars: list[tuple[str, str, int]]) -> str:
+    if not bars:
+        return "<p>No unit detects a concept above the threshold.</p>"
+    bar, gap, top, height = 14, 3, 10, 120
+    tallest = max(n for _, _, n in bars)
+    width = len(bars) * (bar + gap) + 40
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 110}" '
+        'role="img" aria-label="unique detectors per label">'
+    ]
+    for i, (category, label, count) in enumerate(bars):
+        x = 30 + i * (bar + gap)
+        h = height * count / tallest
+        color = CATEGORY_COLORS.get(category, "#888")
+        parts.append(
+            f'<rect class="bar" data-category="{html.escape(category)}" '
+            f'data-count="{count}" x="{x}" y="{top + height - h:.1f}" width="{bar}" '
+            f'height="{h:.1f}" fill="{color}"><title>{html.escape(label)} '
+            f"({html.escape(category)}): {count} units</title></rect>"
+        )
+        parts.append(
+            f'<text x="{x + bar / 2}" y="{top + height + 6}" font-size="10" '
+            f'transform="rotate(60 {x + bar / 2} {top + height + 6})">'
+            f"{html.escape(label)}</text>"
+        )
+    parts.append(f'<text x="2" y="{top + 10}" font-size="10">{tallest}</text></svg>')
+    return "".join(parts)
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+.cards {{ display: flex; flex-direction: column; gap: 8px; }}
+.card {{ border: 1px solid #ccc; border-radius: 4px; padding: 6px; }}
+.card.dim {{ opacity: 0.45; }}
+.card img {{ display: block; max-width: 100%; image-rendering: pixelated; }}
+.meta {{ font-size: 14px; margin-bottom: 4px; }}
+.legend span {{ display: inline-block; padding: 1px 6px; margin-right: 6px; color: white; }}
+button {{ margin-right: 4px; }}
+</style></head><body>
+<h1>{title}</h1>
+<h2 id="headline">{headline}</h2>
+<div class="legend">{legend}</div>
+{bars}
+<p>Sort units by:
+<button id="sort-label" data-key="label">label</button>
+<button id="sort-iou" data-key="iou">IoU</button>
+<button id="sort-unit" data-key="unit">unit</button></p>
+<div class="cards" id="cards">
+{cards}
+</div>
+<script>
+function sortCards(key) {{
+  const box = document.getElementById("cards");
+  const cards = Array.from(box.children);
+  cards.sort((a, b) => {{
+    if (key === "iou") return parseFloat(b.dataset.iou) - parseFloat(a.dataset.iou);
+    if (key === "unit") return parseInt(a.dataset.unit) - parseInt(b.dataset.unit);
+    return a.dataset.label.localeCompare(b.dataset.label) || parseFloat(b.dataset.iou) - parseFloat(a.dataset.iou);
+  }});
+  cards.forEach(card => box.appendChild(card));
+}}
+document.querySelectorAll("button[data-key]").forEach(button =>
+  button.addEventListener("click", () => sortCards(button.dataset.key)));
+</script>
+</body></html>
+"""
+
+
+def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
+    """Writes OUT/report.html (and OUT/report/*.png) from OUT/results.json and counts.npz.
+
+    Args:
+      out: a dissection's output folder.
+      images: the probe images (N, H, W, 3) uint8, to draw each unit's top images; None
+        draws the cards without them.
+    """
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    counts = np.load(out / "counts.npz")
+    threshold = results["summary"]["iou_threshold"]
+    thresholds = np.asarray(results["thresholds"], np.float32)
+    strips = out / "report"
+    strips.mkdir(exist_ok=True)
+    has_tops = images is not None and "top_indices" in counts
+    cards = []
+    for row in results["units"]:
+        unit = row["unit"]
+        image_html = ""
+        if has_tops:
+            chosen = counts["top_indices"][unit - 1]
+            keep = chosen >= 0
+            if keep.any():
+                strip = unit_strip(
+                    np.asarray(images)[chosen[keep]],
+                    counts["top_maps"][unit - 1][keep],
+                    thresholds[unit - 1],
+                )
+                name = f"unit-{unit:04d}.png"
+                Image.fromarray(strip).save(strips / name)
+                image_html = f'<img src="report/{name}" alt="top images of unit {unit}">'
+        dim = "" if row["score"] > threshold else " dim"
+        cards.append(
+            f'<div class="card{dim}" data-unit="{unit}" data-iou="{row["score"]:.6f}" '
+            f'data-label="{html.escape(row["label"])}"><div class="meta"><b>unit {unit}</b> '
+            f"&middot; {html.escape(row['label'])} ({html.escape(row['category'])}) "
+            f"&middot; IoU {row['score']:.3f}</div>{image_html}</div>"
+        )
+    summary = results["summary"]
+    bars = bar_graph_counts(results)
+    headline = (
+        f"{summary['detectors']}/{summary['units']} units covering "
+        f"{summary['unique_top_label']['total']} concepts with IoU &gt; {threshold:g}"
+    )
+    legend = "".join(
+        f'<span style="background:{CATEGORY_COLORS.get(c, "#888")}">{c}</span>'
+        for c in results["categories"]
+    )
+    page = PAGE.format(
+        title=html.escape(f"{results['layer']}: network dissection"),
+        headline=headline,
+        legend=legend,
+        bars=bar_graph_svg(bars),
+        cards="\n".join(cards),
+    )
+    path = out / "report.html"
+    write_text_atomic(path, page)
+    return path
+
+
+def write_index(out: str | Path, layers: list[str]) -> Path:
+    """OUT/index.html for several dissected layers (or checkpoints) in OUT/<name>/."""
+    out = Path(out)
+    rows = []
+    for layer in layers:
+        results = json.loads((out / layer / "results.json").read_text())
+        summary = results["summary"]
+        shares = " ".join(
+            f"{c} {summary['detectors_per_category'][c] / summary['units']:.0%}"
+            for c in results["categories"]
+        )
+        rows.append(
+            f'<tr><td><a href="{html.escape(layer)}/report.html">{html.escape(layer)}</a>'
+            f"</td><td>{summary['units']}</td><td>{summary['detectors']}</td>"
+            f"<td>{summary['unique_top_label']['total']}</td>"
+            f"<td>{summary['unique_per_category']['total']}</td><td>{shares}</td></tr>"
+        )
+    page = f"""<!doctype html><meta charset="utf-8"><title>Dissection</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd}}</style>
+<h1>Interpretability by layer</h1>
+<table><tr><th>layer</th><th>units</th><th>detectors</th><th>unique (top-label)</th>
+<th>unique (per-category)</th><th>share of units detecting each category</th></tr>
+{"".join(rows)}</table>"""
+    path = out / "index.html"
+    write_text_atomic(path, page)
+    return path

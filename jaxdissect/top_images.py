@@ -1,0 +1,72 @@
+"""A running top-k of each unit's most activating images, with their activation maps.
+
+Folded in during the threshold pass (the per-image maxima are computed there anyway), so the
+report needs no third pass over the data: for every unit, the k images with the largest
+maximum activation, their indices and (h, w) maps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+
+class TopImagesState(NamedTuple):
+    """Attributes:
+    values: (U, k) the images' maximum activations, descending (-inf where fewer).
+    indices: (U, k) int32 image indices (-1 where fewer).
+    maps: (U, k, h, w) their activation maps.
+    """
+
+    values: Float[Array, "units k"]
+    indices: Int[Array, "units k"]
+    maps: Float[Array, "units k h w"]
+
+
+def top_images_init(units: int, k: int, height: int, width: int) -> TopImagesState:
+    return TopImagesState(
+        values=jnp.full((units, k), -jnp.inf, jnp.float32),
+        indices=jnp.full((units, k), -1, jnp.int32),
+        maps=jnp.zeros((units, k, height, width), jnp.float32),
+    )
+
+
+def _select(values, indices, maps, k):
+    """The k largest of each row (ties: the lower image index, as a stable argsort)."""
+    order = jnp.lexsort((indices, -values), axis=-1)[:, :k]
+
+    def take(a):
+        return jnp.take_along_axis(a, order.reshape(*order.shape, *(1,) * (a.ndim - 2)), axis=1)
+
+    return TopImagesState(take(values), take(indices), take(maps))
+
+
+def top_images_update(
+    state: TopImagesState,
+    acts: Float[Array, "batch h w units"],
+    indices: Int[Array, " batch"],
+    valid,
+) -> TopImagesState:
+    """Fold in a batch: ``indices`` are the images' positions in the dataset."""
+    k = state.values.shape[1]
+    maxima = jnp.where(valid[:, None], jnp.max(acts, axis=(1, 2)), -jnp.inf).T  # (U, B)
+    # The batch's own top k first, so that only k maps per unit are gathered.
+    batch_values, batch_rows = jax.lax.top_k(maxima, min(k, maxima.shape[1]))
+    batch_indices = jnp.where(jnp.isfinite(batch_values), indices[batch_rows], -1)
+    units = jnp.arange(acts.shape[-1])[:, None]
+    batch_maps = jnp.transpose(acts, (3, 0, 1, 2))[units, batch_rows].astype(jnp.float32)
+    return _select(
+        jnp.concatenate([state.values, batch_values], axis=1),
+        jnp.concatenate([state.indices, batch_indices], axis=1),
+        jnp.concatenate([state.maps, batch_maps], axis=1),
+        k,
+    )
+
+
+def top_images_merge(a: TopImagesState, b: TopImagesState) -> TopImagesState:
+    return _select(
+        *(jnp.concatenate([x, y], axis=1) for x, y in zip(a, b, strict=True)), a.values.shape[1]
+    )

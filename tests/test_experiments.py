@@ -1,0 +1,56 @@
+"""Smoke tests of the experiments at tiny configs, and the rotation they rely on."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdissect.rotation import fractional_rotation, random_rotation
+
+
+def test_random_rotation_is_a_rotation():
+    r = random_rotation(jax.random.key(0), 12)
+    np.testing.assert_allclose(r @ r.T, np.eye(12), atol=1e-10)
+    assert np.linalg.det(r) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("size", [7, 12])
+def test_fractional_rotation_interpolates(size):
+    r = random_rotation(jax.random.key(1), size)
+    np.testing.assert_allclose(fractional_rotation(r, 0.0), np.eye(size), atol=1e-12)
+    np.testing.assert_allclose(fractional_rotation(r, 1.0), r, atol=1e-12)
+    half = fractional_rotation(r, 0.5)
+    np.testing.assert_allclose(half @ half.T, np.eye(size), atol=1e-8)
+    np.testing.assert_allclose(half @ half, r, atol=1e-8)
+    third = fractional_rotation(r, 1 / 3)
+    np.testing.assert_allclose(third @ third @ third, r, atol=1e-8)
+
+
+def test_training_dynamics_smoke(tmp_path, monkeypatch):
+    from experiments import training_dynamics
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    workdir = tmp_path / "td"
+    assert (
+        training_dynamics.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"])
+        == 0
+    )
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results["curves"]) == {"baseline", "no_dropout"}
+    for variation, points in results["curves"].items():
+        assert [p["step"] for p in points] == [0, 1, 2, 4, 6]
+        for point in points:
+            assert point["units"]["total"] >= 0 and point["rotated"]["total"] >= 0
+            assert point["eval_accuracy"] is not None
+            report = (
+                workdir / "dissections" / variation / str(point["step"]) / "conv5" / "report.html"
+            )
+            assert report.is_file()
+    for name in ("unique_detectors.png", "per_category.png", "accuracy.png", "summary.html"):
+        assert (workdir / name).stat().st_size > 1000
+    # A rerun reuses every checkpoint and dissection.
+    before = (workdir / "dissections" / "baseline" / "6" / "conv5" / "tally.csv").stat().st_mtime_ns
+    training_dynamics.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"])
+    after = (workdir / "dissections" / "baseline" / "6" / "conv5" / "tally.csv").stat().st_mtime_ns
+    assert before == after
