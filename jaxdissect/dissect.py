@@ -309,6 +309,8 @@ def compute_thresholds(
                 indices,
                 start,
             )
+            if config.top_images:
+                tops[layer] = top_images_step(tops[layer], acts[layer], indices, valid)
     results = {}
     for layer in shapes:
         _check_finite(first_bad[layer], num_images, layer)

@@ -59,7 +59,7 @@ def test_bar_graph_counts_equal_the_summary(dissected):
             == summary["detectors_per_category"][category]
         )
     page = (out / "report.html").read_text()
-    assert page.count('class="card') == len(results["units"]) == 6
+    assert page.count("data-unit=") == len(results["units"]) == 6
     assert page.count('class="bar"') == len(bars)
     assert f"{summary['detectors']}/6 units covering {len(bars)} concepts" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
