@@ -55,14 +55,14 @@ def dissect_model(
     probe: Probe,
     config: DissectConfig,
     out: Path,
-    rotations: dict[str, np.ndarray] | None = None,
+    rotations: dict[str, tuple[str, np.ndarray]] | None = None,
     progress: bool = False,
 ) -> dict[str, dict]:
-    """Dissects ``layers`` of ``model`` and, for each layer in ``rotations``, the same layer
-    in the rotated basis ``acts @ R`` (as layer ``<layer>@rotated``). Results already in
-    ``out`` are reused. Returns {name: results.json content}."""
+    """Dissects ``layers`` of ``model`` and, for each ``name: (layer, R)`` of ``rotations``,
+    the layer in the rotated basis ``acts @ R`` (computed batch by batch, in the same passes).
+    Results already in ``out`` are reused. Returns {name: results.json content}."""
     rotations = rotations or {}
-    names = [*layers, *(layer + ROTATED for layer in rotations)]
+    names = [*layers, *rotations]
     paths = {name: out / name / "results.json" for name in names}
     if all(path.is_file() for path in paths.values()):
         for name in names:
@@ -70,12 +70,14 @@ def dissect_model(
                 write_layer_report(out / name, probe.images)
         return {name: json.loads(path.read_text()) for name, path in paths.items()}
     source = model_activations(model, probe.images, layers, config.batch_size)
-    matrices = {layer: jnp.asarray(r, jnp.float32) for layer, r in rotations.items()}
+    matrices = {
+        name: (layer, jnp.asarray(r, jnp.float32)) for name, (layer, r) in rotations.items()
+    }
 
     def activations(start, stop):
         acts = dict(source(start, stop))
-        for layer, matrix in matrices.items():
-            acts[layer + ROTATED] = jnp.einsum(
+        for name, (layer, matrix) in matrices.items():
+            acts[name] = jnp.einsum(
                 "bhwu,uv->bhwv", acts[layer], matrix, precision=jax.lax.Precision.HIGHEST
             )
         return acts
@@ -91,6 +93,23 @@ def dissect_model(
         write_layer_report(out / name, probe.images)
         results[name] = json.loads(paths[name].read_text())
     return results
+
+
+def summary_at(results: dict, iou_threshold: float) -> dict:
+    """A results.json's summary recomputed at another IoU threshold."""
+    from jaxdissect.scores import summarize
+
+    rows = sorted(results["units"], key=lambda row: row["unit"])
+    categories = results["categories"]
+    return summarize(
+        categories,
+        [row["category"] for row in rows],
+        [row["label"] for row in rows],
+        np.array([row["score"] for row in rows]),
+        [[row[f"{c}-label"] for c in categories] for row in rows],
+        np.array([[row[f"{c}-iou"] for c in categories] for row in rows]),
+        iou_threshold,
+    )
 
 
 def unique_counts(results: dict) -> dict:

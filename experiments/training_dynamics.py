@@ -124,7 +124,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
                 probe,
                 dissect_config,
                 workdir / "dissections" / variation / str(step),
-                rotations={config.layer: random_rotation(key, units)},
+                rotations={config.layer + ROTATED: (config.layer, random_rotation(key, units))},
             )
             points.append(
                 {

@@ -54,3 +54,21 @@ def test_training_dynamics_smoke(tmp_path, monkeypatch):
     training_dynamics.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"])
     after = (workdir / "dissections" / "baseline" / "6" / "conv5" / "tally.csv").stat().st_mtime_ns
     assert before == after
+
+
+def test_rotation_smoke(tmp_path, monkeypatch):
+    from experiments import rotation
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    workdir = tmp_path / "rot"
+    assert rotation.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results["by_iou_threshold"]) == {"0.04", "0.06", "0.08", "0.1"}
+    for rows in results["by_iou_threshold"].values():
+        assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
+        assert rows[0]["unique_std"] == 0.0  # alpha 0: the units themselves
+    # Unique detectors can only fall as the threshold rises.
+    at = lambda t: [r["unique_mean"] for r in results["by_iou_threshold"][t]]  # noqa: E731
+    assert all(a >= b for a, b in zip(at("0.04"), at("0.1"), strict=True))
+    assert 0 <= min(results["chance_iou"].values()) < 0.5
+    assert (workdir / "rotation.png").stat().st_size > 1000
