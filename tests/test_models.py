@@ -318,7 +318,8 @@ def test_cli_features_matches_the_model(tmp_path, capsys):
     expected = zoo.feature_model("resnet20-cifar10", WEIGHTS if WEIGHTS.is_file() else None)(
         images, ["logits"]
     )["logits"]
-    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, atol=1e-5)
+    # Batches of 2 against one of 5: on GPUs convolutions run in TF32 by default.
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, atol=2e-3)
     np.save(tmp_path / "floats.npy", images.astype(np.float32))
     args[args.index(str(tmp_path / "images.npy"))] = str(tmp_path / "floats.npy")
     assert main(args) == 2
