@@ -49,8 +49,15 @@ class Config:
 
 
 PRESETS = {
-    "smoke": dict(train_preset="smoke", steps=6, alphas=("0", "0.5", "1"), rotations=2,
-                  probe_images=40, image_size=32, batch_size=20),
+    "smoke": dict(
+        train_preset="smoke",
+        steps=6,
+        alphas=("0", "0.5", "1"),
+        rotations=2,
+        probe_images=40,
+        image_size=32,
+        batch_size=20,
+    ),
     "default": {},
     "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
 }
@@ -76,13 +83,22 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_json(workdir / "config.json", dataclasses.asdict(config))
-    probe = prepare_probe(config.probe or workdir / "probe", config.probe_images,
-                          config.image_size, seed=1, progress=progress)
+    probe = prepare_probe(
+        config.probe or workdir / "probe",
+        config.probe_images,
+        config.image_size,
+        seed=1,
+        progress=progress,
+    )
     run_dir = Path(config.run) if config.run else workdir / "run"
     if not config.run:
-        train(make_config(config.train_preset, [f"steps={config.steps}",
-                                                f"image_size={config.image_size}"]),
-              run_dir, progress=progress)
+        train(
+            make_config(
+                config.train_preset, [f"steps={config.steps}", f"image_size={config.image_size}"]
+            ),
+            run_dir,
+            progress=progress,
+        )
     model = feature_model(run_dir)
     units = model.apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
     rotations = {}
@@ -92,10 +108,19 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
             if float(alpha) == 0:
                 continue  # alpha = 0 is the units themselves
             rotations[f"{config.layer}@alpha{alpha}-r{index}"] = (
-                config.layer, fractional_rotation(full, float(alpha)))
+                config.layer,
+                fractional_rotation(full, float(alpha)),
+            )
     dissect_config = DissectConfig(quantile=config.quantile, batch_size=config.batch_size)
-    results = dissect_model(model, [config.layer], probe, dissect_config,
-                            workdir / "dissections", rotations=rotations, progress=progress)
+    results = dissect_model(
+        model,
+        [config.layer],
+        probe,
+        dissect_config,
+        workdir / "dissections",
+        rotations=rotations,
+        progress=progress,
+    )
     label_positions = int(np.prod(probe.dataset.label_size))
     for value in results.values():
         value["label_positions"] = label_positions
@@ -104,21 +129,33 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     for threshold in config.iou_thresholds:
         rows = []
         for alpha in config.alphas:
-            names = ([config.layer] if float(alpha) == 0 else
-                     [f"{config.layer}@alpha{alpha}-r{i}" for i in range(config.rotations)])
+            names = (
+                [config.layer]
+                if float(alpha) == 0
+                else [f"{config.layer}@alpha{alpha}-r{i}" for i in range(config.rotations)]
+            )
             summaries = [summary_at(results[name], float(threshold)) for name in names]
             unique = [s["unique_top_label"]["total"] for s in summaries]
             detectors = [s["detectors"] for s in summaries]
-            rows.append({"alpha": float(alpha), "unique_mean": float(np.mean(unique)),
-                         "unique_std": float(np.std(unique)), "detectors_mean": float(np.mean(detectors)),
-                         "detectors_std": float(np.std(detectors))})
+            rows.append(
+                {
+                    "alpha": float(alpha),
+                    "unique_mean": float(np.mean(unique)),
+                    "unique_std": float(np.std(unique)),
+                    "detectors_mean": float(np.mean(detectors)),
+                    "detectors_std": float(np.std(detectors)),
+                }
+            )
         table[threshold] = rows
     summary = {
         "config": dataclasses.asdict(config),
         "units": units,
         "by_iou_threshold": table,
-        "chance_iou": {name: chance_iou(value) for name, value in results.items()
-                       if name == config.layer or name.endswith("-r0")},
+        "chance_iou": {
+            name: chance_iou(value)
+            for name, value in results.items()
+            if name == config.layer or name.endswith("-r0")
+        },
     }
     save_json(workdir / "results.json", summary)
     plot(summary, workdir / "rotation.png", config.layer)
@@ -136,9 +173,14 @@ def plot(summary: dict, path: Path, layer: str) -> None:
     for threshold, rows in summary["by_iou_threshold"].items():
         alphas = [r["alpha"] for r in rows]
         for axis, key in zip(axes, ("unique", "detectors"), strict=True):
-            axis.errorbar(alphas, [r[f"{key}_mean"] for r in rows],
-                          yerr=[r[f"{key}_std"] for r in rows], marker="o", capsize=3,
-                          label=f"IoU > {threshold}")
+            axis.errorbar(
+                alphas,
+                [r[f"{key}_mean"] for r in rows],
+                yerr=[r[f"{key}_std"] for r in rows],
+                marker="o",
+                capsize=3,
+                label=f"IoU > {threshold}",
+            )
     axes[0].set_ylabel("unique detectors")
     axes[1].set_ylabel("detectors")
     for axis in axes:
@@ -153,8 +195,8 @@ def plot(summary: dict, path: Path, layer: str) -> None:
 
 def write_summary(summary: dict, workdir: Path) -> Path:
     rows = "".join(
-        f"<tr><td>{t}</td>" + "".join(
-            f"<td>{r['unique_mean']:.1f} &plusmn; {r['unique_std']:.1f}</td>" for r in rows)
+        f"<tr><td>{t}</td>"
+        + "".join(f"<td>{r['unique_mean']:.1f} &plusmn; {r['unique_std']:.1f}</td>" for r in rows)
         + "</tr>"
         for t, rows in summary["by_iou_threshold"].items()
     )
@@ -163,11 +205,11 @@ def write_summary(summary: dict, workdir: Path) -> Path:
     chance = ", ".join(f"{html.escape(k)}: {v:.4f}" for k, v in summary["chance_iou"].items())
     page = f"""<!doctype html><meta charset="utf-8"><title>Rotation</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
-<h1>Units against rotated bases ({summary['units']} units)</h1>
+<h1>Units against rotated bases ({summary["units"]} units)</h1>
 <table><tr><th>IoU threshold</th>{header}</tr>{rows}</table>
 <p>Mean chance IoU of the units' labels (a mask of the same area placed at random): {chance}</p>
 <img src="rotation.png" alt="unique detectors against alpha">
-<p>Config: <code>{html.escape(json.dumps(summary['config']))}</code></p>"""
+<p>Config: <code>{html.escape(json.dumps(summary["config"]))}</code></p>"""
     path = workdir / "summary.html"
     path.write_text(page)
     return path

@@ -72,3 +72,27 @@ def test_rotation_smoke(tmp_path, monkeypatch):
     assert all(a >= b for a, b in zip(at("0.04"), at("0.1"), strict=True))
     assert 0 <= min(results["chance_iou"].values()) < 0.5
     assert (workdir / "rotation.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["width_depth", "supervision", "architectures"])
+def test_comparison_smoke(tmp_path, monkeypatch, name):
+    import importlib
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    module = importlib.import_module(f"experiments.{name}")
+    workdir = tmp_path / name
+    assert module.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
+    results = json.loads((workdir / "results.json").read_text())
+    expected = {
+        "width_depth": ["width_x1", "width_x2", "depth_4"],
+        "supervision": ["supervised", "untrained", "self_supervised", "fine_tuned"],
+        "architectures": ["alexnet_style", "vgg_style", "resnet_style"],
+    }[name]
+    assert [r["variant"] for r in results["rows"]] == expected
+    for row in results["rows"]:
+        assert 0.0 <= row["linear_probe"] <= 1.0
+        assert (workdir / "dissections" / row["variant"] / row["layer"] / "report.html").is_file()
+    if name == "width_depth":
+        units = {r["variant"]: r["units"] for r in results["rows"]}
+        assert units["width_x2"] == 2 * units["width_x1"]
+    assert (workdir / "comparison.png").stat().st_size > 1000

@@ -1,0 +1,72 @@
+"""Unique detectors across model families.
+
+    python -m experiments.architectures [--config smoke|default|full] [--workdir DIR] [key=value ...]
+
+Trains an AlexNet-style network (5 conv layers), a deeper VGG-style one (8 conv layers of
+3x3 after the first two) and a ResNet-style one on the same data, and dissects each one's
+top conv layer (units and a random rotation); zoo networks with imported weights join with
+``zoo=NAME:WEIGHTS[:LAYER],...`` (e.g. ``zoo=resnet20-cifar10:resnet20.th:layer3``). A
+linear probe on held-out scene labels measures discrimination. Writes results.json,
+comparison.png and summary.html to the workdir (default runs/architectures-<config>).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from experiments.common import parse_args
+from experiments.compare import CommonConfig, Variant, run_comparison
+from jaxdissect import zoo
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(CommonConfig):
+    zoo: tuple[str, ...] = ()
+
+
+PRESETS = {
+    "smoke": dict(
+        train_preset="smoke",
+        steps=4,
+        probe_images=40,
+        image_size=32,
+        batch_size=20,
+        probe_train_images=32,
+        probe_test_images=16,
+    ),
+    "default": {},
+    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
+}
+
+
+def variants(config: Config) -> list[Variant]:
+    found = [
+        Variant("alexnet_style"),
+        Variant("vgg_style", ("depth=8",)),
+        Variant("resnet_style", ("family=resnet", "depth=2", "dropout=false", "batch_norm=true")),
+    ]
+    for spec in config.zoo:
+        name, weights, *layer = spec.split(":")
+        model = zoo.feature_model(name, weights or None)
+        found.append(Variant(f"zoo_{name}", model=model, layer=layer[0] if layer else "layer3"))
+    return found
+
+
+def main(argv=None) -> int:
+    args, config = parse_args(__doc__, PRESETS, Config, argv)
+    workdir = Path(args.workdir or f"runs/architectures-{args.config}")
+    run_comparison(
+        variants(config),
+        config,
+        workdir,
+        "Unique detectors across architectures",
+        progress=not args.no_progress,
+    )
+    print(f"summary: {workdir / 'summary.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

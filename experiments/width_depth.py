@@ -1,0 +1,66 @@
+"""Unique detectors against the width of the last conv layer and against depth.
+
+    python -m experiments.width_depth [--config smoke|default|full] [--workdir DIR] [key=value ...]
+
+Trains the AlexNet-style baseline with its last conv layer 0.5x, 1x, 2x and 3x as wide
+(the paper widened conv5 from 256 to 768 units) and with 4, 5 and 6 conv layers, and
+dissects each network's last conv layer (units and a random rotation) on the probe set;
+also fits a linear probe on held-out scene labels. Writes results.json, comparison.png and
+summary.html to the workdir (default runs/width_depth-<config>).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from experiments.common import parse_args
+from experiments.compare import CommonConfig, Variant, run_comparison
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(CommonConfig):
+    widths: tuple[str, ...] = ("0.5", "1", "2", "3")
+    depths: tuple[str, ...] = ("4", "5", "6")
+
+
+PRESETS = {
+    "smoke": dict(
+        train_preset="smoke",
+        steps=4,
+        widths=("1", "2"),
+        depths=("4",),
+        probe_images=40,
+        image_size=32,
+        batch_size=20,
+        probe_train_images=32,
+        probe_test_images=16,
+    ),
+    "default": {},
+    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
+}
+
+
+def variants(config: Config) -> list[Variant]:
+    found = [Variant(f"width_x{w}", (f"last_width={w}",)) for w in config.widths]
+    found += [Variant(f"depth_{d}", (f"depth={d}",)) for d in config.depths if d != "5"]
+    return found
+
+
+def main(argv=None) -> int:
+    args, config = parse_args(__doc__, PRESETS, Config, argv)
+    workdir = Path(args.workdir or f"runs/width_depth-{args.config}")
+    run_comparison(
+        variants(config),
+        config,
+        workdir,
+        "Unique detectors against width and depth",
+        progress=not args.no_progress,
+    )
+    print(f"summary: {workdir / 'summary.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
