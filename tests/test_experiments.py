@@ -96,3 +96,33 @@ def test_comparison_smoke(tmp_path, monkeypatch, name):
         units = {r["variant"]: r["units"] for r in results["rows"]}
         assert units["width_x2"] == 2 * units["width_x1"]
     assert (workdir / "comparison.png").stat().st_size > 1000
+
+
+def test_explain_smoke(tmp_path, monkeypatch):
+    from experiments import explain
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    workdir = tmp_path / "explain"
+    assert explain.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert len(results["explanations"]) == 2
+    for item in results["explanations"]:
+        contributions = [u["contribution"] for u in item["units"]]
+        assert contributions == sorted(contributions, reverse=True) and len(contributions) == 3
+    for scores in results["segmentation"].values():
+        assert 0 <= scores["pixel_accuracy"] <= 1 and 0 <= scores["mean_iou"] <= 1
+    assert (workdir / "explain.png").stat().st_size > 1000
+
+
+def test_segmentation_scores_by_hand():
+    from experiments.explain import segment, segmentation_scores
+
+    ratio = np.zeros((1, 2, 2, 2))
+    ratio[0, 0, 0] = [2.0, 3.0]  # unit 1 wins
+    ratio[0, 1, 1] = [1.5, 0.5]  # unit 0 wins
+    prediction = segment(ratio, np.array([7, 9]), np.array([True, True]))
+    assert prediction.tolist() == [[[9, 0], [0, 7]]]
+    truth = np.array([[[9, 9], [0, 5]]])
+    scores = segmentation_scores(prediction, truth)
+    assert scores["pixel_accuracy"] == pytest.approx(1 / 3)
+    assert scores["mean_iou"] == pytest.approx((1 / 2 + 0) / 2)
