@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
-from experiments.common import parse_args
+from experiments.common import experiment_main
 from experiments.compare import CommonConfig, Variant, run_comparison
 from jaxdissect import zoo
 
@@ -54,18 +53,14 @@ def variants(config: Config) -> list[Variant]:
     return found
 
 
-def main(argv=None) -> int:
-    args, config = parse_args(__doc__, PRESETS, Config, argv)
-    workdir = Path(args.workdir or f"runs/architectures-{args.config}")
-    run_comparison(
-        variants(config),
-        config,
-        workdir,
-        "Unique detectors across architectures",
-        progress=not args.no_progress,
+def run(config, workdir, progress: bool = True) -> dict:
+    return run_comparison(
+        variants(config), config, workdir, "Unique detectors across architectures", progress
     )
-    print(f"summary: {workdir / 'summary.html'}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return experiment_main("architectures", __doc__, PRESETS, Config, run, argv)
 
 
 if __name__ == "__main__":

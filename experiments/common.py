@@ -159,5 +159,32 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
     return args, config_type(**values)
 
 
+STYLE = (
+    "body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
+)
+
+
+def write_page(path: Path, title: str, body: str) -> Path:
+    """A self-contained HTML summary page."""
+    import html
+
+    page = (
+        f'<!doctype html><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style>\n{body}\n"
+    )
+    write_text_atomic(path, page)
+    return path
+
+
+def experiment_main(name: str, doc: str, presets: dict, config_type, run, argv=None) -> int:
+    """The ``main`` of every experiment: flags, ``run(config, workdir, progress)``, and the
+    summary's path."""
+    args, config = parse_args(doc, presets, config_type, argv)
+    workdir = Path(args.workdir or f"runs/{name}-{args.config}")
+    run(config, workdir, progress=not args.no_progress)
+    print(f"summary: {workdir / 'summary.html'}")
+    return 0
+
+
 def save_json(path: Path, value) -> None:
     write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")

@@ -15,7 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import ROTATED, dissect_model, prepare_probe, save_json, unique_counts
+from experiments.common import (
+    ROTATED,
+    dissect_model,
+    prepare_probe,
+    save_json,
+    unique_counts,
+    write_page,
+)
 from jaxdissect.data.synthetic import world
 from jaxdissect.dissect import DissectConfig
 from jaxdissect.features import FeatureModel
@@ -209,13 +216,9 @@ def write_summary(summary: dict, workdir: Path) -> Path:
         f'<td><a href="dissections/{html.escape(r["variant"])}/{html.escape(r["layer"])}/report.html">report</a></td></tr>'
         for r in summary["rows"]
     )
-    page = f"""<!doctype html><meta charset="utf-8"><title>{html.escape(summary["title"])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
-<h1>{html.escape(summary["title"])}</h1><p>Run in {summary["seconds"]} s.</p>
+    body = f"""<h1>{html.escape(summary["title"])}</h1><p>Run in {summary["seconds"]} s.</p>
 <table><tr><th>network</th><th>layer</th><th>units</th><th>unique detectors</th>
 <th>rotated basis</th><th>detectors</th><th>accuracy</th><th>linear probe</th><th></th></tr>{body}</table>
 <img src="comparison.png" alt="unique detectors per network">
 <p>Config: <code>{html.escape(json.dumps(summary["config"]))}</code></p>"""
-    path = workdir / "summary.html"
-    path.write_text(page)
-    return path
+    return write_page(workdir / "summary.html", summary["title"], body)

@@ -26,7 +26,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import dissect_model, parse_args, prepare_probe, save_json
+from experiments.common import dissect_model, experiment_main, prepare_probe, save_json, write_page
 from jaxdissect.dissect import DissectConfig
 from jaxdissect.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run
@@ -253,9 +253,7 @@ def write_summary(summary: dict, workdir: Path) -> Path:
         f"<td>{s['labels']}</td></tr>"
         for c, s in summary["segmentation"].items()
     )
-    page = f"""<!doctype html><meta charset="utf-8"><title>Explanations</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
-<h1>Explaining predictions through interpreted units</h1>
+    body = f"""<h1>Explaining predictions through interpreted units</h1>
 <p>{summary["interpreted_units"]} of {summary["units"]} units are interpreted (IoU above the
 threshold). Share of the top contributing units whose concept is in the image they explain:
 {summary["top_unit_concepts_in_image"]}.</p>
@@ -263,17 +261,11 @@ threshold). Share of the top contributing units whose concept is in the image th
 <h2>Segmentation by interpreted units</h2>
 <table><tr><th>category</th><th>pixel accuracy</th><th>mean IoU</th><th>labels</th></tr>{seg}</table>
 <p><a href="dissection/{html.escape(summary["config"]["layer"])}/report.html">dissection report</a></p>"""
-    path = workdir / "summary.html"
-    path.write_text(page)
-    return path
+    return write_page(workdir / "summary.html", "Explanations", body)
 
 
 def main(argv=None) -> int:
-    args, config = parse_args(__doc__, PRESETS, Config, argv)
-    workdir = Path(args.workdir or f"runs/explain-{args.config}")
-    run(config, workdir, progress=not args.no_progress)
-    print(f"summary: {workdir / 'summary.html'}")
-    return 0
+    return experiment_main("explain", __doc__, PRESETS, Config, run, argv)
 
 
 if __name__ == "__main__":

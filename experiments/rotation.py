@@ -23,7 +23,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import dissect_model, parse_args, prepare_probe, save_json, summary_at
+from experiments.common import (
+    dissect_model,
+    experiment_main,
+    prepare_probe,
+    save_json,
+    summary_at,
+    write_page,
+)
 from jaxdissect.dissect import DissectConfig
 from jaxdissect.rotation import fractional_rotation, random_rotation
 from train.checkpoints import feature_model
@@ -203,24 +210,16 @@ def write_summary(summary: dict, workdir: Path) -> Path:
     alphas = next(iter(summary["by_iou_threshold"].values()))
     header = "".join(f"<th>alpha {r['alpha']:g}</th>" for r in alphas)
     chance = ", ".join(f"{html.escape(k)}: {v:.4f}" for k, v in summary["chance_iou"].items())
-    page = f"""<!doctype html><meta charset="utf-8"><title>Rotation</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
-<h1>Units against rotated bases ({summary["units"]} units)</h1>
+    body = f"""<h1>Units against rotated bases ({summary["units"]} units)</h1>
 <table><tr><th>IoU threshold</th>{header}</tr>{rows}</table>
 <p>Mean chance IoU of the units' labels (a mask of the same area placed at random): {chance}</p>
 <img src="rotation.png" alt="unique detectors against alpha">
 <p>Config: <code>{html.escape(json.dumps(summary["config"]))}</code></p>"""
-    path = workdir / "summary.html"
-    path.write_text(page)
-    return path
+    return write_page(workdir / "summary.html", "Rotation", body)
 
 
 def main(argv=None) -> int:
-    args, config = parse_args(__doc__, PRESETS, Config, argv)
-    workdir = Path(args.workdir or f"runs/rotation-{args.config}")
-    run(config, workdir, progress=not args.no_progress)
-    print(f"summary: {workdir / 'summary.html'}")
-    return 0
+    return experiment_main("rotation", __doc__, PRESETS, Config, run, argv)
 
 
 if __name__ == "__main__":

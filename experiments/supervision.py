@@ -15,9 +15,8 @@ summary.html to the workdir (default runs/supervision-<config>).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from experiments.common import parse_args
+from experiments.common import experiment_main
 from experiments.compare import CommonConfig, Variant, run_comparison
 
 PRESETS = {
@@ -42,14 +41,12 @@ VARIANTS = [
 ]
 
 
+def run(config, workdir, progress: bool = True) -> dict:
+    return run_comparison(VARIANTS, config, workdir, "Supervision and interpretability", progress)
+
+
 def main(argv=None) -> int:
-    args, config = parse_args(__doc__, PRESETS, CommonConfig, argv)
-    workdir = Path(args.workdir or f"runs/supervision-{args.config}")
-    run_comparison(
-        VARIANTS, config, workdir, "Supervision and interpretability", progress=not args.no_progress
-    )
-    print(f"summary: {workdir / 'summary.html'}")
-    return 0
+    return experiment_main("supervision", __doc__, PRESETS, CommonConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ from experiments.common import (
     ROTATED,
     dissect_model,
     eval_accuracy,
-    parse_args,
+    experiment_main,
     prepare_probe,
     save_json,
     unique_counts,
+    write_page,
 )
 from jaxdissect.dissect import DissectConfig
 from jaxdissect.rotation import random_rotation
@@ -250,9 +251,7 @@ def write_summary(results: dict, workdir: Path) -> Path:
             f"<td>{last['units']['detectors']}/{last['num_units']}</td>"
             f"<td>{last['eval_accuracy']:.3f}</td><td>{links}</td></tr>"
         )
-    page = f"""<!doctype html><meta charset="utf-8"><title>Training dynamics</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
-<h1>Unique detectors across training ({html.escape(results["layer"])})</h1>
+    body = f"""<h1>Unique detectors across training ({html.escape(results["layer"])})</h1>
 <p>Run in {results["seconds"]} s. Config: <code>{html.escape(json.dumps(results["config"]))}</code></p>
 <table><tr><th>variation</th><th>unique at step 0</th><th>unique at the end</th>
 <th>rotated basis, end</th><th>detectors, end</th><th>accuracy, end</th><th>dissection reports by step</th></tr>
@@ -261,17 +260,11 @@ def write_summary(results: dict, workdir: Path) -> Path:
 <h2>Per category</h2><img src="per_category.png" alt="unique detectors per category">
 <h2>Accuracy</h2><img src="accuracy.png" alt="accuracy against iteration">
 """
-    path = workdir / "summary.html"
-    path.write_text(page)
-    return path
+    return write_page(workdir / "summary.html", "Training dynamics", body)
 
 
 def main(argv=None) -> int:
-    args, config = parse_args(__doc__, PRESETS, Config, argv)
-    workdir = Path(args.workdir or f"runs/training_dynamics-{args.config}")
-    run(config, workdir, progress=not args.no_progress)
-    print(f"summary: {workdir / 'summary.html'}")
-    return 0
+    return experiment_main("training_dynamics", __doc__, PRESETS, Config, run, argv)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
-from experiments.common import parse_args
+from experiments.common import experiment_main
 from experiments.compare import CommonConfig, Variant, run_comparison
 
 
@@ -48,18 +47,14 @@ def variants(config: Config) -> list[Variant]:
     return found
 
 
-def main(argv=None) -> int:
-    args, config = parse_args(__doc__, PRESETS, Config, argv)
-    workdir = Path(args.workdir or f"runs/width_depth-{args.config}")
-    run_comparison(
-        variants(config),
-        config,
-        workdir,
-        "Unique detectors against width and depth",
-        progress=not args.no_progress,
+def run(config, workdir, progress: bool = True) -> dict:
+    return run_comparison(
+        variants(config), config, workdir, "Unique detectors against width and depth", progress
     )
-    print(f"summary: {workdir / 'summary.html'}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return experiment_main("width_depth", __doc__, PRESETS, Config, run, argv)
 
 
 if __name__ == "__main__":
