@@ -278,7 +278,25 @@ def run_dissect(args: argparse.Namespace) -> int:
             print(f"report: {write_layer_report(out, images)}")
     if len(dissections) > 1 and images is not None:
         print(f"index: {write_index(args.out, list(dissections))}")
+    print(peak_memory())
     return 0
+
+
+def peak_memory() -> str:
+    """The process's peak resident memory, and each device's peak where JAX reports it."""
+    import resource
+
+    import jax
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    parts = [f"peak memory: host {host:.2f} GiB"]
+    for device in jax.local_devices():
+        stats = device.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            parts.append(
+                f"{device.platform}:{device.id} {stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
+            )
+    return ", ".join(parts)
 
 
 def run_report(args: argparse.Namespace) -> int:

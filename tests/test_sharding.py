@@ -51,3 +51,22 @@ def test_eight_devices_equal_one(probe, tmp_path):
     )
     for name in ("thresholds", "label_area", "intersection", "unit_area"):
         np.testing.assert_array_equal(one[name], eight[name])
+
+
+def test_same_command_twice_gives_identical_files(probe, tmp_path, capsys):
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 6)))
+    common = [
+        "dissect",
+        "--dataset",
+        str(probe.directory),
+        "--features",
+        str(tmp_path / "f.npy"),
+        "--quantile",
+        "0.05",
+        "--no-progress",
+    ]
+    for run in ("a", "b"):
+        assert main([*common, "--out", str(tmp_path / run)]) == 0
+    assert "peak memory: host" in capsys.readouterr().out
+    for name in ("tally.csv", "results.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
