@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dissect.add_argument("--no-progress", action="store_true", help="hide progress bars")
     dissect.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    distributed = dissect.add_argument_group(
+        "several processes (jax.distributed): start one per host with the same arguments"
+    )
+    distributed.add_argument("--coordinator", default=None, help="host:port of process 0")
+    distributed.add_argument("--num-processes", type=_positive_int, default=None)
+    distributed.add_argument("--process-id", type=int, default=None)
 
     features = commands.add_parser(
         "features",
@@ -229,7 +235,8 @@ def run_dissect(args: argparse.Namespace) -> int:
     from jaxdissect.report import write_index, write_layer_report
     from jaxdissect.results import format_summary, write_dissection
 
-    progress = not args.no_progress
+    writer = start_processes(args)
+    progress = not args.no_progress and writer
     dataset = open_broden(args.dataset, args.categories)
     config = DissectConfig(
         quantile=args.quantile,
@@ -266,6 +273,8 @@ def run_dissect(args: argparse.Namespace) -> int:
     dissections = dissect_activations(
         source, dataset.num_images, shapes, dataset, labels, config, progress
     )
+    if not writer:  # process 0 writes; the others only computed their share
+        return 0
     images = None if args.no_report else load_image_array(dataset, args.cache, progress)
     for layer, dissection in dissections.items():
         # One layer writes OUT/; several write OUT/<layer>/.
@@ -328,6 +337,25 @@ def run_report(args: argparse.Namespace) -> int:
     if len(folders) > 1 or folders[0] != args.out:
         print(f"index: {write_index(args.out, [f.name for f in folders])}")
     return 0
+
+
+def start_processes(args: argparse.Namespace) -> bool:
+    """Joins a jax.distributed run when --coordinator is given; True for the process that
+    writes the outputs (process 0, or the only one)."""
+    if args.coordinator is None:
+        return True
+    if args.num_processes is None or args.process_id is None:
+        raise DissectError("--coordinator needs --num-processes and --process-id")
+    if not 0 <= args.process_id < args.num_processes:
+        raise DissectError(
+            f"--process-id must lie in [0, {args.num_processes}), got {args.process_id}"
+        )
+    import jax
+
+    # CPU devices reduce across processes through gloo; accelerators use their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    return jax.process_index() == 0
 
 
 def load_model(spec: str, weights: Path | None):

@@ -3,7 +3,8 @@
 Several layers share each pass, so a model runs twice whatever the number of layers.
 
 This is the one place that jits, shards and talks to the host. The data axis of every
-batch is sharded over a 1-D ``Mesh`` of all local devices; states are replicated and XLA
+batch is sharded over a 1-D ``Mesh`` of all devices, of every process under
+``jax.distributed`` (each process then reads only its rows of each batch); states are replicated and XLA
 reduces them, so results are identical for any device count (integer counts, and a
 top-k whose values do not depend on order). The last batch is padded and masked, so each
 step compiles once.
@@ -175,15 +176,41 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([array, padding])
 
 
-def _device_activations(acts, size: int, sharding: NamedSharding) -> jax.Array:
-    """A batch of activations, padded to ``size`` and placed; arrays already on a device
-    (a model's output) stay there."""
-    if isinstance(acts, jax.Array):
+def _host(tree):
+    """Device values on the host, whole, also when they span other processes' devices."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _local_rows(start: int, stop: int, batch_size: int) -> tuple[int, int, int]:
+    """This process's rows of the batch [start, start + batch_size): (lo, hi, per process).
+    Rows beyond ``stop`` are padding. With one process: the whole batch."""
+    per = batch_size // jax.process_count()
+    lo = min(start + jax.process_index() * per, stop)
+    return lo, min(lo + per, stop), per
+
+
+def _place(local, batch_size: int, sharding: NamedSharding) -> jax.Array:
+    """Places this process's rows (already padded to its share) in the global batch."""
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
+    return jax.make_array_from_process_local_data(
+        sharding, np.asarray(local), (batch_size, *local.shape[1:])
+    )
+
+
+def _device_activations(acts, size: int, sharding: NamedSharding, batch_size: int) -> jax.Array:
+    """This process's activations, padded to ``size`` rows and placed in the global batch of
+    ``batch_size``; arrays already on a device (a model's output) stay there."""
+    if isinstance(acts, jax.Array) and jax.process_count() == 1:
         acts = acts.astype(jnp.float32)
         if acts.shape[0] != size:
             acts = jnp.pad(acts, [(0, size - acts.shape[0])] + [(0, 0)] * (acts.ndim - 1))
         return jax.device_put(acts, sharding)
-    return jax.device_put(_pad(np.asarray(acts, np.float32), size), sharding)
+    return _place(_pad(np.asarray(acts, np.float32), size), batch_size, sharding)
 
 
 def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
@@ -285,11 +312,19 @@ def compute_thresholds(
 
     def placed():
         for start, stop in batches:
-            acts = _checked(activations(start, stop), shapes, stop - start)
-            valid = np.arange(batch_size) < stop - start
-            indices = np.arange(start, start + batch_size, dtype=np.int32)
-            placed_acts = {k: _device_activations(v, batch_size, data) for k, v in acts.items()}
-            yield start, placed_acts, *jax.device_put((valid, indices), data)
+            lo, hi, per = _local_rows(start, stop, batch_size)
+            acts = _checked(activations(lo, hi), shapes, hi - lo)
+            valid = np.arange(per) < hi - lo
+            indices = np.arange(lo, lo + per, dtype=np.int32)
+            placed_acts = {
+                k: _device_activations(v, per, data, batch_size) for k, v in acts.items()
+            }
+            yield (
+                start,
+                placed_acts,
+                _place(valid, batch_size, data),
+                _place(indices, batch_size, data),
+            )
 
     label = ", ".join(shapes)
     for start, acts, valid, indices in tqdm(
@@ -313,10 +348,10 @@ def compute_thresholds(
                 tops[layer] = top_images_step(tops[layer], acts[layer], indices, valid)
     results = {}
     for layer in shapes:
-        _check_finite(first_bad[layer], num_images, layer)
-        thresholds = quantile.quantile_result(states[layer], config.quantile)
-        max_active = int(_most_active_units(maxima[layer], jnp.asarray(thresholds)))
-        top = jax.device_get(tops[layer]) if config.top_images else None
+        _check_finite(_host(first_bad[layer]), num_images, layer)
+        thresholds = quantile.quantile_result(_host(states[layer]), config.quantile)
+        max_active = int(_host(_most_active_units(maxima[layer], jnp.asarray(thresholds))))
+        top = _host(tops[layer]) if config.top_images else None
         results[layer] = Thresholds(
             thresholds,
             max_active,
@@ -383,7 +418,7 @@ def compute_tally(
         )
 
     def flush(layer, state):
-        host = jax.device_get(state)
+        host = _host(state)
         if host.overflow:  # cannot happen: pass 1 measured the bound
             raise RuntimeError(f"layer {layer!r}: {host.overflow} images overflowed the tally")
         for total, part in zip(totals[layer], host[:3], strict=True):
@@ -393,13 +428,18 @@ def compute_tally(
 
     def placed():
         for start, stop in batches:
-            acts = _checked(activations(start, stop), shapes, stop - start)
-            placed_acts = {k: _device_activations(v, batch_size, data) for k, v in acts.items()}
-            slot_planes = _pad(np.asarray(labels.slot_planes[start:stop]), batch_size)
-            slot_labels = _pad(np.asarray(labels.slot_labels[start:stop]), batch_size)
-            image_labels = _pad(np.asarray(labels.image_labels[start:stop]), batch_size)
-            valid = np.arange(batch_size) < stop - start
-            yield placed_acts, jax.device_put((slot_planes, slot_labels, image_labels, valid), data)
+            lo, hi, per = _local_rows(start, stop, batch_size)
+            acts = _checked(activations(lo, hi), shapes, hi - lo)
+            placed_acts = {
+                k: _device_activations(v, per, data, batch_size) for k, v in acts.items()
+            }
+            local = (
+                _pad(np.asarray(labels.slot_planes[lo:hi]), per),
+                _pad(np.asarray(labels.slot_labels[lo:hi]), per),
+                _pad(np.asarray(labels.image_labels[lo:hi]), per),
+                np.arange(per) < hi - lo,
+            )
+            yield placed_acts, tuple(_place(x, batch_size, data) for x in local)
 
     states = {layer: fresh(layer) for layer in shapes}
     label = ", ".join(shapes)

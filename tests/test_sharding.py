@@ -70,3 +70,58 @@ def test_same_command_twice_gives_identical_files(probe, tmp_path, capsys):
     assert "peak memory: host" in capsys.readouterr().out
     for name in ("tally.csv", "results.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_two_processes_give_the_same_tally(probe, tmp_path):
+    """jax.distributed on localhost: each process reads its rows of each batch, the states
+    are reduced across processes (gloo), and process 0 writes what one process writes."""
+    import socket
+
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 6)))
+    common = [
+        "dissect",
+        "--dataset",
+        str(probe.directory),
+        "--features",
+        str(tmp_path / "f.npy"),
+        "--quantile",
+        "0.05",
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--no-report",
+    ]
+    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    code = "import sys; from jaxdissect.cli import main; sys.exit(main(sys.argv[1:]))"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                *common,
+                "--out",
+                str(tmp_path / "multi"),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    single = (tmp_path / "single" / "tally.csv").read_bytes()
+    assert (tmp_path / "multi" / "tally.csv").read_bytes() == single
