@@ -5,6 +5,7 @@ train.config.TrainConfig for every key.
 """
 
 import argparse
+import os
 import sys
 
 from train.checkpoints import list_checkpoints
@@ -22,6 +23,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. dropout=false width=0.5")
     args = parser.parse_args(argv)
+    # Bit-identical resumes on GPUs need deterministic reductions (CPUs have them anyway);
+    # set before JAX starts its backend.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
     try:
         config = make_config(args.config, args.overrides)
         result = train(
