@@ -27,6 +27,11 @@ def kernel_init(name: str):
     }[name]
 
 
+def _dropout(layer, x, rngs):
+    """Dropout (its key from ``rngs``), or the Identity that stands for it."""
+    return layer(x, rngs=rngs) if isinstance(layer, nnx.Dropout) else layer(x)
+
+
 class ConvBlock(nnx.Module):
     """Convolution, optional batch norm, ReLU: one dissectable layer."""
 
@@ -72,13 +77,8 @@ class AlexNetStyle(nnx.Module):
         for index in range(3, self.depth + 1):
             x = getattr(self, f"conv{index}")(x)
         x = nnx.max_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
-        drop = (
-            (lambda h: self.dropout(h, rngs=rngs))
-            if isinstance(self.dropout, nnx.Dropout)
-            else self.dropout
-        )
-        x = drop(jax.nn.relu(self.fc6(x)))
-        x = drop(jax.nn.relu(self.fc7(x)))
+        x = _dropout(self.dropout, jax.nn.relu(self.fc6(x)), rngs)
+        x = _dropout(self.dropout, jax.nn.relu(self.fc7(x)), rngs)
         return self.classifier(x)
 
 
@@ -113,10 +113,7 @@ class ResNetStyle(nnx.Module):
 
     def __call__(self, x, rngs=None):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        x = x.mean(axis=(1, 2))
-        if isinstance(self.dropout, nnx.Dropout):
-            x = self.dropout(x, rngs=rngs)
-        return self.classifier(x)
+        return self.classifier(_dropout(self.dropout, x.mean(axis=(1, 2)), rngs))
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nnx.Module:
