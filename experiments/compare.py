@@ -103,6 +103,7 @@ def run_comparison(
 ) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    save_json(workdir / "config.json", dataclasses.asdict(config))
     started = time.time()
     probe = prepare_probe(
         config.probe or workdir / "probe",
