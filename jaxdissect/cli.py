@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dissect.add_argument("--no-progress", action="store_true", help="hide progress bars")
     dissect.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    dissect.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=100,
+        help="save the passes' states every N batches in OUT/.checkpoint, so that the same "
+        "command resumes after an interruption (default 100)",
+    )
     distributed = dissect.add_argument_group(
         "several processes (jax.distributed): start one per host with the same arguments"
     )
@@ -229,6 +236,10 @@ def _load_features(path: Path) -> np.ndarray:
 
 
 def run_dissect(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import jax
+
     from jaxdissect.data.broden import open_broden
     from jaxdissect.data.cache import load_image_array, load_label_arrays
     from jaxdissect.dissect import DissectConfig, dissect_activations, features_source
@@ -270,8 +281,23 @@ def run_dissect(args: argparse.Namespace) -> int:
         source, shapes = model_source(model, images, layers, config.batch_size)
         extra = {"model": args.model, "weights": str(args.weights) if args.weights else None}
     labels = load_label_arrays(dataset, args.cache, progress)
+    checkpoints = None
+    if args.coordinator is None:  # one process: resumable
+        from jaxdissect.checkpoint import PassCheckpoints
+        from jaxdissect.data.cache import cache_key
+
+        fingerprint = {
+            "config": dataclasses.asdict(config),
+            "dataset": cache_key(dataset),
+            "shapes": shapes,
+            "devices": len(jax.devices()),
+            "extra": extra,
+            "features": _file_stamp(args.features),
+            "weights": _file_stamp(args.weights),
+        }
+        checkpoints = PassCheckpoints(args.out / ".checkpoint", fingerprint, args.checkpoint_every)
     dissections = dissect_activations(
-        source, dataset.num_images, shapes, dataset, labels, config, progress
+        source, dataset.num_images, shapes, dataset, labels, config, progress, checkpoints
     )
     if not writer:  # process 0 writes; the others only computed their share
         return 0
@@ -287,8 +313,18 @@ def run_dissect(args: argparse.Namespace) -> int:
             print(f"report: {write_layer_report(out, images)}")
     if len(dissections) > 1 and images is not None:
         print(f"index: {write_index(args.out, list(dissections))}")
+    if checkpoints is not None:
+        checkpoints.remove()
     print(peak_memory())
     return 0
+
+
+def _file_stamp(path: Path | None):
+    """Identifies an input file's version (for resuming only with the same inputs)."""
+    if path is None or not path.is_file():
+        return None
+    stat = path.stat()
+    return [str(path.absolute()), stat.st_size, stat.st_mtime_ns]
 
 
 def peak_memory() -> str:

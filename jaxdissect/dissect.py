@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxdissect import quantile, scores, tally
+from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays
 from jaxdissect.errors import FeaturesError
@@ -278,6 +279,7 @@ def compute_thresholds(
     shapes: Shapes,
     config: DissectConfig,
     progress: bool = True,
+    checkpoints: PassCheckpoints | None = None,
 ) -> dict[str, Thresholds]:
     """Pass 1: exact per-unit (1 - q) quantiles of every layer; rejects NaN/inf activations.
 
@@ -288,6 +290,7 @@ def compute_thresholds(
       shapes: {layer: (h, w, U)}.
       config: the dissection config.
       progress: show a progress bar.
+      checkpoints: save the pass's states every few batches, and resume from them.
 
     Returns:
       {layer: Thresholds}. Keeps an (N, U) float32 array of per-image maxima per layer on
@@ -310,8 +313,14 @@ def compute_thresholds(
             jnp.full((len(batches) * batch_size, units), -jnp.inf, jnp.float32), replicated
         )
 
+    first = 0
+    if checkpoints is not None:
+        first, restored = checkpoints.restore("thresholds", (states, first_bad, maxima, tops))
+        if restored is not None:
+            states, first_bad, maxima, tops = jax.device_put(tuple(restored), replicated)
+
     def placed():
-        for start, stop in batches:
+        for start, stop in batches[first:]:
             lo, hi, per = _local_rows(start, stop, batch_size)
             acts = _checked(activations(lo, hi), shapes, hi - lo)
             valid = np.arange(per) < hi - lo
@@ -327,12 +336,16 @@ def compute_thresholds(
             )
 
     label = ", ".join(shapes)
-    for start, acts, valid, indices in tqdm(
-        _prefetch(placed()),
-        total=len(batches),
-        desc=f"{label}: thresholds",
-        unit="batch",
-        disable=not progress,
+    for number, (start, acts, valid, indices) in enumerate(
+        tqdm(
+            _prefetch(placed()),
+            initial=first,
+            total=len(batches),
+            desc=f"{label}: thresholds",
+            unit="batch",
+            disable=not progress,
+        ),
+        start=first + 1,
     ):
         for layer in shapes:
             states[layer], first_bad[layer], maxima[layer] = threshold_step(
@@ -346,6 +359,13 @@ def compute_thresholds(
             )
             if config.top_images:
                 tops[layer] = top_images_step(tops[layer], acts[layer], indices, valid)
+        if checkpoints is not None:
+            checkpoints.save(
+                "thresholds",
+                number,
+                lambda: (states, first_bad, maxima, tops),
+                last=number == len(batches),
+            )
     results = {}
     for layer in shapes:
         _check_finite(_host(first_bad[layer]), num_images, layer)
@@ -369,6 +389,7 @@ def compute_tally(
     shapes: Shapes,
     config: DissectConfig,
     progress: bool = True,
+    checkpoints: PassCheckpoints | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Pass 2: {layer: (G, I, A)} as int64 host arrays.
 
@@ -425,9 +446,16 @@ def compute_tally(
             total += part
 
     batches = list(_batches(num_images, batch_size))
+    states = {layer: fresh(layer) for layer in shapes}
+    first = 0
+    if checkpoints is not None:
+        first, restored = checkpoints.restore("tally", (states, totals))
+        if restored is not None:
+            states = jax.device_put(restored[0], replicated)
+            totals = {layer: [np.asarray(t) for t in restored[1][layer]] for layer in shapes}
 
     def placed():
-        for start, stop in batches:
+        for start, stop in batches[first:]:
             lo, hi, per = _local_rows(start, stop, batch_size)
             acts = _checked(activations(lo, hi), shapes, hi - lo)
             placed_acts = {
@@ -441,16 +469,17 @@ def compute_tally(
             )
             yield placed_acts, tuple(_place(x, batch_size, data) for x in local)
 
-    states = {layer: fresh(layer) for layer in shapes}
     label = ", ".join(shapes)
     for step_index, (acts, label_batch) in enumerate(
         tqdm(
             _prefetch(placed()),
+            initial=first,
             total=len(batches),
             desc=f"{label}: tally",
             unit="batch",
             disable=not progress,
-        )
+        ),
+        start=first,
     ):
         for layer in shapes:
             states[layer] = tally_step(
@@ -465,6 +494,13 @@ def compute_tally(
             if (step_index + 1) % flush_every == 0:
                 flush(layer, states[layer])
                 states[layer] = fresh(layer)
+        if checkpoints is not None:
+            checkpoints.save(
+                "tally",
+                step_index + 1,
+                lambda: (states, totals),
+                last=step_index + 1 == len(batches),
+            )
     for layer in shapes:
         flush(layer, states[layer])
     return {layer: tuple(totals[layer]) for layer in shapes}
@@ -478,6 +514,7 @@ def dissect_activations(
     labels: LabelArrays,
     config: DissectConfig = DissectConfig(),
     progress: bool = True,
+    checkpoints: PassCheckpoints | None = None,
 ) -> dict[str, Dissection]:
     """Dissects every layer of ``shapes``: thresholds, tally, IoU, labels and summary.
 
@@ -490,6 +527,7 @@ def dissect_activations(
       labels: from ``load_label_arrays``.
       config: thresholds, union rule, batch size.
       progress: show progress bars.
+      checkpoints: resume from, and save, the passes' states (see ``jaxdissect.checkpoint``).
 
     Returns:
       {layer: Dissection}.
@@ -499,8 +537,10 @@ def dissect_activations(
             f"activations cover {num_images} images but "
             f"{dataset.directory / 'index.csv'} lists {dataset.num_images}"
         )
-    thresholds = compute_thresholds(activations, num_images, shapes, config, progress)
-    counts = compute_tally(activations, labels, dataset, thresholds, shapes, config, progress)
+    thresholds = compute_thresholds(activations, num_images, shapes, config, progress, checkpoints)
+    counts = compute_tally(
+        activations, labels, dataset, thresholds, shapes, config, progress, checkpoints
+    )
     return {
         layer: score_layer(
             layer, thresholds[layer].thresholds, *counts[layer], dataset, config

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from probe_fixture import dyadic_features
 
 from jaxdissect.cli import main
@@ -125,3 +126,51 @@ def test_two_processes_give_the_same_tally(probe, tmp_path):
         assert proc.returncode == 0, err[-2000:]
     single = (tmp_path / "single" / "tally.csv").read_bytes()
     assert (tmp_path / "multi" / "tally.csv").read_bytes() == single
+
+
+@pytest.mark.parametrize("killed_in", ["thresholds", "tally"])
+def test_killed_dissection_resumes_to_identical_files(probe, tmp_path, killed_in):
+    import signal
+    import time
+
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 6)))
+    common = [
+        "dissect",
+        "--dataset",
+        str(probe.directory),
+        "--features",
+        str(tmp_path / "f.npy"),
+        "--quantile",
+        "0.05",
+        "--no-progress",
+        "--batch-size",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--no-report",
+    ]
+    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    assert not (tmp_path / "whole" / ".checkpoint").exists()  # removed once written
+    code = "import sys; from jaxdissect.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *common, "--out", str(out)],
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        steps = [
+            p.name for p in (out / ".checkpoint" / killed_in).glob("[0-9]*") if p.name.isdigit()
+        ]
+        if steps and max(int(s) for s in steps) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "results.json").exists() and not (out / "tally.csv").exists()
+    assert main([*common, "--out", str(out)]) == 0
+    for name in ("tally.csv", "results.json"):
+        whole = (tmp_path / "whole" / name).read_text().replace(str(tmp_path / "whole"), "OUT")
+        resumed = (out / name).read_text().replace(str(out), "OUT")
+        assert whole == resumed
