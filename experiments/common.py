@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.data.synthetic import world
@@ -84,14 +85,33 @@ def dissect_model(
 
     first = activations(0, 1)
     shapes = {name: tuple(first[name].shape[1:]) for name in names}
+    # An interrupted dissection resumes from its passes' checkpoints.
+    checkpoints = PassCheckpoints(
+        out / ".checkpoint",
+        {
+            "config": dataclasses.asdict(config),
+            "shapes": shapes,
+            "model": model.name,
+            "devices": len(jax.devices()),
+        },
+        every=20,
+    )
     dissections = dissect_activations(
-        activations, probe.dataset.num_images, shapes, probe.dataset, probe.labels, config, progress
+        activations,
+        probe.dataset.num_images,
+        shapes,
+        probe.dataset,
+        probe.labels,
+        config,
+        progress,
+        checkpoints,
     )
     results = {}
     for name, dissection in dissections.items():
         write_dissection(out / name, dissection, probe.dataset, config, {"model": model.name})
         write_layer_report(out / name, probe.images)
         results[name] = json.loads(paths[name].read_text())
+    checkpoints.remove()
     return results
 
 

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     dissect.add_argument("--no-progress", action="store_true", help="hide progress bars")
     dissect.add_argument("--no-report", action="store_true", help="skip the HTML report")
     dissect.add_argument(
+        "--top-images",
+        type=int,
+        default=8,
+        help="most activating images kept per unit for the report (default 8)",
+    )
+    dissect.add_argument(
         "--checkpoint-every",
         type=_positive_int,
         default=100,
@@ -223,15 +229,18 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_features(path: Path) -> np.ndarray:
+def _load_features(path: Path):
+    """A numeric .npy file, read batch by batch (``NpyRows``)."""
+    from jaxdissect.npy_rows import NpyRows
+
     if not path.is_file():
         raise DissectError(f"{path}: features file not found")
     try:
-        features = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as error:
+        features = NpyRows(path)
+    except (ValueError, OSError, SyntaxError) as error:
         raise DissectError(f"{path}: not a NumPy .npy array ({error})") from None
-    if not isinstance(features, np.ndarray) or features.dtype.kind not in "fiu":
-        raise DissectError(f"{path}: features must be a numeric .npy array")
+    if features.dtype.kind not in "fiu":
+        raise DissectError(f"{path}: features must be a numeric .npy array, not {features.dtype}")
     return features
 
 
@@ -254,6 +263,7 @@ def run_dissect(args: argparse.Namespace) -> int:
         iou_threshold=args.iou_threshold,
         union=args.union,
         batch_size=args.batch_size,
+        top_images=max(args.top_images, 0),
     )
     if args.features is not None:
         if args.layer and len(args.layer) > 1:

@@ -34,6 +34,9 @@ from jaxdissect.top_images import top_images_init, top_images_update
 from jaxdissect.upsample import bilinear_matrix
 
 INT32_MAX = np.iinfo(np.int32).max
+# Steps dispatched ahead of the devices at most: JAX dispatches asynchronously, and without a
+# bound a fast host would queue every batch of a pass in memory.
+IN_FLIGHT = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -243,6 +246,18 @@ def _check_finite(first_bad: jax.Array, num_images: int, layer: str) -> None:
         )
 
 
+TOP_MAPS_BUDGET = 256 * 2**20  # bytes of activation maps kept for the report, per layer
+
+
+def top_images_kept(config: DissectConfig, shape: tuple[int, int, int]) -> int:
+    """How many top images per unit a layer keeps: ``config.top_images``, fewer when their
+    maps (U x k x h x w float32) would pass TOP_MAPS_BUDGET, at least one if any is wanted."""
+    if not config.top_images:
+        return 0
+    per_image = 4 * shape[0] * shape[1] * shape[2]
+    return max(1, min(config.top_images, TOP_MAPS_BUDGET // per_image))
+
+
 class Thresholds(NamedTuple):
     """Pass 1's results for one layer.
 
@@ -300,9 +315,10 @@ def compute_thresholds(
     batches = list(_batches(num_images, batch_size))
     states, first_bad, maxima, tops = {}, {}, {}, {}
     for layer, (height, width, units) in shapes.items():
-        if config.top_images:
+        if top_images_kept(config, shapes[layer]):
             tops[layer] = jax.device_put(
-                top_images_init(units, config.top_images, height, width), replicated
+                top_images_init(units, top_images_kept(config, shapes[layer]), height, width),
+                replicated,
             )
         states[layer] = jax.device_put(
             quantile.quantile_init(units, config.quantile, num_images * height * width),
@@ -357,8 +373,10 @@ def compute_thresholds(
                 indices,
                 start,
             )
-            if config.top_images:
+            if layer in tops:
                 tops[layer] = top_images_step(tops[layer], acts[layer], indices, valid)
+        if number % IN_FLIGHT == 0:  # bound the queued batches: memory stays flat
+            jax.block_until_ready(states)
         if checkpoints is not None:
             checkpoints.save(
                 "thresholds",
@@ -371,7 +389,7 @@ def compute_thresholds(
         _check_finite(_host(first_bad[layer]), num_images, layer)
         thresholds = quantile.quantile_result(_host(states[layer]), config.quantile)
         max_active = int(_host(_most_active_units(maxima[layer], jnp.asarray(thresholds))))
-        top = _host(tops[layer]) if config.top_images else None
+        top = _host(tops[layer]) if layer in tops else None
         results[layer] = Thresholds(
             thresholds,
             max_active,
@@ -494,6 +512,8 @@ def compute_tally(
             if (step_index + 1) % flush_every == 0:
                 flush(layer, states[layer])
                 states[layer] = fresh(layer)
+        if (step_index + 1) % IN_FLIGHT == 0:
+            jax.block_until_ready(states)
         if checkpoints is not None:
             checkpoints.save(
                 "tally",

@@ -160,6 +160,13 @@ def _initial_weights(model, config: TrainConfig) -> None:
     target = nnx.to_pure_dict(state)
     for key in source_state:
         if key != "classifier" and key in target:
+            mine = jax.tree.map(np.shape, target[key])
+            theirs = jax.tree.map(np.shape, source_state[key])
+            if mine != theirs:
+                raise TrainingError(
+                    f"init_from={config.init_from}: its layer {key!r} has shapes {theirs}, "
+                    f"this model's has {mine}; fine-tune from a run of the same architecture"
+                )
             target[key] = source_state[key]
     nnx.replace_by_pure_dict(state, target)
     nnx.update(model, state)
