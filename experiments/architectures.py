@@ -16,28 +16,13 @@ import dataclasses
 import sys
 
 from experiments.common import experiment_main
-from experiments.compare import CommonConfig, Variant, run_comparison
+from experiments.compare import PRESETS, CommonConfig, Variant, run_comparison
 from jaxdissect import zoo
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(CommonConfig):
     zoo: tuple[str, ...] = ()
-
-
-PRESETS = {
-    "smoke": dict(
-        train_preset="smoke",
-        steps=4,
-        probe_images=40,
-        image_size=32,
-        batch_size=20,
-        probe_train_images=32,
-        probe_test_images=16,
-    ),
-    "default": {},
-    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
-}
 
 
 def variants(config: Config) -> list[Variant]:

@@ -64,6 +64,22 @@ class CommonConfig:
     seed: int = 0
 
 
+# The comparison studies' presets (width_depth adds its own smoke sizes).
+PRESETS = {
+    "smoke": dict(
+        train_preset="smoke",
+        steps=4,
+        probe_images=40,
+        image_size=32,
+        batch_size=20,
+        probe_train_images=32,
+        probe_test_images=16,
+    ),
+    "default": {},
+    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
+}
+
+
 def pooled_features(
     model: FeatureModel, layer: str, images: np.ndarray, batch: int = 100
 ) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from experiments import compare
 from experiments.common import experiment_main
 from experiments.compare import CommonConfig, Variant, run_comparison
 
@@ -25,19 +26,8 @@ class Config(CommonConfig):
 
 
 PRESETS = {
-    "smoke": dict(
-        train_preset="smoke",
-        steps=4,
-        widths=("1", "2"),
-        depths=("4",),
-        probe_images=40,
-        image_size=32,
-        batch_size=20,
-        probe_train_images=32,
-        probe_test_images=16,
-    ),
-    "default": {},
-    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
+    **compare.PRESETS,
+    "smoke": {**compare.PRESETS["smoke"], "widths": ("1", "2"), "depths": ("4",)},
 }
 
 
