@@ -376,7 +376,7 @@ def compute_thresholds(
             if layer in tops:
                 tops[layer] = top_images_step(tops[layer], acts[layer], indices, valid)
         if number % IN_FLIGHT == 0:  # bound the queued batches: memory stays flat
-            jax.block_until_ready(states)
+            jax.block_until_ready((states, first_bad, maxima, tops))
         if checkpoints is not None:
             checkpoints.save(
                 "thresholds",
