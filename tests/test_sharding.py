@@ -175,3 +175,50 @@ def test_killed_dissection_resumes_to_identical_files(probe, tmp_path, killed_in
         whole = (tmp_path / "whole" / name).read_text().replace(str(tmp_path / "whole"), "OUT")
         resumed = (out / name).read_text().replace(str(out), "OUT")
         assert whole == resumed
+
+
+def test_features_larger_than_the_memory_used(tmp_path):
+    """A 1.68 GB features file (200 images of 64x64x512) dissects with a peak resident
+    memory well below its size: activations are read batch by batch and at most a few steps
+    are queued, so they are never held. (The peak is read from /proc's VmHWM, which starts
+    afresh at exec; ru_maxrss would count the forked copy of this test process.)"""
+    from jaxdissect.data.synthetic import world
+
+    probe_dir = tmp_path / "probe"
+    world.write_probe(probe_dir, 200, 0, world.WorldConfig(image_size=32), progress=False)
+    path = tmp_path / "acts.npy"
+    acts = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(200, 64, 64, 512))
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        acts[i] = rng.random((64, 64, 512), np.float32)
+    acts.flush()
+    del acts
+    code = (
+        "import re, sys; from jaxdissect.cli import main; code = main(sys.argv[1:]); "
+        "status = open('/proc/self/status').read(); "
+        "print('PEAK', int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024); "
+        "sys.exit(code)"
+    )
+    args = [
+        "dissect",
+        "--dataset",
+        str(probe_dir),
+        "--features",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--no-report",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    peak, size = int(result.stdout.split("PEAK")[-1]), path.stat().st_size
+    assert peak < 0.7 * size, (peak, size)
+    assert (tmp_path / "out" / "results.json").is_file()
