@@ -50,6 +50,22 @@ def prepare_probe(
     )
 
 
+def start_experiment(config, workdir: str | Path, progress: bool) -> tuple[Path, Probe]:
+    """Creates the workdir, records config.json, and prepares the probe set the config names
+    (``probe``, ``probe_images``, ``image_size``)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_json(workdir / "config.json", dataclasses.asdict(config))
+    probe = prepare_probe(
+        config.probe or workdir / "probe",
+        config.probe_images,
+        config.image_size,
+        seed=1,
+        progress=progress,
+    )
+    return workdir, probe
+
+
 def dissect_model(
     model: FeatureModel,
     layers: typing.Sequence[str],

@@ -26,7 +26,13 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import dissect_model, experiment_main, prepare_probe, save_json, write_page
+from experiments.common import (
+    dissect_model,
+    experiment_main,
+    save_json,
+    start_experiment,
+    write_page,
+)
 from jaxdissect.dissect import DissectConfig
 from jaxdissect.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run
@@ -92,16 +98,7 @@ def segmentation_scores(prediction: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_json(workdir / "config.json", dataclasses.asdict(config))
-    probe = prepare_probe(
-        config.probe or workdir / "probe",
-        config.probe_images,
-        config.image_size,
-        seed=1,
-        progress=progress,
-    )
+    workdir, probe = start_experiment(config, workdir, progress)
     run_dir = workdir / "run"
     train(
         make_config(

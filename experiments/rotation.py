@@ -26,8 +26,8 @@ import numpy as np
 from experiments.common import (
     dissect_model,
     experiment_main,
-    prepare_probe,
     save_json,
+    start_experiment,
     summary_at,
     write_page,
 )
@@ -87,16 +87,7 @@ def chance_iou(results: dict) -> float:
 
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_json(workdir / "config.json", dataclasses.asdict(config))
-    probe = prepare_probe(
-        config.probe or workdir / "probe",
-        config.probe_images,
-        config.image_size,
-        seed=1,
-        progress=progress,
-    )
+    workdir, probe = start_experiment(config, workdir, progress)
     run_dir = Path(config.run) if config.run else workdir / "run"
     if not config.run:
         train(

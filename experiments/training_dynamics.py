@@ -29,8 +29,8 @@ from experiments.common import (
     dissect_model,
     eval_accuracy,
     experiment_main,
-    prepare_probe,
     save_json,
+    start_experiment,
     unique_counts,
     write_page,
 )
@@ -95,17 +95,8 @@ def train_config(config: Config, variation: str):
 
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_json(workdir / "config.json", dataclasses.asdict(config))
     started = time.time()
-    probe = prepare_probe(
-        config.probe or workdir / "probe",
-        config.probe_images,
-        config.image_size,
-        seed=1,
-        progress=progress,
-    )
+    workdir, probe = start_experiment(config, workdir, progress)
     dissect_config = DissectConfig(
         quantile=config.quantile, iou_threshold=config.iou_threshold, batch_size=config.batch_size
     )
