@@ -37,6 +37,7 @@ INT32_MAX = np.iinfo(np.int32).max
 # Steps dispatched ahead of the devices at most: JAX dispatches asynchronously, and without a
 # bound a fast host would queue every batch of a pass in memory.
 IN_FLIGHT = 4
+TALLY_KERNELS = ("auto", "cpu", "xla")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,6 +53,9 @@ class DissectConfig:
         off, every unit of every image is upsampled).
       top_images: per unit, keep this many most activating images and their maps (for the
         report), gathered during the threshold pass; 0 keeps none.
+      tally_kernel: "cpu" (compiled sparse loops over the CPU cores, ``cpu_tally``), "xla"
+        (jitted, sharded over all devices, ``tally``) or "auto": "cpu" when JAX runs on
+        the CPU in one process, else "xla". Both give identical counts.
     """
 
     quantile: float = 0.005
@@ -60,6 +64,7 @@ class DissectConfig:
     batch_size: int = 32
     skip_inactive: bool = True
     top_images: int = 8
+    tally_kernel: str = "auto"
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -72,6 +77,10 @@ class DissectConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.top_images < 0:
             raise ValueError(f"top_images must be >= 0, got {self.top_images}")
+        if self.tally_kernel not in TALLY_KERNELS:
+            raise ValueError(
+                f"tally_kernel must be one of {TALLY_KERNELS}, got {self.tally_kernel!r}"
+            )
 
 
 class Dissection(NamedTuple):
@@ -399,6 +408,22 @@ def compute_thresholds(
     return results
 
 
+def tally_kernel(config: DissectConfig) -> str:
+    """The kernel ``compute_tally`` runs: "cpu" or "xla" (see ``DissectConfig``)."""
+    if config.tally_kernel != "auto":
+        return config.tally_kernel
+    return "cpu" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "xla"
+
+
+def _zero_totals(units: int, dataset: BrodenDataset) -> list[np.ndarray]:
+    """int64 host G, I, A."""
+    return [
+        np.zeros((dataset.num_labels,), np.int64),
+        np.zeros((units, dataset.num_labels), np.int64),
+        np.zeros((units, len(dataset.categories)), np.int64),
+    ]
+
+
 def compute_tally(
     activations: ActivationSource,
     labels: LabelArrays,
@@ -409,7 +434,82 @@ def compute_tally(
     progress: bool = True,
     checkpoints: PassCheckpoints | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Pass 2: {layer: (G, I, A)} as int64 host arrays.
+    """Pass 2: {layer: (G, I, A)} as int64 host arrays, with ``tally_kernel(config)``."""
+    kernel = tally_kernel(config)
+    if kernel == "cpu":
+        if jax.process_count() > 1:
+            raise ValueError(
+                "tally_kernel='cpu' runs in one process; use 'xla' under jax.distributed"
+            )
+        run = _compute_tally_cpu
+    else:
+        run = _compute_tally_xla
+    return run(activations, labels, dataset, thresholds, shapes, config, progress, checkpoints)
+
+
+def _compute_tally_cpu(
+    activations, labels, dataset, thresholds, shapes, config, progress, checkpoints
+):
+    """Pass 2 on the CPU cores (``cpu_tally``), into int64 totals directly."""
+    from jaxdissect.cpu_tally import axis_cells, cpu_tally_batch  # compiled on first use
+
+    label_height, label_width = dataset.label_size
+    cells = {
+        layer: (axis_cells(label_height, height), axis_cells(label_width, width))
+        for layer, (height, width, _) in shapes.items()
+    }
+    totals = {layer: _zero_totals(units, dataset) for layer, (_, _, units) in shapes.items()}
+    batches = list(_batches(dataset.num_images, config.batch_size))
+    first = 0
+    if checkpoints is not None:
+        first, restored = checkpoints.restore("tally-cpu", totals)
+        if restored is not None:
+            totals = {layer: [np.asarray(t) for t in restored[layer]] for layer in shapes}
+
+    def read():
+        for start, stop in batches[first:]:
+            acts = _checked(activations(start, stop), shapes, stop - start)
+            yield (
+                {layer: np.asarray(a, np.float32) for layer, a in acts.items()},
+                np.asarray(labels.slot_planes[start:stop]),
+                np.asarray(labels.slot_labels[start:stop]),
+                np.asarray(labels.image_labels[start:stop]),
+            )
+
+    for step_index, (acts, slot_planes, slot_labels, image_labels) in enumerate(
+        tqdm(
+            _prefetch(read()),
+            initial=first,
+            total=len(batches),
+            desc=f"{', '.join(shapes)}: tally",
+            unit="batch",
+            disable=not progress,
+        ),
+        start=first,
+    ):
+        for layer in shapes:
+            cpu_tally_batch(
+                totals[layer],
+                acts[layer],
+                thresholds[layer].thresholds,
+                slot_planes,
+                slot_labels,
+                image_labels,
+                dataset.label_category,
+                *cells[layer],
+                union=config.union,
+            )
+        if checkpoints is not None:
+            checkpoints.save(
+                "tally-cpu", step_index + 1, lambda: totals, last=step_index + 1 == len(batches)
+            )
+    return {layer: tuple(totals[layer]) for layer in shapes}
+
+
+def _compute_tally_xla(
+    activations, labels, dataset, thresholds, shapes, config, progress, checkpoints
+):
+    """Pass 2 jitted and sharded over all devices (``tally``).
 
     Each image upsamples only the units whose map rises above their threshold (at most
     ``max_active``, measured in pass 1), unless ``config.skip_inactive`` is off. The device
@@ -444,11 +544,7 @@ def compute_tally(
         # Rounded up to a multiple of 8 so that similar layers share compiled steps.
         bound = -(-max(thresholds[layer].max_active, 1) // 8) * 8
         max_active[layer] = bound if config.skip_inactive and bound < units else None
-        totals[layer] = [
-            np.zeros((dataset.num_labels,), np.int64),
-            np.zeros((units, dataset.num_labels), np.int64),
-            np.zeros((units, num_categories), np.int64),
-        ]
+        totals[layer] = _zero_totals(units, dataset)
 
     def fresh(layer):
         units = shapes[layer][2]
@@ -467,7 +563,7 @@ def compute_tally(
     states = {layer: fresh(layer) for layer in shapes}
     first = 0
     if checkpoints is not None:
-        first, restored = checkpoints.restore("tally", (states, totals))
+        first, restored = checkpoints.restore("tally-xla", (states, totals))
         if restored is not None:
             states = jax.device_put(restored[0], replicated)
             totals = {layer: [np.asarray(t) for t in restored[1][layer]] for layer in shapes}
@@ -516,7 +612,7 @@ def compute_tally(
             jax.block_until_ready(states)
         if checkpoints is not None:
             checkpoints.save(
-                "tally",
+                "tally-xla",
                 step_index + 1,
                 lambda: (states, totals),
                 last=step_index + 1 == len(batches),

@@ -15,13 +15,25 @@ def _thresholds(features, q=0.05):
 
 
 @pytest.mark.parametrize("union", ["paper", "lite"])
-@pytest.mark.parametrize("shape,skip", [((4, 4, 5), True), ((8, 8, 3), True), ((4, 4, 5), False)])
-def test_driver_tally_equals_numpy_loop(probe, union, shape, skip):
+@pytest.mark.parametrize(
+    "shape,skip,kernel",
+    [
+        ((4, 4, 5), True, "xla"),
+        ((8, 8, 3), True, "xla"),
+        ((4, 4, 5), False, "xla"),
+        ((4, 4, 5), True, "cpu"),
+        ((8, 8, 3), True, "cpu"),
+        ((16, 16, 4), True, "cpu"),
+    ],
+)
+def test_driver_tally_equals_numpy_loop(probe, union, shape, skip, kernel):
     features = dyadic_features(12, shape)
     dataset = open_broden(probe.directory)
     labels = load_label_arrays(dataset, progress=False)
     source, layer_shape = features_source(features)
-    config = DissectConfig(union=union, batch_size=5, quantile=0.05, skip_inactive=skip)
+    config = DissectConfig(
+        union=union, batch_size=5, quantile=0.05, skip_inactive=skip, tally_kernel=kernel
+    )
     thresholds = compute_thresholds(source, 12, layer_shape, config, progress=False)["features"]
     np.testing.assert_array_equal(thresholds.thresholds, _thresholds(features))
     active = (features.max(axis=(1, 2)) > thresholds.thresholds).sum(axis=1)
@@ -34,6 +46,73 @@ def test_driver_tally_equals_numpy_loop(probe, union, shape, skip):
     np.testing.assert_array_equal(I, I_ref)
     np.testing.assert_array_equal(A, A_ref)
     assert I.sum() > 0 and A.sum() > 0 and (G > 0).sum() > 20
+
+
+@pytest.mark.parametrize("union", ["paper", "lite"])
+@pytest.mark.parametrize("shape", [(5, 7, 4), (24, 24, 3), (1, 1, 3), (3, 16, 2)])
+def test_cpu_kernel_equals_xla_and_numpy_loop_on_uneven_scales(probe, union, shape):
+    """Scales that are not powers of two (and downsampling, and a single position): float
+    roundings could differ, so random features keep pixels away from exact ties."""
+    features = np.random.default_rng(3).gamma(2.0, size=(12, *shape)).astype(np.float32)
+    dataset = open_broden(probe.directory)
+    labels = load_label_arrays(dataset, progress=False)
+    source, layer_shape = features_source(features)
+    results = {}
+    for kernel in ("cpu", "xla"):
+        config = DissectConfig(union=union, batch_size=5, quantile=0.05, tally_kernel=kernel)
+        thresholds = compute_thresholds(source, 12, layer_shape, config, progress=False)
+        results[kernel] = compute_tally(
+            source, labels, dataset, thresholds, layer_shape, config, progress=False
+        )["features"]
+    reference = reference_tally(features, thresholds["features"].thresholds, probe, union)
+    for cpu, xla, ref in zip(results["cpu"], results["xla"], reference, strict=True):
+        np.testing.assert_array_equal(cpu, ref)
+        np.testing.assert_array_equal(xla, ref)
+    assert results["cpu"][1].sum() > 0
+
+
+def test_cpu_kernel_refuses_indices_out_of_range():
+    from jaxdissect.cpu_tally import axis_cells, cpu_tally_batch
+
+    totals = (np.zeros(4, np.int64), np.zeros((2, 4), np.int64), np.zeros((2, 1), np.int64))
+    acts = np.ones((1, 2, 2, 2), np.float32)
+    planes = np.full((1, 1, 4, 4), 2, np.uint8)
+    cells = axis_cells(4, 2), axis_cells(4, 2)
+    common = dict(thresholds=np.zeros(2, np.float32), label_category=np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match="slot index 2 >= 2 slots"):
+        cpu_tally_batch(
+            totals,
+            acts,
+            slot_planes=planes,
+            slot_labels=np.array([[0, 3]]),
+            image_labels=np.zeros((1, 1), np.int64),
+            rows=cells[0],
+            columns=cells[1],
+            union="paper",
+            **common,
+        )
+    with pytest.raises(ValueError, match="image-level label numbers must lie in"):
+        cpu_tally_batch(
+            totals,
+            acts,
+            slot_planes=planes,
+            slot_labels=np.array([[0, 3, 1]]),
+            image_labels=np.array([[9]]),
+            rows=cells[0],
+            columns=cells[1],
+            union="paper",
+            **common,
+        )
+    assert not any(t.any() for t in totals)  # nothing was counted
+
+
+def test_auto_kernel_is_cpu_on_cpu():
+    from jaxdissect.dissect import tally_kernel
+
+    assert tally_kernel(DissectConfig()) == ("cpu" if jax.default_backend() == "cpu" else "xla")
+    assert tally_kernel(DissectConfig(tally_kernel="xla")) == "xla"
+    with pytest.raises(ValueError, match="tally_kernel must be one of"):
+        DissectConfig(tally_kernel="gpu")
 
 
 def test_unions_differ_on_fixture(probe):
