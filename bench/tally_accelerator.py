@@ -1,6 +1,13 @@
 """Broden-scale dissection on whatever JAX device is present (made for one H100/H200).
 
     python -m bench.tally_accelerator [--images 63305] [--units 512] [--size 7]
+    python -m bench.tally_accelerator --model resnet18 --layer layer4
+
+With ``--model``, a zoo network (random weights: nothing is downloaded) runs on 224x224
+uint8 images held in host memory, as a decoded image cache would hold them, and the whole
+dissection (``dissect_activations``: forward pass, thresholds, labels and activations kept
+on the device between the passes, tally, scoring) is timed end to end; then the forward
+pass alone. Without it:
 
 Activations are drawn on the device image by image (as a forward pass would leave them);
 labels come from host memory in the decoded cache's compact form (``bench.workload``).
@@ -26,7 +33,13 @@ from bench.lite_loop import lite_tally
 from bench.workload import CATEGORIES, broden_like, label_category
 from jaxdissect import scores
 from jaxdissect.data.broden import BrodenDataset
-from jaxdissect.dissect import DissectConfig, compute_tally, compute_thresholds
+from jaxdissect.data.cache import LabelArrays
+from jaxdissect.dissect import (
+    DissectConfig,
+    compute_tally,
+    compute_thresholds,
+    dissect_activations,
+)
 from jaxdissect.upsample import bilinear_matrix
 
 
@@ -79,6 +92,66 @@ def subset(labels, count):
     return type(labels)(*(np.asarray(a[:count]) for a in labels))
 
 
+def host_images(count: int, size: int, distinct: int = 4096) -> np.ndarray:
+    """(count, size, size, 3) uint8 noise images in host memory: ``distinct`` drawn ones
+    repeated (drawing 63,305 would take longer than the dissection)."""
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 256, (min(distinct, count), size, size, 3), dtype=np.uint8)
+    images = np.empty((count, size, size, 3), np.uint8)
+    for start in range(0, count, len(block)):
+        stop = min(start + len(block), count)
+        images[start:stop] = block[: stop - start]
+    return images
+
+
+def model_end_to_end(args):
+    from jaxdissect import zoo
+    from jaxdissect.features import model_activations
+
+    print(f"devices: {jax.devices()}")
+    n, batch = args.images, args.batch_size
+    labels, seconds = timed(broden_like, n, 0, args.label_size)
+    images, image_seconds = timed(host_images, n, args.image_size)
+    model = zoo.feature_model(args.model)
+    source = model_activations(model, images, [args.layer], batch)
+    shape = tuple(source(0, 1)[args.layer].shape[1:])
+    print(
+        f"workload: {n} images of {args.image_size}^2 in host memory, {args.model} "
+        f"{args.layer} {shape}, {args.label_size}^2 labels ({seconds + image_seconds:.1f} s "
+        "to draw labels and images)"
+    )
+    dataset = synthetic_dataset(n, args.label_size)
+    config = DissectConfig(batch_size=batch, union="lite")
+    shapes = {args.layer: shape}
+
+    def run(count):
+        part = synthetic_dataset(count, args.label_size) if count < n else dataset
+        return dissect_activations(
+            source, count, shapes, part, subset(labels, count), config, progress=False
+        )
+
+    _, compile_seconds = timed(run, 2 * batch)
+    print(f"compile + two batches: {compile_seconds:.1f} s")
+    result, total = timed(run, n)
+    detectors = result[args.layer].summary["detectors"]
+    print(
+        f"dissection end to end (forward pass, thresholds, tally, scoring): {total:.2f} s "
+        f"({n / total:,.0f} images/s); detectors: {detectors}"
+    )
+
+    def forward_only():
+        total = jnp.zeros(())
+        for s in range(0, n, batch):
+            total = total + source(s, min(s + batch, n))[args.layer].sum()
+        return total
+
+    _, forward = timed(forward_only)
+    print(f"forward pass alone, from host memory: {forward:.2f} s ({n / forward:,.0f} images/s)")
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**30:.1f} GiB")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=63305)
@@ -88,7 +161,12 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--baseline-images", type=int, default=2048)
     parser.add_argument("--lite-images", type=int, default=32)
+    parser.add_argument("--model", help="a zoo network to run (e.g. resnet18)")
+    parser.add_argument("--layer", default="layer4", help="with --model")
+    parser.add_argument("--image-size", type=int, default=224, help="with --model")
     args = parser.parse_args(argv)
+    if args.model:
+        return model_end_to_end(args)
 
     print(f"devices: {jax.devices()}")
     shape = (args.size, args.size, args.units)
@@ -106,14 +184,19 @@ def main(argv=None):
     warm = synthetic_dataset(args.batch_size, args.label_size)
     warm_labels = subset(labels, args.batch_size)
     _, compile_seconds = timed(
-        lambda: compute_tally(
-            source,
-            warm_labels,
-            warm,
-            compute_thresholds(source, args.batch_size, shapes, config, progress=False),
-            shapes,
-            config,
-            progress=False,
+        lambda: (
+            compute_tally(
+                source,
+                warm_labels,
+                warm,
+                compute_thresholds(source, args.batch_size, shapes, config, progress=False),
+                shapes,
+                config,
+                progress=False,
+            )
+            and dissect_activations(
+                source, args.batch_size, shapes, warm, warm_labels, config, progress=False
+            )
         )
     )
     print(f"compile + first batch: {compile_seconds:.1f} s")
@@ -136,17 +219,33 @@ def main(argv=None):
     G, I, A = counts[LAYER]
     start = time.perf_counter()
     unit_iou = scores.iou(G, I, A, dataset.label_category)
-    unit_labels = scores.label_units(unit_iou, dataset.label_category, len(CATEGORIES))
+    scores.label_units(unit_iou, dataset.label_category, len(CATEGORIES))
     t_score = time.perf_counter() - start
-    total = t_threshold + t_tally + t_score
     n = args.images
     print(f"drawing the activations (forward stand-in, included below): {t_draw:.2f} s a pass")
     print(f"thresholds: {t_threshold:.2f} s ({n / t_threshold:,.0f} images/s)")
-    print(f"tally:      {t_tally:.2f} s ({n / t_tally:,.0f} images/s)")
-    print(f"scoring:    {t_score:.2f} s")
+    print(f"tally, labels from host memory: {t_tally:.2f} s ({n / t_tally:,.0f} images/s)")
+    device_labels = LabelArrays(*jax.block_until_ready(jax.device_put(labels)))
+    on_device, t_device = timed(
+        compute_tally, source, device_labels, dataset, thresholds, shapes, config, progress=False
+    )
+    for a, b in zip(on_device[LAYER], counts[LAYER], strict=True):
+        np.testing.assert_array_equal(a, b)
+    print(f"tally, labels in device memory: {t_device:.2f} s ({n / t_device:,.0f} images/s)")
+    print(f"scoring: {t_score:.2f} s")
+    result, total = timed(
+        dissect_activations, source, n, shapes, dataset, labels, config, progress=False
+    )
+    for a, b in zip(
+        (result[LAYER].label_area, result[LAYER].intersection, result[LAYER].unit_area),
+        counts[LAYER],
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
     print(
-        f"total:      {total:.2f} s end to end ({n / total:,.0f} images/s); "
-        f"detectors (IoU > 0.04): {int((unit_labels.score > 0.04).sum())}"
+        f"total, end to end (dissect_activations: thresholds, labels copied to the device "
+        f"meanwhile, tally, scoring): {total:.2f} s ({n / total:,.0f} images/s); "
+        f"detectors (IoU > 0.04): {result[LAYER].summary['detectors']}"
     )
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:

@@ -12,6 +12,7 @@ step compiles once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import queue
@@ -38,6 +39,11 @@ INT32_MAX = np.iinfo(np.int32).max
 # bound a fast host would queue every batch of a pass in memory.
 IN_FLIGHT = 4
 TALLY_KERNELS = ("auto", "cpu", "xla")
+# Between the passes, labels and a model's pass-1 activations may occupy this share of one
+# accelerator's memory (on CPU: CPU_KEEP_BYTES of activations), saving a forward pass and the
+# labels' host-to-device copies in pass 2.
+DEVICE_SHARE = 0.25
+CPU_KEEP_BYTES = 2**30
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -245,6 +251,12 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
         if isinstance(item, BaseException):
             raise item
         yield item
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _device_rows(arrays, start, *, size):
+    """Rows [start, start + size) of arrays on a device, without a host round trip."""
+    return tuple(jax.lax.dynamic_slice_in_dim(a, start, size) for a in arrays)
 
 
 def _check_finite(first_bad: jax.Array, num_images: int, layer: str) -> None:
@@ -575,13 +587,13 @@ def _compute_tally_xla(
             placed_acts = {
                 k: _device_activations(v, per, data, batch_size) for k, v in acts.items()
             }
-            local = (
-                _pad(np.asarray(labels.slot_planes[lo:hi]), per),
-                _pad(np.asarray(labels.slot_labels[lo:hi]), per),
-                _pad(np.asarray(labels.image_labels[lo:hi]), per),
-                np.arange(per) < hi - lo,
-            )
-            yield placed_acts, tuple(_place(x, batch_size, data) for x in local)
+            valid = _place(np.arange(per) < hi - lo, batch_size, data)
+            if isinstance(labels.slot_planes, jax.Array) and hi - lo == per:
+                # Already in the (single) device's memory (dissect_activations put it there).
+                yield placed_acts, (*_device_rows(tuple(labels), lo, size=per), valid)
+                continue
+            local = tuple(_pad(np.asarray(a[lo:hi]), per) for a in labels)
+            yield placed_acts, (*(_place(x, batch_size, data) for x in local), valid)
 
     label = ", ".join(shapes)
     for step_index, (acts, label_batch) in enumerate(
@@ -622,6 +634,54 @@ def _compute_tally_xla(
     return {layer: tuple(totals[layer]) for layer in shapes}
 
 
+def _nbytes(tree) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def _keep_budget() -> int:
+    """Bytes that may stay on the devices between the passes (see DEVICE_SHARE)."""
+    if jax.process_count() > 1:
+        return 0
+    if jax.default_backend() == "cpu":
+        return CPU_KEEP_BYTES
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit", 0) * DEVICE_SHARE)
+
+
+def _labels_fit_device(labels: LabelArrays, config: DissectConfig, budget: int) -> bool:
+    """Whether pass 2 should read its labels from one accelerator's memory."""
+    return (
+        jax.default_backend() != "cpu"
+        and jax.device_count() == 1
+        and tally_kernel(config) == "xla"
+        and not isinstance(labels.slot_planes, jax.Array)
+        and _nbytes(labels) <= budget
+    )
+
+
+class ReusedActivations:
+    """An ActivationSource that keeps pass 1's device outputs (jax.Arrays, e.g. a model's),
+    up to ``budget`` bytes, and hands each back once in pass 2: the model then runs once.
+    Set ``recording`` to False after pass 1. NumPy outputs (features files) are not kept."""
+
+    def __init__(self, source: ActivationSource, budget: int):
+        self.source = source
+        self.budget = budget
+        self.recording = True
+        self._kept: dict[tuple[int, int], Mapping[str, Any]] = {}
+
+    def __call__(self, start: int, stop: int) -> Mapping[str, Any]:
+        if (start, stop) in self._kept:
+            return self._kept.pop((start, stop))
+        out = self.source(start, stop)
+        if self.recording and all(isinstance(v, jax.Array) for v in out.values()):
+            size = _nbytes(dict(out))
+            if size <= self.budget:
+                self.budget -= size
+                self._kept[(start, stop)] = out
+        return out
+
+
 def dissect_activations(
     activations: ActivationSource,
     num_images: int,
@@ -636,7 +696,8 @@ def dissect_activations(
 
     Args:
       activations: ``activations(start, stop)`` gives {layer: (B, h, w, U)} for images
-        [start, stop), in index.csv order (called once per batch in each of the two passes).
+        [start, stop), in index.csv order (called once per batch in each of the two passes,
+        or once in all where it returns jax.Arrays that fit ``_keep_budget``).
       num_images: N, which must equal the dataset's.
       shapes: {layer: (h, w, U)}.
       dataset: from ``open_broden``.
@@ -653,9 +714,18 @@ def dissect_activations(
             f"activations cover {num_images} images but "
             f"{dataset.directory / 'index.csv'} lists {dataset.num_images}"
         )
-    thresholds = compute_thresholds(activations, num_images, shapes, config, progress, checkpoints)
+    budget = _keep_budget()
+    upload = None
+    if _labels_fit_device(labels, config, budget):
+        budget -= _nbytes(labels)
+        upload = concurrent.futures.ThreadPoolExecutor(1).submit(jax.device_put, labels)
+    reused = ReusedActivations(activations, budget)
+    thresholds = compute_thresholds(reused, num_images, shapes, config, progress, checkpoints)
+    reused.recording = False
+    if upload is not None:  # copied while pass 1 ran
+        labels = LabelArrays(*upload.result())
     counts = compute_tally(
-        activations, labels, dataset, thresholds, shapes, config, progress, checkpoints
+        reused, labels, dataset, thresholds, shapes, config, progress, checkpoints
     )
     return {
         layer: score_layer(

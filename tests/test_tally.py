@@ -278,3 +278,40 @@ def test_skipping_inactive_units_is_exact(probe, union):
         tally.tally_init(5, probe.num_labels, 6), acts, max_active=int(active.max()) - 1, **common
     )
     assert int(short.overflow) == int((active == active.max()).sum())
+
+
+@pytest.mark.parametrize("keep_bytes,calls_per_batch", [(2**30, 1), (0, 2), (1600, None)])
+@pytest.mark.parametrize("labels_on_device", [False, True])
+def test_pass_one_activations_and_labels_kept_on_device(
+    probe, monkeypatch, keep_bytes, calls_per_batch, labels_on_device
+):
+    """A model's outputs that fit are kept for pass 2 (the model runs once); labels that fit
+    an accelerator are read there. Counts are the same either way."""
+    from jaxdissect import dissect
+
+    features = dyadic_features(12, (4, 4, 5))
+    calls = []
+
+    def model(start, stop):
+        calls.append((start, stop))
+        return {"features": jnp.asarray(features[start:stop])}
+
+    monkeypatch.setattr(dissect, "CPU_KEEP_BYTES", keep_bytes)
+    if labels_on_device:  # what happens on one accelerator; here the CPU stands in for it
+        monkeypatch.setattr(dissect, "_labels_fit_device", lambda *args: True)
+    dataset = open_broden(probe.directory)
+    labels = load_label_arrays(dataset, progress=False)
+    config = DissectConfig(batch_size=5, quantile=0.05, tally_kernel="xla")
+    result = dissect.dissect_activations(
+        model, 12, {"features": (4, 4, 5)}, dataset, labels, config, progress=False
+    )["features"]
+    batches = [(0, 5), (5, 10), (10, 12)]
+    if calls_per_batch is None and labels_on_device:  # the labels took the 1600 bytes
+        assert calls == batches * 2
+    elif calls_per_batch is None:  # 1600 bytes hold the first batch (5 x 4 x 4 x 5 float32)
+        assert calls == [*batches, (5, 10), (10, 12)]
+    else:
+        assert calls == batches * calls_per_batch
+    expected = reference_tally(features, result.thresholds, probe, "paper")
+    for got, want in zip((result.label_area, result.intersection, result.unit_area), expected):
+        np.testing.assert_array_equal(got, want)
