@@ -296,9 +296,9 @@ def test_pass_one_activations_and_labels_kept_on_device(
         calls.append((start, stop))
         return {"features": jnp.asarray(features[start:stop])}
 
-    monkeypatch.setattr(dissect, "CPU_KEEP_BYTES", keep_bytes)
-    if labels_on_device:  # what happens on one accelerator; here the CPU stands in for it
-        monkeypatch.setattr(dissect, "_labels_fit_device", lambda *args: True)
+    monkeypatch.setattr(dissect, "_keep_budget", lambda: keep_bytes)
+    # Labels on the device is what happens on one accelerator; on CPU, the CPU stands in.
+    monkeypatch.setattr(dissect, "_labels_fit_device", lambda *args: labels_on_device)
     dataset = open_broden(probe.directory)
     labels = load_label_arrays(dataset, progress=False)
     config = DissectConfig(batch_size=5, quantile=0.05, tally_kernel="xla")
