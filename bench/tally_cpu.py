@@ -66,7 +66,7 @@ def _head(dataset: BrodenDataset, count: int) -> BrodenDataset:
 
 
 def _tally(source, labels, dataset, thresholds, shapes, kernel, batch_size):
-    config = DissectConfig(batch_size=batch_size, union="lite", tally_kernel=kernel)
+    config = DissectConfig(batch_size=batch_size, union="lite", kernel=kernel)
     counts, seconds = timed(
         compute_tally, source, labels, dataset, thresholds, shapes, config, progress=False
     )

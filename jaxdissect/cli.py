@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     dissect.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc")
     dissect.add_argument("--batch-size", type=_positive_int, default=32)
     dissect.add_argument(
-        "--tally-kernel",
+        "--kernel",
         choices=("auto", "cpu", "xla"),
         default="auto",
         help="cpu: compiled sparse loops on the CPU cores; xla: jitted and sharded over all "
@@ -271,7 +271,7 @@ def run_dissect(args: argparse.Namespace) -> int:
         union=args.union,
         batch_size=args.batch_size,
         top_images=max(args.top_images, 0),
-        tally_kernel=args.tally_kernel,
+        kernel=args.kernel,
     )
     if args.features is not None:
         if args.layer and len(args.layer) > 1:

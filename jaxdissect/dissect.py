@@ -31,14 +31,14 @@ from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays
 from jaxdissect.errors import FeaturesError
-from jaxdissect.top_images import top_images_init, top_images_update
+from jaxdissect.top_images import TopImagesState, top_images_init, top_images_update
 from jaxdissect.upsample import bilinear_matrix
 
 INT32_MAX = np.iinfo(np.int32).max
 # Steps dispatched ahead of the devices at most: JAX dispatches asynchronously, and without a
 # bound a fast host would queue every batch of a pass in memory.
 IN_FLIGHT = 4
-TALLY_KERNELS = ("auto", "cpu", "xla")
+KERNELS = ("auto", "cpu", "xla")
 # Between the passes, labels and a model's pass-1 activations may occupy this share of one
 # accelerator's memory (on CPU: CPU_KEEP_BYTES of activations), saving a forward pass and the
 # labels' host-to-device copies in pass 2.
@@ -59,9 +59,10 @@ class DissectConfig:
         off, every unit of every image is upsampled).
       top_images: per unit, keep this many most activating images and their maps (for the
         report), gathered during the threshold pass; 0 keeps none.
-      tally_kernel: "cpu" (compiled sparse loops over the CPU cores, ``cpu_tally``), "xla"
-        (jitted, sharded over all devices, ``tally``) or "auto": "cpu" when JAX runs on
-        the CPU in one process, else "xla". Both give identical counts.
+      kernel: how both passes run: "cpu" (compiled loops over the CPU cores,
+        ``cpu_quantile`` and ``cpu_tally``), "xla" (jitted, sharded over all devices,
+        ``quantile`` and ``tally``) or "auto": "cpu" when JAX runs on the CPU in one
+        process, else "xla". Both give identical thresholds and counts.
     """
 
     quantile: float = 0.005
@@ -70,7 +71,7 @@ class DissectConfig:
     batch_size: int = 32
     skip_inactive: bool = True
     top_images: int = 8
-    tally_kernel: str = "auto"
+    kernel: str = "auto"
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -83,10 +84,8 @@ class DissectConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.top_images < 0:
             raise ValueError(f"top_images must be >= 0, got {self.top_images}")
-        if self.tally_kernel not in TALLY_KERNELS:
-            raise ValueError(
-                f"tally_kernel must be one of {TALLY_KERNELS}, got {self.tally_kernel!r}"
-            )
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
 
 
 class Dissection(NamedTuple):
@@ -259,6 +258,35 @@ def _device_rows(arrays, start, *, size):
     return tuple(jax.lax.dynamic_slice_in_dim(a, start, size) for a in arrays)
 
 
+def _steps(
+    items: Iterator,
+    *,
+    first: int,
+    total: int,
+    desc: str,
+    progress: bool,
+    checkpoints: PassCheckpoints | None,
+    name: str,
+    states: Callable[[], Any],
+) -> Iterator[tuple[int, Any]]:
+    """A pass's batches: (number, item) for batches first+1 .. total, prefetched, under a
+    progress bar; once the caller has folded each in, its states are saved when due."""
+    for number, item in enumerate(
+        tqdm(
+            _prefetch(items),
+            initial=first,
+            total=total,
+            desc=desc,
+            unit="batch",
+            disable=not progress,
+        ),
+        start=first + 1,
+    ):
+        yield number, item
+        if checkpoints is not None:
+            checkpoints.save(name, number, states, last=number == total)
+
+
 def _check_finite(first_bad: jax.Array, num_images: int, layer: str) -> None:
     index = int(first_bad)
     if index < num_images:
@@ -332,6 +360,95 @@ def compute_thresholds(
       {layer: Thresholds}. Keeps an (N, U) float32 array of per-image maxima per layer on
       the devices meanwhile.
     """
+    run = _compute_thresholds_cpu if pass_kernel(config) == "cpu" else _compute_thresholds_xla
+    return run(activations, num_images, shapes, config, progress, checkpoints)
+
+
+def pass_kernel(config: DissectConfig) -> str:
+    """The kernel both passes run: "cpu" or "xla" (see ``DissectConfig``)."""
+    kernel = config.kernel
+    if kernel == "auto":
+        kernel = "cpu" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "xla"
+    if kernel == "cpu" and jax.process_count() > 1:
+        raise ValueError("kernel='cpu' runs in one process; use 'xla' under jax.distributed")
+    return kernel
+
+
+def _thresholds_result(layer, num_images, first_bad, state, most_active, top, config):
+    """A layer's Thresholds from pass 1's final states; ``most_active(thresholds)`` counts
+    the most units of one image above their thresholds."""
+    _check_finite(first_bad, num_images, layer)
+    thresholds = quantile.quantile_result(state, config.quantile)
+    return Thresholds(
+        thresholds,
+        int(most_active(thresholds)),
+        None if top is None else np.asarray(top.indices),
+        None if top is None else np.asarray(top.maps),
+    )
+
+
+def _compute_thresholds_cpu(activations, num_images, shapes, config, progress, checkpoints):
+    """Pass 1 on the CPU cores (``cpu_quantile``); top images by the jitted update."""
+    from jaxdissect.cpu_quantile import cpu_quantile_init, cpu_quantile_update
+
+    batches = list(_batches(num_images, config.batch_size))
+    states, first_bad, maxima, tops = {}, {}, {}, {}
+    for layer, (height, width, units) in shapes.items():
+        states[layer] = cpu_quantile_init(units, config.quantile, num_images * height * width)
+        first_bad[layer] = np.asarray(INT32_MAX, np.int64)
+        maxima[layer] = np.full((num_images, units), -np.inf, np.float32)
+        if top_images_kept(config, shapes[layer]):
+            tops[layer] = top_images_init(
+                units, top_images_kept(config, shapes[layer]), height, width
+            )
+    first = 0
+    if checkpoints is not None:
+        first, restored = checkpoints.restore("thresholds-cpu", (states, first_bad, maxima, tops))
+        if restored is not None:
+            states, first_bad, maxima, tops = jax.tree.map(np.array, tuple(restored))
+            states = {k: quantile.QuantileState(*v) for k, v in states.items()}
+            tops = {k: TopImagesState(*v) for k, v in tops.items()}
+
+    def read():
+        for start, stop in batches[first:]:
+            acts = _checked(activations(start, stop), shapes, stop - start)
+            yield start, stop, {layer: np.asarray(a, np.float32) for layer, a in acts.items()}
+
+    for _, (start, stop, acts) in _steps(
+        read(),
+        first=first,
+        total=len(batches),
+        desc=f"{', '.join(shapes)}: thresholds",
+        progress=progress,
+        checkpoints=checkpoints,
+        name="thresholds-cpu",
+        states=lambda: (states, first_bad, maxima, tops),
+    ):
+        indices = np.arange(start, stop, dtype=np.int32)
+        for layer in shapes:
+            maxima[layer][start:stop], finite = cpu_quantile_update(states[layer], acts[layer])
+            if not finite.all():
+                first_bad[layer] = np.minimum(first_bad[layer], start + np.argmin(finite))
+            if layer in tops:
+                tops[layer] = top_images_step(
+                    tops[layer], acts[layer], indices, np.ones(len(indices), bool)
+                )
+    return {
+        layer: _thresholds_result(
+            layer,
+            num_images,
+            first_bad[layer],
+            states[layer],
+            lambda t, m=maxima[layer]: np.max(np.sum(m > t, axis=1)),
+            jax.device_get(tops.get(layer)),
+            config,
+        )
+        for layer in shapes
+    }
+
+
+def _compute_thresholds_xla(activations, num_images, shapes, config, progress, checkpoints):
+    """Pass 1 jitted and sharded over all devices (``quantile``)."""
     batch_size, data, replicated = _layout(config)
     batches = list(_batches(num_images, batch_size))
     states, first_bad, maxima, tops = {}, {}, {}, {}
@@ -352,7 +469,7 @@ def compute_thresholds(
 
     first = 0
     if checkpoints is not None:
-        first, restored = checkpoints.restore("thresholds", (states, first_bad, maxima, tops))
+        first, restored = checkpoints.restore("thresholds-xla", (states, first_bad, maxima, tops))
         if restored is not None:
             states, first_bad, maxima, tops = jax.device_put(tuple(restored), replicated)
 
@@ -372,17 +489,15 @@ def compute_thresholds(
                 _place(indices, batch_size, data),
             )
 
-    label = ", ".join(shapes)
-    for number, (start, acts, valid, indices) in enumerate(
-        tqdm(
-            _prefetch(placed()),
-            initial=first,
-            total=len(batches),
-            desc=f"{label}: thresholds",
-            unit="batch",
-            disable=not progress,
-        ),
-        start=first + 1,
+    for number, (start, acts, valid, indices) in _steps(
+        placed(),
+        first=first,
+        total=len(batches),
+        desc=f"{', '.join(shapes)}: thresholds",
+        progress=progress,
+        checkpoints=checkpoints,
+        name="thresholds-xla",
+        states=lambda: (states, first_bad, maxima, tops),
     ):
         for layer in shapes:
             states[layer], first_bad[layer], maxima[layer] = threshold_step(
@@ -398,33 +513,18 @@ def compute_thresholds(
                 tops[layer] = top_images_step(tops[layer], acts[layer], indices, valid)
         if number % IN_FLIGHT == 0:  # bound the queued batches: memory stays flat
             jax.block_until_ready((states, first_bad, maxima, tops))
-        if checkpoints is not None:
-            checkpoints.save(
-                "thresholds",
-                number,
-                lambda: (states, first_bad, maxima, tops),
-                last=number == len(batches),
-            )
-    results = {}
-    for layer in shapes:
-        _check_finite(_host(first_bad[layer]), num_images, layer)
-        thresholds = quantile.quantile_result(_host(states[layer]), config.quantile)
-        max_active = int(_host(_most_active_units(maxima[layer], jnp.asarray(thresholds))))
-        top = _host(tops[layer]) if layer in tops else None
-        results[layer] = Thresholds(
-            thresholds,
-            max_active,
-            None if top is None else np.asarray(top.indices),
-            None if top is None else np.asarray(top.maps),
+    return {
+        layer: _thresholds_result(
+            layer,
+            num_images,
+            _host(first_bad[layer]),
+            _host(states[layer]),
+            lambda t, m=maxima[layer]: _host(_most_active_units(m, jnp.asarray(t))),
+            _host(tops[layer]) if layer in tops else None,
+            config,
         )
-    return results
-
-
-def tally_kernel(config: DissectConfig) -> str:
-    """The kernel ``compute_tally`` runs: "cpu" or "xla" (see ``DissectConfig``)."""
-    if config.tally_kernel != "auto":
-        return config.tally_kernel
-    return "cpu" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "xla"
+        for layer in shapes
+    }
 
 
 def _zero_totals(units: int, dataset: BrodenDataset) -> list[np.ndarray]:
@@ -446,16 +546,8 @@ def compute_tally(
     progress: bool = True,
     checkpoints: PassCheckpoints | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Pass 2: {layer: (G, I, A)} as int64 host arrays, with ``tally_kernel(config)``."""
-    kernel = tally_kernel(config)
-    if kernel == "cpu":
-        if jax.process_count() > 1:
-            raise ValueError(
-                "tally_kernel='cpu' runs in one process; use 'xla' under jax.distributed"
-            )
-        run = _compute_tally_cpu
-    else:
-        run = _compute_tally_xla
+    """Pass 2: {layer: (G, I, A)} as int64 host arrays, with ``pass_kernel(config)``."""
+    run = _compute_tally_cpu if pass_kernel(config) == "cpu" else _compute_tally_xla
     return run(activations, labels, dataset, thresholds, shapes, config, progress, checkpoints)
 
 
@@ -488,16 +580,15 @@ def _compute_tally_cpu(
                 np.asarray(labels.image_labels[start:stop]),
             )
 
-    for step_index, (acts, slot_planes, slot_labels, image_labels) in enumerate(
-        tqdm(
-            _prefetch(read()),
-            initial=first,
-            total=len(batches),
-            desc=f"{', '.join(shapes)}: tally",
-            unit="batch",
-            disable=not progress,
-        ),
-        start=first,
+    for _, (acts, slot_planes, slot_labels, image_labels) in _steps(
+        read(),
+        first=first,
+        total=len(batches),
+        desc=f"{', '.join(shapes)}: tally",
+        progress=progress,
+        checkpoints=checkpoints,
+        name="tally-cpu",
+        states=lambda: totals,
     ):
         for layer in shapes:
             cpu_tally_batch(
@@ -510,10 +601,6 @@ def _compute_tally_cpu(
                 dataset.label_category,
                 *cells[layer],
                 union=config.union,
-            )
-        if checkpoints is not None:
-            checkpoints.save(
-                "tally-cpu", step_index + 1, lambda: totals, last=step_index + 1 == len(batches)
             )
     return {layer: tuple(totals[layer]) for layer in shapes}
 
@@ -595,17 +682,15 @@ def _compute_tally_xla(
             local = tuple(_pad(np.asarray(a[lo:hi]), per) for a in labels)
             yield placed_acts, (*(_place(x, batch_size, data) for x in local), valid)
 
-    label = ", ".join(shapes)
-    for step_index, (acts, label_batch) in enumerate(
-        tqdm(
-            _prefetch(placed()),
-            initial=first,
-            total=len(batches),
-            desc=f"{label}: tally",
-            unit="batch",
-            disable=not progress,
-        ),
-        start=first,
+    for number, (acts, label_batch) in _steps(
+        placed(),
+        first=first,
+        total=len(batches),
+        desc=f"{', '.join(shapes)}: tally",
+        progress=progress,
+        checkpoints=checkpoints,
+        name="tally-xla",
+        states=lambda: (states, totals),
     ):
         for layer in shapes:
             states[layer] = tally_step(
@@ -617,18 +702,11 @@ def _compute_tally_xla(
                 mask_dtype=mask_dtype,
                 max_active=max_active[layer],
             )
-            if (step_index + 1) % flush_every == 0:
+            if number % flush_every == 0:
                 flush(layer, states[layer])
                 states[layer] = fresh(layer)
-        if (step_index + 1) % IN_FLIGHT == 0:
+        if number % IN_FLIGHT == 0:
             jax.block_until_ready(states)
-        if checkpoints is not None:
-            checkpoints.save(
-                "tally-xla",
-                step_index + 1,
-                lambda: (states, totals),
-                last=step_index + 1 == len(batches),
-            )
     for layer in shapes:
         flush(layer, states[layer])
     return {layer: tuple(totals[layer]) for layer in shapes}
@@ -653,7 +731,7 @@ def _labels_fit_device(labels: LabelArrays, config: DissectConfig, budget: int) 
     return (
         jax.default_backend() != "cpu"
         and jax.device_count() == 1
-        and tally_kernel(config) == "xla"
+        and pass_kernel(config) == "xla"
         and not isinstance(labels.slot_planes, jax.Array)
         and _nbytes(labels) <= budget
     )

@@ -40,7 +40,7 @@ def test_eight_devices_equal_one(probe, tmp_path):
     assert main([*common, "--out", str(tmp_path / "one"), "--batch-size", "5"]) == 0
     _run_with_devices(  # the sharded XLA kernel (one process on CPU would pick "cpu")
         8,
-        [*common, "--out", str(tmp_path / "eight"), "--batch-size", "8", "--tally-kernel", "xla"],
+        [*common, "--out", str(tmp_path / "eight"), "--batch-size", "8", "--kernel", "xla"],
         {"JAXDISSECT_CACHE": str(tmp_path / "cache8")},
     )
     for name in ("tally.csv", "results.json"):  # also different batch sizes (5 and 8)
@@ -129,7 +129,9 @@ def test_two_processes_give_the_same_tally(probe, tmp_path):
     assert (tmp_path / "multi" / "tally.csv").read_bytes() == single
 
 
-@pytest.mark.parametrize("killed_in", ["thresholds", "tally-cpu", "tally-xla"])
+@pytest.mark.parametrize(
+    "killed_in", ["thresholds-cpu", "thresholds-xla", "tally-cpu", "tally-xla"]
+)
 def test_killed_dissection_resumes_to_identical_files(probe, tmp_path, killed_in):
     import signal
     import time
@@ -149,8 +151,8 @@ def test_killed_dissection_resumes_to_identical_files(probe, tmp_path, killed_in
         "--checkpoint-every",
         "1",
         "--no-report",
-        "--tally-kernel",
-        "xla" if killed_in == "tally-xla" else "cpu",
+        "--kernel",
+        killed_in.split("-")[1],
     ]
     assert main([*common, "--out", str(tmp_path / "whole")]) == 0
     assert not (tmp_path / "whole" / ".checkpoint").exists()  # removed once written

@@ -32,7 +32,7 @@ def test_driver_tally_equals_numpy_loop(probe, union, shape, skip, kernel):
     labels = load_label_arrays(dataset, progress=False)
     source, layer_shape = features_source(features)
     config = DissectConfig(
-        union=union, batch_size=5, quantile=0.05, skip_inactive=skip, tally_kernel=kernel
+        union=union, batch_size=5, quantile=0.05, skip_inactive=skip, kernel=kernel
     )
     thresholds = compute_thresholds(source, 12, layer_shape, config, progress=False)["features"]
     np.testing.assert_array_equal(thresholds.thresholds, _thresholds(features))
@@ -59,7 +59,7 @@ def test_cpu_kernel_equals_xla_and_numpy_loop_on_uneven_scales(probe, union, sha
     source, layer_shape = features_source(features)
     results = {}
     for kernel in ("cpu", "xla"):
-        config = DissectConfig(union=union, batch_size=5, quantile=0.05, tally_kernel=kernel)
+        config = DissectConfig(union=union, batch_size=5, quantile=0.05, kernel=kernel)
         thresholds = compute_thresholds(source, 12, layer_shape, config, progress=False)
         results[kernel] = compute_tally(
             source, labels, dataset, thresholds, layer_shape, config, progress=False
@@ -107,12 +107,12 @@ def test_cpu_kernel_refuses_indices_out_of_range():
 
 
 def test_auto_kernel_is_cpu_on_cpu():
-    from jaxdissect.dissect import tally_kernel
+    from jaxdissect.dissect import pass_kernel
 
-    assert tally_kernel(DissectConfig()) == ("cpu" if jax.default_backend() == "cpu" else "xla")
-    assert tally_kernel(DissectConfig(tally_kernel="xla")) == "xla"
-    with pytest.raises(ValueError, match="tally_kernel must be one of"):
-        DissectConfig(tally_kernel="gpu")
+    assert pass_kernel(DissectConfig()) == ("cpu" if jax.default_backend() == "cpu" else "xla")
+    assert pass_kernel(DissectConfig(kernel="xla")) == "xla"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        DissectConfig(kernel="gpu")
 
 
 def test_unions_differ_on_fixture(probe):
@@ -301,7 +301,7 @@ def test_pass_one_activations_and_labels_kept_on_device(
     monkeypatch.setattr(dissect, "_labels_fit_device", lambda *args: labels_on_device)
     dataset = open_broden(probe.directory)
     labels = load_label_arrays(dataset, progress=False)
-    config = DissectConfig(batch_size=5, quantile=0.05, tally_kernel="xla")
+    config = DissectConfig(batch_size=5, quantile=0.05, kernel="xla")
     result = dissect.dissect_activations(
         model, 12, {"features": (4, 4, 5)}, dataset, labels, config, progress=False
     )["features"]
@@ -313,5 +313,6 @@ def test_pass_one_activations_and_labels_kept_on_device(
     else:
         assert calls == batches * calls_per_batch
     expected = reference_tally(features, result.thresholds, probe, "paper")
-    for got, want in zip((result.label_area, result.intersection, result.unit_area), expected):
+    counts = (result.label_area, result.intersection, result.unit_area)
+    for got, want in zip(counts, expected, strict=True):
         np.testing.assert_array_equal(got, want)
