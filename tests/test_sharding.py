@@ -181,41 +181,17 @@ def test_killed_dissection_resumes_to_identical_files(probe, tmp_path, killed_in
         assert whole == resumed
 
 
-def test_features_larger_than_the_memory_used(tmp_path):
-    """A 1.68 GB features file (200 images of 64x64x512) dissects with a peak resident
-    memory well below its size: activations are read batch by batch and at most a few steps
-    are queued, so they are never held. (The peak is read from /proc's VmHWM, which starts
-    afresh at exec; ru_maxrss would count the forked copy of this test process.)"""
-    from jaxdissect.data.synthetic import world
-
-    probe_dir = tmp_path / "probe"
-    world.write_probe(probe_dir, 200, 0, world.WorldConfig(image_size=32), progress=False)
-    path = tmp_path / "acts.npy"
-    acts = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(200, 64, 64, 512))
-    rng = np.random.default_rng(0)
-    for i in range(200):
-        acts[i] = rng.random((64, 64, 512), np.float32)
-    acts.flush()
-    del acts
+def _peak_memory_of_dissection(probe_dir, features, out):
+    """Peak resident bytes of a CLI dissection in a fresh process (/proc's VmHWM, which
+    starts afresh at exec; ru_maxrss would count the forked copy of this test process)."""
     code = (
         "import re, sys; from jaxdissect.cli import main; code = main(sys.argv[1:]); "
         "status = open('/proc/self/status').read(); "
         "print('PEAK', int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024); "
         "sys.exit(code)"
     )
-    args = [
-        "dissect",
-        "--dataset",
-        str(probe_dir),
-        "--features",
-        str(path),
-        "--out",
-        str(tmp_path / "out"),
-        "--batch-size",
-        "2",
-        "--no-progress",
-        "--no-report",
-    ]
+    args = ["dissect", "--dataset", str(probe_dir), "--features", str(features)]
+    args += ["--out", str(out), "--batch-size", "2", "--no-progress", "--no-report"]
     result = subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
@@ -223,6 +199,29 @@ def test_features_larger_than_the_memory_used(tmp_path):
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    peak, size = int(result.stdout.split("PEAK")[-1]), path.stat().st_size
-    assert peak < 0.7 * size, (peak, size)
-    assert (tmp_path / "out" / "results.json").is_file()
+    assert (out / "results.json").is_file()
+    return int(result.stdout.split("PEAK")[-1])
+
+
+def test_features_larger_than_the_memory_used(tmp_path):
+    """A 1.68 GB features file (200 images of 64x64x512) dissects in little more memory than
+    a tenth of it (20 images): activations are read batch by batch and at most a few steps
+    are queued, so they are never held. The small run also pays the one-time costs
+    (compiling the kernels), so the difference isolates what grows with the data."""
+    from jaxdissect.data.synthetic import world
+
+    peaks, sizes = [], []
+    for count in (20, 200):
+        probe_dir = tmp_path / f"probe{count}"
+        world.write_probe(probe_dir, count, 0, world.WorldConfig(image_size=32), progress=False)
+        path = tmp_path / f"acts{count}.npy"
+        shape = (count, 64, 64, 512)
+        acts = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            acts[i] = rng.random((64, 64, 512), np.float32)
+        acts.flush()
+        del acts
+        peaks.append(_peak_memory_of_dissection(probe_dir, path, tmp_path / f"out{count}"))
+        sizes.append(path.stat().st_size)
+    assert peaks[1] - peaks[0] < 0.2 * (sizes[1] - sizes[0]), (peaks, sizes)
