@@ -2,15 +2,20 @@
 
 A unit's upsampled mask can be non-empty only where its map rises above the threshold, and
 bilinear interpolation never exceeds the values it mixes. So each pixel row (and column)
-of the label grid belongs to a *cell*: the run of pixels interpolating between the same two
-source rows. A cell of the 2-D grid mixes four source values; where all four are <= T the
-whole cell is off. Only the other cells are upsampled, pixel by pixel, and their active
-pixels bump the counts of the labels under them directly: the upsampled masks never exist
-whole, and the work is a few percent of the dense tally's. Units are spread over the cores
-(each core owns whole rows of I and A, so no locks or copies).
+of the label grid belongs to a *cell*: the run of pixels interpolating the same source
+rows. A cell of the 2-D grid mixes a few source values; where all are <= T the whole cell
+is off. Only the other cells are upsampled, pixel by pixel, and their active pixels bump
+the counts of the labels under them directly: the upsampled masks never exist whole, and
+the work is a few percent of the dense tally's. Units are spread over the cores (each
+core owns whole rows of I and A, so no locks or copies).
 
-Counts equal ``tally.tally_update_compact`` (same float32 weights; interpolation along x
-first, then y, as PIL does), so the CPU and accelerator paths agree.
+The arithmetic is PIL's (``Image.resize(..., BILINEAR)`` of a float32 map, which is what
+NetDissect-Lite upsamples with): its float64 coefficients, a horizontal pass summed in
+float64 and rounded to float32, then a vertical one. So the masks equal NetDissect-Lite's
+bit for bit, whatever the values; the XLA kernel's float32 matrices agree except where an
+upsampled value lies within float32 rounding of the threshold. When a map is larger than
+the labels, both kernels sample it bilinearly (``bilinear_matrix``), without PIL's
+averaging.
 """
 
 from __future__ import annotations
@@ -24,49 +29,78 @@ from jaxdissect.upsample import bilinear_matrix
 
 
 class AxisCells(NamedTuple):
-    """One axis of the label grid cut into cells (runs of pixels that mix the same two
-    source positions).
+    """One axis of the label grid cut into cells (runs of pixels that mix the same source
+    positions).
 
     Attributes:
-      low, high: (n,) the two source positions of each cell (equal at a clamped edge).
+      first, taps: (n,) the cell's first source position and how many it mixes.
       start, length: (n,) the cell's first pixel and its number of pixels.
-      weight_low, weight_high: (n, longest) float32 weights of each pixel of the cell.
+      weights: (n, longest, most taps) float64 weight of each source position for each
+        pixel of the cell, in PIL's summation order.
     """
 
-    low: np.ndarray
-    high: np.ndarray
+    first: np.ndarray
+    taps: np.ndarray
     start: np.ndarray
     length: np.ndarray
-    weight_low: np.ndarray
-    weight_high: np.ndarray
+    weights: np.ndarray
+
+
+def pil_coefficients(out_size: int, in_size: int) -> list[tuple[int, list[float]]]:
+    """Per output pixel, (first source position, weights): Pillow's ``precompute_coeffs``
+    for the bilinear filter (Resample.c), in the same float64 operations."""
+    scale = float(np.float32(in_size)) / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    result = []
+    for xx in range(out_size):
+        center = 0.0 + (xx + 0.5) * scale
+        low = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as C
+        count = min(int(center + support + 0.5), in_size) - low
+        weights = [
+            max(0.0, 1.0 - abs((x + low - center + 0.5) * (1.0 / filterscale)))
+            for x in range(count)
+        ]
+        total = 0.0
+        for w in weights:
+            total += w
+        result.append((low, [w / total for w in weights] if total != 0.0 else weights))
+    return result
+
+
+def _bilinear_coefficients(out_size: int, in_size: int) -> list[tuple[int, list[float]]]:
+    """Per output pixel, (first source position, weights) of ``bilinear_matrix``."""
+    matrix = bilinear_matrix(out_size, in_size).astype(np.float64)
+    result = []
+    for row in matrix:
+        (used,) = np.nonzero(row)
+        low, high = int(used.min()), int(used.max())
+        result.append((low, [float(w) for w in row[low : high + 1]]))
+    return result
 
 
 def axis_cells(out_size: int, in_size: int) -> AxisCells:
-    """Cells of one axis for half-pixel bilinear resizing from ``in_size`` to ``out_size``,
-    with the weights of ``bilinear_matrix`` (so both tallies see the same numbers)."""
-    matrix = bilinear_matrix(out_size, in_size)
-    pairs = []
-    for row in matrix:
-        (used,) = np.nonzero(row)
-        pairs.append((int(used.min()), int(used.max())))
-    starts = [y for y in range(out_size) if y == 0 or pairs[y] != pairs[y - 1]]
+    """Cells of one axis resized from ``in_size`` to ``out_size``: PIL's coefficients when
+    enlarging (or keeping the size), ``bilinear_matrix``'s when shrinking."""
+    if out_size >= in_size:
+        pixels = pil_coefficients(out_size, in_size)
+    else:
+        pixels = _bilinear_coefficients(out_size, in_size)
+    keys = [(low, len(weights)) for low, weights in pixels]
+    starts = [y for y in range(out_size) if y == 0 or keys[y] != keys[y - 1]]
     stops = [*starts[1:], out_size]
     longest = max(b - a for a, b in zip(starts, stops, strict=True))
-    weight_low = np.zeros((len(starts), longest), np.float32)
-    weight_high = np.zeros((len(starts), longest), np.float32)
+    most = max(len(weights) for _, weights in pixels)
+    weights = np.zeros((len(starts), longest, most), np.float64)
     for i, (a, b) in enumerate(zip(starts, stops, strict=True)):
-        low, high = pairs[a]
-        weight_low[i, : b - a] = matrix[a:b, low]
-        if high != low:
-            weight_high[i, : b - a] = matrix[a:b, high]
-    low, high = np.array(pairs, np.int64)[starts].T
+        for y in range(a, b):
+            weights[i, y - a, : len(pixels[y][1])] = pixels[y][1]
     return AxisCells(
-        low=np.ascontiguousarray(low),
-        high=np.ascontiguousarray(high),
+        first=np.array([keys[a][0] for a in starts], np.int64),
+        taps=np.array([keys[a][1] for a in starts], np.int64),
         start=np.array(starts, np.int64),
         length=np.array(stops, np.int64) - np.array(starts, np.int64),
-        weight_low=weight_low,
-        weight_high=weight_high,
+        weights=weights,
     )
 
 
@@ -103,13 +137,12 @@ def _unit_counts(
     batch, units = acts.shape[0], acts.shape[1]
     planes = slot_planes.shape[1]
     num_categories = unit_area.shape[1]
-    row_low, row_high, row_start, row_length, row_wl, row_wh = rows
-    col_low, col_high, col_start, col_length, col_wl, col_wh = columns
-    longest = col_wl.shape[1]
+    row_first, row_taps, row_start, row_length, row_weights = rows
+    col_first, col_taps, col_start, col_length, col_weights = columns
     for u in numba.prange(units):
         threshold = thresholds[u]
-        top = np.empty(longest, np.float32)
-        bottom = np.empty(longest, np.float32)
+        # One cell's horizontal pass: per source row it mixes, per pixel column (float32).
+        across = np.empty((row_weights.shape[2], col_weights.shape[1]), np.float32)
         hit = np.zeros(num_categories, np.bool_)
         for i in range(batch):
             a = acts[i, u]
@@ -117,21 +150,25 @@ def _unit_counts(
                 continue  # the whole mask is off
             area = 0
             hit[:] = False
-            for cy in range(row_low.shape[0]):
-                y0, y1 = row_low[cy], row_high[cy]
-                for cx in range(col_low.shape[0]):
-                    x0, x1 = col_low[cx], col_high[cx]
-                    v00, v01, v10, v11 = a[y0, x0], a[y0, x1], a[y1, x0], a[y1, x1]
-                    if max(max(v00, v01), max(v10, v11)) <= threshold:
+            for cy in range(row_first.shape[0]):
+                y0, ny = row_first[cy], row_taps[cy]
+                for cx in range(col_first.shape[0]):
+                    x0, nx = col_first[cx], col_taps[cx]
+                    if a[y0 : y0 + ny, x0 : x0 + nx].max() <= threshold:
                         continue  # no pixel of this cell can pass
-                    for c in range(col_length[cx]):
-                        top[c] = col_wl[cx, c] * v00 + col_wh[cx, c] * v01
-                        bottom[c] = col_wl[cx, c] * v10 + col_wh[cx, c] * v11
-                    for r in range(row_length[cy]):
-                        wl, wh = row_wl[cy, r], row_wh[cy, r]
-                        y = row_start[cy] + r
+                    for r in range(ny):
                         for c in range(col_length[cx]):
-                            if wl * top[c] + wh * bottom[c] > threshold:
+                            total = 0.0
+                            for j in range(nx):
+                                total += np.float64(a[y0 + r, x0 + j]) * col_weights[cx, c, j]
+                            across[r, c] = total
+                    for rr in range(row_length[cy]):
+                        y = row_start[cy] + rr
+                        for c in range(col_length[cx]):
+                            total = 0.0
+                            for r in range(ny):
+                                total += np.float64(across[r, c]) * row_weights[cy, rr, r]
+                            if np.float32(total) > threshold:
                                 area += 1
                                 x = col_start[cx] + c
                                 for p in range(planes):

@@ -62,7 +62,8 @@ class DissectConfig:
       kernel: how both passes run: "cpu" (compiled loops over the CPU cores,
         ``cpu_quantile`` and ``cpu_tally``), "xla" (jitted, sharded over all devices,
         ``quantile`` and ``tally``) or "auto": "cpu" when JAX runs on the CPU in one
-        process, else "xla". Both give identical thresholds and counts.
+        process, else "xla". Thresholds are identical; counts too wherever float32
+        upsampling is exact (see ``cpu_tally`` for the rare pixels at a threshold).
     """
 
     quantile: float = 0.005

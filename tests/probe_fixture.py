@@ -133,8 +133,18 @@ def reference_upsample(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return out
 
 
-def reference_tally(features, thresholds, probe: Probe, union: str):
-    """G, I, A by DESIGN.md's words, one image, unit, plane and pixel at a time."""
+def pil_upsample(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """NetDissect-Lite's upsampling: PIL's bilinear resize of a float32 map."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(a, np.float32))
+    return np.asarray(image.resize((out_w, out_h), Image.BILINEAR))
+
+
+def reference_tally(features, thresholds, probe: Probe, union: str, upsample=None):
+    """G, I, A by DESIGN.md's words, one image, unit, plane and pixel at a time; maps are
+    upsampled by ``upsample(map, sh, sw)`` (default ``reference_upsample``, in float64)."""
+    upsample = upsample or (lambda a, h, w: reference_upsample(a.astype(np.float64), h, w))
     num_images, _, _, units = features.shape
     num_categories = len(probe.categories)
     cat = probe.label_category
@@ -154,9 +164,7 @@ def reference_tally(features, thresholds, probe: Probe, union: str):
         present = {cat[l] for p in planes for l in np.unique(p) if l and cat[l] >= 0}
         present |= {cat[s] for s in scalars if cat[s] >= 0}
         for u in range(units):
-            mask = (
-                reference_upsample(features[i, :, :, u].astype(np.float64), sh, sw) > thresholds[u]
-            )
+            mask = upsample(features[i, :, :, u], sh, sw) > thresholds[u]
             area = int(mask.sum())
             hit = set()
             for plane in planes:

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from probe_fixture import dyadic_features, reference_tally
+from probe_fixture import dyadic_features, pil_upsample, reference_tally
 
 from jaxdissect import load_label_arrays, open_broden, tally
 from jaxdissect.dissect import DissectConfig, compute_tally, compute_thresholds, features_source
@@ -48,12 +48,8 @@ def test_driver_tally_equals_numpy_loop(probe, union, shape, skip, kernel):
     assert I.sum() > 0 and A.sum() > 0 and (G > 0).sum() > 20
 
 
-@pytest.mark.parametrize("union", ["paper", "lite"])
-@pytest.mark.parametrize("shape", [(5, 7, 4), (24, 24, 3), (1, 1, 3), (3, 16, 2)])
-def test_cpu_kernel_equals_xla_and_numpy_loop_on_uneven_scales(probe, union, shape):
-    """Scales that are not powers of two (and downsampling, and a single position): float
-    roundings could differ, so random features keep pixels away from exact ties."""
-    features = np.random.default_rng(3).gamma(2.0, size=(12, *shape)).astype(np.float32)
+def _both_kernels(probe, features, union):
+    """{kernel: (G, I, A)} and the thresholds, for real-valued features."""
     dataset = open_broden(probe.directory)
     labels = load_label_arrays(dataset, progress=False)
     source, layer_shape = features_source(features)
@@ -64,11 +60,33 @@ def test_cpu_kernel_equals_xla_and_numpy_loop_on_uneven_scales(probe, union, sha
         results[kernel] = compute_tally(
             source, labels, dataset, thresholds, layer_shape, config, progress=False
         )["features"]
-    reference = reference_tally(features, thresholds["features"].thresholds, probe, union)
+    return results, thresholds["features"].thresholds
+
+
+@pytest.mark.parametrize("union", ["paper", "lite"])
+@pytest.mark.parametrize("shape", [(5, 7, 4), (1, 1, 3), (3, 16, 2), (7, 7, 6)])
+def test_cpu_kernel_equals_pil_loop_on_real_valued_maps(probe, union, shape):
+    """Enlarging by scales that are not powers of two, values that round: the CPU kernel
+    reproduces NetDissect-Lite's PIL resize bit for bit."""
+    features = np.random.default_rng(3).gamma(2.0, size=(12, *shape)).astype(np.float32)
+    results, thresholds = _both_kernels(probe, features, union)
+    reference = reference_tally(features, thresholds, probe, union, upsample=pil_upsample)
+    for got, want in zip(results["cpu"], reference, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert results["cpu"][1].sum() > 0
+
+
+@pytest.mark.parametrize("union", ["paper", "lite"])
+@pytest.mark.parametrize("shape", [(5, 7, 4), (24, 24, 3), (3, 16, 2)])
+def test_both_kernels_equal_float64_loop_on_real_valued_maps(probe, union, shape):
+    """Uneven scales and shrinking (24 -> 16): both kernels match an exact float64
+    interpolation (these random values keep every pixel off float32 ties)."""
+    features = np.random.default_rng(3).gamma(2.0, size=(12, *shape)).astype(np.float32)
+    results, thresholds = _both_kernels(probe, features, union)
+    reference = reference_tally(features, thresholds, probe, union)
     for cpu, xla, ref in zip(results["cpu"], results["xla"], reference, strict=True):
         np.testing.assert_array_equal(cpu, ref)
         np.testing.assert_array_equal(xla, ref)
-    assert results["cpu"][1].sum() > 0
 
 
 def test_cpu_kernel_refuses_indices_out_of_range():
