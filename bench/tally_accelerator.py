@@ -121,7 +121,7 @@ def model_end_to_end(args):
         "to draw labels and images)"
     )
     dataset = synthetic_dataset(n, args.label_size)
-    config = DissectConfig(batch_size=batch, union="lite")
+    config = DissectConfig(batch_size=batch, union="lite", kernel=args.kernel)
     shapes = {args.layer: shape}
 
     def run(count):
@@ -164,11 +164,17 @@ def main(argv=None):
     parser.add_argument("--model", help="a zoo network to run (e.g. resnet18)")
     parser.add_argument("--layer", default="layer4", help="with --model")
     parser.add_argument("--image-size", type=int, default=224, help="with --model")
+    parser.add_argument("--kernel", choices=("auto", "cpu", "xla"), default="auto")
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the dense and Lite-style baselines"
+    )
     args = parser.parse_args(argv)
     if args.model:
         return model_end_to_end(args)
 
     print(f"devices: {jax.devices()}")
+    if args.kernel == "xla" or jax.default_backend() != "cpu":
+        print(f"the data axis is sharded over {jax.device_count()} device(s)")
     shape = (args.size, args.size, args.units)
     labels, seconds = timed(broden_like, args.images, 0, args.label_size)
     print(
@@ -178,7 +184,7 @@ def main(argv=None):
     dataset = synthetic_dataset(args.images, args.label_size)
     source = device_source(jax.random.key(0), shape)
     shapes = {LAYER: shape}
-    config = DissectConfig(batch_size=args.batch_size, union="lite")
+    config = DissectConfig(batch_size=args.batch_size, union="lite", kernel=args.kernel)
 
     # Compile on a small prefix (same batch shapes), then time the full passes.
     warm = synthetic_dataset(args.batch_size, args.label_size)
@@ -251,6 +257,8 @@ def main(argv=None):
     if "peak_bytes_in_use" in stats:
         print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**30:.1f} GiB")
 
+    if args.no_baselines:
+        return
     # Baseline: the dense one-hot matmul tally, same images, same thresholds.
     count = min(args.baseline_images, n) // args.batch_size * args.batch_size
     part = subset(labels, count)
