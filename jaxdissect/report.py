@@ -9,8 +9,10 @@ threshold are dimmed. For a run with several layers, ``OUT/index.html`` compares
 
 from __future__ import annotations
 
+import concurrent.futures
 import html
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -130,7 +132,7 @@ document.querySelectorAll("button[data-key]").forEach(button =>
 
 
 def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
-    """Writes OUT/report.html (and OUT/report/*.png) from OUT/results.json and counts.npz.
+    """Writes OUT/report.html (and OUT/report/*.jpg) from OUT/results.json and counts.npz.
 
     Args:
       out: a dissection's output folder.
@@ -145,22 +147,32 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
     strips = out / "report"
     strips.mkdir(exist_ok=True)
     has_tops = images is not None and "top_indices" in counts
+    top_indices = counts["top_indices"] if has_tops else None
+    top_maps = counts["top_maps"] if has_tops else None
+
+    def strip_file(unit: int) -> str | None:
+        """Draws and saves one unit's strip (JPEG: photographs, encoded 10x faster than PNG)."""
+        chosen = top_indices[unit - 1]
+        keep = chosen >= 0
+        if not keep.any():
+            return None
+        strip = unit_strip(
+            np.asarray(images[chosen[keep]]), top_maps[unit - 1][keep], thresholds[unit - 1]
+        )
+        name = f"unit-{unit:04d}.jpg"
+        Image.fromarray(strip).save(strips / name, quality=90)
+        return name
+
+    units = [row["unit"] for row in results["units"]]
+    files = {}
+    if has_tops:  # NumPy and the encoder release the GIL: one strip per core at a time
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+            files = dict(zip(units, pool.map(strip_file, units), strict=True))
     cards = []
     for row in results["units"]:
         unit = row["unit"]
-        image_html = ""
-        if has_tops:
-            chosen = counts["top_indices"][unit - 1]
-            keep = chosen >= 0
-            if keep.any():
-                strip = unit_strip(
-                    np.asarray(images)[chosen[keep]],
-                    counts["top_maps"][unit - 1][keep],
-                    thresholds[unit - 1],
-                )
-                name = f"unit-{unit:04d}.png"
-                Image.fromarray(strip).save(strips / name)
-                image_html = f'<img src="report/{name}" alt="top images of unit {unit}">'
+        name = files.get(unit)
+        image_html = f'<img src="report/{name}" alt="top images of unit {unit}">' if name else ""
         dim = "" if row["score"] > threshold else " dim"
         cards.append(
             f'<div class="card{dim}" data-unit="{unit}" data-iou="{row["score"]:.6f}" '
@@ -187,6 +199,9 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
     )
     path = out / "report.html"
     write_text_atomic(path, page)
+    for stale in strips.glob("unit-*"):  # an earlier report's strips
+        if stale.name not in files.values():
+            stale.unlink()
     return path
 
 

@@ -67,11 +67,16 @@ def test_bar_graph_counts_equal_the_summary(dissected):
 
 
 def test_report_command_rebuilds(dissected, capsys):
-    out, _ = dissected
+    out, features = dissected
     (out / "report.html").unlink()
+    (out / "report" / "unit-0999.png").write_bytes(b"an earlier report's strip")
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
     assert "report:" in capsys.readouterr().out
+    strips = sorted(p.name for p in (out / "report").iterdir())
+    assert strips == [f"unit-{u:04d}.jpg" for u in range(1, features.shape[-1] + 1)]
+    page = (out / "report.html").read_text()
+    assert all(f'src="report/{name}"' in page for name in strips)
 
 
 def _browser():
