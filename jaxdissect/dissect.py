@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import importlib.util
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -62,7 +63,7 @@ class DissectConfig:
       kernel: how both passes run: "cpu" (compiled loops over the CPU cores,
         ``cpu_quantile`` and ``cpu_tally``), "xla" (jitted, sharded over all devices,
         ``quantile`` and ``tally``) or "auto": "cpu" when JAX runs on the CPU in one
-        process, else "xla". Thresholds are identical; counts too wherever float32
+        process and Numba is installed, else "xla". Thresholds are identical; counts too wherever float32
         upsampling is exact (see ``cpu_tally`` for the rare pixels at a threshold).
     """
 
@@ -369,7 +370,9 @@ def pass_kernel(config: DissectConfig) -> str:
     """The kernel both passes run: "cpu" or "xla" (see ``DissectConfig``)."""
     kernel = config.kernel
     if kernel == "auto":
-        kernel = "cpu" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "xla"
+        on_cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
+        # Numba is a dependency, but an environment built without it still dissects.
+        kernel = "cpu" if on_cpu and importlib.util.find_spec("numba") is not None else "xla"
     if kernel == "cpu" and jax.process_count() > 1:
         raise ValueError("kernel='cpu' runs in one process; use 'xla' under jax.distributed")
     return kernel

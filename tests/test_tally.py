@@ -124,11 +124,15 @@ def test_cpu_kernel_refuses_indices_out_of_range():
     assert not any(t.any() for t in totals)  # nothing was counted
 
 
-def test_auto_kernel_is_cpu_on_cpu():
+def test_auto_kernel_is_cpu_on_cpu(monkeypatch):
+    import importlib.util
+
     from jaxdissect.dissect import pass_kernel
 
     assert pass_kernel(DissectConfig()) == ("cpu" if jax.default_backend() == "cpu" else "xla")
     assert pass_kernel(DissectConfig(kernel="xla")) == "xla"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no Numba
+    assert pass_kernel(DissectConfig()) == "xla"
     with pytest.raises(ValueError, match="kernel must be one of"):
         DissectConfig(kernel="gpu")
 
