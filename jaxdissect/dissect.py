@@ -4,10 +4,11 @@ Several layers share each pass, so a model runs twice whatever the number of lay
 
 This is the one place that jits, shards and talks to the host. The data axis of every
 batch is sharded over a 1-D ``Mesh`` of all devices, of every process under
-``jax.distributed`` (each process then reads only its rows of each batch); states are replicated and XLA
-reduces them, so results are identical for any device count (integer counts, and a
-top-k whose values do not depend on order). The last batch is padded and masked, so each
-step compiles once.
+``jax.distributed`` (each process then reads only its rows of each batch); states are
+replicated and XLA reduces them, so results are identical for any device count (integer
+counts, and a top-k whose values do not depend on order). The last batch is padded and
+masked, so each step compiles once. On CPU, both passes may run host kernels instead
+(``cpu_quantile``, ``cpu_tally``; see ``DissectConfig.kernel``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class DissectConfig:
       kernel: how both passes run: "cpu" (compiled loops over the CPU cores,
         ``cpu_quantile`` and ``cpu_tally``), "xla" (jitted, sharded over all devices,
         ``quantile`` and ``tally``) or "auto": "cpu" when JAX runs on the CPU in one
-        process and Numba is installed, else "xla". Thresholds are identical; counts too wherever float32
-        upsampling is exact (see ``cpu_tally`` for the rare pixels at a threshold).
+        process and Numba is installed, else "xla". Thresholds are identical; counts too
+        wherever float32 upsampling is exact (see ``cpu_tally`` for the rare pixels at a
+        threshold).
     """
 
     quantile: float = 0.005
@@ -401,10 +403,8 @@ def _compute_thresholds_cpu(activations, num_images, shapes, config, progress, c
         states[layer] = cpu_quantile_init(units, config.quantile, num_images * height * width)
         first_bad[layer] = np.asarray(INT32_MAX, np.int64)
         maxima[layer] = np.full((num_images, units), -np.inf, np.float32)
-        if top_images_kept(config, shapes[layer]):
-            tops[layer] = top_images_init(
-                units, top_images_kept(config, shapes[layer]), height, width
-            )
+        if kept := top_images_kept(config, shapes[layer]):
+            tops[layer] = top_images_init(units, kept, height, width)
     first = 0
     if checkpoints is not None:
         first, restored = checkpoints.restore("thresholds-cpu", (states, first_bad, maxima, tops))
@@ -457,11 +457,8 @@ def _compute_thresholds_xla(activations, num_images, shapes, config, progress, c
     batches = list(_batches(num_images, batch_size))
     states, first_bad, maxima, tops = {}, {}, {}, {}
     for layer, (height, width, units) in shapes.items():
-        if top_images_kept(config, shapes[layer]):
-            tops[layer] = jax.device_put(
-                top_images_init(units, top_images_kept(config, shapes[layer]), height, width),
-                replicated,
-            )
+        if kept := top_images_kept(config, shapes[layer]):
+            tops[layer] = jax.device_put(top_images_init(units, kept, height, width), replicated)
         states[layer] = jax.device_put(
             quantile.quantile_init(units, config.quantile, num_images * height * width),
             replicated,
@@ -800,7 +797,9 @@ def dissect_activations(
     upload = None
     if _labels_fit_device(labels, config, budget):
         budget -= _nbytes(labels)
-        upload = concurrent.futures.ThreadPoolExecutor(1).submit(jax.device_put, labels)
+        copier = concurrent.futures.ThreadPoolExecutor(1)
+        upload = copier.submit(jax.device_put, labels)
+        copier.shutdown(wait=False)  # the copy goes on; the thread ends with it
     reused = ReusedActivations(activations, budget)
     thresholds = compute_thresholds(reused, num_images, shapes, config, progress, checkpoints)
     reused.recording = False

@@ -2,9 +2,10 @@
 
 For each image, each unit's map is upsampled (half-pixel bilinear) to the label size and
 thresholded strictly (``> T_u``). The labels present in the image become slots
-(``compact_labels``; the decoded cache stores labels that way); a matmul of the masks with per-pixel slot counts gives every
-intersection of the image at once, and a scatter-add moves them to the label axis. Counts
-are exact integers (float32 is exact per image, far below 2**24; the state is int32).
+(``compact_labels``; the decoded cache stores labels that way); a matmul of the masks with
+per-pixel slot counts gives every intersection of the image at once, and a scatter-add
+moves them to the label axis. Counts are exact integers (float32 is exact per image, far
+below 2**24; the state is int32).
 
 ``union`` chooses which images count towards A[u, c] (see DESIGN.md):
 ``"paper"``: images carrying any label of primary category c;

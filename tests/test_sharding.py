@@ -25,18 +25,15 @@ def _run_with_devices(devices, args, env_extra):
     subprocess.run([sys.executable, "-c", code, *args], env=env, check=True, capture_output=True)
 
 
-def test_eight_devices_equal_one(probe, tmp_path):
+def _dissect_args(probe, tmp_path):
+    """The CLI arguments shared by these tests, on 12 images of dyadic features."""
     np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 6)))
-    common = [
-        "dissect",
-        "--dataset",
-        str(probe.directory),
-        "--features",
-        str(tmp_path / "f.npy"),
-        "--quantile",
-        "0.05",
-        "--no-progress",
-    ]
+    paths = ["--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy")]
+    return ["dissect", *paths, "--quantile", "0.05", "--no-progress"]
+
+
+def test_eight_devices_equal_one(probe, tmp_path):
+    common = _dissect_args(probe, tmp_path)
     assert main([*common, "--out", str(tmp_path / "one"), "--batch-size", "5"]) == 0
     _run_with_devices(  # the sharded XLA kernel (one process on CPU would pick "cpu")
         8,
@@ -56,17 +53,7 @@ def test_eight_devices_equal_one(probe, tmp_path):
 
 
 def test_same_command_twice_gives_identical_files(probe, tmp_path, capsys):
-    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 6)))
-    common = [
-        "dissect",
-        "--dataset",
-        str(probe.directory),
-        "--features",
-        str(tmp_path / "f.npy"),
-        "--quantile",
-        "0.05",
-        "--no-progress",
-    ]
+    common = _dissect_args(probe, tmp_path)
     for run in ("a", "b"):
         assert main([*common, "--out", str(tmp_path / run)]) == 0
     assert "peak memory: host" in capsys.readouterr().out
@@ -79,16 +66,8 @@ def test_two_processes_give_the_same_tally(probe, tmp_path):
     are reduced across processes (gloo), and process 0 writes what one process writes."""
     import socket
 
-    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 6)))
     common = [
-        "dissect",
-        "--dataset",
-        str(probe.directory),
-        "--features",
-        str(tmp_path / "f.npy"),
-        "--quantile",
-        "0.05",
-        "--no-progress",
+        *_dissect_args(probe, tmp_path),
         "--batch-size",
         "4",
         "--no-report",
@@ -136,16 +115,8 @@ def test_killed_dissection_resumes_to_identical_files(probe, tmp_path, killed_in
     import signal
     import time
 
-    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 6)))
     common = [
-        "dissect",
-        "--dataset",
-        str(probe.directory),
-        "--features",
-        str(tmp_path / "f.npy"),
-        "--quantile",
-        "0.05",
-        "--no-progress",
+        *_dissect_args(probe, tmp_path),
         "--batch-size",
         "1",
         "--checkpoint-every",
