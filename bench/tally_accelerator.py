@@ -32,14 +32,11 @@ from bench.dense_baseline import dense_tally
 from bench.lite_loop import lite_tally
 from bench.workload import CATEGORIES, broden_like, label_category
 from jaxdissect import scores
+from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays
-from jaxdissect.dissect import (
-    DissectConfig,
-    compute_tally,
-    compute_thresholds,
-    dissect_activations,
-)
+from jaxdissect.passes import compute_tally, compute_thresholds
+from jaxdissect.pipeline import dissect_activations
 from jaxdissect.upsample import bilinear_matrix
 
 

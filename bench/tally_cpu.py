@@ -27,8 +27,10 @@ import numpy as np
 from bench.lite_loop import lite_tally
 from bench.tally_accelerator import subset, synthetic_dataset, timed
 from bench.workload import broden_like, relu_features
+from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
-from jaxdissect.dissect import DissectConfig, compute_tally, compute_thresholds, features_source
+from jaxdissect.passes import compute_tally, compute_thresholds
+from jaxdissect.sources import features_source
 
 
 def _workload(args):

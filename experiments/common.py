@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import typing
 from pathlib import Path
@@ -13,14 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.checkpoint import PassCheckpoints
+from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.data.synthetic import world
-from jaxdissect.dissect import DissectConfig, dissect_activations
-from jaxdissect.features import FeatureModel, model_activations
-from jaxdissect.report import write_layer_report
-from jaxdissect.results import write_dissection, write_text_atomic
+from jaxdissect.features import FeatureModel
+from jaxdissect.pipeline import completed, dissect, run_fingerprint
+from jaxdissect.results import write_text_atomic
+from jaxdissect.sources import Activations, array_identity, model_run
 
 ROTATED = "@rotated"
 
@@ -66,69 +67,77 @@ def start_experiment(config, workdir: str | Path, progress: bool) -> tuple[Path,
     return workdir, probe
 
 
+def checkpoint_identity(run_dir: Path, step: int | None) -> dict:
+    """A training checkpoint's identity: its run's config, its step and a hash of its files
+    (the parameters as saved), so that reused dissections belong to exactly this network."""
+    from train.checkpoints import list_checkpoints
+
+    run_dir = Path(run_dir)
+    step = list_checkpoints(run_dir)[-1] if step is None else step
+    digest = hashlib.blake2b(digest_size=16)
+    folder = run_dir / "checkpoints" / str(step)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    config = hashlib.blake2b((run_dir / "config.json").read_bytes(), digest_size=16)
+    return {"run_config": config.hexdigest(), "step": step, "parameters": digest.hexdigest()}
+
+
 def dissect_model(
     model: FeatureModel,
     layers: typing.Sequence[str],
     probe: Probe,
     config: DissectConfig,
     out: Path,
+    checkpoint: tuple[Path, int | None],
     rotations: dict[str, tuple[str, np.ndarray]] | None = None,
     progress: bool = False,
 ) -> dict[str, dict]:
-    """Dissects ``layers`` of ``model`` and, for each ``name: (layer, R)`` of ``rotations``,
-    the layer in the rotated basis ``acts @ R`` (computed batch by batch, in the same passes).
-    Results already in ``out`` are reused. Returns {name: results.json content}."""
+    """Dissects ``layers`` of ``model`` (the training ``checkpoint`` (run folder, step)) and,
+    for each ``name: (layer, R)`` of ``rotations``, the layer in the rotated basis
+    ``acts @ R`` (computed batch by batch, in the same passes). Results already in ``out``
+    are reused when they come from the same checkpoint, probe, rotations and config.
+    Returns {name: results.json content}."""
     rotations = rotations or {}
     names = [*layers, *rotations]
-    paths = {name: out / name / "results.json" for name in names}
-    if all(path.is_file() for path in paths.values()):
-        for name in names:
-            if not (out / name / "report.html").is_file():
-                write_layer_report(out / name, probe.images)
-        return {name: json.loads(path.read_text()) for name, path in paths.items()}
-    source = model_activations(model, probe.images, layers, config.batch_size)
+    activations = model_run(model, probe.images, layers, config.batch_size)
     matrices = {
         name: (layer, jnp.asarray(r, jnp.float32)) for name, (layer, r) in rotations.items()
     }
 
-    def activations(start, stop):
-        acts = dict(source(start, stop))
+    def read(start, stop):
+        acts = dict(activations.read(start, stop))
         for name, (layer, matrix) in matrices.items():
             acts[name] = jnp.einsum(
                 "bhwu,uv->bhwv", acts[layer], matrix, precision=jax.lax.Precision.HIGHEST
             )
         return acts
 
-    first = activations(0, 1)
-    shapes = {name: tuple(first[name].shape[1:]) for name in names}
-    # An interrupted dissection resumes from its passes' checkpoints.
-    checkpoints = PassCheckpoints(
-        out / ".checkpoint",
-        {
-            "config": dataclasses.asdict(config),
-            "shapes": shapes,
-            "model": model.name,
-            "devices": len(jax.devices()),
+    identity = {
+        **activations.identity,
+        "checkpoint": checkpoint_identity(*checkpoint),
+        "rotations": {
+            name: [layer, array_identity(np.asarray(r, np.float32))]
+            for name, (layer, r) in rotations.items()
         },
-        every=20,
-    )
-    dissections = dissect_activations(
-        activations,
-        probe.dataset.num_images,
-        shapes,
-        probe.dataset,
-        probe.labels,
-        config,
-        progress,
-        checkpoints,
-    )
-    results = {}
-    for name, dissection in dissections.items():
-        write_dissection(out / name, dissection, probe.dataset, config, {"model": model.name})
-        write_layer_report(out / name, probe.images)
-        results[name] = json.loads(paths[name].read_text())
-    checkpoints.remove()
-    return results
+    }
+    shapes = {**activations.shapes}
+    for name, (layer, _) in rotations.items():
+        shapes[name] = activations.shapes[layer]
+    source = Activations(read, shapes, activations.num_images, identity, {"model": model.name})
+    fingerprint = run_fingerprint(probe.dataset, source, config)
+    if not completed(out, names, fingerprint, layer_folders=True):
+        dissect(
+            probe.dataset,
+            source,
+            config,
+            out,
+            labels=probe.labels,
+            images=probe.images,
+            checkpoint_every=20,
+            layer_folders=True,
+            progress=progress,
+        )
+    return {name: json.loads((out / name / "results.json").read_text()) for name in names}
 
 
 def summary_at(results: dict, iou_threshold: float) -> dict:

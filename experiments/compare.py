@@ -23,8 +23,8 @@ from experiments.common import (
     unique_counts,
     write_page,
 )
+from jaxdissect.config import DissectConfig
 from jaxdissect.data.synthetic import world
-from jaxdissect.dissect import DissectConfig
 from jaxdissect.features import FeatureModel
 from jaxdissect.rotation import random_rotation
 from train.checkpoints import feature_model, list_checkpoints, read_config
@@ -155,6 +155,7 @@ def run_comparison(
             probe,
             dissect_config,
             workdir / "dissections" / variant.name,
+            (run_dir, step),
             rotations={layer + ROTATED: (layer, random_rotation(key, units))},
         )
         rows.append(

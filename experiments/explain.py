@@ -33,7 +33,7 @@ from experiments.common import (
     start_experiment,
     write_page,
 )
-from jaxdissect.dissect import DissectConfig
+from jaxdissect.config import DissectConfig
 from jaxdissect.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run
 from train.config import make_config
@@ -122,9 +122,9 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     dissect_config = DissectConfig(
         quantile=config.quantile, iou_threshold=config.iou_threshold, batch_size=config.batch_size
     )
-    results = dissect_model(model, [config.layer], probe, dissect_config, workdir / "dissection")[
-        config.layer
-    ]
+    results = dissect_model(
+        model, [config.layer], probe, dissect_config, workdir / "dissection", (run_dir, None)
+    )[config.layer]
     rows = sorted(results["units"], key=lambda r: r["unit"])
     thresholds = np.asarray(results["thresholds"])
     names = probe.dataset.label_names

@@ -31,7 +31,7 @@ from experiments.common import (
     summary_at,
     write_page,
 )
-from jaxdissect.dissect import DissectConfig
+from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import fractional_rotation, random_rotation
 from train.checkpoints import feature_model
 from train.config import make_config
@@ -116,6 +116,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         probe,
         dissect_config,
         workdir / "dissections",
+        (run_dir, None),
         rotations=rotations,
         progress=progress,
     )

@@ -34,7 +34,7 @@ from experiments.common import (
     unique_counts,
     write_page,
 )
-from jaxdissect.dissect import DissectConfig
+from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
 from train.checkpoints import feature_model, list_checkpoints
 from train.config import make_config
@@ -116,6 +116,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
                 probe,
                 dissect_config,
                 workdir / "dissections" / variation / str(step),
+                (run_dir, step),
                 rotations={config.layer + ROTATED: (config.layer, random_rotation(key, units))},
             )
             points.append(

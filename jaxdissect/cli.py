@@ -1,5 +1,6 @@
-"""Command line: ``python -m jaxdissect {dissect,summarize,synthetic,demo} ...`` (also
-``jaxdissect``)."""
+"""Command line: ``python -m jaxdissect {dissect,features,report,summarize,synthetic,demo}
+...`` (also ``jaxdissect``). Argument parsing and printing only: the work is the library's
+(``pipeline.dissect`` for ``dissect``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxdissect.config import KERNELS, UNIONS
 from jaxdissect.errors import DissectError
 
 
@@ -33,6 +35,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -79,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dissect.add_argument(
         "--union",
-        choices=("paper", "lite"),
+        choices=UNIONS,
         default="paper",
         help="which images count towards a unit's area (default: paper)",
     )
@@ -105,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     dissect.add_argument("--batch-size", type=_positive_int, default=32)
     dissect.add_argument(
         "--kernel",
-        choices=("auto", "cpu", "xla"),
+        choices=KERNELS,
         default="auto",
         help="cpu: compiled sparse loops on the CPU cores; xla: jitted and sharded over all "
         "devices; auto (default): cpu when JAX runs on the CPU in one process",
@@ -120,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     dissect.add_argument("--no-report", action="store_true", help="skip the HTML report")
     dissect.add_argument(
         "--top-images",
-        type=int,
+        type=_non_negative_int,
         default=8,
         help="most activating images kept per unit for the report (default 8)",
     )
@@ -136,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     distributed.add_argument("--coordinator", default=None, help="host:port of process 0")
     distributed.add_argument("--num-processes", type=_positive_int, default=None)
-    distributed.add_argument("--process-id", type=int, default=None)
+    distributed.add_argument("--process-id", type=_non_negative_int, default=None)
 
     features = commands.add_parser(
         "features",
@@ -177,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = synthetic_commands.add_parser("probe", help="write a Broden-format probe folder")
     probe.add_argument("--out", required=True, type=Path, help="output folder")
     probe.add_argument("--images", required=True, type=_positive_int, help="number of images")
-    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--seed", type=_non_negative_int, default=0)
     probe.add_argument("--size", type=_positive_int, default=64, help="image size (square)")
     probe.add_argument(
         "--label-size",
@@ -188,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--no-progress", action="store_true")
     figure = synthetic_commands.add_parser("figure", help="a PNG of images with their labels")
     figure.add_argument("--out", required=True, type=Path, help="PNG path")
-    figure.add_argument("--seed", type=int, default=0)
+    figure.add_argument("--seed", type=_non_negative_int, default=0)
     figure.add_argument("--rows", type=_positive_int, default=4)
     figure.add_argument("--size", type=_positive_int, default=128)
     demo = commands.add_parser(
@@ -197,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--images", type=_positive_int, default=600)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_non_negative_int, default=0)
     demo.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -236,113 +248,63 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_features(path: Path):
-    """A numeric .npy file, read batch by batch (``NpyRows``)."""
-    from jaxdissect.npy_rows import NpyRows
-
-    if not path.is_file():
-        raise DissectError(f"{path}: features file not found")
-    try:
-        features = NpyRows(path)
-    except (ValueError, OSError, SyntaxError) as error:
-        raise DissectError(f"{path}: not a NumPy .npy array ({error})") from None
-    if features.dtype.kind not in "fiu":
-        raise DissectError(f"{path}: features must be a numeric .npy array, not {features.dtype}")
-    return features
-
-
 def run_dissect(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import jax
-
+    from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
-    from jaxdissect.data.cache import load_image_array, load_label_arrays
-    from jaxdissect.dissect import DissectConfig, dissect_activations, features_source
-    from jaxdissect.report import write_index, write_layer_report
-    from jaxdissect.results import format_summary, write_dissection
+    from jaxdissect.pipeline import dissect
+    from jaxdissect.results import format_summary
+    from jaxdissect.sources import features, load_model
 
     writer = start_processes(args)
     progress = not args.no_progress and writer
-    dataset = open_broden(args.dataset, args.categories)
-    config = DissectConfig(
-        quantile=args.quantile,
-        iou_threshold=args.iou_threshold,
-        union=args.union,
-        batch_size=args.batch_size,
-        top_images=max(args.top_images, 0),
-        kernel=args.kernel,
-    )
+    try:
+        config = DissectConfig(
+            quantile=args.quantile,
+            iou_threshold=args.iou_threshold,
+            union=args.union,
+            batch_size=args.batch_size,
+            top_images=args.top_images,
+            kernel=args.kernel,
+        )
+    except ValueError as error:
+        raise DissectError(str(error)) from None
     if args.features is not None:
         if args.layer and len(args.layer) > 1:
             raise DissectError("--features holds one layer: give at most one --layer")
         if args.weights is not None:
             raise DissectError("--weights goes with --model, not --features")
-        features = _load_features(args.features)
-        layer = args.layer[0] if args.layer else args.features.stem
-        try:
-            source, shapes = features_source(features, args.layout, layer)
-        except DissectError as error:
-            raise DissectError(f"{args.features}: {error}") from None
-        if features.shape[0] != dataset.num_images:
-            raise DissectError(
-                f"{args.features}: {features.shape[0]} rows of activations but "
-                f"{args.dataset / 'index.csv'} lists {dataset.num_images} images"
-            )
-        extra = {"features": str(args.features)}
+        source = features(args.features, args.layout, args.layer[0] if args.layer else None)
     else:
         if not args.layer:
             raise DissectError("--model needs at least one --layer")
-        model = load_model(args.model, args.weights)
-        layers = model.check_layers(args.layer)
-        images = load_image_array(dataset, args.cache, progress)
-        source, shapes = model_source(model, images, layers, config.batch_size)
-        extra = {"model": args.model, "weights": str(args.weights) if args.weights else None}
-    labels = load_label_arrays(dataset, args.cache, progress)
-    checkpoints = None
-    if args.coordinator is None:  # one process: resumable
-        from jaxdissect.checkpoint import PassCheckpoints
-        from jaxdissect.data.cache import cache_key
-
-        fingerprint = {
-            "config": dataclasses.asdict(config),
-            "dataset": cache_key(dataset),
-            "shapes": shapes,
-            "devices": len(jax.devices()),
-            "extra": extra,
-            "features": _file_stamp(args.features),
-            "weights": _file_stamp(args.weights),
-        }
-        checkpoints = PassCheckpoints(args.out / ".checkpoint", fingerprint, args.checkpoint_every)
-    dissections = dissect_activations(
-        source, dataset.num_images, shapes, dataset, labels, config, progress, checkpoints
+        source = load_model(args.model, args.weights)
+    dissections = dissect(
+        open_broden(args.dataset, args.categories),
+        source,
+        config,
+        args.out,
+        layers=args.layer,
+        weights=args.weights,
+        cache=args.cache,
+        report=not args.no_report,
+        checkpoint_every=args.checkpoint_every,
+        progress=progress,
     )
-    if not writer:  # process 0 writes; the others only computed their share
+    import jax
+
+    if jax.process_index() != 0:
         return 0
-    images = None if args.no_report else load_image_array(dataset, args.cache, progress)
     for layer, dissection in dissections.items():
-        # One layer writes OUT/; several write OUT/<layer>/.
         out = args.out if len(dissections) == 1 else args.out / layer
-        results = write_dissection(out, dissection, dataset, config, extra)
         print(f"layer {layer}:")
         print(format_summary(dissection.summary))
-        print(f"wrote {out / 'tally.csv'} and {results}")
-        if images is not None:
-            print(f"report: {write_layer_report(out, images)}")
-    if len(dissections) > 1 and images is not None:
-        print(f"index: {write_index(args.out, list(dissections))}")
-    if checkpoints is not None:
-        checkpoints.remove()
+        print(f"wrote {out / 'tally.csv'} and {out / 'results.json'}")
+        if not args.no_report:
+            print(f"report: {out / 'report.html'}")
+    if len(dissections) > 1 and not args.no_report:
+        print(f"index: {args.out / 'index.html'}")
     print(peak_memory())
     return 0
-
-
-def _file_stamp(path: Path | None):
-    """Identifies an input file's version (for resuming only with the same inputs)."""
-    if path is None or not path.is_file():
-        return None
-    stat = path.stat()
-    return [str(path.absolute()), stat.st_size, stat.st_mtime_ns]
 
 
 def peak_memory() -> str:
@@ -397,6 +359,8 @@ def start_processes(args: argparse.Namespace) -> bool:
     """Joins a jax.distributed run when --coordinator is given; True for the process that
     writes the outputs (process 0, or the only one)."""
     if args.coordinator is None:
+        if args.num_processes is not None or args.process_id is not None:
+            raise DissectError("--num-processes and --process-id go with --coordinator")
         return True
     if args.num_processes is None or args.process_id is None:
         raise DissectError("--coordinator needs --num-processes and --process-id")
@@ -412,55 +376,11 @@ def start_processes(args: argparse.Namespace) -> bool:
     return jax.process_index() == 0
 
 
-def load_model(spec: str, weights: Path | None):
-    """A FeatureModel from ``zoo:NAME`` or ``package.module:factory``."""
-    import importlib
-
-    from jaxdissect.features import FeatureModel
-
-    if spec.startswith("zoo:"):
-        from jaxdissect import zoo
-
-        return zoo.feature_model(spec[len("zoo:") :], weights)
-    module_name, _, factory_name = spec.partition(":")
-    if not module_name or not factory_name:
-        raise DissectError(f"--model {spec!r}: expected zoo:NAME or package.module:factory")
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as error:
-        raise DissectError(f"--model {spec!r}: cannot import it ({error})") from None
-    model = factory(weights)
-    if not isinstance(model, FeatureModel):
-        raise DissectError(
-            f"--model {spec!r}: the factory returned {type(model).__name__}, not a "
-            "jaxdissect.features.FeatureModel (wrap your model with from_nnx, from_linen or "
-            "from_function)"
-        )
-    return model
-
-
-def model_source(model, images, layers, batch_size):
-    """An ActivationSource over ``images`` and the layers' (h, w, U) shapes."""
-    import jax.numpy as jnp
-
-    from jaxdissect.features import model_activations
-
-    probe = model.apply(jnp.asarray(np.asarray(images[:1])), layers)
-    shapes = {}
-    for layer, value in probe.items():
-        if value.ndim != 4:
-            raise DissectError(
-                f"layer {layer!r} of {model.name!r} has shape {tuple(value.shape)}; dissection "
-                "needs (B, h, w, U) maps"
-            )
-        shapes[layer] = tuple(value.shape[1:])
-    return model_activations(model, images, layers, batch_size), shapes
-
-
 def run_features(args: argparse.Namespace) -> int:
     from jaxdissect.results import atomic_path
+    from jaxdissect.sources import load_model, open_features
 
-    images = _load_features(args.images)
+    images = open_features(args.images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DissectError(
             f"{args.images}: expected uint8 RGB images of shape (N, H, W, 3), got "
@@ -504,4 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except DissectError as error:
         print(f"jaxdissect: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only folder, a file where a folder goes
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"jaxdissect: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from jaxdissect.upsample import bilinear_matrix
+from jaxdissect.upsample import resize_coefficients
 
 
 class AxisCells(NamedTuple):
@@ -46,46 +46,9 @@ class AxisCells(NamedTuple):
     weights: np.ndarray
 
 
-def pil_coefficients(out_size: int, in_size: int) -> list[tuple[int, list[float]]]:
-    """Per output pixel, (first source position, weights): Pillow's ``precompute_coeffs``
-    for the bilinear filter (Resample.c), in the same float64 operations."""
-    scale = float(np.float32(in_size)) / out_size
-    filterscale = max(scale, 1.0)
-    support = 1.0 * filterscale
-    result = []
-    for xx in range(out_size):
-        center = 0.0 + (xx + 0.5) * scale
-        low = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as C
-        count = min(int(center + support + 0.5), in_size) - low
-        weights = [
-            max(0.0, 1.0 - abs((x + low - center + 0.5) * (1.0 / filterscale)))
-            for x in range(count)
-        ]
-        total = 0.0
-        for w in weights:
-            total += w
-        result.append((low, [w / total for w in weights] if total != 0.0 else weights))
-    return result
-
-
-def _bilinear_coefficients(out_size: int, in_size: int) -> list[tuple[int, list[float]]]:
-    """Per output pixel, (first source position, weights) of ``bilinear_matrix``."""
-    matrix = bilinear_matrix(out_size, in_size).astype(np.float64)
-    result = []
-    for row in matrix:
-        (used,) = np.nonzero(row)
-        low, high = int(used.min()), int(used.max())
-        result.append((low, [float(w) for w in row[low : high + 1]]))
-    return result
-
-
 def axis_cells(out_size: int, in_size: int) -> AxisCells:
-    """Cells of one axis resized from ``in_size`` to ``out_size``: PIL's coefficients when
-    enlarging (or keeping the size), ``bilinear_matrix``'s when shrinking."""
-    if out_size >= in_size:
-        pixels = pil_coefficients(out_size, in_size)
-    else:
-        pixels = _bilinear_coefficients(out_size, in_size)
+    """Cells of one axis resized from ``in_size`` to ``out_size`` (``resize_coefficients``)."""
+    pixels = resize_coefficients(out_size, in_size)
     keys = [(low, len(weights)) for low, weights in pixels]
     starts = [y for y in range(out_size) if y == 0 or keys[y] != keys[y - 1]]
     stops = [*starts[1:], out_size]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import open_broden
-from jaxdissect.data.cache import load_image_array, load_label_arrays
+from jaxdissect.data.cache import load_label_arrays
 from jaxdissect.data.synthetic import world
-from jaxdissect.dissect import DissectConfig, dissect_activations, features_source
-from jaxdissect.report import write_layer_report
-from jaxdissect.results import format_summary, write_dissection
+from jaxdissect.pipeline import dissect
+from jaxdissect.results import format_summary
+from jaxdissect.sources import features
 
 
 def concept_layer(planes, image_labels, chosen, stride, seed=0):
@@ -50,16 +51,17 @@ def run(out: Path, num_images: int = 600, seed: int = 0, progress: bool = True) 
     for c in range(len(dataset.categories)):
         members = np.flatnonzero((dataset.label_category == c) & (counts > 0))
         chosen += members[np.argsort(-counts[members], kind="stable")[:4]].tolist()
-    features = concept_layer(planes, image_labels, chosen, stride=2, seed=seed)
-    source, shapes = features_source(features, layer="concept-layer")
-    config = DissectConfig(quantile=0.05)
-    dissection = dissect_activations(
-        source, len(features), shapes, dataset, labels, config, progress
+    activations = concept_layer(planes, image_labels, chosen, stride=2, seed=seed)
+    out_folder = out / "dissection"
+    dissection = dissect(
+        dataset,
+        features(activations, layer="concept-layer"),
+        DissectConfig(quantile=0.05),
+        out_folder,
+        labels=labels,
+        cache=out / "cache",
+        progress=progress,
     )["concept-layer"]
-    results = write_dissection(out / "dissection", dissection, dataset, config)
-    report = write_layer_report(
-        out / "dissection", load_image_array(dataset, out / "cache", progress)
-    )
     recovered = sum(
         int(dissection.labels.category_label[u, dataset.label_category[label]]) == label
         for u, label in enumerate(chosen)
@@ -69,6 +71,6 @@ def run(out: Path, num_images: int = 600, seed: int = 0, progress: bool = True) 
         f"concept units labelled with their own concept (within its category): "
         f"{recovered}/{len(chosen)}; noise units: {len(chosen)}"
     )
-    print(f"wrote {out / 'dissection' / 'tally.csv'} and {results}")
-    print(f"report: {report}")
-    return results
+    print(f"wrote {out_folder / 'tally.csv'} and {out_folder / 'results.json'}")
+    print(f"report: {out_folder / 'report.html'}")
+    return out_folder / "results.json"

@@ -8,6 +8,7 @@ memory to one batch; the operating system's page cache still speeds up the secon
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ class NpyRows:
             raise ValueError("Fortran-ordered arrays are not supported; save with C order")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.ndim = len(self.shape)
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        # Python integers: a forged header's sizes cannot overflow.
+        self.row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
         expected = self.offset + self.shape[0] * self.row_bytes
         if self.path.stat().st_size < expected:
             raise ValueError(

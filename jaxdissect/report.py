@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdissect.results import write_text_atomic
-from jaxdissect.upsample import bilinear_matrix
+from jaxdissect.upsample import resize_matrix
 
 CATEGORY_COLORS = {
     "object": "#4e79a7",
@@ -36,8 +36,8 @@ MIN_TILE = 96  # small probe images are enlarged (nearest) so that the strips st
 def unit_strip(images: np.ndarray, maps: np.ndarray, threshold: float) -> np.ndarray:
     """(H, k*W, 3) uint8: each image * (0.2 + 0.8 * mask), mask = upsampled map > threshold."""
     height, width = images.shape[1:3]
-    rows = bilinear_matrix(height, maps.shape[1]).astype(np.float64)
-    cols = bilinear_matrix(width, maps.shape[2]).astype(np.float64)
+    rows = resize_matrix(height, maps.shape[1])
+    cols = resize_matrix(width, maps.shape[2])
     tiles = []
     for image, activation in zip(images, maps, strict=True):
         mask = (rows @ activation.astype(np.float64) @ cols.T) > threshold

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
-from jaxdissect.dissect import DissectConfig, Dissection
+from jaxdissect.dissection import Dissection
 from jaxdissect.errors import DissectError
 
 TALLY_FIELDS = ("label", "truth", "activation", "intersect", "iou")
@@ -34,12 +35,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
         prefix=f".{path.name}.", suffix=".partial", dir=path.parent
     )
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600, as open() would have made it
     try:
         yield Path(temporary)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:

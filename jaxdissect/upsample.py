@@ -1,9 +1,12 @@
-"""Half-pixel bilinear upsampling as two small matrices.
+"""The upsampling rule, in one place: half-pixel bilinear resizing, axis by axis.
 
 Resizing an (h, w) map to (sh, sw) with align_corners=False and clamped edges (what
 ``jax.image.resize(..., "linear")`` and PIL's BILINEAR do when enlarging) is separable:
-``up = R_rows @ a @ R_cols.T``. Expressing it as matrices lets the tally run the resize
-on the matrix units and fuse it with the threshold.
+``up = R_rows @ a @ R_cols.T``. The XLA tally uses these matrices in float32
+(``bilinear_matrix``: the resize runs on the matrix units, fused with the threshold); the
+CPU tally and the report use PIL's own float64 coefficients (``resize_coefficients``),
+which is what NetDissect-Lite upsamples with. When a map is larger than the labels, both
+sample it bilinearly, without PIL's averaging.
 """
 
 from __future__ import annotations
@@ -25,3 +28,52 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     np.add.at(matrix, (rows, lower), 1.0 - weight)
     np.add.at(matrix, (rows, upper), weight)
     return matrix.astype(np.float32)
+
+
+def pil_coefficients(out_size: int, in_size: int) -> list[tuple[int, list[float]]]:
+    """Per output pixel, (first source position, weights): Pillow's ``precompute_coeffs``
+    for the bilinear filter (Resample.c), in the same float64 operations."""
+    scale = float(np.float32(in_size)) / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    result = []
+    for xx in range(out_size):
+        center = 0.0 + (xx + 0.5) * scale
+        low = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as C
+        count = min(int(center + support + 0.5), in_size) - low
+        weights = [
+            max(0.0, 1.0 - abs((x + low - center + 0.5) * (1.0 / filterscale)))
+            for x in range(count)
+        ]
+        total = 0.0
+        for w in weights:
+            total += w
+        result.append((low, [w / total for w in weights] if total != 0.0 else weights))
+    return result
+
+
+def _bilinear_coefficients(out_size: int, in_size: int) -> list[tuple[int, list[float]]]:
+    """Per output pixel, (first source position, weights) of ``bilinear_matrix``."""
+    matrix = bilinear_matrix(out_size, in_size).astype(np.float64)
+    result = []
+    for row in matrix:
+        (used,) = np.nonzero(row)
+        low, high = int(used.min()), int(used.max())
+        result.append((low, [float(w) for w in row[low : high + 1]]))
+    return result
+
+
+def resize_coefficients(out_size: int, in_size: int) -> list[tuple[int, list[float]]]:
+    """Per output pixel, (first source position, weights): PIL's when enlarging (or keeping
+    the size), ``bilinear_matrix``'s when shrinking."""
+    if out_size >= in_size:
+        return pil_coefficients(out_size, in_size)
+    return _bilinear_coefficients(out_size, in_size)
+
+
+def resize_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix of ``resize_coefficients``."""
+    matrix = np.zeros((out_size, in_size), np.float64)
+    for row, (low, weights) in enumerate(resize_coefficients(out_size, in_size)):
+        matrix[row, low : low + len(weights)] = weights
+    return matrix

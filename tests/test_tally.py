@@ -5,7 +5,9 @@ import pytest
 from probe_fixture import dyadic_features, pil_upsample, reference_tally
 
 from jaxdissect import load_label_arrays, open_broden, tally
-from jaxdissect.dissect import DissectConfig, compute_tally, compute_thresholds, features_source
+from jaxdissect.config import DissectConfig
+from jaxdissect.passes import compute_tally, compute_thresholds
+from jaxdissect.sources import features_source
 from jaxdissect.upsample import bilinear_matrix
 
 
@@ -122,19 +124,6 @@ def test_cpu_kernel_refuses_indices_out_of_range():
             **common,
         )
     assert not any(t.any() for t in totals)  # nothing was counted
-
-
-def test_auto_kernel_is_cpu_on_cpu(monkeypatch):
-    import importlib.util
-
-    from jaxdissect.dissect import pass_kernel
-
-    assert pass_kernel(DissectConfig()) == ("cpu" if jax.default_backend() == "cpu" else "xla")
-    assert pass_kernel(DissectConfig(kernel="xla")) == "xla"
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no Numba
-    assert pass_kernel(DissectConfig()) == "xla"
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        DissectConfig(kernel="gpu")
 
 
 def test_unions_differ_on_fixture(probe):
@@ -300,41 +289,3 @@ def test_skipping_inactive_units_is_exact(probe, union):
         tally.tally_init(5, probe.num_labels, 6), acts, max_active=int(active.max()) - 1, **common
     )
     assert int(short.overflow) == int((active == active.max()).sum())
-
-
-@pytest.mark.parametrize("keep_bytes,calls_per_batch", [(2**30, 1), (0, 2), (1600, None)])
-@pytest.mark.parametrize("labels_on_device", [False, True])
-def test_pass_one_activations_and_labels_kept_on_device(
-    probe, monkeypatch, keep_bytes, calls_per_batch, labels_on_device
-):
-    """A model's outputs that fit are kept for pass 2 (the model runs once); labels that fit
-    an accelerator are read there. Counts are the same either way."""
-    from jaxdissect import dissect
-
-    features = dyadic_features(12, (4, 4, 5))
-    calls = []
-
-    def model(start, stop):
-        calls.append((start, stop))
-        return {"features": jnp.asarray(features[start:stop])}
-
-    monkeypatch.setattr(dissect, "_keep_budget", lambda: keep_bytes)
-    # Labels on the device is what happens on one accelerator; on CPU, the CPU stands in.
-    monkeypatch.setattr(dissect, "_labels_fit_device", lambda *args: labels_on_device)
-    dataset = open_broden(probe.directory)
-    labels = load_label_arrays(dataset, progress=False)
-    config = DissectConfig(batch_size=5, quantile=0.05, kernel="xla")
-    result = dissect.dissect_activations(
-        model, 12, {"features": (4, 4, 5)}, dataset, labels, config, progress=False
-    )["features"]
-    batches = [(0, 5), (5, 10), (10, 12)]
-    if calls_per_batch is None and labels_on_device:  # the labels took the 1600 bytes
-        assert calls == batches * 2
-    elif calls_per_batch is None:  # 1600 bytes hold the first batch (5 x 4 x 4 x 5 float32)
-        assert calls == [*batches, (5, 10), (10, 12)]
-    else:
-        assert calls == batches * calls_per_batch
-    expected = reference_tally(features, result.thresholds, probe, "paper")
-    counts = (result.label_area, result.intersection, result.unit_area)
-    for got, want in zip(counts, expected, strict=True):
-        np.testing.assert_array_equal(got, want)

@@ -22,3 +22,14 @@ def test_rows_sum_to_one_and_edges_clamp():
     m = bilinear_matrix(16, 4)
     np.testing.assert_allclose(m.sum(1), 1.0)
     assert m[0, 0] == 1.0 and m[-1, -1] == 1.0
+
+
+def test_pil_coefficients_are_the_bilinear_rule_when_enlarging():
+    """The report and the CPU tally (PIL's float64 coefficients) and the XLA tally (float32
+    matrices) resize by the same rule: equal within float32 rounding of weights <= 1."""
+    from jaxdissect.upsample import resize_matrix
+
+    for out_size, in_size in [(16, 4), (112, 7), (113, 7), (224, 14), (7, 7)]:
+        np.testing.assert_allclose(
+            resize_matrix(out_size, in_size), bilinear_matrix(out_size, in_size), atol=2**-24
+        )

@@ -1,0 +1,56 @@
+"""How to dissect: the one configuration the CLI, the studies and Python users share."""
+
+from __future__ import annotations
+
+import dataclasses
+
+# The rules for A[u, c], the area a unit is compared with for a category c (DESIGN.md):
+# "paper" (original NetDissect): the images that carry any label of primary category c;
+# "lite" (NetDissect-Lite): the images where an active pixel hits a category-c label, or
+# that carry an image-level label of category c. Both kernels implement both.
+UNIONS = ("paper", "lite")
+KERNELS = ("auto", "cpu", "xla")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DissectConfig:
+    """How to dissect.
+
+    Attributes:
+      quantile: upper-tail fraction q of each unit's activations above its threshold.
+      iou_threshold: a unit is a detector when its best IoU is strictly above this.
+      union: "paper" (original NetDissect) or "lite" (NetDissect-Lite) rule for A[u, c].
+      batch_size: images per step (rounded up to a multiple of the device count).
+      skip_inactive: upsample only the units whose map rises above their threshold (exact;
+        off, every unit of every image is upsampled).
+      top_images: per unit, keep this many most activating images and their maps (for the
+        report), gathered during the threshold pass; 0 keeps none.
+      kernel: how both passes run: "cpu" (compiled loops over the CPU cores,
+        ``cpu_quantile`` and ``cpu_tally``), "xla" (jitted, sharded over all devices,
+        ``quantile`` and ``tally``) or "auto": "cpu" when JAX runs on the CPU in one
+        process and Numba is installed, else "xla". Thresholds are identical; counts too
+        wherever float32 upsampling is exact (see ``cpu_tally`` for the rare pixels at a
+        threshold).
+    """
+
+    quantile: float = 0.005
+    iou_threshold: float = 0.04
+    union: str = "paper"
+    batch_size: int = 32
+    skip_inactive: bool = True
+    top_images: int = 8
+    kernel: str = "auto"
+
+    def __post_init__(self):
+        if not 0.0 < self.quantile < 1.0:
+            raise ValueError(f"quantile must lie in (0, 1), got {self.quantile}")
+        if not 0.0 <= self.iou_threshold < 1.0:
+            raise ValueError(f"iou_threshold must lie in [0, 1), got {self.iou_threshold}")
+        if self.union not in UNIONS:
+            raise ValueError(f"union must be one of {UNIONS}, got {self.union!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.top_images < 0:
+            raise ValueError(f"top_images must be >= 0, got {self.top_images}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")

@@ -1,0 +1,34 @@
+"""Backends that run a dissection's two passes: ``cpu`` and ``xla`` (see ``base``)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+
+from jaxdissect.config import DissectConfig
+from jaxdissect.kernels.base import Backend
+
+
+def kernel_name(config: DissectConfig) -> str:
+    """The kernel both passes run, "cpu" or "xla": ``config.kernel``, with "auto" meaning
+    "cpu" when JAX runs on the CPU in one process and Numba is installed."""
+    kernel = config.kernel
+    if kernel == "auto":
+        on_cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
+        # Numba is a dependency, but an environment built without it still dissects.
+        kernel = "cpu" if on_cpu and importlib.util.find_spec("numba") is not None else "xla"
+    if kernel == "cpu" and jax.process_count() > 1:
+        raise ValueError("kernel='cpu' runs in one process; use 'xla' under jax.distributed")
+    return kernel
+
+
+def select_backend(config: DissectConfig) -> Backend:
+    """The backend ``config`` asks for (see ``kernel_name``)."""
+    if kernel_name(config) == "cpu":
+        from jaxdissect.kernels import cpu
+
+        return cpu.backend(config)
+    from jaxdissect.kernels import xla
+
+    return xla.backend(config)

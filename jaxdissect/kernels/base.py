@@ -1,0 +1,91 @@
+"""The interface every backend implements, so that each pass is written once (``passes``).
+
+In the spirit of optax's ``GradientTransformation``: a statistic is a NamedTuple of pure-ish
+functions over a pytree state, its static settings (quantile, union rule, shapes) held in
+closures. A backend (``cpu``, ``xla``; a Pallas or Triton kernel would be a third file)
+supplies the two statistics of a dissection for one layer and the host side that brings
+batches to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from jaxdissect.config import DissectConfig
+from jaxdissect.data.broden import BrodenDataset
+from jaxdissect.data.cache import LabelArrays
+from jaxdissect.dissection import Thresholds
+
+# A function from (start, stop) image indices to {layer: (B, h, w, U) float array}: NumPy
+# (a features file) or jax.Arrays already on the devices (a model's output).
+ActivationSource = Callable[[int, int], Mapping[str, Any]]
+Shapes = Mapping[str, tuple[int, int, int]]
+State = Any
+
+
+class Batch(NamedTuple):
+    """One batch as a backend's statistics receive it.
+
+    Attributes:
+      number: 1-based position of the batch in its pass.
+      start: the batch's first image (index.csv order).
+      acts: {layer: (B, h, w, U) float32} in the pass loop; one layer's array in ``update``.
+      indices: (B,) int32 each row's image index.
+      valid: (B,) bool, False on the rows that pad the last batch.
+      labels: pass 2 only: (slot_planes, slot_labels, image_labels) of the batch's rows.
+    """
+
+    number: int
+    start: int
+    acts: Any
+    indices: Any
+    valid: Any
+    labels: tuple | None = None
+
+
+class Statistic(NamedTuple):
+    """One layer's statistic in one pass.
+
+    ``init() -> state``; ``update(state, batch) -> state`` folds in a batch (``batch.acts``
+    is this layer's array); ``merge(a, b) -> state`` combines two states that saw disjoint
+    images; ``result(state)`` finishes on the host.
+    """
+
+    init: Callable[[], State]
+    update: Callable[[State, Batch], State]
+    merge: Callable[[State, State], State]
+    result: Callable[[State], Any]
+
+
+class Backend(NamedTuple):
+    """Where and how both passes run.
+
+    Attributes:
+      name: "cpu" or "xla" (checkpoints of one backend are not restored by another).
+      batch_size: images per batch.
+      read: ``read(source, shapes, ranges, first, labels)`` yields a Batch per (start,
+        stop) of ``ranges[first:]``, on the host side: slicing, padding, placing on
+        devices. ``labels`` is None in pass 1.
+      thresholds: ``thresholds(layer, shape, num_images, config)``: pass 1's Statistic,
+        whose result is a ``Thresholds``.
+      tally: ``tally(layer, shape, thresholds, dataset, labels, config)``: pass 2's
+        Statistic, whose result is (G, I, A) as int64 host arrays.
+      adopt: ``adopt(template, restored)``: states read from a checkpoint, placed like the
+        template's.
+      wait: blocks until the queued work on ``states`` is done (bounds what is in flight).
+    """
+
+    name: str
+    batch_size: int
+    read: Callable[
+        [ActivationSource, Shapes, Sequence[tuple[int, int]], int, LabelArrays | None],
+        Iterator[Batch],
+    ]
+    thresholds: Callable[[str, tuple[int, int, int], int, DissectConfig], Statistic]
+    tally: Callable[
+        [str, tuple[int, int, int], Thresholds, BrodenDataset, LabelArrays, DissectConfig],
+        Statistic,
+    ]
+    adopt: Callable[[State, State], State]
+    wait: Callable[[State], None]

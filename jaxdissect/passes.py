@@ -1,0 +1,173 @@
+"""The two passes of a dissection, written once for every backend (``kernels``).
+
+Pass 1 finds each unit's threshold (and its most activating images); pass 2 counts the
+label areas G, intersections I and unit areas A. Several layers share each pass, so a
+model runs twice whatever the number of layers (once, when its outputs are kept; see
+``pipeline``). Batches are read ahead in a thread, at most ``IN_FLIGHT`` steps are queued
+on the devices, and with ``checkpoints`` the states are saved every few batches so that a
+killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from jaxdissect.checkpoint import PassCheckpoints
+from jaxdissect.config import DissectConfig
+from jaxdissect.data.broden import BrodenDataset
+from jaxdissect.data.cache import LabelArrays
+from jaxdissect.dissection import Thresholds
+from jaxdissect.kernels import select_backend
+from jaxdissect.kernels.base import ActivationSource, Backend, Shapes, Statistic
+
+# Steps dispatched ahead of the devices at most: JAX dispatches asynchronously, and without a
+# bound a fast host would queue every batch of a pass in memory.
+IN_FLIGHT = 4
+
+
+def prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Runs ``items`` (host slicing, padding, device_put) in a thread, ``depth`` ahead, so
+    the host side of the next batches overlaps the devices' work on this one. A consumer
+    that stops early (an error, a break) stops the thread too."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker():
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+        except BaseException as error:  # re-raised in the consumer's thread
+            offer(error)
+            return
+        offer(done)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def batch_ranges(num_images: int, batch_size: int) -> list[tuple[int, int]]:
+    return [
+        (start, min(start + batch_size, num_images)) for start in range(0, num_images, batch_size)
+    ]
+
+
+def run_pass(
+    name: str,
+    statistics: Mapping[str, Statistic],
+    backend: Backend,
+    source: ActivationSource,
+    shapes: Shapes,
+    num_images: int,
+    labels: LabelArrays | None = None,
+    progress: bool = True,
+    checkpoints: PassCheckpoints | None = None,
+) -> dict[str, Any]:
+    """Folds every batch into each layer's statistic; {layer: result}."""
+    ranges = batch_ranges(num_images, backend.batch_size)
+    states = {layer: statistic.init() for layer, statistic in statistics.items()}
+    key = f"{name}-{backend.name}"
+    first = 0
+    if checkpoints is not None:
+        first, restored = checkpoints.restore(key, states)
+        if restored is not None:
+            states = backend.adopt(states, restored)
+    batches = backend.read(source, shapes, ranges, first, labels)
+    bar = tqdm(
+        prefetch(batches),
+        initial=first,
+        total=len(ranges),
+        desc=f"{', '.join(shapes)}: {name}",
+        unit="batch",
+        disable=not progress,
+    )
+    for batch in bar:
+        number = batch.number
+        for layer, statistic in statistics.items():
+            states[layer] = statistic.update(states[layer], batch._replace(acts=batch.acts[layer]))
+        if number % IN_FLIGHT == 0:  # bound the queued batches: memory stays flat
+            backend.wait(states)
+        if checkpoints is not None:
+            checkpoints.save(key, number, lambda: states, last=number == len(ranges))
+    return {layer: statistic.result(states[layer]) for layer, statistic in statistics.items()}
+
+
+def compute_thresholds(
+    activations: ActivationSource,
+    num_images: int,
+    shapes: Shapes,
+    config: DissectConfig,
+    progress: bool = True,
+    checkpoints: PassCheckpoints | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Thresholds]:
+    """Pass 1: exact per-unit (1 - q) quantiles of every layer; rejects NaN/inf activations.
+
+    Args:
+      activations: ``activations(start, stop)`` returns {layer: (B, h, w, U)} for images
+        [start, stop).
+      num_images: N.
+      shapes: {layer: (h, w, U)}.
+      config: the dissection config.
+      progress: show a progress bar.
+      checkpoints: save the pass's states every few batches, and resume from them.
+      backend: where the pass runs (default: ``select_backend(config)``).
+
+    Returns:
+      {layer: Thresholds}.
+    """
+    backend = backend or select_backend(config)
+    statistics = {
+        layer: backend.thresholds(layer, shape, num_images, config)
+        for layer, shape in shapes.items()
+    }
+    return run_pass(
+        "thresholds", statistics, backend, activations, shapes, num_images, None, progress,
+        checkpoints,
+    )  # fmt: skip
+
+
+def compute_tally(
+    activations: ActivationSource,
+    labels: LabelArrays,
+    dataset: BrodenDataset,
+    thresholds: Mapping[str, Thresholds],
+    shapes: Shapes,
+    config: DissectConfig,
+    progress: bool = True,
+    checkpoints: PassCheckpoints | None = None,
+    backend: Backend | None = None,
+) -> dict[str, tuple]:
+    """Pass 2: {layer: (G, I, A)} as int64 host arrays."""
+    backend = backend or select_backend(config)
+    statistics = {
+        layer: backend.tally(layer, shape, thresholds[layer], dataset, labels, config)
+        for layer, shape in shapes.items()
+    }
+    return run_pass(
+        "tally", statistics, backend, activations, shapes, dataset.num_images, labels,
+        progress, checkpoints,
+    )  # fmt: skip

@@ -1,0 +1,247 @@
+"""Where activations come from: a features file or array, or a model run over the probe's
+images; and the memory that may keep a model's outputs between the two passes."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxdissect.errors import DissectError, FeaturesError
+from jaxdissect.kernels.base import ActivationSource, Shapes
+
+# Between the passes, labels and a model's pass-1 activations may occupy this share of one
+# accelerator's memory (on CPU: CPU_KEEP_BYTES of activations), saving a forward pass and the
+# labels' host-to-device copies in pass 2.
+DEVICE_SHARE = 0.25
+CPU_KEEP_BYTES = 2**30
+# A features file's identity reads this many evenly spaced blocks of this size (see
+# ``file_identity``), besides its header.
+SAMPLED_BLOCKS, BLOCK_BYTES = 64, 64 * 2**10
+WHOLE_FILE_HASH_LIMIT = 256 * 2**20
+
+
+class Activations(NamedTuple):
+    """Activations of one or more layers, batch by batch.
+
+    Attributes:
+      read: ``read(start, stop)`` gives {layer: (B, h, w, U)} for images [start, stop), in
+        index.csv order.
+      shapes: {layer: (h, w, U)}.
+      num_images: N.
+      identity: what identifies these activations for resuming and reusing results (file
+        contents, model and weights, layout); JSON-serialisable.
+      provenance: what results.json records of them (the features file, the model).
+    """
+
+    read: ActivationSource
+    shapes: Shapes
+    num_images: int
+    identity: dict
+    provenance: dict
+
+
+def file_identity(path: str | Path) -> dict:
+    """A file's identity by content: its size and a BLAKE2 hash of the whole file up to
+    WHOLE_FILE_HASH_LIMIT bytes; beyond, of its first and last blocks and SAMPLED_BLOCKS
+    evenly spaced ones (a change elsewhere goes unseen, so the size, modification and
+    change times and inode are recorded too: rewriting a file changes its change time)."""
+    path = Path(path)
+    stat = path.stat()
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        if stat.st_size <= WHOLE_FILE_HASH_LIMIT:
+            while block := f.read(2**22):
+                digest.update(block)
+            return {
+                "path": str(path.absolute()),
+                "size": stat.st_size,
+                "blake2b": digest.hexdigest(),
+            }
+        step = stat.st_size // SAMPLED_BLOCKS
+        for offset in [*range(0, stat.st_size, step), stat.st_size - BLOCK_BYTES]:
+            f.seek(offset)
+            digest.update(f.read(BLOCK_BYTES))
+    return {
+        "path": str(path.absolute()),
+        "size": stat.st_size,
+        "sampled_blake2b": digest.hexdigest(),
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+        "inode": stat.st_ino,
+    }
+
+
+def array_identity(array: np.ndarray) -> dict:
+    """An in-memory array's identity: shape, dtype and a hash of its bytes."""
+    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).ravel(), digest_size=16)
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "blake2b": digest.hexdigest()}
+
+
+def open_features(path: str | Path):
+    """A numeric .npy file, read batch by batch (``NpyRows``)."""
+    from jaxdissect.npy_rows import NpyRows
+
+    path = Path(path)
+    if not path.is_file():
+        raise FeaturesError(f"{path}: features file not found")
+    try:
+        features = NpyRows(path)
+    except (ValueError, OSError, SyntaxError) as error:
+        raise FeaturesError(f"{path}: not a NumPy .npy array ({error})") from None
+    if features.dtype.kind not in "fiu":
+        raise FeaturesError(f"{path}: features must be a numeric .npy array, not {features.dtype}")
+    return features
+
+
+def features_source(
+    features, layout: str = "nhwc", layer: str = "features"
+) -> tuple[ActivationSource, dict[str, tuple[int, int, int]]]:
+    """An ActivationSource over one layer's (N, h, w, U) or (N, U, h, w) array (in memory,
+    memory-mapped or ``NpyRows``), and its {layer: (h, w, U)}."""
+    if features.ndim != 4:
+        raise FeaturesError(
+            f"features must have 4 dimensions (N, h, w, U) or (N, U, h, w); got shape "
+            f"{features.shape}"
+        )
+    if layout not in ("nhwc", "nchw"):
+        raise FeaturesError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
+    shape = (
+        tuple(features.shape[1:]) if layout == "nhwc" else (*features.shape[2:], features.shape[1])
+    )
+    if min(shape) < 1 or features.shape[0] < 1:
+        raise FeaturesError(f"features of shape {tuple(features.shape)} hold no activations")
+    if layout == "nhwc":
+        return (lambda start, stop: {layer: features[start:stop]}), {layer: shape}
+    return (lambda start, stop: {layer: np.transpose(features[start:stop], (0, 2, 3, 1))}), {
+        layer: shape
+    }
+
+
+def features(features, layout: str = "nhwc", layer: str | None = None) -> Activations:
+    """Activations of one layer from a .npy path (read batch by batch) or an array.
+
+    Args:
+      features: a path to an (N, h, w, U) .npy file (or (N, U, h, w) with layout "nchw"),
+        or such an array.
+      layout: "nhwc" or "nchw".
+      layer: the layer's name (default: the file's stem, or "features").
+    """
+    if isinstance(features, (str, os.PathLike)):
+        path = Path(features)
+        array = open_features(path)
+        identity = {"features": file_identity(path)}
+        provenance = {"features": str(path)}
+        layer = layer or path.stem
+        where = f"{path}: "
+    else:
+        array = features
+        identity = {"features": array_identity(np.asarray(features))}
+        provenance = {}
+        layer = layer or "features"
+        where = ""
+    try:
+        read, shapes = features_source(array, layout, layer)
+    except FeaturesError as error:
+        raise FeaturesError(f"{where}{error}") from None
+    return Activations(read, shapes, len(array), {**identity, "layout": layout}, provenance)
+
+
+def load_model(spec: str, weights: str | Path | None = None):
+    """A FeatureModel from ``zoo:NAME`` or ``package.module:factory`` (``factory(weights)``
+    returns a ``jaxdissect.features.FeatureModel``)."""
+    from jaxdissect.features import FeatureModel
+
+    if spec.startswith("zoo:"):
+        from jaxdissect import zoo
+
+        return zoo.feature_model(spec[len("zoo:") :], weights)
+    module_name, _, factory_name = spec.partition(":")
+    if not module_name or not factory_name:
+        raise DissectError(f"--model {spec!r}: expected zoo:NAME or package.module:factory")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as error:
+        raise DissectError(f"--model {spec!r}: cannot import it ({error})") from None
+    if not callable(factory):
+        raise DissectError(
+            f"--model {spec!r}: {factory_name} is a {type(factory).__name__}, not a factory "
+            "function"
+        )
+    model = factory(weights)
+    if not isinstance(model, FeatureModel):
+        raise DissectError(
+            f"--model {spec!r}: the factory returned {type(model).__name__}, not a "
+            "jaxdissect.features.FeatureModel (wrap your model with from_nnx, from_linen or "
+            "from_function)"
+        )
+    return model
+
+
+def model_run(
+    model, images, layers: Sequence[str], batch_size: int, weights: str | Path | None = None
+) -> Activations:
+    """Activations of ``layers`` of a FeatureModel run over uint8 (N, H, W, 3) ``images``;
+    ``weights``: the file its weights came from (identified by content for resuming)."""
+    import jax.numpy as jnp
+
+    from jaxdissect.features import model_activations
+
+    layers = model.check_layers(layers)
+    probe = model.apply(jnp.asarray(np.asarray(images[:1])), layers)
+    shapes = {}
+    for layer, value in probe.items():
+        if value.ndim != 4:
+            raise DissectError(
+                f"layer {layer!r} of {model.name!r} has shape {tuple(value.shape)}; dissection "
+                "needs (B, h, w, U) maps"
+            )
+        shapes[layer] = tuple(value.shape[1:])
+    read = model_activations(model, images, layers, batch_size)
+    weights = None if weights is None else Path(weights)
+    identity = {"model": model.name, "weights": None if weights is None else file_identity(weights)}
+    provenance = {"model": model.name, "weights": None if weights is None else str(weights)}
+    return Activations(read, shapes, len(images), identity, provenance)
+
+
+def nbytes(tree) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def keep_budget() -> int:
+    """Bytes that may stay on the devices between the passes (see DEVICE_SHARE)."""
+    if jax.process_count() > 1:
+        return 0
+    if jax.default_backend() == "cpu":
+        return CPU_KEEP_BYTES
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit", 0) * DEVICE_SHARE)
+
+
+class ReusedActivations:
+    """An ActivationSource that keeps pass 1's device outputs (jax.Arrays, e.g. a model's),
+    up to ``budget`` bytes, and hands each back once in pass 2: the model then runs once.
+    Set ``recording`` to False after pass 1. NumPy outputs (features files) are not kept."""
+
+    def __init__(self, source: ActivationSource, budget: int):
+        self.source = source
+        self.budget = budget
+        self.recording = True
+        self._kept: dict[tuple[int, int], Mapping[str, Any]] = {}
+
+    def __call__(self, start: int, stop: int) -> Mapping[str, Any]:
+        if (start, stop) in self._kept:
+            return self._kept.pop((start, stop))
+        out = self.source(start, stop)
+        if self.recording and all(isinstance(v, jax.Array) for v in out.values()):
+            size = nbytes(dict(out))
+            if size <= self.budget:
+                self.budget -= size
+                self._kept[(start, stop)] = out
+        return out

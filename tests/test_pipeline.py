@@ -1,0 +1,226 @@
+"""The pipeline: what it keeps between the passes, the output folder it owns (lock, a set
+of files replaced whole, file modes), resuming only the same run, and one-line errors."""
+
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from probe_fixture import dyadic_features, reference_tally
+
+from jaxdissect import load_label_arrays, open_broden, pipeline
+from jaxdissect.cli import main
+from jaxdissect.config import DissectConfig
+
+
+@pytest.mark.parametrize("keep_bytes,calls_per_batch", [(2**30, 1), (0, 2), (1600, None)])
+@pytest.mark.parametrize("labels_on_device", [False, True])
+def test_pass_one_activations_and_labels_kept_on_device(
+    probe, monkeypatch, keep_bytes, calls_per_batch, labels_on_device
+):
+    """A model's outputs that fit are kept for pass 2 (the model runs once); labels that fit
+    an accelerator are read there. Counts are the same either way."""
+    features = dyadic_features(12, (4, 4, 5))
+    calls = []
+
+    def model(start, stop):
+        calls.append((start, stop))
+        return {"features": jnp.asarray(features[start:stop])}
+
+    monkeypatch.setattr(pipeline, "keep_budget", lambda: keep_bytes)
+    # Labels on the device is what happens on one accelerator; on CPU, the CPU stands in.
+    monkeypatch.setattr(pipeline, "_labels_fit_device", lambda *args: labels_on_device)
+    dataset = open_broden(probe.directory)
+    labels = load_label_arrays(dataset, progress=False)
+    config = DissectConfig(batch_size=5, quantile=0.05, kernel="xla")
+    result = pipeline.dissect_activations(
+        model, 12, {"features": (4, 4, 5)}, dataset, labels, config, progress=False
+    )["features"]
+    batches = [(0, 5), (5, 10), (10, 12)]
+    if calls_per_batch is None and labels_on_device:  # the labels took the 1600 bytes
+        assert calls == batches * 2
+    elif calls_per_batch is None:  # 1600 bytes hold the first batch (5 x 4 x 4 x 5 float32)
+        assert calls == [*batches, (5, 10), (10, 12)]
+    else:
+        assert calls == batches * calls_per_batch
+    expected = reference_tally(features, result.thresholds, probe, "paper")
+    counts = (result.label_area, result.intersection, result.unit_area)
+    for got, want in zip(counts, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _args(probe, features: Path, out: Path, *extra) -> list[str]:
+    return [
+        "dissect", "--dataset", str(probe.directory), "--features", str(features),
+        "--out", str(out), "--no-progress", "--quantile", "0.05", *extra,
+    ]  # fmt: skip
+
+
+def test_a_second_run_on_the_same_out_is_refused(probe, tmp_path, capsys):
+    from jaxdissect.outdir import locked
+
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 3)))
+    with locked(tmp_path / "out"):
+        assert main(_args(probe, tmp_path / "f.npy", tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert f"in use by a running dissection (pid {os.getpid()})" in err
+    assert main(_args(probe, tmp_path / "f.npy", tmp_path / "out", "--no-report")) == 0
+
+
+def test_outputs_are_replaced_as_a_set(probe, tmp_path, monkeypatch, capsys):
+    """A run that fails while writing leaves the previous set whole; one that fails while
+    publishing leaves no results.json beside the new files; the next run cleans up."""
+    from jaxdissect import outdir, report
+
+    out = tmp_path / "out"
+    np.save(tmp_path / "a.npy", dyadic_features(12, (4, 4, 3), seed=1))
+    np.save(tmp_path / "b.npy", dyadic_features(12, (4, 4, 3), seed=2))
+    assert main(_args(probe, tmp_path / "a.npy", out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def broken_report(folder, images):
+        raise OSError(28, "No space left on device", str(folder / "report.html"))
+
+    monkeypatch.setattr(report, "write_layer_report", broken_report)
+    assert main(_args(probe, tmp_path / "b.npy", out)) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    monkeypatch.undo()
+
+    replace, calls = os.replace, []
+
+    def interrupted_replace(source, target):
+        if ".staging" not in str(target):  # publishing, not staging
+            calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as SIGINT halfway through publishing
+        replace(source, target)
+
+    monkeypatch.setattr(outdir.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(probe, tmp_path / "b.npy", out))
+    assert not (out / "results.json").exists()  # no completion mark beside a mixed set
+    monkeypatch.undo()
+    assert main(_args(probe, tmp_path / "b.npy", out)) == 0
+    assert not (out / ".staging").exists()
+    fresh = tmp_path / "fresh"
+    assert main(_args(probe, tmp_path / "b.npy", fresh)) == 0
+    assert (out / "tally.csv").read_bytes() == (fresh / "tally.csv").read_bytes()
+
+
+def test_files_follow_the_umask(probe, tmp_path):
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 3)))
+    previous = os.umask(0o022)
+    try:
+        assert main(_args(probe, tmp_path / "f.npy", tmp_path / "out")) == 0
+    finally:
+        os.umask(previous)
+    for name in ("tally.csv", "results.json", "counts.npz", "report.html"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def _keep_checkpoints(monkeypatch):
+    """Runs leave their passes' final states behind, as a run killed after pass 2 would."""
+    from jaxdissect.checkpoint import PassCheckpoints
+
+    monkeypatch.setattr(PassCheckpoints, "remove", lambda self: None)
+
+
+def test_resume_needs_the_same_layout(probe, tmp_path, monkeypatch):
+    """A cube-shaped file reads as another layer under the other layout: the saved states
+    of an nhwc run must not be resumed by an nchw run."""
+    _keep_checkpoints(monkeypatch)
+    cube = dyadic_features(12, (4, 4, 4))
+    np.save(tmp_path / "f.npy", cube)
+    assert main(_args(probe, tmp_path / "f.npy", tmp_path / "out", "--no-report")) == 0
+    nchw = ["--no-report", "--layout", "nchw"]
+    assert main(_args(probe, tmp_path / "f.npy", tmp_path / "out", *nchw)) == 0
+    assert main(_args(probe, tmp_path / "f.npy", tmp_path / "fresh", *nchw)) == 0
+    got = (tmp_path / "out" / "tally.csv").read_bytes()
+    assert got == (tmp_path / "fresh" / "tally.csv").read_bytes()
+
+
+def test_resume_needs_the_same_file_content(probe, tmp_path, monkeypatch):
+    """A features file rewritten in place with the same size and modification time."""
+    _keep_checkpoints(monkeypatch)
+    path = tmp_path / "f.npy"
+    np.save(path, dyadic_features(12, (4, 4, 3), seed=1))
+    assert main(_args(probe, path, tmp_path / "out", "--no-report")) == 0
+    stat = path.stat()
+    np.save(path, dyadic_features(12, (4, 4, 3), seed=2))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert main(_args(probe, path, tmp_path / "out", "--no-report")) == 0
+    assert main(_args(probe, path, tmp_path / "fresh", "--no-report")) == 0
+    got = (tmp_path / "out" / "tally.csv").read_bytes()
+    assert got == (tmp_path / "fresh" / "tally.csv").read_bytes()
+
+
+def test_fingerprint_names_every_setting_that_changes_results(probe, tmp_path):
+    from jaxdissect.sources import features
+
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 4)))
+    dataset = open_broden(probe.directory)
+    base = pipeline.run_fingerprint(dataset, features(tmp_path / "f.npy"), DissectConfig())
+    variants = [
+        (dataset, features(tmp_path / "f.npy", layout="nchw"), DissectConfig()),
+        (open_broden(probe.directory, ["object"]), features(tmp_path / "f.npy"), DissectConfig()),
+        *(
+            (dataset, features(tmp_path / "f.npy"), DissectConfig(**change))
+            for change in (
+                {"union": "lite"},
+                {"quantile": 0.01},
+                {"kernel": "xla"},
+                {"top_images": 3},
+                {"skip_inactive": False},
+            )
+        ),
+    ]
+    for variant in variants:
+        assert pipeline.run_fingerprint(*variant) != base
+
+
+def _features_file(tmp_path, shape):
+    np.save(tmp_path / "bad.npy", np.zeros(shape, np.float32))
+    return tmp_path / "bad.npy"
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((12, 4, 4, 0), "hold no activations"), ((12, 0, 4, 3), "hold no activations")],
+)
+def test_empty_features_give_one_line(probe, tmp_path, capsys, shape, message):
+    assert main(_args(probe, _features_file(tmp_path, shape), tmp_path / "out")) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_spec_that_is_no_factory(probe, tmp_path, capsys):
+    args = ["dissect", "--dataset", str(probe.directory), "--model", "os:sep", "--layer", "x"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert "not a factory function" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--top-images", "-5"], "must be >= 0"),
+        (["--process-id", "1"], "go with --coordinator"),
+        (["--cache", "FILE"], "FILE"),
+        (["--out", "FILE"], "exists and is not a folder"),
+        (["--out", "/proc/jaxdissect-out"], "/proc/jaxdissect-out"),
+    ],
+)
+def test_bad_arguments_give_one_line(probe, tmp_path, capsys, extra, message):
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 3)))
+    (tmp_path / "FILE").write_text("not a folder")
+    extra = [str(tmp_path / "FILE") if x == "FILE" else x for x in extra]
+    args = _args(probe, tmp_path / "f.npy", tmp_path / "out")
+    if "--out" in extra:
+        args[args.index("--out") : args.index("--out") + 2] = []
+    try:
+        code = main([*args, *extra])
+    except SystemExit as exit_:  # argparse's own one-line errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
