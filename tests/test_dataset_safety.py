@@ -13,7 +13,7 @@ from collections import namedtuple
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from jaxdissect import BrodenFormatError, load_label_arrays, open_broden
 from jaxdissect.cli import main
@@ -217,12 +217,17 @@ def _png_header_only(width, height):
     )
 
 
-def test_plane_size_checked_from_header_before_decoding(broken):
+def test_plane_size_checked_from_header_before_decoding(broken, monkeypatch):
     column, plane = _first_plane_field(broken)
     (broken / "images" / plane).write_bytes(_png_header_only(9000, 9000))
-    # The header is read, not the 81-megapixel image: the message is about its size.
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or load(image)
+    )
     with pytest.raises(BrodenFormatError, match=r"plane is 9000x9000 but index\.csv declares"):
         load_label_arrays(open_broden(broken), progress=False)
+    assert (9000, 9000) not in decoded  # the header was read, not the 81 megapixels
 
 
 # Writer and synthetic world -----------------------------------------------------------
