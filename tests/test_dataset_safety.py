@@ -175,7 +175,7 @@ def test_label_above_16_bits_is_kept_whole(broken):
 
 
 def test_plane_with_blue_channel_is_refused(broken):
-    column, plane = _first_plane_field(broken)
+    _, plane = _first_plane_field(broken)
     rgb = np.zeros((16, 16, 3), np.uint8)
     rgb[..., 0], rgb[3, 4, 2] = 1, 1  # label 1 + 65536 * B would be cut to 1
     Image.fromarray(rgb).save(broken / "images" / plane)
@@ -218,7 +218,7 @@ def _png_header_only(width, height):
 
 
 def test_plane_size_checked_from_header_before_decoding(broken, monkeypatch):
-    column, plane = _first_plane_field(broken)
+    _, plane = _first_plane_field(broken)
     (broken / "images" / plane).write_bytes(_png_header_only(9000, 9000))
     decoded = []
     load = ImageFile.ImageFile.load
