@@ -121,6 +121,13 @@ def test_fifo_plane_is_refused_not_waited_on(broken):
     assert len(outcome) == 1 and "fifo.png: label plane is not a regular file" in outcome[0]
 
 
+def test_fifo_csv_is_refused(broken):
+    (broken / "label.csv").unlink()
+    os.mkfifo(broken / "label.csv")
+    with pytest.raises(BrodenFormatError, match=r"label\.csv: not a regular file"):
+        open_broden(broken)
+
+
 # Counts -------------------------------------------------------------------------------
 
 

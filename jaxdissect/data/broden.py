@@ -85,8 +85,9 @@ class BrodenDataset:
 
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts, checking that the required columns exist."""
-    if not path.is_file():
-        raise BrodenFormatError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO would block the reader
+        problem = "not a regular file" if path.exists() else "file not found"
+        raise BrodenFormatError(f"{path}: {problem}")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:
