@@ -187,7 +187,7 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
         f"{summary['unique_top_label']['total']} concepts with IoU &gt; {threshold:g}"
     )
     legend = "".join(
-        f'<span style="background:{CATEGORY_COLORS.get(c, "#888")}">{c}</span>'
+        f'<span style="background:{CATEGORY_COLORS.get(c, "#888")}">{html.escape(c)}</span>'
         for c in results["categories"]
     )
     page = PAGE.format(
@@ -213,7 +213,7 @@ def write_index(out: str | Path, layers: list[str]) -> Path:
         results = json.loads((out / layer / "results.json").read_text())
         summary = results["summary"]
         shares = " ".join(
-            f"{c} {summary['detectors_per_category'][c] / summary['units']:.0%}"
+            f"{html.escape(c)} {summary['detectors_per_category'][c] / summary['units']:.0%}"
             for c in results["categories"]
         )
         rows.append(

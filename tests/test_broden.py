@@ -56,7 +56,7 @@ def test_cache_is_reused_and_keyed_by_content(probe, tmp_path):
     dataset = open_broden(probe.directory)
     first = load_label_arrays(dataset, tmp_path / "c", progress=False)
     key = cache_key(dataset)
-    assert (tmp_path / "c" / key / "meta.json").is_file()
+    assert (tmp_path / "c" / key / "manifest.json").is_file()
     second = load_label_arrays(dataset, tmp_path / "c", progress=False)
     np.testing.assert_array_equal(first.slot_planes, second.slot_planes)
     assert cache_key(open_broden(probe.directory, ["color"])) != key
@@ -155,7 +155,7 @@ def test_plane_size_disagrees_with_index(broken, tmp_path):
         BrodenFormatError, match=r"plane is 8x16 but index\.csv declares sh x sw = 16x16"
     ):
         load_label_arrays(dataset, tmp_path / "cache", progress=False)
-    assert not any((tmp_path / "cache").glob("*/meta.json"))  # nothing that looks complete
+    assert not any((tmp_path / "cache").glob("*/manifest.json"))  # nothing that looks complete
 
 
 def test_plane_label_not_in_label_csv(broken):

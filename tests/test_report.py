@@ -8,7 +8,7 @@ import pytest
 from probe_fixture import dyadic_features
 
 from jaxdissect.cli import main
-from jaxdissect.report import bar_graph_counts
+from jaxdissect.report import bar_graph_counts, write_index, write_layer_report
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,28 @@ def test_report_command_rebuilds(dissected, capsys):
     assert strips == [f"unit-{u:04d}.jpg" for u in range(1, features.shape[-1] + 1)]
     page = (out / "report.html").read_text()
     assert all(f'src="report/{name}"' in page for name in strips)
+
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+def test_dataset_strings_are_escaped(dissected, tmp_path):
+    out, _ = dissected
+    copy = tmp_path / "layer"
+    shutil.copytree(out, copy)
+    results = json.loads((copy / "results.json").read_text())
+    renamed = results["categories"][0]
+    results["categories"][0] = EVIL
+    summary = results["summary"]
+    summary["detectors_per_category"][EVIL] = summary["detectors_per_category"].pop(renamed)
+    for row in results["units"]:
+        row["category"] = EVIL if row["category"] == renamed else row["category"]
+        row["label"] = EVIL + '"quoted'
+    (copy / "results.json").write_text(json.dumps(results))
+    for page in (write_layer_report(copy, None), write_index(tmp_path, ["layer"])):
+        text = page.read_text()
+        assert "<img" not in text and '"quoted' not in text, page.name
+        assert "&lt;img src=x onerror=alert(1)&gt;" in text, page.name
 
 
 def _browser():

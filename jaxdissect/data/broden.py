@@ -12,6 +12,13 @@ Categories are matched by name, never by column position. A label's primary cate
 the selected category whose ``c_<cat>.csv`` gives it the largest coverage (ties go to the
 later category in category.csv order). Decoding the PNG planes is done once, by
 ``jaxdissect.data.cache``.
+
+The files are read as written or refused: a row with fewer or more fields than its header,
+a repeated column or category, a label number above ``MAX_LABEL``, or sizes above
+``MAX_SIDE`` raise ``BrodenFormatError``. A label or plane repeated within one index.csv
+row counts once. Image and plane paths must be relative and stay inside ``images/``:
+absolute paths and ``..`` are refused here, and ``member_file`` refuses at open time a path
+that leads outside through a symbolic link, or that is not a regular file.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
+import stat
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -30,6 +39,8 @@ INDEX_FIELDS = ("image", "ih", "iw", "sh", "sw")
 LABEL_FIELDS = ("number", "name")
 CATEGORY_FIELDS = ("name",)
 CATEGORY_LABEL_FIELDS = ("number", "coverage")
+MAX_LABEL = 1_000_000  # label names are held per number: a bound before allocating them
+MAX_SIDE = 8192  # image and label plane sides, checked before any array is allocated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +85,9 @@ class BrodenDataset:
 
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts, checking that the required columns exist."""
-    if not path.is_file():
-        raise BrodenFormatError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO would block the reader
+        problem = "not a regular file" if path.exists() else "file not found"
+        raise BrodenFormatError(f"{path}: {problem}")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -85,6 +97,9 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = reader.fieldnames or []
+        repeated = sorted({field for field in header if header.count(field) > 1})
+        if repeated:
+            raise BrodenFormatError(f"{path}: column(s) {', '.join(repeated)} appear twice")
         missing = [field for field in required if field not in header]
         if missing:
             raise BrodenFormatError(
@@ -95,6 +110,10 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
             if None in row:
                 raise BrodenFormatError(
                     f"{path}, line {reader.line_num}: more fields than the header has"
+                )
+            if None in row.values():
+                raise BrodenFormatError(
+                    f"{path}, line {reader.line_num}: fewer fields than the header has"
                 )
             rows.append(row)
         return rows
@@ -130,6 +149,11 @@ def _read_labels(directory: Path) -> tuple[str, ...]:
         number = _parse_int(row["number"], path, line, "number")
         if number < 0:
             raise BrodenFormatError(f"{path}, line {line}, field 'number': negative ({number})")
+        if number > MAX_LABEL:
+            raise BrodenFormatError(
+                f"{path}, line {line}, field 'number': {number} is above {MAX_LABEL:,}, "
+                "the largest label number supported"
+            )
         if number in names:
             raise BrodenFormatError(f"{path}, line {line}: label number {number} appears twice")
         names[number] = row["name"]
@@ -156,6 +180,38 @@ def _primary_categories(directory: Path, categories: Sequence[str], num_labels: 
     return primary
 
 
+def _check_relative(item: str, path: Path, line: int, field: str) -> None:
+    """Refuses a path that is absolute or climbs out of images/ with ".."."""
+    pure = PureWindowsPath(item)  # parses both separators, and drives
+    if pure.drive or pure.root or ".." in pure.parts:
+        raise BrodenFormatError(
+            f"{path}, line {line}, field {field!r}: {item!r} must be a path inside images/ "
+            "(relative, without '..')"
+        )
+
+
+def member_file(dataset: BrodenDataset, relative: str, index: int, kind: str) -> Path:
+    """``images/<relative>`` of image ``index`` (a ``kind``: "image", "label plane"),
+    resolved; refused unless it is a regular file inside ``images/`` (a symbolic link may
+    not lead out; a FIFO would block the reader)."""
+    root = (dataset.directory / "images").resolve()
+    where = f"{dataset.directory / 'index.csv'}, line {index + 2}"
+    try:
+        target = (root / relative).resolve()
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        raise BrodenFormatError(f"{where}: {root / relative}: {kind} not found") from None
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symbolic link loop
+        raise BrodenFormatError(
+            f"{where}: {root / relative}: {kind} unreadable ({error})"
+        ) from None
+    if not target.is_relative_to(root):
+        raise BrodenFormatError(f"{where}: {kind} {relative!r} leads outside {root} to {target}")
+    if not stat.S_ISREG(mode):
+        raise BrodenFormatError(f"{where}: {root / relative}: {kind} is not a regular file")
+    return target
+
+
 def _parse_index(
     directory: Path, categories: Sequence[str], label_names: Sequence[str]
 ) -> tuple[
@@ -176,9 +232,12 @@ def _parse_index(
     for line, row in enumerate(rows, start=2):
         if not row["image"]:
             raise BrodenFormatError(f"{path}, line {line}, field 'image': empty")
+        _check_relative(row["image"], path, line, "image")
         sizes = tuple(_parse_int(row[f], path, line, f) for f in ("ih", "iw", "sh", "sw"))
-        if min(sizes) < 1:
-            raise BrodenFormatError(f"{path}, line {line}: sizes must be positive, got {sizes}")
+        if min(sizes) < 1 or max(sizes) > MAX_SIDE:
+            raise BrodenFormatError(
+                f"{path}, line {line}: sizes ih,iw,sh,sw must lie in [1, {MAX_SIDE}], got {sizes}"
+            )
         if image_size is None:
             image_size, label_size = sizes[:2], sizes[2:]
         elif (sizes[:2], sizes[2:]) != (image_size, label_size):
@@ -186,7 +245,8 @@ def _parse_index(
                 f"{path}, line {line}: sizes ih,iw,sh,sw = {sizes} differ from the first row's "
                 f"{image_size + label_size}; every image must share one size"
             )
-        row_planes, row_labels = [], []
+        # dicts keep the first of repeated items: a label or plane counts once per image
+        row_planes, row_labels = {}, {}
         for category in categories:
             for item in (row[category] or "").split(";"):
                 item = item.strip()
@@ -200,9 +260,10 @@ def _parse_index(
                             "in label.csv"
                         )
                     if label:  # scene "0" means unlabelled
-                        row_labels.append(label)
+                        row_labels[label] = None
                 else:
-                    row_planes.append(item)
+                    _check_relative(item, path, line, category)
+                    row_planes[item] = None
         images.append(row["image"])
         planes.append(tuple(row_planes))
         image_labels.append(tuple(row_labels))
@@ -215,6 +276,9 @@ def read_category_names(directory: str | Path) -> tuple[str, ...]:
     names = tuple(row["name"] for row in _read_csv(path, CATEGORY_FIELDS))
     if not names:
         raise BrodenFormatError(f"{path}: no categories listed")
+    for line, name in enumerate(names, start=2):
+        if name in names[: line - 2]:
+            raise BrodenFormatError(f"{path}, line {line}: category {name!r} is listed twice")
     return names
 
 

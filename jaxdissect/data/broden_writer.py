@@ -44,6 +44,12 @@ def encode_plane(labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def plain_decimal(value: float) -> str:
+    """A float as digits with a point, never an exponent ("0.00006103515625", "1.0"): the
+    form NetDissect-Lite's reader parses as a number (``^\\d+\\.\\d*$``); exact."""
+    return np.format_float_positional(float(value), trim="0")
+
+
 def write_broden(
     directory: str | Path,
     categories: Sequence[str],
@@ -126,7 +132,7 @@ def write_broden(
             tags = ";".join(f"{c}({int(frequency[c][number])})" for c in member)
             total = sum(int(frequency[c][number]) for c in member)
             covered = sum(coverage_of(c, number) for c in member)
-            writer.writerow([number, name, tags, total, repr(covered), ""])
+            writer.writerow([number, name, tags, total, plain_decimal(covered), ""])
     for category in categories:
         with open(directory / f"c_{category}.csv", "w", newline="") as f:
             writer = csv.writer(f)
@@ -138,7 +144,7 @@ def write_broden(
                         number,
                         label_names[number],
                         int(frequency[category][number]),
-                        repr(coverage_of(category, number)),
+                        plain_decimal(coverage_of(category, number)),
                     ]
                 )
     return directory

@@ -5,9 +5,15 @@ compacted: each image's distinct labels become slots (slot 0 = unlabelled), so
 ``<cache>/<key>/slot_planes.npy`` is (N, P, sh, sw) uint8 slot indices and
 ``slot_labels.npy`` (N, S + 1) int32 the label of each slot; ``image_labels.npy`` is
 (N, M) int32. Batches are read through ``np.load(mmap_mode="r")``; the label planes are
-``slot_labels[slot_planes]``, exactly. The key hashes the CSV files'
-bytes, the selected categories and each plane file's path, size and mtime, so an edited
-dataset gets a new cache. The folder appears under its final name only when complete.
+``slot_labels[slot_planes]``, exactly.
+
+The key hashes the CSV files' bytes, the selected categories and, per plane file, its path,
+size, modification time, status-change time and inode (``os.stat``, following links): a
+file rewritten in place changes its ctime even where its mtime is restored, and a warm run
+reads no plane. A folder is built under a temporary name beside its final one and renamed
+into place once complete with ``manifest.json``, which records each file's size and CRC-32;
+every open checks them, and a folder that fails (a flipped byte, a truncated or missing
+file) is reported on stderr, set aside and rebuilt.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,10 +34,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from jaxdissect.data.broden import BrodenDataset
-from jaxdissect.errors import BrodenFormatError
+from jaxdissect.data.broden import BrodenDataset, member_file
+from jaxdissect.errors import BrodenFormatError, DissectError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+MANIFEST = "manifest.json"
 
 
 class LabelArrays(NamedTuple):
@@ -61,6 +70,15 @@ def default_cache_root() -> Path:
     return Path(base) / "jaxdissect"
 
 
+def _stamp(path: Path) -> str:
+    """What identifies a file's content without reading it: size, mtime, ctime, inode."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
+
+
 def cache_key(dataset: BrodenDataset) -> str:
     """Hash of everything the decoded arrays depend on."""
     digest = hashlib.sha256(f"jaxdissect-labels-v{CACHE_VERSION}\n".encode())
@@ -72,42 +90,53 @@ def cache_key(dataset: BrodenDataset) -> str:
     image_root = dataset.directory / "images"
     for planes in dataset.pixel_planes:
         for plane in planes:
-            try:
-                stat = (image_root / plane).stat()
-                digest.update(f"{plane}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-            except OSError:
-                digest.update(f"{plane}\0missing\n".encode())
+            digest.update(f"{plane}\0{_stamp(image_root / plane)}\n".encode())
     return digest.hexdigest()[:24]
 
 
-def decode_plane(path: Path, label_size: tuple[int, int], num_labels: int) -> np.ndarray:
-    """One PNG label plane as (sh, sw) uint16 label numbers (R + 256 * G)."""
+def _open_checked(path: Path, size: tuple[int, int], what: str) -> Image.Image:
+    """Opens an image file, reading only its header, and checks its (height, width)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            pixels = np.asarray(image)
+        image = Image.open(path)
     except FileNotFoundError:
-        raise BrodenFormatError(f"{path}: label plane not found") from None
-    except OSError as error:
-        raise BrodenFormatError(f"{path}: cannot decode label plane ({error})") from None
+        raise BrodenFormatError(f"{path}: {what} not found") from None
+    except (OSError, Image.DecompressionBombError) as error:
+        raise BrodenFormatError(f"{path}: cannot decode {what} ({error})") from None
+    width, height = image.size
+    if (height, width) != tuple(size):
+        image.close()
+        sides = "sh x sw" if what == "label plane" else "ih x iw"
+        raise BrodenFormatError(
+            f"{path}: {what.split()[-1]} is {height}x{width} but index.csv declares "
+            f"{sides} = {size[0]}x{size[1]}"
+        )
+    return image
+
+
+def decode_plane(path: Path, label_size: tuple[int, int], num_labels: int) -> np.ndarray:
+    """One PNG label plane as (sh, sw) int32 label numbers (R + 256 * G, or gray values)."""
+    with _open_checked(path, label_size, "label plane") as image:
+        mode = image.mode
+        try:
+            pixels = np.asarray(image)
+        except (OSError, ValueError) as error:
+            raise BrodenFormatError(f"{path}: cannot decode label plane ({error})") from None
     if mode in ("RGB", "RGBA"):
+        if pixels[..., 2].any():  # label = R + 256 * G: B would be dropped
+            raise BrodenFormatError(
+                f"{path}: blue channel is not zero; label planes encode R + 256 * G only"
+            )
         labels = pixels[..., 0].astype(np.int64) + 256 * pixels[..., 1].astype(np.int64)
-    elif mode in ("L", "I;16", "I"):
+    elif mode in ("L", "I;16", "I;16B", "I"):
         labels = pixels.astype(np.int64)
     else:
         raise BrodenFormatError(f"{path}: label planes must be RGB(A) or grayscale, not {mode}")
-    if labels.shape != tuple(label_size):
-        raise BrodenFormatError(
-            f"{path}: plane is {labels.shape[0]}x{labels.shape[1]} but index.csv declares "
-            f"sh x sw = {label_size[0]}x{label_size[1]}"
-        )
     if labels.size and (labels.max() >= num_labels or labels.min() < 0):
+        culprit = int(labels.max() if labels.max() >= num_labels else labels.min())
         raise BrodenFormatError(
-            f"{path}: label {int(labels.max())} is not in label.csv "
-            f"(labels run to {num_labels - 1})"
+            f"{path}: label {culprit} is not in label.csv (labels run to {num_labels - 1})"
         )
-    return labels.astype(np.uint16)
+    return labels.astype(np.int32)
 
 
 MAX_SLOTS = 255  # slot indices are stored as uint8
@@ -117,7 +146,11 @@ def _decode_image(dataset: BrodenDataset, index: int, slot_planes: np.ndarray) -
     """Decodes image ``index``'s planes into ``slot_planes[index]``; returns its slot labels."""
     image_root = dataset.directory / "images"
     planes = [
-        decode_plane(image_root / plane, dataset.label_size, dataset.num_labels)
+        decode_plane(
+            member_file(dataset, plane, index, "label plane"),
+            dataset.label_size,
+            dataset.num_labels,
+        )
         for plane in dataset.pixel_planes[index]
     ]
     if not planes:
@@ -138,6 +171,7 @@ def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
     num_images = dataset.num_images
     num_planes = max(1, max(len(p) for p in dataset.pixel_planes))
     num_image_labels = max(1, max(len(m) for m in dataset.image_labels))
+    _check_free_space(folder, num_images * num_planes * int(np.prod(dataset.label_size)))
     slot_planes = np.lib.format.open_memmap(
         folder / "slot_planes.npy",
         mode="w+",
@@ -168,55 +202,104 @@ def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
     for i, labels in enumerate(per_image):
         slot_labels[i, : len(labels)] = labels
     np.save(folder / "slot_labels.npy", slot_labels)
-    meta = {"version": CACHE_VERSION, "images": num_images}
-    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise DissectError(
+            f"{folder.parent}: the decoded cache needs {needed / 2**30:.2f} GiB, "
+            f"only {free / 2**30:.2f} GiB free (choose another --cache)"
+        )
 
 
 def _image_key(dataset: BrodenDataset) -> str:
     digest = hashlib.sha256(f"jaxdissect-images-v{CACHE_VERSION}\n".encode())
     digest.update((dataset.directory / "index.csv").read_bytes())
     for image in dataset.images:
-        try:
-            stat = (dataset.directory / "images" / image).stat()
-            digest.update(f"{image}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{image}\0missing\n".encode())
+        digest.update(f"{image}\0{_stamp(dataset.directory / 'images' / image)}\n".encode())
     return "images-" + digest.hexdigest()[:24]
 
 
 def decode_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     """One image as (ih, iw, 3) uint8 RGB, checked against index.csv's size."""
+    with _open_checked(path, image_size, "image") as image:
+        try:
+            return np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise BrodenFormatError(f"{path}: cannot decode image ({error})") from None
+
+
+def _checksum(path: Path) -> int:
+    """CRC-32 of a file's bytes (about 2 GB/s: a warm run's check costs little)."""
+    crc, buffer = 0, bytearray(1 << 24)
+    with open(path, "rb") as f:
+        while count := f.readinto(buffer):
+            crc = zlib.crc32(memoryview(buffer)[:count], crc)
+    return crc
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {
+        path.name: [path.stat().st_size, _checksum(path)]
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+    }
+    (folder / MANIFEST).write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
+
+
+def _verify(folder: Path) -> str | None:
+    """None if ``folder`` holds exactly what its manifest records, else what is wrong."""
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise BrodenFormatError(f"{path}: image not found") from None
-    except OSError as error:
-        raise BrodenFormatError(f"{path}: cannot decode image ({error})") from None
-    if pixels.shape[:2] != tuple(image_size):
-        raise BrodenFormatError(
-            f"{path}: image is {pixels.shape[0]}x{pixels.shape[1]} but index.csv declares "
-            f"ih x iw = {image_size[0]}x{image_size[1]}"
-        )
-    return pixels
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        if manifest["version"] != CACHE_VERSION or not files:
+            return f"{folder / MANIFEST}: written by another version"
+        for name, (size, crc) in files.items():
+            path = folder / name
+            if path.stat().st_size != size:
+                return f"{path}: {path.stat().st_size} bytes, {size} written"
+            if _checksum(path) != crc:
+                return f"{path}: checksum differs from the one written"
+    except FileNotFoundError as error:
+        return f"{error.filename}: missing"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{folder / MANIFEST}: unreadable ({error})"
+    return None
 
 
 def cached_folder(root: Path, key: str, write) -> Path:
-    """The cache folder ``root/key``, written by ``write(folder)`` into a staging folder and
-    renamed into place on success."""
+    """The cache folder ``root/key``, checked against its manifest, else (re)written.
+
+    ``write(folder)`` fills a staging folder beside the final one; the manifest of
+    checksums is added and the folder renamed into place, so a killed or concurrent build
+    never leaves a folder that looks complete. A folder that fails its check is reported
+    on stderr and rebuilt.
+    """
     folder = root / key
-    if not (folder / "meta.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    problem = _verify(folder)
+    if problem is None:
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        print(f"jaxdissect: cache {problem}; rebuilding {folder}", file=sys.stderr)
+        trash = Path(tempfile.mkdtemp(prefix=".stale-", dir=root))
         try:
-            write(staging)
-            try:
-                staging.rename(folder)
-            except OSError:
-                if not (folder / "meta.json").is_file():  # not a concurrent run's success
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            folder.rename(trash / key)
+        except FileNotFoundError:  # a concurrent run set it aside first
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    try:
+        write(staging)
+        _write_manifest(staging)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if _verify(folder) is not None:  # not a concurrent run's success
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -228,6 +311,7 @@ def load_image_array(
     root = Path(cache_root) if cache_root is not None else default_cache_root()
 
     def write(folder: Path) -> None:
+        _check_free_space(folder, dataset.num_images * 3 * int(np.prod(dataset.image_size)))
         images = np.lib.format.open_memmap(
             folder / "images.npy",
             mode="w+",
@@ -236,9 +320,8 @@ def load_image_array(
         )
 
         def decode(index: int) -> None:
-            images[index] = decode_image(
-                dataset.directory / "images" / dataset.images[index], dataset.image_size
-            )
+            path = member_file(dataset, dataset.images[index], index, "image")
+            images[index] = decode_image(path, dataset.image_size)
 
         workers = min(32, (os.cpu_count() or 1) * 2)
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -251,7 +334,6 @@ def load_image_array(
             ):
                 pass
         images.flush()
-        (folder / "meta.json").write_text(json.dumps({"version": CACHE_VERSION}))
 
     return np.load(cached_folder(root, _image_key(dataset), write) / "images.npy", mmap_mode="r")
 

@@ -1,0 +1,141 @@
+"""The decoded-label cache never reuses stale or corrupt state: every open checks the
+files against their recorded checksums, the key changes when a plane is rewritten, and a
+build appears under its final name only when complete."""
+
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxdissect.data.cache as cache
+from jaxdissect import load_label_arrays, open_broden
+
+
+@pytest.fixture
+def dataset(probe, tmp_path):
+    copy = tmp_path / "broden"
+    shutil.copytree(probe.directory, copy)
+    return open_broden(copy)
+
+
+def _expected_planes(dataset):
+    """(N, P, sh, sw) label numbers read straight from the PNGs (R + 256 * G)."""
+    planes = np.zeros((dataset.num_images, 2 * len(dataset.categories), *dataset.label_size))
+    for i, names in enumerate(dataset.pixel_planes):
+        for k, name in enumerate(names):
+            rgb = np.asarray(Image.open(dataset.directory / "images" / name)).astype(np.int64)
+            planes[i, k] = rgb[..., 0] + 256 * rgb[..., 1]
+    return planes
+
+
+def _assert_decodes_the_pngs(labels, dataset):
+    expected = _expected_planes(dataset)
+    got = labels.label_planes(0, dataset.num_images)
+    np.testing.assert_array_equal(got, expected[:, : got.shape[1]])
+    assert not expected[:, got.shape[1] :].any()
+
+
+def _folder(dataset, root):
+    return root / cache.cache_key(dataset)
+
+
+def test_flipped_bytes_are_detected_and_rebuilt(dataset, tmp_path, capsys):
+    load_label_arrays(dataset, tmp_path / "c", progress=False)
+    path = _folder(dataset, tmp_path / "c") / "slot_planes.npy"
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) - 64, len(data), 7):  # slot indices, past the .npy header
+        data[offset] ^= 0x03
+    path.write_bytes(bytes(data))
+    labels = load_label_arrays(dataset, tmp_path / "c", progress=False)
+    assert f"cache {path}: checksum differs" in capsys.readouterr().err
+    _assert_decodes_the_pngs(labels, dataset)
+
+
+def test_truncated_file_is_rebuilt(dataset, tmp_path, capsys):
+    load_label_arrays(dataset, tmp_path / "c", progress=False)
+    path = _folder(dataset, tmp_path / "c") / "slot_labels.npy"
+    size = path.stat().st_size
+    os.truncate(path, size // 2)
+    labels = load_label_arrays(dataset, tmp_path / "c", progress=False)
+    assert f"cache {path}: {size // 2} bytes, {size} written" in capsys.readouterr().err
+    _assert_decodes_the_pngs(labels, dataset)
+    assert path.stat().st_size == size
+
+
+@pytest.mark.parametrize("name", [cache.MANIFEST, "image_labels.npy"])
+def test_missing_file_is_rebuilt(dataset, tmp_path, capsys, name):
+    load_label_arrays(dataset, tmp_path / "c", progress=False)
+    (_folder(dataset, tmp_path / "c") / name).unlink()
+    labels = load_label_arrays(dataset, tmp_path / "c", progress=False)
+    assert f"{name}: missing; rebuilding" in capsys.readouterr().err
+    _assert_decodes_the_pngs(labels, dataset)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [cache.cache_key(dataset)]
+
+
+def test_plane_rewritten_with_same_size_and_mtime_gets_a_new_cache(dataset, tmp_path):
+    plane = dataset.directory / "images" / dataset.pixel_planes[0][0]
+    rgb = np.asarray(Image.open(plane))
+    Image.fromarray(rgb).save(plane, compress_level=0)  # stored: size depends on shape only
+    load_label_arrays(dataset, tmp_path / "c", progress=False)
+    before = plane.stat()
+    swapped = rgb.copy()
+    swapped[:, :, :2] = rgb[::-1, :, :2]  # same labels, upside down
+    Image.fromarray(swapped).save(plane, compress_level=0)
+    os.utime(plane, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert plane.stat().st_size == before.st_size
+    assert plane.stat().st_mtime_ns == before.st_mtime_ns
+    labels = load_label_arrays(dataset, tmp_path / "c", progress=False)
+    _assert_decodes_the_pngs(labels, dataset)
+
+
+def test_warm_run_decodes_nothing(dataset, tmp_path, monkeypatch):
+    first = load_label_arrays(dataset, tmp_path / "c", progress=False)
+
+    def refuse(*args):
+        raise AssertionError("a warm run decoded a plane")
+
+    monkeypatch.setattr(cache, "decode_plane", refuse)
+    second = load_label_arrays(dataset, tmp_path / "c", progress=False)
+    np.testing.assert_array_equal(second.slot_planes, first.slot_planes)
+
+
+def test_killed_build_leaves_nothing_that_looks_complete(dataset, tmp_path, monkeypatch):
+    decode = cache.decode_plane
+    calls = []
+
+    def dies_midway(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # as a kill would, part-way through the planes
+        return decode(*args)
+
+    monkeypatch.setattr(cache, "decode_plane", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        load_label_arrays(dataset, tmp_path / "c", progress=False)
+    assert not _folder(dataset, tmp_path / "c").exists()
+    monkeypatch.setattr(cache, "decode_plane", decode)
+    _assert_decodes_the_pngs(load_label_arrays(dataset, tmp_path / "c", progress=False), dataset)
+
+
+def test_concurrent_builds_agree(tmp_path):
+    started = threading.Barrier(2)
+
+    def write(folder):
+        started.wait()  # both builds run at once
+        np.save(folder / "a.npy", np.arange(1000))
+
+    folders = []
+    threads = [
+        threading.Thread(target=lambda: folders.append(cache.cached_folder(tmp_path, "k", write)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert folders == [tmp_path / "k"] * 2
+    np.testing.assert_array_equal(np.load(tmp_path / "k" / "a.npy"), np.arange(1000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # no staging left behind
