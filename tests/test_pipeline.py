@@ -224,3 +224,55 @@ def test_bad_arguments_give_one_line(probe, tmp_path, capsys, extra, message):
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_studies_reuse_a_dissection_only_of_the_same_checkpoint(probe, tmp_path, monkeypatch):
+    """experiments.common.dissect_model reuses results.json only when the checkpoint (run
+    config, step, saved parameters) and everything else match."""
+    from user_model import factory
+
+    from experiments import common
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "3").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "3" / "params").write_bytes(b"first")
+    dataset = open_broden(probe.directory)
+    images = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), np.uint8)
+    study_probe = common.Probe(dataset, load_label_arrays(dataset, progress=False), images)
+    config = DissectConfig(quantile=0.05, top_images=0)
+    calls = []
+    dissect = common.dissect
+    monkeypatch.setattr(common, "dissect", lambda *a, **k: calls.append(1) or dissect(*a, **k))
+
+    def run_study():
+        return common.dissect_model(
+            factory(None), ["conv_b"], study_probe, config, tmp_path / "out", (run, 3)
+        )
+
+    first = run_study()
+    assert len(calls) == 1 and run_study() == first and len(calls) == 1  # reused
+    (run / "checkpoints" / "3" / "params").write_bytes(b"other")  # a retrained checkpoint
+    run_study()
+    assert len(calls) == 2
+
+
+def test_a_forged_header_gives_one_line(probe, tmp_path, capsys):
+    """A .npy header declaring a shape whose size overflows int64."""
+    path = tmp_path / "f.npy"
+    big = 2**40
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': (12, {big}, {big}, {big}), }}"
+    header = header.ljust(118) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+    assert main(_args(probe, path, tmp_path / "out")) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_features_out_into_an_unwritable_place(tmp_path, capsys):
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    args = ["features", "--model", "user_model:factory", "--layer", "conv_b"]
+    args += ["--images", str(tmp_path / "images.npy"), "--out", "/proc/jaxdissect/f.npy"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "/proc/jaxdissect" in err and "Traceback" not in err
