@@ -73,11 +73,14 @@ class _Storage(_Unpickled):
         self.itemsize = 2 if dtype is None else np.dtype(dtype).itemsize
         self.array: np.ndarray | None = None
 
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
     def fill(self, raw: bytes, path: Path) -> None:
-        if len(raw) != self.numel * self.itemsize:
+        if len(raw) != self.nbytes:
             raise DissectError(
-                f"{path}: storage {self.key!r} holds {len(raw)} bytes, "
-                f"{self.numel * self.itemsize} declared"
+                f"{path}: storage {self.key!r} holds {len(raw)} bytes, {self.nbytes} declared"
             )
         if self.dtype is None:  # bfloat16: the high half of a float32
             self.array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
@@ -89,7 +92,7 @@ class _LazyTensor(_Unpickled):
     def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
-    def nbytes(self) -> int:
+    def out_bytes(self) -> int:
         return math.prod(self.size) * (4 if self.storage.dtype is None else self.storage.itemsize)
 
     def check(self, path: Path, name: str) -> None:
@@ -207,17 +210,15 @@ def _load_zip(path: Path, max_bytes: int) -> Any:
         _check_budget(path, pickle_size, max_bytes)
         storages: dict[str, _Storage] = {}
         obj = _unpickle(io.BytesIO(archive.read(pickles[0])), path, storages)
-        _check_budget(
-            path, pickle_size + sum(s.numel * s.itemsize for s in storages.values()), max_bytes
-        )
+        _check_budget(path, pickle_size + sum(s.nbytes for s in storages.values()), max_bytes)
         for key, storage in storages.items():
             name = f"{prefix}data/{key}"
             if name not in entries:
                 raise DissectError(f"{path}: storage entry {name} is missing")
-            if entries[name].file_size != storage.numel * storage.itemsize:  # before inflating
+            if entries[name].file_size != storage.nbytes:  # before inflating
                 raise DissectError(
                     f"{path}: storage {key!r} holds {entries[name].file_size} bytes, "
-                    f"{storage.numel * storage.itemsize} declared"
+                    f"{storage.nbytes} declared"
                 )
             storage.fill(archive.read(name), path)
     return obj
@@ -237,6 +238,7 @@ def _load_legacy(path: Path, max_bytes: int) -> Any:
     keys = _unpickle(stream, path, storages)
     if not isinstance(keys, list) or not all(str(k) in storages for k in keys):
         raise DissectError(f"{path}: the storage keys do not match the tensors")
+    _check_budget(path, sum(s.nbytes for s in storages.values()), max_bytes)
     for key in keys:
         storage = storages[str(key)]
         header = stream.read(8)
@@ -296,5 +298,5 @@ def load_state_dict(
         raise DissectError(f"{path}: expected a state dict of tensors")
     for name, tensor in obj.items():
         tensor.check(path, name)
-    _check_budget(path, sum(tensor.nbytes() for tensor in obj.values()), max_bytes)
+    _check_budget(path, sum(tensor.out_bytes() for tensor in obj.values()), max_bytes)
     return {k.removeprefix("module."): v.materialize(path, k) for k, v in obj.items()}
