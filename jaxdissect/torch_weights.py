@@ -126,8 +126,10 @@ def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))):
         raise pickle.UnpicklingError("a tensor whose size or stride is not a tuple")
     size, stride = tuple(size), tuple(stride)
-    if not all(isinstance(n, int) for n in (offset, *size, *stride)) or len(size) > 64:
+    if not all(isinstance(n, int) for n in (offset, *size, *stride)):
         raise pickle.UnpicklingError("a tensor with a non-integer offset, size or stride")
+    if len(size) > 64:  # NumPy's limit
+        raise pickle.UnpicklingError(f"a tensor of {len(size)} dimensions")
     return _LazyTensor(storage, offset, size, stride)
 
 
@@ -170,7 +172,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         elif isinstance(storage_type, str) and storage_type in STORAGE_DTYPES:
             dtype = STORAGE_DTYPES[storage_type]
         else:
-            raise DissectError(f"{self.path}: unsupported storage type {storage_type!r}")
+            raise DissectError(f"{self.path}: unsupported storage type {storage_type!r:.200}")
         if not (isinstance(key, (str, int)) and isinstance(numel, int) and numel >= 0):
             raise DissectError(f"{self.path}: storage with key {key!r} and {numel!r} elements")
         if len(pid) == 6 and pid[5] is not None:
@@ -232,7 +234,9 @@ def _load_legacy(path: Path, max_bytes: int) -> Any:
         raise DissectError(f"{path}: not a PyTorch checkpoint (no torch.save magic number)")
     _unpickle(stream, path, storages)  # protocol version
     sys_info = _unpickle(stream, path, storages)
-    if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
+    if not isinstance(sys_info, dict):
+        raise DissectError(f"{path}: not a PyTorch checkpoint (no system information)")
+    if not sys_info.get("little_endian", True):
         raise DissectError(f"{path}: big-endian checkpoints are not supported")
     obj = _unpickle(stream, path, storages)
     keys = _unpickle(stream, path, storages)

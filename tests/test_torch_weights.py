@@ -324,6 +324,26 @@ def test_legacy_keys_must_name_the_storages(tmp_path):
         load_state_dict(path)
 
 
+def test_legacy_storage_without_data_is_named(tmp_path):
+    obj, storages = _state({"w": np.ones(3, np.float32)}, legacy=True)
+    path = tmp_path / "model.pth"
+    _write_legacy(path, obj, storages, keys=[])
+    with pytest.raises(DissectError, match=r"model\.pth: tensor w: storage '0' has no data"):
+        load_state_dict(path)
+
+
+@pytest.mark.parametrize("part", ["sys_info", "size"])
+def test_malformed_legacy_parts_are_named(tmp_path, part):
+    obj = {"w": _tensor("0", np.float32, 3, (3,), legacy=True)}
+    parts = {"sys_info": ["not", "a", "dict"]} if part == "sys_info" else {}
+    if part == "size":  # 65 dimensions, more than NumPy has
+        obj = {"w": _tensor("0", np.float32, 3, (1,) * 65, legacy=True)}
+    path = tmp_path / "model.pth"
+    _write_legacy(path, obj, {"0": np.ones(3, np.float32)}, **parts)
+    with pytest.raises(DissectError, match=r"model\.pth: not a"):
+        load_state_dict(path)
+
+
 def test_legacy_storage_views_are_refused(tmp_path):
     pid = ("storage", Global("torch", "FloatStorage"), "0", "cpu", 3, ("1", 0, 3))
     obj = {"w": Call(Global("torch._utils", "_rebuild_tensor"), (Persistent(pid), 0, (3,), (1,)))}
