@@ -330,7 +330,10 @@ def load_torch_weights(
             targets[".".join(map(str, path))] = variable
     assigned, problems = set(), []
     for name, tensor in state_dict.items():
-        if name.endswith("num_batches_tracked"):
+        if name.endswith("num_batches_tracked"):  # an int64 count, not a weight
+            continue
+        if not np.issubdtype(tensor.dtype, np.floating):
+            problems.append(f"{name}: dtype {tensor.dtype} cannot be a float weight")
             continue
         renamed = _rename(name, rules)
         prefix, leaf = renamed.rsplit(".", 1)
@@ -398,7 +401,9 @@ def build(name: str, weights: str | Path | None = None, seed: int = 0) -> nnx.Mo
         raise DissectError(f"no zoo model {name!r}; the zoo has: {', '.join(ZOO)}")
     model = ZOO[name].build(nnx.Rngs(seed))
     if weights is not None:
-        load_torch_weights(model, load_state_dict(weights), ZOO[name].rules, str(weights))
+        count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat)))
+        state_dict = load_state_dict(weights, parameter_count=count)
+        load_torch_weights(model, state_dict, ZOO[name].rules, str(weights))
     model.eval()
     return model
 

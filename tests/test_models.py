@@ -3,8 +3,6 @@
 The ResNet-20 comparison needs PyTorch (an optional test dependency: `make test` installs
 it where pip can) and ../shared/models (the 1 MB pretrained file, not vendored)."""
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import jax
@@ -107,47 +105,6 @@ def test_zoo_layers_and_shapes(name, size, layers):
     model = zoo.feature_model(name)
     out = model(_images(1, size), tuple(layers))
     assert {k: tuple(v.shape) for k, v in out.items()} == layers
-
-
-@pytest.mark.parametrize("zip_format", [True, False])
-def test_torch_save_files_in_both_formats(tmp_path, zip_format):
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
-    tensors = {
-        "conv.weight": torch.randn(4, 3, 3, 3),
-        "bn.running_var": torch.rand(4, dtype=torch.float64),
-        "bn.num_batches_tracked": torch.tensor(7),
-        "half": torch.randn(2, 5).half(),
-        "bf16": torch.randn(3).bfloat16(),
-        "strided": torch.randn(5, 6)[:, ::2],  # a view: offset and strides matter
-    }
-    path = tmp_path / "model.pth.tar"
-    wrapped = {"state_dict": {f"module.{k}": v for k, v in tensors.items()}, "epoch": 3}
-    torch.save(wrapped, path, _use_new_zipfile_serialization=zip_format)
-    assert zipfile.is_zipfile(path) == zip_format
-    loaded = load_state_dict(path)
-    assert set(loaded) == set(tensors)
-    for key, value in tensors.items():
-        expected = value.float().numpy() if key == "bf16" else value.numpy()
-        np.testing.assert_array_equal(loaded[key], expected)
-
-
-def test_refuses_code_in_pickles(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    path = tmp_path / "evil.pth"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
-    with pytest.raises(DissectError, match=r"refusing to load (__builtin__|builtins)\.print"):
-        load_state_dict(path)
-
-
-def test_not_a_checkpoint(tmp_path):
-    path = tmp_path / "junk.pth"
-    path.write_bytes(b"hello")
-    with pytest.raises(DissectError, match=r"junk\.pth: not a"):
-        load_state_dict(path)
 
 
 @pytest.fixture(scope="module")
