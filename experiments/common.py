@@ -26,6 +26,24 @@ from jaxdissect.sources import Activations, array_identity, model_run
 ROTATED = "@rotated"
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """The probe set a study dissects on.
+
+    Attributes:
+      directory: a Broden folder; None: the synthetic world's probe split, written to
+        ``<workdir>/probe``.
+      images: how many synthetic probe images to draw.
+      image_size: their side in pixels (the studies train at this size too).
+      seed: the synthetic probe's seed.
+    """
+
+    directory: str | None = None
+    images: int = 600
+    image_size: int = 64
+    seed: int = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Probe:
     dataset: BrodenDataset
@@ -52,19 +70,20 @@ def prepare_probe(
 
 
 def start_experiment(config, workdir: str | Path, progress: bool) -> tuple[Path, Probe]:
-    """Creates the workdir, records config.json, and prepares the probe set the config names
-    (``probe``, ``probe_images``, ``image_size``)."""
+    """Creates the workdir, records config.json, and prepares the probe set ``config.probe``
+    (a ProbeConfig) names."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_json(workdir / "config.json", dataclasses.asdict(config))
-    probe = prepare_probe(
-        config.probe or workdir / "probe",
-        config.probe_images,
-        config.image_size,
-        seed=1,
+    probe = config.probe
+    prepared = prepare_probe(
+        probe.directory or workdir / "probe",
+        probe.images,
+        probe.image_size,
+        probe.seed,
         progress=progress,
     )
-    return workdir, probe
+    return workdir, prepared
 
 
 def checkpoint_identity(run_dir: Path, step: int | None) -> dict:
@@ -174,34 +193,80 @@ def eval_accuracy(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}
 
 
+def _parse_value(kind, text: str):
+    """``text`` as a value of type ``kind`` (bool, str, int, float, a tuple of str, or one
+    of those or None)."""
+    if kind is bool:
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("1", "true", "yes")
+    if typing.get_origin(kind) is tuple:
+        return tuple(text.split(",")) if text else ()
+    if type(None) in typing.get_args(kind):  # X | None: "" or "none" is None
+        if text.lower() in ("", "none"):
+            return None
+        (kind,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    return kind(text)
+
+
+def _field_defaults(config_type) -> dict:
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(config_type)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+
+
 def parse_args(doc: str, presets: dict, config_type, argv=None):
-    """``--config``, ``--workdir``, ``--no-progress`` and key=value overrides."""
+    """``--config``, ``--workdir``, ``--no-progress`` and key=value overrides; a key names a
+    field of ``config_type`` or, as ``field.key``, a field of a nested config dataclass
+    (``dissect.union=lite``, ``probe.images=200``)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--config", default="default", choices=sorted(presets))
     parser.add_argument("--workdir", default=None, help="default: runs/<experiment>-<config>")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="key=value")
+    parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     args = parser.parse_args(argv)
-    values = dict(presets[args.config])
-    hints = typing.get_type_hints(config_type)
-    fields = {f.name for f in dataclasses.fields(config_type)}
+    values = {**_field_defaults(config_type), **presets[args.config]}
+    nested: dict[str, dict] = {}
     for item in args.overrides:
         key, sep, text = item.partition("=")
-        if not sep or key not in fields:
+        section, dot, name = key.rpartition(".")
+        owner = config_type
+        if dot:
+            owner = type(values.get(section))
+            if not dataclasses.is_dataclass(owner):
+                known = [k for k, v in values.items() if dataclasses.is_dataclass(v)]
+                parser.error(
+                    f"override {item!r}: {section!r} is not a section; sections: "
+                    f"{', '.join(sorted(known))}"
+                )
+        fields = {f.name for f in dataclasses.fields(owner)}
+        if not sep or name not in fields:
+            where = f"a field of {section}" if dot else "a field"
             parser.error(
-                f"override {item!r}: expected key=value with key one of {', '.join(sorted(fields))}"
+                f"override {item!r}: expected key=value with key {where}, one of "
+                f"{', '.join(sorted(fields))}"
             )
-        kind = hints[key]
+        kind = typing.get_type_hints(owner)[name]
+        if dataclasses.is_dataclass(kind):
+            parser.error(
+                f"override {item!r}: {name} is a section; set its fields as {name}.KEY=VALUE"
+            )
         try:
-            if kind is bool:
-                values[key] = text.lower() in ("1", "true", "yes")
-            elif typing.get_origin(kind) is tuple:
-                values[key] = tuple(text.split(",")) if text else ()
-            else:
-                values[key] = kind(text)
+            value = _parse_value(kind, text)
         except ValueError as error:
             parser.error(f"override {item!r}: {error}")
-    return args, config_type(**values)
+        if dot:
+            nested.setdefault(section, {})[name] = value
+        else:
+            values[name] = value
+    try:
+        for section, changes in nested.items():
+            values[section] = dataclasses.replace(values[section], **changes)
+        return args, config_type(**values)
+    except ValueError as error:
+        parser.error(f"overrides {' '.join(args.overrides)!r}: {error}")
 
 
 STYLE = (

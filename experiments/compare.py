@@ -17,6 +17,7 @@ import numpy as np
 
 from experiments.common import (
     ROTATED,
+    ProbeConfig,
     dissect_model,
     save_json,
     start_experiment,
@@ -51,14 +52,13 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CommonConfig:
+    """What the comparison studies share; ``dissect``: how each network is dissected;
+    ``probe``: on what (the networks train at ``probe.image_size``)."""
+
     train_preset: str = "default"
     steps: int = 600
-    probe: str = ""
-    probe_images: int = 600
-    image_size: int = 64
-    quantile: float = 0.005
-    iou_threshold: float = 0.04
-    batch_size: int = 50
+    dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
     probe_train_images: int = 800  # linear probe: fitted on validation scenes, tested on test
     probe_test_images: int = 400
     seed: int = 0
@@ -69,14 +69,18 @@ PRESETS = {
     "smoke": dict(
         train_preset="smoke",
         steps=4,
-        probe_images=40,
-        image_size=32,
-        batch_size=20,
+        dissect=DissectConfig(batch_size=20),
+        probe=ProbeConfig(images=40, image_size=32),
         probe_train_images=32,
         probe_test_images=16,
     ),
     "default": {},
-    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
+    "full": dict(
+        train_preset="full",
+        steps=300_000,
+        dissect=DissectConfig(batch_size=256),
+        probe=ProbeConfig(image_size=128),
+    ),
 }
 
 
@@ -96,7 +100,7 @@ def pooled_features(
 def linear_probe(model: FeatureModel, layer: str, config: CommonConfig) -> float:
     """Test accuracy of a ridge classifier on the layer's pooled features (scene labels of
     the validation split to fit, of the test split to score)."""
-    geometry = world.WorldConfig(image_size=config.image_size)
+    geometry = world.WorldConfig(image_size=config.probe.image_size)
     fit_x, fit_y = world.scene_arrays(
         config.seed, "validation", config.probe_train_images, geometry
     )
@@ -119,9 +123,6 @@ def run_comparison(
 ) -> dict:
     started = time.time()
     workdir, probe = start_experiment(config, workdir, progress)
-    dissect_config = DissectConfig(
-        quantile=config.quantile, iou_threshold=config.iou_threshold, batch_size=config.batch_size
-    )
     rows = []
     for index, variant in enumerate(variants):
         accuracy = None
@@ -131,7 +132,7 @@ def run_comparison(
             run_dir = workdir / "runs" / (variant.run or variant.name)
             overrides = [
                 f"steps={config.steps}",
-                f"image_size={config.image_size}",
+                f"image_size={config.probe.image_size}",
                 *variant.overrides,
             ]
             if variant.init_from_variant:
@@ -153,7 +154,7 @@ def run_comparison(
             model,
             [layer],
             probe,
-            dissect_config,
+            config.dissect,
             workdir / "dissections" / variant.name,
             (run_dir, step),
             rotations={layer + ROTATED: (layer, random_rotation(key, units))},

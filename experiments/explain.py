@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import (
+    ProbeConfig,
     dissect_model,
     experiment_main,
     save_json,
@@ -47,22 +48,28 @@ class Config:
     train_preset: str = "default"
     steps: int = 1500
     layer: str = "layer3"
-    probe: str = ""
-    probe_images: int = 600
-    image_size: int = 64
-    quantile: float = 0.005
-    iou_threshold: float = 0.04
-    batch_size: int = 50
     examples: int = 6
     top_units: int = 3
+    dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
+    # The probe set; the network trains at probe.image_size.
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
 
 
 PRESETS = {
     "smoke": dict(
-        train_preset="smoke", steps=4, probe_images=40, image_size=32, batch_size=20, examples=2
+        train_preset="smoke",
+        steps=4,
+        examples=2,
+        dissect=DissectConfig(batch_size=20),
+        probe=ProbeConfig(images=40, image_size=32),
     ),
     "default": {},
-    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
+    "full": dict(
+        train_preset="full",
+        steps=300_000,
+        dissect=DissectConfig(batch_size=256),
+        probe=ProbeConfig(image_size=128),
+    ),
 }
 
 
@@ -105,7 +112,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
             config.train_preset,
             [
                 f"steps={config.steps}",
-                f"image_size={config.image_size}",
+                f"image_size={config.probe.image_size}",
                 "family=resnet",
                 "depth=2",
                 "batch_norm=true",
@@ -119,11 +126,8 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     network, _ = load_run(run_dir)
     weights = np.asarray(network.classifier.kernel.get_value())  # (U, C)
     class_names = json.loads((run_dir / "run.json").read_text())["class_names"]
-    dissect_config = DissectConfig(
-        quantile=config.quantile, iou_threshold=config.iou_threshold, batch_size=config.batch_size
-    )
     results = dissect_model(
-        model, [config.layer], probe, dissect_config, workdir / "dissection", (run_dir, None)
+        model, [config.layer], probe, config.dissect, workdir / "dissection", (run_dir, None)
     )[config.layer]
     rows = sorted(results["units"], key=lambda r: r["unit"])
     thresholds = np.asarray(results["thresholds"])
@@ -131,7 +135,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     number = {name: i for i, name in enumerate(names)}
     unit_label = np.array([number.get(r["label"], 0) for r in rows])
     unit_category = np.array([r["category"] for r in rows])
-    interpreted = np.array([r["score"] > config.iou_threshold for r in rows])
+    interpreted = np.array([r["score"] > config.dissect.iou_threshold for r in rows])
 
     label_size = probe.dataset.label_size
     per_category = {c: {"prediction": [], "truth": []} for c in PIXEL_CATEGORIES}
@@ -142,8 +146,8 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         and probe.dataset.category_of(probe.dataset.image_labels[i][0]) == "scene"
     ]
     explained = []
-    for start in range(0, probe.dataset.num_images, config.batch_size):
-        stop = min(start + config.batch_size, probe.dataset.num_images)
+    for start in range(0, probe.dataset.num_images, config.dissect.batch_size):
+        stop = min(start + config.dissect.batch_size, probe.dataset.num_images)
         out = model.apply(
             jnp.asarray(np.asarray(probe.images[start:stop])), (config.layer, "logits")
         )

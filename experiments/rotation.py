@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from experiments.common import (
+    ProbeConfig,
     dissect_model,
     experiment_main,
     save_json,
@@ -47,12 +48,10 @@ class Config:
     alphas: tuple[str, ...] = ("0", "0.2", "0.4", "0.6", "0.8", "1")
     rotations: int = 3
     iou_thresholds: tuple[str, ...] = ("0.04", "0.06", "0.08", "0.1")
-    probe: str = ""
-    probe_images: int = 600
-    image_size: int = 64
-    quantile: float = 0.005
-    batch_size: int = 50
     seed: int = 0
+    dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
+    # The probe set; the network trains at probe.image_size.
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
 
 
 PRESETS = {
@@ -61,12 +60,16 @@ PRESETS = {
         steps=6,
         alphas=("0", "0.5", "1"),
         rotations=2,
-        probe_images=40,
-        image_size=32,
-        batch_size=20,
+        dissect=DissectConfig(batch_size=20),
+        probe=ProbeConfig(images=40, image_size=32),
     ),
     "default": {},
-    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
+    "full": dict(
+        train_preset="full",
+        steps=300_000,
+        dissect=DissectConfig(batch_size=256),
+        probe=ProbeConfig(image_size=128),
+    ),
 }
 
 
@@ -92,7 +95,8 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     if not config.run:
         train(
             make_config(
-                config.train_preset, [f"steps={config.steps}", f"image_size={config.image_size}"]
+                config.train_preset,
+                [f"steps={config.steps}", f"image_size={config.probe.image_size}"],
             ),
             run_dir,
             progress=progress,
@@ -109,12 +113,11 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
                 config.layer,
                 fractional_rotation(full, float(alpha)),
             )
-    dissect_config = DissectConfig(quantile=config.quantile, batch_size=config.batch_size)
     results = dissect_model(
         model,
         [config.layer],
         probe,
-        dissect_config,
+        config.dissect,
         workdir / "dissections",
         (run_dir, None),
         rotations=rotations,

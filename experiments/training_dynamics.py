@@ -26,6 +26,7 @@ import jax
 
 from experiments.common import (
     ROTATED,
+    ProbeConfig,
     dissect_model,
     eval_accuracy,
     experiment_main,
@@ -53,19 +54,16 @@ CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """See the module docstring; ``probe`` is a Broden folder (empty: the synthetic probe)."""
+    """See the module docstring; ``dissect``: how each snapshot is dissected; ``probe``: on
+    what (the networks train at ``probe.image_size``)."""
 
     train_preset: str = "default"
     steps: int = 600
     variations: tuple[str, ...] = tuple(VARIATIONS)
     layer: str = "conv5"
-    probe: str = ""
-    probe_images: int = 600
-    image_size: int = 64
-    quantile: float = 0.005
-    iou_threshold: float = 0.04
     rotation_seed: int = 0
-    batch_size: int = 50
+    dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
 
     def __post_init__(self):
         unknown = [v for v in self.variations if v not in VARIATIONS]
@@ -78,28 +76,31 @@ PRESETS = {
         train_preset="smoke",
         steps=6,
         variations=("baseline", "no_dropout"),
-        probe_images=40,
-        image_size=32,
-        batch_size=20,
+        dissect=DissectConfig(batch_size=20),
+        probe=ProbeConfig(images=40, image_size=32),
     ),
     "default": {},
     "full": dict(
-        train_preset="full", steps=300_000, image_size=128, probe_images=0, batch_size=256
+        train_preset="full",
+        steps=300_000,
+        dissect=DissectConfig(batch_size=256),
+        probe=ProbeConfig(images=0, image_size=128),
     ),
 }
 
 
 def train_config(config: Config, variation: str):
-    overrides = [f"steps={config.steps}", f"image_size={config.image_size}", *VARIATIONS[variation]]
+    overrides = [
+        f"steps={config.steps}",
+        f"image_size={config.probe.image_size}",
+        *VARIATIONS[variation],
+    ]
     return make_config(config.train_preset, overrides)
 
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
     workdir, probe = start_experiment(config, workdir, progress)
-    dissect_config = DissectConfig(
-        quantile=config.quantile, iou_threshold=config.iou_threshold, batch_size=config.batch_size
-    )
     curves = {}
     for index, variation in enumerate(config.variations):
         run_dir = workdir / "runs" / variation
@@ -114,7 +115,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
                 model,
                 [config.layer],
                 probe,
-                dissect_config,
+                config.dissect,
                 workdir / "dissections" / variation / str(step),
                 (run_dir, step),
                 rotations={config.layer + ROTATED: (config.layer, random_rotation(key, units))},

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--size", type=_positive_int, default=128)
     demo = commands.add_parser(
         "demo",
-        help="dissect a layer of known units on the synthetic world (make demo)",
+        help="a quick look: dissect a layer of known units on the synthetic world (about 10 s)",
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--images", type=_positive_int, default=600)
