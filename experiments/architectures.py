@@ -18,6 +18,7 @@ import sys
 from experiments.common import experiment_main
 from experiments.compare import PRESETS, CommonConfig, Variant, run_comparison
 from jaxdissect import zoo
+from jaxdissect.sources import file_identity
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,7 +35,9 @@ def variants(config: Config) -> list[Variant]:
     for spec in config.zoo:
         name, weights, *layer = spec.split(":")
         model = zoo.feature_model(name, weights or None)
-        found.append(Variant(f"zoo_{name}", model=model, layer=layer[0] if layer else "layer3"))
+        identity = {"zoo": name, "weights": file_identity(weights) if weights else None}
+        layer = layer[0] if layer else "layer3"
+        found.append(Variant(f"zoo_{name}", model=model, layer=layer, weights=identity))
     return found
 
 

@@ -107,11 +107,12 @@ def dissect_model(
     probe: Probe,
     config: DissectConfig,
     out: Path,
-    checkpoint: tuple[Path, int | None],
+    weights: dict,
     rotations: dict[str, tuple[str, np.ndarray]] | None = None,
     progress: bool = False,
 ) -> dict[str, dict]:
-    """Dissects ``layers`` of ``model`` (the training ``checkpoint`` (run folder, step)) and,
+    """Dissects ``layers`` of ``model`` (``weights`` identifies its parameters: e.g.
+    ``checkpoint_identity(run folder, step)``) and,
     for each ``name: (layer, R)`` of ``rotations``, the layer in the rotated basis
     ``acts @ R`` (computed batch by batch, in the same passes). Results already in ``out``
     are reused when they come from the same checkpoint, probe, rotations and config.
@@ -133,7 +134,7 @@ def dissect_model(
 
     identity = {
         **activations.identity,
-        "checkpoint": checkpoint_identity(*checkpoint),
+        "weights": weights,
         "rotations": {
             name: [layer, array_identity(np.asarray(r, np.float32))]
             for name, (layer, r) in rotations.items()

@@ -18,6 +18,7 @@ import numpy as np
 from experiments.common import (
     ROTATED,
     ProbeConfig,
+    checkpoint_identity,
     dissect_model,
     save_json,
     start_experiment,
@@ -39,7 +40,7 @@ class Variant:
     """A network to compare: trained here with ``overrides`` (checkpoint ``step``, default the
     last; ``run`` shares another variant's training run; ``init_from_variant`` fine-tunes
     another variant's run), or given as a ready FeatureModel (``model``, e.g. a zoo network
-    with imported weights)."""
+    with imported weights, and ``weights``: what identifies them, for reusing results)."""
 
     name: str
     overrides: tuple[str, ...] = ()
@@ -48,6 +49,7 @@ class Variant:
     layer: str | None = None
     init_from_variant: str | None = None
     model: FeatureModel | None = None
+    weights: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,7 +129,7 @@ def run_comparison(
     for index, variant in enumerate(variants):
         accuracy = None
         if variant.model is not None:
-            model, layer = variant.model, variant.layer
+            model, layer, weights = variant.model, variant.layer, variant.weights
         else:
             run_dir = workdir / "runs" / (variant.run or variant.name)
             overrides = [
@@ -140,6 +142,7 @@ def run_comparison(
             train(make_config(config.train_preset, overrides), run_dir, progress=progress)
             step = variant.step if variant.step is not None else list_checkpoints(run_dir)[-1]
             model = feature_model(run_dir, step)
+            weights = checkpoint_identity(run_dir, step)
             layer = variant.layer or dissectable_layers(read_config(run_dir))[-1]
             metrics = [
                 json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x
@@ -156,7 +159,7 @@ def run_comparison(
             probe,
             config.dissect,
             workdir / "dissections" / variant.name,
-            (run_dir, step),
+            weights,
             rotations={layer + ROTATED: (layer, random_rotation(key, units))},
         )
         rows.append(

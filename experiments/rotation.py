@@ -25,6 +25,7 @@ import numpy as np
 
 from experiments.common import (
     ProbeConfig,
+    checkpoint_identity,
     dissect_model,
     experiment_main,
     save_json,
@@ -119,7 +120,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         probe,
         config.dissect,
         workdir / "dissections",
-        (run_dir, None),
+        checkpoint_identity(run_dir, None),
         rotations=rotations,
         progress=progress,
     )

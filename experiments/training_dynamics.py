@@ -27,6 +27,7 @@ import jax
 from experiments.common import (
     ROTATED,
     ProbeConfig,
+    checkpoint_identity,
     dissect_model,
     eval_accuracy,
     experiment_main,
@@ -117,7 +118,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
                 probe,
                 config.dissect,
                 workdir / "dissections" / variation / str(step),
-                (run_dir, step),
+                checkpoint_identity(run_dir, step),
                 rotations={config.layer + ROTATED: (config.layer, random_rotation(key, units))},
             )
             points.append(

@@ -247,7 +247,12 @@ def test_studies_reuse_a_dissection_only_of_the_same_checkpoint(probe, tmp_path,
 
     def run_study():
         return common.dissect_model(
-            factory(None), ["conv_b"], study_probe, config, tmp_path / "out", (run, 3)
+            factory(None),
+            ["conv_b"],
+            study_probe,
+            config,
+            tmp_path / "out",
+            common.checkpoint_identity(run, 3),
         )
 
     first = run_study()
