@@ -49,7 +49,7 @@ def iou(label_area, intersection, unit_area, label_category):
       when the counts are NumPy (exact to float64 rounding), else a float32 jax.Array:
       the int32 counts' union is exact in uint32 (< 2**32), and I, the union and their
       quotient are each rounded once to float32, so it lies within 3 * 2**-24 (relative)
-      of the float64 value, and is the correctly rounded float32 IoU for counts < 2**24.
+      of the float64 value; with unions below 2**24 only the quotient is rounded.
     """
     if any(isinstance(x, jax.Array) for x in (label_area, intersection, unit_area)):
         return _iou_jax(label_area, intersection, unit_area, label_category)
