@@ -831,7 +831,7 @@ def score_layer(
     names = dataset.label_names
     summary = scores.summarize(
         list(dataset.categories),
-        [dataset.categories[c] if c >= 0 else "" for c in unit_labels.category],
+        [dataset.categories[c] for c in unit_labels.category],
         [names[label] if label >= 0 else "" for label in unit_labels.label],
         unit_labels.score,
         [

@@ -53,10 +53,10 @@ def unit_rows(dissection: Dissection, dataset: BrodenDataset) -> list[dict]:
     names = dataset.label_names
     rows = []
     for u in range(labels.score.shape[0]):
-        label = int(labels.label[u])  # -1: every IoU is 0, no label (nor category)
+        label = int(labels.label[u])  # -1: every IoU is 0, no label
         row = {
             "unit": u + 1,
-            "category": dataset.categories[int(labels.category[u])] if label >= 0 else "",
+            "category": dataset.categories[int(labels.category[u])],
             "label": names[label] if label >= 0 else "",
             "score": float(labels.score[u]),
         }
@@ -167,7 +167,7 @@ def summarize_tally_csv(path: str | Path, iou_threshold: float = 0.04) -> dict:
         category_iou = np.array([[float(row[f"{c}-iou"]) for c in categories] for row in rows])
     except (TypeError, ValueError) as error:
         raise DissectError(f"{path}: a score or IoU is not a number ({error})") from None
-    unknown = {row["category"] for row in rows} - {"", *categories}  # "": no label
+    unknown = {row["category"] for row in rows} - set(categories)
     if unknown:
         raise DissectError(f"{path}: category {sorted(unknown)} has no -iou columns")
     return summarize(

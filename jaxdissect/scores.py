@@ -24,7 +24,8 @@ class UnitLabels(NamedTuple):
       category_iou: (U, C) float, that label's IoU (0 where there is none).
       label: (U,) int, the unit's label: the best over categories (first category on
         ties); -1 where every IoU is 0.
-      category: (U,) int, the category index of that label (-1 with no label).
+      category: (U,) int, the category index of that label (with no label, the first
+        category: tally.csv keeps a category name whose columns all show IoU 0).
       score: (U,) float, its IoU.
     """
 
@@ -107,7 +108,7 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
         category_label=category_label,
         category_iou=category_iou,
         label=xp.where(labelled, label, -1),
-        category=xp.where(labelled, category, -1),
+        category=category,
         score=score,
     )
 

@@ -29,7 +29,6 @@ def _reference_rows(features, probe, q, union):
                     top_label, top_iou = label, value
             best[name] = (top_label, top_iou)
         category = max(CATS, key=lambda name: (best[name][1], -CATS.index(name)))
-        category = category if best[category][1] > 0 else ""  # a unit with no label
         rows[u + 1] = (category, best)
     return rows
 

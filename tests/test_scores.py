@@ -67,7 +67,7 @@ def test_all_zero_category_and_unit_get_no_label():
         assert np.asarray(labels.category_label).tolist() == [[-1, 4], [-1, -1]]
         assert np.asarray(labels.category_iou).tolist() == [[0.0, np.float32(0.1)], [0.0, 0.0]]
         assert np.asarray(labels.label).tolist() == [4, -1]
-        assert np.asarray(labels.category).tolist() == [1, -1]
+        assert np.asarray(labels.category).tolist() == [1, 0]
 
 
 def test_no_label_rows_in_tally_csv():
@@ -82,7 +82,7 @@ def test_no_label_rows_in_tally_csv():
     rows = unit_rows(dissection, dataset)
     assert rows[1] == {
         "unit": 2,
-        "category": "",
+        "category": "color",  # the first category; every IoU is 0
         "label": "",
         "score": 0.0,
         **{f"{c}-{f}": "" if f == "label" else 0 for c in ("color", "object") for f in TALLY},
