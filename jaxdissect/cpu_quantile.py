@@ -9,24 +9,19 @@ maximum and whether it saw a NaN or an infinity.
 
 from __future__ import annotations
 
+import jax
 import numba
 import numpy as np
 
-from jaxdissect.quantile import QuantileState, topk_size
+from jaxdissect.quantile import QuantileState, quantile_count, quantile_init, split_words
 
 
 def cpu_quantile_init(
     units: int, q: float, positions: int, buffer_size: int | None = None
 ) -> QuantileState:
     """``quantile.quantile_init`` as NumPy arrays (updated in place by ``cpu_quantile_update``)."""
-    k = topk_size(q, positions)
-    return QuantileState(
-        top=np.full((units, k), -np.inf, np.float32),
-        buffer=np.full((units, buffer_size or max(k, 4096)), -np.inf, np.float32),
-        fill=np.zeros((units,), np.int32),
-        count=np.zeros((), np.int64),
-        q=np.asarray(q, np.float32),
-    )
+    # Writable NumPy copies of the XLA state, so that both share one layout.
+    return jax.tree.map(np.array, quantile_init(units, q, positions, buffer_size))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -73,5 +68,5 @@ def cpu_quantile_update(state: QuantileState, acts: np.ndarray) -> tuple[np.ndar
     maxima = np.empty((batch, units), np.float32)
     finite = np.empty((batch, units), np.bool_)
     _fold(values, state.top, state.buffer, state.fill, maxima, finite)
-    state.count[...] += batch * height * width
+    state.count[...] = split_words(quantile_count(state) + batch * height * width)
     return maxima, finite.all(axis=1)

@@ -37,6 +37,9 @@ from jaxdissect.sources import (
 )
 
 DEFAULT_CONFIG = DissectConfig()
+# Beside each results.json: the run's fingerprint, so that a study reuses only results of
+# the same inputs and settings (``completed``).
+FINGERPRINT = "fingerprint.json"
 
 
 def _labels_fit_device(labels: LabelArrays, config: DissectConfig, budget: int) -> bool:
@@ -137,11 +140,12 @@ def completed(
     """Whether ``out`` holds finished results of these layers from a run with this
     fingerprint (so they can be reused)."""
     for layer in layers:
-        path = layer_folder(Path(out), layer, layers, layer_folders) / "results.json"
+        folder = layer_folder(Path(out), layer, layers, layer_folders)
         try:
-            if json.loads(path.read_text()).get("fingerprint") != _canonical(fingerprint):
-                return False
+            same = json.loads((folder / FINGERPRINT).read_text()) == _canonical(fingerprint)
         except (OSError, ValueError):
+            return False
+        if not same or not (folder / "results.json").is_file():
             return False
     return True
 
@@ -250,10 +254,11 @@ def write_outputs(
     from jaxdissect.results import write_dissection
 
     staging = staging_folder(out)
-    extra = {**source.provenance, "fingerprint": _canonical(fingerprint)}
     for layer, dissection in dissections.items():
         folder = layer_folder(staging, layer, list(dissections), layer_folders)
-        write_dissection(folder, dissection, dataset, config, extra)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FINGERPRINT).write_text(json.dumps(_canonical(fingerprint), indent=1) + "\n")
+        write_dissection(folder, dissection, dataset, config, source.provenance)
         if report:
             write_layer_report(folder, images)
     if report and layer_folder(staging, "", list(dissections), layer_folders) != staging:

@@ -2,10 +2,11 @@
 
 The threshold of unit u is ``numpy.quantile(A[..., u].ravel(), 1 - q)`` (linear
 interpolation) over every spatial position of every image. With n positions that quantile
-only reads the ``ceil(q * n) + 1`` largest values, so a running top-k of that size per unit
-gives the exact answer without holding the activations: ``quantile_update`` folds a batch
-in, ``quantile_merge`` combines states from different shards or hosts, and
-``quantile_result`` interpolates exactly as NumPy does.
+reads only the values at sorted positions floor((n - 1)(1 - q)) and the next, so a running
+top-k per unit (``topk_size``) gives the exact answer without holding the activations:
+``quantile_update`` folds a batch in, ``quantile_merge`` combines states from different
+shards or hosts, and ``quantile_result`` interpolates exactly as NumPy does, on the host or
+under ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, UInt32
+
+WORD = 2**32
 
 
 class QuantileState(NamedTuple):
@@ -32,15 +35,56 @@ class QuantileState(NamedTuple):
       top: (U, k) float32, the k largest values merged so far, descending (-inf where fewer).
       buffer: (U, M) float32, candidate values not merged yet (-inf in unused columns).
       fill: (U,) int32, columns of each row of ``buffer`` in use.
-      count: () int32, number of positions folded in per unit.
-      q: () float32, the upper-tail fraction (kept for ``quantile_result``).
+      count: (2,) uint32, positions folded in per unit as (high, low) 32-bit words: JAX
+        without x64 has no wider integer, and one int32 wraps at 2**31 positions (VGG-16's
+        conv1_1 on Broden has 3.2e9). ``quantile_count`` reads it.
+      q: (2,) uint32, the float64 bits of q as (high, low) words, so that
+        ``quantile_result`` recovers the exact q (a float32 copy differs from NumPy's).
     """
 
     top: Float[Array, "units k"]
     buffer: Float[Array, "units m"]
     fill: Int[Array, " units"]
-    count: Int[Array, ""]
-    q: Float[Array, ""]
+    count: UInt32[Array, " words"]
+    q: UInt32[Array, " words"]
+
+
+def split_words(value: int) -> np.ndarray:
+    """A non-negative integer below 2**64 as (2,) uint32 (high, low) words."""
+    return np.array([value // WORD, value % WORD], np.uint32)
+
+
+def join_words(words) -> int:
+    """The integer held by (high, low) uint32 words (host)."""
+    high, low = (int(w) for w in np.asarray(words))
+    return high * WORD + low
+
+
+def _add_words(a: UInt32[Array, " words"], b: UInt32[Array, " words"]) -> UInt32[Array, " words"]:
+    """a + b on (high, low) words, the low words' carry moved into the high word."""
+    low = a[1] + b[1]  # wraps modulo 2**32
+    carry = (low < a[1]).astype(jnp.uint32)
+    return jnp.stack([a[0] + b[0] + carry, low])
+
+
+def _host(x, what: str):
+    """``x`` as a NumPy array; a clear error under ``jax.jit``, where it is unknown."""
+    if isinstance(x, jax.core.Tracer):
+        raise ValueError(
+            f"quantile_result under jax.jit needs {what} as a Python number (static): "
+            "pass q= and positions= (N * h * w, known from the shapes)"
+        )
+    return np.asarray(x)
+
+
+def quantile_count(state: QuantileState) -> int:
+    """Positions folded into ``state`` per unit (host)."""
+    return join_words(_host(state.count, "positions"))
+
+
+def quantile_q(state: QuantileState) -> float:
+    """The exact q given to ``quantile_init`` (host)."""
+    return float(np.uint64(join_words(_host(state.q, "q"))).view(np.float64))
 
 
 def topk_size(q: float, positions: int) -> int:
@@ -49,7 +93,10 @@ def topk_size(q: float, positions: int) -> int:
         raise ValueError(f"quantile q must lie in (0, 1), got {q!r}")
     if positions < 1:
         raise ValueError(f"positions must be >= 1, got {positions!r}")
-    # +2, not +1: floor((n-1)(1-q)) in floating point may land one index lower.
+    # NumPy reads sorted positions floor((n-1)(1-q)) and the next, i.e. the largest
+    # 1 + ceil((n-1)q) <= ceil(qn) + 1 values in exact arithmetic; one more because NumPy
+    # computes (n-1)(1-q) in float64, where 1-q is rounded and the product can land just
+    # below an integer, flooring one position lower.
     return min(positions, math.ceil(q * positions) + 2)
 
 
@@ -73,8 +120,8 @@ def quantile_init(
         top=jnp.full((units, k), -jnp.inf, jnp.float32),
         buffer=jnp.full((units, buffer_size), -jnp.inf, jnp.float32),
         fill=jnp.zeros((units,), jnp.int32),
-        count=jnp.zeros((), jnp.int32),
-        q=jnp.asarray(q, jnp.float32),
+        count=jnp.asarray(split_words(0)),
+        q=jnp.asarray(split_words(int(np.float64(q).view(np.uint64)))),
     )
 
 
@@ -108,7 +155,10 @@ def quantile_update(
         valid = jnp.ones((batch,), bool)
     acts = jnp.where(valid[:, None, None, None], acts, -jnp.inf)
     values = acts.reshape(batch * height * width, units).T
-    count = state.count + jnp.sum(valid).astype(jnp.int32) * (height * width)
+    if batch * height * width >= WORD:
+        raise ValueError(f"a batch of {batch * height * width} positions per unit exceeds 2**32")
+    added = jnp.sum(valid, dtype=jnp.uint32) * jnp.uint32(height * width)
+    count = _add_words(state.count, jnp.stack([jnp.uint32(0), added]))
     size = values.shape[1]
     if size > state.buffer.shape[1]:  # static: the batch alone could overfill the buffer
         state = _flush(state)
@@ -131,50 +181,64 @@ def quantile_merge(a: QuantileState, b: QuantileState) -> QuantileState:
     """Combine the states of two disjoint parts of the data (associative, commutative)."""
     a, b = _flush(a), _flush(b)
     top, _ = jax.lax.top_k(jnp.concatenate([a.top, b.top], axis=1), a.top.shape[1])
-    return a._replace(top=top, count=a.count + b.count)
+    return a._replace(top=top, count=_add_words(a.count, b.count))
 
 
-def quantile_result(state: QuantileState, q: float | None = None) -> np.ndarray:
+def quantile_result(
+    state: QuantileState, q: float | None = None, *, positions: int | None = None
+) -> np.ndarray | Float[Array, " units"]:
     """Per-unit thresholds equal to ``numpy.quantile(values, 1 - q)`` (method 'linear').
 
-    Runs on the host, once, after the last update; it reproduces NumPy's index arithmetic
-    (float64) and its two-sided linear interpolation (in float32) exactly.
+    NumPy's index arithmetic (float64) is done in Python on the static q and n, and its
+    two-sided linear interpolation in float32, so the result equals NumPy's bit for bit.
 
     Args:
       state: the final state.
-      q: the upper-tail fraction; defaults to the one given to ``quantile_init``. Pass the
-        Python float to avoid the float32 rounding of the stored copy.
+      q: the upper-tail fraction; defaults to the exact one given to ``quantile_init``.
+      positions: n, the number of values folded in (N * h * w), as a Python int. Given,
+        the function is pure jnp and traces under ``jax.jit`` (there q must be given too);
+        a unit whose state holds another count comes out NaN. Omitted, n is read from the
+        state on the host.
 
     Returns:
-      (U,) float32 thresholds.
+      (U,) float32 thresholds: a NumPy array, or a jax.Array when ``positions`` is given.
     """
-    top = np.asarray(_flush(state).top, np.float32)
-    n = int(state.count)
-    k = top.shape[1]
+    on_host = positions is None
+    n = quantile_count(state) if on_host else int(positions)
+    q = quantile_q(state) if q is None else float(q)
     if n < 1:
         raise ValueError("quantile_result: no values were folded into the state")
-    q = float(state.q) if q is None else float(q)
+    top = _flush(state).top
+    k = top.shape[1]
+    # numpy's _quantile for method 'linear' and a Python-float quantile.
     p = 1.0 - q
-    # numpy's _compute_virtual_index with alpha = beta = 1, then _get_indexes.
-    virtual = n * p + (1.0 + p * (1.0 - 1.0 - 1.0)) - 1.0
-    if virtual >= n - 1:
+    virtual = (n - 1) * p
+    if virtual >= n - 1:  # numpy points both neighbours at the last element (index -1)
         previous = following = n - 1
+        gamma = virtual + 1.0
     else:
-        previous = max(math.floor(virtual), 0)
+        previous = math.floor(virtual)
         following = previous + 1
-    # A Python float, as in numpy's weak-scalar path, so float32 stays float32.
-    gamma = float(virtual - math.floor(virtual)) if 0 <= virtual < n - 1 else 0.0
+        gamma = virtual - previous
     if n - previous > k:
         raise ValueError(
             f"quantile state holds the top {k} values but the quantile needs the top "
             f"{n - previous}: more positions were folded in ({n}) than quantile_init was told"
         )
-    ascending = top[:, ::-1]  # the full sorted array's tail: index i -> i - (n - k)
-    offset = n - k
-    a = ascending[:, previous - offset]
-    b = ascending[:, following - offset]
-    # numpy's _lerp: a + (b - a) * t, or b - (b - a) * (1 - t) where t >= 0.5.
-    diff = b - a
-    if gamma >= 0.5:
-        return (b - diff * (1 - gamma)).astype(np.float32)
-    return (a + diff * gamma).astype(np.float32)
+    # Sorted position i is column n - 1 - i of the descending top-k.
+    a = top[:, n - 1 - previous]
+    b = top[:, n - 1 - following]
+    # numpy's _lerp: a + (b - a) * t, or b - (b - a) * (1 - t) where t >= 0.5; the Python
+    # float weight is rounded to float32 first (weak promotion), as in NumPy.
+    upper = gamma >= 0.5
+    product = (b - a) * np.float32(1.0 - gamma if upper else gamma)
+    # XLA fuses x + y * t into one fused multiply-add (one rounding where NumPy has two).
+    # Passing the product through integer bits stops that; OR-ing in a NaN pattern where the
+    # state's count is not n also makes a wrong n visible.
+    wrong_count = jnp.any(state.count != jnp.asarray(split_words(n)))
+    nan_bits = jnp.where(wrong_count, jnp.uint32(0x7FC00000), jnp.uint32(0))
+    product = jax.lax.bitcast_convert_type(
+        jax.lax.bitcast_convert_type(product, jnp.uint32) | nan_bits, jnp.float32
+    )
+    thresholds = b - product if upper else a + product
+    return np.asarray(thresholds, np.float32) if on_host else thresholds

@@ -61,7 +61,7 @@ def unit_rows(dissection: Dissection, dataset: BrodenDataset) -> list[dict]:
     names = dataset.label_names
     rows = []
     for u in range(labels.score.shape[0]):
-        label = int(labels.label[u])
+        label = int(labels.label[u])  # -1: every IoU is 0, no label
         row = {
             "unit": u + 1,
             "category": dataset.categories[int(labels.category[u])],

@@ -1,25 +1,32 @@
-"""IoU scores, unit labels and the unique-detector summaries, on the host in float64.
+"""IoU scores, unit labels and the unique-detector summaries.
 
-These run once per dissection on small (U, L) arrays, so they are plain NumPy: exact
-float64 IoUs make "first wins on ties" well defined and identical everywhere.
+``iou`` and ``label_units`` follow their inputs: NumPy arrays (the driver's int64 counts)
+give exact float64 IoUs on the host; jax arrays (a ``TallyState``'s int32 counts, traced or
+not) give float32 IoUs in pure jnp, so they run inside ``jax.jit``. ``summarize`` works on
+names, on the host.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
 class UnitLabels(NamedTuple):
-    """Best labels per unit.
+    """Best labels per unit; -1 (IoU 0) means no label.
 
     Attributes:
-      category_label: (U, C) int, best label of each category (-1 if it has no labels).
-      category_iou: (U, C) float64, that label's IoU (0 where the category has none).
-      label: (U,) int, the unit's label: the best over categories (first category on ties).
-      category: (U,) int, the category index of that label.
-      score: (U,) float64, its IoU.
+      category_label: (U, C) int, best label of each category; -1 where the category has
+        no labels or all its IoUs are 0.
+      category_iou: (U, C) float, that label's IoU (0 where there is none).
+      label: (U,) int, the unit's label: the best over categories (first category on
+        ties); -1 where every IoU is 0.
+      category: (U,) int, the category index of that label (with no label, the first
+        category: tally.csv keeps a category name whose columns all show IoU 0).
+      score: (U,) float, its IoU.
     """
 
     category_label: np.ndarray
@@ -29,12 +36,7 @@ class UnitLabels(NamedTuple):
     score: np.ndarray
 
 
-def iou(
-    label_area: np.ndarray,
-    intersection: np.ndarray,
-    unit_area: np.ndarray,
-    label_category: np.ndarray,
-) -> np.ndarray:
+def iou(label_area, intersection, unit_area, label_category):
     """IoU[u, l] = I[u, l] / (A[u, cat(l)] + G[l] - I[u, l]).
 
     Args:
@@ -44,8 +46,14 @@ def iou(
       label_category: (L,) primary category of each label, -1 for none.
 
     Returns:
-      (U, L) float64; 0 for labels without a category and for empty unions.
+      (U, L) IoUs; 0 for labels without a category and for empty unions. NumPy float64
+      when the counts are NumPy (exact to float64 rounding), else a float32 jax.Array:
+      the int32 counts' union is exact in uint32 (< 2**32), and I, the union and their
+      quotient are each rounded once to float32, so it lies within 3 * 2**-24 (relative)
+      of the float64 value; with unions below 2**24 only the quotient is rounded.
     """
+    if any(isinstance(x, jax.Array) for x in (label_area, intersection, unit_area)):
+        return _iou_jax(label_area, intersection, unit_area, label_category)
     label_area = np.asarray(label_area, np.float64)
     intersection = np.asarray(intersection, np.float64)
     unit_area = np.asarray(unit_area, np.float64)
@@ -58,27 +66,50 @@ def iou(
     return np.where(has_category[None, :], scores, 0.0)
 
 
-def label_units(scores: np.ndarray, label_category: np.ndarray, num_categories: int) -> UnitLabels:
-    """Each unit's best label per category and overall (first wins on ties)."""
-    units = scores.shape[0]
-    label_category = np.asarray(label_category)
-    category_label = np.full((units, num_categories), -1, np.int64)
-    category_iou = np.zeros((units, num_categories), np.float64)
+def _iou_jax(label_area, intersection, unit_area, label_category):
+    label_area = jnp.asarray(label_area, jnp.int32)
+    intersection = jnp.asarray(intersection, jnp.int32)
+    label_category = jnp.asarray(label_category, jnp.int32)
+    has_category = label_category >= 0
+    activation = jnp.asarray(unit_area, jnp.int32)[:, jnp.where(has_category, label_category, 0)]
+    # I <= G and each count < 2**31, so A + (G - I) fits uint32 exactly.
+    union = activation.astype(jnp.uint32) + (label_area[None, :] - intersection).astype(jnp.uint32)
+    safe_union = jnp.where(union > 0, union, 1).astype(jnp.float32)
+    scores = jnp.where(union > 0, intersection.astype(jnp.float32) / safe_union, 0.0)
+    return jnp.where(has_category[None, :], scores, 0.0)
+
+
+def label_units(scores, label_category, num_categories: int) -> UnitLabels:
+    """Each unit's best label per category and overall (first wins on ties).
+
+    A category whose IoUs are all 0 gives no label (-1, IoU 0), as does a unit whose IoUs
+    are all 0. NumPy scores give NumPy arrays; jax scores give jax arrays, traceable under
+    ``jax.jit`` (``num_categories`` static). Ties are exact ties of the given scores (two
+    labels whose float64 IoUs differ by less than float32 rounding can tie in float32).
+    """
+    xp = jnp if isinstance(scores, jax.Array) else np
+    scores = xp.asarray(scores)
+    label_category = xp.asarray(label_category)
+    best_labels, best_ious = [], []
     for c in range(num_categories):
-        members = np.flatnonzero(label_category == c)
-        if members.size == 0:
-            continue
-        best = np.argmax(scores[:, members], axis=1)
-        category_label[:, c] = members[best]
-        category_iou[:, c] = scores[np.arange(units), members[best]]
-    best_category = np.argmax(category_iou, axis=1)
-    rows = np.arange(units)
+        in_category = xp.where((label_category == c)[None, :], scores, -xp.inf)
+        best = xp.argmax(in_category, axis=1)  # the first maximum
+        best_iou = xp.take_along_axis(in_category, best[:, None], axis=1)[:, 0]
+        labelled = best_iou > 0
+        best_labels.append(xp.where(labelled, best, -1))
+        best_ious.append(xp.where(labelled, best_iou, 0.0))
+    category_label = xp.stack(best_labels, axis=1)
+    category_iou = xp.stack(best_ious, axis=1).astype(scores.dtype)
+    category = xp.argmax(category_iou, axis=1)
+    score = xp.take_along_axis(category_iou, category[:, None], axis=1)[:, 0]
+    label = xp.take_along_axis(category_label, category[:, None], axis=1)[:, 0]
+    labelled = score > 0
     return UnitLabels(
         category_label=category_label,
         category_iou=category_iou,
-        label=category_label[rows, best_category],
-        category=best_category,
-        score=category_iou[rows, best_category],
+        label=xp.where(labelled, label, -1),
+        category=category,
+        score=score,
     )
 
 

@@ -221,6 +221,8 @@ def tally_update_compact(
     """
     if union not in UNIONS:
         raise ValueError(f"union must be one of {UNIONS}, got {union!r}")
+    # A NumPy table (as BrodenDataset gives) cannot be indexed by traced slot labels.
+    label_category = jnp.asarray(label_category, jnp.int32)
     batch = acts.shape[0]
     label_height, label_width = slot_planes.shape[-2:]
     if valid is None:

@@ -53,10 +53,9 @@ def dissect_args(dataset: Path, features: Path, out: Path, union: str, kernel: s
 
 
 def normalised_results(path: Path) -> dict:
-    """results.json without the fields that name this run's folders (``fingerprint``, added
-    after the golden runs, names them too)."""
+    """results.json without the fields that name this run's folders."""
     results = json.loads(path.read_text())
-    for key in ("dataset", "features", "fingerprint"):
+    for key in ("dataset", "features"):
         results.pop(key, None)
     return results
 

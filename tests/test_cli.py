@@ -79,7 +79,8 @@ def test_dissect_end_to_end(probe, tmp_path, union, capsys):
         assert row["category"] == category
         for name in CATS:
             label, value = best[name]
-            assert row[f"{name}-label"] == f"label-{label}"
+            # A category whose IoUs are all 0 has no label (NetDissect-Lite reports none).
+            assert row[f"{name}-label"] == (f"label-{label}" if value > 0 else "")
             assert float(row[f"{name}-iou"]) == pytest.approx(value, abs=1e-12)
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["union"] == union

@@ -86,3 +86,99 @@ def test_bad_arguments():
     state = quantile.quantile_update(state, jnp.zeros((1000, 1, 1, 2)))
     with pytest.raises(ValueError, match="more positions"):
         quantile.quantile_result(state, 0.01)
+
+
+def test_default_q_is_the_exact_one():
+    # The old float32 copy of q = 0.3 put 5 of these 20 results off NumPy's.
+    rng = np.random.default_rng(4)
+    for n in range(20, 40):
+        values = rng.normal(size=(n, 1, 1, 2)).astype(np.float32)
+        state = _fold(values, 0.3, 7)
+        expected = np.quantile(values.reshape(-1, 2), 1 - 0.3, axis=0)
+        np.testing.assert_array_equal(quantile.quantile_result(state), expected)
+    assert quantile.quantile_q(state) == 0.3
+
+
+def _cases():
+    """Float32 samples: normal, negative, ties, tiny and large n."""
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 7, 50, 201, 4001):
+        yield rng.normal(size=(n, 8)).astype(np.float32)
+        yield -np.abs(rng.standard_cauchy(size=(n, 8))).astype(np.float32)
+        yield (rng.integers(-3, 4, size=(n, 8)) / 3).astype(np.float32)  # ties
+
+
+@pytest.mark.parametrize("q", [0.005, 0.3, 0.5, 0.995])
+def test_result_under_jit_is_bit_equal_to_numpy(q):
+    # XLA would fuse NumPy's a + (b - a) * t into one multiply-add: a different last bit.
+    mismatched = 0
+    for values in _cases():
+        n, units = values.shape
+        state = quantile.quantile_update(
+            quantile.quantile_init(units, q, n), jnp.asarray(values[:, None, None, :])
+        )
+        result = jax.jit(quantile.quantile_result, static_argnames=("q", "positions"))
+        got = np.asarray(result(state, q=q, positions=n))
+        expected = np.quantile(values, 1 - q, axis=0)
+        assert got.dtype == np.float32 and expected.dtype == np.float32
+        mismatched += np.sum(got.view(np.uint32) != expected.view(np.uint32))
+        np.testing.assert_array_equal(
+            quantile.quantile_result(state).view(np.uint32), expected.view(np.uint32)
+        )
+    assert mismatched == 0
+
+
+def test_jitted_result_is_nan_for_a_wrong_count():
+    values = jnp.arange(24, dtype=jnp.float32).reshape(6, 2, 2, 1)
+    state = quantile.quantile_update(quantile.quantile_init(1, 0.5, 24), values)
+    assert np.isnan(quantile.quantile_result(state, 0.5, positions=22)).all()
+    assert quantile.quantile_result(state, 0.5, positions=24) == np.quantile(np.arange(24), 0.5)
+    with pytest.raises(ValueError, match="positions"):
+        jax.jit(quantile.quantile_result)(state)
+
+
+@pytest.mark.parametrize("start", [2**31 - 3, 2**32 - 3, 5 * 2**32 - 1])
+def test_count_carries_past_32_bits(start):
+    # Placed just below 2**31 or 2**32 without folding in that much data: 8 more positions.
+    state = quantile.quantile_init(1, 1e-9, 10 * 2**32)._replace(
+        count=jnp.asarray(quantile.split_words(start))
+    )
+    state = jax.jit(quantile.quantile_update)(state, jnp.ones((2, 2, 2, 1)))
+    assert quantile.quantile_count(state) == start + 8
+    assert np.asarray(state.count).tolist() == [(start + 8) // 2**32, (start + 8) % 2**32]
+    merged = quantile.quantile_merge(state, state)
+    assert quantile.quantile_count(merged) == 2 * (start + 8)
+    from jaxdissect.cpu_quantile import cpu_quantile_init, cpu_quantile_update
+
+    host = cpu_quantile_init(1, 1e-9, 10 * 2**32)
+    host.count[...] = quantile.split_words(start)
+    cpu_quantile_update(host, np.ones((2, 2, 2, 1), np.float32))
+    assert quantile.quantile_count(host) == start + 8
+
+
+@pytest.mark.parametrize("n", [2**31 + 5, 2**32 + 7, 3 * 2**32 + 11])
+def test_result_uses_the_exact_count(n):
+    # q small enough that the top-k is a few values; the tail below them is a constant 0,
+    # as if n - k zeros had been folded in. Reference: NumPy's arithmetic, written out.
+    q = 2e-9
+    k = quantile.topk_size(q, n)
+    tail = np.linspace(3.0, 1.0, k).astype(np.float32)  # the k largest, descending
+    state = quantile.quantile_init(1, q, n)._replace(
+        top=jnp.asarray(tail[None, :]), count=jnp.asarray(quantile.split_words(n))
+    )
+    virtual = (n - 1) * (1 - q)
+    low = int(np.floor(virtual))
+    gamma = virtual - low
+    ascending = np.concatenate([np.zeros(4, np.float32), tail[::-1]])  # positions n-k-4 ..
+    a, b = ascending[low - (n - k - 4)], ascending[low + 1 - (n - k - 4)]
+    if gamma >= 0.5:
+        expected = b - (b - a) * np.float32(1 - gamma)
+    else:
+        expected = a + (b - a) * np.float32(gamma)
+    assert quantile.quantile_result(state)[0] == expected
+    jitted = jax.jit(quantile.quantile_result, static_argnames=("q", "positions"))
+    assert jitted(state, q=q, positions=n)[0] == expected
+    # The count wrapped to 32 bits would give another answer.
+    if n > 2**32:
+        wrapped = state._replace(count=jnp.asarray(quantile.split_words(n % 2**32)))
+        assert quantile.quantile_result(wrapped)[0] != expected

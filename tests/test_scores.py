@@ -1,6 +1,13 @@
+from fractions import Fraction
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import scores
+from jaxdissect.results import TALLY_FIELDS as TALLY
+from jaxdissect.results import unit_rows
 
 
 def test_iou_matches_definition_and_skips_uncategorised():
@@ -49,3 +56,78 @@ def test_summary_counting_rules():
     assert summary["unique_top_label"] == {"total": 2, "per_category": {"color": 1, "object": 1}}
     # Per-category rule: color has red (units 0, 2) and blue (unit 1); object has dog.
     assert summary["unique_per_category"] == {"total": 3, "per_category": {"color": 2, "object": 1}}
+
+
+def test_all_zero_category_and_unit_get_no_label():
+    # Unit 0: category 0 all zero, category 1 scores. Unit 1: every IoU is 0.
+    label_category = np.array([-1, 0, 0, 1, 1])
+    iou = np.array([[0.0, 0.0, 0.0, 0.0, 0.1], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    for given in (iou, jnp.asarray(iou, jnp.float32)):
+        labels = scores.label_units(given, label_category, 2)
+        assert np.asarray(labels.category_label).tolist() == [[-1, 4], [-1, -1]]
+        assert np.asarray(labels.category_iou).tolist() == [[0.0, np.float32(0.1)], [0.0, 0.0]]
+        assert np.asarray(labels.label).tolist() == [4, -1]
+        assert np.asarray(labels.category).tolist() == [1, 0]
+
+
+def test_no_label_rows_in_tally_csv():
+    labels = scores.label_units(np.array([[0.0, 0.0, 0.3], [0.0, 0.0, 0.0]]), [-1, 0, 1], 2)
+    dissection = SimpleNamespace(
+        labels=labels,
+        label_area=np.array([0, 5, 7]),
+        intersection=np.array([[0, 0, 3], [0, 0, 0]]),
+        unit_area=np.array([[4, 6], [0, 0]]),
+    )
+    dataset = SimpleNamespace(label_names=("-", "red", "dog"), categories=("color", "object"))
+    rows = unit_rows(dissection, dataset)
+    assert rows[1] == {
+        "unit": 2,
+        "category": "color",  # the first category; every IoU is 0
+        "label": "",
+        "score": 0.0,
+        **{f"{c}-{f}": "" if f == "label" else 0 for c in ("color", "object") for f in TALLY},
+    }
+    assert (rows[0]["color-label"], rows[0]["color-truth"], rows[0]["color-iou"]) == ("", 0, 0.0)
+    assert (rows[0]["label"], rows[0]["category"], rows[0]["object-intersect"]) == (
+        "dog",
+        "object",
+        3,
+    )
+
+
+def test_jax_iou_is_the_rounded_float64_iou():
+    rng = np.random.default_rng(1)
+    label_category = np.array([-1, 0, 0, 1, 1, 1, -1])
+    for high in (1000, 2**23, 2**31 - 1):  # unions below 2**24, then up to 2**32
+        G = rng.integers(high // 2, high, size=7)
+        A = rng.integers(high // 2, high, size=(4, 2))
+        I = np.minimum(rng.integers(0, high, size=(4, 7)), np.minimum(G, A.min()))
+        exact = scores.iou(G, I, A, label_category)
+        got = np.asarray(
+            jax.jit(scores.iou)(jnp.asarray(G), jnp.asarray(I), jnp.asarray(A), label_category)
+        )
+        assert got.dtype == np.float32
+        if high <= 2**23:  # I and the union exact in float32: only the quotient rounds
+            for u, label in np.ndindex(got.shape):
+                c = label_category[label]
+                union = 0 if c < 0 else A[u, c] + G[label] - I[u, label]
+                want = 0.0 if c < 0 else Fraction(int(I[u, label]), int(union))
+                assert got[u, label] == np.float32(float(want))
+        bound = 3 * 2.0**-24 * exact  # I, the union and the quotient each rounded once
+        assert np.all(np.abs(got.astype(np.float64) - exact) <= bound)
+
+
+def test_jitted_label_units_equal_host_on_the_same_scores():
+    rng = np.random.default_rng(2)
+    label_category = rng.integers(-1, 3, size=40)
+    iou = (rng.integers(0, 5, size=(30, 40)) / 8).astype(np.float32)  # many ties and zeros
+    host = scores.label_units(iou, label_category, 3)
+    jitted = jax.jit(scores.label_units, static_argnums=2)(jnp.asarray(iou), label_category, 3)
+    for name in host._fields:
+        np.testing.assert_array_equal(np.asarray(getattr(jitted, name)), getattr(host, name))
+    # The slow reference: first label of the category with the largest IoU.
+    for u in range(30):
+        for c in range(3):
+            members = [label for label in range(40) if label_category[label] == c]
+            best = max(members, key=lambda label: (iou[u, label], -label))
+            assert host.category_label[u, c] == (best if iou[u, best] > 0 else -1)

@@ -241,3 +241,30 @@ def test_skipping_inactive_units_is_exact(probe, union):
         tally.tally_init(5, probe.num_labels, 6), acts, max_active=int(active.max()) - 1, **common
     )
     assert int(short.overflow) == int((active == active.max()).sum())
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("as_jax", [False, True])
+def test_numpy_label_category_eagerly_and_under_jit(jit, as_jax):
+    # One 2x2 image at label size (identity upsampling), threshold 0.5: the mask is the
+    # diagonal. Labels [[1, 2], [1, 0]], both in category 0. Counted by hand.
+    acts = np.array([[[[1.0], [0.0]], [[0.0], [1.0]]]], np.float32)
+    planes = np.array([[[[1, 2], [1, 0]]]], np.int32)
+    label_category = np.array([-1, 0, 0], np.int32)  # NumPy, as open_broden gives
+    if as_jax:
+        label_category = jnp.asarray(label_category)
+    eye = bilinear_matrix(2, 2)
+    update = jax.jit(tally.tally_update) if jit else tally.tally_update
+    state = update(
+        tally.tally_init(1, 3, 1),
+        acts,
+        np.array([0.5], np.float32),
+        planes,
+        np.zeros((1, 1), np.int32),
+        label_category,
+        eye,
+        eye,
+    )
+    assert np.asarray(state.label_area).tolist() == [0, 2, 1]
+    assert np.asarray(state.intersection).tolist() == [[0, 1, 0]]
+    assert np.asarray(state.unit_area).tolist() == [[2]]
