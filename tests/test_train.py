@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from train import loop
 from train.checkpoints import feature_model, list_checkpoints, load_run
 from train.config import PAPER_SCHEDULE, make_config
-from train.loop import TrainingError, train
+from train.loop import TrainingError, evaluate, train
+from train.models import PREPROCESS, build_model
+from train.state import split
 
 # `python -m train` in a subprocess (a fresh JAX, e.g. with other XLA flags).
 _CLI = "import sys; from train.__main__ import main; sys.exit(main(sys.argv[1:]))"
@@ -70,7 +73,13 @@ def test_restore_is_bit_identical_and_resume_equals_uninterrupted(tmp_path):
     train(config, tmp_path / "whole", progress=False)
     partial = train(config, tmp_path / "resumed", progress=False, stop_after=5)
     assert partial["checkpoints"] == [0, 3]
-    train(config, tmp_path / "resumed", progress=False)
+    # Killed while writing a record: its half line is dropped, with a warning naming it.
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    complete = len(metrics.read_text().splitlines())
+    with open(metrics, "a") as f:
+        f.write('{"step": 5, "lo')
+    with pytest.warns(UserWarning, match=rf"metrics.jsonl line {complete + 1}: dropped"):
+        train(config, tmp_path / "resumed", progress=False)
     for step in (3, 6, 10):
         a, _ = load_run(tmp_path / "whole", step)
         b, _ = load_run(tmp_path / "resumed", step)
@@ -105,9 +114,55 @@ def test_killed_run_resumes(tmp_path):
 
 
 def test_other_config_in_workdir_is_refused(tmp_path):
-    train(make_config("smoke", ["steps=2"]), tmp_path / "run", progress=False)
-    with pytest.raises(TrainingError, match=r"another config .*dropout"):
-        train(make_config("smoke", ["steps=2", "dropout=false"]), tmp_path / "run", progress=False)
+    # checkpoint_steps is a tuple here and a list in config.json: not a difference.
+    config = make_config("smoke", ["steps=2", "checkpoint_steps=0,2"])
+    train(config, tmp_path / "run", progress=False)
+    other = make_config("smoke", ["steps=2", "checkpoint_steps=0,2", "dropout=false"])
+    with pytest.raises(TrainingError, match=r"another config \(differs in dropout\);"):
+        train(other, tmp_path / "run", progress=False)
+
+
+def test_damaged_metrics_line_is_named(tmp_path):
+    config = make_config("smoke", ["steps=2"])
+    train(config, tmp_path / "run", progress=False)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    assert len(lines) >= 3
+    lines[1] = lines[1][:7]
+    metrics.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(TrainingError, match=r"metrics.jsonl line 2: not a JSON record"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_evaluation_compiles_once(monkeypatch):
+    """Two evaluations trace the prediction once; the last batch's padding is not counted."""
+    config = make_config("smoke")
+    model = build_model(config, 4)
+    model.eval()
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    predicted = np.argmax(np.asarray(model(PREPROCESS(images))), -1)
+    labels = np.where(np.arange(7) < 5, predicted, (predicted + 1) % 4)
+    source = [{"image": image, "label": label} for image, label in zip(images, labels, strict=True)]
+    traces = []
+
+    def counting_preprocess(x):
+        traces.append(x.shape)
+        return PREPROCESS(x)
+
+    monkeypatch.setattr(loop, "PREPROCESS", counting_preprocess)
+    graphdef, params, rest = split(model)
+    for _ in range(2):
+        assert evaluate(graphdef, params, rest, source, config, batch_size=3) == 5 / 7
+    assert traces == [(3, 32, 32, 3)]
+
+
+def test_checkpoints_do_not_import_the_loop(tmp_path):
+    code = (
+        "import sys; from train.checkpoints import list_checkpoints; "
+        f"list_checkpoints({str(tmp_path)!r}); print('train.loop' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_bad_overrides():
