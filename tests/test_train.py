@@ -226,7 +226,7 @@ def test_sharded_step_matches_one_device(tmp_path):
     Sharding only reorders sums: each device reduces its 2 examples, then the devices'
     partial gradients are summed. Two orders of a sum of n terms differ by at most
     2 gamma_n sum|x_i|, gamma_n = n u / (1 - n u), u = 2**-24 (Higham, Accuracy and
-    Stability of Numerical Algorithms, eq. 4.4). A parameter moves by lr_t times the
+    Stability of Numerical Algorithms, ch. 4). A parameter moves by lr_t times the
     momentum-accumulated gradient each step, so a relative error of 2 gamma_n in every
     update adds up to at most 2 gamma_n times its path length sum_t |p_t+1 - p_t|. The
     terms of an element's gradient may cancel (its own path is then short while its
