@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from constraints.txt (see its header to refresh them).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet pip==26.3
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	# PyTorch (CPU) is an optional test dependency: the ResNet-20 import is compared with it.
-	$(PY) -m pip install --quiet torch==2.13.0 || echo "PyTorch not installable here: its comparison tests will be skipped"
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0 || echo "PyTorch not installable here: its comparison tests will be skipped"
 	touch $@
 
 lint: setup

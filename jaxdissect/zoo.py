@@ -28,7 +28,27 @@ from jaxdissect.errors import DissectError
 from jaxdissect.features import FeatureModel, Preprocess, from_nnx
 
 
-def _conv(cin, cout, kernel, stride=1, padding=0, bias=True, *, rngs, kernel_init=None):
+def conv_layer(
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    bias: bool = True,
+    *,
+    rngs: nnx.Rngs,
+    kernel_init=None,
+) -> nnx.Conv:
+    """A square convolution with PyTorch's explicit symmetric padding.
+
+    Args:
+      cin, cout: input and output channels.
+      kernel, stride, padding: the kernel's side, its stride and the zeros added on every
+        side (PyTorch's ``Conv2d`` arguments, so imported weights give PyTorch's numbers).
+      bias: whether the layer adds a bias.
+      rngs: the initialisation's keys.
+      kernel_init: the kernel's initialiser (default: Flax's).
+    """
     init = {} if kernel_init is None else {"kernel_init": kernel_init}
     return nnx.Conv(
         cin,
@@ -47,7 +67,10 @@ class Identity(nnx.Module):
         return x
 
 
-def _bn(features, *, rngs, enabled=True):
+def batch_norm_layer(features: int, *, rngs: nnx.Rngs, enabled: bool = True) -> nnx.Module:
+    """Batch norm over ``features`` channels with PyTorch's ``BatchNorm2d`` defaults (its
+    momentum 0.1 is Flax's 0.9; epsilon 1e-5), or the Identity that stands for it when
+    ``enabled`` is false."""
     if not enabled:
         return Identity()
     return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
@@ -80,7 +103,7 @@ def _flatten_chw(x):
 
 class ConvReLU(nnx.Module):
     def __init__(self, cin, cout, kernel, stride=1, padding=0, *, rngs):
-        self.conv = _conv(cin, cout, kernel, stride, padding, rngs=rngs)
+        self.conv = conv_layer(cin, cout, kernel, stride, padding, rngs=rngs)
 
     def __call__(self, x):
         return jax.nn.relu(self.conv(x))
@@ -146,7 +169,7 @@ class Stem(nnx.Module):
     def __init__(
         self, cin, cout, kernel, stride, padding, *, rngs, batch_norm=True, kernel_init=None
     ):
-        self.conv = _conv(
+        self.conv = conv_layer(
             cin,
             cout,
             kernel,
@@ -156,7 +179,7 @@ class Stem(nnx.Module):
             rngs=rngs,
             kernel_init=kernel_init,
         )
-        self.bn = _bn(cout, rngs=rngs, enabled=batch_norm)
+        self.bn = batch_norm_layer(cout, rngs=rngs, enabled=batch_norm)
 
     def __call__(self, x):
         return jax.nn.relu(self.bn(self.conv(x)))
@@ -166,16 +189,18 @@ class BasicBlock(nnx.Module):
     def __init__(
         self, cin, cout, stride, shortcut: str, *, rngs, batch_norm=True, kernel_init=None
     ):
-        conv = functools.partial(_conv, bias=not batch_norm, rngs=rngs, kernel_init=kernel_init)
+        conv = functools.partial(
+            conv_layer, bias=not batch_norm, rngs=rngs, kernel_init=kernel_init
+        )
         self.conv1 = conv(cin, cout, 3, stride, 1)
-        self.bn1 = _bn(cout, rngs=rngs, enabled=batch_norm)
+        self.bn1 = batch_norm_layer(cout, rngs=rngs, enabled=batch_norm)
         self.conv2 = conv(cout, cout, 3, 1, 1)
-        self.bn2 = _bn(cout, rngs=rngs, enabled=batch_norm)
+        self.bn2 = batch_norm_layer(cout, rngs=rngs, enabled=batch_norm)
         self.shortcut = shortcut if (stride != 1 or cin != cout) else "identity"
         self.pad = (cout - cin) // 2
         if self.shortcut == "conv":
             self.downsample_conv = conv(cin, cout, 1, stride, 0)
-            self.downsample_bn = _bn(cout, rngs=rngs, enabled=batch_norm)
+            self.downsample_bn = batch_norm_layer(cout, rngs=rngs, enabled=batch_norm)
 
     def __call__(self, x):
         out = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -192,16 +217,16 @@ class Bottleneck(nnx.Module):
 
     def __init__(self, cin, width, stride, shortcut: str, *, rngs):
         cout = width * 4
-        self.conv1 = _conv(cin, width, 1, 1, 0, bias=False, rngs=rngs)
-        self.bn1 = _bn(width, rngs=rngs)
-        self.conv2 = _conv(width, width, 3, stride, 1, bias=False, rngs=rngs)
-        self.bn2 = _bn(width, rngs=rngs)
-        self.conv3 = _conv(width, cout, 1, 1, 0, bias=False, rngs=rngs)
-        self.bn3 = _bn(cout, rngs=rngs)
+        self.conv1 = conv_layer(cin, width, 1, 1, 0, bias=False, rngs=rngs)
+        self.bn1 = batch_norm_layer(width, rngs=rngs)
+        self.conv2 = conv_layer(width, width, 3, stride, 1, bias=False, rngs=rngs)
+        self.bn2 = batch_norm_layer(width, rngs=rngs)
+        self.conv3 = conv_layer(width, cout, 1, 1, 0, bias=False, rngs=rngs)
+        self.bn3 = batch_norm_layer(cout, rngs=rngs)
         self.has_downsample = stride != 1 or cin != cout
         if self.has_downsample:
-            self.downsample_conv = _conv(cin, cout, 1, stride, 0, bias=False, rngs=rngs)
-            self.downsample_bn = _bn(cout, rngs=rngs)
+            self.downsample_conv = conv_layer(cin, cout, 1, stride, 0, bias=False, rngs=rngs)
+            self.downsample_bn = batch_norm_layer(cout, rngs=rngs)
 
     def __call__(self, x):
         out = jax.nn.relu(self.bn1(self.conv1(x)))

@@ -1,6 +1,7 @@
 """train/: each variation trains, checkpoints follow the schedule, restores are exact,
 a resumed run equals an uninterrupted one, and the sharded step equals one device's."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -11,9 +12,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from train import loop
 from train.checkpoints import feature_model, list_checkpoints, load_run
 from train.config import PAPER_SCHEDULE, make_config
-from train.loop import TrainingError, train
+from train.loop import TrainingError, evaluate, train
+from train.models import PREPROCESS, build_model
+from train.state import split
+
+# `python -m train` in a subprocess (a fresh JAX, e.g. with other XLA flags).
+_CLI = "import sys; from train.__main__ import main; sys.exit(main(sys.argv[1:]))"
+_SMOKE = ["--config", "smoke", "--no-progress"]
 
 
 def _params(model):
@@ -65,7 +73,13 @@ def test_restore_is_bit_identical_and_resume_equals_uninterrupted(tmp_path):
     train(config, tmp_path / "whole", progress=False)
     partial = train(config, tmp_path / "resumed", progress=False, stop_after=5)
     assert partial["checkpoints"] == [0, 3]
-    train(config, tmp_path / "resumed", progress=False)
+    # Killed while writing a record: its half line is dropped, with a warning naming it.
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    complete = len(metrics.read_text().splitlines())
+    with open(metrics, "a") as f:
+        f.write('{"step": 5, "lo')
+    with pytest.warns(UserWarning, match=rf"metrics.jsonl line {complete + 1}: dropped"):
+        train(config, tmp_path / "resumed", progress=False)
     for step in (3, 6, 10):
         a, _ = load_run(tmp_path / "whole", step)
         b, _ = load_run(tmp_path / "resumed", step)
@@ -80,32 +94,75 @@ def test_restore_is_bit_identical_and_resume_equals_uninterrupted(tmp_path):
 
 def test_killed_run_resumes(tmp_path):
     config_args = [
-        "--config",
-        "smoke",
+        *_SMOKE,
         "--workdir",
         str(tmp_path / "run"),
-        "--no-progress",
         "steps=10",
         "checkpoint_steps=0,3,6,10",
     ]
-    code = "import sys; from train.__main__ import main; sys.exit(main(sys.argv[1:]))"
     killed = subprocess.run(
-        [sys.executable, "-c", code, *config_args, "--stop-after", "5"],
+        [sys.executable, "-c", _CLI, *config_args, "--stop-after", "5"],
         capture_output=True,
         text=True,
     )
     assert killed.returncode == 0, killed.stderr
     done = subprocess.run(
-        [sys.executable, "-c", code, *config_args], capture_output=True, text=True
+        [sys.executable, "-c", _CLI, *config_args], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     assert "checkpoints at [0, 3, 6, 10]" in done.stdout
 
 
 def test_other_config_in_workdir_is_refused(tmp_path):
-    train(make_config("smoke", ["steps=2"]), tmp_path / "run", progress=False)
-    with pytest.raises(TrainingError, match=r"another config .*dropout"):
-        train(make_config("smoke", ["steps=2", "dropout=false"]), tmp_path / "run", progress=False)
+    # checkpoint_steps is a tuple here and a list in config.json: not a difference.
+    config = make_config("smoke", ["steps=2", "checkpoint_steps=0,2"])
+    train(config, tmp_path / "run", progress=False)
+    other = make_config("smoke", ["steps=2", "checkpoint_steps=0,2", "dropout=false"])
+    with pytest.raises(TrainingError, match=r"another config \(differs in dropout\);"):
+        train(other, tmp_path / "run", progress=False)
+
+
+def test_damaged_metrics_line_is_named(tmp_path):
+    config = make_config("smoke", ["steps=2"])
+    train(config, tmp_path / "run", progress=False)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    assert len(lines) >= 3
+    lines[1] = lines[1][:7]
+    metrics.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(TrainingError, match=r"metrics.jsonl line 2: not a JSON record"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_evaluation_compiles_once(monkeypatch):
+    """Two evaluations trace the prediction once; the last batch's padding is not counted."""
+    config = make_config("smoke")
+    model = build_model(config, 4)
+    model.eval()
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    predicted = np.argmax(np.asarray(model(PREPROCESS(images))), -1)
+    labels = np.where(np.arange(7) < 5, predicted, (predicted + 1) % 4)
+    source = [{"image": image, "label": label} for image, label in zip(images, labels, strict=True)]
+    traces = []
+
+    def counting_preprocess(x):
+        traces.append(x.shape)
+        return PREPROCESS(x)
+
+    monkeypatch.setattr(loop, "PREPROCESS", counting_preprocess)
+    graphdef, params, rest = split(model)
+    for _ in range(2):
+        assert evaluate(graphdef, params, rest, source, config, batch_size=3) == 5 / 7
+    assert traces == [(3, 32, 32, 3)]
+
+
+def test_checkpoints_do_not_import_the_loop(tmp_path):
+    code = (
+        "import sys; from train.checkpoints import list_checkpoints; "
+        f"list_checkpoints({str(tmp_path)!r}); print('train.loop' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_bad_overrides():
@@ -137,21 +194,73 @@ def test_fine_tuning_starts_from_another_run(tmp_path):
     assert tuned_start.classifier.kernel.get_value().shape[-1] == 4
 
 
+def _param_tensors(model) -> dict[str, np.ndarray]:
+    return {
+        "/".join(map(str, path)): np.asarray(value.get_value())
+        for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
+
+
+def _gradient_terms(config, name: str, shapes: dict[str, tuple[int, ...]]) -> int:
+    """How many rounded sums feed one element of the gradient of tensor ``name``.
+
+    Its own reduction over the batch and the layer's output positions (conv1 has stride 2,
+    conv2 follows one 2x2 pooling, conv3.. two: see train.models), plus every dot product
+    of the forward pass (kernel fan-in) and of the backward pass (fan-out) that computes
+    the activations and back-propagated errors it multiplies.
+    """
+    layer = name.split("/")[0]
+    downsampling = {"conv1": 2, "conv2": 4}.get(layer, 8)
+    positions = (config.image_size // downsampling) ** 2 if layer.startswith("conv") else 1
+    chain = sum(
+        int(np.prod(shape[:-1])) + int(np.prod(shape[:-2])) * shape[-1]
+        for key, shape in shapes.items()
+        if key.endswith("kernel")
+    )
+    return config.batch_size * positions + chain
+
+
 def test_sharded_step_matches_one_device(tmp_path):
+    """Four steps data-parallel on 8 fake devices equal four on one, to float32 rounding.
+
+    Sharding only reorders sums: each device reduces its 2 examples, then the devices'
+    partial gradients are summed. Two orders of a sum of n terms differ by at most
+    2 gamma_n sum|x_i|, gamma_n = n u / (1 - n u), u = 2**-24 (Higham, Accuracy and
+    Stability of Numerical Algorithms, ch. 4). A parameter moves by lr_t times the
+    momentum-accumulated gradient each step, so a relative error of 2 gamma_n in every
+    update adds up to at most 2 gamma_n times its path length sum_t |p_t+1 - p_t|. The
+    terms of an element's gradient may cancel (its own path is then short while its
+    rounding is not), so the scale S is the tensor's longest path, from the one-device run:
+    all elements of a tensor sum products of the same activations and errors.
+
+    A sharding bug moves parameters by a fraction of their path, not a rounding error: a
+    gradient summed instead of averaged over 8 devices takes steps 8 times too long, a
+    dropped shard's examples move it by about 1/8 of the path. The second assertion checks
+    that the bound stays 100 times below the displacement, so such errors cannot pass.
+    """
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
     )
-    args = ["--config", "smoke", "--no-progress", "steps=4", "checkpoint_steps=4"]
-    code = "import sys; from train.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    overrides = ["steps=4", "checkpoint_steps=0,1,2,3,4"]
     result = subprocess.run(
-        [sys.executable, "-c", code, "--workdir", str(tmp_path / "eight"), *args],
+        [sys.executable, "-c", _CLI, "--workdir", str(tmp_path / "eight"), *_SMOKE, *overrides],
         env=env,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    train(make_config("smoke", ["steps=4", "checkpoint_steps=4"]), tmp_path / "one", progress=False)
-    a, _ = load_run(tmp_path / "one", 4)
-    b, _ = load_run(tmp_path / "eight", 4)
-    for x, y in zip(_params(a), _params(b), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    config = make_config("smoke", overrides)
+    train(config, tmp_path / "one", progress=False)
+    one = [_param_tensors(load_run(tmp_path / "one", step)[0]) for step in range(5)]
+    eight = _param_tensors(load_run(tmp_path / "eight", 4)[0])
+    shapes = {name: value.shape for name, value in one[0].items()}
+    u = 2.0**-24
+    for name, final in eight.items():
+        n = _gradient_terms(config, name, shapes)
+        gamma = n * u / (1 - n * u)
+        path = sum(np.abs(after[name] - before[name]) for before, after in itertools.pairwise(one))
+        bound = 2 * gamma * path.max()
+        difference = np.abs(final - one[4][name]).max()
+        assert difference <= bound, f"{name}: |p8 - p1| = {difference:.3g} > {bound:.3g}"
+        displacement = np.abs(one[4][name] - one[0][name]).max()
+        assert bound < displacement / 100, f"{name}: bound {bound:.3g} too loose"

@@ -10,7 +10,8 @@ from flax import nnx
 from jaxdissect.errors import DissectError
 from jaxdissect.features import FeatureModel, from_nnx
 from train.config import TrainConfig
-from train.models import build_model
+from train.models import PREPROCESS, build_model
+from train.state import checkpoint_manager, make_optimizer, restore, split
 
 
 def read_config(workdir: str | Path) -> TrainConfig:
@@ -24,8 +25,6 @@ def read_config(workdir: str | Path) -> TrainConfig:
 
 def list_checkpoints(workdir: str | Path) -> list[int]:
     """The steps with a complete checkpoint, ascending."""
-    from train.loop import checkpoint_manager
-
     folder = Path(workdir) / "checkpoints"
     if not folder.is_dir():
         return []
@@ -34,8 +33,6 @@ def list_checkpoints(workdir: str | Path) -> list[int]:
 
 def load_run(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, TrainConfig]:
     """The model of ``workdir`` at checkpoint ``step`` (default: the last), in eval mode."""
-    from train.loop import _optimizer, _restore, _split, checkpoint_manager
-
     workdir = Path(workdir)
     config = read_config(workdir)
     steps = list_checkpoints(workdir)
@@ -46,9 +43,9 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, 
         raise DissectError(f"{workdir}: no checkpoint at step {step}; there are: {steps}")
     run = json.loads((workdir / "run.json").read_text())
     model = build_model(config, run["num_classes"])
-    graphdef, params, rest = _split(model)
-    opt_state = _optimizer(config).init(params)
-    params, rest, _ = _restore(
+    graphdef, params, rest = split(model)
+    opt_state = make_optimizer(config).init(params)
+    params, rest, _ = restore(
         checkpoint_manager(workdir, read_only=True), step, params, rest, opt_state
     )
     model = nnx.merge(graphdef, params, rest)
@@ -58,8 +55,6 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, 
 
 def feature_model(workdir: str | Path, step: int | None = None) -> FeatureModel:
     """A checkpoint as a FeatureModel (its layers: conv1.., layer1.., fc6, ..., logits)."""
-    from train.loop import PREPROCESS
-
     model, _ = load_run(workdir, step)
     return from_nnx(
         model, PREPROCESS, name=f"{Path(workdir).name}@{step if step is not None else 'last'}"

@@ -9,46 +9,32 @@ parameters an uninterrupted run reaches.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxdissect.data.loader import iterate_batches, rotation_pretext
-from jaxdissect.features import Preprocess
+from train.checkpoints import load_run
 from train.config import TrainConfig
 from train.data import load_data
-from train.models import build_model
+from train.models import PREPROCESS, build_model
+from train.state import checkpoint_manager, make_optimizer, restore, save, split
 
-PREPROCESS = Preprocess()  # ImageNet mean and std on [0, 1] RGB, as the zoo's models
 INT32_MAX = np.iinfo(np.int32).max
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, a workdir of another run, ...)."""
-
-
-def _split(model):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params, rest
-
-
-def _optimizer(config: TrainConfig):
-    schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps)
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(schedule, momentum=config.momentum),
-    )
 
 
 def _augment(images, key):
@@ -85,15 +71,21 @@ def make_train_step(graphdef, tx, config: TrainConfig):
     return train_step
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(graphdef, params, rest, images):
+    """Predicted classes; jitted once per model structure, not per evaluation."""
+    model = nnx.merge(graphdef, params, rest)
+    model.eval()
+    return jnp.argmax(model(PREPROCESS(images)), -1)
+
+
 def evaluate(graphdef, params, rest, source, config: TrainConfig, batch_size: int = 128) -> float:
-    """Accuracy on ``source`` (for rotation: of predicting the quarter turn)."""
+    """Accuracy on ``source`` (for rotation: of predicting the quarter turn).
 
-    @jax.jit
-    def predict(params, rest, images):
-        model = nnx.merge(graphdef, params, rest)
-        model.eval()
-        return jnp.argmax(model(PREPROCESS(images)), -1)
-
+    Every batch has the same shape (the last is padded with repeats of its first image and
+    the padding not counted), so that one compiled ``_predict`` serves every evaluation.
+    """
+    batch_size = min(batch_size, len(source))
     correct = 0
     for start in range(0, len(source), batch_size):
         stop = min(start + batch_size, len(source))
@@ -102,42 +94,22 @@ def evaluate(graphdef, params, rest, source, config: TrainConfig, batch_size: in
         labels = np.array([b["label"] for b in batch])
         if config.objective == "rotation":
             images, labels = rotation_pretext(images, config.seed + 1, start)
-        correct += int(np.sum(np.asarray(predict(params, rest, images)) == labels))
+        padding = batch_size - len(images)
+        images = np.concatenate([images, np.repeat(images[:1], padding, axis=0)])
+        predicted = np.asarray(_predict(graphdef, params, rest, images))[: len(labels)]
+        correct += int(np.sum(predicted == labels))
     return correct / len(source)
-
-
-def checkpoint_manager(workdir: Path, read_only: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=None,
-        create=not read_only,
-        enable_async_checkpointing=False,
-    )
-    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
-
-
-def _payload(params, rest, opt_state):
-    return {
-        "params": nnx.to_pure_dict(params),
-        "rest": nnx.to_pure_dict(rest),
-        "opt_state": opt_state,
-    }
-
-
-def _restore(manager, step, params, rest, opt_state):
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _payload(params, rest, opt_state))
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    nnx.replace_by_pure_dict(params, restored["params"])
-    nnx.replace_by_pure_dict(rest, restored["rest"])
-    return params, rest, restored["opt_state"]
 
 
 def _check_workdir(workdir: Path, config: TrainConfig) -> None:
     path = workdir / "config.json"
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous != json.loads(config.to_json()):
+        # Both sides through JSON, where tuples are lists.
+        current = json.loads(config.to_json())
+        if previous != current:
             changed = sorted(
-                k for k in previous if previous.get(k) != dataclasses.asdict(config).get(k)
+                k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k)
             )
             raise TrainingError(
                 f"{workdir} holds a run with another config (differs in {', '.join(changed)}); "
@@ -150,10 +122,37 @@ def _check_workdir(workdir: Path, config: TrainConfig) -> None:
         os.replace(temporary, path)
 
 
+def _logged_until(path: Path, step: int) -> list[str]:
+    """The lines of metrics.jsonl ``path`` up to ``step``, the rest to be logged again.
+
+    A last line that is not JSON was cut short when the run was killed: it is dropped, with
+    a warning. A bad line before it means the file is damaged: a TrainingError names it.
+    """
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            redone = json.loads(line)["step"] > step
+        except (json.JSONDecodeError, TypeError, KeyError):
+            if number < len(lines):
+                raise TrainingError(
+                    f"{path} line {number}: not a JSON record with a step; "
+                    "repair or delete that line to resume"
+                ) from None
+            warnings.warn(
+                f"{path} line {number}: dropped a record cut short by the interruption",
+                stacklevel=3,
+            )
+            continue
+        if not redone:
+            kept.append(line)
+    return kept
+
+
 def _initial_weights(model, config: TrainConfig) -> None:
     """Fine-tuning: copy another run's final weights, all but the classifier."""
-    from train.checkpoints import load_run
-
     source, _ = load_run(config.init_from)
     source_state = nnx.to_pure_dict(nnx.state(source))
     state = nnx.state(model)
@@ -196,8 +195,8 @@ def train(
     model = build_model(config, num_classes)
     if config.init_from:
         _initial_weights(model, config)
-    graphdef, params, rest = _split(model)
-    tx = _optimizer(config)
+    graphdef, params, rest = split(model)
+    tx = make_optimizer(config)
     opt_state = tx.init(params)
     manager = checkpoint_manager(workdir)
     schedule = config.schedule()
@@ -208,13 +207,9 @@ def train(
         start = 0
         metrics_path.write_text("")
     else:
-        params, rest, opt_state = _restore(manager, start, params, rest, opt_state)
+        params, rest, opt_state = restore(manager, start, params, rest, opt_state)
         # Drop what the interrupted run logged after its last checkpoint: it is redone.
-        kept = [
-            line
-            for line in metrics_path.read_text().splitlines()
-            if line and json.loads(line)["step"] <= start
-        ]
+        kept = _logged_until(metrics_path, start)
         metrics_path.write_text("".join(line + "\n" for line in kept))
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -231,8 +226,7 @@ def train(
     def checkpoint(step):
         accuracy = evaluate(graphdef, params, rest, data.evaluation, config)
         log({"step": step, "eval_accuracy": accuracy})
-        manager.save(step, args=ocp.args.StandardSave(_payload(params, rest, opt_state)))
-        manager.wait_until_finished()
+        save(manager, step, params, rest, opt_state)
         return accuracy
 
     accuracy = None

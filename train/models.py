@@ -12,9 +12,11 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxdissect.zoo import BasicBlock, Identity, Stage, Stem, _bn, _conv
+from jaxdissect.features import Preprocess
+from jaxdissect.zoo import BasicBlock, Identity, Stage, Stem, batch_norm_layer, conv_layer
 from train.config import TrainConfig
 
+PREPROCESS = Preprocess()  # ImageNet mean and std on [0, 1] RGB, as the zoo's models
 ALEXNET_WIDTHS = (64, 192, 384, 256, 256)  # conv1..conv5 at width 1
 
 
@@ -36,10 +38,10 @@ class ConvBlock(nnx.Module):
     """Convolution, optional batch norm, ReLU: one dissectable layer."""
 
     def __init__(self, cin, cout, kernel, stride, *, batch_norm, init, rngs):
-        self.conv = _conv(
+        self.conv = conv_layer(
             cin, cout, kernel, stride, kernel // 2, bias=not batch_norm, rngs=rngs, kernel_init=init
         )
-        self.bn = _bn(cout, rngs=rngs, enabled=batch_norm)
+        self.bn = batch_norm_layer(cout, rngs=rngs, enabled=batch_norm)
 
     def __call__(self, x):
         return jax.nn.relu(self.bn(self.conv(x)))

@@ -1,0 +1,68 @@
+"""A run's training state and its Orbax checkpoints, shared by the loop and the loaders.
+
+The state is a model split into its graph definition, its parameters and the rest (batch
+statistics, RNG counts), plus the optimiser's state. A checkpoint holds the three arrays'
+pure dicts under ``checkpoints/<step>/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from train.config import TrainConfig
+
+
+def split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, parameters, rest): what the loop jits over and checkpoints."""
+    return nnx.split(model, nnx.Param, ...)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """SGD with momentum and weight decay on a cosine-decayed learning rate."""
+    schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum),
+    )
+
+
+def checkpoint_manager(workdir: Path, read_only: bool = False) -> ocp.CheckpointManager:
+    """The manager of ``workdir/checkpoints`` (synchronous; every checkpoint kept)."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None,
+        create=not read_only,
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+
+
+def _payload(params, rest, opt_state) -> dict:
+    return {
+        "params": nnx.to_pure_dict(params),
+        "rest": nnx.to_pure_dict(rest),
+        "opt_state": opt_state,
+    }
+
+
+def save(manager: ocp.CheckpointManager, step: int, params, rest, opt_state) -> None:
+    """Writes checkpoint ``step`` and waits until it is complete on disk."""
+    manager.save(step, args=ocp.args.StandardSave(_payload(params, rest, opt_state)))
+    manager.wait_until_finished()
+
+
+def restore(manager: ocp.CheckpointManager, step: int, params, rest, opt_state):
+    """Checkpoint ``step`` into the structures of ``params``, ``rest`` and ``opt_state``.
+
+    Returns:
+      (params, rest, opt_state) as saved.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _payload(params, rest, opt_state))
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    nnx.replace_by_pure_dict(params, restored["params"])
+    nnx.replace_by_pure_dict(rest, restored["rest"])
+    return params, rest, restored["opt_state"]
