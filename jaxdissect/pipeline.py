@@ -40,6 +40,9 @@ DEFAULT_CONFIG = DissectConfig()
 # Beside each results.json: the run's fingerprint, so that a study reuses only results of
 # the same inputs and settings (``completed``).
 FINGERPRINT = "fingerprint.json"
+# The layout of the passes' saved states: bump it when a state changes shape, so that a
+# checkpoint of an earlier version is not restored into the new states.
+STATE_FORMAT = 2
 
 
 def _labels_fit_device(labels: LabelArrays, config: DissectConfig, budget: int) -> bool:
@@ -117,6 +120,7 @@ def run_fingerprint(dataset: BrodenDataset, activations: Activations, config: Di
     or a model and its weights' content), the layers' shapes and the device count.
     """
     return {
+        "state_format": STATE_FORMAT,
         "config": dataclasses.asdict(config),
         "kernel": kernel_name(config),
         "dataset": cache_key(dataset),
