@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-UNIONS = ("paper", "lite")
+from jaxdissect.config import UNIONS
 
 
 class TallyState(NamedTuple):
