@@ -602,3 +602,178 @@ def _scatter(values: np.ndarray, subset: np.ndarray, units: int) -> np.ndarray:
     out = np.full((units, *values.shape[1:]), fill, values.dtype)
     out[subset] = values
     return out
+
+
+class Explanations(NamedTuple):
+    """A layer's formulas, ready to write.
+
+    Attributes:
+      layer: the layer's name.
+      label_names: the dataset's label names.
+      thresholds: (U,) float32 the units' thresholds.
+      problem, candidates: the packed masks and each unit's candidates.
+      result: the reported search (exact when run, else beam).
+      beam: the beam search's result.
+      exact: the exact search's result, or None.
+      seconds: {"masks", "beam", "exact"} wall times.
+    """
+
+    layer: str
+    label_names: tuple[str, ...]
+    thresholds: np.ndarray
+    problem: Problem
+    candidates: Candidates
+    result: SearchResult
+    beam: SearchResult
+    exact: SearchResult | None
+    seconds: dict
+
+
+def build_problem(
+    read, num_images: int, layer: str, thresholds, labels, label_size, num_labels: int,
+    batch_size: int = 64, progress: bool = False,
+) -> Problem:  # fmt: skip
+    """Packs the units' masks (the dissection's: ``formulas.unit_masks``) and every non-empty
+    label's concept mask, image batch by image batch.
+
+    Args:
+      read: ``read(start, stop)`` gives {layer: (B, h, w, U)}.
+      num_images: N.
+      layer: the layer read.
+      thresholds: (U,) the units' thresholds (``compute_thresholds``).
+      labels: the dataset's ``LabelArrays``.
+      label_size: (sh, sw).
+      num_labels: L (labels 1 .. L - 1 are concepts).
+      batch_size: images per batch (also the images per device call).
+    """
+    from tqdm.auto import tqdm
+
+    from jaxdissect.formulas import concept_masks, pack_bits, unit_masks
+
+    wanted = np.arange(1, num_labels)
+    unit_parts, concept_parts = [], []
+    for start in tqdm(
+        range(0, num_images, batch_size), desc="formula masks", unit="batch", disable=not progress
+    ):
+        stop = min(start + batch_size, num_images)
+        maps = np.asarray(read(start, stop)[layer], np.float32)
+        unit_parts.append(pack_bits(unit_masks(maps, thresholds, label_size)))
+        planes = labels.label_planes(start, stop)
+        image_labels = np.asarray(labels.image_labels[start:stop])
+        concept_parts.append(pack_bits(concept_masks(planes, image_labels, wanted)))
+    pad = (-num_images) % batch_size
+    unit_bits = np.concatenate(unit_parts, axis=1)
+    concept_bits = np.concatenate(concept_parts, axis=1)
+    unit_bits = np.pad(unit_bits, ((0, 0), (0, pad), (0, 0)))
+    concept_bits = np.pad(concept_bits, ((0, 0), (0, pad), (0, 0)))
+    words = unit_bits.shape[2]
+    present = concept_bits.reshape(len(wanted), -1).any(1)
+    return Problem(
+        unit_bits.reshape(unit_bits.shape[0], -1),
+        concept_bits[present].reshape(int(present.sum()), -1),
+        wanted[present],
+        num_images * int(np.prod(label_size)),
+        min(batch_size, num_images) * words,
+    )
+
+
+def explain(
+    dataset,
+    source,
+    config=None,
+    out=None,
+    *,
+    layer: str | None = None,
+    weights=None,
+    length: int = 3,
+    beam: int = 10,
+    exact: bool = False,
+    labels_per_unit: int = 40,
+    labels=None,
+    images=None,
+    cache=None,
+    report: bool = True,
+    progress: bool = True,
+) -> Explanations:
+    """The best formula of concepts for every unit of one layer; the function the CLI's
+    ``formulas`` command, the study and Python users call.
+
+    Args:
+      dataset: a Broden-format folder or ``open_broden``'s dataset.
+      source: a features .npy path or array, an ``Activations``, or a ``FeatureModel``.
+      config: the ``DissectConfig`` whose quantile (and kernel) set the thresholds.
+      out: where to write formulas.csv, formulas.json and formulas.html (None: nowhere).
+      layer: the layer (required for a model; a features file's name otherwise).
+      weights: the model's weights file (for its identity).
+      length: the longest formula (N); beam: the beam width; exact: also run the exact
+        search and report its formulas; labels_per_unit: candidates per unit.
+      labels, images, cache: the decoded labels and images, when the caller has them.
+      report: write formulas.html.
+      progress: progress bars.
+    """
+    import time
+
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import BrodenDataset, open_broden
+    from jaxdissect.data.cache import load_image_array, load_label_arrays
+    from jaxdissect.errors import DissectError, FeaturesError
+    from jaxdissect.features import FeatureModel
+    from jaxdissect.passes import compute_thresholds
+    from jaxdissect.sources import Activations, features, model_run
+
+    config = config or DissectConfig()
+    if length < 1 or beam < 1 or labels_per_unit < 1:
+        raise DissectError("--length, --beam and --labels-per-unit must be >= 1")
+    if not isinstance(dataset, BrodenDataset):
+        dataset = open_broden(dataset)
+    if isinstance(source, FeatureModel):
+        if not layer:
+            raise DissectError(f"name the layer of model {source.name!r} (--layer)")
+        if images is None:
+            images = load_image_array(dataset, cache, progress)
+        source = model_run(source, images, [layer], config.batch_size, weights)
+    elif not isinstance(source, Activations):
+        source = features(source, layer=layer)
+    layer = layer or next(iter(source.shapes))
+    if layer not in source.shapes:
+        raise DissectError(f"layer {layer!r} is not among {sorted(source.shapes)}")
+    if source.num_images != dataset.num_images:
+        raise FeaturesError(
+            f"{source.provenance.get('features', 'the activations')}: {source.num_images} rows "
+            f"of activations but {dataset.directory / 'index.csv'} lists {dataset.num_images}"
+        )
+    if labels is None:
+        labels = load_label_arrays(dataset, cache, progress)
+    shapes = {layer: source.shapes[layer]}
+    seconds = {}
+    started = time.perf_counter()
+    thresholds = compute_thresholds(source.read, source.num_images, shapes, config, progress)[
+        layer
+    ].thresholds
+    problem = build_problem(
+        source.read, source.num_images, layer, thresholds, labels, dataset.label_size,
+        dataset.num_labels, config.batch_size, progress,
+    )  # fmt: skip
+    if not len(problem.concept_labels):
+        raise DissectError(f"{dataset.directory}: no label covers any pixel")
+    candidates = choose_candidates(problem, labels_per_unit)
+    seconds["masks"] = time.perf_counter() - started
+    started = time.perf_counter()
+    beam_result = beam_search(problem, candidates, length, beam)
+    seconds["beam"] = time.perf_counter() - started
+    exact_result = None
+    if exact:
+        started = time.perf_counter()
+        exact_result = exact_search(problem, candidates, length)
+        seconds["exact"] = time.perf_counter() - started
+    explanations = Explanations(
+        layer, dataset.label_names, np.asarray(thresholds), problem, candidates,
+        exact_result if exact else beam_result, beam_result, exact_result, seconds,
+    )  # fmt: skip
+    if out is not None:
+        from jaxdissect.formula_report import write_formulas
+
+        if report and images is None:
+            images = load_image_array(dataset, cache, progress)
+        write_formulas(out, explanations, dataset, images if report else None, source.provenance)
+    return explanations
