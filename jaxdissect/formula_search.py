@@ -27,10 +27,20 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.formulas import AND, ANDNOT, NOP, NOTAND, OR, extension_counts, intersection_counts
+from jaxdissect.formulas import (
+    AND,
+    ANDNOT,
+    NOP,
+    NOTAND,
+    OR,
+    extension_counts,
+    formula_counts,
+    intersection_counts,
+)
 
 OPERATORS = (AND, OR, ANDNOT, NOTAND)
 # A bound within this of the best IoU cannot hide a better formula (float64 ratios of
@@ -67,7 +77,8 @@ class SearchResult(NamedTuple):
       certified: (U,) bool, proved optimal.
       bound: (U,) float64 the largest upper bound left unexplored (= iou when certified;
         NaN for beam search).
-      expansions: (U,) formulas expanded (each costs one pass over the candidates).
+      expansions: (U,) formulas expanded (each scores all its children at once), plus the
+        exact search's last-step children scored one by one.
     """
 
     labels: np.ndarray
@@ -185,6 +196,33 @@ def _bucket(count: int) -> int:
     return 1 << max(count - 1, 0).bit_length()
 
 
+def _count(kernel, problem: Problem, candidates: Candidates, labels, ops, units):
+    """Sums ``kernel``'s int32 counts over the chunks of words, in int64, for ``units``
+    (padded to a power of two so that few shapes compile)."""
+    if units is None:
+        units = np.arange(problem.unit_bits.shape[0])
+    padded = np.concatenate([units, np.full(_bucket(len(units)) - len(units), units[-1])])
+    pad = len(padded) - len(units)
+    rows = jnp.asarray(candidates.rows[padded], jnp.int32)
+    labels = np.maximum(np.concatenate([labels, labels[-1:].repeat(pad, 0)]), 0)
+    labels = jnp.asarray(labels, jnp.int32)
+    ops = jnp.asarray(np.concatenate([ops, ops[-1:].repeat(pad, 0)]), jnp.int32)
+    unit_bits = problem.unit_bits[padded]
+    totals = None
+    for start in range(0, unit_bits.shape[1], problem.chunk_words):
+        stop = start + problem.chunk_words
+        counts = kernel(
+            jnp.asarray(unit_bits[:, start:stop]),
+            jnp.asarray(problem.concept_bits[:, start:stop]),
+            rows,
+            labels,
+            ops,
+        )
+        counts = [np.asarray(c, np.int64) for c in counts]
+        totals = counts if totals is None else [a + b for a, b in zip(totals, counts, strict=True)]
+    return [c[: len(units)] for c in totals]
+
+
 def expand(
     problem: Problem,
     candidates: Candidates,
@@ -195,29 +233,7 @@ def expand(
     """Counts of every one-concept extension of programs (U', B, n) / (U', B, n - 1) over the
     candidates of ``units`` (default all): (t (U', B, K), |F & x| (U', B, K), I_F (U', B),
     |F| (U', B)), int64."""
-    if units is None:
-        units = np.arange(problem.unit_bits.shape[0])
-    padded = np.concatenate([units, np.full(_bucket(len(units)) - len(units), units[-1])])
-    pad = len(padded) - len(units)
-    rows = jnp.asarray(candidates.rows[padded], jnp.int32)
-    labels = jnp.asarray(
-        np.maximum(np.concatenate([labels, labels[-1:].repeat(pad, 0)]), 0), jnp.int32
-    )
-    ops = jnp.asarray(np.concatenate([ops, ops[-1:].repeat(pad, 0)]), jnp.int32)
-    unit_bits = problem.unit_bits[padded]
-    totals = None
-    for start in range(0, unit_bits.shape[1], problem.chunk_words):
-        stop = start + problem.chunk_words
-        counts = extension_counts(
-            jnp.asarray(unit_bits[:, start:stop]),
-            jnp.asarray(problem.concept_bits[:, start:stop]),
-            rows,
-            labels,
-            ops,
-        )
-        counts = [np.asarray(c, np.int64) for c in counts]
-        totals = counts if totals is None else [a + b for a, b in zip(totals, counts, strict=True)]
-    return [c[: len(units)] for c in totals]
+    return _count(extension_counts, problem, candidates, labels, ops, units)
 
 
 def children(candidates: Candidates, t, both, inter, area) -> tuple[np.ndarray, np.ndarray]:
@@ -344,42 +360,47 @@ def _intervals(labels, ops, pair, universe):
     Each step is exact set algebra on the counts: for G = (F AND y), |G & x| = |F & y & x|
     lies in [max(0, |F & x| + |y & x| - |x|), min(|F & x|, |y & x|)], and so on.
     """
-    u_index = np.arange(labels.shape[0])[:, None]
-    first = pair[u_index, np.maximum(labels[:, :, 0], 0)]
-    lo, hi = first.copy(), first.copy()
+    take = jax.vmap(lambda pairs, rows: pairs[rows])  # per unit: (M,) rows -> (M, K)
+    first = take(pair, jnp.maximum(labels[:, :, 0], 0))
+    lo, hi = first, first
     whole = universe[:, None, :]
     for step in range(ops.shape[-1]):
-        p = pair[u_index, np.maximum(labels[:, :, step + 1], 0)]
+        p = take(pair, jnp.maximum(labels[:, :, step + 1], 0))
         op = ops[:, :, step, None]
-        candidates_lo = [
-            np.maximum(0, lo + p - whole),
-            np.maximum(lo, p),
-            np.maximum(0, lo - p),
-            np.maximum(0, p - hi),
-        ]
-        candidates_hi = [
-            np.minimum(hi, p),
-            np.minimum(whole, hi + p),
-            np.minimum(hi, whole - p),
-            np.minimum(p, whole - lo),
-        ]
         conditions = [op == code for code in OPERATORS]
-        lo, hi = np.select(conditions, candidates_lo, lo), np.select(conditions, candidates_hi, hi)
+        new_lo = jnp.select(
+            conditions,
+            [jnp.maximum(0, lo + p - whole), jnp.maximum(lo, p), jnp.maximum(0, lo - p),
+             jnp.maximum(0, p - hi)],
+            lo,
+        )  # fmt: skip
+        hi = jnp.select(
+            conditions,
+            [jnp.minimum(hi, p), jnp.minimum(whole, hi + p), jnp.minimum(hi, whole - p),
+             jnp.minimum(p, whole - lo)],
+            hi,
+        )  # fmt: skip
+        lo = new_lo
     return lo, hi
 
 
+# float32 ratios are rounded: widen the bound by a few ulps so that it stays an upper bound.
+_ROUNDING = 1.0 + 2.0**-20
+
+
+@jax.jit
 def child_bounds(
     candidates: Candidates,
-    pair_inter: np.ndarray,
-    pair_area: np.ndarray,
-    labels: np.ndarray,
-    ops: np.ndarray,
-    inter: np.ndarray,
-    area: np.ndarray,
-    pixels: int,
-) -> np.ndarray:
+    pair_inter,
+    pair_area,
+    labels,
+    ops,
+    inter,
+    area,
+    pixels,
+):
     """(U, M, 4, K) upper bounds on the IoU of every child (F op x) of formulas F, without
-    counting F & x.
+    counting F & x (-inf where x is already in F).
 
     A child's counts follow from t = |u & F & x| and g = |F & x - u| (see the module
     docstring): its IoU is I / (|u| + FP) with I and FP linear in t and g, so it is largest
@@ -387,6 +408,8 @@ def child_bounds(
     (min t, max g). The ranges intersect the generic ones, t in [max(0, I_F + a_x - |u|),
     min(I_F, a_x)] and g in [max(0, FP_F + fp_x - (P - |u|)), min(FP_F, fp_x)], with those
     from the pair counts of F's concepts (``_intervals``). So no child exceeds its bound.
+    Counts are int32 (exact below 2**31 pixels); the ratio, in float32, is widened by
+    ``_ROUNDING``.
 
     Args:
       candidates: the units' candidates (a_x, |x|, |u|).
@@ -395,29 +418,33 @@ def child_bounds(
       inter, area: (U, M) I_F and |F|.
       pixels: P, all pixels of all images.
     """
-    a = candidates.intersection[:, None, :].astype(np.float64)
-    s = candidates.area[:, None, :].astype(np.float64)
+    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+    a = i32(candidates.intersection)[:, None, :]
+    s = i32(candidates.area)[:, None, :]
     fp_x = s - a
-    n_u = candidates.unit_area[:, None, None].astype(np.float64)
-    inter = inter[..., None].astype(np.float64)
-    fp_f = area[..., None].astype(np.float64) - inter
-    t_lo, t_hi = _intervals(
-        labels, ops, pair_inter.astype(np.float64), candidates.intersection.astype(np.float64)
-    )
+    n_u = i32(candidates.unit_area)[:, None, None]
+    inter = i32(inter)[..., None]
+    fp_f = i32(area)[..., None] - inter
+    t_lo, t_hi = _intervals(labels, ops, i32(pair_inter), i32(candidates.intersection))
     g_lo, g_hi = _intervals(
         labels,
         ops,
-        (pair_area - pair_inter).astype(np.float64),
-        (candidates.area - candidates.intersection).astype(np.float64),
+        i32(pair_area) - i32(pair_inter),
+        i32(candidates.area) - i32(candidates.intersection),
     )
-    t_lo = np.maximum(t_lo, np.maximum(0, inter + a - n_u))
-    t_hi = np.minimum(t_hi, np.minimum(inter, a))
-    g_lo = np.maximum(g_lo, np.maximum(0, fp_f + fp_x - (pixels - n_u)))
-    g_hi = np.minimum(g_hi, np.minimum(fp_f, fp_x))
-    best_inter = np.stack([t_hi, inter + a - t_lo, inter - t_lo, a - t_lo], axis=2)
-    least_fp = np.stack([g_lo, fp_f + fp_x - g_hi, fp_f - g_hi, fp_x - g_hi], axis=2)
-    union = n_u[..., None] + least_fp
-    return np.divide(best_inter, union, out=np.zeros_like(union), where=union > 0)
+    t_lo = jnp.maximum(t_lo, jnp.maximum(0, inter + a - n_u))
+    t_hi = jnp.minimum(t_hi, jnp.minimum(inter, a))
+    g_lo = jnp.maximum(g_lo, jnp.maximum(0, fp_f + fp_x - (pixels - n_u)))
+    g_hi = jnp.minimum(g_hi, jnp.minimum(fp_f, fp_x))
+    best_inter = jnp.stack([t_hi, inter + a - t_lo, inter - t_lo, a - t_lo], axis=2)
+    least_fp = jnp.stack([g_lo, fp_f + fp_x - g_hi, fp_f - g_hi, fp_x - g_hi], axis=2)
+    union = (n_u[..., None] + least_fp).astype(jnp.float32)
+    bound = jnp.where(union > 0, best_inter / jnp.maximum(union, 1) * _ROUNDING, 0.0)
+    used = jnp.zeros(bound.shape[:2] + bound.shape[3:], bool)
+    positions = jnp.arange(bound.shape[3])
+    for position in range(labels.shape[2]):
+        used |= labels[:, :, position, None] == positions
+    return jnp.where(used[:, :, None, :], -jnp.inf, bound)
 
 
 def reach_bound(candidates: Candidates, inter: np.ndarray, steps: int) -> np.ndarray:
@@ -439,6 +466,8 @@ def exact_search(
     length: int = 3,
     round_size: int = 16,
     max_expansions: int | None = None,
+    child_round: int = 64,
+    max_evaluations: int | None = None,
 ) -> SearchResult:
     """The best formula of length <= ``length`` over each unit's candidates, with a
     certificate.
@@ -446,7 +475,10 @@ def exact_search(
     Every single concept is expanded (all pairs counted exactly); longer formulas are
     expanded best-first, ``round_size`` per unit and round, while their bound
     (``child_bounds`` for the last step, ``reach_bound`` before) exceeds the best IoU found.
-    ``max_expansions`` caps the expansions per unit: a unit stopped by it is reported
+    At the last step the children are scored one by one instead (``formula_counts``),
+    ``child_round`` per unit and round, best bound first, while their bound
+    (``child_bounds``) exceeds the best IoU. ``max_expansions`` and ``max_evaluations`` cap
+    the expansions and last-step children per unit: a unit stopped by them is reported
     uncertified, with the largest bound it left.
     """
     units, k = candidates.rows.shape
@@ -460,7 +492,9 @@ def exact_search(
     best_inter = candidates.intersection[:, 0].copy()
     best_area = candidates.area[:, 0].copy()
     expansions = np.zeros(units, np.int64)
+    evaluated = np.zeros(units, np.int64)
     left = np.full(units, -np.inf)  # the largest bound of what was not expanded
+    best = _Best(best_labels, best_ops, best_iou, best_inter, best_area)
 
     def consider(labels, ops, child_inter, child_area, valid, subset):
         """Updates the best formulas of ``subset`` with valid children."""
@@ -527,24 +561,13 @@ def exact_search(
         node_inter, node_area = np.concatenate(node_inter, 1), np.concatenate(node_area, 1)
         node_valid = np.concatenate(node_valid, 1)
         if level == length - 1:
-            bound = np.full(node_inter.shape, -np.inf)
-            for start in range(0, units, 8):  # bounded memory: 8 units at a time
-                part = slice(start, start + 8)
-                sub = Candidates(*(x[part] for x in candidates))
-                values = child_bounds(
-                    sub, pair_inter[part], pair_area[part], node_labels[part], node_ops[part],
-                    node_inter[part], node_area[part], problem.pixels,
-                )  # fmt: skip
-                used = np.zeros((values.shape[0], values.shape[1], k), bool)
-                for position in range(length):
-                    np.put_along_axis(
-                        used, np.maximum(node_labels[part][:, :, position : position + 1], 0),
-                        (node_labels[part][:, :, position : position + 1] >= 0), axis=2,
-                    )  # fmt: skip
-                values = np.where(used[:, :, None, :], -np.inf, values)
-                bound[part] = values.max(axis=(2, 3))
-        else:
-            bound = reach_bound(candidates, node_inter, length - level)
+            _last_step(
+                problem, candidates, (pair_inter, pair_area),
+                (node_labels, node_ops, node_inter, node_area, node_valid),
+                best, left, evaluated, child_round, max_evaluations,
+            )  # fmt: skip
+            break
+        bound = reach_bound(candidates, node_inter, length - level)
         bound = np.where(node_valid, bound, -np.inf)
         order = np.argsort(-bound, axis=1, kind="stable")
         sorted_bound = np.take_along_axis(bound, order, 1)
@@ -592,8 +615,93 @@ def exact_search(
     certified = left <= best_iou + TOLERANCE
     return SearchResult(
         _to_rows(candidates, best_labels), best_ops, best_iou, best_inter, best_area,
-        certified, np.maximum(best_iou, left), expansions,
+        certified, np.maximum(best_iou, left), expansions + evaluated,
     )  # fmt: skip
+
+
+class _Best(NamedTuple):
+    """The best formulas found so far (arrays updated in place)."""
+
+    labels: np.ndarray
+    ops: np.ndarray
+    iou: np.ndarray
+    inter: np.ndarray
+    area: np.ndarray
+
+
+def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_size, cap):
+    """Scores the last step's children (F op x) of ``nodes`` one by one, best bound first,
+    while their bound exceeds the unit's best IoU; updates ``best``, ``left`` (the largest
+    bound not scored) and ``evaluated`` in place."""
+    node_labels, node_ops, node_inter, node_area, node_valid = nodes
+    units, count, length = node_labels.shape
+    k = candidates.rows.shape[1]
+    block = 8  # units per bound computation: (8, M, 4, K) values at a time
+    queues = []
+    for start in range(0, units, block):
+        part = np.minimum(np.arange(start, start + block), units - 1)
+        values = np.asarray(
+            child_bounds(
+                Candidates(*(x[part] for x in candidates)),
+                pairs[0][part],
+                pairs[1][part],
+                node_labels[part],
+                node_ops[part],
+                node_inter[part],
+                node_area[part],
+                problem.pixels,
+            )
+        )
+        values = np.where(node_valid[part][:, :, None, None], values, -np.inf)
+        for row, unit in enumerate(part[: min(block, units - start)]):
+            flat = values[row].ravel()
+            (index,) = np.nonzero(flat > best.iou[unit] + TOLERANCE)
+            order = np.argsort(-flat[index], kind="stable")
+            queues.append((index[order], flat[index[order]]))
+    longest = max(1, max(len(q[0]) for q in queues))
+    index = np.zeros((units, longest), np.int64)
+    bound = np.full((units, longest), -np.inf)
+    for unit, (where, values) in enumerate(queues):
+        index[unit, : len(where)], bound[unit, : len(where)] = where, values
+    node, op_index, partner = np.unravel_index(index, (count, 4, k))
+    position = np.zeros(units, np.int64)
+    done = np.zeros(units, bool)
+    all_units = np.arange(units)
+    while True:
+        at = np.minimum(position, longest - 1)
+        next_bound = np.where(position < longest, bound[all_units, at], -np.inf)
+        capped = np.zeros(units, bool) if cap is None else evaluated >= cap
+        stopping = ~done & ((next_bound <= best.iou + TOLERANCE) | capped)
+        left[stopping] = np.maximum(left[stopping], next_bound[stopping])
+        done |= stopping
+        subset = np.nonzero(~done)[0]
+        if not len(subset):
+            return
+        take = np.minimum(position[subset, None] + np.arange(round_size)[None], longest - 1)
+        active = np.take_along_axis(bound[subset], take, 1) > best.iou[subset, None] + TOLERANCE
+        if cap is not None:
+            active &= np.arange(round_size)[None] < (cap - evaluated[subset, None])
+        parents = np.take_along_axis(node[subset], take, 1)
+        labels, ops = _append(
+            np.take_along_axis(node_labels[subset], parents[..., None], 1),
+            np.take_along_axis(node_ops[subset], parents[..., None], 1),
+            np.take_along_axis(op_index[subset], take, 1),
+            np.take_along_axis(partner[subset], take, 1),
+            length,
+        )
+        inter, area = _count(formula_counts, problem, candidates, labels, ops, subset)
+        scores = np.where(active, iou_of(inter, area, candidates.unit_area[subset, None]), -1.0)
+        top = scores.argmax(1)
+        rows = np.arange(len(subset))
+        better = scores[rows, top] > best.iou[subset]
+        winners = subset[better]
+        best.labels[winners] = labels[rows, top][better]
+        best.ops[winners] = ops[rows, top][better]
+        best.iou[winners] = scores[rows, top][better]
+        best.inter[winners] = inter[rows, top][better]
+        best.area[winners] = area[rows, top][better]
+        evaluated[subset] += active.sum(1)
+        position[subset] += active.sum(1)
 
 
 def _scatter(values: np.ndarray, subset: np.ndarray, units: int) -> np.ndarray:

@@ -280,3 +280,21 @@ def intersection_counts(
         concepts.reshape(-1, block, concepts.shape[1]),
     )  # (blocks, U, block)
     return jnp.moveaxis(per_block, 0, 1).reshape(unit_bits.shape[0], padded)[:, :count]
+
+
+@jax.jit
+def formula_counts(
+    unit_bits: UInt32[Array, "u w"],
+    concepts: UInt32[Array, "c w"],
+    candidates: Int[Array, "u k"],
+    labels: Int[Array, "u b n"],
+    ops: Int[Array, "u b n-1"],
+) -> tuple[Int[Array, "u b"], Int[Array, "u b"]]:
+    """(|u & F|, |F|), (U, B) int32 over one chunk of words, of a batch of programs per unit
+    (over each unit's candidates, as in ``extension_counts``)."""
+
+    def per_unit(unit, candidate, labels, ops):
+        masks = jax.vmap(program_bits, in_axes=(None, 0, 0))(concepts[candidate], labels, ops)
+        return _popcount(masks & unit), _popcount(masks)
+
+    return jax.lax.map(lambda xs: per_unit(*xs), (unit_bits, candidates, labels, ops))

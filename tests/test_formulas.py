@@ -133,7 +133,7 @@ def test_exact_equals_brute_force(seed):
         assert beam.iou[u] <= exact.iou[u] + 1e-12
     # Stopped early, the search still bounds the optimum of what it left unexplored.
     for cap in (0, 1, 3):
-        capped = exact_search(problem, candidates, 3, round_size=2, max_expansions=12 + cap)
+        capped = exact_search(problem, candidates, 3, child_round=2, max_evaluations=cap)
         for u in range(len(units)):
             optimum = max(iou(units[u], evaluate_tree(f, concepts)) for f in formulas)
             assert capped.bound[u] >= optimum - 1e-12
@@ -182,6 +182,9 @@ def test_bounds_are_admissible():
     for u, m in itertools.product(range(3), range(len(programs))):
         for op_index, word in enumerate(("AND", "OR", "AND NOT", "NOTAND")):
             for x in range(k):
+                if x in labels[u, m]:  # not a child: the search adds no concept twice
+                    assert bounds[u, m, op_index, x] == -np.inf
+                    continue
                 other = concepts[rows[u, x]]
                 if word == "NOTAND":
                     child = other & ~masks[u][m]
