@@ -1,4 +1,4 @@
-"""Command line: ``python -m jaxdissect {dissect,features,report,summarize,synthetic,demo}
+"""Command line: ``python -m jaxdissect {dissect,features,formulas,report,summarize,synthetic,demo}
 ...`` (also ``jaxdissect``). Argument parsing and printing only: the work is the library's
 (``pipeline.dissect`` for ``dissect``)."""
 
@@ -203,6 +203,37 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--seed", type=_non_negative_int, default=0)
     figure.add_argument("--rows", type=_positive_int, default=4)
     figure.add_argument("--size", type=_positive_int, default=128)
+    formulas = commands.add_parser(
+        "formulas",
+        help="the best logical formula of concepts (AND, OR, AND NOT) for every unit",
+        description="Explain each unit of one layer by a formula of concepts (Mu & Andreas "
+        "2020): beam search, or with --exact the proved optimum. Writes OUT/formulas.csv "
+        "(unit,formula,iou,length,certified,bound), OUT/formulas.json and OUT/formulas.html.",
+    )
+    formulas.add_argument("--dataset", required=True, type=Path, help="Broden-format folder")
+    formulas_source = formulas.add_mutually_exclusive_group(required=True)
+    formulas_source.add_argument("--features", type=Path, help="activations .npy (N, h, w, U)")
+    formulas_source.add_argument("--model", help="as for dissect")
+    formulas.add_argument("--weights", type=Path, default=None, help="as for dissect")
+    formulas.add_argument("--layer", default=None, help="the layer (required with --model)")
+    formulas.add_argument("--out", required=True, type=Path, help="output folder")
+    formulas.add_argument("--length", type=_positive_int, default=3, help="longest formula")
+    formulas.add_argument("--beam", type=_positive_int, default=10, help="beam width")
+    formulas.add_argument(
+        "--exact", action="store_true", help="prove the optimum (branch and bound)"
+    )
+    formulas.add_argument(
+        "--labels-per-unit",
+        type=_positive_int,
+        default=40,
+        help="candidate concepts per unit: its best single labels by IoU (default 40)",
+    )
+    formulas.add_argument("--quantile", type=_fraction(True), default=0.005)
+    formulas.add_argument("--categories", type=_categories, default=None)
+    formulas.add_argument("--batch-size", type=_positive_int, default=64)
+    formulas.add_argument("--cache", type=Path, default=None)
+    formulas.add_argument("--no-report", action="store_true", help="skip formulas.html")
+    formulas.add_argument("--no-progress", action="store_true")
     demo = commands.add_parser(
         "demo",
         help="a quick look: dissect a layer of known units on the synthetic world (about 10 s)",
@@ -324,6 +355,39 @@ def peak_memory() -> str:
     return ", ".join(parts)
 
 
+def run_formulas(args: argparse.Namespace) -> int:
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.formula_search import explain
+    from jaxdissect.sources import load_model
+
+    if args.features is not None and args.weights is not None:
+        raise DissectError("--weights goes with --model, not --features")
+    source = args.features if args.features is not None else load_model(args.model, args.weights)
+    explanations = explain(
+        open_broden(args.dataset, args.categories),
+        source,
+        DissectConfig(quantile=args.quantile, batch_size=args.batch_size),
+        args.out,
+        layer=args.layer,
+        weights=args.weights,
+        length=args.length,
+        beam=args.beam,
+        exact=args.exact,
+        labels_per_unit=args.labels_per_unit,
+        cache=args.cache,
+        report=not args.no_report,
+        progress=not args.no_progress,
+    )
+    result = explanations.result
+    print(
+        f"layer {explanations.layer}: {len(result.iou)} units, mean IoU {result.iou.mean():.4f}"
+        + (f", {int(result.certified.sum())} proved optimal" if args.exact else "")
+    )
+    print(f"wrote {args.out / 'formulas.csv'} and {args.out / 'formulas.json'}")
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
     import json
 
@@ -419,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": run_demo,
         "features": run_features,
         "report": run_report,
+        "formulas": run_formulas,
     }
     try:
         return handlers[args.command](args)

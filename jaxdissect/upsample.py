@@ -77,3 +77,34 @@ def resize_matrix(out_size: int, in_size: int) -> np.ndarray:
     for row, (low, weights) in enumerate(resize_coefficients(out_size, in_size)):
         matrix[row, low : low + len(weights)] = weights
     return matrix
+
+
+def _axis_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(out_size, taps) source positions and float64 weights of ``resize_coefficients``,
+    padded with weight 0 (adding 0.0 leaves PIL's sums unchanged)."""
+    pixels = resize_coefficients(out_size, in_size)
+    taps = max(len(weights) for _, weights in pixels)
+    positions = np.zeros((out_size, taps), np.int64)
+    weights = np.zeros((out_size, taps), np.float64)
+    for row, (low, values) in enumerate(pixels):
+        positions[row, : len(values)] = low + np.arange(len(values))
+        weights[row, : len(values)] = values
+    return positions, weights
+
+
+def resize_maps(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """(B, out_h, out_w, U) float32: (B, h, w, U) maps resized with the CPU tally's arithmetic
+    (PIL's when enlarging): a horizontal pass summed in float64 and rounded to float32, then
+    a vertical one, each sum in PIL's order; so ``resize_maps(a) > T`` are the dissection's
+    masks bit for bit."""
+    maps = np.asarray(maps, np.float32)
+    columns, column_weights = _axis_taps(out_w, maps.shape[2])
+    across = np.zeros((maps.shape[0], maps.shape[1], out_w, maps.shape[3]), np.float64)
+    for tap in range(columns.shape[1]):
+        across += maps[:, :, columns[:, tap]].astype(np.float64) * column_weights[:, tap, None]
+    across = across.astype(np.float32).astype(np.float64)
+    rows, row_weights = _axis_taps(out_h, maps.shape[1])
+    total = np.zeros((maps.shape[0], out_h, out_w, maps.shape[3]), np.float64)
+    for tap in range(rows.shape[1]):
+        total += across[:, rows[:, tap]] * row_weights[:, tap, None, None]
+    return total.astype(np.float32)

@@ -1,0 +1,887 @@
+"""The best formula of concepts for every unit: beam search, and an exact branch and bound.
+
+Both search the programs of ``formulas`` (a formula extended one concept at a time by AND,
+OR, AND NOT, or ``(x AND NOT F)``) over each unit's candidate concepts: its
+``labels_per_unit`` best single labels by IoU, as Mu & Andreas (2020) do. Every candidate is
+counted exactly on the packed masks (``formulas.extension_counts``): expanding a formula F
+gives, for every candidate x, t = |u & F & x| and |F & x|, from which all four children's
+intersections and areas follow:
+
+    (F AND x):  I = t,          |M| = |F & x|
+    (F OR x):   I = I_F + a_x - t,   |M| = |F| + |x| - |F & x|
+    (F AND NOT x): I = I_F - t, |M| = |F| - |F & x|
+    (x AND NOT F): I = a_x - t, |M| = |x| - |F & x|
+
+with a_x = |u & x|; IoU = I / (|u| + |M| - I).
+
+Beam search (``beam_search``) keeps the ``beam`` best formulas found so far and expands them.
+The exact search (``exact_search``) expands every single concept (which yields the pair
+counts |u & x & y| and |x & y| of all candidates), then expands longer formulas best-first
+while their upper bound exceeds the best IoU found; see ``child_bounds`` for the bound on the
+last step and ``reach_bound`` for earlier ones. A unit is *certified* when every formula
+left unexpanded has a bound at or below the best IoU; ``bound`` is then that IoU (gap 0),
+else the largest bound left.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdissect.formulas import (
+    AND,
+    ANDNOT,
+    NOP,
+    NOTAND,
+    OR,
+    extension_counts,
+    formula_counts,
+    intersection_counts,
+)
+
+OPERATORS = (AND, OR, ANDNOT, NOTAND)
+# A bound within this of the best IoU cannot hide a better formula (float64 ratios of
+# integer counts below 2**53 differ from the exact values by far less).
+TOLERANCE = 1e-12
+
+
+class Problem(NamedTuple):
+    """Packed masks of the units and concepts over all probe images.
+
+    Attributes:
+      unit_bits: (U, W) uint32 each unit's mask (W words, a multiple of ``chunk_words``).
+      concept_bits: (C, W) uint32 each concept's mask.
+      concept_labels: (C,) the label number of each concept row.
+      pixels: the number of (real) pixels over all images.
+      chunk_words: words counted per device call (a whole number of images).
+    """
+
+    unit_bits: np.ndarray
+    concept_bits: np.ndarray
+    concept_labels: np.ndarray
+    pixels: int
+    chunk_words: int
+
+
+class SearchResult(NamedTuple):
+    """Each unit's best formula.
+
+    Attributes:
+      labels: (U, N) concept rows of the program (-1 past its length).
+      ops: (U, N - 1) operator codes (``formulas.NOP`` past its length).
+      iou: (U,) float64.
+      intersection, area: (U,) int64 |M_u & M_F| and |M_F|.
+      certified: (U,) bool, proved optimal.
+      bound: (U,) float64 the largest upper bound left unexplored (= iou when certified;
+        NaN for beam search).
+      expansions: (U,) formulas expanded (each scores all its children at once), plus the
+        exact search's last-step children scored one by one.
+    """
+
+    labels: np.ndarray
+    ops: np.ndarray
+    iou: np.ndarray
+    intersection: np.ndarray
+    area: np.ndarray
+    certified: np.ndarray
+    bound: np.ndarray
+    expansions: np.ndarray
+
+
+def chunk_words_for(units: int, per_unit: int, words_per_image: int, budget: int) -> int:
+    """Words per device call, a whole number of images, so that the (U, K, words) candidate
+    masks the kernel gathers take about ``budget`` bytes."""
+    images = max(1, budget // max(1, 4 * units * per_unit * words_per_image))
+    return images * words_per_image
+
+
+def problem_from_masks(
+    unit_masks: np.ndarray,
+    concept_masks: np.ndarray,
+    concept_labels: np.ndarray,
+    chunk_images: int = 64,
+) -> Problem:
+    """A Problem from boolean masks (U, N, P) of the units and (C, N, P) of the concepts."""
+    from jaxdissect.formulas import pack_bits
+
+    images, pixels = unit_masks.shape[1:]
+    words = -(-pixels // 32)
+    chunk_images = min(chunk_images, images)
+    padded = -(-images // chunk_images) * chunk_images
+
+    def packed(masks):
+        bits = pack_bits(masks)
+        bits = np.pad(bits, ((0, 0), (0, padded - images), (0, 0)))
+        return bits.reshape(len(masks), padded * words)
+
+    return Problem(
+        packed(unit_masks),
+        packed(concept_masks),
+        np.asarray(concept_labels),
+        images * pixels,
+        chunk_images * words,
+    )
+
+
+def _chunks(problem: Problem):
+    words = problem.unit_bits.shape[1]
+    for start in range(0, words, problem.chunk_words):
+        stop = start + problem.chunk_words
+        yield (
+            jnp.asarray(problem.unit_bits[:, start:stop]),
+            jnp.asarray(problem.concept_bits[:, start:stop]),
+        )
+
+
+def unit_concept_counts(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(|u & c| (U, C), |u| (U,), |c| (C,)) as int64, summed over the chunks."""
+    inter = np.zeros((problem.unit_bits.shape[0], problem.concept_bits.shape[0]), np.int64)
+    for units, concepts in _chunks(problem):
+        inter += np.asarray(intersection_counts(units, concepts), np.int64)
+    unit_area = _popcount_rows(problem.unit_bits)
+    concept_area = _popcount_rows(problem.concept_bits)
+    return inter, unit_area, concept_area
+
+
+def _popcount_rows(bits: np.ndarray) -> np.ndarray:
+    return np.unpackbits(bits.view(np.uint8), axis=-1).sum(-1, dtype=np.int64)
+
+
+def iou_of(intersection, area, unit_area) -> np.ndarray:
+    """IoU = I / (|u| + |M| - I), 0 where the union is empty."""
+    intersection = np.asarray(intersection, np.float64)
+    union = np.asarray(unit_area, np.float64) + np.asarray(area, np.float64) - intersection
+    return np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
+
+
+class Candidates(NamedTuple):
+    """Each unit's candidate concepts and their single-concept counts.
+
+    Attributes:
+      rows: (U, K) concept rows, best single IoU first.
+      intersection: (U, K) int64 a_x = |u & x|.
+      area: (U, K) int64 |x|.
+      unit_area: (U,) int64 |u|.
+    """
+
+    rows: np.ndarray
+    intersection: np.ndarray
+    area: np.ndarray
+    unit_area: np.ndarray
+
+
+def choose_candidates(problem: Problem, per_unit: int) -> Candidates:
+    """Each unit's ``per_unit`` best concepts by single IoU (ties: lower row first); concepts
+    with an empty mask never count."""
+    inter, unit_area, concept_area = unit_concept_counts(problem)
+    single = iou_of(inter, concept_area[None, :], unit_area[:, None])
+    single = np.where(concept_area[None, :] > 0, single, -1.0)
+    per_unit = min(per_unit, int((concept_area > 0).sum()))
+    if per_unit < 1:
+        raise ValueError("no concept has a non-empty mask")
+    rows = np.argsort(-single, axis=1, kind="stable")[:, :per_unit]
+    return Candidates(
+        rows,
+        np.take_along_axis(inter, rows, 1),
+        concept_area[rows],
+        unit_area,
+    )
+
+
+def _bucket(count: int) -> int:
+    """Padded batch sizes (powers of two) so that jit compiles a few shapes only."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
+def _count(kernel, problem: Problem, candidates: Candidates, labels, ops, units):
+    """Sums ``kernel``'s int32 counts over the chunks of words, in int64, for ``units``
+    (padded to a power of two so that few shapes compile)."""
+    if units is None:
+        units = np.arange(problem.unit_bits.shape[0])
+    padded = np.concatenate([units, np.full(_bucket(len(units)) - len(units), units[-1])])
+    pad = len(padded) - len(units)
+    rows = jnp.asarray(candidates.rows[padded], jnp.int32)
+    labels = np.maximum(np.concatenate([labels, labels[-1:].repeat(pad, 0)]), 0)
+    labels = jnp.asarray(labels, jnp.int32)
+    ops = jnp.asarray(np.concatenate([ops, ops[-1:].repeat(pad, 0)]), jnp.int32)
+    unit_bits = problem.unit_bits[padded]
+    totals = None
+    for start in range(0, unit_bits.shape[1], problem.chunk_words):
+        stop = start + problem.chunk_words
+        counts = kernel(
+            jnp.asarray(unit_bits[:, start:stop]),
+            jnp.asarray(problem.concept_bits[:, start:stop]),
+            rows,
+            labels,
+            ops,
+        )
+        counts = [np.asarray(c, np.int64) for c in counts]
+        totals = counts if totals is None else [a + b for a, b in zip(totals, counts, strict=True)]
+    return [c[: len(units)] for c in totals]
+
+
+def expand(
+    problem: Problem,
+    candidates: Candidates,
+    labels: np.ndarray,
+    ops: np.ndarray,
+    units: np.ndarray | None = None,
+):
+    """Counts of every one-concept extension of programs (U', B, n) / (U', B, n - 1) over the
+    candidates of ``units`` (default all): (t (U', B, K), |F & x| (U', B, K), I_F (U', B),
+    |F| (U', B)), int64."""
+    return _count(extension_counts, problem, candidates, labels, ops, units)
+
+
+def children(candidates: Candidates, t, both, inter, area) -> tuple[np.ndarray, np.ndarray]:
+    """(I, |M|) of every child, (U, B, 4, K) in ``OPERATORS`` order."""
+    a = candidates.intersection[:, None, :]
+    s = candidates.area[:, None, :]
+    inter, area = inter[..., None], area[..., None]
+    child_inter = np.stack([t, inter + a - t, inter - t, a - t], axis=2)
+    child_area = np.stack([both, area + s - both, area - both, s - both], axis=2)
+    return child_inter, child_area
+
+
+def _valid_children(labels, ops, singles_expanded: np.ndarray | None) -> np.ndarray:
+    """(U, B, 4, K) bool: children that are new formulas. A concept already in the program
+    is not added again; and for a single-concept parent x whose partner y is also expanded
+    as a single concept (``singles_expanded`` (U, K)), ``(x AND y)`` and ``(x OR y)`` are
+    kept only for x < y, ``(y AND NOT x)`` only from y's side."""
+    units, batch, length = labels.shape
+    k = singles_expanded.shape[1]
+    used = np.zeros((units, batch, k), bool)
+    for position in range(length):
+        present = labels[:, :, position] >= 0
+        u_index, b_index = np.nonzero(present)
+        used[u_index, b_index, labels[u_index, b_index, position]] = True
+    valid = np.broadcast_to(~used[:, :, None, :], (units, batch, 4, k)).copy()
+    single = (labels[:, :, 1:] < 0).all(-1) if length > 1 else np.ones((units, batch), bool)
+    x = labels[:, :, 0]
+    partner = np.arange(k)[None, None, :]
+    twin = single[..., None] & singles_expanded[:, None, :]  # (U, B, K)
+    valid[:, :, 0] &= ~(twin & (partner < x[..., None]))
+    valid[:, :, 1] &= ~(twin & (partner < x[..., None]))
+    valid[:, :, 3] &= ~twin
+    return valid
+
+
+def _append(labels, ops, op_index, partner, length):
+    """Programs of chosen children: parents' programs with (op, partner) added."""
+    position = (labels >= 0).sum(-1)
+    new_labels, new_ops = labels.copy(), ops.copy()
+    index = np.indices(position.shape)
+    new_labels[(*index, position)] = partner
+    new_ops[(*index, position - 1)] = np.asarray(OPERATORS)[op_index]
+    return new_labels, new_ops
+
+
+def _empty_programs(units, count, length):
+    return np.full((units, count, length), -1, np.int64), np.full(
+        (units, count, max(length - 1, 0)), NOP, np.int64
+    )
+
+
+def beam_search(problem: Problem, candidates: Candidates, length: int = 3, beam: int = 10):
+    """Mu & Andreas's beam search: keep the ``beam`` best formulas found so far, extend each
+    by every candidate and operator, ``length - 1`` times; the best formula seen wins."""
+    units, k = candidates.rows.shape
+    width = min(beam, k)
+    single_iou = iou_of(candidates.intersection, candidates.area, candidates.unit_area[:, None])
+    labels, ops = _empty_programs(units, width, length)
+    labels[:, :, 0] = np.arange(width)  # candidates are sorted by single IoU
+    beam_iou = single_iou[:, :width]
+    beam_inter = candidates.intersection[:, :width]
+    beam_area = candidates.area[:, :width]
+    expansions = np.zeros(units, np.int64)
+    for _ in range(length - 1):
+        t, both, inter, area = expand(problem, candidates, labels, ops)
+        expansions += width
+        child_inter, child_area = children(candidates, t, both, inter, area)
+        singles = np.zeros((units, k), bool)
+        is_single = (labels[:, :, 1:] < 0).all(-1)
+        u_index, b_index = np.nonzero(is_single)
+        singles[u_index, labels[u_index, b_index, 0]] = True
+        valid = _valid_children(labels, ops, singles)
+        child_iou = np.where(
+            valid, iou_of(child_inter, child_area, candidates.unit_area[:, None, None, None]), -1.0
+        )
+        count = child_iou.shape[1] * 4 * k
+        op_index, partner = np.unravel_index(np.arange(4 * k), (4, k))
+        grown_labels, grown_ops = _append(
+            np.repeat(labels, 4 * k, axis=1),
+            np.repeat(ops, 4 * k, axis=1),
+            np.tile(op_index, width)[None].repeat(units, 0),
+            np.tile(partner, width)[None].repeat(units, 0),
+            length,
+        )
+        pool = {
+            "iou": (beam_iou, child_iou.reshape(units, count)),
+            "inter": (beam_inter, child_inter.reshape(units, count)),
+            "area": (beam_area, child_area.reshape(units, count)),
+            "labels": (labels, grown_labels),
+            "ops": (ops, grown_ops),
+        }
+        pool = {name: np.concatenate(parts, axis=1) for name, parts in pool.items()}
+        # Stable: among equal IoUs the formulas already in the beam (shorter) stay first.
+        best = np.argsort(-pool["iou"], axis=1, kind="stable")[:, :width]
+        beam_iou, beam_inter, beam_area = (
+            np.take_along_axis(pool[name], best, 1) for name in ("iou", "inter", "area")
+        )
+        labels = np.take_along_axis(pool["labels"], best[..., None], 1)
+        ops = np.take_along_axis(pool["ops"], best[..., None], 1)
+    return SearchResult(
+        labels=_to_rows(candidates, labels[:, 0]),
+        ops=ops[:, 0],
+        iou=beam_iou[:, 0],
+        intersection=beam_inter[:, 0],
+        area=beam_area[:, 0],
+        certified=np.zeros(units, bool),
+        bound=np.full(units, np.nan),
+        expansions=expansions,
+    )
+
+
+def _to_rows(candidates: Candidates, labels: np.ndarray) -> np.ndarray:
+    """Programs over candidate indices -> over concept rows (-1 kept)."""
+    rows = np.take_along_axis(candidates.rows, np.maximum(labels, 0), 1)
+    return np.where(labels >= 0, rows, -1)
+
+
+def _intervals(labels, ops, pair, universe):
+    """[lo, hi] of |F & x| within a universe (the unit's pixels, or the others), for every
+    candidate x, by interval arithmetic over F's program from the pair counts
+    ``pair[y, x]`` = |y & x| (within the universe) of its concepts y; ``universe[x]`` =
+    |x| (within it). Shapes: labels (U, M, n), pair (U, K, K), universe (U, K) -> (U, M, K).
+
+    Each step is exact set algebra on the counts: for G = (F AND y), |G & x| = |F & y & x|
+    lies in [max(0, |F & x| + |y & x| - |x|), min(|F & x|, |y & x|)], and so on.
+    """
+    take = jax.vmap(lambda pairs, rows: pairs[rows])  # per unit: (M,) rows -> (M, K)
+    first = take(pair, jnp.maximum(labels[:, :, 0], 0))
+    lo, hi = first, first
+    whole = universe[:, None, :]
+    for step in range(ops.shape[-1]):
+        p = take(pair, jnp.maximum(labels[:, :, step + 1], 0))
+        op = ops[:, :, step, None]
+        conditions = [op == code for code in OPERATORS]
+        new_lo = jnp.select(
+            conditions,
+            [jnp.maximum(0, lo + p - whole), jnp.maximum(lo, p), jnp.maximum(0, lo - p),
+             jnp.maximum(0, p - hi)],
+            lo,
+        )  # fmt: skip
+        hi = jnp.select(
+            conditions,
+            [jnp.minimum(hi, p), jnp.minimum(whole, hi + p), jnp.minimum(hi, whole - p),
+             jnp.minimum(p, whole - lo)],
+            hi,
+        )  # fmt: skip
+        lo = new_lo
+    return lo, hi
+
+
+# float32 ratios are rounded: widen the bound by a few ulps so that it stays an upper bound.
+_ROUNDING = 1.0 + 2.0**-20
+
+
+@jax.jit
+def child_bounds(
+    candidates: Candidates,
+    pair_inter,
+    pair_area,
+    labels,
+    ops,
+    inter,
+    area,
+    pixels,
+):
+    """(U, M, 4, K) upper bounds on the IoU of every child (F op x) of formulas F, without
+    counting F & x (-inf where x is already in F).
+
+    A child's counts follow from t = |u & F & x| and g = |F & x - u| (see the module
+    docstring): its IoU is I / (|u| + FP) with I and FP linear in t and g, so it is largest
+    at an end of t's and g's ranges: AND at (max t, min g); OR, AND NOT and (x AND NOT F) at
+    (min t, max g). The ranges intersect the generic ones, t in [max(0, I_F + a_x - |u|),
+    min(I_F, a_x)] and g in [max(0, FP_F + fp_x - (P - |u|)), min(FP_F, fp_x)], with those
+    from the pair counts of F's concepts (``_intervals``). So no child exceeds its bound.
+    Counts are int32 (exact below 2**31 pixels); the ratio, in float32, is widened by
+    ``_ROUNDING``.
+
+    Args:
+      candidates: the units' candidates (a_x, |x|, |u|).
+      pair_inter, pair_area: (U, K, K) |u & y & x| and |y & x| of candidate pairs.
+      labels, ops: (U, M, n), (U, M, n - 1) the formulas' programs.
+      inter, area: (U, M) I_F and |F|.
+      pixels: P, all pixels of all images.
+    """
+    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+    a = i32(candidates.intersection)[:, None, :]
+    s = i32(candidates.area)[:, None, :]
+    fp_x = s - a
+    n_u = i32(candidates.unit_area)[:, None, None]
+    inter = i32(inter)[..., None]
+    fp_f = i32(area)[..., None] - inter
+    t_lo, t_hi = _intervals(labels, ops, i32(pair_inter), i32(candidates.intersection))
+    g_lo, g_hi = _intervals(
+        labels,
+        ops,
+        i32(pair_area) - i32(pair_inter),
+        i32(candidates.area) - i32(candidates.intersection),
+    )
+    t_lo = jnp.maximum(t_lo, jnp.maximum(0, inter + a - n_u))
+    t_hi = jnp.minimum(t_hi, jnp.minimum(inter, a))
+    g_lo = jnp.maximum(g_lo, jnp.maximum(0, fp_f + fp_x - (pixels - n_u)))
+    g_hi = jnp.minimum(g_hi, jnp.minimum(fp_f, fp_x))
+    best_inter = jnp.stack([t_hi, inter + a - t_lo, inter - t_lo, a - t_lo], axis=2)
+    least_fp = jnp.stack([g_lo, fp_f + fp_x - g_hi, fp_f - g_hi, fp_x - g_hi], axis=2)
+    union = (n_u[..., None] + least_fp).astype(jnp.float32)
+    bound = jnp.where(union > 0, best_inter / jnp.maximum(union, 1) * _ROUNDING, 0.0)
+    used = jnp.zeros(bound.shape[:2] + bound.shape[3:], bool)
+    positions = jnp.arange(bound.shape[3])
+    for position in range(labels.shape[2]):
+        used |= labels[:, :, position, None] == positions
+    return jnp.where(used[:, :, None, :], -jnp.inf, bound)
+
+
+def reach_bound(candidates: Candidates, inter: np.ndarray, steps: int) -> np.ndarray:
+    """(U, M) upper bound on the IoU of any formula F reaches in ``steps`` more steps.
+
+    AND and AND NOT only shrink the mask, OR x adds at most a_x pixels of the unit, and
+    (x AND NOT F) has at most a_x; so the final intersection is at most
+    I_F + (sum of the ``steps`` largest a_x), and its union at least |u|.
+    """
+    largest = -np.sort(-candidates.intersection, axis=1)[:, :steps].sum(1)
+    n_u = candidates.unit_area.astype(np.float64)
+    reach = np.minimum(inter + largest[:, None], n_u[:, None])
+    return np.divide(reach, n_u[:, None], out=np.zeros(reach.shape), where=n_u[:, None] > 0)
+
+
+def exact_search(
+    problem: Problem,
+    candidates: Candidates,
+    length: int = 3,
+    round_size: int = 16,
+    max_expansions: int | None = None,
+    child_round: int = 64,
+    max_evaluations: int | None = None,
+) -> SearchResult:
+    """The best formula of length <= ``length`` over each unit's candidates, with a
+    certificate.
+
+    Every single concept is expanded (all pairs counted exactly); longer formulas are
+    expanded best-first, ``round_size`` per unit and round, while their bound
+    (``child_bounds`` for the last step, ``reach_bound`` before) exceeds the best IoU found.
+    At the last step the children are scored one by one instead (``formula_counts``),
+    ``child_round`` per unit and round, best bound first, while their bound
+    (``child_bounds``) exceeds the best IoU. ``max_expansions`` and ``max_evaluations`` cap
+    the expansions and last-step children per unit: a unit stopped by them is reported
+    uncertified, with the largest bound it left.
+    """
+    units, k = candidates.rows.shape
+    n_u = candidates.unit_area
+    all_units = np.arange(units)
+    single_iou = iou_of(candidates.intersection, candidates.area, n_u[:, None])
+    best_labels, best_ops = _empty_programs(units, 1, length)
+    best_labels, best_ops = best_labels[:, 0], best_ops[:, 0]
+    best_labels[:, 0] = 0
+    best_iou = single_iou[:, 0].copy()
+    best_inter = candidates.intersection[:, 0].copy()
+    best_area = candidates.area[:, 0].copy()
+    expansions = np.zeros(units, np.int64)
+    evaluated = np.zeros(units, np.int64)
+    left = np.full(units, -np.inf)  # the largest bound of what was not expanded
+    best = _Best(best_labels, best_ops, best_iou, best_inter, best_area)
+
+    def consider(labels, ops, child_inter, child_area, valid, subset):
+        """Updates the best formulas of ``subset`` with valid children."""
+        child_iou = np.where(
+            valid, iou_of(child_inter, child_area, n_u[subset, None, None, None]), -1.0
+        )
+        flat = child_iou.reshape(len(subset), -1)
+        top = flat.argmax(1)
+        better = flat[np.arange(len(subset)), top] > best_iou[subset]
+        parent, op_index, partner = np.unravel_index(top, child_iou.shape[1:])
+        grown_labels, grown_ops = _append(
+            labels[np.arange(len(subset)), parent][:, None],
+            ops[np.arange(len(subset)), parent][:, None],
+            op_index[:, None],
+            partner[:, None],
+            length,
+        )
+        winners = subset[better]
+        best_labels[winners] = grown_labels[better, 0]
+        best_ops[winners] = grown_ops[better, 0]
+        best_iou[winners] = flat[better, top[better]]
+        best_inter[winners] = child_inter.reshape(len(subset), -1)[better, top[better]]
+        best_area[winners] = child_area.reshape(len(subset), -1)[better, top[better]]
+
+    if length == 1:
+        return SearchResult(
+            _to_rows(candidates, best_labels), best_ops, best_iou, best_inter, best_area,
+            np.ones(units, bool), best_iou.copy(), expansions,
+        )  # fmt: skip
+    # Level 1: every single concept, in groups; the pair counts serve the bounds.
+    labels, ops = _empty_programs(units, k, length)
+    labels[:, :, 0] = np.arange(k)
+    pair_inter, pair_area = np.zeros((units, k, k), np.int64), np.zeros((units, k, k), np.int64)
+    singles = np.ones((units, k), bool)
+    nodes = []
+    for start in range(0, k, round_size):
+        group = slice(start, start + round_size)
+        t, both, inter, area = expand(problem, candidates, labels[:, group], ops[:, group])
+        pair_inter[:, group], pair_area[:, group] = t, both
+        child_inter, child_area = children(candidates, t, both, inter, area)
+        valid = _valid_children(labels[:, group], ops[:, group], singles)
+        consider(labels[:, group], ops[:, group], child_inter, child_area, valid, all_units)
+        nodes.append((labels[:, group], ops[:, group], child_inter, child_area, valid))
+    expansions += k
+    for level in range(2, length):
+        # This level's formulas: the children of the last level's expansions.
+        node_labels, node_ops, node_inter, node_area, node_valid = [], [], [], [], []
+        for parent_labels, parent_ops, child_inter, child_area, valid in nodes:
+            batch = parent_labels.shape[1]
+            op_index, partner = np.unravel_index(np.arange(4 * k), (4, k))
+            grown = _append(
+                np.repeat(parent_labels, 4 * k, axis=1),
+                np.repeat(parent_ops, 4 * k, axis=1),
+                np.tile(op_index, batch)[None].repeat(units, 0),
+                np.tile(partner, batch)[None].repeat(units, 0),
+                length,
+            )
+            node_labels.append(grown[0])
+            node_ops.append(grown[1])
+            node_inter.append(child_inter.reshape(units, -1))
+            node_area.append(child_area.reshape(units, -1))
+            node_valid.append(valid.reshape(units, -1))
+        node_labels, node_ops = np.concatenate(node_labels, 1), np.concatenate(node_ops, 1)
+        node_inter, node_area = np.concatenate(node_inter, 1), np.concatenate(node_area, 1)
+        node_valid = np.concatenate(node_valid, 1)
+        if level == length - 1:
+            _last_step(
+                problem, candidates, (pair_inter, pair_area),
+                (node_labels, node_ops, node_inter, node_area, node_valid),
+                best, left, evaluated, child_round, max_evaluations,
+            )  # fmt: skip
+            break
+        bound = reach_bound(candidates, node_inter, length - level)
+        bound = np.where(node_valid, bound, -np.inf)
+        order = np.argsort(-bound, axis=1, kind="stable")
+        sorted_bound = np.take_along_axis(bound, order, 1)
+        position = np.zeros(units, np.int64)
+        done = np.zeros(units, bool)
+        nodes = []
+        while True:
+            at = np.minimum(position, order.shape[1] - 1)
+            exhausted = position >= order.shape[1]
+            next_bound = np.where(exhausted, -np.inf, sorted_bound[all_units, at])
+            capped = (
+                np.zeros(units, bool) if max_expansions is None else expansions >= max_expansions
+            )
+            stopping = ~done & (exhausted | (next_bound <= best_iou + TOLERANCE) | capped)
+            left[stopping] = np.maximum(left[stopping], next_bound[stopping])
+            done |= stopping
+            subset = np.nonzero(~done)[0]
+            if not len(subset):
+                break
+            take = position[subset, None] + np.arange(round_size)[None]
+            take = np.minimum(take, order.shape[1] - 1)
+            picked = np.take_along_axis(order[subset], take, 1)
+            active = (
+                np.take_along_axis(sorted_bound[subset], take, 1)
+                > best_iou[subset, None] + TOLERANCE
+            )
+            active &= (position[subset, None] + np.arange(round_size)[None]) < order.shape[1]
+            if max_expansions is not None:
+                active &= np.arange(round_size)[None] < (max_expansions - expansions[subset, None])
+            labels_now = np.take_along_axis(node_labels[subset], picked[..., None], 1)
+            ops_now = np.take_along_axis(node_ops[subset], picked[..., None], 1)
+            t, both, inter, area = expand(problem, candidates, labels_now, ops_now, subset)
+            child_inter, child_area = children(
+                Candidates(*(x[subset] for x in candidates)), t, both, inter, area
+            )
+            valid = _valid_children(labels_now, ops_now, np.zeros((len(subset), k), bool))
+            valid &= active[:, :, None, None]
+            consider(labels_now, ops_now, child_inter, child_area, valid, subset)
+            expansions[subset] += active.sum(1)
+            position[subset] += active.sum(1)
+            # Units whose round met a node that may be pruned are finished next time around.
+            if level + 1 < length:
+                grown = (labels_now, ops_now, child_inter, child_area, valid)
+                nodes.append(tuple(_scatter(x, subset, units) for x in grown))
+    certified = left <= best_iou + TOLERANCE
+    return SearchResult(
+        _to_rows(candidates, best_labels), best_ops, best_iou, best_inter, best_area,
+        certified, np.maximum(best_iou, left), expansions + evaluated,
+    )  # fmt: skip
+
+
+class _Best(NamedTuple):
+    """The best formulas found so far (arrays updated in place)."""
+
+    labels: np.ndarray
+    ops: np.ndarray
+    iou: np.ndarray
+    inter: np.ndarray
+    area: np.ndarray
+
+
+def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_size, cap):
+    """Scores the last step's children (F op x) of ``nodes`` one by one, best bound first,
+    while their bound exceeds the unit's best IoU; updates ``best``, ``left`` (the largest
+    bound not scored) and ``evaluated`` in place."""
+    node_labels, node_ops, node_inter, node_area, node_valid = nodes
+    units, count, length = node_labels.shape
+    k = candidates.rows.shape[1]
+    block = 8  # units per bound computation: (8, M, 4, K) values at a time
+    queues = []
+    for start in range(0, units, block):
+        part = np.minimum(np.arange(start, start + block), units - 1)
+        values = np.asarray(
+            child_bounds(
+                Candidates(*(x[part] for x in candidates)),
+                pairs[0][part],
+                pairs[1][part],
+                node_labels[part],
+                node_ops[part],
+                node_inter[part],
+                node_area[part],
+                problem.pixels,
+            )
+        )
+        values = np.where(node_valid[part][:, :, None, None], values, -np.inf)
+        for row, unit in enumerate(part[: min(block, units - start)]):
+            flat = values[row].ravel()
+            (index,) = np.nonzero(flat > best.iou[unit] + TOLERANCE)
+            order = np.argsort(-flat[index], kind="stable")
+            queues.append((index[order], flat[index[order]]))
+    longest = max(1, max(len(q[0]) for q in queues))
+    index = np.zeros((units, longest), np.int64)
+    bound = np.full((units, longest), -np.inf)
+    for unit, (where, values) in enumerate(queues):
+        index[unit, : len(where)], bound[unit, : len(where)] = where, values
+    node, op_index, partner = np.unravel_index(index, (count, 4, k))
+    position = np.zeros(units, np.int64)
+    done = np.zeros(units, bool)
+    all_units = np.arange(units)
+    while True:
+        at = np.minimum(position, longest - 1)
+        next_bound = np.where(position < longest, bound[all_units, at], -np.inf)
+        capped = np.zeros(units, bool) if cap is None else evaluated >= cap
+        stopping = ~done & ((next_bound <= best.iou + TOLERANCE) | capped)
+        left[stopping] = np.maximum(left[stopping], next_bound[stopping])
+        done |= stopping
+        subset = np.nonzero(~done)[0]
+        if not len(subset):
+            return
+        take = np.minimum(position[subset, None] + np.arange(round_size)[None], longest - 1)
+        active = np.take_along_axis(bound[subset], take, 1) > best.iou[subset, None] + TOLERANCE
+        if cap is not None:
+            active &= np.arange(round_size)[None] < (cap - evaluated[subset, None])
+        parents = np.take_along_axis(node[subset], take, 1)
+        labels, ops = _append(
+            np.take_along_axis(node_labels[subset], parents[..., None], 1),
+            np.take_along_axis(node_ops[subset], parents[..., None], 1),
+            np.take_along_axis(op_index[subset], take, 1),
+            np.take_along_axis(partner[subset], take, 1),
+            length,
+        )
+        inter, area = _count(formula_counts, problem, candidates, labels, ops, subset)
+        scores = np.where(active, iou_of(inter, area, candidates.unit_area[subset, None]), -1.0)
+        top = scores.argmax(1)
+        rows = np.arange(len(subset))
+        better = scores[rows, top] > best.iou[subset]
+        winners = subset[better]
+        best.labels[winners] = labels[rows, top][better]
+        best.ops[winners] = ops[rows, top][better]
+        best.iou[winners] = scores[rows, top][better]
+        best.inter[winners] = inter[rows, top][better]
+        best.area[winners] = area[rows, top][better]
+        evaluated[subset] += active.sum(1)
+        position[subset] += active.sum(1)
+
+
+def _scatter(values: np.ndarray, subset: np.ndarray, units: int) -> np.ndarray:
+    """Rows of ``subset`` placed into an array of all units (others: -1 / False)."""
+    fill = False if values.dtype == bool else -1
+    out = np.full((units, *values.shape[1:]), fill, values.dtype)
+    out[subset] = values
+    return out
+
+
+class Explanations(NamedTuple):
+    """A layer's formulas, ready to write.
+
+    Attributes:
+      layer: the layer's name.
+      label_names: the dataset's label names.
+      thresholds: (U,) float32 the units' thresholds.
+      problem, candidates: the packed masks and each unit's candidates.
+      result: the reported search (exact when run, else beam).
+      beam: the beam search's result.
+      exact: the exact search's result, or None.
+      seconds: {"masks", "beam", "exact"} wall times.
+    """
+
+    layer: str
+    label_names: tuple[str, ...]
+    thresholds: np.ndarray
+    problem: Problem
+    candidates: Candidates
+    result: SearchResult
+    beam: SearchResult
+    exact: SearchResult | None
+    seconds: dict
+
+
+def build_problem(
+    read, num_images: int, layer: str, thresholds, labels, label_size, num_labels: int,
+    batch_size: int = 64, progress: bool = False,
+) -> Problem:  # fmt: skip
+    """Packs the units' masks (the dissection's: ``formulas.unit_masks``) and every non-empty
+    label's concept mask, image batch by image batch.
+
+    Args:
+      read: ``read(start, stop)`` gives {layer: (B, h, w, U)}.
+      num_images: N.
+      layer: the layer read.
+      thresholds: (U,) the units' thresholds (``compute_thresholds``).
+      labels: the dataset's ``LabelArrays``.
+      label_size: (sh, sw).
+      num_labels: L (labels 1 .. L - 1 are concepts).
+      batch_size: images per batch (also the images per device call).
+    """
+    from tqdm.auto import tqdm
+
+    from jaxdissect.formulas import concept_masks, pack_bits, unit_masks
+
+    wanted = np.arange(1, num_labels)
+    unit_parts, concept_parts = [], []
+    for start in tqdm(
+        range(0, num_images, batch_size), desc="formula masks", unit="batch", disable=not progress
+    ):
+        stop = min(start + batch_size, num_images)
+        maps = np.asarray(read(start, stop)[layer], np.float32)
+        unit_parts.append(pack_bits(unit_masks(maps, thresholds, label_size)))
+        planes = labels.label_planes(start, stop)
+        image_labels = np.asarray(labels.image_labels[start:stop])
+        concept_parts.append(pack_bits(concept_masks(planes, image_labels, wanted)))
+    pad = (-num_images) % batch_size
+    unit_bits = np.concatenate(unit_parts, axis=1)
+    concept_bits = np.concatenate(concept_parts, axis=1)
+    unit_bits = np.pad(unit_bits, ((0, 0), (0, pad), (0, 0)))
+    concept_bits = np.pad(concept_bits, ((0, 0), (0, pad), (0, 0)))
+    words = unit_bits.shape[2]
+    present = concept_bits.reshape(len(wanted), -1).any(1)
+    return Problem(
+        unit_bits.reshape(unit_bits.shape[0], -1),
+        concept_bits[present].reshape(int(present.sum()), -1),
+        wanted[present],
+        num_images * int(np.prod(label_size)),
+        min(batch_size, num_images) * words,
+    )
+
+
+def explain(
+    dataset,
+    source,
+    config=None,
+    out=None,
+    *,
+    layer: str | None = None,
+    weights=None,
+    length: int = 3,
+    beam: int = 10,
+    exact: bool = False,
+    labels_per_unit: int = 40,
+    labels=None,
+    images=None,
+    cache=None,
+    report: bool = True,
+    progress: bool = True,
+) -> Explanations:
+    """The best formula of concepts for every unit of one layer; the function the CLI's
+    ``formulas`` command, the study and Python users call.
+
+    Args:
+      dataset: a Broden-format folder or ``open_broden``'s dataset.
+      source: a features .npy path or array, an ``Activations``, or a ``FeatureModel``.
+      config: the ``DissectConfig`` whose quantile (and kernel) set the thresholds.
+      out: where to write formulas.csv, formulas.json and formulas.html (None: nowhere).
+      layer: the layer (required for a model; a features file's name otherwise).
+      weights: the model's weights file (for its identity).
+      length: the longest formula (N); beam: the beam width; exact: also run the exact
+        search and report its formulas; labels_per_unit: candidates per unit.
+      labels, images, cache: the decoded labels and images, when the caller has them.
+      report: write formulas.html.
+      progress: progress bars.
+    """
+    import time
+
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import BrodenDataset, open_broden
+    from jaxdissect.data.cache import load_image_array, load_label_arrays
+    from jaxdissect.errors import DissectError, FeaturesError
+    from jaxdissect.features import FeatureModel
+    from jaxdissect.passes import compute_thresholds
+    from jaxdissect.sources import Activations, features, model_run
+
+    config = config or DissectConfig()
+    if length < 1 or beam < 1 or labels_per_unit < 1:
+        raise DissectError("--length, --beam and --labels-per-unit must be >= 1")
+    if not isinstance(dataset, BrodenDataset):
+        dataset = open_broden(dataset)
+    if isinstance(source, FeatureModel):
+        if not layer:
+            raise DissectError(f"name the layer of model {source.name!r} (--layer)")
+        if images is None:
+            images = load_image_array(dataset, cache, progress)
+        source = model_run(source, images, [layer], config.batch_size, weights)
+    elif not isinstance(source, Activations):
+        source = features(source, layer=layer)
+    layer = layer or next(iter(source.shapes))
+    if layer not in source.shapes:
+        raise DissectError(f"layer {layer!r} is not among {sorted(source.shapes)}")
+    if source.num_images != dataset.num_images:
+        raise FeaturesError(
+            f"{source.provenance.get('features', 'the activations')}: {source.num_images} rows "
+            f"of activations but {dataset.directory / 'index.csv'} lists {dataset.num_images}"
+        )
+    if labels is None:
+        labels = load_label_arrays(dataset, cache, progress)
+    shapes = {layer: source.shapes[layer]}
+    seconds = {}
+    started = time.perf_counter()
+    thresholds = compute_thresholds(source.read, source.num_images, shapes, config, progress)[
+        layer
+    ].thresholds
+    problem = build_problem(
+        source.read, source.num_images, layer, thresholds, labels, dataset.label_size,
+        dataset.num_labels, config.batch_size, progress,
+    )  # fmt: skip
+    if not len(problem.concept_labels):
+        raise DissectError(f"{dataset.directory}: no label covers any pixel")
+    candidates = choose_candidates(problem, labels_per_unit)
+    seconds["masks"] = time.perf_counter() - started
+    started = time.perf_counter()
+    beam_result = beam_search(problem, candidates, length, beam)
+    seconds["beam"] = time.perf_counter() - started
+    exact_result = None
+    if exact:
+        started = time.perf_counter()
+        exact_result = exact_search(problem, candidates, length)
+        seconds["exact"] = time.perf_counter() - started
+    explanations = Explanations(
+        layer, dataset.label_names, np.asarray(thresholds), problem, candidates,
+        exact_result if exact else beam_result, beam_result, exact_result, seconds,
+    )  # fmt: skip
+    if out is not None:
+        from jaxdissect.formula_report import write_formulas
+
+        if report and images is None:
+            images = load_image_array(dataset, cache, progress)
+        write_formulas(out, explanations, dataset, images if report else None, source.provenance)
+    return explanations
