@@ -27,6 +27,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.tally_cpu
+	$(PY) -m bench.whole_process
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
