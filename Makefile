@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	# PyTorch (CPU) is an optional test dependency: the ResNet-20 import is compared with it.
 	$(PY) -m pip install --quiet torch==2.13.0 || echo "PyTorch not installable here: its comparison tests will be skipped"
+	$(PY) -m jaxdissect.precompile
 	touch $@
 
 lint: setup
