@@ -22,9 +22,12 @@ def precompile() -> None:
     from jaxdissect.cpu_tally import axis_cells, cpu_tally_batch
 
     acts = np.linspace(0, 1, 2 * 3 * 3 * 4, dtype=np.float32).reshape(2, 3, 3, 4)
-    cpu_quantile_update(cpu_quantile_init(4, 0.1, 2 * 3 * 3, 8), acts)
+    frozen = acts.copy()
+    frozen.flags.writeable = False  # a features file's memory map: another Numba type
+    for batch in (acts, frozen):
+        cpu_quantile_update(cpu_quantile_init(4, 0.1, 2 * 3 * 3, 8), batch)
     planes = np.ones((2, 1, 6, 6), np.uint8)  # slot 1 everywhere
-    planes.flags.writeable = False  # as the decoded-label cache's memory map: another type
+    planes.flags.writeable = False  # as the decoded-label cache's memory map
     counts = (np.zeros(3, np.int64), np.zeros((4, 3), np.int64), np.zeros((4, 2), np.int64))
     cpu_tally_batch(
         counts,
