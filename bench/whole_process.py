@@ -7,8 +7,8 @@ planes, four pixel planes, image-level scene and texture labels; ``bench.workloa
 statistics, written by ``write_broden``) and 7x7x512 features (``relu_features``), in
 build/whole_process/. Then, in this one run, times the CLI as a separate process:
 
-- cold: an empty decoded-data cache and an empty Numba cache (a first run on a fresh
-  clone, before ``make setup`` precompiled anything), with the report;
+- cold: a first run after a fresh clone and ``make setup``: an empty decoded-data cache,
+  and a Numba cache filled by ``python -m jaxdissect.precompile`` alone, with the report;
 - warm, with and without the report (``--repeats`` times each);
 
 and the Lite-style loop (``numpy.quantile`` thresholds, then ``bench.lite_loop``'s per-image,
@@ -84,8 +84,12 @@ def build(folder: Path, num_images: int) -> None:
     done.touch()
 
 
-def run_cli(folder: Path, cache: Path, numba_cache: Path, report: bool) -> dict[str, float]:
-    """Runs the CLI once; {stage: seconds} from its timestamps, and "total"."""
+def run_cli(
+    folder: Path, cache: Path, numba_cache: Path, report: bool, tree: Path | None = None
+) -> dict[str, float]:
+    """Runs the CLI once (of the source tree ``tree``, default this one); {stage: seconds}
+    from its timestamps, and "total"."""
+    folder, cache = folder.resolve(), cache.resolve()
     out = folder / "out"
     shutil.rmtree(out, ignore_errors=True)  # else the finished run would be reused
     command = [
@@ -97,7 +101,7 @@ def run_cli(folder: Path, cache: Path, numba_cache: Path, report: bool) -> dict[
         command.append("--no-report")
     env = {**os.environ, "JAXDISSECT_TIMINGS": "1", "NUMBA_CACHE_DIR": str(numba_cache)}
     start = time.time()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tree)
     end = time.time()
     if done.returncode != 0:
         raise SystemExit(f"the CLI failed ({done.returncode}):\n{done.stderr}")
@@ -167,6 +171,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="warm runs of each kind")
     parser.add_argument("--folder", type=Path, default=Path("build/whole_process"))
     parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another source tree of jaxdissect (e.g. `git archive` of an earlier commit): "
+        "its warm CLI is timed too, interleaved with ours",
+    )
+    parser.add_argument(
         "--result", type=Path, help="default bench/results/cpu-<cores>core-whole-process.txt"
     )
     args = parser.parse_args(argv)
@@ -182,16 +192,30 @@ def main(argv=None):
     runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         cold_cache, cold_numba = Path(scratch, "cache"), Path(scratch, "numba")
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(cold_numba)}
+        start = time.time()
+        subprocess.run([sys.executable, "-m", "jaxdissect.precompile"], env=env, check=True)
+        lines.append(
+            f"make setup's precompile (python -m jaxdissect.precompile): "
+            f"{time.time() - start:.1f} s"
+        )
         runs["cold, report"] = [run_cli(args.folder, cold_cache, cold_numba, True)]
         warm_cache = args.folder / "cache"
         warm_numba = Path(os.environ.get("NUMBA_CACHE_DIR", cold_numba))
         run_cli(args.folder, warm_cache, warm_numba, False)  # fills the warm caches
-        for _ in range(args.repeats):  # interleaved, so that load changes hit both kinds
-            for report in (True, False):
-                kind = "warm, report" if report else "warm, no report"
-                runs.setdefault(kind, []).append(
-                    run_cli(args.folder, warm_cache, warm_numba, report)
-                )
+        trees = {"": None}
+        if args.baseline_tree is not None:
+            trees["baseline, "] = args.baseline_tree.resolve()
+            for report in (True, False):  # fills its Numba cache
+                run_cli(args.folder, warm_cache, warm_numba, report, trees["baseline, "])
+        for _ in range(args.repeats):  # interleaved, so that load changes hit every kind
+            for prefix, tree in trees.items():
+                for report in (True, False):
+                    kind = prefix + ("warm, report" if report else "warm, no report")
+                    runs.setdefault(kind, []).append(
+                        run_cli(args.folder, warm_cache, warm_numba, report, tree)
+                    )
+        run_cli(args.folder, warm_cache, warm_numba, False)  # ours, for the comparison
         ours = np.load(args.folder / "out" / "counts.npz")
         ours = {key: ours[key] for key in ("thresholds", "label_area", "intersection", "unit_area")}
 
@@ -200,11 +224,13 @@ def main(argv=None):
         np.testing.assert_array_equal(ours[key], value, err_msg=key)
     lines.append("thresholds and counts (G, I, A) identical to the Lite-style loop's")
 
-    stages = [s for s in runs["cold, report"][0] if s != "total"]
+    stages = [s for s in runs["warm, report"][0] if s != "total"]
     lines.append("")
     lines.append("seconds (median (min-max) of the runs) | " + " | ".join(runs))
     for stage in [*stages, "total"]:
-        cells = [spread([r.get(stage, 0.0) for r in kind]) for kind in runs.values()]
+        cells = [
+            spread([r[stage] for r in kind]) if stage in kind[0] else "-" for kind in runs.values()
+        ]
         lines.append(f"{stage} | " + " | ".join(cells))
     warm = [r["total"] for r in runs["warm, no report"]]
     lines.append(
@@ -213,6 +239,13 @@ def main(argv=None):
         f"({np.median(warm):.2f} s): {t_lite / np.median(warm):.1f}x"
     )
     lines.append(f"images/s, warm CLI without report, whole process: {n / np.median(warm):,.0f}")
+    if args.baseline_tree is not None:
+        for kind in ("warm, report", "warm, no report"):
+            ratio = [
+                b["total"] / o["total"]
+                for b, o in zip(runs["baseline, " + kind], runs[kind], strict=True)
+            ]
+            lines.append(f"baseline / ours, {kind}, per interleaved pair: {spread(ratio)}")
     text = "\n".join(lines)
     print(text)
     result = args.result or Path(f"bench/results/cpu-{os.cpu_count()}core-whole-process.txt")
