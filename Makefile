@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	# PyTorch (CPU) is an optional test dependency: the ResNet-20 import is compared with it.
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0 || echo "PyTorch not installable here: its comparison tests will be skipped"
+	$(PY) -m jaxdissect.precompile
 	touch $@
 
 lint: setup
@@ -28,6 +29,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.tally_cpu
+	$(PY) -m bench.whole_process
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

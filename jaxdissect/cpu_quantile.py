@@ -24,35 +24,43 @@ def cpu_quantile_init(
     return jax.tree.map(np.array, quantile_init(units, q, positions, buffer_size))
 
 
+# Units per parallel task: each task reads its units' run of every row of the batch (no
+# transposed copy of the batch), a block long enough for contiguous reads.
+BLOCK = 32
+
+
 @numba.njit(parallel=True, cache=True)
-def _fold(values, top, buffer, fill, maxima, finite):  # pragma: no cover - compiled
-    """values (U, B, P): fold into each unit's top-k; (B, U) maxima and finiteness."""
-    units, batch, positions = values.shape
+def _fold(acts, top, buffer, fill, maxima, finite):  # pragma: no cover - compiled
+    """acts (B, P, U): fold into each unit's top-k, in (image, position) order; (B, U)
+    maxima and finiteness."""
+    batch, positions, units = acts.shape
     k, room = top.shape[1], buffer.shape[1]
-    for u in numba.prange(units):
-        floor = top[u, k - 1]
+    for block in numba.prange((units + BLOCK - 1) // BLOCK):
+        low, high = block * BLOCK, min(units, (block + 1) * BLOCK)
         for i in range(batch):
-            largest = -np.inf
-            ok = True
+            for u in range(low, high):
+                maxima[i, u] = -np.inf
+                finite[i, u] = True
             for p in range(positions):
-                v = values[u, i, p]
-                if not np.isfinite(v):
-                    ok = False
-                largest = max(largest, v)
-                # Equal values leave the multiset of the k largest unchanged: strict > is exact.
-                if v > floor:
-                    if fill[u] == room:  # merge: keep the k largest of top and buffer
-                        merged = np.sort(np.concatenate((top[u], buffer[u])))[::-1]
-                        top[u] = merged[:k]
-                        buffer[u] = -np.inf
-                        fill[u] = 0
-                        floor = top[u, k - 1]
-                        if not v > floor:
-                            continue
-                    buffer[u, fill[u]] = v
-                    fill[u] += 1
-            maxima[i, u] = largest
-            finite[i, u] = ok
+                for u in range(low, high):
+                    v = acts[i, p, u]
+                    if not np.isfinite(v):
+                        finite[i, u] = False
+                    maxima[i, u] = max(maxima[i, u], v)
+                    # Equal values leave the multiset of the k largest unchanged: strict >
+                    # is exact.
+                    if v > top[u, k - 1]:
+                        if fill[u] == room:  # merge: keep the k largest of top and buffer
+                            # (a partition, not a sort: top's order does not matter, only
+                            # that its last is its smallest, the floor)
+                            merged = np.partition(np.concatenate((top[u], buffer[u])), room)
+                            top[u] = merged[room:][::-1]
+                            buffer[u] = -np.inf
+                            fill[u] = 0
+                            if not v > top[u, k - 1]:
+                                continue
+                        buffer[u, fill[u]] = v
+                        fill[u] += 1
 
 
 def cpu_quantile_update(state: QuantileState, acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +70,7 @@ def cpu_quantile_update(state: QuantileState, acts: np.ndarray) -> tuple[np.ndar
       (B, U) float32 per-image maxima and (B,) bool: whether each image's values are finite.
     """
     batch, height, width, units = acts.shape
-    values = np.ascontiguousarray(
-        np.asarray(acts, np.float32).reshape(batch, height * width, units).transpose(2, 0, 1)
-    )
+    values = np.ascontiguousarray(acts, np.float32).reshape(batch, height * width, units)
     maxima = np.empty((batch, units), np.float32)
     finite = np.empty((batch, units), np.bool_)
     _fold(values, state.top, state.buffer, state.fill, maxima, finite)

@@ -35,6 +35,7 @@ from jaxdissect.sources import (
     model_run,
     nbytes,
 )
+from jaxdissect.timings import mark
 
 DEFAULT_CONFIG = DissectConfig()
 # Beside each results.json: the run's fingerprint, so that a study reuses only results of
@@ -100,12 +101,14 @@ def dissect_activations(
     thresholds = compute_thresholds(
         reused, num_images, shapes, config, progress, checkpoints, backend
     )
+    mark("pass 1")
     reused.recording = False
     if upload is not None:  # copied while pass 1 ran
         labels = LabelArrays(*upload.result())
     counts = compute_tally(
         reused, labels, dataset, thresholds, shapes, config, progress, checkpoints, backend
     )
+    mark("pass 2")
     return {
         layer: score_layer(layer, thresholds[layer], counts[layer], dataset, config)
         for layer in shapes
@@ -201,6 +204,7 @@ def dissect(
     """
     from jaxdissect.features import FeatureModel
 
+    mark("startup")
     if not isinstance(dataset, BrodenDataset):
         dataset = open_broden(dataset)
     if isinstance(source, FeatureModel):
@@ -221,6 +225,7 @@ def dissect(
         )
     if labels is None:
         labels = load_label_arrays(dataset, cache, progress)
+    mark("label cache")
     if out is None:
         return dissect_activations(
             source.read, source.num_images, source.shapes, dataset, labels, config, progress
@@ -239,8 +244,10 @@ def dissect(
         )  # fmt: skip
         if not writer:  # the other processes only computed their share
             return dissections
+        mark("scores")
         if report and images is None:
             images = load_image_array(dataset, cache, progress)
+            mark("image cache")
         write_outputs(
             out, dissections, dataset, config, source, fingerprint, images, report, layer_folders
         )
@@ -263,8 +270,11 @@ def write_outputs(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / FINGERPRINT).write_text(json.dumps(_canonical(fingerprint), indent=1) + "\n")
         write_dissection(folder, dissection, dataset, config, source.provenance)
+        mark("writing")
         if report:
             write_layer_report(folder, images)
+            mark("report")
     if report and layer_folder(staging, "", list(dissections), layer_folders) != staging:
         write_index(staging, list(dissections))
     publish(staging, out)
+    mark("published")

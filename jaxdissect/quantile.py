@@ -128,6 +128,11 @@ def quantile_init(
 def _flush(state: QuantileState) -> QuantileState:
     """Merges the buffer into the top-k and empties it."""
     k = state.top.shape[1]
+    if isinstance(state.top, np.ndarray):  # the CPU backend's state: no XLA program
+        top = -np.sort(-np.concatenate([state.top, state.buffer], axis=1), axis=1)[:, :k]
+        return state._replace(
+            top=top, buffer=np.full_like(state.buffer, -np.inf), fill=np.zeros_like(state.fill)
+        )
     top, _ = jax.lax.top_k(jnp.concatenate([state.top, state.buffer], axis=1), k)
     return state._replace(
         top=top, buffer=jnp.full_like(state.buffer, -jnp.inf), fill=jnp.zeros_like(state.fill)

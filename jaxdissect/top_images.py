@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 
@@ -26,11 +27,12 @@ class TopImagesState(NamedTuple):
     maps: Float[Array, "units k h w"]
 
 
-def top_images_init(units: int, k: int, height: int, width: int) -> TopImagesState:
+def top_images_init(units: int, k: int, height: int, width: int, xp=jnp) -> TopImagesState:
+    """The empty state, as jax.Arrays (``xp=jnp``) or NumPy arrays (``xp=np``)."""
     return TopImagesState(
-        values=jnp.full((units, k), -jnp.inf, jnp.float32),
-        indices=jnp.full((units, k), -1, jnp.int32),
-        maps=jnp.zeros((units, k, height, width), jnp.float32),
+        values=xp.full((units, k), -np.inf, np.float32),
+        indices=xp.full((units, k), -1, np.int32),
+        maps=xp.zeros((units, k, height, width), np.float32),
     )
 
 
@@ -69,4 +71,32 @@ def top_images_update(
 def top_images_merge(a: TopImagesState, b: TopImagesState) -> TopImagesState:
     return _select(
         *(jnp.concatenate([x, y], axis=1) for x, y in zip(a, b, strict=True)), a.values.shape[1]
+    )
+
+
+def top_images_update_host(
+    state: TopImagesState, acts: np.ndarray, indices: np.ndarray
+) -> TopImagesState:
+    """``top_images_update`` in NumPy, for the CPU backend (no XLA program to compile): the
+    same result, ties broken the same way (the lower image index first).
+
+    Args:
+      state: a TopImagesState of NumPy arrays.
+      acts: (B, h, w, U) float32, every row valid.
+      indices: (B,) the rows' image indices.
+    """
+    units, k = state.values.shape
+    maxima = acts.max(axis=(1, 2)).T  # (U, B)
+    values = np.concatenate([state.values, maxima], axis=1)
+    image = np.concatenate([state.indices, np.broadcast_to(indices, maxima.shape)], axis=1)
+    order = np.lexsort((image, -values), axis=-1)[:, :k]
+    unit = np.broadcast_to(np.arange(units)[:, None], order.shape)
+    kept = order < k  # already in the state, else the batch's row order - k
+    maps = np.empty_like(state.maps)
+    maps[kept] = state.maps[unit[kept], order[kept]]
+    maps[~kept] = acts[order[~kept] - k, :, :, unit[~kept]]
+    return TopImagesState(
+        np.take_along_axis(values, order, axis=1),
+        np.take_along_axis(image, order, axis=1).astype(np.int32),
+        maps,
     )

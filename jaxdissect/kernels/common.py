@@ -16,7 +16,7 @@ INT32_MAX = np.iinfo(np.int32).max
 TOP_MAPS_BUDGET = 256 * 2**20  # bytes of activation maps kept for the report, per layer
 
 
-# Both backends gather the report's top images with XLA (a small share of pass 1's work).
+# The XLA backend gathers the report's top images with XLA (the CPU backend in NumPy).
 top_images_step = jax.jit(top_images_update, donate_argnums=(0,))
 
 

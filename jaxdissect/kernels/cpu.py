@@ -16,7 +16,6 @@ from jaxdissect.kernels.common import (
     check_finite,
     checked,
     top_images_kept,
-    top_images_step,
     zero_counts,
 )
 
@@ -36,7 +35,12 @@ def _read(source, shapes, ranges, first, labels):
 
 def _thresholds(layer, shape, num_images, config):
     from jaxdissect.cpu_quantile import cpu_quantile_init, cpu_quantile_update
-    from jaxdissect.top_images import top_images_init, top_images_merge
+    from jaxdissect.top_images import (
+        TopImagesState,
+        top_images_init,
+        top_images_merge,
+        top_images_update_host,
+    )
 
     height, width, units = shape
     kept = top_images_kept(config, shape)
@@ -48,7 +52,7 @@ def _thresholds(layer, shape, num_images, config):
             "maxima": np.full((num_images, units), -np.inf, np.float32),
         }
         if kept:
-            state["top"] = top_images_init(units, kept, height, width)
+            state["top"] = top_images_init(units, kept, height, width, np)
         return state
 
     def update(state, batch):
@@ -59,7 +63,7 @@ def _thresholds(layer, shape, num_images, config):
         if not finite.all():
             state["first_bad"] = np.minimum(state["first_bad"], batch.start + np.argmin(finite))
         if kept:
-            state["top"] = top_images_step(state["top"], batch.acts, batch.indices, batch.valid)
+            state["top"] = top_images_update_host(state["top"], batch.acts, batch.indices)
         return state
 
     def merge(a, b):
@@ -71,7 +75,9 @@ def _thresholds(layer, shape, num_images, config):
             "maxima": np.maximum(a["maxima"], b["maxima"]),
         }
         if kept:
-            merged["top"] = top_images_merge(a["top"], b["top"])
+            merged["top"] = TopImagesState(
+                *(np.array(x) for x in top_images_merge(a["top"], b["top"]))
+            )
         return merged
 
     def result(state):

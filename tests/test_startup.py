@@ -1,0 +1,49 @@
+"""``import jaxdissect`` (and the CLI's start) imports JAX only when a command needs it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxdissect
+
+
+def test_import_is_light():
+    code = (
+        "import sys, jaxdissect, jaxdissect.cli; "
+        "print(sorted(m for m in ('jax', 'numba', 'PIL.Image') if m in sys.modules))"
+    )
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_public_name_resolves():
+    for name in jaxdissect.__all__:
+        assert getattr(jaxdissect, name).__name__ == name
+    assert jaxdissect.pipeline.dissect is jaxdissect.dissect  # submodules too
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        _ = jaxdissect.nonexistent
+
+
+def test_the_cli_process_ends_with_its_output_and_status(probe, tmp_path):
+    # ``python -m jaxdissect`` skips the interpreter's teardown after a finished command:
+    # its output must still arrive whole, and a failure keep its status.
+    from probe_fixture import dyadic_features
+
+    features = tmp_path / "features.npy"
+    np.save(features, dyadic_features(len(probe.planes), (3, 3, 5)))
+    command = [sys.executable, "-m", "jaxdissect", "dissect", "--dataset", str(probe.directory),
+               "--features", str(features), "--out", str(tmp_path / "out"), "--no-progress",
+               "--no-report", "--cache", str(tmp_path / "cache")]  # fmt: skip
+    root = Path(__file__).parent.parent
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("peak memory: host ")
+    assert (tmp_path / "out" / "results.json").is_file()
+    failed = subprocess.run([*command[:-4], "--batch-size", "0"], cwd=root, capture_output=True)
+    assert failed.returncode == 2
