@@ -822,34 +822,24 @@ def explain(
     import time
 
     from jaxdissect.config import DissectConfig
-    from jaxdissect.data.broden import BrodenDataset, open_broden
     from jaxdissect.data.cache import load_image_array, load_label_arrays
-    from jaxdissect.errors import DissectError, FeaturesError
+    from jaxdissect.errors import DissectError
     from jaxdissect.features import FeatureModel
     from jaxdissect.passes import compute_thresholds
-    from jaxdissect.sources import Activations, features, model_run
+    from jaxdissect.pipeline import open_inputs
 
     config = config or DissectConfig()
     if length < 1 or beam < 1 or labels_per_unit < 1:
         raise DissectError("--length, --beam and --labels-per-unit must be >= 1")
-    if not isinstance(dataset, BrodenDataset):
-        dataset = open_broden(dataset)
-    if isinstance(source, FeatureModel):
-        if not layer:
-            raise DissectError(f"name the layer of model {source.name!r} (--layer)")
-        if images is None:
-            images = load_image_array(dataset, cache, progress)
-        source = model_run(source, images, [layer], config.batch_size, weights)
-    elif not isinstance(source, Activations):
-        source = features(source, layer=layer)
+    if isinstance(source, FeatureModel) and not layer:
+        raise DissectError(f"name the layer of model {source.name!r} (--layer)")
+    dataset, source, images = open_inputs(
+        dataset, source, [layer] if layer else None, config.batch_size, weights, images, cache,
+        progress,
+    )  # fmt: skip
     layer = layer or next(iter(source.shapes))
     if layer not in source.shapes:
         raise DissectError(f"layer {layer!r} is not among {sorted(source.shapes)}")
-    if source.num_images != dataset.num_images:
-        raise FeaturesError(
-            f"{source.provenance.get('features', 'the activations')}: {source.num_images} rows "
-            f"of activations but {dataset.directory / 'index.csv'} lists {dataset.num_images}"
-        )
     if labels is None:
         labels = load_label_arrays(dataset, cache, progress)
     shapes = {layer: source.shapes[layer]}

@@ -161,6 +161,41 @@ def _canonical(fingerprint: dict) -> dict:
     return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
 
+def open_inputs(
+    dataset: BrodenDataset | str | Path,
+    source,
+    layers: Sequence[str] | None,
+    batch_size: int,
+    weights: str | Path | None = None,
+    images=None,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[BrodenDataset, Activations, object]:
+    """The dataset opened and the source as ``Activations`` of as many images (see
+    ``dissect`` for the arguments); also the probe images when a model needed them."""
+    from jaxdissect.features import FeatureModel
+
+    if not isinstance(dataset, BrodenDataset):
+        dataset = open_broden(dataset)
+    if isinstance(source, FeatureModel):
+        if not layers:
+            raise DissectError(f"name at least one layer of model {source.name!r}")
+        if images is None:
+            images = load_image_array(dataset, cache, progress)
+        source = model_run(source, images, layers, batch_size, weights)
+    elif not isinstance(source, Activations):
+        if layers is not None and len(layers) > 1:
+            raise DissectError("a features file holds one layer: give at most one layer name")
+        source = features(source, layer=layers[0] if layers else None)
+    if source.num_images != dataset.num_images:
+        where = source.provenance.get("features", "the activations")
+        raise FeaturesError(
+            f"{where}: {source.num_images} rows of activations but "
+            f"{dataset.directory / 'index.csv'} lists {dataset.num_images} images"
+        )
+    return dataset, source, images
+
+
 def dissect(
     dataset: BrodenDataset | str | Path,
     source,
@@ -202,27 +237,10 @@ def dissect(
     Returns:
       {layer: Dissection}; under ``jax.distributed`` only process 0 writes.
     """
-    from jaxdissect.features import FeatureModel
-
     mark("startup")
-    if not isinstance(dataset, BrodenDataset):
-        dataset = open_broden(dataset)
-    if isinstance(source, FeatureModel):
-        if not layers:
-            raise DissectError(f"name at least one layer of model {source.name!r}")
-        if images is None:
-            images = load_image_array(dataset, cache, progress)
-        source = model_run(source, images, layers, config.batch_size, weights)
-    elif not isinstance(source, Activations):
-        if layers is not None and len(layers) > 1:
-            raise DissectError("a features file holds one layer: give at most one layer name")
-        source = features(source, layer=layers[0] if layers else None)
-    if source.num_images != dataset.num_images:
-        where = source.provenance.get("features", "the activations")
-        raise FeaturesError(
-            f"{where}: {source.num_images} rows of activations but "
-            f"{dataset.directory / 'index.csv'} lists {dataset.num_images} images"
-        )
+    dataset, source, images = open_inputs(
+        dataset, source, layers, config.batch_size, weights, images, cache, progress
+    )
     if labels is None:
         labels = load_label_arrays(dataset, cache, progress)
     mark("label cache")
