@@ -94,7 +94,9 @@ def claim(
     conditions ``compares`` names, measured with seed ``seeds[i]``; the paper finds
     first - second of sign ``paper_sign``."""
     if not len(first) == len(second) == len(seeds):
-        raise ValueError(f"claim {sentence!r}: {len(first)}, {len(second)} values, {len(seeds)} seeds")
+        raise ValueError(
+            f"claim {sentence!r}: {len(first)}, {len(second)} values, {len(seeds)} seeds"
+        )
     differences = interval([a - b for a, b in zip(first, second, strict=True)])
     return {
         "claim": sentence,
