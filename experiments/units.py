@@ -8,6 +8,7 @@ category, gains a label or loses one.
 
 from __future__ import annotations
 
+import itertools
 import typing
 
 from experiments.claims import interval
@@ -73,7 +74,7 @@ def switches(sequence: typing.Sequence[tuple[str, str] | None]) -> int:
     labelled in both."""
     return sum(
         1
-        for old, new in zip(sequence, sequence[1:], strict=False)
+        for old, new in itertools.pairwise(sequence)
         if old is not None and new is not None and old != new
     )
 
