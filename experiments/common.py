@@ -25,13 +25,12 @@ from jaxdissect.sources import Activations, array_identity, model_run
 
 ROTATED = "@rotated"
 
-# The ``gpu`` presets: the synthetic world at 128 px with full-width networks (AlexNet-style
+# The ``gpu`` presets: the synthetic world at 128 px (their probe.image_size) with full-width networks (AlexNet-style
 # conv5: 256 units), trained for a step budget (train/ has no early stopping: the results
 # report the snapshot where validation accuracy peaked), dissected on a 10,000-image probe.
 GPU_STEPS = 20_000
 GPU_TRAIN_OVERRIDES = (
     "width=1.0",
-    "image_size=128",
     "train_images=20000",
     "eval_images=2000",
     "batch_size=128",
