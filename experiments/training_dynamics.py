@@ -1,16 +1,19 @@
 """Unique detectors against training iteration, for a baseline and the paper's variations.
 
-    python -m experiments.training_dynamics [--config smoke|default|full] [--workdir DIR] [key=value ...]
+    python -m experiments.training_dynamics [--config smoke|default|variations|gpu|full] [--workdir DIR] [key=value ...]
 
-Trains (via train/) a baseline AlexNet-style network and its variations (no dropout, batch
-norm, a 3x wider last conv layer, two more random initialisations) on the synthetic world's
-scenes, snapshotting at the paper's log-spaced iterations; dissects the last conv layer of
-every snapshot on the probe set, in the units' own basis and in a random rotation of it;
-and writes to the workdir (default runs/training_dynamics-<config>): config.json,
-runs/<variation>/ (training workdirs), dissections/<variation>/<step>/<layer>[@rotated]/,
-results.json, unique_detectors.png, per_category.png, accuracy.png and summary.html.
-Everything already in the workdir is reused, so a rerun resumes. The default finishes in
-about 15 minutes on 2 CPU cores; what it measured is in the README ("Results").
+Trains (via train/) an AlexNet-style network (default: the baseline; ``variations``: also
+no dropout, batch norm and a 3x wider last conv layer) with each of ``seeds`` seeds
+(initialisation, data order and rotation) on the synthetic world's scenes, snapshotting at
+the paper's log-spaced iterations; dissects the last conv layer of every snapshot on the
+probe set, in the units' own basis and in a random rotation of it; and writes to the
+workdir (default runs/training_dynamics-<config>): config.json, runs/<variation>/seed<s>/
+(training workdirs), dissections/<variation>/seed<s>/<step>/<layer>[@rotated]/,
+results.json (per-seed counts with means and 95 % t-intervals, the paper's claims with
+verdicts, concept evolution between snapshots, provenance), unique_detectors.png,
+per_category.png, accuracy.png, concept_transitions.png and summary.html. Everything
+already in the workdir is reused, so a rerun resumes. The default (the baseline, 3 seeds)
+is ``make demo``; the README ("What make demo shows") gives its time.
 """
 
 from __future__ import annotations
