@@ -83,6 +83,12 @@ def _counts_table(results: dict, path: Path) -> list[str]:
         header = ["variation", "units", "unique, step 0", f"unique, step {step}"]
         header += [f"rotated basis, step {step}", f"val. accuracy, step {step}", "best step"]
         return _table(header, rows)
+    if study == "explain":
+        rows = [
+            [category, _stat(found["pixel_accuracy"], 3), _stat(found["mean_iou"], 3)]
+            for category, found in _field(results, path, "segmentation").items()
+        ]
+        return _table(["segmented category", "pixel accuracy", "mean IoU"], rows)
     if study == "rotation":
         table = _field(results, path, "by_iou_threshold")
         alphas = [f"alpha {row['alpha']:g}" for row in next(iter(table.values()))]

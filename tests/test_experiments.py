@@ -384,13 +384,18 @@ def test_explain_smoke(tmp_path, monkeypatch):
     workdir = tmp_path / "explain"
     assert explain.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
     results = json.loads((workdir / "results.json").read_text())
-    units = dissection(workdir / "dissection" / "layer3")
+    assert results["seeds"] == [0]
+    units = dissection(workdir / "dissections" / "seed0" / "layer3")
     assert results["units"] == len(units["units"])
-    assert results["interpreted_units"] == detectors(units)
+    assert results["interpreted_units"] == {
+        "per_seed": [detectors(units)],
+        "mean": detectors(units),
+        "ci95": None,
+    }
     row_of = {row["unit"]: row for row in units["units"]}
-    assert len(results["explanations"]) == 2
+    assert len(results["explanations"]["0"]) == 2
     flags = []
-    for item in results["explanations"]:
+    for item in results["explanations"]["0"]:
         contributions = [u["contribution"] for u in item["units"]]
         assert contributions == sorted(contributions, reverse=True) and len(contributions) == 3
         for unit in item["units"]:
@@ -401,7 +406,9 @@ def test_explain_smoke(tmp_path, monkeypatch):
                 row["score"],
             )
             flags.append(unit["concept_in_image"])
-    assert results["top_unit_concepts_in_image"] == pytest.approx(np.mean(flags), abs=1e-12)
+    assert results["top_unit_concepts_in_image"]["per_seed"] == [
+        pytest.approx(np.mean(flags), abs=1e-12)
+    ]
     # Pixel accuracy is a count of the pixels that carry a label of the category.
     from jaxdissect.data.cache import load_label_arrays
 
@@ -410,7 +417,7 @@ def test_explain_smoke(tmp_path, monkeypatch):
     for category, scores in results["segmentation"].items():
         in_category = dataset.label_category[planes] == dataset.categories.index(category)
         labelled = int(np.sum(np.any((planes > 0) & in_category, axis=1)))
-        correct = scores["pixel_accuracy"] * labelled
+        correct = scores["pixel_accuracy"]["per_seed"][0] * labelled
         assert correct == pytest.approx(round(correct), abs=1e-6)
     assert (workdir / "explain.png").stat().st_size > 1000
 

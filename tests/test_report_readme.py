@@ -135,3 +135,21 @@ def test_the_readme_equals_the_committed_results():
     results = README.parent / "experiments" / "results"
     block = report_readme.generate(results)
     assert block in README.read_text()
+
+
+def test_explain_results_give_a_segmentation_table(tmp_path):
+    explain = {
+        "study": "explain",
+        "config": {"steps": 1500, "probe": {"images": 600, "image_size": 64}},
+        "seeds": [0],
+        "claims": [],
+        "segmentation": {
+            "material": {
+                "pixel_accuracy": stat([0.032], 0.032, None),
+                "mean_iou": stat([0.041], 0.041, None),
+            }
+        },
+    }
+    write_results(tmp_path, "explain", explain)
+    block = report_readme.generate(tmp_path)
+    assert "| material | 0.032 [undefined: 1 seed] | 0.041 [undefined: 1 seed] |" in block
