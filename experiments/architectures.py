@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from experiments import compare
 from experiments.common import experiment_main
-from experiments.compare import PRESETS, CommonConfig, Variant, run_comparison
+from experiments.compare import CommonConfig, Variant, run_comparison, unique_claim
 from jaxdissect import zoo
 from jaxdissect.sources import file_identity
 
@@ -24,13 +25,31 @@ from jaxdissect.sources import file_identity
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(CommonConfig):
     zoo: tuple[str, ...] = ()
+    resnet_overrides: tuple[str, ...] = ()  # train/ settings for the ResNet-style network
+
+
+PRESETS = {
+    **compare.PRESETS,
+    # ResNet-18-style: two basic blocks per stage, widths 128, 256, 512 (train/'s ResNet has
+    # three stages; width 4 scales its 32, 64, 128).
+    "gpu": {**compare.PRESETS["gpu"], "resnet_overrides": ("width=4",)},
+}
 
 
 def variants(config: Config) -> list[Variant]:
     found = [
         Variant("alexnet_style"),
         Variant("vgg_style", ("depth=8",)),
-        Variant("resnet_style", ("family=resnet", "depth=2", "dropout=false", "batch_norm=true")),
+        Variant(
+            "resnet_style",
+            (
+                "family=resnet",
+                "depth=2",
+                "dropout=false",
+                "batch_norm=true",
+                *config.resnet_overrides,
+            ),
+        ),
     ]
     for spec in config.zoo:
         name, weights, *layer = spec.split(":")
@@ -43,8 +62,26 @@ def variants(config: Config) -> list[Variant]:
 
 def run(config, workdir, progress: bool = True) -> dict:
     return run_comparison(
-        variants(config), config, workdir, "Unique detectors across architectures", progress
+        variants(config),
+        config,
+        workdir,
+        "Unique detectors across architectures",
+        progress,
+        claims=claims,
+        study="architectures",
     )
+
+
+def claims(rows: dict, seeds: list[int]) -> list[dict]:
+    return [
+        unique_claim(
+            rows,
+            "ResNet-style networks have more unique detectors than AlexNet-style ones",
+            "resnet_style",
+            "alexnet_style",
+            seeds,
+        )
+    ]
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,18 @@ from jaxdissect.sources import Activations, array_identity, model_run
 
 ROTATED = "@rotated"
 
+# The ``gpu`` presets: the synthetic world at 128 px (their probe.image_size) with full-width networks (AlexNet-style
+# conv5: 256 units), trained for a step budget (train/ has no early stopping: the results
+# report the snapshot where validation accuracy peaked), dissected on a 10,000-image probe.
+GPU_STEPS = 20_000
+GPU_TRAIN_OVERRIDES = (
+    "width=1.0",
+    "train_images=20000",
+    "eval_images=2000",
+    "batch_size=128",
+    "learning_rate=0.01",
+)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ProbeConfig:
@@ -271,7 +283,10 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
 
 
 STYLE = (
-    "body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
+    "body{font-family:sans-serif;margin:2em;max-width:1200px}"
+    "td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
+    "img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{color:#444}"
+    ".replicated{color:#070}.contradicted{color:#a00}.inconclusive{color:#666}"
 )
 
 
@@ -295,6 +310,53 @@ def experiment_main(name: str, doc: str, presets: dict, config_type, run, argv=N
     run(config, workdir, progress=not args.no_progress)
     print(f"summary: {workdir / 'summary.html'}")
     return 0
+
+
+PROVENANCE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "numba")
+
+
+def provenance() -> dict:
+    """What a results.json was produced with: the installed versions of the packages its
+    numbers depend on, the git commit of this checkout (None outside a git checkout, or
+    without git) and the machine."""
+    import os
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    versions = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+
+    def git(*args):
+        try:
+            found = subprocess.run(
+                ["git", *args],
+                cwd=Path(__file__).resolve().parent,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except OSError:
+            return None
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "versions": versions,
+        "git_commit": commit or None,
+        # Uncommitted changes to tracked files: the commit alone does not reproduce it.
+        "git_dirty": None if changes is None else bool(changes),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "devices": sorted({device.device_kind for device in jax.devices()}),
+        },
+    }
 
 
 def save_json(path: Path, value) -> None:

@@ -8,23 +8,29 @@ import dataclasses
 import html
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.claims import claim, claims_html, format_interval, interval
 from experiments.common import (
+    GPU_STEPS,
+    GPU_TRAIN_OVERRIDES,
     ROTATED,
     ProbeConfig,
     checkpoint_identity,
     dissect_model,
+    eval_accuracy,
+    provenance,
     save_json,
     start_experiment,
     unique_counts,
     write_page,
 )
+from experiments.plots import figure_html, pyplot
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.synthetic import world
 from jaxdissect.features import FeatureModel
@@ -54,16 +60,24 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CommonConfig:
-    """What the comparison studies share; ``dissect``: how each network is dissected;
-    ``probe``: on what (the networks train at ``probe.image_size``)."""
+    """What the comparison studies share. ``seeds``: how many seeds (0 .. seeds - 1) each
+    network is trained with (a seed sets its initialisation, data order and rotation; a zoo
+    network's seed sets only its rotation); ``train_overrides``: key=value settings of
+    train/ for every run (before the variant's own); ``dissect``: how each network is
+    dissected; ``probe``: on what (the networks train at ``probe.image_size``)."""
 
     train_preset: str = "default"
+    train_overrides: tuple[str, ...] = ()
     steps: int = 600
+    seeds: int = 3
     dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
     probe_train_images: int = 800  # linear probe: fitted on validation scenes, tested on test
     probe_test_images: int = 400
-    seed: int = 0
+
+    def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
 
 
 # The comparison studies' presets (width_depth adds its own smoke sizes).
@@ -71,12 +85,22 @@ PRESETS = {
     "smoke": dict(
         train_preset="smoke",
         steps=4,
+        seeds=2,
         dissect=DissectConfig(batch_size=20),
         probe=ProbeConfig(images=40, image_size=32),
         probe_train_images=32,
         probe_test_images=16,
     ),
     "default": {},
+    # An accelerator, on the synthetic world (see experiments.common.GPU_TRAIN_OVERRIDES).
+    "gpu": dict(
+        train_overrides=GPU_TRAIN_OVERRIDES,
+        steps=GPU_STEPS,
+        dissect=DissectConfig(batch_size=250),
+        probe=ProbeConfig(images=10_000, image_size=128),
+        probe_train_images=4000,
+        probe_test_images=2000,
+    ),
     "full": dict(
         train_preset="full",
         steps=300_000,
@@ -84,6 +108,8 @@ PRESETS = {
         probe=ProbeConfig(image_size=128),
     ),
 }
+# The synthetic world the networks train on (train/'s world_seed): the linear probe's scenes.
+WORLD_SEED = 0
 
 
 def pooled_features(
@@ -103,10 +129,8 @@ def linear_probe(model: FeatureModel, layer: str, config: CommonConfig) -> float
     """Test accuracy of a ridge classifier on the layer's pooled features (scene labels of
     the validation split to fit, of the test split to score)."""
     geometry = world.WorldConfig(image_size=config.probe.image_size)
-    fit_x, fit_y = world.scene_arrays(
-        config.seed, "validation", config.probe_train_images, geometry
-    )
-    test_x, test_y = world.scene_arrays(config.seed, "test", config.probe_test_images, geometry)
+    fit_x, fit_y = world.scene_arrays(WORLD_SEED, "validation", config.probe_train_images, geometry)
+    test_x, test_y = world.scene_arrays(WORLD_SEED, "test", config.probe_test_images, geometry)
     a, b = pooled_features(model, layer, fit_x), pooled_features(model, layer, test_x)
     mean, scale = a.mean(0), a.std(0) + 1e-6
     a, b = (a - mean) / scale, (b - mean) / scale
@@ -116,101 +140,169 @@ def linear_probe(model: FeatureModel, layer: str, config: CommonConfig) -> float
     return float(np.mean(np.argmax(b @ weights, 1) == test_y))
 
 
+def measure_variant(
+    variant: Variant, index: int, seed: int, config: CommonConfig, workdir: Path, probe, progress
+) -> tuple[dict, dict]:
+    """Trains (or reuses) one network with one seed and dissects it (units and a rotation).
+    Returns its row of counts and its dissection's results.json."""
+    accuracy = None
+    if variant.model is not None:
+        model, layer, weights = variant.model, variant.layer, variant.weights
+    else:
+        run_dir = workdir / "runs" / (variant.run or variant.name) / f"seed{seed}"
+        overrides = [
+            f"steps={config.steps}",
+            f"image_size={config.probe.image_size}",
+            f"init_seed={seed}",
+            f"seed={seed}",
+            *config.train_overrides,
+            *variant.overrides,
+        ]
+        if variant.init_from_variant:
+            overrides.append(
+                f"init_from={workdir / 'runs' / variant.init_from_variant / f'seed{seed}'}"
+            )
+        train(make_config(config.train_preset, overrides), run_dir, progress=progress)
+        step = variant.step if variant.step is not None else list_checkpoints(run_dir)[-1]
+        model = feature_model(run_dir, step)
+        weights = checkpoint_identity(run_dir, step)
+        layer = variant.layer or dissectable_layers(read_config(run_dir))[-1]
+        accuracy = eval_accuracy(run_dir).get(step)
+    units = model.apply(jnp.asarray(probe.images[:1]), (layer,))[layer].shape[-1]
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    results = dissect_model(
+        model,
+        [layer],
+        probe,
+        config.dissect,
+        workdir / "dissections" / variant.name / f"seed{seed}",
+        weights,
+        rotations={layer + ROTATED: (layer, random_rotation(key, units))},
+    )
+    row = {
+        "layer": layer,
+        "units": units,
+        "unique": unique_counts(results[layer]),
+        "unique_rotated": unique_counts(results[layer + ROTATED]),
+        "eval_accuracy": accuracy,
+        "linear_probe": linear_probe(model, layer, config),
+    }
+    if progress:
+        print(
+            f"{variant.name} seed {seed}: {row['unique']['total']} unique detectors "
+            f"({row['unique_rotated']['total']} rotated) of {units} units; linear probe "
+            f"{row['linear_probe']:.3f}"
+        )
+    return row, results[layer]
+
+
+def _counts(per_seed: list[dict]) -> dict:
+    keys = sorted({key for counts in per_seed for key in counts})
+    return {key: interval([counts.get(key, 0) for counts in per_seed]) for key in keys}
+
+
+def unique_claim(rows: dict, sentence: str, first: str, second: str, seeds: list[int]) -> dict:
+    """The claim that network ``first`` has more unique detectors than ``second``."""
+    return claim(
+        sentence,
+        (first, second),
+        rows[first]["unique"]["total"]["per_seed"],
+        rows[second]["unique"]["total"]["per_seed"],
+        seeds,
+    )
+
+
 def run_comparison(
     variants: Sequence[Variant],
     config: CommonConfig,
     workdir: Path,
     title: str,
     progress: bool = True,
+    claims: Callable[[dict, list[int]], list[dict]] = lambda rows, seeds: [],
+    analysis: Callable[[dict, list[int]], tuple[dict, str]] | None = None,
+    study: str = "",
 ) -> dict:
+    """Trains and dissects every variant with every seed. ``claims(rows by variant name,
+    seeds)`` gives the paper's claims the study tests; ``analysis({variant: {seed:
+    dissection}}, seeds)`` a unit-level analysis, as (results.json entries, HTML)."""
     started = time.time()
     workdir, probe = start_experiment(config, workdir, progress)
-    rows = []
+    seeds = list(range(config.seeds))
+    rows, dissections = [], {}
     for index, variant in enumerate(variants):
-        accuracy = None
-        if variant.model is not None:
-            model, layer, weights = variant.model, variant.layer, variant.weights
-        else:
-            run_dir = workdir / "runs" / (variant.run or variant.name)
-            overrides = [
-                f"steps={config.steps}",
-                f"image_size={config.probe.image_size}",
-                *variant.overrides,
-            ]
-            if variant.init_from_variant:
-                overrides.append(f"init_from={workdir / 'runs' / variant.init_from_variant}")
-            train(make_config(config.train_preset, overrides), run_dir, progress=progress)
-            step = variant.step if variant.step is not None else list_checkpoints(run_dir)[-1]
-            model = feature_model(run_dir, step)
-            weights = checkpoint_identity(run_dir, step)
-            layer = variant.layer or dissectable_layers(read_config(run_dir))[-1]
-            metrics = [
-                json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x
-            ]
-            accuracy = next(
-                (m["eval_accuracy"] for m in metrics if m["step"] == step and "eval_accuracy" in m),
-                None,
-            )
-        units = model.apply(jnp.asarray(probe.images[:1]), (layer,))[layer].shape[-1]
-        key = jax.random.fold_in(jax.random.key(config.seed), index)
-        results = dissect_model(
-            model,
-            [layer],
-            probe,
-            config.dissect,
-            workdir / "dissections" / variant.name,
-            weights,
-            rotations={layer + ROTATED: (layer, random_rotation(key, units))},
-        )
+        measured = {
+            seed: measure_variant(variant, index, seed, config, workdir, probe, progress)
+            for seed in seeds
+        }
+        dissections[variant.name] = {seed: results for seed, (_, results) in measured.items()}
+        per_seed = [row for row, _ in measured.values()]
+        accuracies = [row["eval_accuracy"] for row in per_seed]
         rows.append(
             {
                 "variant": variant.name,
-                "layer": layer,
-                "units": units,
-                "unique": unique_counts(results[layer]),
-                "unique_rotated": unique_counts(results[layer + ROTATED]),
-                "eval_accuracy": accuracy,
-                "linear_probe": linear_probe(model, layer, config),
+                "layer": per_seed[0]["layer"],
+                "units": per_seed[0]["units"],
+                "unique": _counts([row["unique"] for row in per_seed]),
+                "unique_rotated": _counts([row["unique_rotated"] for row in per_seed]),
+                "eval_accuracy": None if None in accuracies else interval(accuracies),
+                "linear_probe": interval([row["linear_probe"] for row in per_seed]),
             }
         )
-        if progress:
-            r = rows[-1]
-            print(
-                f"{variant.name}: {r['unique']['total']} unique detectors ({r['unique_rotated']['total']} "
-                f"rotated) of {units} units; linear probe {r['linear_probe']:.3f}"
-            )
+    extra, extra_html = analysis(dissections, seeds) if analysis else ({}, "")
     summary = {
+        "study": study,
         "title": title,
         "config": dataclasses.asdict(config),
+        "seeds": seeds,
+        "claims": claims({row["variant"]: row for row in rows}, seeds),
         "rows": rows,
+        **extra,
+        "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
     save_json(workdir / "results.json", summary)
     plot(summary, workdir / "comparison.png")
-    write_summary(summary, workdir)
+    write_summary(summary, workdir, extra_html)
     return summary
 
 
+def _yerr(stats: list[dict]) -> np.ndarray:
+    """Asymmetric error bars from 95 % intervals (zero where undefined)."""
+    return np.array(
+        [
+            [s["mean"] - s["ci95"][0], s["ci95"][1] - s["mean"]] if s["ci95"] else [0.0, 0.0]
+            for s in stats
+        ]
+    ).T
+
+
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = summary["rows"]
     names = [r["variant"] for r in rows]
     x = np.arange(len(rows))
-    figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    axes[0].bar(x - 0.2, [r["unique"]["total"] for r in rows], 0.4, label="units")
-    axes[0].bar(x + 0.2, [r["unique_rotated"]["total"] for r in rows], 0.4, label="rotated basis")
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for offset, key, label in ((-0.2, "unique", "units"), (0.2, "unique_rotated", "rotated basis")):
+        stats = [r[key]["total"] for r in rows]
+        axes[0].bar(
+            x + offset, [s["mean"] for s in stats], 0.4, yerr=_yerr(stats), capsize=3, label=label
+        )
     axes[0].set_xticks(x, names, rotation=30, ha="right")
     axes[0].set_ylabel("unique detectors (IoU > 0.04)")
-    axes[0].legend()
-    axes[1].scatter([r["linear_probe"] for r in rows], [r["unique"]["total"] for r in rows])
-    for r in rows:
-        axes[1].annotate(r["variant"], (r["linear_probe"], r["unique"]["total"]), fontsize=8)
-    axes[1].set_xlabel("linear-probe accuracy on held-out scenes (discrimination)")
-    axes[1].set_ylabel("unique detectors (interpretability)")
+    axes[0].legend(fontsize=8)
+    probes, uniques = [r["linear_probe"] for r in rows], [r["unique"]["total"] for r in rows]
+    axes[1].errorbar(
+        [s["mean"] for s in probes],
+        [s["mean"] for s in uniques],
+        xerr=_yerr(probes),
+        yerr=_yerr(uniques),
+        fmt="o",
+        capsize=3,
+    )
+    for name, p, u in zip(names, probes, uniques, strict=True):
+        axes[1].annotate(name, (p["mean"], u["mean"]), fontsize=8)
+    axes[1].set_xlabel("linear-probe accuracy on held-out scenes")
+    axes[1].set_ylabel("unique detectors")
     for axis in axes:
         axis.grid(alpha=0.3)
     figure.suptitle(summary["title"])
@@ -219,19 +311,37 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def write_summary(summary: dict, workdir: Path) -> Path:
+def _cell(stat: dict | None, digits: int = 1) -> str:
+    return "" if stat is None else html.escape(format_interval(stat["mean"], stat["ci95"], digits))
+
+
+def write_summary(summary: dict, workdir: Path, extra_html: str = "") -> Path:
     body = "".join(
         f"<tr><td>{html.escape(r['variant'])}</td><td>{html.escape(r['layer'])}</td>"
-        f"<td>{r['units']}</td><td>{r['unique']['total']}</td><td>{r['unique_rotated']['total']}</td>"
-        f"<td>{r['unique']['detectors']}</td>"
-        f"<td>{'' if r['eval_accuracy'] is None else format(r['eval_accuracy'], '.3f')}</td>"
-        f"<td>{r['linear_probe']:.3f}</td>"
-        f'<td><a href="dissections/{html.escape(r["variant"])}/{html.escape(r["layer"])}/report.html">report</a></td></tr>'
+        f"<td>{r['units']}</td><td>{_cell(r['unique']['total'])}</td>"
+        f"<td>{_cell(r['unique_rotated']['total'])}</td><td>{_cell(r['unique']['detectors'])}</td>"
+        f"<td>{_cell(r['eval_accuracy'], 3)}</td><td>{_cell(r['linear_probe'], 3)}</td><td>"
+        + " ".join(
+            f'<a href="dissections/{html.escape(r["variant"])}/seed{seed}/'
+            f'{html.escape(r["layer"])}/report.html">seed {seed}</a>'
+            for seed in summary["seeds"]
+        )
+        + "</td></tr>"
         for r in summary["rows"]
     )
-    body = f"""<h1>{html.escape(summary["title"])}</h1><p>Run in {summary["seconds"]} s.</p>
+    caption = (
+        "Left: unique detectors of each network's units and of a random rotation of its basis "
+        "(bars: mean over seeds, whiskers: 95 % interval); right: interpretability against "
+        "discrimination."
+    )
+    body = f"""<h1>{html.escape(summary["title"])}</h1>
+<p>{len(summary["seeds"])} seed(s) per network; run in {summary["seconds"]} s. Counts are
+means over seeds with their 95 % t-interval in brackets.</p>
+{claims_html(summary["claims"])}
+<h2>Networks</h2>
 <table><tr><th>network</th><th>layer</th><th>units</th><th>unique detectors</th>
-<th>rotated basis</th><th>detectors</th><th>accuracy</th><th>linear probe</th><th></th></tr>{body}</table>
-<img src="comparison.png" alt="unique detectors per network">
+<th>rotated basis</th><th>detectors</th><th>accuracy</th><th>linear probe</th><th>reports</th></tr>{body}</table>
+{figure_html("comparison.png", caption)}
+{extra_html}
 <p>Config: <code>{html.escape(json.dumps(summary["config"]))}</code></p>"""
     return write_page(workdir / "summary.html", summary["title"], body)

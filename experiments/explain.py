@@ -12,7 +12,9 @@ logit. Dissects that stage (layer3), then:
   largest activation / threshold ratio among units whose IoU is above 0.04, per category),
   scored against the synthetic world's ground truth: pixel accuracy and mean IoU per
   category.
-Writes to the workdir (default runs/explain-<config>).
+Each of ``seeds`` seeds trains its own network; results.json gives every number per seed
+with its mean and 95 % t-interval (explain.png shows seed 0). Writes to the workdir
+(default runs/explain-<config>).
 """
 
 from __future__ import annotations
@@ -21,19 +23,24 @@ import dataclasses
 import html
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.claims import format_interval, interval
 from experiments.common import (
     ProbeConfig,
+    checkpoint_identity,
     dissect_model,
     experiment_main,
+    provenance,
     save_json,
     start_experiment,
     write_page,
 )
+from experiments.plots import figure_html
 from jaxdissect.config import DissectConfig
 from jaxdissect.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run
@@ -50,6 +57,7 @@ class Config:
     layer: str = "layer3"
     examples: int = 6
     top_units: int = 3
+    seeds: int = 3  # 0 .. seeds - 1: each trains its own network (initialisation, data order)
     dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
     # The probe set; the network trains at probe.image_size.
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
@@ -60,6 +68,7 @@ PRESETS = {
         train_preset="smoke",
         steps=4,
         examples=2,
+        seeds=1,
         dissect=DissectConfig(batch_size=20),
         probe=ProbeConfig(images=40, image_size=32),
     ),
@@ -104,15 +113,19 @@ def segmentation_scores(prediction: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
-    workdir, probe = start_experiment(config, workdir, progress)
-    run_dir = workdir / "run"
+def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool):
+    """Trains (or reuses) the network of ``seed``, dissects it, explains sample predictions
+    and segments the probe set. Returns (its measurements, the explained images with their
+    maps, the units' thresholds)."""
+    run_dir = workdir / "runs" / f"seed{seed}"
     train(
         make_config(
             config.train_preset,
             [
                 f"steps={config.steps}",
                 f"image_size={config.probe.image_size}",
+                f"init_seed={seed}",
+                f"seed={seed}",
                 "family=resnet",
                 "depth=2",
                 "batch_norm=true",
@@ -127,7 +140,12 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     weights = np.asarray(network.classifier.kernel.get_value())  # (U, C)
     class_names = json.loads((run_dir / "run.json").read_text())["class_names"]
     results = dissect_model(
-        model, [config.layer], probe, config.dissect, workdir / "dissection", (run_dir, None)
+        model,
+        [config.layer],
+        probe,
+        config.dissect,
+        workdir / "dissections" / f"seed{seed}",
+        checkpoint_identity(run_dir, None),
     )[config.layer]
     rows = sorted(results["units"], key=lambda r: r["unit"])
     thresholds = np.asarray(results["thresholds"])
@@ -200,15 +218,46 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         for c, v in per_category.items()
     }
     agreement = [u["concept_in_image"] for e in explained for u in e["units"]]
-    summary = {
-        "config": dataclasses.asdict(config),
+    measured = {
         "interpreted_units": int(interpreted.sum()),
         "units": len(rows),
         "segmentation": segmentation,
         "explanations": [{k: v for k, v in e.items() if k != "maps"} for e in explained],
         "top_unit_concepts_in_image": float(np.mean(agreement)) if agreement else None,
     }
+    return measured, explained, thresholds
+
+
+def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
+    started = time.time()
+    workdir, probe = start_experiment(config, workdir, progress)
+    seeds = list(range(config.seeds))
+    found = [explain_seed(config, workdir, probe, seed, progress) for seed in seeds]
+    measured = [m for m, _, _ in found]
+    agreement = [m["top_unit_concepts_in_image"] for m in measured]
+    summary = {
+        "study": "explain",
+        "config": dataclasses.asdict(config),
+        "seeds": seeds,
+        "claims": [],  # the paper's explanations are qualitative: no claim is computed here
+        "interpreted_units": interval([m["interpreted_units"] for m in measured]),
+        "units": measured[0]["units"],
+        "segmentation": {
+            category: {
+                key: interval([m["segmentation"][category][key] for m in measured])
+                for key in ("pixel_accuracy", "mean_iou", "labels")
+            }
+            for category in PIXEL_CATEGORIES
+        },
+        "explanations": {
+            str(seed): m["explanations"] for seed, m in zip(seeds, measured, strict=True)
+        },
+        "top_unit_concepts_in_image": None if None in agreement else interval(agreement),
+        "provenance": provenance(),
+        "seconds": round(time.time() - started, 1),
+    }
     save_json(workdir / "results.json", summary)
+    _, explained, thresholds = found[0]
     figure(explained, probe, thresholds, workdir / "explain.png")
     write_summary(summary, workdir)
     return summary
@@ -248,20 +297,34 @@ def figure(explained, probe, thresholds, path: Path) -> None:
     plt.close(fig)
 
 
+def _cell(stat: dict | None, digits: int) -> str:
+    return "" if stat is None else html.escape(format_interval(stat["mean"], stat["ci95"], digits))
+
+
 def write_summary(summary: dict, workdir: Path) -> Path:
     seg = "".join(
-        f"<tr><td>{c}</td><td>{s['pixel_accuracy']:.3f}</td><td>{s['mean_iou']:.3f}</td>"
-        f"<td>{s['labels']}</td></tr>"
+        f"<tr><td>{c}</td><td>{_cell(s['pixel_accuracy'], 3)}</td><td>{_cell(s['mean_iou'], 3)}</td>"
+        f"<td>{_cell(s['labels'], 1)}</td></tr>"
         for c, s in summary["segmentation"].items()
     )
+    layer = html.escape(summary["config"]["layer"])
+    reports = " ".join(
+        f'<a href="dissections/seed{seed}/{layer}/report.html">seed {seed}</a>'
+        for seed in summary["seeds"]
+    )
+    caption = (
+        "Seed 0: each image's predicted scene and the units contributing most to it, with "
+        "their labels and thresholded masks: do the units' concepts match the image?"
+    )
     body = f"""<h1>Explaining predictions through interpreted units</h1>
-<p>{summary["interpreted_units"]} of {summary["units"]} units are interpreted (IoU above the
-threshold). Share of the top contributing units whose concept is in the image they explain:
-{summary["top_unit_concepts_in_image"]}.</p>
-<img src="explain.png" alt="predictions explained by units">
+<p>{len(summary["seeds"])} seed(s); means over seeds with their 95 % t-interval in brackets.
+Interpreted units (IoU above the threshold): {_cell(summary["interpreted_units"], 1)} of
+{summary["units"]}. Share of the top contributing units whose concept is in the image they
+explain: {_cell(summary["top_unit_concepts_in_image"], 3)}.</p>
+{figure_html("explain.png", caption)}
 <h2>Segmentation by interpreted units</h2>
 <table><tr><th>category</th><th>pixel accuracy</th><th>mean IoU</th><th>labels</th></tr>{seg}</table>
-<p><a href="dissection/{html.escape(summary["config"]["layer"])}/report.html">dissection report</a></p>"""
+<p>Dissection reports: {reports}</p>"""
     return write_page(workdir / "summary.html", "Explanations", body)
 
 

@@ -6,10 +6,12 @@ Trains (or reuses) the baseline network of ``train/`` (or dissects the run named
 ``run=WORKDIR``), then dissects its ``layer`` in the units' basis and in fractional
 rotations R**alpha (alpha = 0, 0.2, ..., 1; R**alpha through the angles of R's real Schur
 form, as the original NetDissect) for several random rotations R. Every rotated layer is
-computed from the activations batch by batch, in the same two passes. Writes to the workdir
-(default runs/rotation-<config>): results.json (unique detectors and detectors against
-alpha at IoU thresholds 0.04 to 0.10, mean and spread over the rotations, and the chance
-IoU a mask of the same area placed at random would score), rotation.png and summary.html.
+computed from the activations batch by batch, in the same two passes. Each of ``seeds``
+seeds trains its own network and draws its own rotations. Writes to the workdir (default
+runs/rotation-<config>): results.json (unique detectors and detectors against alpha at IoU
+thresholds 0.04 to 0.10, per seed the mean over its rotations, then the mean over seeds
+with a 95 % t-interval; the chance IoU a mask of the same area placed at random would
+score; the claims), rotation.png and summary.html.
 """
 
 from __future__ import annotations
@@ -18,21 +20,27 @@ import dataclasses
 import html
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from experiments.claims import claim, claims_html, format_interval, interval, slope
 from experiments.common import (
+    GPU_STEPS,
+    GPU_TRAIN_OVERRIDES,
     ProbeConfig,
     checkpoint_identity,
     dissect_model,
     experiment_main,
+    provenance,
     save_json,
     start_experiment,
     summary_at,
     write_page,
 )
+from experiments.plots import band, figure_html, pyplot
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import fractional_rotation, random_rotation
 from train.checkpoints import feature_model
@@ -49,7 +57,10 @@ class Config:
     alphas: tuple[str, ...] = ("0", "0.2", "0.4", "0.6", "0.8", "1")
     rotations: int = 3
     iou_thresholds: tuple[str, ...] = ("0.04", "0.06", "0.08", "0.1")
-    seed: int = 0
+    # Seeds 0 .. seeds - 1: each trains its own network (initialisation, data order) and draws
+    # its own rotations (with ``run``, only the rotations change).
+    seeds: int = 3
+    train_overrides: tuple[str, ...] = ()  # key=value settings of train/
     dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
     # The probe set; the network trains at probe.image_size.
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
@@ -61,10 +72,18 @@ PRESETS = {
         steps=6,
         alphas=("0", "0.5", "1"),
         rotations=2,
+        seeds=2,
         dissect=DissectConfig(batch_size=20),
         probe=ProbeConfig(images=40, image_size=32),
     ),
     "default": {},
+    # An accelerator, on the synthetic world (see experiments.common.GPU_TRAIN_OVERRIDES).
+    "gpu": dict(
+        train_overrides=GPU_TRAIN_OVERRIDES,
+        steps=GPU_STEPS,
+        dissect=DissectConfig(batch_size=250),
+        probe=ProbeConfig(images=10_000, image_size=128),
+    ),
     "full": dict(
         train_preset="full",
         steps=300_000,
@@ -90,23 +109,24 @@ def chance_iou(results: dict) -> float:
     return float(np.mean(values))
 
 
-def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
-    workdir, probe = start_experiment(config, workdir, progress)
-    run_dir = Path(config.run) if config.run else workdir / "run"
+def dissect_seed(config: Config, workdir: Path, probe, seed: int, progress: bool) -> dict:
+    """Trains (or reuses) the network of ``seed`` and dissects its layer and its rotations.
+    Returns {name: results.json content} (name: the layer, or the layer@alpha<a>-r<i>)."""
+    run_dir = Path(config.run) if config.run else workdir / "runs" / f"seed{seed}"
     if not config.run:
-        train(
-            make_config(
-                config.train_preset,
-                [f"steps={config.steps}", f"image_size={config.probe.image_size}"],
-            ),
-            run_dir,
-            progress=progress,
-        )
+        overrides = [
+            f"steps={config.steps}",
+            f"image_size={config.probe.image_size}",
+            f"init_seed={seed}",
+            f"seed={seed}",
+            *config.train_overrides,
+        ]
+        train(make_config(config.train_preset, overrides), run_dir, progress=progress)
     model = feature_model(run_dir)
     units = model.apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
     rotations = {}
     for index in range(config.rotations):
-        full = random_rotation(jax.random.fold_in(jax.random.key(config.seed), index), units)
+        full = random_rotation(jax.random.fold_in(jax.random.key(seed), index), units)
         for alpha in config.alphas:
             if float(alpha) == 0:
                 continue  # alpha = 0 is the units themselves
@@ -119,7 +139,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         [config.layer],
         probe,
         config.dissect,
-        workdir / "dissections",
+        workdir / "dissections" / f"seed{seed}",
         checkpoint_identity(run_dir, None),
         rotations=rotations,
         progress=progress,
@@ -127,38 +147,55 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     label_positions = int(np.prod(probe.dataset.label_size))
     for value in results.values():
         value["label_positions"] = label_positions
+    return results
 
-    table = {}
-    for threshold in config.iou_thresholds:
-        rows = []
-        for alpha in config.alphas:
-            names = (
-                [config.layer]
-                if float(alpha) == 0
-                else [f"{config.layer}@alpha{alpha}-r{i}" for i in range(config.rotations)]
-            )
-            summaries = [summary_at(results[name], float(threshold)) for name in names]
-            unique = [s["unique_top_label"]["total"] for s in summaries]
-            detectors = [s["detectors"] for s in summaries]
-            rows.append(
-                {
-                    "alpha": float(alpha),
-                    "unique_mean": float(np.mean(unique)),
-                    "unique_std": float(np.std(unique)),
-                    "detectors_mean": float(np.mean(detectors)),
-                    "detectors_std": float(np.std(detectors)),
-                }
-            )
-        table[threshold] = rows
+
+def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
+    started = time.time()
+    workdir, probe = start_experiment(config, workdir, progress)
+    seeds = list(range(config.seeds))
+    found = {seed: dissect_seed(config, workdir, probe, seed, progress) for seed in seeds}
+
+    def names(alpha):
+        if float(alpha) == 0:
+            return [config.layer]
+        return [f"{config.layer}@alpha{alpha}-r{i}" for i in range(config.rotations)]
+
+    def mean_over_rotations(seed, alpha, threshold, key):
+        """A seed's count at ``alpha``, averaged over its rotations."""
+        summaries = [summary_at(found[seed][name], float(threshold)) for name in names(alpha)]
+        values = [
+            s["unique_top_label"]["total"] if key == "unique" else s["detectors"] for s in summaries
+        ]
+        return float(np.mean(values))
+
+    table = {
+        threshold: [
+            {
+                "alpha": float(alpha),
+                **{
+                    key: interval([mean_over_rotations(s, alpha, threshold, key) for s in seeds])
+                    for key in ("unique", "detectors")
+                },
+            }
+            for alpha in config.alphas
+        ]
+        for threshold in config.iou_thresholds
+    }
     summary = {
+        "study": "rotation",
         "config": dataclasses.asdict(config),
-        "units": units,
+        "units": len(found[seeds[0]][config.layer]["units"]),
+        "seeds": seeds,
+        "claims": study_claims(table, config, seeds),
         "by_iou_threshold": table,
         "chance_iou": {
-            name: chance_iou(value)
-            for name, value in results.items()
+            name: interval([chance_iou(found[seed][name]) for seed in seeds])
+            for name in found[seeds[0]]
             if name == config.layer or name.endswith("-r0")
         },
+        "provenance": provenance(),
+        "seconds": round(time.time() - started, 1),
     }
     save_json(workdir / "results.json", summary)
     plot(summary, workdir / "rotation.png", config.layer)
@@ -166,31 +203,58 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     return summary
 
 
+def study_claims(table: dict, config: Config, seeds: list[int]) -> list[dict]:
+    """At the dissection's IoU threshold (else the first one tabled): the units against the
+    full rotation, and the slope of unique detectors against alpha (per seed, least
+    squares)."""
+    threshold = next(
+        (t for t in config.iou_thresholds if float(t) == config.dissect.iou_threshold),
+        config.iou_thresholds[0],
+    )
+    rows = table[threshold]
+    first, last = rows[0], rows[-1]
+    alphas = [row["alpha"] for row in rows]
+    slopes = [
+        slope(alphas, [row["unique"]["per_seed"][i] for row in rows]) for i in range(len(seeds))
+    ]
+    return [
+        claim(
+            f"units have more unique detectors than a rotation R**{last['alpha']:g} of their "
+            f"basis (IoU > {threshold})",
+            (f"alpha {first['alpha']:g}", f"alpha {last['alpha']:g}"),
+            first["unique"]["per_seed"],
+            last["unique"]["per_seed"],
+            seeds,
+        ),
+        claim(
+            f"unique detectors fall as the rotation alpha grows (IoU > {threshold}; the "
+            "difference is the least-squares slope per unit of alpha)",
+            ("slope against alpha", "no change"),
+            slopes,
+            [0.0] * len(seeds),
+            seeds,
+            paper_sign=-1,
+        ),
+    ]
+
+
 def plot(summary: dict, path: Path, layer: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for threshold, rows in summary["by_iou_threshold"].items():
+    plt = pyplot()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for color, (threshold, rows) in zip(colors, summary["by_iou_threshold"].items(), strict=False):
         alphas = [r["alpha"] for r in rows]
         for axis, key in zip(axes, ("unique", "detectors"), strict=True):
-            axis.errorbar(
-                alphas,
-                [r[f"{key}_mean"] for r in rows],
-                yerr=[r[f"{key}_std"] for r in rows],
-                marker="o",
-                capsize=3,
-                label=f"IoU > {threshold}",
-            )
+            band(axis, alphas, [r[key] for r in rows], color, f"IoU > {threshold}")
     axes[0].set_ylabel("unique detectors")
     axes[1].set_ylabel("detectors")
     for axis in axes:
         axis.set_xlabel("rotation alpha (0: the units, 1: a full random rotation)")
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(f"{layer}: interpretability of rotated bases (mean and spread over rotations)")
+    figure.suptitle(
+        f"{layer}: rotated bases (mean over seeds of the mean over rotations; 95 % band)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -199,17 +263,31 @@ def plot(summary: dict, path: Path, layer: str) -> None:
 def write_summary(summary: dict, workdir: Path) -> Path:
     rows = "".join(
         f"<tr><td>{t}</td>"
-        + "".join(f"<td>{r['unique_mean']:.1f} &plusmn; {r['unique_std']:.1f}</td>" for r in rows)
+        + "".join(
+            f"<td>{html.escape(format_interval(r['unique']['mean'], r['unique']['ci95'], 1))}</td>"
+            for r in rows
+        )
         + "</tr>"
         for t, rows in summary["by_iou_threshold"].items()
     )
     alphas = next(iter(summary["by_iou_threshold"].values()))
     header = "".join(f"<th>alpha {r['alpha']:g}</th>" for r in alphas)
-    chance = ", ".join(f"{html.escape(k)}: {v:.4f}" for k, v in summary["chance_iou"].items())
+    chance = ", ".join(
+        f"{html.escape(k)}: {html.escape(format_interval(v['mean'], v['ci95'], 4))}"
+        for k, v in summary["chance_iou"].items()
+    )
+    caption = (
+        "Unique detectors fall as the basis is rotated further from the units' own, while "
+        "the number of detectors changes little (line: mean over seeds; band: 95 % interval)."
+    )
     body = f"""<h1>Units against rotated bases ({summary["units"]} units)</h1>
+<p>{len(summary["seeds"])} seed(s); run in {summary["seconds"]} s.</p>
+{claims_html(summary["claims"])}
+<h2>Unique detectors</h2><p>Mean over seeds (of each seed's mean over its rotations), with
+the 95 % t-interval in brackets.</p>
 <table><tr><th>IoU threshold</th>{header}</tr>{rows}</table>
 <p>Mean chance IoU of the units' labels (a mask of the same area placed at random): {chance}</p>
-<img src="rotation.png" alt="unique detectors against alpha">
+{figure_html("rotation.png", caption)}
 <p>Config: <code>{html.escape(json.dumps(summary["config"]))}</code></p>"""
     return write_page(workdir / "summary.html", "Rotation", body)
 

@@ -1,16 +1,19 @@
 """Unique detectors against training iteration, for a baseline and the paper's variations.
 
-    python -m experiments.training_dynamics [--config smoke|default|full] [--workdir DIR] [key=value ...]
+    python -m experiments.training_dynamics [--config smoke|default|variations|gpu|full] [--workdir DIR] [key=value ...]
 
-Trains (via train/) a baseline AlexNet-style network and its variations (no dropout, batch
-norm, a 3x wider last conv layer, two more random initialisations) on the synthetic world's
-scenes, snapshotting at the paper's log-spaced iterations; dissects the last conv layer of
-every snapshot on the probe set, in the units' own basis and in a random rotation of it;
-and writes to the workdir (default runs/training_dynamics-<config>): config.json,
-runs/<variation>/ (training workdirs), dissections/<variation>/<step>/<layer>[@rotated]/,
-results.json, unique_detectors.png, per_category.png, accuracy.png and summary.html.
-Everything already in the workdir is reused, so a rerun resumes. The default finishes in
-about 15 minutes on 2 CPU cores; what it measured is in the README ("Results").
+Trains (via train/) an AlexNet-style network (default: the baseline; ``variations``: also
+no dropout, batch norm and a 3x wider last conv layer) with each of ``seeds`` seeds
+(initialisation, data order and rotation) on the synthetic world's scenes, snapshotting at
+the paper's log-spaced iterations; dissects the last conv layer of every snapshot on the
+probe set, in the units' own basis and in a random rotation of it; and writes to the
+workdir (default runs/training_dynamics-<config>): config.json, runs/<variation>/seed<s>/
+(training workdirs), dissections/<variation>/seed<s>/<step>/<layer>[@rotated]/,
+results.json (per-seed counts with means and 95 % t-intervals, the paper's claims with
+verdicts, concept evolution between snapshots, provenance), unique_detectors.png,
+per_category.png, accuracy.png, concept_transitions.png and summary.html. Everything
+already in the workdir is reused, so a rerun resumes. The default (the baseline, 3 seeds)
+is ``make demo``; the README ("What make demo shows") gives its time.
 """
 
 from __future__ import annotations
@@ -24,18 +27,24 @@ from pathlib import Path
 
 import jax
 
+from experiments.claims import claim, claims_html, format_interval, interval
 from experiments.common import (
+    GPU_STEPS,
+    GPU_TRAIN_OVERRIDES,
     ROTATED,
     ProbeConfig,
     checkpoint_identity,
     dissect_model,
     eval_accuracy,
     experiment_main,
+    provenance,
     save_json,
     start_experiment,
     unique_counts,
     write_page,
 )
+from experiments.plots import band, figure_html, iteration_axis, pyplot
+from experiments.units import across_seeds, most_switching, transitions, unit_labels
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
 from train.checkpoints import feature_model, list_checkpoints
@@ -47,22 +56,31 @@ VARIATIONS = {
     "no_dropout": ["dropout=false"],
     "batch_norm": ["batch_norm=true"],
     "wide_last": ["last_width=3"],
-    "init_1": ["init_seed=1"],
-    "init_2": ["init_seed=2"],
 }
 CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
+TRANSITION_NAMES = {
+    "keep": "keep their label",
+    "switch_same_category": "switch label (same category)",
+    "switch_other_category": "switch label (other category)",
+    "gain": "gain a label",
+    "lose": "lose their label",
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """See the module docstring; ``dissect``: how each snapshot is dissected; ``probe``: on
-    what (the networks train at ``probe.image_size``)."""
+    """See the module docstring. ``seeds``: how many seeds (0 .. seeds - 1) each variation
+    is trained with; a seed sets the initialisation, the data order and the rotations.
+    ``train_overrides``: key=value settings of train/ applied to every run (before the
+    variation's own). ``dissect``: how each snapshot is dissected; ``probe``: on what (the
+    networks train at ``probe.image_size``)."""
 
     train_preset: str = "default"
+    train_overrides: tuple[str, ...] = ()
     steps: int = 600
-    variations: tuple[str, ...] = tuple(VARIATIONS)
+    seeds: int = 3
+    variations: tuple[str, ...] = ("baseline",)
     layer: str = "conv5"
-    rotation_seed: int = 0
     dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
 
@@ -70,189 +88,344 @@ class Config:
         unknown = [v for v in self.variations if v not in VARIATIONS]
         if unknown:
             raise ValueError(f"unknown variations {unknown}; known: {', '.join(VARIATIONS)}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
 
 
 PRESETS = {
     "smoke": dict(
         train_preset="smoke",
         steps=6,
+        seeds=2,
         variations=("baseline", "no_dropout"),
         dissect=DissectConfig(batch_size=20),
         probe=ProbeConfig(images=40, image_size=32),
     ),
     "default": {},
+    # All of the paper's variations at the default scale (about 4x the default's time).
+    "variations": dict(variations=tuple(VARIATIONS)),
+    # An accelerator: full-width AlexNet-style (conv5: 256 units) at 128 px on the synthetic
+    # world; train/ has no early stopping, so a step budget (results report the best step).
+    "gpu": dict(
+        train_overrides=GPU_TRAIN_OVERRIDES,
+        steps=GPU_STEPS,
+        variations=tuple(VARIATIONS),
+        dissect=DissectConfig(batch_size=250),
+        probe=ProbeConfig(images=10_000, image_size=128),
+    ),
     "full": dict(
         train_preset="full",
         steps=300_000,
+        variations=tuple(VARIATIONS),
         dissect=DissectConfig(batch_size=256),
         probe=ProbeConfig(images=0, image_size=128),
     ),
 }
 
 
-def train_config(config: Config, variation: str):
+def train_config(config: Config, variation: str, seed: int):
+    """The training run of ``variation`` with ``seed`` (initialisation and data order)."""
     overrides = [
         f"steps={config.steps}",
         f"image_size={config.probe.image_size}",
+        f"init_seed={seed}",
+        f"seed={seed}",
+        *config.train_overrides,
         *VARIATIONS[variation],
     ]
     return make_config(config.train_preset, overrides)
 
 
+def dissect_run(config: Config, workdir: Path, probe, variation: str, seed: int, progress):
+    """Trains (or reuses) one variation with one seed and dissects every snapshot. Returns
+    its points (per step: accuracy, counts in the units' and the rotated basis) and its
+    units' labels per snapshot."""
+    run_dir = workdir / "runs" / variation / f"seed{seed}"
+    train(train_config(config, variation, seed), run_dir, progress=progress)
+    accuracy = eval_accuracy(run_dir)
+    points, labellings = [], []
+    for step in list_checkpoints(run_dir):
+        model = feature_model(run_dir, step)
+        units = model.apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
+        key = jax.random.fold_in(jax.random.key(seed), step)
+        results = dissect_model(
+            model,
+            [config.layer],
+            probe,
+            config.dissect,
+            workdir / "dissections" / variation / f"seed{seed}" / str(step),
+            checkpoint_identity(run_dir, step),
+            rotations={config.layer + ROTATED: (config.layer, random_rotation(key, units))},
+        )
+        points.append(
+            {
+                "step": step,
+                "eval_accuracy": accuracy.get(step),
+                "units": unique_counts(results[config.layer]),
+                "rotated": unique_counts(results[config.layer + ROTATED]),
+                "num_units": units,
+            }
+        )
+        labellings.append(unit_labels(results[config.layer], config.dissect.iou_threshold))
+        if progress:
+            print(
+                f"{variation} seed {seed} step {step}: unique detectors "
+                f"{points[-1]['units']['total']} (rotated {points[-1]['rotated']['total']}), "
+                f"accuracy {points[-1]['eval_accuracy']}",
+                file=sys.stderr,
+            )
+    return points, labellings
+
+
+def _counts(per_seed: list[dict]) -> dict:
+    keys = ["total", "detectors", *CATEGORIES]
+    return {key: interval([counts.get(key, 0) for counts in per_seed]) for key in keys}
+
+
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
     workdir, probe = start_experiment(config, workdir, progress)
-    curves = {}
-    for index, variation in enumerate(config.variations):
-        run_dir = workdir / "runs" / variation
-        train(train_config(config, variation), run_dir, progress=progress)
-        accuracy = eval_accuracy(run_dir)
+    seeds = list(range(config.seeds))
+    curves, evolution = {}, {}
+    for variation in config.variations:
+        runs = {
+            seed: dissect_run(config, workdir, probe, variation, seed, progress) for seed in seeds
+        }
+        steps = [p["step"] for p in runs[seeds[0]][0]]
         points = []
-        for step in list_checkpoints(run_dir):
-            model = feature_model(run_dir, step)
-            units = model.apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
-            key = jax.random.fold_in(jax.random.key(config.rotation_seed), index * 1_000_003 + step)
-            results = dissect_model(
-                model,
-                [config.layer],
-                probe,
-                config.dissect,
-                workdir / "dissections" / variation / str(step),
-                checkpoint_identity(run_dir, step),
-                rotations={config.layer + ROTATED: (config.layer, random_rotation(key, units))},
-            )
+        for index, step in enumerate(steps):
+            at = [runs[seed][0][index] for seed in seeds]
+            accuracies = [p["eval_accuracy"] for p in at]
             points.append(
                 {
                     "step": step,
-                    "eval_accuracy": accuracy.get(step),
-                    "units": unique_counts(results[config.layer]),
-                    "rotated": unique_counts(results[config.layer + ROTATED]),
-                    "num_units": units,
+                    "num_units": at[0]["num_units"],
+                    "eval_accuracy": None if None in accuracies else interval(accuracies),
+                    "units": _counts([p["units"] for p in at]),
+                    "rotated": _counts([p["rotated"] for p in at]),
                 }
             )
-            if progress:
-                print(
-                    f"{variation} step {step}: unique detectors {points[-1]['units']['total']} "
-                    f"(rotated {points[-1]['rotated']['total']}), accuracy "
-                    f"{points[-1]['eval_accuracy']}",
-                    file=sys.stderr,
-                )
         curves[variation] = points
+        labellings = {seed: runs[seed][1] for seed in seeds}
+        evolution[variation] = {
+            "transitions": [
+                {
+                    "from": steps[i],
+                    "to": steps[i + 1],
+                    **across_seeds(
+                        [transitions(labellings[s][i], labellings[s][i + 1]) for s in seeds]
+                    ),
+                }
+                for i in range(len(steps) - 1)
+            ],
+            "most_switching": most_switching(labellings, steps),
+        }
     results = {
+        "study": "training_dynamics",
         "config": dataclasses.asdict(config),
         "layer": config.layer,
+        "seeds": seeds,
+        "claims": study_claims(curves, seeds),
         "curves": curves,
+        "concept_evolution": evolution,
+        "best_step": {variation: _best_step(points) for variation, points in curves.items()},
+        "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
     save_json(workdir / "results.json", results)
-    plot(curves, workdir, config.layer)
+    plot(results, workdir)
     write_summary(results, workdir)
     return results
 
 
-def plot(curves: dict, workdir: Path, layer: str) -> None:
-    import matplotlib
+def _best_step(points: list[dict]) -> int | None:
+    """The snapshot with the highest mean validation accuracy (train/ has no early stopping:
+    this is where it would have stopped)."""
+    known = [p for p in points if p["eval_accuracy"] is not None]
+    return max(known, key=lambda p: p["eval_accuracy"]["mean"])["step"] if known else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def study_claims(curves: dict, seeds: list[int]) -> list[dict]:
+    """The paper's claims this study tests, from its curves (each count per seed)."""
+
+    def total(variation, basis="units", index=-1):
+        return curves[variation][index][basis]["total"]["per_seed"]
+
+    found = []
+    for variation, points in curves.items():
+        last = points[-1]["step"]
+        found.append(
+            claim(
+                f"{variation}: unique detectors emerge with training",
+                (f"{variation} step {last}", f"{variation} step 0"),
+                total(variation),
+                total(variation, index=0),
+                seeds,
+            )
+        )
+        found.append(
+            claim(
+                f"{variation}: units have more unique detectors than a random rotation of "
+                "their basis",
+                (f"{variation} units", f"{variation} rotated"),
+                total(variation),
+                total(variation, "rotated"),
+                seeds,
+            )
+        )
+    pairs = [
+        ("batch_norm", "batch norm lowers interpretability", ("baseline", "batch_norm")),
+        ("no_dropout", "dropout raises interpretability", ("baseline", "no_dropout")),
+        ("wide_last", "a wider conv5 has more unique detectors", ("wide_last", "baseline")),
+    ]
+    for needed, sentence, (first, second) in pairs:
+        if needed in curves and "baseline" in curves:
+            found.append(claim(sentence, (first, second), total(first), total(second), seeds))
+    return found
+
+
+def plot(results: dict, workdir: Path) -> None:
+    plt = pyplot()
+    curves, layer = results["curves"], results["layer"]
     colors = dict(zip(curves, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    last = max(points[-1]["step"] for points in curves.values())
 
     def steps(points):
         return [p["step"] for p in points]
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for axis, basis in zip(axes, ("units", "rotated"), strict=True):
         for variation, points in curves.items():
-            axis.plot(
-                steps(points),
-                [p[basis]["total"] for p in points],
-                "o-",
-                ms=3,
-                color=colors[variation],
-                label=variation,
-            )
-        axis.set_xscale("symlog", linthresh=1)
-        axis.set_xlabel("training iteration")
+            stats = [p[basis]["total"] for p in points]
+            band(axis, steps(points), stats, colors[variation], variation)
+        iteration_axis(axis, last)
         axis.set_title(
             f"{layer}: {'its units' if basis == 'units' else 'a random rotation of its basis'}"
         )
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("unique detectors (IoU > 0.04)")
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(workdir / "unique_detectors.png", dpi=100)
     plt.close(figure)
 
-    figure, axes = plt.subplots(2, 3, figsize=(13, 7))
+    # 10 x 6.4 inches at 100 dpi: 1,000 px wide, inside a laptop's window.
+    figure, axes = plt.subplots(2, 3, figsize=(10, 6.4), sharex=True)
     for axis, category in zip(axes.ravel(), CATEGORIES, strict=True):
         for variation, points in curves.items():
-            axis.plot(
+            band(
+                axis,
                 steps(points),
-                [p["units"].get(category, 0) for p in points],
+                [p["units"][category] for p in points],
+                colors[variation],
+                variation,
                 "-",
-                color=colors[variation],
-                label=variation,
             )
             axis.plot(
                 steps(points),
-                [p["rotated"].get(category, 0) for p in points],
+                [p["rotated"][category]["mean"] for p in points],
                 "--",
                 color=colors[variation],
                 alpha=0.6,
             )
-        axis.set_xscale("symlog", linthresh=1)
-        axis.set_title(category)
+        iteration_axis(axis, last)
+        axis.set_title(category, fontsize=10)
         axis.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=7)
     figure.suptitle(f"{layer}: unique detectors per category (solid: units, dashed: rotated basis)")
     figure.tight_layout()
     figure.savefig(workdir / "per_category.png", dpi=100)
     plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure, axis = plt.subplots(figsize=(6, 4))
     for variation, points in curves.items():
         known = [p for p in points if p["eval_accuracy"] is not None]
-        axis.plot(
-            steps(known),
-            [p["eval_accuracy"] for p in known],
-            "o-",
-            ms=3,
-            color=colors[variation],
-            label=variation,
-        )
-    axis.set_xscale("symlog", linthresh=1)
-    axis.set_xlabel("training iteration")
+        band(axis, steps(known), [p["eval_accuracy"] for p in known], colors[variation], variation)
+    iteration_axis(axis, last)
     axis.set_ylabel("validation accuracy")
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(workdir / "accuracy.png", dpi=100)
     plt.close(figure)
 
+    evolution = results["concept_evolution"]
+    figure, axes = plt.subplots(
+        1, len(evolution), figsize=(min(10, 4.5 * len(evolution)), 4), sharey=True, squeeze=False
+    )
+    transition_colors = dict(
+        zip(TRANSITION_NAMES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False)
+    )
+    for axis, (variation, found) in zip(axes[0], evolution.items(), strict=True):
+        ends = [t["to"] for t in found["transitions"]]
+        for name, words in TRANSITION_NAMES.items():
+            band(
+                axis, ends, [t[name] for t in found["transitions"]], transition_colors[name], words
+            )
+        iteration_axis(axis, last)
+        axis.set_title(f"{variation}: units since the previous snapshot", fontsize=10)
+        axis.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("units")
+    axes[0, 0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(workdir / "concept_transitions.png", dpi=100)
+    plt.close(figure)
+
 
 def write_summary(results: dict, workdir: Path) -> Path:
+    layer = results["layer"]
     rows = []
     for variation, points in results["curves"].items():
         first, last = points[0], points[-1]
-        links = " ".join(
-            f'<a href="dissections/{variation}/{p["step"]}/{results["layer"]}/report.html">{p["step"]}</a>'
-            for p in points
+        links = "<br>".join(
+            f"seed {seed}: "
+            + " ".join(
+                f'<a href="dissections/{variation}/seed{seed}/{p["step"]}/{layer}/report.html">'
+                f"{p['step']}</a>"
+                for p in points
+            )
+            for seed in results["seeds"]
         )
+        accuracy = last["eval_accuracy"]
         rows.append(
-            f"<tr><td>{html.escape(variation)}</td><td>{first['units']['total']}</td>"
-            f"<td>{last['units']['total']}</td><td>{last['rotated']['total']}</td>"
-            f"<td>{last['units']['detectors']}/{last['num_units']}</td>"
-            f"<td>{last['eval_accuracy']:.3f}</td><td>{links}</td></tr>"
+            f"<tr><td>{html.escape(variation)}</td>"
+            f"<td>{format_interval(first['units']['total']['mean'], first['units']['total']['ci95'], 1)}</td>"
+            f"<td>{format_interval(last['units']['total']['mean'], last['units']['total']['ci95'], 1)}</td>"
+            f"<td>{format_interval(last['rotated']['total']['mean'], last['rotated']['total']['ci95'], 1)}</td>"
+            f"<td>{format_interval(last['units']['detectors']['mean'], last['units']['detectors']['ci95'], 1)}"
+            f" of {last['num_units']}</td>"
+            f"<td>{'' if accuracy is None else format_interval(accuracy['mean'], accuracy['ci95'], 3)}</td>"
+            f"<td>{results['best_step'][variation]}</td><td>{links}</td></tr>"
         )
-    body = f"""<h1>Unique detectors across training ({html.escape(results["layer"])})</h1>
-<p>Run in {results["seconds"]} s. Config: <code>{html.escape(json.dumps(results["config"]))}</code></p>
+    switching = "".join(
+        f"<tr><td>{html.escape(variation)}</td><td>{item['seed']}</td><td>{item['unit']}</td>"
+        f"<td>{item['switches']}</td><td>"
+        + html.escape(
+            " → ".join(f"{step}: {label or '–'}" for step, label in item["labels"].items())
+        )
+        + "</td></tr>"
+        for variation, found in results["concept_evolution"].items()
+        for item in found["most_switching"]
+    )
+    seeds = len(results["seeds"])
+    body = f"""<h1>Unique detectors across training ({html.escape(layer)})</h1>
+<p>{seeds} seed(s) per variation; run in {results["seconds"]} s. Counts are means over
+seeds with their 95 % t-interval in brackets.</p>
+{claims_html(results["claims"])}
+<h2>Counts</h2>
 <table><tr><th>variation</th><th>unique at step 0</th><th>unique at the end</th>
-<th>rotated basis, end</th><th>detectors, end</th><th>accuracy, end</th><th>dissection reports by step</th></tr>
+<th>rotated basis, end</th><th>detectors, end</th><th>accuracy, end</th>
+<th>best step (accuracy)</th><th>dissection reports by seed and step</th></tr>
 {"".join(rows)}</table>
-<h2>Unique detectors</h2><img src="unique_detectors.png" alt="unique detectors against iteration">
-<h2>Per category</h2><img src="per_category.png" alt="unique detectors per category">
-<h2>Accuracy</h2><img src="accuracy.png" alt="accuracy against iteration">
+<h2>Plots</h2>
+{figure_html("unique_detectors.png", "Unique detectors rise with training in the units' basis and stay lower in a random rotation of it (line: mean over seeds; band: 95 % interval).")}
+{figure_html("per_category.png", "Which categories the new unique detectors belong to as training proceeds (solid: units, dashed: rotated basis).")}
+{figure_html("accuracy.png", "Validation accuracy against iteration: how far each network has trained at each snapshot.")}
+{figure_html("concept_transitions.png", "Between consecutive snapshots, how many units keep, switch, gain or lose their label: units switch concepts while training proceeds.")}
+<h2>Units that switch concept most</h2>
+<table><tr><th>variation</th><th>seed</th><th>unit</th><th>switches</th><th>label by step</th></tr>
+{switching}</table>
+<p>Config: <code>{html.escape(json.dumps(results["config"]))}</code></p>
 """
     return write_page(workdir / "summary.html", "Training dynamics", body)
 

@@ -16,7 +16,7 @@ import sys
 
 from experiments import compare
 from experiments.common import experiment_main
-from experiments.compare import CommonConfig, Variant, run_comparison
+from experiments.compare import CommonConfig, Variant, run_comparison, unique_claim
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,26 @@ PRESETS = {
 }
 
 
+def claims(rows: dict, seeds: list[int]) -> list[dict]:
+    """The widest conv5 against the 1x one; the deepest network against the shallowest (the
+    1x network has 5 conv layers)."""
+    found = []
+    widest = max(rows, key=lambda name: float(name[7:]) if name.startswith("width_x") else 0)
+    if widest != "width_x1" and "width_x1" in rows:
+        found.append(
+            unique_claim(rows, "a wider conv5 has more unique detectors", widest, "width_x1", seeds)
+        )
+    by_depth = {int(name[6:]): name for name in rows if name.startswith("depth_")}
+    if "width_x1" in rows:
+        by_depth[5] = "width_x1"
+    if len(by_depth) > 1:
+        deepest, shallowest = by_depth[max(by_depth)], by_depth[min(by_depth)]
+        found.append(
+            unique_claim(rows, "deeper networks are more interpretable", deepest, shallowest, seeds)
+        )
+    return found
+
+
 def variants(config: Config) -> list[Variant]:
     found = [Variant(f"width_x{w}", (f"last_width={w}",)) for w in config.widths]
     found += [Variant(f"depth_{d}", (f"depth={d}",)) for d in config.depths if d != "5"]
@@ -39,7 +59,13 @@ def variants(config: Config) -> list[Variant]:
 
 def run(config, workdir, progress: bool = True) -> dict:
     return run_comparison(
-        variants(config), config, workdir, "Unique detectors against width and depth", progress
+        variants(config),
+        config,
+        workdir,
+        "Unique detectors against width and depth",
+        progress,
+        claims=claims,
+        study="width_depth",
     )
 
 

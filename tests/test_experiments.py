@@ -43,40 +43,196 @@ def test_fractional_rotation_interpolates(size):
     np.testing.assert_allclose(third @ third @ third, r, atol=1e-8)
 
 
-def test_training_dynamics_smoke(tmp_path, monkeypatch):
+def labels_of(results, threshold=0.04):
+    """Per unit, its (category, label) when its IoU is above ``threshold``, else None."""
+    rows = sorted(results["units"], key=lambda r: r["unit"])
+    return [(r["category"], r["label"]) if r["score"] > threshold else None for r in rows]
+
+
+def run_dynamics_smoke(workdir, cache):
+    from experiments import training_dynamics
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JAXDISSECT_CACHE", str(cache))
+        argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+        assert training_dynamics.main(argv) == 0
+    return json.loads((workdir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dynamics_smoke(tmp_path_factory):
+    """The training_dynamics smoke preset, run once for the tests below."""
+    root = tmp_path_factory.mktemp("dynamics")
+    return root / "td", run_dynamics_smoke(root / "td", root / "cache")
+
+
+def test_training_dynamics_smoke(dynamics_smoke):
+    from experiments import training_dynamics
+
+    workdir, results = dynamics_smoke
+    assert set(results["curves"]) == {"baseline", "no_dropout"}
+    assert results["seeds"] == [0, 1]
+    recounted = {}
+    for variation, points in results["curves"].items():
+        assert [p["step"] for p in points] == [0, 1, 2, 4, 6]
+        for seed in (0, 1):
+            run_dir = workdir / "runs" / variation / f"seed{seed}"
+            recorded = json.loads((run_dir / "config.json").read_text())
+            assert (recorded["init_seed"], recorded["seed"]) == (seed, seed)
+        for point in points:
+            for seed in (0, 1):
+                folder = workdir / "dissections" / variation / f"seed{seed}" / str(point["step"])
+                units, rotated = dissection(folder / "conv5"), dissection(folder / "conv5@rotated")
+                metrics = [
+                    json.loads(line)
+                    for line in (workdir / "runs" / variation / f"seed{seed}" / "metrics.jsonl")
+                    .read_text()
+                    .splitlines()
+                ]
+                evaluated = {m["step"]: m["eval_accuracy"] for m in metrics if "eval_accuracy" in m}
+                assert point["units"]["total"]["per_seed"][seed] == unique_detectors(units)
+                assert point["units"]["detectors"]["per_seed"][seed] == detectors(units)
+                assert point["rotated"]["total"]["per_seed"][seed] == unique_detectors(rotated)
+                assert point["eval_accuracy"]["per_seed"][seed] == evaluated[point["step"]]
+                assert point["num_units"] == len(units["units"]) == len(rotated["units"])
+                assert (folder / "conv5" / "report.html").is_file()
+                recounted[variation, seed, point["step"]] = (
+                    unique_detectors(units),
+                    unique_detectors(rotated),
+                    labels_of(units),
+                )
+            stat = point["units"]["total"]
+            assert stat["mean"] == pytest.approx(sum(stat["per_seed"]) / 2, abs=1e-12)
+            assert len(stat["ci95"]) == 2
+    # The claims pair each seed's counts; their verdicts follow from their intervals.
+    claims = {c["claim"]: c for c in results["claims"]}
+    for variation in ("baseline", "no_dropout"):
+        emerge = claims[f"{variation}: unique detectors emerge with training"]
+        assert emerge["per_seed"] == [
+            [recounted[variation, s, 6][0], recounted[variation, s, 0][0]] for s in (0, 1)
+        ]
+        rotation = claims[
+            f"{variation}: units have more unique detectors than a random rotation of their basis"
+        ]
+        assert rotation["per_seed"] == [list(recounted[variation, s, 6][:2]) for s in (0, 1)]
+    dropout = claims["dropout raises interpretability"]
+    assert dropout["per_seed"] == [
+        [recounted["baseline", s, 6][0], recounted["no_dropout", s, 6][0]] for s in (0, 1)
+    ]
+    for c in results["claims"]:
+        differences = [a - b for a, b in c["per_seed"]]
+        assert c["mean_difference"] == pytest.approx(sum(differences) / 2, abs=1e-12)
+        low, high = c["ci95"]
+        expected = "replicated" if low > 0 else "contradicted" if high < 0 else "inconclusive"
+        assert c["verdict"] == expected
+    # Concept evolution, recounted from the dissections: keep / gain between 0 and 1.
+    transition = results["concept_evolution"]["baseline"]["transitions"][0]
+    assert (transition["from"], transition["to"]) == (0, 1)
+    for seed in (0, 1):
+        before, after = recounted["baseline", seed, 0][2], recounted["baseline", seed, 1][2]
+        keep = sum(a is not None and a == b for a, b in zip(before, after, strict=True))
+        gain = sum(a is None and b is not None for a, b in zip(before, after, strict=True))
+        assert transition["keep"]["per_seed"][seed] == keep
+        assert transition["gain"]["per_seed"][seed] == gain
+    for item in results["concept_evolution"]["baseline"]["most_switching"]:
+        labels = [
+            recounted["baseline", item["seed"], step][2][item["unit"] - 1]
+            for step in (0, 1, 2, 4, 6)
+        ]
+        assert item["labels"] == {
+            str(step): label[1] if label else ""
+            for step, label in zip((0, 1, 2, 4, 6), labels, strict=True)
+        }
+    assert set(results["provenance"]["versions"]) >= {"jax", "flax", "numpy", "numba"}
+    for name in (
+        "unique_detectors.png",
+        "per_category.png",
+        "accuracy.png",
+        "concept_transitions.png",
+        "summary.html",
+    ):
+        assert (workdir / name).stat().st_size > 1000
+    # The claims table comes first on the summary page, the plots with their captions after.
+    page = (workdir / "summary.html").read_text()
+    assert page.index("The paper's claims") < page.index("<figure>")
+    assert page.count("<figcaption>") == 4
+    # A rerun reuses every checkpoint and dissection.
+    tally = workdir / "dissections" / "baseline" / "seed1" / "6" / "conv5" / "tally.csv"
+    before = tally.stat().st_mtime_ns
+    training_dynamics.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"])
+    assert tally.stat().st_mtime_ns == before
+
+
+# What legitimately differs between two runs of the same config: how long they took, and
+# what machine, commit and installed versions produced them.
+RUN_SPECIFIC = ("seconds", "provenance")
+
+
+def test_training_dynamics_smoke_is_reproducible(dynamics_smoke, tmp_path):
+    """A second run from scratch, in another workdir with its own data cache, writes the
+    same results.json."""
+    _, first = dynamics_smoke
+    second = run_dynamics_smoke(tmp_path / "td", tmp_path / "cache")
+    for name in RUN_SPECIFIC:
+        first, second = dict(first), dict(second)
+        assert name in first and name in second
+        del first[name], second[name]
+    assert first == second
+
+
+def test_gpu_preset_is_full_width_at_128_px():
+    from flax import nnx
+
+    from experiments import architectures, compare, rotation, training_dynamics
+    from experiments.common import parse_args
+    from train.config import make_config
+    from train.models import build_model
+
+    _, config = parse_args(
+        "", training_dynamics.PRESETS, training_dynamics.Config, ["--config", "gpu"]
+    )
+    assert (config.seeds, config.probe.images, config.probe.image_size) == (3, 10_000, 128)
+    alexnet = training_dynamics.train_config(config, "baseline", 2)
+    assert (alexnet.width, alexnet.image_size, alexnet.init_seed, alexnet.seed) == (1.0, 128, 2, 2)
+    assert alexnet.schedule()[:6] == (0, 1, 2, 4, 9, 20)  # log-spaced snapshots
+    model = nnx.eval_shape(lambda: build_model(alexnet, 16))
+    assert model.conv5.conv.out_features == 256
+    _, arch = parse_args("", architectures.PRESETS, architectures.Config, ["--config", "gpu"])
+    resnet = next(v for v in architectures.variants(arch) if v.name == "resnet_style")
+    overrides = [f"image_size={arch.probe.image_size}", *arch.train_overrides, *resnet.overrides]
+    network = nnx.eval_shape(lambda: build_model(make_config(arch.train_preset, overrides), 16))
+    assert network.classifier.in_features == 512  # layer3, ResNet-18's last width
+    for module in (rotation, compare):
+        preset = module.PRESETS["gpu"]
+        assert (preset["probe"].images, preset["probe"].image_size) == (10_000, 128)
+        assert "width=1.0" in preset["train_overrides"]
+
+
+def test_gpu_preset_runs_at_smoke_scale(tmp_path, monkeypatch):
+    """The gpu preset's structure on CPU, its sizes overridden down to seconds, with one
+    seed: intervals undefined, every verdict inconclusive."""
     from experiments import training_dynamics
 
     monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
-    workdir = tmp_path / "td"
-    assert (
-        training_dynamics.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"])
-        == 0
-    )
+    workdir = tmp_path / "gpu"
+    small = [
+        "train_preset=smoke",
+        "train_overrides=width=0.25,batch_size=16",
+        "steps=2",
+        "seeds=1",
+        "variations=baseline",
+        "probe.images=20",
+        "probe.image_size=32",
+        "dissect.batch_size=20",
+    ]
+    argv = ["--config", "gpu", "--workdir", str(workdir), "--no-progress", *small]
+    assert training_dynamics.main(argv) == 0
     results = json.loads((workdir / "results.json").read_text())
-    assert set(results["curves"]) == {"baseline", "no_dropout"}
-    for variation, points in results["curves"].items():
-        assert [p["step"] for p in points] == [0, 1, 2, 4, 6]
-        metrics = [
-            json.loads(line)
-            for line in (workdir / "runs" / variation / "metrics.jsonl").read_text().splitlines()
-        ]
-        evaluated = {m["step"]: m["eval_accuracy"] for m in metrics if "eval_accuracy" in m}
-        for point in points:
-            folder = workdir / "dissections" / variation / str(point["step"])
-            units, rotated = dissection(folder / "conv5"), dissection(folder / "conv5@rotated")
-            assert point["units"]["total"] == unique_detectors(units)
-            assert point["units"]["detectors"] == detectors(units)
-            assert point["rotated"]["total"] == unique_detectors(rotated)
-            assert point["num_units"] == len(units["units"]) == len(rotated["units"])
-            assert point["eval_accuracy"] == evaluated[point["step"]]
-            assert (folder / "conv5" / "report.html").is_file()
-    for name in ("unique_detectors.png", "per_category.png", "accuracy.png", "summary.html"):
-        assert (workdir / name).stat().st_size > 1000
-    # A rerun reuses every checkpoint and dissection.
-    before = (workdir / "dissections" / "baseline" / "6" / "conv5" / "tally.csv").stat().st_mtime_ns
-    training_dynamics.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"])
-    after = (workdir / "dissections" / "baseline" / "6" / "conv5" / "tally.csv").stat().st_mtime_ns
-    assert before == after
+    assert [p["step"] for p in results["curves"]["baseline"]] == [0, 1, 2]
+    assert results["best_step"]["baseline"] in (0, 1, 2)
+    assert [c["verdict"] for c in results["claims"]] == ["inconclusive"] * 2
+    assert all(c["ci95"] is None for c in results["claims"])
+    assert results["config"]["dissect"]["batch_size"] == 20
 
 
 def test_rotation_smoke(tmp_path, monkeypatch):
@@ -87,35 +243,54 @@ def test_rotation_smoke(tmp_path, monkeypatch):
     assert rotation.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
     results = json.loads((workdir / "results.json").read_text())
     assert set(results["by_iou_threshold"]) == {"0.04", "0.06", "0.08", "0.1"}
+    assert results["seeds"] == [0, 1]
     for rows in results["by_iou_threshold"].values():
         assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
-        assert rows[0]["unique_std"] == 0.0  # alpha 0: the units themselves
-    # Unique detectors can only fall as the threshold rises.
-    at = lambda t: [r["unique_mean"] for r in results["by_iou_threshold"][t]]  # noqa: E731
-    assert all(a >= b for a, b in zip(at("0.04"), at("0.1"), strict=True))
-    # Each mean recounted from the dissections it summarizes.
+    # Unique detectors can only fall as the threshold rises, seed by seed.
+    at = lambda t: [r["unique"]["per_seed"] for r in results["by_iou_threshold"][t]]  # noqa: E731
+    assert all(
+        a >= b
+        for x, y in zip(at("0.04"), at("0.1"), strict=True)
+        for a, b in zip(x, y, strict=True)
+    )
+    # Each seed's value recounted from the dissections it summarizes (mean over rotations).
     for threshold, rows in results["by_iou_threshold"].items():
         for alpha, row in zip(["0", "0.5", "1"], rows, strict=True):
             names = ["conv5"] if alpha == "0" else [f"conv5@alpha{alpha}-r{i}" for i in (0, 1)]
-            found = [dissection(workdir / "dissections" / name) for name in names]
-            unique = [unique_detectors(r, float(threshold)) for r in found]
-            assert row["unique_mean"] == pytest.approx(np.mean(unique), abs=1e-12)
-            assert row["detectors_mean"] == pytest.approx(
-                np.mean([detectors(r, float(threshold)) for r in found]), abs=1e-12
-            )
+            for seed in (0, 1):
+                found = [
+                    dissection(workdir / "dissections" / f"seed{seed}" / name) for name in names
+                ]
+                unique = [unique_detectors(r, float(threshold)) for r in found]
+                assert row["unique"]["per_seed"][seed] == pytest.approx(np.mean(unique), abs=1e-12)
+                assert row["detectors"]["per_seed"][seed] == pytest.approx(
+                    np.mean([detectors(r, float(threshold)) for r in found]), abs=1e-12
+                )
+    # The claims: alpha 0 against alpha 1, and each seed's least-squares slope against alpha.
+    units_claim, slope_claim = results["claims"]
+    rows = results["by_iou_threshold"]["0.04"]
+    assert units_claim["per_seed"] == [
+        [rows[0]["unique"]["per_seed"][s], rows[2]["unique"]["per_seed"][s]] for s in (0, 1)
+    ]
+    for seed, (value, zero) in enumerate(slope_claim["per_seed"]):
+        y = [row["unique"]["per_seed"][seed] for row in rows]
+        # Three equally spaced alphas 0, 0.5, 1: the slope is (last - first) / 1.
+        assert (value, zero) == (pytest.approx(y[2] - y[0], abs=1e-12), 0.0)
+    assert slope_claim["paper_sign"] == -1
     # Chance IoU: a mask of the unit's area A placed at random over P labelled positions
     # meets the G positions of its label in E = A * G / P of them; IoU = E / (A + G - E).
     label_positions = int(np.prod(open_broden(workdir / "probe").label_size))
     for name, chance in results["chance_iou"].items():
-        found = dissection(workdir / "dissections" / name)
-        ious = []
-        for row in found["units"]:
-            area = row[row["category"] + "-activation"]
-            truth = row[row["category"] + "-truth"]
-            expected = area * truth / (found["images"] * label_positions)
-            union = area + truth - expected
-            ious.append(expected / union if union else 0.0)
-        assert chance == pytest.approx(sum(ious) / len(ious), rel=1e-12)
+        for seed in (0, 1):
+            found = dissection(workdir / "dissections" / f"seed{seed}" / name)
+            ious = []
+            for row in found["units"]:
+                area = row[row["category"] + "-activation"]
+                truth = row[row["category"] + "-truth"]
+                expected = area * truth / (found["images"] * label_positions)
+                union = area + truth - expected
+                ious.append(expected / union if union else 0.0)
+            assert chance["per_seed"][seed] == pytest.approx(sum(ious) / len(ious), rel=1e-12)
     assert (workdir / "rotation.png").stat().st_size > 1000
 
 
@@ -134,23 +309,71 @@ def test_comparison_smoke(tmp_path, monkeypatch, name):
         "architectures": ["alexnet_style", "vgg_style", "resnet_style"],
     }[name]
     assert [r["variant"] for r in results["rows"]] == expected
+    assert results["seeds"] == [0, 1]
+    unique, labels = {}, {}
     for row in results["rows"]:
-        folder = workdir / "dissections" / row["variant"]
-        units, rotated = (
-            dissection(folder / row["layer"]),
-            dissection(folder / (row["layer"] + "@rotated")),
-        )
-        assert row["unique"]["total"] == unique_detectors(units)
-        assert row["unique"]["detectors"] == detectors(units)
-        assert row["unique_rotated"]["total"] == unique_detectors(rotated)
-        assert row["units"] == len(units["units"])
-        # The linear probe's accuracy is a count of the 16 smoke test images.
-        correct = row["linear_probe"] * 16
-        assert correct == pytest.approx(round(correct), abs=1e-9)
-        assert (folder / row["layer"] / "report.html").is_file()
+        for seed in (0, 1):
+            folder = workdir / "dissections" / row["variant"] / f"seed{seed}"
+            units, rotated = (
+                dissection(folder / row["layer"]),
+                dissection(folder / (row["layer"] + "@rotated")),
+            )
+            assert row["unique"]["total"]["per_seed"][seed] == unique_detectors(units)
+            assert row["unique"]["detectors"]["per_seed"][seed] == detectors(units)
+            assert row["unique_rotated"]["total"]["per_seed"][seed] == unique_detectors(rotated)
+            assert row["units"] == len(units["units"])
+            # The linear probe's accuracy is a count of the 16 smoke test images.
+            correct = row["linear_probe"]["per_seed"][seed] * 16
+            assert correct == pytest.approx(round(correct), abs=1e-9)
+            assert (folder / row["layer"] / "report.html").is_file()
+            unique[row["variant"], seed] = unique_detectors(units)
+            labels[row["variant"], seed] = labels_of(units)
+    claims = {c["claim"]: c for c in results["claims"]}
+    expected_claims = {
+        "width_depth": {
+            "a wider conv5 has more unique detectors": ("width_x2", "width_x1"),
+            "deeper networks are more interpretable": ("width_x1", "depth_4"),
+        },
+        "supervision": {
+            "supervised networks have more unique detectors than self-supervised ones": (
+                "supervised",
+                "self_supervised",
+            ),
+            "self-supervised networks have more unique detectors than untrained ones": (
+                "self_supervised",
+                "untrained",
+            ),
+        },
+        "architectures": {
+            "ResNet-style networks have more unique detectors than AlexNet-style ones": (
+                "resnet_style",
+                "alexnet_style",
+            )
+        },
+    }[name]
+    assert set(claims) == set(expected_claims)
+    for sentence, (first, second) in expected_claims.items():
+        assert claims[sentence]["compares"] == [first, second]
+        assert claims[sentence]["per_seed"] == [
+            [unique[first, s], unique[second, s]] for s in (0, 1)
+        ]
     if name == "width_depth":
         units = {r["variant"]: r["units"] for r in results["rows"]}
         assert units["width_x2"] == 2 * units["width_x1"]
+    if name == "supervision":
+        # Transfer: the self-supervised network's units against the same units fine-tuned.
+        transfer = results["transfer"]
+        for seed in (0, 1):
+            before, after = labels["self_supervised", seed], labels["fine_tuned", seed]
+            keep = sum(a is not None and a == b for a, b in zip(before, after, strict=True))
+            lose = sum(a is not None and b is None for a, b in zip(before, after, strict=True))
+            assert transfer["transitions"]["keep"]["per_seed"][seed] == keep
+            assert transfer["transitions"]["lose"]["per_seed"][seed] == lose
+            labelled = sum(
+                a is not None or b is not None for a, b in zip(before, after, strict=True)
+            )
+            flow = transfer["category_flow"]
+            assert sum(stat["per_seed"][seed] for stat in flow.values()) == labelled
     assert (workdir / "comparison.png").stat().st_size > 1000
 
 
@@ -161,13 +384,18 @@ def test_explain_smoke(tmp_path, monkeypatch):
     workdir = tmp_path / "explain"
     assert explain.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
     results = json.loads((workdir / "results.json").read_text())
-    units = dissection(workdir / "dissection" / "layer3")
+    assert results["seeds"] == [0]
+    units = dissection(workdir / "dissections" / "seed0" / "layer3")
     assert results["units"] == len(units["units"])
-    assert results["interpreted_units"] == detectors(units)
+    assert results["interpreted_units"] == {
+        "per_seed": [detectors(units)],
+        "mean": detectors(units),
+        "ci95": None,
+    }
     row_of = {row["unit"]: row for row in units["units"]}
-    assert len(results["explanations"]) == 2
+    assert len(results["explanations"]["0"]) == 2
     flags = []
-    for item in results["explanations"]:
+    for item in results["explanations"]["0"]:
         contributions = [u["contribution"] for u in item["units"]]
         assert contributions == sorted(contributions, reverse=True) and len(contributions) == 3
         for unit in item["units"]:
@@ -178,7 +406,9 @@ def test_explain_smoke(tmp_path, monkeypatch):
                 row["score"],
             )
             flags.append(unit["concept_in_image"])
-    assert results["top_unit_concepts_in_image"] == pytest.approx(np.mean(flags), abs=1e-12)
+    assert results["top_unit_concepts_in_image"]["per_seed"] == [
+        pytest.approx(np.mean(flags), abs=1e-12)
+    ]
     # Pixel accuracy is a count of the pixels that carry a label of the category.
     from jaxdissect.data.cache import load_label_arrays
 
@@ -187,7 +417,7 @@ def test_explain_smoke(tmp_path, monkeypatch):
     for category, scores in results["segmentation"].items():
         in_category = dataset.label_category[planes] == dataset.categories.index(category)
         labelled = int(np.sum(np.any((planes > 0) & in_category, axis=1)))
-        correct = scores["pixel_accuracy"] * labelled
+        correct = scores["pixel_accuracy"]["per_seed"][0] * labelled
         assert correct == pytest.approx(round(correct), abs=1e-6)
     assert (workdir / "explain.png").stat().st_size > 1000
 

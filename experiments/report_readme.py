@@ -1,0 +1,215 @@
+"""The README's Results tables and verdicts, generated from committed results.json files.
+
+    python -m experiments.report_readme [--check] [--results DIR] [--readme PATH]
+
+Reads ``DIR/<folder>/results.json`` (default experiments/results/; a folder per study run,
+e.g. training_dynamics/ and training_dynamics-gpu/) and rewrites the part of the README
+between ``<!-- results:begin -->`` and ``<!-- results:end -->``: per folder, the claims
+table (mean paired difference with its 95 % t-interval and the computed verdict), a
+sentence counting the verdicts, and the counts per condition. With ``--check`` it writes
+nothing and exits 1 when the README differs from what it would write, so the README
+cannot drift from the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from experiments.claims import CONTRADICTED, INCONCLUSIVE, REPLICATED, format_interval
+from jaxdissect.errors import DissectError
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _field(results: dict, path: Path, *keys):
+    value = results
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise DissectError(f"{path}: missing field {'.'.join(map(str, keys))!r}")
+        value = value[key]
+    return value
+
+
+def _stat(stat: dict | None, digits: int = 1) -> str:
+    return "" if stat is None else format_interval(stat["mean"], stat["ci95"], digits)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _provenance(results: dict) -> str:
+    found = results.get("provenance") or {}
+    versions = found.get("versions") or {}
+    machine = found.get("machine") or {}
+    commit = found.get("git_commit")
+    parts = [
+        f"commit {commit[:10]}" if commit else "commit unknown",
+        ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("jax", "flax", "numpy")),
+        f"{machine.get('cpus', '?')} CPUs, devices {', '.join(machine.get('devices', []))}"
+        if machine
+        else "",
+        f"{results['seconds']:.0f} s" if "seconds" in results else "",
+    ]
+    return "; ".join(part for part in parts if part)
+
+
+def _counts_table(results: dict, path: Path) -> list[str]:
+    study = results.get("study", "")
+    if study == "training_dynamics":
+        rows = []
+        for variation, points in _field(results, path, "curves").items():
+            first, last = points[0], points[-1]
+            rows.append(
+                [
+                    variation,
+                    str(last["num_units"]),
+                    _stat(first["units"]["total"]),
+                    _stat(last["units"]["total"]),
+                    _stat(last["rotated"]["total"]),
+                    _stat(last["eval_accuracy"], 3),
+                    str(results.get("best_step", {}).get(variation, "")),
+                ]
+            )
+        step = last["step"]
+        header = ["variation", "units", "unique, step 0", f"unique, step {step}"]
+        header += [f"rotated basis, step {step}", f"val. accuracy, step {step}", "best step"]
+        return _table(header, rows)
+    if study == "explain":
+        rows = [
+            [category, _stat(found["pixel_accuracy"], 3), _stat(found["mean_iou"], 3)]
+            for category, found in _field(results, path, "segmentation").items()
+        ]
+        return _table(["segmented category", "pixel accuracy", "mean IoU"], rows)
+    if study == "rotation":
+        table = _field(results, path, "by_iou_threshold")
+        alphas = [f"alpha {row['alpha']:g}" for row in next(iter(table.values()))]
+        rows = [[t, *(_stat(row["unique"]) for row in found)] for t, found in table.items()]
+        return _table(["IoU threshold", *alphas], rows)
+    rows = [
+        [
+            f"{row['variant']} ({row['layer']})",
+            str(row["units"]),
+            _stat(row["unique"]["total"]),
+            _stat(row["unique_rotated"]["total"]),
+            _stat(row["unique"]["detectors"]),
+            _stat(row["eval_accuracy"], 3),
+            _stat(row["linear_probe"], 3),
+        ]
+        for row in _field(results, path, "rows")
+    ]
+    header = ["network (layer)", "units", "unique detectors", "rotated basis", "detectors"]
+    return _table([*header, "val. accuracy", "linear probe"], rows)
+
+
+def study_section(folder: str, results: dict, path: Path) -> list[str]:
+    """One results.json as README lines: heading, provenance, claims, verdicts, counts."""
+    claims = _field(results, path, "claims")
+    config = _field(results, path, "config")
+    probe = config.get("probe", {})
+    seeds = len(_field(results, path, "seeds"))
+    lines = [
+        f"#### `{folder}`",
+        "",
+        f"{seeds} seed(s); {config.get('steps', '?')} training steps; probe: "
+        f"{probe.get('images', '?')} images at {probe.get('image_size', '?')} px. "
+        f"Produced with: {_provenance(results)}.",
+        "",
+    ]
+    rows = [
+        [
+            c["claim"],
+            f"{c['compares'][0]} − {c['compares'][1]}",
+            format_interval(c["mean_difference"], c["ci95"]),
+            str(len(c["seeds"])),
+            f"**{c['verdict']}**",
+        ]
+        for c in claims
+    ]
+    header = ["claim (paper)", "difference", "mean difference [95 % interval]", "seeds"]
+    lines += _table([*header, "verdict"], rows)
+    verdicts = [c["verdict"] for c in claims]
+    lines += [
+        "",
+        f"Of {len(claims)} claims: {verdicts.count(REPLICATED)} replicated, "
+        f"{verdicts.count(CONTRADICTED)} contradicted, {verdicts.count(INCONCLUSIVE)} "
+        "inconclusive (the 95 % interval contains 0, or one seed).",
+        "",
+        "Counts (mean over seeds [95 % interval]):",
+        "",
+        *_counts_table(results, path),
+        "",
+    ]
+    return lines
+
+
+def generate(results_dir: Path) -> str:
+    """The README's block between the markers (markers included) for ``results_dir``."""
+    lines = [
+        BEGIN,
+        "<!-- Generated by `python -m experiments.report_readme` from "
+        "experiments/results/*/results.json: edit those, not this block. -->",
+        "",
+    ]
+    found = sorted(results_dir.glob("*/results.json")) if results_dir.is_dir() else []
+    if not found:
+        lines += [
+            "No multi-seed results are committed yet (experiments/results/ is empty): run a "
+            "study, copy its results.json to experiments/results/<study>/ and run "
+            "`python -m experiments.report_readme`.",
+            "",
+        ]
+    for path in found:
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise DissectError(f"{path}: not JSON ({error})") from None
+        lines += study_section(path.parent.name, results, path)
+    return "\n".join([*lines, END])
+
+
+def replace_block(readme: str, block: str, path: Path) -> str:
+    """``readme`` with its marked block replaced by ``block``."""
+    if readme.count(BEGIN) != 1 or readme.count(END) != 1:
+        raise DissectError(f"{path}: needs exactly one {BEGIN} and one {END} line")
+    head, rest = readme.split(BEGIN)
+    _, tail = rest.split(END)
+    return head + block + tail
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README differs")
+    parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    try:
+        current = args.readme.read_text()
+        updated = replace_block(current, generate(args.results), args.readme)
+    except (DissectError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if updated == current:
+        return 0
+    if args.check:
+        print(
+            f"{args.readme}: its Results block differs from {args.results}; run "
+            "`python -m experiments.report_readme`",
+            file=sys.stderr,
+        )
+        return 1
+    args.readme.write_text(updated)
+    print(f"updated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The README's Results block is generated from the committed results.json files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import report_readme
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def stat(per_seed, mean, ci95):
+    return {"per_seed": per_seed, "mean": mean, "ci95": ci95}
+
+
+ARCHITECTURES = {
+    "study": "architectures",
+    "config": {"steps": 600, "probe": {"images": 600, "image_size": 64}},
+    "seeds": [0, 1, 2],
+    "claims": [
+        {
+            "claim": "ResNet-style networks have more unique detectors than AlexNet-style ones",
+            "compares": ["resnet_style", "alexnet_style"],
+            "per_seed": [[9, 7], [8, 7], [10, 6]],
+            "seeds": [0, 1, 2],
+            "mean_difference": 2.3333333,
+            "ci95": [-0.5, 5.1666667],
+            "verdict": "inconclusive",
+        }
+    ],
+    "rows": [
+        {
+            "variant": "alexnet_style",
+            "layer": "conv5",
+            "units": 64,
+            "unique": {
+                "total": stat([7, 7, 6], 6.6666667, [5.232, 8.101]),
+                "detectors": stat([26, 20, 23], 23.0, [15.548, 30.452]),
+            },
+            "unique_rotated": {"total": stat([5, 4, 4], 4.3333333, [2.899, 5.768])},
+            "eval_accuracy": stat([0.321, 0.3, 0.31], 0.3103333, [0.284, 0.337]),
+            "linear_probe": stat([0.338, 0.33, 0.35], 0.3393333, [0.314, 0.364]),
+        }
+    ],
+    "provenance": {
+        "versions": {"jax": "0.10.2", "flax": "0.12.8", "numpy": "2.4.6", "numba": "0.68.1"},
+        "git_commit": "0123456789abcdef",
+        "machine": {"cpus": 2, "devices": ["cpu"]},
+    },
+    "seconds": 1234.4,
+}
+
+# Written by hand from ARCHITECTURES: what a reader of the README sees.
+EXPECTED = """#### `architectures`
+
+3 seed(s); 600 training steps; probe: 600 images at 64 px. Produced with: commit 0123456789; jax 0.10.2, flax 0.12.8, numpy 2.4.6; 2 CPUs, devices cpu; 1234 s.
+
+| claim (paper) | difference | mean difference [95 % interval] | seeds | verdict |
+| --- | --- | --- | --- | --- |
+| ResNet-style networks have more unique detectors than AlexNet-style ones | resnet_style − alexnet_style | 2.33 [-0.50, 5.17] | 3 | **inconclusive** |
+
+Of 1 claims: 0 replicated, 0 contradicted, 1 inconclusive (the 95 % interval contains 0, or one seed).
+
+Counts (mean over seeds [95 % interval]):
+
+| network (layer) | units | unique detectors | rotated basis | detectors | val. accuracy | linear probe |
+| --- | --- | --- | --- | --- | --- | --- |
+| alexnet_style (conv5) | 64 | 6.7 [5.2, 8.1] | 4.3 [2.9, 5.8] | 23.0 [15.5, 30.5] | 0.310 [0.284, 0.337] | 0.339 [0.314, 0.364] |
+"""
+
+
+def write_results(folder: Path, name: str, results: dict) -> None:
+    (folder / name).mkdir(parents=True)
+    (folder / name / "results.json").write_text(json.dumps(results))
+
+
+def test_generated_block_by_hand(tmp_path):
+    write_results(tmp_path, "architectures", ARCHITECTURES)
+    block = report_readme.generate(tmp_path)
+    assert block.startswith(report_readme.BEGIN) and block.endswith(report_readme.END)
+    assert EXPECTED in block
+
+
+def test_gpu_folder_sits_beside_the_cpu_one(tmp_path):
+    write_results(tmp_path, "architectures", ARCHITECTURES)
+    write_results(tmp_path, "architectures-gpu", {**ARCHITECTURES, "seeds": [0]})
+    block = report_readme.generate(tmp_path)
+    assert block.index("#### `architectures`") < block.index("#### `architectures-gpu`")
+    assert "1 seed(s); 600 training steps" in block
+
+
+def test_check_fails_until_the_readme_is_regenerated(tmp_path, capsys):
+    results = tmp_path / "results"
+    write_results(results, "architectures", ARCHITECTURES)
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"# x\n\n## Results\n\n{report_readme.BEGIN}\nold\n{report_readme.END}\n\nrest\n"
+    )
+    argv = ["--results", str(results), "--readme", str(readme)]
+    assert report_readme.main([*argv, "--check"]) == 1
+    assert "old" in readme.read_text()
+    assert report_readme.main(argv) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\n## Results\n\n") and text.endswith(
+        f"{report_readme.END}\n\nrest\n"
+    )
+    assert EXPECTED in text and "\nold\n" not in text
+    assert report_readme.main([*argv, "--check"]) == 0
+
+
+def test_bad_results_name_the_file(tmp_path, capsys):
+    broken = {k: v for k, v in ARCHITECTURES.items() if k != "claims"}
+    write_results(tmp_path / "results", "architectures", broken)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report_readme.BEGIN}\n{report_readme.END}\n")
+    assert (
+        report_readme.main(["--results", str(tmp_path / "results"), "--readme", str(readme)]) == 2
+    )
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("architectures/results.json: missing field 'claims'")
+    assert len(error.splitlines()) == 1
+
+
+def test_markers_are_required(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="needs exactly one"):
+        report_readme.replace_block(readme.read_text(), "x", readme)
+
+
+def test_the_readme_equals_the_committed_results():
+    """The real README's block is what the command makes of experiments/results/."""
+    assert report_readme.main(["--check"]) == 0
+    results = README.parent / "experiments" / "results"
+    block = report_readme.generate(results)
+    assert block in README.read_text()
+
+
+def test_explain_results_give_a_segmentation_table(tmp_path):
+    explain = {
+        "study": "explain",
+        "config": {"steps": 1500, "probe": {"images": 600, "image_size": 64}},
+        "seeds": [0],
+        "claims": [],
+        "segmentation": {
+            "material": {
+                "pixel_accuracy": stat([0.032], 0.032, None),
+                "mean_iou": stat([0.041], 0.041, None),
+            }
+        },
+    }
+    write_results(tmp_path, "explain", explain)
+    block = report_readme.generate(tmp_path)
+    assert "| material | 0.032 [undefined: 1 seed] | 0.041 [undefined: 1 seed] |" in block
