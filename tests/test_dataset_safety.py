@@ -18,6 +18,7 @@ from PIL import Image, ImageFile
 from jaxdissect import BrodenFormatError, load_label_arrays, open_broden
 from jaxdissect.cli import main
 from jaxdissect.data.broden_writer import ProbeImage, write_broden
+from jaxdissect.errors import DissectError
 
 
 @pytest.fixture
@@ -272,10 +273,19 @@ def test_written_numbers_are_plain_decimals(tmp_path):
 def test_negative_seed_is_refused(tmp_path, capsys, command):
     out = tmp_path / ("probe" if command == "probe" else "w.png")
     extra = ["--images", "2", "--no-progress"] if command == "probe" else []
-    code = main(["synthetic", command, "--out", str(out), "--seed", "-1", *extra])
-    assert code == 2
-    assert "seed must be >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the CLI's argument parser refuses it
+        main(["synthetic", command, "--out", str(out), "--seed", "-1", *extra])
+    assert exit_.value.code == 2
+    assert "--seed: must be >= 0, got -1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_negative_seed_is_refused_by_the_library(tmp_path):
+    from jaxdissect.data.synthetic import world
+
+    with pytest.raises(DissectError, match="seed must be >= 0, got -1"):
+        world.write_probe(tmp_path / "probe", 2, -1, world.WorldConfig(image_size=32), False)
+    assert not (tmp_path / "probe").exists()
 
 
 def test_probe_larger_than_the_disk_is_refused_up_front(tmp_path, capsys, monkeypatch):
