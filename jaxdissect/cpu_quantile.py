@@ -9,19 +9,17 @@ maximum and whether it saw a NaN or an infinity.
 
 from __future__ import annotations
 
-import jax
 import numba
 import numpy as np
 
-from jaxdissect.quantile import QuantileState, quantile_count, quantile_init, split_words
+from jaxdissect.quantile import QuantileState, _init_arrays, quantile_count, split_words
 
 
 def cpu_quantile_init(
     units: int, q: float, positions: int, buffer_size: int | None = None
 ) -> QuantileState:
     """``quantile.quantile_init`` as NumPy arrays (updated in place by ``cpu_quantile_update``)."""
-    # Writable NumPy copies of the XLA state, so that both share one layout.
-    return jax.tree.map(np.array, quantile_init(units, q, positions, buffer_size))
+    return _init_arrays(np, units, q, positions, buffer_size)
 
 
 # Units per parallel task: each task reads its units' run of every row of the batch (no

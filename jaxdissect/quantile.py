@@ -114,14 +114,20 @@ def quantile_init(
     Returns:
       A QuantileState with a (U, k) top-k, k = ceil(q * positions) + 2 (at most positions).
     """
+    return _init_arrays(jnp, units, q, positions, buffer_size)
+
+
+def _init_arrays(xp, units, q, positions, buffer_size) -> QuantileState:
+    """``quantile_init``'s state as arrays of ``xp`` (jax.numpy, or NumPy for the CPU
+    backend, which then compiles no XLA program)."""
     k = topk_size(q, positions)
     buffer_size = buffer_size or max(k, 4096)
     return QuantileState(
-        top=jnp.full((units, k), -jnp.inf, jnp.float32),
-        buffer=jnp.full((units, buffer_size), -jnp.inf, jnp.float32),
-        fill=jnp.zeros((units,), jnp.int32),
-        count=jnp.asarray(split_words(0)),
-        q=jnp.asarray(split_words(int(np.float64(q).view(np.uint64)))),
+        top=xp.full((units, k), -np.inf, np.float32),
+        buffer=xp.full((units, buffer_size), -np.inf, np.float32),
+        fill=xp.zeros((units,), np.int32),
+        count=xp.asarray(split_words(0)),
+        q=xp.asarray(split_words(int(np.float64(q).view(np.uint64)))),
     )
 
 
@@ -213,6 +219,8 @@ def quantile_result(
     q = quantile_q(state) if q is None else float(q)
     if n < 1:
         raise ValueError("quantile_result: no values were folded into the state")
+    if on_host:  # NumPy throughout: no XLA program, and NumPy's own two roundings
+        state = QuantileState(*(np.asarray(x) for x in state))
     top = _flush(state).top
     k = top.shape[1]
     # numpy's _quantile for method 'linear' and a Python-float quantile.
@@ -237,6 +245,8 @@ def quantile_result(
     # float weight is rounded to float32 first (weak promotion), as in NumPy.
     upper = gamma >= 0.5
     product = (b - a) * np.float32(1.0 - gamma if upper else gamma)
+    if on_host:
+        return (b - product if upper else a + product).astype(np.float32)
     # XLA fuses x + y * t into one fused multiply-add (one rounding where NumPy has two).
     # Passing the product through integer bits stops that; OR-ing in a NaN pattern where the
     # state's count is not n also makes a wrong n visible.
@@ -245,5 +255,4 @@ def quantile_result(
     product = jax.lax.bitcast_convert_type(
         jax.lax.bitcast_convert_type(product, jnp.uint32) | nan_bits, jnp.float32
     )
-    thresholds = b - product if upper else a + product
-    return np.asarray(thresholds, np.float32) if on_host else thresholds
+    return b - product if upper else a + product
