@@ -49,7 +49,11 @@ VARIATIONS = {
     "wide_last": ["last_width=3"],
     "init_1": ["init_seed=1"],
     "init_2": ["init_seed=2"],
+    # ViT-style (run them with layer=block3, as their own study: they have no conv5).
+    "vit": ["family=vit", "depth=4"],
+    "vit_no_dropout": ["family=vit", "depth=4", "dropout=false"],
 }
+CNN_VARIATIONS = ("baseline", "no_dropout", "batch_norm", "wide_last", "init_1", "init_2")
 CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
 
 
@@ -60,7 +64,7 @@ class Config:
 
     train_preset: str = "default"
     steps: int = 600
-    variations: tuple[str, ...] = tuple(VARIATIONS)
+    variations: tuple[str, ...] = CNN_VARIATIONS
     layer: str = "conv5"
     rotation_seed: int = 0
     dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))

@@ -83,3 +83,21 @@ def test_a_cnn_config_json_has_no_vit_fields():
     assert {"patch": 8, "heads": 2, "mlp_ratio": 2.0}.items() <= json.loads(
         make_config("smoke", VIT).to_json()
     ).items()
+
+
+def test_training_dynamics_accepts_vit_variations(tmp_path):
+    from experiments import training_dynamics
+
+    workdir = tmp_path / "td"
+    args = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert training_dynamics.main([*args, "variations=vit", "layer=block3", "steps=2"]) == 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert list(results["curves"]) == ["vit"]
+    # Width 0.25 of 256 channels: 64 units per block; checkpoints at 0, 1 and 2.
+    assert [(p["step"], p["num_units"]) for p in results["curves"]["vit"]] == [
+        (0, 64),
+        (1, 64),
+        (2, 64),
+    ]
+    dissected = workdir / "dissections" / "vit" / "2" / "block3" / "results.json"
+    assert len(json.loads(dissected.read_text())["units"]) == 64
