@@ -36,7 +36,10 @@ def variants(config: Config) -> list[Variant]:
         Variant("vgg_style", ("depth=8",)),
         Variant("resnet_style", ("family=resnet", "depth=2", "dropout=false", "batch_norm=true")),
         Variant("vit_style", VIT_STYLE),
-        *(Variant(f"vit_style_block{i}", run="vit_style", layer=f"block{i}") for i in range(3)),
+        *(
+            Variant(f"vit_style_block{i}", VIT_STYLE, run="vit_style", layer=f"block{i}")
+            for i in range(3)
+        ),
     ]
     for spec in config.zoo:
         name, weights, *layer = spec.split(":")
