@@ -101,3 +101,21 @@ def test_training_dynamics_accepts_vit_variations(tmp_path):
     ]
     dissected = workdir / "dissections" / "vit" / "2" / "block3" / "results.json"
     assert len(json.loads(dissected.read_text())["units"]) == 64
+
+
+def test_vit_fine_tunes_all_but_its_head(tmp_path):
+    source = make_config("smoke", [*VIT, "steps=2", "checkpoint_steps=0,2"])
+    train(source, tmp_path / "source", progress=False)
+    # Rotation has 4 classes, the scenes more: the head cannot be copied and is not.
+    tuned = make_config(
+        "smoke",
+        [*VIT, "steps=1", "checkpoint_steps=0,1", "objective=rotation"],
+        init_from=str(tmp_path / "source"),
+    )
+    train(tuned, tmp_path / "tuned", progress=False)
+    start, _ = load_run(tmp_path / "tuned", 0)
+    trained, _ = load_run(tmp_path / "source", 2)
+    np.testing.assert_array_equal(
+        start.block1.mlp.fc1.kernel[...], trained.block1.mlp.fc1.kernel[...]
+    )
+    assert start.head.kernel.shape[-1] == 4 != trained.head.kernel.shape[-1]
