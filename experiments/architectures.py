@@ -3,8 +3,9 @@
     python -m experiments.architectures [--config smoke|default|full] [--workdir DIR] [key=value ...]
 
 Trains an AlexNet-style network (5 conv layers), a deeper VGG-style one (8 conv layers of
-3x3 after the first two) and a ResNet-style one on the same data, and dissects each one's
-top conv layer (units and a random rotation); zoo networks with imported weights join with
+3x3 after the first two), a ResNet-style one and a ViT-style one (4 blocks, 8 px patches)
+on the same data, and dissects each one's top conv layer (the ViT: each block's output;
+units and a random rotation); zoo networks with imported weights join with
 ``zoo=NAME:WEIGHTS[:LAYER],...`` (e.g. ``zoo=resnet20-cifar10:resnet20.th:layer3``). A
 linear probe on held-out scene labels measures discrimination. Writes results.json,
 comparison.png and summary.html to the workdir (default runs/architectures-<config>).
@@ -36,6 +37,9 @@ PRESETS = {
 }
 
 
+VIT_STYLE = ("family=vit", "depth=4", "patch=8", "heads=4", "dropout=false")
+
+
 def variants(config: Config) -> list[Variant]:
     found = [
         Variant("alexnet_style"),
@@ -49,6 +53,11 @@ def variants(config: Config) -> list[Variant]:
                 "batch_norm=true",
                 *config.resnet_overrides,
             ),
+        ),
+        Variant("vit_style", VIT_STYLE),
+        *(
+            Variant(f"vit_style_block{i}", VIT_STYLE, run="vit_style", layer=f"block{i}")
+            for i in range(3)
         ),
     ]
     for spec in config.zoo:

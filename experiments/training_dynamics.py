@@ -56,6 +56,9 @@ VARIATIONS = {
     "no_dropout": ["dropout=false"],
     "batch_norm": ["batch_norm=true"],
     "wide_last": ["last_width=3"],
+    # ViT-style (run them with layer=block3, as their own study: they have no conv5).
+    "vit": ["family=vit", "depth=4"],
+    "vit_no_dropout": ["family=vit", "depth=4", "dropout=false"],
 }
 CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
 TRANSITION_NAMES = {

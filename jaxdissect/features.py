@@ -6,7 +6,7 @@ jittable ``apply(images, layers) -> {layer: (B, h, w, U)}`` that takes uint8 RGB
 Several layers come from one forward pass. The name ``logits`` means the model's output.
 
 NNX modules are captured by module path (``layer1``, ``layer1.blocks.0``, ...) without
-changing them: inside the traced function the model is rebuilt from its state and each
+changing them (a vision transformer's tokens become maps through ``patch_token_maps``): inside the traced function the model is rebuilt from its state and each
 requested submodule's class is swapped, on that copy only, for a subclass that records
 what ``__call__`` returns.
 """
@@ -103,13 +103,54 @@ def _recording_class(cls):
     return type(f"Recording{cls.__name__}", (cls,), {"__call__": __call__})
 
 
-def from_nnx(module, preprocess: Preprocess | None = None, name: str | None = None) -> FeatureModel:
+def patch_token_maps(patch: int, prefix_tokens: int = 1) -> Callable:
+    """``from_nnx``'s ``convert`` for a vision transformer: a layer's tokens
+    (B, prefix_tokens + h * w, U), h and w being the model input's sides over ``patch``,
+    become the patch tokens' (B, h, w, U) map. The prefix (class) tokens are left out: they
+    are no location in the image, so they have no mask to score against a segmentation."""
+
+    def convert(layer: str, tokens: jax.Array, input_shape: tuple[int, ...]) -> jax.Array:
+        height, width = input_shape[1] // patch, input_shape[2] // patch
+        if tokens.ndim != 3 or tokens.shape[1] != prefix_tokens + height * width:
+            raise DissectError(
+                f"layer {layer!r} gives shape {tuple(tokens.shape)}; expected (B, "
+                f"{prefix_tokens} + {height} * {width}, U) tokens for a "
+                f"{input_shape[1]}x{input_shape[2]} input in {patch} px patches"
+            )
+        return tokens[:, prefix_tokens:].reshape(tokens.shape[0], height, width, -1)
+
+    return convert
+
+
+def from_nnx(
+    module,
+    preprocess: Preprocess | None = None,
+    name: str | None = None,
+    *,
+    layer_names: Sequence[str] | None = None,
+    convert: Callable[[str, jax.Array, tuple[int, ...]], jax.Array] | None = None,
+) -> FeatureModel:
     """A FeatureModel over a Flax NNX module (put it in eval mode first if it has BatchNorm
-    or Dropout). Layers are module paths joined with dots."""
+    or Dropout). Layers are module paths joined with dots.
+
+    Args:
+      module: the model; ``module(inputs)`` gives the logits.
+      preprocess: uint8 images -> the module's inputs.
+      name: for messages and outputs.
+      layer_names: the module paths offered (default: all of them).
+      convert: ``convert(layer, output, input_shape)`` turns a captured output into
+        (B, h, w, U) inside the compiled function (e.g. ``patch_token_maps``); not applied
+        to ``logits``.
+    """
     from flax import nnx
 
     preprocess = preprocess or Preprocess()
     paths = {".".join(map(str, path)): path for path, _ in _iter_modules(module) if path}
+    if layer_names is not None:
+        missing = [layer for layer in layer_names if layer not in paths]
+        if missing:
+            raise DissectError(f"{name or type(module).__name__} has no module {missing[0]!r}")
+        paths = {layer: paths[layer] for layer in layer_names}
     graphdef, state = nnx.split(module)
 
     @functools.partial(jax.jit, static_argnames="layers")
@@ -125,8 +166,14 @@ def from_nnx(module, preprocess: Preprocess | None = None, name: str | None = No
             object.__setattr__(submodule, "_jaxdissect_sink", sink)
             object.__setattr__(submodule, "_jaxdissect_name", layer)
             submodule.__class__ = _recording_class(type(submodule))
-        sink[OUTPUT] = model(preprocess(images))
-        return {layer: sink[layer] for layer in layers}
+        inputs = preprocess(images)
+        sink[OUTPUT] = model(inputs)
+        if convert is None:
+            return {layer: sink[layer] for layer in layers}
+        return {
+            layer: sink[layer] if layer == OUTPUT else convert(layer, sink[layer], inputs.shape)
+            for layer in layers
+        }
 
     return FeatureModel(
         name=name or type(module).__name__,

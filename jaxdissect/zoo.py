@@ -5,10 +5,15 @@ know, and PyTorch (torchvision / akamaster) weight import.
     zoo:vgg16               conv1_1 .. conv5_3 (after ReLU), fc6, fc7, logits
     zoo:resnet18, resnet50  conv1 (stem after ReLU), layer1 .. layer4, logits
     zoo:resnet20-cifar10    conv1, layer1 .. layer3 (each after its last ReLU), logits
+    zoo:vit_b_16, vit_s_16  block{i} (the residual stream after block i, from 0),
+                            block{i}.attn (attention output, before the residual add),
+                            block{i}.mlp (the MLP's hidden units after GELU), logits
 
 Images are NHWC; convolutions use PyTorch's explicit padding so imported weights give
 PyTorch's numbers. Before a fully connected layer, maps are flattened in PyTorch's (C, H, W)
-order so that its weights need no permutation.
+order so that its weights need no permutation. A vision transformer's layers give tokens;
+their patch tokens are dissected as (h, w, U) maps and the class token, not a location, is
+left out. Both ViTs read torchvision's and timm's parameter names.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdissect.errors import DissectError
-from jaxdissect.features import FeatureModel, Preprocess, from_nnx
+from jaxdissect.features import FeatureModel, Preprocess, from_nnx, patch_token_maps
 
 
 def conv_layer(
@@ -65,6 +70,12 @@ def conv_layer(
 class Identity(nnx.Module):
     def __call__(self, x):
         return x
+
+
+def dropout(layer: nnx.Module, x, rngs: nnx.Rngs | None):
+    """Dropout (its key from ``rngs``, so that training decides the keys), or the Identity
+    that stands for it."""
+    return layer(x, rngs=rngs) if isinstance(layer, nnx.Dropout) else layer(x)
 
 
 def batch_norm_layer(features: int, *, rngs: nnx.Rngs, enabled: bool = True) -> nnx.Module:
@@ -297,6 +308,122 @@ class ResNetCifar(nnx.Module):
         return self.linear(x.mean(axis=(1, 2)))
 
 
+class ViTAttention(nnx.Module):
+    """Multi-head self-attention, returning what is added to the residual stream. ``qkv`` is
+    torchvision's ``in_proj`` and timm's ``qkv``: queries, keys, then values, each split
+    into heads."""
+
+    def __init__(self, width, heads, *, rngs, kernel_init=None):
+        init = {} if kernel_init is None else {"kernel_init": kernel_init}
+        self.heads = heads
+        self.qkv = nnx.Linear(width, 3 * width, rngs=rngs, **init)
+        self.proj = nnx.Linear(width, width, rngs=rngs, **init)
+
+    def __call__(self, x):
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, width // self.heads)
+        out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        return self.proj(out.reshape(batch, tokens, width))
+
+
+class ViTMlpHidden(nnx.Module):
+    """The MLP's first linear layer and GELU (exact, as PyTorch's): its hidden units."""
+
+    def __init__(self, width, hidden, *, rngs, kernel_init=None):
+        init = {} if kernel_init is None else {"kernel_init": kernel_init}
+        self.fc1 = nnx.Linear(width, hidden, rngs=rngs, **init)
+
+    def __call__(self, x):
+        return jax.nn.gelu(self.fc1(x), approximate=False)
+
+
+class ViTBlock(nnx.Module):
+    """A pre-norm encoder block: x + attn(ln_1(x)), then + fc2(mlp(ln_2(x)))."""
+
+    def __init__(self, width, heads, hidden, dropout_rate=0.0, *, rngs, kernel_init=None):
+        init = {} if kernel_init is None else {"kernel_init": kernel_init}
+        self.ln_1 = nnx.LayerNorm(width, epsilon=1e-6, rngs=rngs)
+        self.attn = ViTAttention(width, heads, rngs=rngs, kernel_init=kernel_init)
+        self.ln_2 = nnx.LayerNorm(width, epsilon=1e-6, rngs=rngs)
+        self.mlp = ViTMlpHidden(width, hidden, rngs=rngs, kernel_init=kernel_init)
+        self.fc2 = nnx.Linear(hidden, width, rngs=rngs, **init)
+        self.dropout = nnx.Dropout(dropout_rate) if dropout_rate else Identity()
+
+    def __call__(self, x, rngs=None):
+        x = x + dropout(self.dropout, self.attn(self.ln_1(x)), rngs)
+        hidden = dropout(self.dropout, self.mlp(self.ln_2(x)), rngs)
+        return x + dropout(self.dropout, self.fc2(hidden), rngs)
+
+
+class VisionTransformer(nnx.Module):
+    """torchvision's and timm's ViT (class token, learned position embeddings, pre-norm
+    blocks, the class token's final state to the head), for square images of
+    ``image_size`` (the position embeddings fix it) cut into ``patch`` x ``patch`` patches.
+    Blocks are ``block0`` .. ``block{depth - 1}``."""
+
+    def __init__(
+        self,
+        image_size=224,
+        patch=16,
+        depth=12,
+        width=768,
+        heads=12,
+        hidden=3072,
+        num_classes=1000,
+        dropout_rate=0.0,
+        *,
+        rngs,
+        kernel_init=None,
+    ):
+        if width % heads:
+            raise DissectError(f"a ViT's width {width} must be a multiple of its heads {heads}")
+        self.patch, self.depth = patch, depth
+        self.patch_embed = conv_layer(3, width, patch, patch, rngs=rngs, kernel_init=kernel_init)
+        self.class_token = nnx.Param(jnp.zeros((1, 1, width)))
+        tokens = 1 + (image_size // patch) ** 2
+        self.pos_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, tokens, width)))
+        for index in range(depth):
+            block = ViTBlock(width, heads, hidden, dropout_rate, rngs=rngs, kernel_init=kernel_init)
+            setattr(self, f"block{index}", block)
+        self.ln = nnx.LayerNorm(width, epsilon=1e-6, rngs=rngs)
+        self.head = nnx.Linear(width, num_classes, rngs=rngs)
+
+    def __call__(self, x, rngs=None):
+        x = self.patch_embed(x)
+        batch, height, width, channels = x.shape
+        expected = self.pos_embedding.shape[1] - 1
+        if height * width != expected:
+            raise DissectError(
+                f"a {x.shape[1] * self.patch}x{x.shape[2] * self.patch} input gives "
+                f"{height * width} patches; this ViT's position embeddings are for {expected}"
+            )
+        x = x.reshape(batch, height * width, channels)
+        cls = jnp.broadcast_to(self.class_token[...], (batch, 1, channels))
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embedding[...]
+        for index in range(self.depth):
+            x = getattr(self, f"block{index}")(x, rngs=rngs)
+        return self.head(self.ln(x)[:, 0])
+
+
+def vit_layers(depth: int) -> tuple[str, ...]:
+    """A ViT's dissectable layers, block by block."""
+    return tuple(f"block{i}{part}" for i in range(depth) for part in ("", ".attn", ".mlp"))
+
+
+def as_feature_model(model: nnx.Module, preprocess: Preprocess, name: str) -> FeatureModel:
+    """``from_nnx``; for a VisionTransformer, only its ``vit_layers`` and ``logits``, with
+    patch tokens as (B, h, w, U) maps (the class token left out)."""
+    if isinstance(model, VisionTransformer):
+        return from_nnx(
+            model,
+            preprocess,
+            name=name,
+            layer_names=vit_layers(model.depth),
+            convert=patch_token_maps(model.patch),
+        )
+    return from_nnx(model, preprocess, name=name)
+
+
 # PyTorch state-dict names -> paths in these modules.
 _COMMON_RULES = (
     (r"^(layer\d+)\.(\d+)\.downsample\.0\.", r"\1.blocks.\2.downsample_conv."),
@@ -328,6 +455,26 @@ _VGG16_RULES = (
     (r"^classifier\.3\.", "fc7.linear."),
     (r"^classifier\.6\.", "fc8."),
 )
+_VIT_BLOCK_TV = r"^encoder\.layers\.encoder_layer_(\d+)\."
+_VIT_RULES = (  # torchvision's names, then timm's
+    (r"^conv_proj\.", "patch_embed."),
+    (r"^encoder\.pos_embedding$", "pos_embedding"),
+    (_VIT_BLOCK_TV + r"ln_(\d)\.", r"block\1.ln_\2."),
+    (_VIT_BLOCK_TV + r"self_attention\.in_proj_(weight|bias)$", r"block\1.attn.qkv.\2"),
+    (_VIT_BLOCK_TV + r"self_attention\.out_proj\.", r"block\1.attn.proj."),
+    (_VIT_BLOCK_TV + r"mlp\.(0|linear_1)\.", r"block\1.mlp.fc1."),
+    (_VIT_BLOCK_TV + r"mlp\.(3|linear_2)\.", r"block\1.fc2."),
+    (r"^encoder\.ln\.", "ln."),
+    (r"^heads\.head\.", "head."),
+    (r"^patch_embed\.proj\.", "patch_embed."),
+    (r"^cls_token$", "class_token"),
+    (r"^pos_embed$", "pos_embedding"),
+    (r"^blocks\.(\d+)\.norm(\d)\.", r"block\1.ln_\2."),
+    (r"^blocks\.(\d+)\.attn\.", r"block\1.attn."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"block\1.mlp.fc1."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"block\1.fc2."),
+    (r"^norm\.", "ln."),
+)
 _LEAF = {"weight": None, "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
@@ -343,7 +490,9 @@ def load_torch_weights(
     model: nnx.Module, state_dict: dict[str, np.ndarray], rules, source: str
 ) -> None:
     """Copies a PyTorch state dict into ``model`` in place (kernels transposed to HWIO, linear
-    weights to (in, out), BatchNorm weight/bias/running stats to scale/bias/mean/var).
+    weights to (in, out), BatchNorm and LayerNorm weight/bias/running stats to
+    scale/bias/mean/var; a name that renames to a parameter's path, such as a ViT's
+    ``class_token``, as it is).
 
     Raises:
       DissectError: naming missing, unexpected or mis-shaped tensors (weights of another
@@ -361,17 +510,18 @@ def load_torch_weights(
             problems.append(f"{name}: dtype {tensor.dtype} cannot be a float weight")
             continue
         renamed = _rename(name, rules)
-        prefix, leaf = renamed.rsplit(".", 1)
-        if leaf not in _LEAF:
-            problems.append(f"unexpected tensor {name}")
-            continue
-        if leaf == "weight":
-            kind = "kernel" if f"{prefix}.kernel" in targets else "scale"
-        else:
+        prefix, _, leaf = renamed.rpartition(".")
+        key, kind = renamed, None
+        if renamed not in targets and leaf in _LEAF:
             kind = _LEAF[leaf]
-        key = f"{prefix}.{kind}"
+            if leaf == "weight":
+                kind = "kernel" if f"{prefix}.kernel" in targets else "scale"
+            key = f"{prefix}.{kind}"
         if key not in targets:
             problems.append(f"unexpected tensor {name}")
+            continue
+        if key in assigned:  # two naming schemes mixed in one file
+            problems.append(f"{name}: a second tensor for {key}")
             continue
         value = np.asarray(tensor, np.float32)
         if kind == "kernel":
@@ -414,6 +564,15 @@ ZOO = {
     "resnet20-cifar10": ZooEntry(
         lambda rngs: ResNetCifar(3, rngs=rngs), _COMMON_RULES, Preprocess()
     ),
+    # ViTs see 224 px (their position embeddings fix it): other sizes are resized.
+    "vit_b_16": ZooEntry(
+        lambda rngs: VisionTransformer(rngs=rngs), _VIT_RULES, Preprocess(size=(224, 224))
+    ),
+    "vit_s_16": ZooEntry(  # timm's vit_small_patch16_224: mean and std 0.5
+        lambda rngs: VisionTransformer(width=384, heads=6, hidden=1536, rngs=rngs),
+        _VIT_RULES,
+        Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=(224, 224)),
+    ),
 }
 
 
@@ -436,4 +595,4 @@ def build(name: str, weights: str | Path | None = None, seed: int = 0) -> nnx.Mo
 def feature_model(name: str, weights: str | Path | None = None, seed: int = 0) -> FeatureModel:
     """A zoo network ready for dissection (layer names as in the module docstring)."""
     model = build(name, weights, seed)
-    return from_nnx(model, ZOO[name].preprocess, name=f"zoo:{name}")
+    return as_feature_model(model, ZOO[name].preprocess, f"zoo:{name}")

@@ -306,7 +306,13 @@ def test_comparison_smoke(tmp_path, monkeypatch, name):
     expected = {
         "width_depth": ["width_x1", "width_x2", "depth_4"],
         "supervision": ["supervised", "untrained", "self_supervised", "fine_tuned"],
-        "architectures": ["alexnet_style", "vgg_style", "resnet_style"],
+        "architectures": [
+            "alexnet_style",
+            "vgg_style",
+            "resnet_style",
+            "vit_style",
+            *(f"vit_style_block{i}" for i in range(3)),
+        ],
     }[name]
     assert [r["variant"] for r in results["rows"]] == expected
     assert results["seeds"] == [0, 1]

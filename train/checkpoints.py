@@ -8,9 +8,9 @@ from pathlib import Path
 from flax import nnx
 
 from jaxdissect.errors import DissectError
-from jaxdissect.features import FeatureModel, from_nnx
+from jaxdissect.features import FeatureModel
 from train.config import TrainConfig
-from train.models import PREPROCESS, build_model
+from train.models import build_model, to_feature_model
 from train.state import checkpoint_manager, make_optimizer, restore, split
 
 
@@ -54,8 +54,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, 
 
 
 def feature_model(workdir: str | Path, step: int | None = None) -> FeatureModel:
-    """A checkpoint as a FeatureModel (its layers: conv1.., layer1.., fc6, ..., logits)."""
+    """A checkpoint as a FeatureModel (its layers: conv1.., layer1.., fc6, ..., logits; a
+    ViT's block0.., block0.attn.., block0.mlp.., logits)."""
     model, _ = load_run(workdir, step)
-    return from_nnx(
-        model, PREPROCESS, name=f"{Path(workdir).name}@{step if step is not None else 'last'}"
-    )
+    return to_feature_model(model, f"{Path(workdir).name}@{step if step is not None else 'last'}")

@@ -32,10 +32,13 @@ PAPER_SCHEDULE = (
 class TrainConfig:
     """Everything a training run depends on.
 
-    Model: ``family`` "alexnet" (conv1..conv{depth} + fc6, fc7, classifier) or "resnet"
-    (conv1 stem, layer1..layer3 of ``depth`` basic blocks); ``width`` multiplies every
-    layer's channels and ``last_width`` the last conv layer's again (the paper's conv5
-    256 -> 768 is 3.0); ``dropout`` and ``batch_norm`` switch regularisers; ``init`` is
+    Model: ``family`` "alexnet" (conv1..conv{depth} + fc6, fc7, classifier), "resnet"
+    (conv1 stem, layer1..layer3 of ``depth`` basic blocks) or "vit" (a vision transformer:
+    ``patch`` px patches, ``depth`` blocks of ``heads`` heads, 256 * ``width`` channels
+    rounded to a multiple of ``heads``, MLPs ``mlp_ratio`` times wider; dropout rate 0.1);
+    ``width`` multiplies every layer's channels and ``last_width`` the last conv layer's
+    again (the paper's conv5 256 -> 768 is 3.0); ``dropout`` and ``batch_norm`` switch
+    regularisers (batch norm: CNNs only); ``init`` is
     he_normal, lecun_normal, glorot_uniform or orthogonal, drawn from ``init_seed``;
     ``init_from`` names another run's workdir whose final weights (all but the classifier)
     start this one (fine-tuning).
@@ -52,6 +55,9 @@ class TrainConfig:
 
     family: str = "alexnet"
     width: float = 1.0
+    patch: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
     last_width: float = 1.0
     depth: int = 5
     dropout: bool = True
@@ -77,14 +83,20 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = {
-            "family": self.family in ("alexnet", "resnet"),
+            "family": self.family in ("alexnet", "resnet", "vit"),
             "width": self.width > 0,
-            "last_width": self.last_width > 0,
             "depth": (3 <= self.depth <= 10) if self.family == "alexnet" else self.depth >= 1,
             "init": self.init in INITIALIZERS,
             "objective": self.objective in ("supervised", "rotation"),
             "data": self.data == "synthetic" or self.data.startswith("tfds:"),
             "image_size": self.image_size >= 16,
+            "patch": self.patch >= 1
+            and (self.family != "vit" or self.image_size % self.patch == 0),
+            # A ViT has no batch norm and no last conv layer to widen: refused, not ignored.
+            "batch_norm": not (self.family == "vit" and self.batch_norm),
+            "last_width": self.last_width > 0 and (self.family != "vit" or self.last_width == 1),
+            "heads": self.heads >= 1,
+            "mlp_ratio": self.mlp_ratio > 0,
             "steps": self.steps >= 1,
             "batch_size": 1 <= self.batch_size <= self.train_images,
             "learning_rate": self.learning_rate > 0,
@@ -105,9 +117,16 @@ class TrainConfig:
         return tuple(sorted(steps | {self.steps}))
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+        """The config as JSON; a CNN's without the ViT-only fields, so that the workdirs of
+        CNN runs made before ViTs existed still resume."""
+        values = dataclasses.asdict(self)
+        if self.family != "vit":
+            for name in VIT_FIELDS:
+                del values[name]
+        return json.dumps(values, indent=1, sort_keys=True)
 
 
+VIT_FIELDS = ("patch", "heads", "mlp_ratio")
 INITIALIZERS = ("he_normal", "lecun_normal", "glorot_uniform", "orthogonal")
 
 PRESETS = {

@@ -152,13 +152,14 @@ def _logged_until(path: Path, step: int) -> list[str]:
 
 
 def _initial_weights(model, config: TrainConfig) -> None:
-    """Fine-tuning: copy another run's final weights, all but the classifier."""
+    """Fine-tuning: copy another run's final weights, all but the classifier (a ViT's
+    ``head``)."""
     source, _ = load_run(config.init_from)
     source_state = nnx.to_pure_dict(nnx.state(source))
     state = nnx.state(model)
     target = nnx.to_pure_dict(state)
     for key in source_state:
-        if key != "classifier" and key in target:
+        if key not in ("classifier", "head") and key in target:
             mine = jax.tree.map(np.shape, target[key])
             theirs = jax.tree.map(np.shape, source_state[key])
             if mine != theirs:

@@ -4,7 +4,9 @@ AlexNet-style (``conv1`` .. ``conv{depth}`` after ReLU, then ``fc6``, ``fc7``,
 ``classifier``), scaled to small images: conv1 5x5 stride 2 and conv2 5x5, each followed by
 2x2 max pooling, then depth - 2 3x3 convolutions at 1/8 of the input size. ResNet-style:
 the CIFAR ResNet's stem and three stages (``conv1``, ``layer1`` .. ``layer3``), built from
-the zoo's blocks, with a stride-2 stem for speed on CPU.
+the zoo's blocks, with a stride-2 stem for speed on CPU. ViT-style: the zoo's
+VisionTransformer at the training image size (``block0`` .. ``block{depth - 1}``, each with
+``.attn`` and ``.mlp``; patch tokens as maps, the class token left out).
 """
 
 from __future__ import annotations
@@ -12,12 +14,24 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxdissect.features import Preprocess
-from jaxdissect.zoo import BasicBlock, Identity, Stage, Stem, batch_norm_layer, conv_layer
+from jaxdissect.features import FeatureModel, Preprocess
+from jaxdissect.zoo import (
+    BasicBlock,
+    Identity,
+    Stage,
+    Stem,
+    VisionTransformer,
+    as_feature_model,
+    batch_norm_layer,
+    conv_layer,
+    dropout,
+)
 from train.config import TrainConfig
 
 PREPROCESS = Preprocess()  # ImageNet mean and std on [0, 1] RGB, as the zoo's models
 ALEXNET_WIDTHS = (64, 192, 384, 256, 256)  # conv1..conv5 at width 1
+VIT_WIDTH = 256  # a ViT's channels at width 1
+VIT_DROPOUT = 0.1  # the original ViT's rate when trained from scratch
 
 
 def kernel_init(name: str):
@@ -27,11 +41,6 @@ def kernel_init(name: str):
         "glorot_uniform": jax.nn.initializers.glorot_uniform(),
         "orthogonal": jax.nn.initializers.orthogonal(),
     }[name]
-
-
-def _dropout(layer, x, rngs):
-    """Dropout (its key from ``rngs``), or the Identity that stands for it."""
-    return layer(x, rngs=rngs) if isinstance(layer, nnx.Dropout) else layer(x)
 
 
 class ConvBlock(nnx.Module):
@@ -79,8 +88,8 @@ class AlexNetStyle(nnx.Module):
         for index in range(3, self.depth + 1):
             x = getattr(self, f"conv{index}")(x)
         x = nnx.max_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
-        x = _dropout(self.dropout, jax.nn.relu(self.fc6(x)), rngs)
-        x = _dropout(self.dropout, jax.nn.relu(self.fc7(x)), rngs)
+        x = dropout(self.dropout, jax.nn.relu(self.fc6(x)), rngs)
+        x = dropout(self.dropout, jax.nn.relu(self.fc7(x)), rngs)
         return self.classifier(x)
 
 
@@ -115,17 +124,40 @@ class ResNetStyle(nnx.Module):
 
     def __call__(self, x, rngs=None):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        return self.classifier(_dropout(self.dropout, x.mean(axis=(1, 2)), rngs))
+        return self.classifier(dropout(self.dropout, x.mean(axis=(1, 2)), rngs))
+
+
+def vit_style(config: TrainConfig, num_classes: int, *, rngs) -> VisionTransformer:
+    width = config.heads * max(1, round(VIT_WIDTH * config.width / config.heads))
+    return VisionTransformer(
+        config.image_size,
+        config.patch,
+        config.depth,
+        width,
+        config.heads,
+        max(1, round(width * config.mlp_ratio)),
+        num_classes,
+        VIT_DROPOUT if config.dropout else 0.0,
+        rngs=rngs,
+        kernel_init=kernel_init(config.init),
+    )
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nnx.Module:
     """A freshly initialised model (``config.init`` drawn from ``config.init_seed``)."""
-    family = AlexNetStyle if config.family == "alexnet" else ResNetStyle
+    family = {"alexnet": AlexNetStyle, "resnet": ResNetStyle, "vit": vit_style}[config.family]
     return family(config, num_classes, rngs=nnx.Rngs(config.init_seed))
+
+
+def to_feature_model(model: nnx.Module, name: str) -> FeatureModel:
+    """A trained model ready for dissection (a ViT's layers as maps, see the zoo)."""
+    return as_feature_model(model, PREPROCESS, name)
 
 
 def dissectable_layers(config: TrainConfig) -> tuple[str, ...]:
     """The layers a dissection usually looks at, shallow to deep."""
     if config.family == "alexnet":
         return tuple(f"conv{i}" for i in range(1, config.depth + 1))
+    if config.family == "vit":
+        return tuple(f"block{i}" for i in range(config.depth))
     return ("conv1", "layer1", "layer2", "layer3")
