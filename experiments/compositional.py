@@ -28,7 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import experiment_main, save_json, start_experiment, write_page
+from experiments.common import (
+    ProbeConfig,
+    experiment_main,
+    save_json,
+    start_experiment,
+    write_page,
+)
 from jaxdissect.config import DissectConfig
 from jaxdissect.formula_search import exact_search, explain
 from jaxdissect.formulas import format_formula, program_tree, tree_labels, tree_operators
@@ -49,12 +55,9 @@ class Config:
     beam: int = 10
     labels_per_unit: int = 40
     margin: float = 0.02  # a formula "beats" its single label by at least this IoU
-    probe: str = ""
-    probe_images: int = 600
-    image_size: int = 64
-    quantile: float = 0.005
-    batch_size: int = 50
-    seed: int = 0
+    seed: int = 0  # of the random rotation
+    dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
 
 
 PRESETS = {
@@ -62,13 +65,16 @@ PRESETS = {
         train_preset="smoke",
         steps=6,
         labels_per_unit=8,
-        probe_images=40,
-        image_size=32,
-        batch_size=20,
-        quantile=0.02,
+        dissect=DissectConfig(batch_size=20, quantile=0.02),
+        probe=ProbeConfig(images=40, image_size=32),
     ),
     "default": {},
-    "full": dict(train_preset="full", steps=300_000, image_size=128, batch_size=256),
+    "full": dict(
+        train_preset="full",
+        steps=300_000,
+        dissect=DissectConfig(batch_size=256),
+        probe=ProbeConfig(image_size=128),
+    ),
 }
 
 
@@ -130,23 +136,23 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     if not config.run:
         train(
             make_config(
-                config.train_preset, [f"steps={config.steps}", f"image_size={config.image_size}"]
+                config.train_preset,
+                [f"steps={config.steps}", f"image_size={config.probe.image_size}"],
             ),
             run_dir,
             progress=progress,
         )
     model = feature_model(run_dir)
-    activations = model_run(model, probe.images, [config.layer], config.batch_size)
+    activations = model_run(model, probe.images, [config.layer], config.dissect.batch_size)
     num_units = activations.shapes[config.layer][-1]
     rotation = random_rotation(jax.random.key(config.seed), num_units)
-    dissect_config = DissectConfig(quantile=config.quantile, batch_size=config.batch_size)
     summary = {"config": dataclasses.asdict(config), "units": num_units, "bases": {}}
     for basis, source in (
         ("units", activations),
         ("rotated", rotated(activations, config.layer, rotation)),
     ):
         explanations = explain(
-            probe.dataset, source, dissect_config, workdir / basis, layer=config.layer,
+            probe.dataset, source, config.dissect, workdir / basis, layer=config.layer,
             length=config.length, beam=config.beam, exact=True,
             labels_per_unit=config.labels_per_unit, labels=probe.labels, images=probe.images,
             progress=progress,

@@ -36,7 +36,7 @@ _EXPORTS = {
     "label_units": "jaxdissect.scores",
     "summarize": "jaxdissect.scores",
     "Activations": "jaxdissect.sources",
-    "features": "jaxdissect.sources",
+    "features_activations": "jaxdissect.sources",
     "features_source": "jaxdissect.sources",
     "load_model": "jaxdissect.sources",
     "TallyState": "jaxdissect.tally",

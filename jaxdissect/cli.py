@@ -280,7 +280,7 @@ def run_dissect(args: argparse.Namespace) -> int:
     from jaxdissect.data.broden import open_broden
     from jaxdissect.pipeline import dissect
     from jaxdissect.results import format_summary
-    from jaxdissect.sources import features, load_model
+    from jaxdissect.sources import features_activations, load_model
 
     writer = start_processes(args)
     progress = not args.no_progress and writer
@@ -300,7 +300,9 @@ def run_dissect(args: argparse.Namespace) -> int:
             raise DissectError("--features holds one layer: give at most one --layer")
         if args.weights is not None:
             raise DissectError("--weights goes with --model, not --features")
-        source = features(args.features, args.layout, args.layer[0] if args.layer else None)
+        source = features_activations(
+            args.features, args.layout, args.layer[0] if args.layer else None
+        )
     else:
         if not args.layer:
             raise DissectError("--model needs at least one --layer")

@@ -178,10 +178,14 @@ def cpu_tally_batch(
     label_area, intersection, unit_area = totals
     num_categories = unit_area.shape[1]
     height, width = slot_planes.shape[-2:]
+    # Small arrays are copied, so that the compiled loops always see writable ones (Numba
+    # compiles read-only arrays as another type, and ``precompile`` covers one of each);
+    # the planes stay as they come (a read-only memory map from the decoded cache).
     slot_planes = np.ascontiguousarray(slot_planes, np.uint8)
-    slot_labels = np.ascontiguousarray(slot_labels, np.int64)
-    image_labels = np.ascontiguousarray(image_labels, np.int64)
-    label_category = np.ascontiguousarray(label_category, np.int64)
+    slot_labels = np.array(slot_labels, np.int64)
+    image_labels = np.array(image_labels, np.int64)
+    label_category = np.array(label_category, np.int64)
+    thresholds = np.array(thresholds, np.float32)
     # The compiled loops index without bounds checks: refuse what would run past an array.
     if slot_planes.size and slot_planes.max() >= slot_labels.shape[1]:
         raise ValueError(f"slot index {slot_planes.max()} >= {slot_labels.shape[1]} slots")
@@ -201,7 +205,7 @@ def cpu_tally_batch(
     )
     _unit_counts(
         np.ascontiguousarray(np.moveaxis(acts, -1, 1), np.float32),
-        np.ascontiguousarray(thresholds, np.float32),
+        thresholds,
         slot_planes,
         slot_labels,
         image_labels,

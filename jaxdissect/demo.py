@@ -18,7 +18,7 @@ from jaxdissect.data.cache import load_label_arrays
 from jaxdissect.data.synthetic import world
 from jaxdissect.pipeline import dissect
 from jaxdissect.results import format_summary
-from jaxdissect.sources import features
+from jaxdissect.sources import features_activations
 
 
 def concept_layer(planes, image_labels, chosen, stride, seed=0):
@@ -55,7 +55,7 @@ def run(out: Path, num_images: int = 600, seed: int = 0, progress: bool = True) 
     out_folder = out / "dissection"
     dissection = dissect(
         dataset,
-        features(activations, layer="concept-layer"),
+        features_activations(activations, layer="concept-layer"),
         DissectConfig(quantile=0.05),
         out_folder,
         labels=labels,

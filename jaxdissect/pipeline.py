@@ -30,7 +30,7 @@ from jaxdissect.passes import compute_tally, compute_thresholds
 from jaxdissect.sources import (
     Activations,
     ReusedActivations,
-    features,
+    features_activations,
     keep_budget,
     model_run,
     nbytes,
@@ -186,7 +186,7 @@ def open_inputs(
     elif not isinstance(source, Activations):
         if layers is not None and len(layers) > 1:
             raise DissectError("a features file holds one layer: give at most one layer name")
-        source = features(source, layer=layers[0] if layers else None)
+        source = features_activations(source, layer=layers[0] if layers else None)
     if source.num_images != dataset.num_images:
         where = source.provenance.get("features", "the activations")
         raise FeaturesError(

@@ -124,7 +124,7 @@ def features_source(
     }
 
 
-def features(features, layout: str = "nhwc", layer: str | None = None) -> Activations:
+def features_activations(features, layout: str = "nhwc", layer: str | None = None) -> Activations:
     """Activations of one layer from a .npy path (read batch by batch) or an array.
 
     Args:

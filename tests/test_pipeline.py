@@ -158,7 +158,7 @@ def test_resume_needs_the_same_file_content(probe, tmp_path, monkeypatch):
 
 
 def test_fingerprint_names_every_setting_that_changes_results(probe, tmp_path):
-    from jaxdissect.sources import features
+    from jaxdissect.sources import features_activations as features
 
     np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 4)))
     dataset = open_broden(probe.directory)
