@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument(
         "--model",
-        help="zoo:NAME (alexnet, vgg16, resnet18, resnet50, resnet20-cifar10) or "
+        help="zoo:NAME (alexnet, vgg16, resnet18, resnet50, resnet20-cifar10, vit_b_16, vit_s_16) or "
         "package.module:factory (factory(weights) returns a jaxdissect.features.FeatureModel)",
     )
     dissect.add_argument(
