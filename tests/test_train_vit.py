@@ -99,8 +99,9 @@ def test_training_dynamics_accepts_vit_variations(tmp_path):
         (1, 64),
         (2, 64),
     ]
-    dissected = workdir / "dissections" / "vit" / "2" / "block3" / "results.json"
-    assert len(json.loads(dissected.read_text())["units"]) == 64
+    for seed in results["seeds"]:
+        dissected = workdir / "dissections" / "vit" / f"seed{seed}" / "2" / "block3"
+        assert len(json.loads((dissected / "results.json").read_text())["units"]) == 64
 
 
 def test_vit_fine_tunes_all_but_its_head(tmp_path):
