@@ -1,21 +1,53 @@
 """Checkpoints of a dissection's passes, so that a killed run resumes where it stopped.
 
-Every ``every`` batches, and at the end of each pass, the pass's states (and the index of
-the next batch) are saved with Orbax, atomically. A restarted run with the same inputs
-(the fingerprint: config, data and shapes) restores the latest and skips the batches it
-covers; batches are deterministic, so the results are identical to an uninterrupted run.
-A fingerprint that differs starts afresh.
+Every ``every`` batches, and at the end of each pass, the pass's states are saved as one
+.npz file named by the index of the next batch (``DIR/<pass>/<next batch>``), written
+beside and renamed into place, so that a file is whole or absent. A restarted run with the
+same inputs (the fingerprint: config, data and shapes) restores the latest and skips the
+batches it covers; batches are deterministic, so the results are identical to an
+uninterrupted run. A fingerprint that differs starts afresh.
+
+A saved file is untrusted input: it is read without pickles, and it must hold exactly the
+arrays of the pass's states, each with its template's shape and dtype; otherwise the pass
+starts afresh, with a warning naming the file. NumPy alone reads and writes them (no
+Orbax, no JAX: the CPU path imports neither).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Callable
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jax
+import numpy as np
+
+
+def _leaves(tree: Any) -> Iterator[Any]:
+    """The arrays of a state tree (dicts, NamedTuples, tuples, lists), in a fixed order."""
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _leaves(value)
+    elif tree is not None:
+        yield tree
+
+
+def _rebuild(template: Any, arrays: Iterator[np.ndarray]) -> Any:
+    """``template``'s structure with its arrays taken, in ``_leaves`` order, from ``arrays``."""
+    if isinstance(template, dict):
+        return {key: _rebuild(value, arrays) for key, value in template.items()}
+    if isinstance(template, tuple) and hasattr(template, "_fields"):  # a NamedTuple
+        return type(template)(*(_rebuild(value, arrays) for value in template))
+    if isinstance(template, (list, tuple)):
+        return type(template)(_rebuild(value, arrays) for value in template)
+    return None if template is None else next(arrays)
 
 
 class PassCheckpoints:
@@ -30,36 +62,54 @@ class PassCheckpoints:
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp.write_text(text)
-        self._managers = {}
 
-    def _manager(self, name: str):
-        import orbax.checkpoint as ocp
-
-        if name not in self._managers:
-            options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
-            self._managers[name] = ocp.CheckpointManager(self.directory / name, options=options)
-        return self._managers[name]
+    def _saved(self, name: str) -> list[int]:
+        folder = self.directory / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_file())
 
     def restore(self, name: str, template: Any) -> tuple[int, Any]:
-        """(next batch, states) of pass ``name``, or (0, None) when it has not started."""
-        import orbax.checkpoint as ocp
-
-        manager = self._manager(name)
-        step = manager.latest_step()
-        if step is None:
+        """(next batch, states as NumPy arrays shaped like ``template``) of pass ``name``,
+        or (0, None) when it has not started or its file does not fit."""
+        saved = self._saved(name)
+        if not saved:
             return 0, None
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        path = self.directory / name / str(saved[-1])
+        expected = [np.asarray(x) for x in _leaves(template)]
+        try:
+            with np.load(path, allow_pickle=False) as found:
+                arrays = [found[f"leaf{i}"] for i in range(len(found.files))]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            warnings.warn(
+                f"{path}: unreadable checkpoint ({error}); the pass starts afresh", stacklevel=2
+            )
+            return 0, None
+        fits = len(arrays) == len(expected) and all(
+            a.shape == e.shape and a.dtype == e.dtype for a, e in zip(arrays, expected, strict=True)
+        )
+        if not fits:
+            message = "the checkpoint does not match the pass's states; the pass starts afresh"
+            warnings.warn(f"{path}: {message}", stacklevel=2)
+            return 0, None
+        return saved[-1], _rebuild(template, iter(arrays))
 
     def save(self, name: str, next_batch: int, states: Callable[[], Any], last: bool) -> None:
         """Saves after batch ``next_batch - 1`` when the interval is due or the pass ends."""
-        import orbax.checkpoint as ocp
-
         if next_batch % self.every and not last:
             return
-        manager = self._manager(name)
-        manager.save(next_batch, args=ocp.args.StandardSave(states()), force=True)
-        manager.wait_until_finished()
+        folder = self.directory / name
+        folder.mkdir(exist_ok=True)
+        arrays = {f"leaf{i}": np.asarray(x) for i, x in enumerate(_leaves(states()))}
+        partial = folder / f".{next_batch}.partial"
+        with open(partial, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, folder / str(next_batch))
+        for step in self._saved(name):
+            if step != next_batch:
+                (folder / str(step)).unlink(missing_ok=True)
 
     def remove(self) -> None:
         """Done: the outputs are written."""

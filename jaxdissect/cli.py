@@ -319,9 +319,9 @@ def run_dissect(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         progress=progress,
     )
-    import jax
+    from jaxdissect import runtime
 
-    if jax.process_index() != 0:
+    if runtime.process_index() != 0:
         return 0
     for layer, dissection in dissections.items():
         out = args.out if len(dissections) == 1 else args.out / layer
@@ -340,11 +340,12 @@ def peak_memory() -> str:
     """The process's peak resident memory, and each device's peak where JAX reports it."""
     import resource
 
-    import jax
+    from jaxdissect import runtime
 
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     parts = [f"peak memory: host {host:.2f} GiB"]
-    for device in jax.local_devices():
+    # Without JAX imported, no device was used.
+    for device in runtime.jax.local_devices() if runtime.loaded() else []:
         stats = device.memory_stats() or {}
         if "peak_bytes_in_use" in stats:
             parts.append(

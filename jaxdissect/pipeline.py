@@ -12,11 +12,11 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-
+from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
@@ -48,8 +48,9 @@ STATE_FORMAT = 2
 
 def _labels_fit_device(labels: LabelArrays, config: DissectConfig, budget: int) -> bool:
     """Whether pass 2 should read its labels from one accelerator's memory."""
+    jax = runtime.jax
     return (
-        jax.default_backend() != "cpu"
+        runtime.default_backend() != "cpu"
         and jax.device_count() == 1
         and kernel_name(config) == "xla"
         and not isinstance(labels.slot_planes, jax.Array)
@@ -95,7 +96,7 @@ def dissect_activations(
     if _labels_fit_device(labels, config, budget):
         budget -= nbytes(labels)
         copier = concurrent.futures.ThreadPoolExecutor(1)
-        upload = copier.submit(jax.device_put, labels)
+        upload = copier.submit(runtime.jax.device_put, labels)
         copier.shutdown(wait=False)  # the copy goes on; the thread ends with it
     reused = ReusedActivations(activations, budget)
     thresholds = compute_thresholds(
@@ -120,17 +121,19 @@ def run_fingerprint(dataset: BrodenDataset, activations: Activations, config: Di
 
     The config (quantile, union, kernel, top images, batch size), the dataset's content key
     and chosen categories, the activations' identity (a features file's content and layout,
-    or a model and its weights' content), the layers' shapes and the device count.
+    or a model and its weights' content), the layers' shapes and, for the XLA kernel, the
+    device count (its states are laid out per device; the CPU kernel's are not).
     """
+    kernel = kernel_name(config)
     return {
         "state_format": STATE_FORMAT,
         "config": dataclasses.asdict(config),
-        "kernel": kernel_name(config),
+        "kernel": kernel,
         "dataset": cache_key(dataset),
         "categories": list(dataset.categories),
         "activations": activations.identity,
         "shapes": {layer: list(shape) for layer, shape in activations.shapes.items()},
-        "devices": jax.device_count(),
+        "devices": runtime.jax.device_count() if kernel == "xla" else 1,
     }
 
 
@@ -173,11 +176,12 @@ def open_inputs(
 ) -> tuple[BrodenDataset, Activations, object]:
     """The dataset opened and the source as ``Activations`` of as many images (see
     ``dissect`` for the arguments); also the probe images when a model needed them."""
-    from jaxdissect.features import FeatureModel
-
+    # A FeatureModel exists only once its module (and JAX) is imported: a features file
+    # needs neither.
+    features = sys.modules.get("jaxdissect.features")
     if not isinstance(dataset, BrodenDataset):
         dataset = open_broden(dataset)
-    if isinstance(source, FeatureModel):
+    if features is not None and isinstance(source, features.FeatureModel):
         if not layers:
             raise DissectError(f"name at least one layer of model {source.name!r}")
         if images is None:
@@ -250,11 +254,11 @@ def dissect(
         )
 
     out = Path(out)
-    writer = jax.process_index() == 0
+    writer = runtime.process_index() == 0
     fingerprint = run_fingerprint(dataset, source, config)
     with locked(out) if writer else contextlib.nullcontext():
         checkpoints = None
-        if checkpoint_every is not None and jax.process_count() == 1:
+        if checkpoint_every is not None and runtime.process_count() == 1:
             checkpoints = PassCheckpoints(out / ".checkpoint", fingerprint, checkpoint_every)
         dissections = dissect_activations(
             source.read, source.num_images, source.shapes, dataset, labels, config, progress,

@@ -12,12 +12,15 @@ under ``jax.jit``.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, UInt32
+
+from jaxdissect import runtime
+from jaxdissect.runtime import jax, jnp
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, Bool, Float, Int, UInt32
 
 WORD = 2**32
 
@@ -69,7 +72,7 @@ def _add_words(a: UInt32[Array, " words"], b: UInt32[Array, " words"]) -> UInt32
 
 def _host(x, what: str):
     """``x`` as a NumPy array; a clear error under ``jax.jit``, where it is unknown."""
-    if isinstance(x, jax.core.Tracer):
+    if runtime.is_array(x) and isinstance(x, jax.core.Tracer):
         raise ValueError(
             f"quantile_result under jax.jit needs {what} as a Python number (static): "
             "pass q= and positions= (N * h * w, known from the shapes)"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from jaxdissect import runtime
+from jaxdissect.runtime import jnp
 
 
 class UnitLabels(NamedTuple):
@@ -52,7 +53,7 @@ def iou(label_area, intersection, unit_area, label_category):
       quotient are each rounded once to float32, so it lies within 3 * 2**-24 (relative)
       of the float64 value; with unions below 2**24 only the quotient is rounded.
     """
-    if any(isinstance(x, jax.Array) for x in (label_area, intersection, unit_area)):
+    if any(runtime.is_array(x) for x in (label_area, intersection, unit_area)):
         return _iou_jax(label_area, intersection, unit_area, label_category)
     label_area = np.asarray(label_area, np.float64)
     intersection = np.asarray(intersection, np.float64)
@@ -87,7 +88,7 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
     ``jax.jit`` (``num_categories`` static). Ties are exact ties of the given scores (two
     labels whose float64 IoUs differ by less than float32 rounding can tie in float32).
     """
-    xp = jnp if isinstance(scores, jax.Array) else np
+    xp = jnp if runtime.is_array(scores) else np
     scores = xp.asarray(scores)
     label_category = xp.asarray(label_category)
     best_labels, best_ious = [], []

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
+from jaxdissect import runtime
 from jaxdissect.errors import DissectError, FeaturesError
 from jaxdissect.kernels.base import ActivationSource, Shapes
 
@@ -211,16 +211,16 @@ def model_run(
 
 
 def nbytes(tree) -> int:
-    return sum(x.nbytes for x in jax.tree.leaves(tree))
+    return sum(x.nbytes for x in runtime.jax.tree.leaves(tree))
 
 
 def keep_budget() -> int:
     """Bytes that may stay on the devices between the passes (see DEVICE_SHARE)."""
-    if jax.process_count() > 1:
+    if runtime.process_count() > 1:
         return 0
-    if jax.default_backend() == "cpu":
+    if runtime.default_backend() == "cpu":
         return CPU_KEEP_BYTES
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = runtime.jax.devices()[0].memory_stats() or {}
     return int(stats.get("bytes_limit", 0) * DEVICE_SHARE)
 
 
@@ -239,7 +239,7 @@ class ReusedActivations:
         if (start, stop) in self._kept:
             return self._kept.pop((start, stop))
         out = self.source(start, stop)
-        if self.recording and all(isinstance(v, jax.Array) for v in out.values()):
+        if self.recording and all(runtime.is_array(v) for v in out.values()):
             size = nbytes(dict(out))
             if size <= self.budget:
                 self.budget -= size

@@ -7,12 +7,14 @@ maximum activation, their indices and (h, w) maps.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+
+from jaxdissect.runtime import jax, jnp
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, Float, Int
 
 
 class TopImagesState(NamedTuple):

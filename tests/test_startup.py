@@ -47,3 +47,39 @@ def test_the_cli_process_ends_with_its_output_and_status(probe, tmp_path):
     assert (tmp_path / "out" / "results.json").is_file()
     failed = subprocess.run([*command[:-4], "--batch-size", "0"], cwd=root, capture_output=True)
     assert failed.returncode == 2
+
+
+def test_a_features_dissection_on_cpu_imports_no_jax(probe, tmp_path):
+    """The CPU path (a features file, the Numba kernels, checkpoints, report) needs neither
+    JAX nor Orbax: importing them would cost over a second of start-up."""
+    from probe_fixture import dyadic_features
+
+    features = tmp_path / "features.npy"
+    np.save(features, dyadic_features(len(probe.planes), (3, 3, 5)))
+    code = (
+        "import sys; from jaxdissect.cli import main; "
+        f"code = main(['dissect', '--dataset', {str(probe.directory)!r}, '--features', "
+        f"{str(features)!r}, '--out', {str(tmp_path / 'out')!r}, '--no-progress', "
+        f"'--cache', {str(tmp_path / 'cache')!r}, '--quantile', '0.05']); "
+        "print(code, sorted(m for m in ('jax', 'orbax', 'jaxtyping') if m in sys.modules))"
+    )
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 []"
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_an_installed_accelerator_plugin_is_seen_without_importing_jax(tmp_path):
+    (tmp_path / "jax_plugins" / "xla_fake").mkdir(parents=True)
+    (tmp_path / "jax_plugins" / "xla_fake" / "__init__.py").write_text("")
+    code = (
+        "import sys; from jaxdissect import runtime; "
+        "print(runtime.accelerator_plugin_installed(), 'jax' in sys.modules)"
+    )
+    root = Path(__file__).parent.parent
+    env = {"PYTHONPATH": f"{tmp_path}:{root}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, env=env
+    )
+    assert done.stdout.strip() == "True False", done.stderr

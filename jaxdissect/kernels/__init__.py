@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-import jax
-
+from jaxdissect import runtime
 from jaxdissect.config import DissectConfig
 from jaxdissect.kernels.base import Backend
 
@@ -15,10 +14,10 @@ def kernel_name(config: DissectConfig) -> str:
     "cpu" when JAX runs on the CPU in one process and Numba is installed."""
     kernel = config.kernel
     if kernel == "auto":
-        on_cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
+        on_cpu = runtime.default_backend() == "cpu" and runtime.process_count() == 1
         # Numba is a dependency, but an environment built without it still dissects.
         kernel = "cpu" if on_cpu and importlib.util.find_spec("numba") is not None else "xla"
-    if kernel == "cpu" and jax.process_count() > 1:
+    if kernel == "cpu" and runtime.process_count() > 1:
         raise ValueError("kernel='cpu' runs in one process; use 'xla' under jax.distributed")
     return kernel
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import jax
 import numpy as np
 
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.errors import FeaturesError
-from jaxdissect.top_images import top_images_update
 
 INT32_MAX = np.iinfo(np.int32).max
 TOP_MAPS_BUDGET = 256 * 2**20  # bytes of activation maps kept for the report, per layer
-
-
-# The XLA backend gathers the report's top images with XLA (the CPU backend in NumPy).
-top_images_step = jax.jit(top_images_update, donate_argnums=(0,))
 
 
 def top_images_kept(config: DissectConfig, shape: tuple[int, int, int]) -> int:

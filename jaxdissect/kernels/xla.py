@@ -24,11 +24,13 @@ from jaxdissect.kernels.common import (
     check_finite,
     checked,
     top_images_kept,
-    top_images_step,
     zero_counts,
 )
-from jaxdissect.top_images import top_images_init, top_images_merge
+from jaxdissect.top_images import top_images_init, top_images_merge, top_images_update
 from jaxdissect.upsample import bilinear_matrix
+
+# The XLA backend gathers the report's top images with XLA (the CPU backend in NumPy).
+top_images_step = jax.jit(top_images_update, donate_argnums=(0,))
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
@@ -279,7 +281,6 @@ def backend(config) -> Backend:
     placement = _Placement(config.batch_size)
 
     def adopt(template, restored):
-        restored = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored))
         return jax.tree.map(
             lambda t, r: (
                 np.array(r)

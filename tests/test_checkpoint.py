@@ -1,0 +1,104 @@
+"""The passes' checkpoints: written whole, read back only when they fit, without pickles."""
+
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from probe_fixture import dyadic_features
+
+from jaxdissect.checkpoint import PassCheckpoints
+from jaxdissect.cli import main
+
+
+class Pair(NamedTuple):
+    top: np.ndarray
+    fill: np.ndarray
+
+
+def _states(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "layer": {"quantile": Pair(rng.normal(size=(3, 4)).astype(np.float32), np.arange(3)),
+                  "first_bad": np.asarray(7, np.int64)},
+        "other": [rng.integers(0, 9, (2, 5)), rng.integers(0, 9, 4)],
+    }  # fmt: skip
+
+
+def _equal(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            _equal(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _equal(x, y)
+    else:
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_round_trip_keeps_the_latest_only(tmp_path):
+    checkpoints = PassCheckpoints(tmp_path / "c", {"run": 1}, every=2)
+    template, saved = _states(0), _states(1)
+    checkpoints.save("pass", 1, lambda: saved, last=False)  # not due: nothing written
+    assert checkpoints.restore("pass", template) == (0, None)
+    checkpoints.save("pass", 2, lambda: _states(2), last=False)
+    checkpoints.save("pass", 3, lambda: saved, last=True)
+    assert sorted(p.name for p in (tmp_path / "c" / "pass").iterdir()) == ["3"]
+    step, restored = checkpoints.restore("pass", template)
+    assert step == 3
+    _equal(restored, saved)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "truncated", "pickle", "shape", "dtype", "missing", "extra"],
+)
+def test_a_checkpoint_that_does_not_fit_starts_the_pass_afresh(tmp_path, damage):
+    checkpoints = PassCheckpoints(tmp_path / "c", {"run": 1})
+    path = tmp_path / "c" / "pass" / "5"
+    checkpoints.save("pass", 5, lambda: _states(1), last=True)
+    arrays = dict(np.load(path))
+    if damage == "garbage":
+        path.write_bytes(b"not a zip file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "pickle":
+        arrays["leaf0"] = np.array([{"a": 1}], dtype=object)
+        with open(path, "wb") as file:
+            np.savez(file, **arrays)
+    else:
+        if damage == "shape":
+            arrays["leaf0"] = arrays["leaf0"][:2]
+        elif damage == "dtype":
+            arrays["leaf0"] = arrays["leaf0"].astype(np.float64)
+        elif damage == "missing":
+            del arrays[f"leaf{len(arrays) - 1}"]
+        else:
+            arrays[f"leaf{len(arrays)}"] = np.zeros(1)
+        with open(path, "wb") as file:
+            np.savez(file, **arrays)
+    with pytest.warns(UserWarning, match=r"c/pass/5: .*starts afresh"):
+        assert checkpoints.restore("pass", _states(0)) == (0, None)
+
+
+def test_a_dissection_resumes_from_a_damaged_checkpoint_to_identical_files(
+    probe, tmp_path, monkeypatch
+):
+    """The passes' final checkpoints kept, then damaged: the rerun recomputes, same files."""
+    monkeypatch.setattr(PassCheckpoints, "remove", lambda self: None)
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 3)))
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--no-progress", "--quantile", "0.05", "--no-report", "--kernel", "cpu"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "fresh")]) == 0
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    saved = sorted((tmp_path / "out" / ".checkpoint").glob("*/[0-9]*"))
+    assert [p.parent.name for p in saved] == ["tally-cpu", "thresholds-cpu"]
+    for path in saved:
+        path.write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    for name in ("tally.csv", "counts.npz"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
