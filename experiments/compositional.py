@@ -199,17 +199,18 @@ def across_seeds(per_seed: list[dict], seeds: list[int]) -> dict:
 
 def study_claims(bases: dict, length: int, seeds: list[int]) -> list[dict]:
     """The claims this study tests, seed by seed: longer formulas match units better than
-    single labels, and formulas explain the units better than a rotation of their basis."""
+    single labels, and formulas explain the units better than a rotation of their basis.
+    IoUs in percent: the claims tables print two decimals."""
 
     def iou(basis, n):
-        return bases[basis]["iou_by_length"][n - 1]["per_seed"]
+        return [100 * value for value in bases[basis]["iou_by_length"][n - 1]["per_seed"]]
 
     found = []
     if length > 1:
         found.append(
             claim(
                 f"formulas (length {length}) match units better than single labels "
-                "(mean exact IoU)",
+                "(mean exact IoU, %)",
                 (f"units length {length}", "units length 1"),
                 iou("units", length),
                 iou("units", 1),
@@ -219,7 +220,7 @@ def study_claims(bases: dict, length: int, seeds: list[int]) -> list[dict]:
     found.append(
         claim(
             "units are better explained by formulas than a random rotation of their basis "
-            f"(mean IoU of the best formula of length <= {length})",
+            f"(mean IoU of the best formula of length <= {length}, %)",
             ("units", "rotated"),
             iou("units", length),
             iou("rotated", length),
@@ -284,7 +285,7 @@ def plot(summary: dict, workdir: Path) -> None:
             axis.bar(positions, [s["mean"] for s in stats], width, yerr=errors, capsize=3, color=colors[basis],
                      label=basis)  # fmt: skip
         axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        axis.set_ylabel(f"{key} in the units' formulas (count)")
+        axis.set_ylabel(f"{key} in the best formulas (count)")
         axis.grid(alpha=0.3, axis="y")
         axis.legend(fontsize=8)
     figure.tight_layout()

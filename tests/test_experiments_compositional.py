@@ -71,7 +71,10 @@ def test_compositional_smoke(tmp_path, monkeypatch):
         ("units", units["iou_by_length"][2], rotated["iou_by_length"][2]),
     ):
         found = claims[name]
-        pairs = list(zip(first["per_seed"], second["per_seed"], strict=True))
+        # The claims give IoUs in percent.
+        pairs = [
+            (100 * a, 100 * b) for a, b in zip(first["per_seed"], second["per_seed"], strict=True)
+        ]
         assert found["per_seed"] == [list(pair) for pair in pairs]
         assert found["seeds"] == [0, 1]
         differences = [a - b for a, b in pairs]
