@@ -113,6 +113,48 @@ def checkpoint_identity(run_dir: Path, step: int | None) -> dict:
     return {"run_config": config.hexdigest(), "step": step, "parameters": digest.hexdigest()}
 
 
+def with_rotations(
+    activations: Activations,
+    rotations: dict[str, tuple[str, np.ndarray]],
+    identity: dict | None = None,
+    provenance: dict | None = None,
+) -> Activations:
+    """``activations`` plus, for each ``name: (layer, R)`` of ``rotations``, the layer in the
+    rotated basis ``acts @ R`` (computed batch by batch from the same read). The identity is
+    ``activations``' with ``identity`` and the rotations' array identities added, so results
+    cached under it belong to exactly these rotations."""
+    matrices = {
+        name: (layer, jnp.asarray(r, jnp.float32)) for name, (layer, r) in rotations.items()
+    }
+
+    def read(start, stop):
+        acts = dict(activations.read(start, stop))
+        for name, (layer, matrix) in matrices.items():
+            acts[name] = jnp.einsum(
+                "bhwu,uv->bhwv", acts[layer], matrix, precision=jax.lax.Precision.HIGHEST
+            )
+        return acts
+
+    identity = {
+        **activations.identity,
+        **(identity or {}),
+        "rotations": {
+            name: [layer, array_identity(np.asarray(r, np.float32))]
+            for name, (layer, r) in rotations.items()
+        },
+    }
+    shapes = {**activations.shapes}
+    for name, (layer, _) in rotations.items():
+        shapes[name] = activations.shapes[layer]
+    return Activations(
+        read,
+        shapes,
+        activations.num_images,
+        identity,
+        activations.provenance if provenance is None else provenance,
+    )
+
+
 def dissect_model(
     model: FeatureModel,
     layers: typing.Sequence[str],
@@ -132,30 +174,7 @@ def dissect_model(
     rotations = rotations or {}
     names = [*layers, *rotations]
     activations = model_run(model, probe.images, layers, config.batch_size)
-    matrices = {
-        name: (layer, jnp.asarray(r, jnp.float32)) for name, (layer, r) in rotations.items()
-    }
-
-    def read(start, stop):
-        acts = dict(activations.read(start, stop))
-        for name, (layer, matrix) in matrices.items():
-            acts[name] = jnp.einsum(
-                "bhwu,uv->bhwv", acts[layer], matrix, precision=jax.lax.Precision.HIGHEST
-            )
-        return acts
-
-    identity = {
-        **activations.identity,
-        "weights": weights,
-        "rotations": {
-            name: [layer, array_identity(np.asarray(r, np.float32))]
-            for name, (layer, r) in rotations.items()
-        },
-    }
-    shapes = {**activations.shapes}
-    for name, (layer, _) in rotations.items():
-        shapes[name] = activations.shapes[layer]
-    source = Activations(read, shapes, activations.num_images, identity, {"model": model.name})
+    source = with_rotations(activations, rotations, {"weights": weights}, {"model": model.name})
     fingerprint = run_fingerprint(probe.dataset, source, config)
     if not completed(out, names, fingerprint, layer_folders=True):
         dissect(

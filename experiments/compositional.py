@@ -3,16 +3,20 @@ units better than single labels, and better than they explain a rotated basis?
 
     python -m experiments.compositional [--config smoke|default|full] [--workdir DIR] [key=value ...]
 
-Trains (or reuses) the baseline network of ``train/`` (or explains the run named by
-``run=WORKDIR``), then explains its ``layer`` in the units' basis and in one random rotation
-of it (``jaxdissect.rotation``) with ``formula_search``: the exact search for every length
-1..``length`` and the beam search at ``length``. Writes to the workdir (default
-runs/compositional-<config>): results.json (per basis: the mean exact IoU against formula
+For each of ``seeds`` seeds, trains (or reuses) the baseline network of ``train/`` (the
+seed sets its initialisation and data order; or explains the run named by ``run=WORKDIR``,
+where only the rotation changes), then explains its ``layer`` in the units' basis and in a
+random rotation of it (the seed's; ``experiments.common.with_rotations``, as the other
+studies rotate) with ``formula_search``: the exact search for every length 1..``length``
+and the beam search at ``length``; the probe set stays the same. Writes to the workdir
+(default runs/compositional-<config>): runs/seed<s>/ (training workdirs),
+explanations/seed<s>/<basis>/ (formulas.csv, .json, .html), results.json (per basis, each
+number as per-seed values, mean and 95 % t-interval: the mean exact IoU against formula
 length; the share of units whose best formula beats their best single label by
-``margin``; the mix of operators and of the categories of the formulas' concepts; the
-share of beam results below the proved optimum and their mean gap; and every unit's
-formula), compositional.png and summary.html. Expected: IoU grows with length, more for
-the units than for the rotated basis.
+``margin``; the counts of operators and of the categories of the formulas' concepts; the
+share of beam results below the proved optimum and their mean gap; every seed's formulas;
+and the claims with verdicts), compositional.png, formula_mix.png and summary.html.
+Expected: IoU grows with length, more for the units than for the rotated basis.
 """
 
 from __future__ import annotations
@@ -22,48 +26,65 @@ import dataclasses
 import html
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from experiments.claims import claim, claims_html, format_interval, interval
 from experiments.common import (
+    ROTATED,
     ProbeConfig,
     experiment_main,
+    provenance,
     save_json,
     start_experiment,
+    with_rotations,
     write_page,
 )
+from experiments.plots import band, figure_html, pyplot
+from experiments.training_dynamics import train_config
 from jaxdissect.config import DissectConfig
 from jaxdissect.formula_search import exact_search, explain
 from jaxdissect.formulas import format_formula, program_tree, tree_labels, tree_operators
 from jaxdissect.rotation import random_rotation
-from jaxdissect.sources import Activations, model_run
+from jaxdissect.sources import model_run
 from train.checkpoints import feature_model
-from train.config import make_config
 from train.loop import train
+
+BASES = ("units", "rotated")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
+    """See the module docstring. ``seeds``: seeds 0 .. seeds - 1, each its own network
+    (initialisation, data order) and rotation. ``train_overrides``: key=value settings of
+    train/ for every run."""
+
     train_preset: str = "default"
+    train_overrides: tuple[str, ...] = ()
     steps: int = 1500
-    run: str = ""  # a training workdir to explain instead of training one
+    run: str = ""  # a training workdir to explain instead of training one per seed
+    seeds: int = 3
     layer: str = "conv5"
     length: int = 3
     beam: int = 10
     labels_per_unit: int = 40
     margin: float = 0.02  # a formula "beats" its single label by at least this IoU
-    seed: int = 0  # of the random rotation
     dissect: DissectConfig = dataclasses.field(default_factory=lambda: DissectConfig(batch_size=50))
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+
+    def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
 
 
 PRESETS = {
     "smoke": dict(
         train_preset="smoke",
         steps=6,
+        seeds=2,
         labels_per_unit=8,
         dissect=DissectConfig(batch_size=20, quantile=0.02),
         probe=ProbeConfig(images=40, image_size=32),
@@ -78,26 +99,10 @@ PRESETS = {
 }
 
 
-def rotated(activations: Activations, layer: str, rotation) -> Activations:
-    """The layer's activations in the rotated basis ``acts @ R``, batch by batch."""
-    matrix = jnp.asarray(rotation, jnp.float32)
-
-    def read(start, stop):
-        acts = activations.read(start, stop)[layer]
-        return {
-            layer: jnp.einsum("bhwu,uv->bhwv", acts, matrix, precision=jax.lax.Precision.HIGHEST)
-        }
-
-    identity = {**activations.identity, "rotation": np.asarray(rotation).tolist()}
-    return Activations(read, {layer: activations.shapes[layer]}, activations.num_images,
-                       identity, activations.provenance)  # fmt: skip
-
-
 def basis_summary(explanations, by_length, dataset, margin: float) -> dict:
-    """The study's numbers for one basis, from its explanations and exact results."""
+    """One seed's numbers for one basis, from its explanations and exact results."""
     exact, beam = explanations.exact, explanations.beam
     labels = explanations.problem.concept_labels
-    candidates = explanations.candidates
     single = by_length[0].iou
     operators, categories, units = collections.Counter(), collections.Counter(), []
     for unit in range(len(exact.iou)):
@@ -125,34 +130,32 @@ def basis_summary(explanations, by_length, dataset, margin: float) -> dict:
         "beam_below_optimum": float(below.mean()),
         "beam_mean_gap": float((exact.iou - beam.iou)[below].mean()) if below.any() else 0.0,
         "certified": float(exact.certified.mean()),
-        "candidates_per_unit": int(candidates.rows.shape[1]),
+        "candidates_per_unit": int(explanations.candidates.rows.shape[1]),
         "units": units,
     }
 
 
-def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
-    workdir, probe = start_experiment(config, workdir, progress)
-    run_dir = Path(config.run) if config.run else workdir / "run"
+def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool) -> dict:
+    """Trains (or reuses) the network of ``seed`` and explains its layer in the units' basis
+    and in the seed's random rotation. Returns {basis: basis_summary}."""
+    run_dir = Path(config.run) if config.run else workdir / "runs" / f"seed{seed}"
     if not config.run:
-        train(
-            make_config(
-                config.train_preset,
-                [f"steps={config.steps}", f"image_size={config.probe.image_size}"],
-            ),
-            run_dir,
-            progress=progress,
-        )
+        # The compositional Config has the fields train_config reads (preset, steps,
+        # overrides, probe): the same seeded baseline run as training_dynamics trains.
+        train(train_config(config, "baseline", seed), run_dir, progress=progress)
     model = feature_model(run_dir)
     activations = model_run(model, probe.images, [config.layer], config.dissect.batch_size)
     num_units = activations.shapes[config.layer][-1]
-    rotation = random_rotation(jax.random.key(config.seed), num_units)
-    summary = {"config": dataclasses.asdict(config), "units": num_units, "bases": {}}
-    for basis, source in (
-        ("units", activations),
-        ("rotated", rotated(activations, config.layer, rotation)),
+    rotation = random_rotation(jax.random.key(seed), num_units)
+    rotated = with_rotations(activations, {config.layer + ROTATED: (config.layer, rotation)})
+    found = {}
+    for basis, source, layer in (
+        ("units", activations, config.layer),
+        ("rotated", rotated, config.layer + ROTATED),
     ):
         explanations = explain(
-            probe.dataset, source, config.dissect, workdir / basis, layer=config.layer,
+            probe.dataset, source, config.dissect,
+            workdir / "explanations" / f"seed{seed}" / basis, layer=layer,
             length=config.length, beam=config.beam, exact=True,
             labels_per_unit=config.labels_per_unit, labels=probe.labels, images=probe.images,
             progress=progress,
@@ -161,53 +164,171 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
             exact_search(explanations.problem, explanations.candidates, n)
             for n in range(1, config.length)
         ] + [explanations.exact]
-        summary["bases"][basis] = basis_summary(
-            explanations, by_length, probe.dataset, config.margin
+        found[basis] = basis_summary(explanations, by_length, probe.dataset, config.margin)
+    return found
+
+
+def across_seeds(per_seed: list[dict], seeds: list[int]) -> dict:
+    """One basis's per-seed summaries as intervals across seeds (a count absent from a
+    seed's formulas is 0 there), with every seed's formulas."""
+
+    def counts(key):
+        names = sorted({name for found in per_seed for name in found[key]})
+        return {name: interval([found[key].get(name, 0) for found in per_seed]) for name in names}
+
+    scalars = (
+        "beats_single_label",
+        "beam_below_optimum",
+        "beam_mean_gap",
+        "certified",
+        "candidates_per_unit",
+    )
+    lengths = len(per_seed[0]["iou_by_length"])
+    return {
+        "iou_by_length": [
+            interval([found["iou_by_length"][n] for found in per_seed]) for n in range(lengths)
+        ],
+        **{key: interval([found[key] for found in per_seed]) for key in scalars},
+        "operators": counts("operators"),
+        "categories": counts("categories"),
+        "units_by_seed": {
+            str(seed): found["units"] for seed, found in zip(seeds, per_seed, strict=True)
+        },
+    }
+
+
+def study_claims(bases: dict, length: int, seeds: list[int]) -> list[dict]:
+    """The claims this study tests, seed by seed: longer formulas match units better than
+    single labels, and formulas explain the units better than a rotation of their basis.
+    IoUs in percent: the claims tables print two decimals."""
+
+    def iou(basis, n):
+        return [100 * value for value in bases[basis]["iou_by_length"][n - 1]["per_seed"]]
+
+    found = []
+    if length > 1:
+        found.append(
+            claim(
+                f"formulas (length {length}) match units better than single labels "
+                "(mean exact IoU, %)",
+                (f"units length {length}", "units length 1"),
+                iou("units", length),
+                iou("units", 1),
+                seeds,
+            )
         )
+    found.append(
+        claim(
+            "units are better explained by formulas than a random rotation of their basis "
+            f"(mean IoU of the best formula of length <= {length}, %)",
+            ("units", "rotated"),
+            iou("units", length),
+            iou("rotated", length),
+            seeds,
+        )
+    )
+    return found
+
+
+def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
+    started = time.time()
+    workdir, probe = start_experiment(config, workdir, progress)
+    seeds = list(range(config.seeds))
+    per_seed = [explain_seed(config, workdir, probe, seed, progress) for seed in seeds]
+    bases = {basis: across_seeds([found[basis] for found in per_seed], seeds) for basis in BASES}
+    summary = {
+        "study": "compositional",
+        "config": dataclasses.asdict(config),
+        "layer": config.layer,
+        "units": len(per_seed[0]["units"]["units"]),
+        "seeds": seeds,
+        "claims": study_claims(bases, config.length, seeds),
+        "bases": bases,
+        "provenance": provenance(),
+        "seconds": round(time.time() - started, 1),
+    }
     save_json(workdir / "results.json", summary)
-    plot(summary, workdir / "compositional.png")
+    plot(summary, workdir)
     write_summary(summary, workdir)
     return summary
 
 
-def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(summary: dict, workdir: Path) -> None:
+    plt = pyplot()
+    colors = dict(zip(BASES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     figure, axis = plt.subplots(figsize=(6, 4))
     for basis, values in summary["bases"].items():
-        lengths = range(1, len(values["iou_by_length"]) + 1)
-        axis.plot(lengths, values["iou_by_length"], marker="o", label=basis)
+        lengths = list(range(1, len(values["iou_by_length"]) + 1))
+        band(axis, lengths, values["iou_by_length"], colors[basis], basis)
     axis.set_xlabel("formula length (concepts)")
     axis.set_ylabel("mean IoU of the best formula (exact)")
-    axis.set_xticks(list(lengths))
+    axis.set_xticks(lengths)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(workdir / "compositional.png", dpi=100)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key in zip(axes, ("operators", "categories"), strict=True):
+        names = sorted({name for values in summary["bases"].values() for name in values[key]})
+        width = 0.8 / len(summary["bases"])
+        for index, (basis, values) in enumerate(summary["bases"].items()):
+            # A name absent from this basis's formulas was counted 0 times.
+            stats = [values[key].get(name, {"mean": 0.0, "ci95": None}) for name in names]
+            # Error bars: the 95 % interval where it is defined (two seeds or more).
+            errors = [
+                [s["mean"] - s["ci95"][0] if s["ci95"] else 0.0 for s in stats],
+                [s["ci95"][1] - s["mean"] if s["ci95"] else 0.0 for s in stats],
+            ]
+            positions = [i + (index - 0.5) * width for i in range(len(names))]
+            axis.bar(positions, [s["mean"] for s in stats], width, yerr=errors, capsize=3, color=colors[basis],
+                     label=basis)  # fmt: skip
+        axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        axis.set_ylabel(f"{key} in the best formulas (count)")
+        axis.grid(alpha=0.3, axis="y")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(workdir / "formula_mix.png", dpi=100)
     plt.close(figure)
 
 
 def write_summary(summary: dict, workdir: Path) -> Path:
+    def stat(value, digits=3):
+        return html.escape(format_interval(value["mean"], value["ci95"], digits))
+
     rows = []
     for basis, values in summary["bases"].items():
-        ious = ", ".join(f"{v:.4f}" for v in values["iou_by_length"])
-        mix = lambda counts: ", ".join(  # noqa: E731
-            f"{html.escape(k)}: {v}" for k, v in sorted(counts.items())
+        ious = "<br>".join(
+            f"{n}: {stat(v, 4)}" for n, v in enumerate(values["iou_by_length"], start=1)
         )
         rows.append(
-            f"<tr><td>{basis}</td><td>{ious}</td><td>{values['beats_single_label']:.1%}</td>"
-            f"<td>{mix(values['operators'])}</td><td>{mix(values['categories'])}</td>"
-            f"<td>{values['beam_below_optimum']:.1%} (gap {values['beam_mean_gap']:.4f})</td></tr>"
+            f"<tr><td>{basis}</td><td>{ious}</td><td>{stat(values['beats_single_label'])}</td>"
+            f"<td>{stat(values['certified'])}</td><td>{stat(values['beam_below_optimum'])}</td>"
+            f"<td>{stat(values['beam_mean_gap'], 4)}</td></tr>"
         )
-    body = f"""<h1>Compositional explanations ({summary["units"]} units)</h1>
-<table><tr><th>basis</th><th>mean IoU by length</th><th>beats single label</th>
-<th>operators</th><th>categories</th><th>beam below optimum</th></tr>{"".join(rows)}</table>
-<img src="compositional.png" alt="mean IoU against formula length">
-<p>Formulas: <a href="units/formulas.html">units</a>, <a href="rotated/formulas.html">rotated</a>.
-Config: <code>{html.escape(json.dumps(summary["config"]))}</code></p>"""
+    links = "<br>".join(
+        f"seed {seed}: "
+        + ", ".join(
+            f'<a href="explanations/seed{seed}/{basis}/formulas.html">{basis}</a>'
+            for basis in summary["bases"]
+        )
+        for seed in summary["seeds"]
+    )
+    body = f"""<h1>Compositional explanations ({summary["units"]} units of {html.escape(summary["layer"])})</h1>
+<p>{len(summary["seeds"])} seed(s); run in {summary["seconds"]} s. Numbers are means over
+seeds with their 95 % t-interval in brackets; shares are fractions of the units.</p>
+{claims_html(summary["claims"])}
+<h2>Numbers</h2>
+<table><tr><th>basis</th><th>mean exact IoU by formula length</th>
+<th>share beating their single label by {summary["config"]["margin"]}</th>
+<th>share proved optimal</th><th>share of beam results below the optimum</th>
+<th>their mean gap</th></tr>{"".join(rows)}</table>
+<h2>Plots</h2>
+{figure_html("compositional.png", "The best formula's IoU grows with its length, more for the units than for a random rotation of their basis (line: mean over seeds; band: 95 % interval).")}
+{figure_html("formula_mix.png", "Which operators and which categories of concepts the best formulas use, per basis (bar: mean count over seeds; error bar: 95 % interval).")}
+<p>Formulas by seed: {links}</p>
+<p>Config: <code>{html.escape(json.dumps(summary["config"]))}</code></p>"""
     return write_page(workdir / "summary.html", "Compositional explanations", body)
 
 

@@ -94,6 +94,21 @@ def _counts_table(results: dict, path: Path) -> list[str]:
         alphas = [f"alpha {row['alpha']:g}" for row in next(iter(table.values()))]
         rows = [[t, *(_stat(row["unique"]) for row in found)] for t, found in table.items()]
         return _table(["IoU threshold", *alphas], rows)
+    if study == "compositional":
+        bases = _field(results, path, "bases")
+        lengths = len(next(iter(bases.values()))["iou_by_length"])
+        rows = [
+            [
+                basis,
+                *(_stat(stat, 3) for stat in found["iou_by_length"]),
+                _stat(found["beats_single_label"], 3),
+                _stat(found["beam_below_optimum"], 3),
+            ]
+            for basis, found in bases.items()
+        ]
+        header = [f"{results.get('layer', '')} basis".strip()]
+        header += [f"mean IoU, length {n}" for n in range(1, lengths + 1)]
+        return _table([*header, "share beating single label", "share of beam below optimum"], rows)
     rows = [
         [
             f"{row['variant']} ({row['layer']})",

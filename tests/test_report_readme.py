@@ -153,3 +153,42 @@ def test_explain_results_give_a_segmentation_table(tmp_path):
     write_results(tmp_path, "explain", explain)
     block = report_readme.generate(tmp_path)
     assert "| material | 0.032 [undefined: 1 seed] | 0.041 [undefined: 1 seed] |" in block
+
+
+def test_compositional_results_give_an_iou_by_length_table(tmp_path):
+    def basis(ious, beats, below):
+        return {
+            "iou_by_length": [stat([v, v], v, [v - 0.01, v + 0.01]) for v in ious],
+            "beats_single_label": stat([beats, beats], beats, [beats, beats]),
+            "beam_below_optimum": stat([below, below], below, None),
+        }
+
+    compositional = {
+        "study": "compositional",
+        "config": {"steps": 1500, "probe": {"images": 600, "image_size": 64}},
+        "layer": "conv5",
+        "seeds": [0, 1],
+        "claims": [],
+        "bases": {
+            "units": basis([0.05, 0.07, 0.08], 0.5, 0.125),
+            "rotated": basis([0.04, 0.05, 0.055], 0.25, 0.0),
+        },
+    }
+    write_results(tmp_path, "compositional", compositional)
+    block = report_readme.generate(tmp_path)
+    # Written by hand from the results above.
+    expected = """2 seed(s); 1500 training steps; probe: 600 images at 64 px. Produced with: commit unknown.
+
+| claim (paper) | difference | mean difference [95 % interval] | seeds | verdict |
+| --- | --- | --- | --- | --- |
+
+Of 0 claims: 0 replicated, 0 contradicted, 0 inconclusive (the 95 % interval contains 0, or one seed).
+
+Counts (mean over seeds [95 % interval]):
+
+| conv5 basis | mean IoU, length 1 | mean IoU, length 2 | mean IoU, length 3 | share beating single label | share of beam below optimum |
+| --- | --- | --- | --- | --- | --- |
+| units | 0.050 [0.040, 0.060] | 0.070 [0.060, 0.080] | 0.080 [0.070, 0.090] | 0.500 [0.500, 0.500] | 0.125 [undefined: 1 seed] |
+| rotated | 0.040 [0.030, 0.050] | 0.050 [0.040, 0.060] | 0.055 [0.045, 0.065] | 0.250 [0.250, 0.250] | 0.000 [undefined: 1 seed] |
+"""
+    assert expected in block
