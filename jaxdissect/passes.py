@@ -24,6 +24,7 @@ from jaxdissect.data.cache import LabelArrays
 from jaxdissect.dissection import Thresholds
 from jaxdissect.kernels import select_backend
 from jaxdissect.kernels.base import ActivationSource, Backend, Shapes, Statistic
+from jaxdissect.timings import mark
 
 # Steps dispatched ahead of the devices at most: JAX dispatches asynchronously, and without a
 # bound a fast host would queue every batch of a pass in memory.
@@ -108,6 +109,8 @@ def run_pass(
         number = batch.number
         for layer, statistic in statistics.items():
             states[layer] = statistic.update(states[layer], batch._replace(acts=batch.acts[layer]))
+        if number == first + 1:  # the first batch carries the one-time costs (kernel loading)
+            mark(f"{name} first batch")
         if number % IN_FLIGHT == 0:  # bound the queued batches: memory stays flat
             backend.wait(states)
         if checkpoints is not None:
