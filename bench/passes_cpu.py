@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 
+import numba
 import numpy as np
 
 from bench.lite_loop import lite_tally
@@ -53,8 +54,9 @@ def quantile_kernel(features, batch_size):
 
 
 def tally_kernels(features, thresholds, labels, dataset, batch_size):
-    """Seconds in ``_slot_areas`` and in ``_unit_counts`` over all batches (the arguments
-    prepared as ``cpu_tally_batch`` prepares them, outside the timing)."""
+    """Seconds in ``_slot_areas`` and in ``_unit_counts`` over all batches, the arguments
+    prepared outside the timing (every category marked present: these counts are not
+    compared, the pass's are)."""
     n, height, width, units = features.shape
     rows, columns = axis_cells(112, height), axis_cells(112, width)
     category = np.asarray(dataset.label_category, np.int64)
@@ -108,9 +110,7 @@ def main(argv=None):
     dataset = synthetic_dataset(n, 112)
     source, shapes = features_source(features)
     config = DissectConfig(batch_size=args.batch_size, union="lite", kernel="cpu")
-    print(
-        f"machine: {os.cpu_count()} CPU cores; numba threads {os.environ.get('NUMBA_NUM_THREADS', 'all')}"
-    )
+    print(f"machine: {os.cpu_count()} CPU cores; Numba threads {numba.get_num_threads()}")
     print(
         f"workload: {n} images, {features.shape[1:]} features, 112x112 labels in "
         f"{labels.slot_planes.shape[1]} planes; batches of {args.batch_size}; "
