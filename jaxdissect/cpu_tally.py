@@ -67,16 +67,24 @@ def axis_cells(out_size: int, in_size: int) -> AxisCells:
     )
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _slot_areas(slot_planes, num_slots):  # pragma: no cover - compiled
     """(B, S+1) int64 pixels of each slot over all planes of each image."""
-    batch, planes, height, width = slot_planes.shape
+    batch = slot_planes.shape[0]
     areas = np.zeros((batch, num_slots), np.int64)
-    for i in numba.prange(batch):
-        for p in range(planes):
-            for y in range(height):
-                for x in range(width):
-                    areas[i, slot_planes[i, p, y, x]] += 1
+    for i in range(batch):
+        pixels = slot_planes[i].reshape(-1)
+        if pixels.size == 0:
+            continue
+        # Neighbouring pixels mostly share a slot: a run is counted in a register and added
+        # once (an add to memory per pixel chains each store to the next load). Runs go on
+        # across rows and planes. On one core: a batch takes about a millisecond.
+        slot, start = pixels[0], 0
+        for x in range(1, pixels.size):
+            if pixels[x] != slot:
+                areas[i, slot] += x - start
+                slot, start = pixels[x], x
+        areas[i, slot] += pixels.size - start
     return areas
 
 
@@ -102,53 +110,67 @@ def _unit_counts(
     num_categories = unit_area.shape[1]
     row_first, row_taps, row_start, row_length, row_weights = rows
     col_first, col_taps, col_start, col_length, col_weights = columns
+    # Column weights as (cell, tap, pixel): contiguous along a pixel row.
+    col_weights_t = np.ascontiguousarray(col_weights.transpose(0, 2, 1))
     for u in numba.prange(units):
         threshold = thresholds[u]
         # One cell's horizontal pass: per source row it mixes, per pixel column (float32).
         across = np.empty((row_weights.shape[2], col_weights.shape[1]), np.float32)
-        hit = np.zeros(num_categories, np.bool_)
+        column = np.empty(col_weights.shape[1], np.float64)  # one pixel row's sums
+        hit = np.empty(num_categories, np.bool_)
+        # Active pixels per slot of one image: labels and categories are looked up once
+        # per slot, not once per pixel and plane.
+        hits = np.zeros(slot_labels.shape[1], np.int64)
         for i in range(batch):
             a = acts[i, u]
             if a.max() <= threshold:
                 continue  # the whole mask is off
             area = 0
-            hit[:] = False
+            hits[:] = 0
             for cy in range(row_first.shape[0]):
                 y0, ny = row_first[cy], row_taps[cy]
                 for cx in range(col_first.shape[0]):
                     x0, nx = col_first[cx], col_taps[cx]
                     if a[y0 : y0 + ny, x0 : x0 + nx].max() <= threshold:
                         continue  # no pixel of this cell can pass
+                    # Both passes run along a pixel row (they vectorise), each pixel's sum
+                    # in PIL's order: taps ascending, from 0.0, in float64.
+                    nc = col_length[cx]
                     for r in range(ny):
-                        for c in range(col_length[cx]):
-                            total = 0.0
-                            for j in range(nx):
-                                total += np.float64(a[y0 + r, x0 + j]) * col_weights[cx, c, j]
-                            across[r, c] = total
+                        column[:nc] = 0.0
+                        for j in range(nx):
+                            value = np.float64(a[y0 + r, x0 + j])
+                            for c in range(nc):
+                                column[c] += value * col_weights_t[cx, j, c]
+                        for c in range(nc):
+                            across[r, c] = column[c]  # rounded to float32, as PIL's pass
                     for rr in range(row_length[cy]):
                         y = row_start[cy] + rr
-                        for c in range(col_length[cx]):
-                            total = 0.0
-                            for r in range(ny):
-                                total += np.float64(across[r, c]) * row_weights[cy, rr, r]
-                            if np.float32(total) > threshold:
+                        column[:nc] = 0.0
+                        for r in range(ny):
+                            weight = row_weights[cy, rr, r]
+                            for c in range(nc):
+                                column[c] += np.float64(across[r, c]) * weight
+                        for c in range(nc):
+                            if np.float32(column[c]) > threshold:
                                 area += 1
                                 x = col_start[cx] + c
                                 for p in range(planes):
-                                    slot = slot_planes[i, p, y, x]
-                                    if slot != 0:
-                                        label = slot_labels[i, slot]
-                                        intersection[u, label] += 1
-                                        if lite and label_category[label] >= 0:
-                                            hit[label_category[label]] = True
+                                    hits[slot_planes[i, p, y, x]] += 1
             if area == 0:
                 continue
+            hit[:] = image_categories[i] if lite else present[i]
+            for slot in range(1, hits.shape[0]):
+                if hits[slot] > 0:
+                    label = slot_labels[i, slot]
+                    intersection[u, label] += hits[slot]
+                    if lite and label_category[label] >= 0:
+                        hit[label_category[label]] = True
             for m in range(image_labels.shape[1]):
                 if image_labels[i, m] > 0:
                     intersection[u, image_labels[i, m]] += area
             for c in range(num_categories):
-                counted = (hit[c] or image_categories[i, c]) if lite else present[i, c]
-                if counted:
+                if hit[c]:
                     unit_area[u, c] += area
 
 

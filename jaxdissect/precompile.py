@@ -17,7 +17,8 @@ import numpy as np
 
 
 def precompile() -> None:
-    """Calls ``cpu_quantile_update`` and ``cpu_tally_batch`` once each on tiny inputs."""
+    """Calls ``cpu_quantile_update`` (serial and parallel) and ``cpu_tally_batch`` on tiny
+    inputs."""
     from jaxdissect.cpu_quantile import cpu_quantile_init, cpu_quantile_update
     from jaxdissect.cpu_tally import axis_cells, cpu_tally_batch
 
@@ -25,7 +26,8 @@ def precompile() -> None:
     frozen = acts.copy()
     frozen.flags.writeable = False  # a features file's memory map: another Numba type
     for batch in (acts, frozen):
-        cpu_quantile_update(cpu_quantile_init(4, 0.1, 2 * 3 * 3, 8), batch)
+        for parallel in (False, True):  # small batches, and large ones on every core
+            cpu_quantile_update(cpu_quantile_init(4, 0.1, 2 * 3 * 3, 8), batch, parallel)
     planes = np.ones((2, 1, 6, 6), np.uint8)  # slot 1 everywhere
     planes.flags.writeable = False  # as the decoded-label cache's memory map
     counts = (np.zeros(3, np.int64), np.zeros((4, 3), np.int64), np.zeros((4, 2), np.int64))

@@ -88,17 +88,26 @@ def top_images_update_host(
       indices: (B,) the rows' image indices.
     """
     units, k = state.values.shape
-    maxima = acts.max(axis=(1, 2)).T  # (U, B)
-    values = np.concatenate([state.values, maxima], axis=1)
-    image = np.concatenate([state.indices, np.broadcast_to(indices, maxima.shape)], axis=1)
-    order = np.lexsort((image, -values), axis=-1)[:, :k]
-    unit = np.broadcast_to(np.arange(units)[:, None], order.shape)
-    kept = order < k  # already in the state, else the batch's row order - k
-    maps = np.empty_like(state.maps)
-    maps[kept] = state.maps[unit[kept], order[kept]]
-    maps[~kept] = acts[order[~kept] - k, :, :, unit[~kept]]
-    return TopImagesState(
-        np.take_along_axis(values, order, axis=1),
-        np.take_along_axis(image, order, axis=1).astype(np.int32),
-        maps,
+    batch = acts.shape[0]
+    maxima = acts.reshape(batch, -1, units).max(axis=1).T  # (U, B)
+    # Only units where an image ranks above the k-th kept one (a larger maximum, or an equal
+    # one and a lower index) change, a few once the top fills: the rest are copied.
+    floor, floor_image = state.values[:, -1:], state.indices[:, -1:]
+    changes = ((maxima > floor) | ((maxima == floor) & (indices < floor_image))).any(axis=1)
+    rows = np.flatnonzero(changes | np.isnan(floor[:, 0]))  # NaN sorts last: redo the row
+    values = np.concatenate([state.values[rows], maxima[rows]], axis=1)
+    image = np.concatenate(
+        [state.indices[rows], np.broadcast_to(indices, (len(rows), batch))], axis=1
     )
+    order = np.lexsort((image, -values), axis=-1)[:, :k]
+    unit = np.broadcast_to(rows[:, None], order.shape)
+    kept = order < k  # already in the state, else the batch's row order - k
+    changed = np.empty((len(rows), *state.maps.shape[1:]), state.maps.dtype)
+    changed[kept] = state.maps[unit[kept], order[kept]]
+    changed[~kept] = acts[order[~kept] - k, :, :, unit[~kept]]
+    maps = state.maps.copy()
+    maps[rows] = changed
+    result_values, result_indices = state.values.copy(), state.indices.copy()
+    result_values[rows] = np.take_along_axis(values, order, axis=1)
+    result_indices[rows] = np.take_along_axis(image, order, axis=1)
+    return TopImagesState(result_values, result_indices, maps)

@@ -53,3 +53,24 @@ def test_cpu_kernel_refuses_indices_out_of_range():
             **common,
         )
     assert not any(t.any() for t in totals)  # nothing was counted
+
+
+def test_slot_areas_equal_bincount():
+    """Pixels per slot, counted by runs: blocky planes (runs across rows and planes), noise
+    (a new run at almost every pixel), one-pixel and empty planes, a read-only memory map's
+    type; against np.bincount."""
+    from bench.workload import broden_like
+    from jaxdissect.cpu_tally import _slot_areas
+
+    rng = np.random.default_rng(5)
+    blocky = broden_like(6, 0, 32).slot_planes
+    blocky.flags.writeable = False
+    for planes in (
+        blocky,
+        rng.integers(0, blocky.max() + 1, blocky.shape).astype(np.uint8),
+        np.full((3, 2, 1, 1), 7, np.uint8),
+        np.zeros((2, 0, 4, 4), np.uint8),
+    ):
+        slots = int(planes.max(initial=0)) + 2
+        expected = [np.bincount(image.ravel(), minlength=slots) for image in planes]
+        np.testing.assert_array_equal(_slot_areas(planes, slots), expected)

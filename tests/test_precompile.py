@@ -24,7 +24,12 @@ def test_precompile_caches_what_a_dissection_uses(probe, tmp_path):
     _run(["-m", "jaxdissect.precompile"], numba_cache)
     cached = sorted(p.name for p in numba_cache.rglob("*.nbc"))
     kernels = {name.split("-")[0] for name in cached}
-    assert kernels == {"cpu_quantile._fold", "cpu_tally._slot_areas", "cpu_tally._unit_counts"}
+    assert kernels == {
+        "cpu_quantile._fold_units",
+        "cpu_quantile._fold_parallel",
+        "cpu_tally._slot_areas",
+        "cpu_tally._unit_counts",
+    }
 
     # A CPU dissection then loads those and compiles nothing: no new machine code cached.
     features = tmp_path / "features.npy"
