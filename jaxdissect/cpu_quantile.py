@@ -25,7 +25,7 @@ def cpu_quantile_init(
 
 # Values per batch above which the top-k runs on every core: a parallel region costs
 # microseconds on idle cores but milliseconds on busy shared ones, more than a small batch's
-# whole fold (about a nanosecond a value).
+# whole fold (a few nanoseconds a value).
 PARALLEL_VALUES = 2**23
 
 

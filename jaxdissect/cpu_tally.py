@@ -78,7 +78,7 @@ def _slot_areas(slot_planes, num_slots):  # pragma: no cover - compiled
             continue
         # Neighbouring pixels mostly share a slot: a run is counted in a register and added
         # once (an add to memory per pixel chains each store to the next load). Runs go on
-        # across rows and planes. On one core: a batch takes about a millisecond.
+        # across rows and planes. It runs on one core: a batch takes about a millisecond.
         slot, start = pixels[0], 0
         for x in range(1, pixels.size):
             if pixels[x] != slot:
