@@ -48,13 +48,14 @@ class Activations(NamedTuple):
 
 
 def file_identity(path: str | Path) -> dict:
-    """A file's identity by content: its size and a BLAKE2 hash of the whole file up to
+    """A file's identity by content: its size and a SHA-256 hash of the whole file up to
     WHOLE_FILE_HASH_LIMIT bytes; beyond, of its first and last blocks and SAMPLED_BLOCKS
     evenly spaced ones (a change elsewhere goes unseen, so the size, modification and
     change times and inode are recorded too: rewriting a file changes its change time)."""
     path = Path(path)
     stat = path.stat()
-    digest = hashlib.blake2b(digest_size=16)
+    # SHA-256: with the CPUs' SHA instructions, OpenSSL hashes it 2.5x as fast as BLAKE2.
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         if stat.st_size <= WHOLE_FILE_HASH_LIMIT:
             while block := f.read(2**22):
@@ -62,7 +63,7 @@ def file_identity(path: str | Path) -> dict:
             return {
                 "path": str(path.absolute()),
                 "size": stat.st_size,
-                "blake2b": digest.hexdigest(),
+                "sha256": digest.hexdigest(),
             }
         step = stat.st_size // SAMPLED_BLOCKS
         for offset in [*range(0, stat.st_size, step), stat.st_size - BLOCK_BYTES]:
@@ -71,7 +72,7 @@ def file_identity(path: str | Path) -> dict:
     return {
         "path": str(path.absolute()),
         "size": stat.st_size,
-        "sampled_blake2b": digest.hexdigest(),
+        "sampled_sha256": digest.hexdigest(),
         "mtime_ns": stat.st_mtime_ns,
         "ctime_ns": stat.st_ctime_ns,
         "inode": stat.st_ino,
@@ -80,8 +81,8 @@ def file_identity(path: str | Path) -> dict:
 
 def array_identity(array: np.ndarray) -> dict:
     """An in-memory array's identity: shape, dtype and a hash of its bytes."""
-    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).ravel(), digest_size=16)
-    return {"shape": list(array.shape), "dtype": str(array.dtype), "blake2b": digest.hexdigest()}
+    digest = hashlib.sha256(np.ascontiguousarray(array).view(np.uint8).ravel())
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": digest.hexdigest()}
 
 
 def open_features(path: str | Path):
