@@ -3,7 +3,8 @@
 Both search the programs of ``formulas`` (a formula extended one concept at a time by AND,
 OR, AND NOT, or ``(x AND NOT F)``) over each unit's candidate concepts: its
 ``labels_per_unit`` best single labels by IoU, as Mu & Andreas (2020) do. Every candidate is
-counted exactly on the packed masks (``formulas.extension_counts``): expanding a formula F
+counted exactly on the packed masks (a ``Counter``: compiled loops on the CPU, or the jitted
+``formulas.extension_counts`` sharded over devices): expanding a formula F
 gives, for every candidate x, t = |u & F & x| and |F & x|, from which all four children's
 intersections and areas follow:
 
@@ -25,22 +26,16 @@ else the largest bound left.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.formulas import (
-    AND,
-    ANDNOT,
-    NOP,
-    NOTAND,
-    OR,
-    extension_counts,
-    formula_counts,
-    intersection_counts,
-)
+from jaxdissect import formulas
+from jaxdissect.formulas import AND, ANDNOT, NOP, NOTAND, OR
 
 OPERATORS = (AND, OR, ANDNOT, NOTAND)
 # A bound within this of the best IoU cannot hide a better formula (float64 ratios of
@@ -126,24 +121,125 @@ def problem_from_masks(
     )
 
 
-def _chunks(problem: Problem):
-    words = problem.unit_bits.shape[1]
-    for start in range(0, words, problem.chunk_words):
-        stop = start + problem.chunk_words
-        yield (
-            jnp.asarray(problem.unit_bits[:, start:stop]),
-            jnp.asarray(problem.concept_bits[:, start:stop]),
-        )
+class Counter(NamedTuple):
+    """How the packed masks are counted: ``cpu_counter`` (compiled loops over the cores) or
+    ``xla_counter`` (jitted, the words sharded over every device). Both give the same
+    integers; ``select_counter`` picks one, once.
+
+    Attributes:
+      intersections: ``(problem)`` -> (U, C) int64 |u & c|.
+      extensions: ``(problem, rows, labels, ops, units)`` -> t, |F & x| (U', B, K) and I_F,
+        |F| (U', B), int64: every one-concept extension of programs (U', B, n) over the
+        candidates ``rows[units]`` (``formulas.extension_counts``).
+      formulas: ``(problem, rows, labels, ops, units)`` -> (|u & F|, |F|) (U', M) int64.
+    """
+
+    intersections: Callable
+    extensions: Callable
+    formulas: Callable
 
 
-def unit_concept_counts(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(|u & c| (U, C), |u| (U,), |c| (C,)) as int64, summed over the chunks."""
-    inter = np.zeros((problem.unit_bits.shape[0], problem.concept_bits.shape[0]), np.int64)
-    for units, concepts in _chunks(problem):
-        inter += np.asarray(intersection_counts(units, concepts), np.int64)
-    unit_area = _popcount_rows(problem.unit_bits)
-    concept_area = _popcount_rows(problem.concept_bits)
-    return inter, unit_area, concept_area
+def cpu_counter() -> Counter:
+    """Counts with Numba loops on the CPU cores (``formula_cpu``)."""
+    from jaxdissect import formula_cpu
+
+    def programs(kernel):
+        def count(problem, rows, labels, ops, units):
+            return kernel(
+                problem.unit_bits, problem.concept_bits, np.asarray(rows, np.int64),
+                np.ascontiguousarray(labels, np.int64), np.ascontiguousarray(ops, np.int64),
+                np.asarray(units, np.int64),
+            )  # fmt: skip
+
+        return count
+
+    return Counter(
+        lambda problem: formula_cpu.intersection_counts(problem.unit_bits, problem.concept_bits),
+        programs(formula_cpu.extension_counts),
+        programs(formula_cpu.formula_counts),
+    )
+
+
+@functools.cache
+def xla_counter() -> Counter:
+    """Counts with the jitted kernels of ``formulas``, each chunk of words split over a
+    ``Mesh`` of all devices (axis "data"): every device counts its words and the int32
+    partial counts are summed (``psum``), so any device count gives the same integers.
+    Units are padded to powers of two and chunks to a fixed width, so few shapes compile."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    words = NamedSharding(mesh, PartitionSpec(None, "data"))
+
+    def sharded(kernel, arguments):
+        def summed(*args):
+            return jax.tree.map(lambda c: jax.lax.psum(c, "data"), kernel(*args))
+
+        specs = (PartitionSpec(None, "data"),) * 2 + (PartitionSpec(),) * (arguments - 2)
+        return jax.jit(jax.shard_map(summed, mesh=mesh, in_specs=specs, out_specs=PartitionSpec()))
+
+    def chunks(problem: Problem, unit_rows):
+        """Chunks of words of the units' and concepts' masks, placed on the mesh (zero
+        words pad each to a multiple of the devices: they count nothing)."""
+        width = -(-problem.chunk_words // mesh.size) * mesh.size
+        for start in range(0, problem.unit_bits.shape[1], problem.chunk_words):
+            stop = start + problem.chunk_words
+            yield tuple(
+                jax.device_put(_pad_columns(bits[:, start:stop], width), words)
+                for bits in (problem.unit_bits[unit_rows], problem.concept_bits)
+            )
+
+    intersect = sharded(formulas.intersection_counts, 2)
+
+    def intersections(problem):
+        units = np.arange(problem.unit_bits.shape[0])
+        return sum(np.asarray(intersect(u, c), np.int64) for u, c in chunks(problem, units))
+
+    def programs(kernel):
+        step = sharded(kernel, 5)
+
+        def count(problem, rows, labels, ops, units):
+            padded = np.concatenate([units, np.full(_bucket(len(units)) - len(units), units[-1])])
+            pad = len(padded) - len(units)
+            labels = np.maximum(np.concatenate([labels, labels[-1:].repeat(pad, 0)]), 0)
+            ops = np.concatenate([ops, ops[-1:].repeat(pad, 0)])
+            small = [jnp.asarray(a, jnp.int32) for a in (rows[padded], labels, ops)]
+            totals = None
+            for unit_bits, concept_bits in chunks(problem, padded):
+                counts = [np.asarray(c, np.int64) for c in step(unit_bits, concept_bits, *small)]
+                totals = (
+                    counts
+                    if totals is None
+                    else [a + b for a, b in zip(totals, counts, strict=True)]
+                )
+            return [c[: len(units)] for c in totals]
+
+        return count
+
+    return Counter(
+        intersections, programs(formulas.extension_counts), programs(formulas.formula_counts)
+    )
+
+
+def _pad_columns(bits: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(bits, ((0, 0), (0, width - bits.shape[1])))
+
+
+def select_counter(config=None) -> Counter:
+    """The counter of the dissection's kernel (``kernels.kernel_name``): "cpu" -> Numba loops,
+    "xla" -> the sharded XLA kernels."""
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.kernels import kernel_name
+
+    return cpu_counter() if kernel_name(config or DissectConfig()) == "cpu" else xla_counter()
+
+
+def unit_concept_counts(
+    problem: Problem, counter: Counter | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(|u & c| (U, C), |u| (U,), |c| (C,)) as int64."""
+    inter = np.asarray((counter or select_counter()).intersections(problem), np.int64)
+    return inter, _popcount_rows(problem.unit_bits), _popcount_rows(problem.concept_bits)
 
 
 def _popcount_rows(bits: np.ndarray) -> np.ndarray:
@@ -173,10 +269,12 @@ class Candidates(NamedTuple):
     unit_area: np.ndarray
 
 
-def choose_candidates(problem: Problem, per_unit: int) -> Candidates:
+def choose_candidates(
+    problem: Problem, per_unit: int, counter: Counter | None = None
+) -> Candidates:
     """Each unit's ``per_unit`` best concepts by single IoU (ties: lower row first); concepts
     with an empty mask never count."""
-    inter, unit_area, concept_area = unit_concept_counts(problem)
+    inter, unit_area, concept_area = unit_concept_counts(problem, counter)
     single = iou_of(inter, concept_area[None, :], unit_area[:, None])
     single = np.where(concept_area[None, :] > 0, single, -1.0)
     per_unit = min(per_unit, int((concept_area > 0).sum()))
@@ -196,44 +294,21 @@ def _bucket(count: int) -> int:
     return 1 << max(count - 1, 0).bit_length()
 
 
-def _count(kernel, problem: Problem, candidates: Candidates, labels, ops, units):
-    """Sums ``kernel``'s int32 counts over the chunks of words, in int64, for ``units``
-    (padded to a power of two so that few shapes compile)."""
-    if units is None:
-        units = np.arange(problem.unit_bits.shape[0])
-    padded = np.concatenate([units, np.full(_bucket(len(units)) - len(units), units[-1])])
-    pad = len(padded) - len(units)
-    rows = jnp.asarray(candidates.rows[padded], jnp.int32)
-    labels = np.maximum(np.concatenate([labels, labels[-1:].repeat(pad, 0)]), 0)
-    labels = jnp.asarray(labels, jnp.int32)
-    ops = jnp.asarray(np.concatenate([ops, ops[-1:].repeat(pad, 0)]), jnp.int32)
-    unit_bits = problem.unit_bits[padded]
-    totals = None
-    for start in range(0, unit_bits.shape[1], problem.chunk_words):
-        stop = start + problem.chunk_words
-        counts = kernel(
-            jnp.asarray(unit_bits[:, start:stop]),
-            jnp.asarray(problem.concept_bits[:, start:stop]),
-            rows,
-            labels,
-            ops,
-        )
-        counts = [np.asarray(c, np.int64) for c in counts]
-        totals = counts if totals is None else [a + b for a, b in zip(totals, counts, strict=True)]
-    return [c[: len(units)] for c in totals]
-
-
 def expand(
     problem: Problem,
     candidates: Candidates,
     labels: np.ndarray,
     ops: np.ndarray,
     units: np.ndarray | None = None,
+    counter: Counter | None = None,
 ):
     """Counts of every one-concept extension of programs (U', B, n) / (U', B, n - 1) over the
     candidates of ``units`` (default all): (t (U', B, K), |F & x| (U', B, K), I_F (U', B),
     |F| (U', B)), int64."""
-    return _count(extension_counts, problem, candidates, labels, ops, units)
+    if units is None:
+        units = np.arange(problem.unit_bits.shape[0])
+    counter = counter or select_counter()
+    return counter.extensions(problem, candidates.rows, labels, ops, units)
 
 
 def children(candidates: Candidates, t, both, inter, area) -> tuple[np.ndarray, np.ndarray]:
@@ -285,9 +360,16 @@ def _empty_programs(units, count, length):
     )
 
 
-def beam_search(problem: Problem, candidates: Candidates, length: int = 3, beam: int = 10):
+def beam_search(
+    problem: Problem,
+    candidates: Candidates,
+    length: int = 3,
+    beam: int = 10,
+    counter: Counter | None = None,
+):
     """Mu & Andreas's beam search: keep the ``beam`` best formulas found so far, extend each
     by every candidate and operator, ``length - 1`` times; the best formula seen wins."""
+    counter = counter or select_counter()
     units, k = candidates.rows.shape
     width = min(beam, k)
     single_iou = iou_of(candidates.intersection, candidates.area, candidates.unit_area[:, None])
@@ -298,7 +380,7 @@ def beam_search(problem: Problem, candidates: Candidates, length: int = 3, beam:
     beam_area = candidates.area[:, :width]
     expansions = np.zeros(units, np.int64)
     for _ in range(length - 1):
-        t, both, inter, area = expand(problem, candidates, labels, ops)
+        t, both, inter, area = expand(problem, candidates, labels, ops, counter=counter)
         expansions += width
         child_inter, child_area = children(candidates, t, both, inter, area)
         singles = np.zeros((units, k), bool)
@@ -468,6 +550,7 @@ def exact_search(
     max_expansions: int | None = None,
     child_round: int = 64,
     max_evaluations: int | None = None,
+    counter: Counter | None = None,
 ) -> SearchResult:
     """The best formula of length <= ``length`` over each unit's candidates, with a
     certificate.
@@ -479,8 +562,10 @@ def exact_search(
     ``child_round`` per unit and round, best bound first, while their bound
     (``child_bounds``) exceeds the best IoU. ``max_expansions`` and ``max_evaluations`` cap
     the expansions and last-step children per unit: a unit stopped by them is reported
-    uncertified, with the largest bound it left.
+    uncertified, with the largest bound it left. ``counter``: how masks are counted
+    (default ``select_counter()``).
     """
+    counter = counter or select_counter()
     units, k = candidates.rows.shape
     n_u = candidates.unit_area
     all_units = np.arange(units)
@@ -532,7 +617,9 @@ def exact_search(
     nodes = []
     for start in range(0, k, round_size):
         group = slice(start, start + round_size)
-        t, both, inter, area = expand(problem, candidates, labels[:, group], ops[:, group])
+        t, both, inter, area = expand(
+            problem, candidates, labels[:, group], ops[:, group], counter=counter
+        )
         pair_inter[:, group], pair_area[:, group] = t, both
         child_inter, child_area = children(candidates, t, both, inter, area)
         valid = _valid_children(labels[:, group], ops[:, group], singles)
@@ -564,7 +651,7 @@ def exact_search(
             _last_step(
                 problem, candidates, (pair_inter, pair_area),
                 (node_labels, node_ops, node_inter, node_area, node_valid),
-                best, left, evaluated, child_round, max_evaluations,
+                best, left, evaluated, child_round, max_evaluations, counter,
             )  # fmt: skip
             break
         bound = reach_bound(candidates, node_inter, length - level)
@@ -599,7 +686,7 @@ def exact_search(
                 active &= np.arange(round_size)[None] < (max_expansions - expansions[subset, None])
             labels_now = np.take_along_axis(node_labels[subset], picked[..., None], 1)
             ops_now = np.take_along_axis(node_ops[subset], picked[..., None], 1)
-            t, both, inter, area = expand(problem, candidates, labels_now, ops_now, subset)
+            t, both, inter, area = expand(problem, candidates, labels_now, ops_now, subset, counter)
             child_inter, child_area = children(
                 Candidates(*(x[subset] for x in candidates)), t, both, inter, area
             )
@@ -629,7 +716,7 @@ class _Best(NamedTuple):
     area: np.ndarray
 
 
-def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_size, cap):
+def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_size, cap, counter):
     """Scores the last step's children (F op x) of ``nodes`` one by one, best bound first,
     while their bound exceeds the unit's best IoU; updates ``best``, ``left`` (the largest
     bound not scored) and ``evaluated`` in place."""
@@ -689,7 +776,7 @@ def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_s
             np.take_along_axis(partner[subset], take, 1),
             length,
         )
-        inter, area = _count(formula_counts, problem, candidates, labels, ops, subset)
+        inter, area = counter.formulas(problem, candidates.rows, labels, ops, subset)
         scores = np.where(active, iou_of(inter, area, candidates.unit_area[subset, None]), -1.0)
         top = scores.argmax(1)
         rows = np.arange(len(subset))
@@ -854,15 +941,16 @@ def explain(
     )  # fmt: skip
     if not len(problem.concept_labels):
         raise DissectError(f"{dataset.directory}: no label covers any pixel")
-    candidates = choose_candidates(problem, labels_per_unit)
+    counter = select_counter(config)
+    candidates = choose_candidates(problem, labels_per_unit, counter)
     seconds["masks"] = time.perf_counter() - started
     started = time.perf_counter()
-    beam_result = beam_search(problem, candidates, length, beam)
+    beam_result = beam_search(problem, candidates, length, beam, counter)
     seconds["beam"] = time.perf_counter() - started
     exact_result = None
     if exact:
         started = time.perf_counter()
-        exact_result = exact_search(problem, candidates, length)
+        exact_result = exact_search(problem, candidates, length, counter=counter)
         seconds["exact"] = time.perf_counter() - started
     explanations = Explanations(
         layer, dataset.label_names, np.asarray(thresholds), problem, candidates,
