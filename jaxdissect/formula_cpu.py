@@ -58,20 +58,20 @@ def _program_tile(concept_bits, candidate_rows, labels, ops, start, count, out):
 
 @numba.njit(parallel=True, cache=True)
 def intersection_counts(unit_bits, concept_bits):  # pragma: no cover - compiled
-    """(U, C) int64 |u & c| of every unit and concept."""
-    units, words = unit_bits.shape
-    count = concept_bits.shape[0]
+    """(U, C) int64 |u & c| of every unit and concept, over the unit's non-zero words only
+    (a unit's mask, above a high quantile, is mostly empty)."""
+    units, count = unit_bits.shape[0], concept_bits.shape[0]
     out = np.zeros((units, count), np.int64)
     for u in numba.prange(units):
         unit = unit_bits[u]
-        for start in range(0, words, TILE):
-            stop = min(start + TILE, words)
-            for c in range(count):
-                concept = concept_bits[c]
-                total = 0
-                for w in range(start, stop):
-                    total += _popcount(unit[w] & concept[w])
-                out[u, c] += total
+        where = np.nonzero(unit)[0]
+        values = unit[where]
+        for c in range(count):
+            concept = concept_bits[c]
+            total = 0
+            for j in range(where.shape[0]):
+                total += _popcount(values[j] & concept[where[j]])
+            out[u, c] = total
     return out
 
 
@@ -92,10 +92,12 @@ def extension_counts(unit_bits, concept_bits, rows, labels, ops, units):  # prag
         candidate_rows = rows[units[i]]
         masks = np.empty((batch, TILE), np.uint32)
         hits = np.empty((batch, TILE), np.uint32)
+        live = np.empty(batch, np.int64)  # the parents whose tile is not empty
         for start in range(0, words, TILE):
             count = min(TILE, words - start)
+            alive = 0
             for b in range(batch):
-                mask, hit = masks[b], hits[b]
+                mask, hit = masks[alive], hits[alive]
                 _program_tile(
                     concept_bits, candidate_rows, labels[i, b], ops[i, b], start, count, mask
                 )
@@ -107,17 +109,20 @@ def extension_counts(unit_bits, concept_bits, rows, labels, ops, units):  # prag
                     total += _popcount(mask[w])
                 inter[i, b] += inside
                 area[i, b] += total
+                if total > 0:
+                    live[alive] = b
+                    alive += 1
             for x in range(k):
                 concept = concept_bits[candidate_rows[x]][start : start + count]
-                for b in range(batch):
-                    mask, hit = masks[b], hits[b]
+                for j in range(alive):
+                    mask, hit = masks[j], hits[j]
                     inside = 0
                     total = 0
                     for w in range(count):
                         inside += _popcount(hit[w] & concept[w])
                         total += _popcount(mask[w] & concept[w])
-                    t[i, b, x] += inside
-                    both[i, b, x] += total
+                    t[i, live[j], x] += inside
+                    both[i, live[j], x] += total
     return t, both, inter, area
 
 
@@ -146,3 +151,53 @@ def formula_counts(unit_bits, concept_bits, rows, labels, ops, units):  # pragma
                 inter[i, b] += inside
                 area[i, b] += total
     return inter, area
+
+
+@numba.njit(parallel=True, cache=True)
+def unit_mask_bits(
+    maps, thresholds, rows, row_weights, columns, column_weights, words
+):  # pragma: no cover
+    """(U, B, words) uint32 packed masks ``formulas.pack_bits(formulas.unit_masks(...))``:
+    (B, h, w, U) maps resized with ``upsample.resize_maps``'s arithmetic (same taps, same
+    float64 sums in the same order, rounded to float32 after each pass) and compared with
+    each unit's threshold (strict >). A map whose maximum is at most the threshold gives no
+    bit (bilinear weights are >= 0 and sum to 1, so no upsampled value exceeds the maximum)
+    and is skipped: most are, for a high quantile."""
+    batch, height, _, units = maps.shape
+    out_h, out_w = rows.shape[0], columns.shape[0]
+    out = np.zeros((units, batch, words), np.uint32)
+    for item in numba.prange(batch * units):
+        i, u = item // units, item % units
+        threshold = thresholds[u]
+        if maps[i, :, :, u].max() <= threshold:
+            continue
+        across = np.empty((height, out_w), np.float32)
+        for y in range(height):
+            for x in range(out_w):
+                total = 0.0
+                for tap in range(columns.shape[1]):
+                    total += np.float64(maps[i, y, columns[x, tap], u]) * column_weights[x, tap]
+                across[y, x] = np.float32(total)
+        for y in range(out_h):
+            for x in range(out_w):
+                total = 0.0
+                for tap in range(rows.shape[1]):
+                    total += np.float64(across[rows[y, tap], x]) * row_weights[y, tap]
+                if np.float32(total) > threshold:
+                    pixel = y * out_w + x
+                    out[u, i, pixel >> 5] |= np.uint32(1) << np.uint32(pixel & 31)
+    return out
+
+
+def pack_unit_masks(maps: np.ndarray, thresholds: np.ndarray, label_size) -> np.ndarray:
+    """(U, B, ceil(sh * sw / 32)) uint32: ``pack_bits(unit_masks(maps, thresholds,
+    label_size))`` without the float64 maps and boolean masks in memory."""
+    from jaxdissect.upsample import _axis_taps  # the taps resize_maps sums
+
+    out_h, out_w = label_size
+    rows, row_weights = _axis_taps(out_h, maps.shape[1])
+    columns, column_weights = _axis_taps(out_w, maps.shape[2])
+    return unit_mask_bits(
+        np.asarray(maps, np.float32), np.asarray(thresholds, np.float32), rows, row_weights,
+        columns, column_weights, -(-out_h * out_w // 32),
+    )  # fmt: skip

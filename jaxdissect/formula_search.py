@@ -843,7 +843,8 @@ def build_problem(
     """
     from tqdm.auto import tqdm
 
-    from jaxdissect.formulas import concept_masks, pack_bits, unit_masks
+    from jaxdissect.formula_cpu import pack_unit_masks
+    from jaxdissect.formulas import concept_masks, pack_bits
 
     wanted = np.arange(1, num_labels)
     unit_parts, concept_parts = [], []
@@ -852,7 +853,7 @@ def build_problem(
     ):
         stop = min(start + batch_size, num_images)
         maps = np.asarray(read(start, stop)[layer], np.float32)
-        unit_parts.append(pack_bits(unit_masks(maps, thresholds, label_size)))
+        unit_parts.append(pack_unit_masks(maps, thresholds, label_size))
         planes = labels.label_planes(start, stop)
         image_labels = np.asarray(labels.image_labels[start:stop])
         concept_parts.append(pack_bits(concept_masks(planes, image_labels, wanted)))
