@@ -201,3 +201,69 @@ def pack_unit_masks(maps: np.ndarray, thresholds: np.ndarray, label_size) -> np.
         np.asarray(maps, np.float32), np.asarray(thresholds, np.float32), rows, row_weights,
         columns, column_weights, -(-out_h * out_w // 32),
     )  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _interval(pair, universe, labels, ops, x):  # pragma: no cover - compiled
+    """[lo, hi] of |F & x| within a universe, from the pair counts of F's concepts (see
+    ``formula_search.child_bounds``)."""
+    lo = pair[max(labels[0], 0), x]
+    hi = lo
+    whole = universe[x]
+    for step in range(ops.shape[0]):
+        p = pair[max(labels[step + 1], 0), x]
+        op = ops[step]
+        if op == AND:
+            lo, hi = max(0, lo + p - whole), min(hi, p)
+        elif op == OR:
+            lo, hi = max(lo, p), min(whole, hi + p)
+        elif op == ANDNOT:
+            lo, hi = max(0, lo - p), min(hi, whole - p)
+        elif op == NOTAND:
+            lo, hi = max(0, p - hi), min(p, whole - lo)
+    return lo, hi
+
+
+@numba.njit(parallel=True, cache=True)
+def child_bounds(
+    a, s, unit_area, pair_inter, pair_false, labels, ops, inter, area, pixels, rounding
+):  # pragma: no cover - compiled
+    """(U, M, 4, K) float32 ``formula_search.child_bounds``; ``pair_false`` = |y & x - u|."""
+    units, count, length = labels.shape
+    k = a.shape[1]
+    out = np.empty((units, count, 4, k), np.float32)
+    false_x = s - a
+    for item in numba.prange(units * count):
+        u, m = item // count, item % count
+        n_u = unit_area[u]
+        inter_f = inter[u, m]
+        fp_f = area[u, m] - inter_f
+        for x in range(k):
+            used = False
+            for position in range(length):
+                used |= labels[u, m, position] == x
+            if used:
+                out[u, m, :, x] = -np.inf
+                continue
+            t_lo, t_hi = _interval(pair_inter[u], a[u], labels[u, m], ops[u, m], x)
+            g_lo, g_hi = _interval(pair_false[u], false_x[u], labels[u, m], ops[u, m], x)
+            a_x, fp_x = a[u, x], false_x[u, x]
+            t_lo = max(t_lo, max(0, inter_f + a_x - n_u))
+            t_hi = min(t_hi, min(inter_f, a_x))
+            g_lo = max(g_lo, max(0, fp_f + fp_x - (pixels - n_u)))
+            g_hi = min(g_hi, min(fp_f, fp_x))
+            for op in range(4):
+                if op == 0:
+                    best, least = t_hi, g_lo
+                elif op == 1:
+                    best, least = inter_f + a_x - t_lo, fp_f + fp_x - g_hi
+                elif op == 2:
+                    best, least = inter_f - t_lo, fp_f - g_hi
+                else:
+                    best, least = a_x - t_lo, fp_x - g_hi
+                union = np.float32(n_u + least)
+                if union > 0:
+                    out[u, m, op, x] = np.float32(best) / max(union, np.float32(1)) * rounding
+                else:
+                    out[u, m, op, x] = 0.0
+    return out

@@ -433,44 +433,10 @@ def _to_rows(candidates: Candidates, labels: np.ndarray) -> np.ndarray:
     return np.where(labels >= 0, rows, -1)
 
 
-def _intervals(labels, ops, pair, universe):
-    """[lo, hi] of |F & x| within a universe (the unit's pixels, or the others), for every
-    candidate x, by interval arithmetic over F's program from the pair counts
-    ``pair[y, x]`` = |y & x| (within the universe) of its concepts y; ``universe[x]`` =
-    |x| (within it). Shapes: labels (U, M, n), pair (U, K, K), universe (U, K) -> (U, M, K).
-
-    Each step is exact set algebra on the counts: for G = (F AND y), |G & x| = |F & y & x|
-    lies in [max(0, |F & x| + |y & x| - |x|), min(|F & x|, |y & x|)], and so on.
-    """
-    take = jax.vmap(lambda pairs, rows: pairs[rows])  # per unit: (M,) rows -> (M, K)
-    first = take(pair, jnp.maximum(labels[:, :, 0], 0))
-    lo, hi = first, first
-    whole = universe[:, None, :]
-    for step in range(ops.shape[-1]):
-        p = take(pair, jnp.maximum(labels[:, :, step + 1], 0))
-        op = ops[:, :, step, None]
-        conditions = [op == code for code in OPERATORS]
-        new_lo = jnp.select(
-            conditions,
-            [jnp.maximum(0, lo + p - whole), jnp.maximum(lo, p), jnp.maximum(0, lo - p),
-             jnp.maximum(0, p - hi)],
-            lo,
-        )  # fmt: skip
-        hi = jnp.select(
-            conditions,
-            [jnp.minimum(hi, p), jnp.minimum(whole, hi + p), jnp.minimum(hi, whole - p),
-             jnp.minimum(p, whole - lo)],
-            hi,
-        )  # fmt: skip
-        lo = new_lo
-    return lo, hi
-
-
 # float32 ratios are rounded: widen the bound by a few ulps so that it stays an upper bound.
 _ROUNDING = 1.0 + 2.0**-20
 
 
-@jax.jit
 def child_bounds(
     candidates: Candidates,
     pair_inter,
@@ -489,9 +455,11 @@ def child_bounds(
     at an end of t's and g's ranges: AND at (max t, min g); OR, AND NOT and (x AND NOT F) at
     (min t, max g). The ranges intersect the generic ones, t in [max(0, I_F + a_x - |u|),
     min(I_F, a_x)] and g in [max(0, FP_F + fp_x - (P - |u|)), min(FP_F, fp_x)], with those
-    from the pair counts of F's concepts (``_intervals``). So no child exceeds its bound.
-    Counts are int32 (exact below 2**31 pixels); the ratio, in float32, is widened by
-    ``_ROUNDING``.
+    from the pair counts of F's concepts (interval arithmetic over F's program: for
+    G = (F AND y), |G & x| = |F & y & x| lies in [max(0, |F & x| + |y & x| - |x|),
+    min(|F & x|, |y & x|)], and so on; ``formula_cpu._interval``). So no child exceeds its
+    bound. The ratio, in float32, is widened by ``_ROUNDING``. Compiled loops
+    (``formula_cpu.child_bounds``): host work, whatever counts the masks.
 
     Args:
       candidates: the units' candidates (a_x, |x|, |u|).
@@ -500,33 +468,14 @@ def child_bounds(
       inter, area: (U, M) I_F and |F|.
       pixels: P, all pixels of all images.
     """
-    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
-    a = i32(candidates.intersection)[:, None, :]
-    s = i32(candidates.area)[:, None, :]
-    fp_x = s - a
-    n_u = i32(candidates.unit_area)[:, None, None]
-    inter = i32(inter)[..., None]
-    fp_f = i32(area)[..., None] - inter
-    t_lo, t_hi = _intervals(labels, ops, i32(pair_inter), i32(candidates.intersection))
-    g_lo, g_hi = _intervals(
-        labels,
-        ops,
-        i32(pair_area) - i32(pair_inter),
-        i32(candidates.area) - i32(candidates.intersection),
-    )
-    t_lo = jnp.maximum(t_lo, jnp.maximum(0, inter + a - n_u))
-    t_hi = jnp.minimum(t_hi, jnp.minimum(inter, a))
-    g_lo = jnp.maximum(g_lo, jnp.maximum(0, fp_f + fp_x - (pixels - n_u)))
-    g_hi = jnp.minimum(g_hi, jnp.minimum(fp_f, fp_x))
-    best_inter = jnp.stack([t_hi, inter + a - t_lo, inter - t_lo, a - t_lo], axis=2)
-    least_fp = jnp.stack([g_lo, fp_f + fp_x - g_hi, fp_f - g_hi, fp_x - g_hi], axis=2)
-    union = (n_u[..., None] + least_fp).astype(jnp.float32)
-    bound = jnp.where(union > 0, best_inter / jnp.maximum(union, 1) * _ROUNDING, 0.0)
-    used = jnp.zeros(bound.shape[:2] + bound.shape[3:], bool)
-    positions = jnp.arange(bound.shape[3])
-    for position in range(labels.shape[2]):
-        used |= labels[:, :, position, None] == positions
-    return jnp.where(used[:, :, None, :], -jnp.inf, bound)
+    from jaxdissect import formula_cpu
+
+    i64 = lambda x: np.ascontiguousarray(x, np.int64)  # noqa: E731
+    return formula_cpu.child_bounds(
+        i64(candidates.intersection), i64(candidates.area), i64(candidates.unit_area),
+        i64(pair_inter), i64(pair_area) - i64(pair_inter), i64(labels), i64(ops), i64(inter),
+        i64(area), int(pixels), np.float32(_ROUNDING),
+    )  # fmt: skip
 
 
 def reach_bound(candidates: Candidates, inter: np.ndarray, steps: int) -> np.ndarray:
