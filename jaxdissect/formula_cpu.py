@@ -267,3 +267,43 @@ def child_bounds(
                 else:
                     out[u, m, op, x] = 0.0
     return out
+
+
+@numba.njit(parallel=True, cache=True)
+def partner_counts(
+    unit_bits, concept_bits, rows, labels, ops, parents, partners, units
+):  # pragma: no cover
+    """(|u & F & x|, |F & x|) (U', R) int64 of R (program F, concept x) pairs per unit:
+    F's program ``labels[i, j]``, ``ops[i, j]``, x = ``partners[i, j]`` (over the unit's
+    candidates). Pairs with the same ``parents[i, j]`` share F: each tile of F is built
+    once for them."""
+    selected, batch = partners.shape
+    words = unit_bits.shape[1]
+    t = np.zeros((selected, batch), np.int64)
+    both = np.zeros((selected, batch), np.int64)
+    for i in numba.prange(selected):
+        unit = unit_bits[units[i]]
+        candidate_rows = rows[units[i]]
+        order = np.argsort(parents[i], kind="mergesort")
+        mask = np.empty(TILE, np.uint32)
+        hit = np.empty(TILE, np.uint32)
+        for start in range(0, words, TILE):
+            count = min(TILE, words - start)
+            previous = -1
+            for j in order:
+                if parents[i, j] != previous:
+                    previous = parents[i, j]
+                    _program_tile(
+                        concept_bits, candidate_rows, labels[i, j], ops[i, j], start, count, mask
+                    )
+                    for w in range(count):
+                        hit[w] = mask[w] & unit[start + w]
+                concept = concept_bits[candidate_rows[partners[i, j]]]
+                inside = 0
+                total = 0
+                for w in range(count):
+                    inside += _popcount(hit[w] & concept[start + w])
+                    total += _popcount(mask[w] & concept[start + w])
+                t[i, j] += inside
+                both[i, j] += total
+    return t, both

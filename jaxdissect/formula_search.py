@@ -132,11 +132,15 @@ class Counter(NamedTuple):
         |F| (U', B), int64: every one-concept extension of programs (U', B, n) over the
         candidates ``rows[units]`` (``formulas.extension_counts``).
       formulas: ``(problem, rows, labels, ops, units)`` -> (|u & F|, |F|) (U', M) int64.
+      partners: ``(problem, rows, labels, ops, parents, partners, units)`` -> (|u & F & x|,
+        |F & x|) (U', R) int64 of pairs of a program F (U', R, n) and a candidate x
+        ``partners`` (U', R); pairs with equal ``parents`` (U', R) have the same F.
     """
 
     intersections: Callable
     extensions: Callable
     formulas: Callable
+    partners: Callable
 
 
 def cpu_counter() -> Counter:
@@ -153,10 +157,17 @@ def cpu_counter() -> Counter:
 
         return count
 
+    def partners(problem, rows, labels, ops, parents, partners, units):
+        return formula_cpu.partner_counts(
+            problem.unit_bits, problem.concept_bits, np.asarray(rows, np.int64),
+            *(np.ascontiguousarray(a, np.int64) for a in (labels, ops, parents, partners, units)),
+        )  # fmt: skip
+
     return Counter(
         lambda problem: formula_cpu.intersection_counts(problem.unit_bits, problem.concept_bits),
         programs(formula_cpu.extension_counts),
         programs(formula_cpu.formula_counts),
+        partners,
     )
 
 
@@ -216,9 +227,14 @@ def xla_counter() -> Counter:
 
         return count
 
-    return Counter(
-        intersections, programs(formulas.extension_counts), programs(formulas.formula_counts)
-    )
+    formula_step = programs(formulas.formula_counts)
+
+    def partners(problem, rows, labels, ops, parents, partners, units):
+        """|u & (F AND x)| and |F AND x|, by ``formula_counts``."""
+        labels, ops = _append(labels, ops, np.zeros_like(partners), partners, labels.shape[-1])
+        return formula_step(problem, rows, labels, ops, units)
+
+    return Counter(intersections, programs(formulas.extension_counts), formula_step, partners)
 
 
 def _pad_columns(bits: np.ndarray, width: int) -> np.ndarray:
@@ -718,14 +734,21 @@ def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_s
         if cap is not None:
             active &= np.arange(round_size)[None] < (cap - evaluated[subset, None])
         parents = np.take_along_axis(node[subset], take, 1)
-        labels, ops = _append(
-            np.take_along_axis(node_labels[subset], parents[..., None], 1),
-            np.take_along_axis(node_ops[subset], parents[..., None], 1),
-            np.take_along_axis(op_index[subset], take, 1),
-            np.take_along_axis(partner[subset], take, 1),
-            length,
+        parent_labels = np.take_along_axis(node_labels[subset], parents[..., None], 1)
+        parent_ops = np.take_along_axis(node_ops[subset], parents[..., None], 1)
+        operators = np.take_along_axis(op_index[subset], take, 1)
+        partners = np.take_along_axis(partner[subset], take, 1)
+        t, both = counter.partners(
+            problem, candidates.rows, parent_labels, parent_ops, parents, partners, subset
         )
-        inter, area = counter.formulas(problem, candidates.rows, labels, ops, subset)
+        # The child's counts from t and |F & x| (module docstring).
+        inter_f = np.take_along_axis(node_inter[subset], parents, 1)
+        area_f = np.take_along_axis(node_area[subset], parents, 1)
+        a = np.take_along_axis(candidates.intersection[subset], partners, 1)
+        s = np.take_along_axis(candidates.area[subset], partners, 1)
+        inter = np.choose(operators, [t, inter_f + a - t, inter_f - t, a - t])
+        area = np.choose(operators, [both, area_f + s - both, area_f - both, s - both])
+        labels, ops = _append(parent_labels, parent_ops, operators, partners, length)
         scores = np.where(active, iou_of(inter, area, candidates.unit_area[subset, None]), -1.0)
         top = scores.argmax(1)
         rows = np.arange(len(subset))
