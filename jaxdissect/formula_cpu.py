@@ -307,3 +307,37 @@ def partner_counts(
                 t[i, j] += inside
                 both[i, j] += total
     return t, both
+
+
+@numba.njit(parallel=True, cache=True)
+def pair_counts(unit_bits, concept_bits, rows, units):  # pragma: no cover - compiled
+    """(|u & x & y|, |x & y|) (U', K, K) int64 of every pair of the candidates of
+    ``units``: each pair counted once (y >= x), the matrices filled symmetrically."""
+    selected, k = units.shape[0], rows.shape[1]
+    words = unit_bits.shape[1]
+    t = np.zeros((selected, k, k), np.int64)
+    both = np.zeros((selected, k, k), np.int64)
+    for i in numba.prange(selected):
+        unit = unit_bits[units[i]]
+        candidate_rows = rows[units[i]]
+        hit = np.empty(TILE, np.uint32)
+        for start in range(0, words, TILE):
+            count = min(TILE, words - start)
+            for x in range(k):
+                first = concept_bits[candidate_rows[x]]
+                for w in range(count):
+                    hit[w] = first[start + w] & unit[start + w]
+                for y in range(x, k):
+                    second = concept_bits[candidate_rows[y]]
+                    inside = 0
+                    total = 0
+                    for w in range(count):
+                        inside += _popcount(hit[w] & second[start + w])
+                        total += _popcount(first[start + w] & second[start + w])
+                    t[i, x, y] += inside
+                    both[i, x, y] += total
+        for x in range(k):
+            for y in range(x):
+                t[i, x, y] = t[i, y, x]
+                both[i, x, y] = both[i, y, x]
+    return t, both

@@ -132,6 +132,8 @@ class Counter(NamedTuple):
         |F| (U', B), int64: every one-concept extension of programs (U', B, n) over the
         candidates ``rows[units]`` (``formulas.extension_counts``).
       formulas: ``(problem, rows, labels, ops, units)`` -> (|u & F|, |F|) (U', M) int64.
+      pairs: ``(problem, rows, units)`` -> (|u & x & y|, |x & y|) (U', K, K) int64 of every
+        pair of candidates.
       partners: ``(problem, rows, labels, ops, parents, partners, units)`` -> (|u & F & x|,
         |F & x|) (U', R) int64 of pairs of a program F (U', R, n) and a candidate x
         ``partners`` (U', R); pairs with equal ``parents`` (U', R) have the same F.
@@ -140,6 +142,7 @@ class Counter(NamedTuple):
     intersections: Callable
     extensions: Callable
     formulas: Callable
+    pairs: Callable
     partners: Callable
 
 
@@ -163,10 +166,17 @@ def cpu_counter() -> Counter:
             *(np.ascontiguousarray(a, np.int64) for a in (labels, ops, parents, partners, units)),
         )  # fmt: skip
 
+    def pairs(problem, rows, units):
+        return formula_cpu.pair_counts(
+            problem.unit_bits, problem.concept_bits, np.asarray(rows, np.int64),
+            np.asarray(units, np.int64),
+        )  # fmt: skip
+
     return Counter(
         lambda problem: formula_cpu.intersection_counts(problem.unit_bits, problem.concept_bits),
         programs(formula_cpu.extension_counts),
         programs(formula_cpu.formula_counts),
+        pairs,
         partners,
     )
 
@@ -227,14 +237,21 @@ def xla_counter() -> Counter:
 
         return count
 
+    extension_step = programs(formulas.extension_counts)
     formula_step = programs(formulas.formula_counts)
+
+    def pairs(problem, rows, units):
+        """Every single candidate expanded."""
+        labels, ops = _empty_programs(len(units), rows.shape[1], 1)
+        labels[:, :, 0] = np.arange(rows.shape[1])
+        return extension_step(problem, rows, labels, ops, units)[:2]
 
     def partners(problem, rows, labels, ops, parents, partners, units):
         """|u & (F AND x)| and |F AND x|, by ``formula_counts``."""
         labels, ops = _append(labels, ops, np.zeros_like(partners), partners, labels.shape[-1])
         return formula_step(problem, rows, labels, ops, units)
 
-    return Counter(intersections, programs(formulas.extension_counts), formula_step, partners)
+    return Counter(intersections, extension_step, formula_step, pairs, partners)
 
 
 def _pad_columns(bits: np.ndarray, width: int) -> np.ndarray:
@@ -577,15 +594,14 @@ def exact_search(
     # Level 1: every single concept, in groups; the pair counts serve the bounds.
     labels, ops = _empty_programs(units, k, length)
     labels[:, :, 0] = np.arange(k)
-    pair_inter, pair_area = np.zeros((units, k, k), np.int64), np.zeros((units, k, k), np.int64)
+    pair_inter, pair_area = counter.pairs(problem, candidates.rows, all_units)
     singles = np.ones((units, k), bool)
     nodes = []
     for start in range(0, k, round_size):
         group = slice(start, start + round_size)
-        t, both, inter, area = expand(
-            problem, candidates, labels[:, group], ops[:, group], counter=counter
-        )
-        pair_inter[:, group], pair_area[:, group] = t, both
+        # Expanding x: t = |u & x & y|, |x & y| for every y, and I_F = a_x, |F| = |x|.
+        t, both = pair_inter[:, group], pair_area[:, group]
+        inter, area = candidates.intersection[:, group], candidates.area[:, group]
         child_inter, child_area = children(candidates, t, both, inter, area)
         valid = _valid_children(labels[:, group], ops[:, group], singles)
         consider(labels[:, group], ops[:, group], child_inter, child_area, valid, all_units)
