@@ -296,16 +296,24 @@ def partner_counts(
                     _program_tile(
                         concept_bits, candidate_rows, labels[i, j], ops[i, j], start, count, mask
                     )
+                    any_mask = np.uint32(0)
+                    any_hit = np.uint32(0)
                     for w in range(count):
                         hit[w] = mask[w] & unit[start + w]
+                        any_mask |= mask[w]
+                        any_hit |= hit[w]
+                if any_mask == 0:  # an empty tile of F counts nothing
+                    continue
                 concept = concept_bits[candidate_rows[partners[i, j]]]
-                inside = 0
                 total = 0
                 for w in range(count):
-                    inside += _popcount(hit[w] & concept[start + w])
                     total += _popcount(mask[w] & concept[start + w])
-                t[i, j] += inside
                 both[i, j] += total
+                if any_hit != 0:
+                    inside = 0
+                    for w in range(count):
+                        inside += _popcount(hit[w] & concept[start + w])
+                    t[i, j] += inside
     return t, both
 
 
