@@ -276,7 +276,7 @@ def partner_counts(
     """(|u & F & x|, |F & x|) (U', R) int64 of R (program F, concept x) pairs per unit:
     F's program ``labels[i, j]``, ``ops[i, j]``, x = ``partners[i, j]`` (over the unit's
     candidates). Pairs with the same ``parents[i, j]`` share F: each tile of F is built
-    once for them."""
+    once for them; pairs with a negative one are skipped (counts 0)."""
     selected, batch = partners.shape
     words = unit_bits.shape[1]
     t = np.zeros((selected, batch), np.int64)
@@ -291,6 +291,8 @@ def partner_counts(
             count = min(TILE, words - start)
             previous = -1
             for j in order:
+                if parents[i, j] < 0:
+                    continue
                 if parents[i, j] != previous:
                     previous = parents[i, j]
                     _program_tile(

@@ -136,7 +136,8 @@ class Counter(NamedTuple):
         pair of candidates.
       partners: ``(problem, rows, labels, ops, parents, partners, units)`` -> (|u & F & x|,
         |F & x|) (U', R) int64 of pairs of a program F (U', R, n) and a candidate x
-        ``partners`` (U', R); pairs with equal ``parents`` (U', R) have the same F.
+        ``partners`` (U', R); pairs with equal ``parents`` (U', R) have the same F, and
+        those with a negative one need not be counted.
     """
 
     intersections: Callable
@@ -755,8 +756,9 @@ def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_s
         operators = np.take_along_axis(op_index[subset], take, 1)
         partners = np.take_along_axis(partner[subset], take, 1)
         t, both = counter.partners(
-            problem, candidates.rows, parent_labels, parent_ops, parents, partners, subset
-        )
+            problem, candidates.rows, parent_labels, parent_ops, np.where(active, parents, -1),
+            partners, subset,
+        )  # fmt: skip
         # The child's counts from t and |F & x| (module docstring).
         inter_f = np.take_along_axis(node_inter[subset], parents, 1)
         area_f = np.take_along_axis(node_area[subset], parents, 1)

@@ -373,13 +373,14 @@ def test_counters_equal_numpy(counter_name):
         for x, y in itertools.product(range(12), range(12)):
             pair = concepts[rows[u, x]] & concepts[rows[u, y]]
             assert t[i, x, y] == (pair & units[u]).sum() and both[i, x, y] == pair.sum()
-    # Pairs (F, x), two of them sharing F (parent 7), in an order that is not sorted by F.
-    labels = np.array([[[0, 3, -1], [4, -1, -1], [0, 3, -1]]] * 2)
-    ops = np.array([[[NOTAND, NOP], [NOP, NOP], [NOTAND, NOP]]] * 2)
-    parents, partners = np.array([[7, 1, 7]] * 2), np.array([[2, 6, 9]] * 2)
+    # Pairs (F, x), two of them sharing F (parent 7), in an order that is not sorted by F,
+    # and one that need not be counted (parent -1).
+    labels = np.array([[[0, 3, -1], [4, -1, -1], [1, 2, -1], [0, 3, -1]]] * 2)
+    ops = np.array([[[NOTAND, NOP], [NOP, NOP], [OR, NOP], [NOTAND, NOP]]] * 2)
+    parents, partners = np.array([[7, 1, -1, 7]] * 2), np.array([[2, 6, 5, 9]] * 2)
     t, both = counter.partners(problem, rows, labels, ops, parents, partners, chosen)
     for i, u in enumerate(chosen):
-        for j in range(3):
+        for j in (0, 1, 3):
             tree = program_tree(np.where(labels[i, j] >= 0, rows[u, labels[i, j]], -1), ops[i, j])
             mask = evaluate_tree(tree, concepts) & concepts[rows[u, partners[i, j]]]
             assert t[i, j] == (mask & units[u]).sum() and both[i, j] == mask.sum()
