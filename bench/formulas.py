@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     )  # fmt: skip
     run_start = time.perf_counter()
     explain(  # compile on a small problem first: the figures below are warm
-        dataset, features[:, :, :, :2], config, length=args.length, beam=args.beam, exact=True,
+        dataset, np.ascontiguousarray(features[..., :2]), config, length=args.length, beam=args.beam, exact=True,
         labels_per_unit=args.labels_per_unit, labels=labels, progress=False,
     )  # fmt: skip
     warmup = time.perf_counter() - run_start

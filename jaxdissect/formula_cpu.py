@@ -198,8 +198,8 @@ def pack_unit_masks(maps: np.ndarray, thresholds: np.ndarray, label_size) -> np.
     rows, row_weights = _axis_taps(out_h, maps.shape[1])
     columns, column_weights = _axis_taps(out_w, maps.shape[2])
     return unit_mask_bits(
-        np.asarray(maps, np.float32), np.asarray(thresholds, np.float32), rows, row_weights,
-        columns, column_weights, -(-out_h * out_w // 32),
+        np.ascontiguousarray(maps, np.float32), np.asarray(thresholds, np.float32), rows,
+        row_weights, columns, column_weights, -(-out_h * out_w // 32),
     )  # fmt: skip
 
 
