@@ -3,7 +3,8 @@
 Both search the programs of ``formulas`` (a formula extended one concept at a time by AND,
 OR, AND NOT, or ``(x AND NOT F)``) over each unit's candidate concepts: its
 ``labels_per_unit`` best single labels by IoU, as Mu & Andreas (2020) do. Every candidate is
-counted exactly on the packed masks (``formulas.extension_counts``): expanding a formula F
+counted exactly on the packed masks (a ``Counter``: compiled loops on the CPU, or the jitted
+``formulas.extension_counts`` sharded over devices): expanding a formula F
 gives, for every candidate x, t = |u & F & x| and |F & x|, from which all four children's
 intersections and areas follow:
 
@@ -25,22 +26,16 @@ else the largest bound left.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.formulas import (
-    AND,
-    ANDNOT,
-    NOP,
-    NOTAND,
-    OR,
-    extension_counts,
-    formula_counts,
-    intersection_counts,
-)
+from jaxdissect import formulas
+from jaxdissect.formulas import AND, ANDNOT, NOP, NOTAND, OR
 
 OPERATORS = (AND, OR, ANDNOT, NOTAND)
 # A bound within this of the best IoU cannot hide a better formula (float64 ratios of
@@ -126,24 +121,159 @@ def problem_from_masks(
     )
 
 
-def _chunks(problem: Problem):
-    words = problem.unit_bits.shape[1]
-    for start in range(0, words, problem.chunk_words):
-        stop = start + problem.chunk_words
-        yield (
-            jnp.asarray(problem.unit_bits[:, start:stop]),
-            jnp.asarray(problem.concept_bits[:, start:stop]),
-        )
+class Counter(NamedTuple):
+    """How the packed masks are counted: ``cpu_counter`` (compiled loops over the cores) or
+    ``xla_counter`` (jitted, the words sharded over every device). Both give the same
+    integers; ``select_counter`` picks one, once.
+
+    Attributes:
+      intersections: ``(problem)`` -> (U, C) int64 |u & c|.
+      extensions: ``(problem, rows, labels, ops, units)`` -> t, |F & x| (U', B, K) and I_F,
+        |F| (U', B), int64: every one-concept extension of programs (U', B, n) over the
+        candidates ``rows[units]`` (``formulas.extension_counts``).
+      formulas: ``(problem, rows, labels, ops, units)`` -> (|u & F|, |F|) (U', M) int64.
+      pairs: ``(problem, rows, units)`` -> (|u & x & y|, |x & y|) (U', K, K) int64 of every
+        pair of candidates.
+      partners: ``(problem, rows, labels, ops, parents, partners, units)`` -> (|u & F & x|,
+        |F & x|) (U', R) int64 of pairs of a program F (U', R, n) and a candidate x
+        ``partners`` (U', R); pairs with equal ``parents`` (U', R) have the same F, and
+        those with a negative one need not be counted.
+    """
+
+    intersections: Callable
+    extensions: Callable
+    formulas: Callable
+    pairs: Callable
+    partners: Callable
 
 
-def unit_concept_counts(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(|u & c| (U, C), |u| (U,), |c| (C,)) as int64, summed over the chunks."""
-    inter = np.zeros((problem.unit_bits.shape[0], problem.concept_bits.shape[0]), np.int64)
-    for units, concepts in _chunks(problem):
-        inter += np.asarray(intersection_counts(units, concepts), np.int64)
-    unit_area = _popcount_rows(problem.unit_bits)
-    concept_area = _popcount_rows(problem.concept_bits)
-    return inter, unit_area, concept_area
+def cpu_counter() -> Counter:
+    """Counts with Numba loops on the CPU cores (``formula_cpu``)."""
+    from jaxdissect import formula_cpu
+
+    def programs(kernel):
+        def count(problem, rows, labels, ops, units):
+            return kernel(
+                problem.unit_bits, problem.concept_bits, np.asarray(rows, np.int64),
+                np.ascontiguousarray(labels, np.int64), np.ascontiguousarray(ops, np.int64),
+                np.asarray(units, np.int64),
+            )  # fmt: skip
+
+        return count
+
+    def partners(problem, rows, labels, ops, parents, partners, units):
+        return formula_cpu.partner_counts(
+            problem.unit_bits, problem.concept_bits, np.asarray(rows, np.int64),
+            *(np.ascontiguousarray(a, np.int64) for a in (labels, ops, parents, partners, units)),
+        )  # fmt: skip
+
+    def pairs(problem, rows, units):
+        return formula_cpu.pair_counts(
+            problem.unit_bits, problem.concept_bits, np.asarray(rows, np.int64),
+            np.asarray(units, np.int64),
+        )  # fmt: skip
+
+    return Counter(
+        lambda problem: formula_cpu.intersection_counts(problem.unit_bits, problem.concept_bits),
+        programs(formula_cpu.extension_counts),
+        programs(formula_cpu.formula_counts),
+        pairs,
+        partners,
+    )
+
+
+@functools.cache
+def xla_counter() -> Counter:
+    """Counts with the jitted kernels of ``formulas``, each chunk of words split over a
+    ``Mesh`` of all devices (axis "data"): every device counts its words and the int32
+    partial counts are summed (``psum``), so any device count gives the same integers.
+    Units are padded to powers of two and chunks to a fixed width, so few shapes compile."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    words = NamedSharding(mesh, PartitionSpec(None, "data"))
+
+    def sharded(kernel, arguments):
+        def summed(*args):
+            return jax.tree.map(lambda c: jax.lax.psum(c, "data"), kernel(*args))
+
+        specs = (PartitionSpec(None, "data"),) * 2 + (PartitionSpec(),) * (arguments - 2)
+        return jax.jit(jax.shard_map(summed, mesh=mesh, in_specs=specs, out_specs=PartitionSpec()))
+
+    def chunks(problem: Problem, unit_rows):
+        """Chunks of words of the units' and concepts' masks, placed on the mesh (zero
+        words pad each to a multiple of the devices: they count nothing)."""
+        width = -(-problem.chunk_words // mesh.size) * mesh.size
+        for start in range(0, problem.unit_bits.shape[1], problem.chunk_words):
+            stop = start + problem.chunk_words
+            yield tuple(
+                jax.device_put(_pad_columns(bits[:, start:stop], width), words)
+                for bits in (problem.unit_bits[unit_rows], problem.concept_bits)
+            )
+
+    intersect = sharded(formulas.intersection_counts, 2)
+
+    def intersections(problem):
+        units = np.arange(problem.unit_bits.shape[0])
+        return sum(np.asarray(intersect(u, c), np.int64) for u, c in chunks(problem, units))
+
+    def programs(kernel):
+        step = sharded(kernel, 5)
+
+        def count(problem, rows, labels, ops, units):
+            padded = np.concatenate([units, np.full(_bucket(len(units)) - len(units), units[-1])])
+            pad = len(padded) - len(units)
+            labels = np.maximum(np.concatenate([labels, labels[-1:].repeat(pad, 0)]), 0)
+            ops = np.concatenate([ops, ops[-1:].repeat(pad, 0)])
+            small = [jnp.asarray(a, jnp.int32) for a in (rows[padded], labels, ops)]
+            totals = None
+            for unit_bits, concept_bits in chunks(problem, padded):
+                counts = [np.asarray(c, np.int64) for c in step(unit_bits, concept_bits, *small)]
+                totals = (
+                    counts
+                    if totals is None
+                    else [a + b for a, b in zip(totals, counts, strict=True)]
+                )
+            return [c[: len(units)] for c in totals]
+
+        return count
+
+    extension_step = programs(formulas.extension_counts)
+    formula_step = programs(formulas.formula_counts)
+
+    def pairs(problem, rows, units):
+        """Every single candidate expanded."""
+        labels, ops = _empty_programs(len(units), rows.shape[1], 1)
+        labels[:, :, 0] = np.arange(rows.shape[1])
+        return extension_step(problem, rows, labels, ops, units)[:2]
+
+    def partners(problem, rows, labels, ops, parents, partners, units):
+        """|u & (F AND x)| and |F AND x|, by ``formula_counts``."""
+        labels, ops = _append(labels, ops, np.zeros_like(partners), partners, labels.shape[-1])
+        return formula_step(problem, rows, labels, ops, units)
+
+    return Counter(intersections, extension_step, formula_step, pairs, partners)
+
+
+def _pad_columns(bits: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(bits, ((0, 0), (0, width - bits.shape[1])))
+
+
+def select_counter(config=None) -> Counter:
+    """The counter of the dissection's kernel (``kernels.kernel_name``): "cpu" -> Numba loops,
+    "xla" -> the sharded XLA kernels."""
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.kernels import kernel_name
+
+    return cpu_counter() if kernel_name(config or DissectConfig()) == "cpu" else xla_counter()
+
+
+def unit_concept_counts(
+    problem: Problem, counter: Counter | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(|u & c| (U, C), |u| (U,), |c| (C,)) as int64."""
+    inter = np.asarray((counter or select_counter()).intersections(problem), np.int64)
+    return inter, _popcount_rows(problem.unit_bits), _popcount_rows(problem.concept_bits)
 
 
 def _popcount_rows(bits: np.ndarray) -> np.ndarray:
@@ -173,10 +303,12 @@ class Candidates(NamedTuple):
     unit_area: np.ndarray
 
 
-def choose_candidates(problem: Problem, per_unit: int) -> Candidates:
+def choose_candidates(
+    problem: Problem, per_unit: int, counter: Counter | None = None
+) -> Candidates:
     """Each unit's ``per_unit`` best concepts by single IoU (ties: lower row first); concepts
     with an empty mask never count."""
-    inter, unit_area, concept_area = unit_concept_counts(problem)
+    inter, unit_area, concept_area = unit_concept_counts(problem, counter)
     single = iou_of(inter, concept_area[None, :], unit_area[:, None])
     single = np.where(concept_area[None, :] > 0, single, -1.0)
     per_unit = min(per_unit, int((concept_area > 0).sum()))
@@ -196,44 +328,21 @@ def _bucket(count: int) -> int:
     return 1 << max(count - 1, 0).bit_length()
 
 
-def _count(kernel, problem: Problem, candidates: Candidates, labels, ops, units):
-    """Sums ``kernel``'s int32 counts over the chunks of words, in int64, for ``units``
-    (padded to a power of two so that few shapes compile)."""
-    if units is None:
-        units = np.arange(problem.unit_bits.shape[0])
-    padded = np.concatenate([units, np.full(_bucket(len(units)) - len(units), units[-1])])
-    pad = len(padded) - len(units)
-    rows = jnp.asarray(candidates.rows[padded], jnp.int32)
-    labels = np.maximum(np.concatenate([labels, labels[-1:].repeat(pad, 0)]), 0)
-    labels = jnp.asarray(labels, jnp.int32)
-    ops = jnp.asarray(np.concatenate([ops, ops[-1:].repeat(pad, 0)]), jnp.int32)
-    unit_bits = problem.unit_bits[padded]
-    totals = None
-    for start in range(0, unit_bits.shape[1], problem.chunk_words):
-        stop = start + problem.chunk_words
-        counts = kernel(
-            jnp.asarray(unit_bits[:, start:stop]),
-            jnp.asarray(problem.concept_bits[:, start:stop]),
-            rows,
-            labels,
-            ops,
-        )
-        counts = [np.asarray(c, np.int64) for c in counts]
-        totals = counts if totals is None else [a + b for a, b in zip(totals, counts, strict=True)]
-    return [c[: len(units)] for c in totals]
-
-
 def expand(
     problem: Problem,
     candidates: Candidates,
     labels: np.ndarray,
     ops: np.ndarray,
     units: np.ndarray | None = None,
+    counter: Counter | None = None,
 ):
     """Counts of every one-concept extension of programs (U', B, n) / (U', B, n - 1) over the
     candidates of ``units`` (default all): (t (U', B, K), |F & x| (U', B, K), I_F (U', B),
     |F| (U', B)), int64."""
-    return _count(extension_counts, problem, candidates, labels, ops, units)
+    if units is None:
+        units = np.arange(problem.unit_bits.shape[0])
+    counter = counter or select_counter()
+    return counter.extensions(problem, candidates.rows, labels, ops, units)
 
 
 def children(candidates: Candidates, t, both, inter, area) -> tuple[np.ndarray, np.ndarray]:
@@ -285,9 +394,16 @@ def _empty_programs(units, count, length):
     )
 
 
-def beam_search(problem: Problem, candidates: Candidates, length: int = 3, beam: int = 10):
+def beam_search(
+    problem: Problem,
+    candidates: Candidates,
+    length: int = 3,
+    beam: int = 10,
+    counter: Counter | None = None,
+):
     """Mu & Andreas's beam search: keep the ``beam`` best formulas found so far, extend each
     by every candidate and operator, ``length - 1`` times; the best formula seen wins."""
+    counter = counter or select_counter()
     units, k = candidates.rows.shape
     width = min(beam, k)
     single_iou = iou_of(candidates.intersection, candidates.area, candidates.unit_area[:, None])
@@ -298,7 +414,7 @@ def beam_search(problem: Problem, candidates: Candidates, length: int = 3, beam:
     beam_area = candidates.area[:, :width]
     expansions = np.zeros(units, np.int64)
     for _ in range(length - 1):
-        t, both, inter, area = expand(problem, candidates, labels, ops)
+        t, both, inter, area = expand(problem, candidates, labels, ops, counter=counter)
         expansions += width
         child_inter, child_area = children(candidates, t, both, inter, area)
         singles = np.zeros((units, k), bool)
@@ -351,44 +467,10 @@ def _to_rows(candidates: Candidates, labels: np.ndarray) -> np.ndarray:
     return np.where(labels >= 0, rows, -1)
 
 
-def _intervals(labels, ops, pair, universe):
-    """[lo, hi] of |F & x| within a universe (the unit's pixels, or the others), for every
-    candidate x, by interval arithmetic over F's program from the pair counts
-    ``pair[y, x]`` = |y & x| (within the universe) of its concepts y; ``universe[x]`` =
-    |x| (within it). Shapes: labels (U, M, n), pair (U, K, K), universe (U, K) -> (U, M, K).
-
-    Each step is exact set algebra on the counts: for G = (F AND y), |G & x| = |F & y & x|
-    lies in [max(0, |F & x| + |y & x| - |x|), min(|F & x|, |y & x|)], and so on.
-    """
-    take = jax.vmap(lambda pairs, rows: pairs[rows])  # per unit: (M,) rows -> (M, K)
-    first = take(pair, jnp.maximum(labels[:, :, 0], 0))
-    lo, hi = first, first
-    whole = universe[:, None, :]
-    for step in range(ops.shape[-1]):
-        p = take(pair, jnp.maximum(labels[:, :, step + 1], 0))
-        op = ops[:, :, step, None]
-        conditions = [op == code for code in OPERATORS]
-        new_lo = jnp.select(
-            conditions,
-            [jnp.maximum(0, lo + p - whole), jnp.maximum(lo, p), jnp.maximum(0, lo - p),
-             jnp.maximum(0, p - hi)],
-            lo,
-        )  # fmt: skip
-        hi = jnp.select(
-            conditions,
-            [jnp.minimum(hi, p), jnp.minimum(whole, hi + p), jnp.minimum(hi, whole - p),
-             jnp.minimum(p, whole - lo)],
-            hi,
-        )  # fmt: skip
-        lo = new_lo
-    return lo, hi
-
-
 # float32 ratios are rounded: widen the bound by a few ulps so that it stays an upper bound.
 _ROUNDING = 1.0 + 2.0**-20
 
 
-@jax.jit
 def child_bounds(
     candidates: Candidates,
     pair_inter,
@@ -407,9 +489,11 @@ def child_bounds(
     at an end of t's and g's ranges: AND at (max t, min g); OR, AND NOT and (x AND NOT F) at
     (min t, max g). The ranges intersect the generic ones, t in [max(0, I_F + a_x - |u|),
     min(I_F, a_x)] and g in [max(0, FP_F + fp_x - (P - |u|)), min(FP_F, fp_x)], with those
-    from the pair counts of F's concepts (``_intervals``). So no child exceeds its bound.
-    Counts are int32 (exact below 2**31 pixels); the ratio, in float32, is widened by
-    ``_ROUNDING``.
+    from the pair counts of F's concepts (interval arithmetic over F's program: for
+    G = (F AND y), |G & x| = |F & y & x| lies in [max(0, |F & x| + |y & x| - |x|),
+    min(|F & x|, |y & x|)], and so on; ``formula_cpu._interval``). So no child exceeds its
+    bound. The ratio, in float32, is widened by ``_ROUNDING``. Compiled loops
+    (``formula_cpu.child_bounds``): host work, whatever counts the masks.
 
     Args:
       candidates: the units' candidates (a_x, |x|, |u|).
@@ -418,33 +502,14 @@ def child_bounds(
       inter, area: (U, M) I_F and |F|.
       pixels: P, all pixels of all images.
     """
-    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
-    a = i32(candidates.intersection)[:, None, :]
-    s = i32(candidates.area)[:, None, :]
-    fp_x = s - a
-    n_u = i32(candidates.unit_area)[:, None, None]
-    inter = i32(inter)[..., None]
-    fp_f = i32(area)[..., None] - inter
-    t_lo, t_hi = _intervals(labels, ops, i32(pair_inter), i32(candidates.intersection))
-    g_lo, g_hi = _intervals(
-        labels,
-        ops,
-        i32(pair_area) - i32(pair_inter),
-        i32(candidates.area) - i32(candidates.intersection),
-    )
-    t_lo = jnp.maximum(t_lo, jnp.maximum(0, inter + a - n_u))
-    t_hi = jnp.minimum(t_hi, jnp.minimum(inter, a))
-    g_lo = jnp.maximum(g_lo, jnp.maximum(0, fp_f + fp_x - (pixels - n_u)))
-    g_hi = jnp.minimum(g_hi, jnp.minimum(fp_f, fp_x))
-    best_inter = jnp.stack([t_hi, inter + a - t_lo, inter - t_lo, a - t_lo], axis=2)
-    least_fp = jnp.stack([g_lo, fp_f + fp_x - g_hi, fp_f - g_hi, fp_x - g_hi], axis=2)
-    union = (n_u[..., None] + least_fp).astype(jnp.float32)
-    bound = jnp.where(union > 0, best_inter / jnp.maximum(union, 1) * _ROUNDING, 0.0)
-    used = jnp.zeros(bound.shape[:2] + bound.shape[3:], bool)
-    positions = jnp.arange(bound.shape[3])
-    for position in range(labels.shape[2]):
-        used |= labels[:, :, position, None] == positions
-    return jnp.where(used[:, :, None, :], -jnp.inf, bound)
+    from jaxdissect import formula_cpu
+
+    i64 = lambda x: np.ascontiguousarray(x, np.int64)  # noqa: E731
+    return formula_cpu.child_bounds(
+        i64(candidates.intersection), i64(candidates.area), i64(candidates.unit_area),
+        i64(pair_inter), i64(pair_area) - i64(pair_inter), i64(labels), i64(ops), i64(inter),
+        i64(area), int(pixels), np.float32(_ROUNDING),
+    )  # fmt: skip
 
 
 def reach_bound(candidates: Candidates, inter: np.ndarray, steps: int) -> np.ndarray:
@@ -468,6 +533,7 @@ def exact_search(
     max_expansions: int | None = None,
     child_round: int = 64,
     max_evaluations: int | None = None,
+    counter: Counter | None = None,
 ) -> SearchResult:
     """The best formula of length <= ``length`` over each unit's candidates, with a
     certificate.
@@ -479,8 +545,10 @@ def exact_search(
     ``child_round`` per unit and round, best bound first, while their bound
     (``child_bounds``) exceeds the best IoU. ``max_expansions`` and ``max_evaluations`` cap
     the expansions and last-step children per unit: a unit stopped by them is reported
-    uncertified, with the largest bound it left.
+    uncertified, with the largest bound it left. ``counter``: how masks are counted
+    (default ``select_counter()``).
     """
+    counter = counter or select_counter()
     units, k = candidates.rows.shape
     n_u = candidates.unit_area
     all_units = np.arange(units)
@@ -527,13 +595,14 @@ def exact_search(
     # Level 1: every single concept, in groups; the pair counts serve the bounds.
     labels, ops = _empty_programs(units, k, length)
     labels[:, :, 0] = np.arange(k)
-    pair_inter, pair_area = np.zeros((units, k, k), np.int64), np.zeros((units, k, k), np.int64)
+    pair_inter, pair_area = counter.pairs(problem, candidates.rows, all_units)
     singles = np.ones((units, k), bool)
     nodes = []
     for start in range(0, k, round_size):
         group = slice(start, start + round_size)
-        t, both, inter, area = expand(problem, candidates, labels[:, group], ops[:, group])
-        pair_inter[:, group], pair_area[:, group] = t, both
+        # Expanding x: t = |u & x & y|, |x & y| for every y, and I_F = a_x, |F| = |x|.
+        t, both = pair_inter[:, group], pair_area[:, group]
+        inter, area = candidates.intersection[:, group], candidates.area[:, group]
         child_inter, child_area = children(candidates, t, both, inter, area)
         valid = _valid_children(labels[:, group], ops[:, group], singles)
         consider(labels[:, group], ops[:, group], child_inter, child_area, valid, all_units)
@@ -564,7 +633,7 @@ def exact_search(
             _last_step(
                 problem, candidates, (pair_inter, pair_area),
                 (node_labels, node_ops, node_inter, node_area, node_valid),
-                best, left, evaluated, child_round, max_evaluations,
+                best, left, evaluated, child_round, max_evaluations, counter,
             )  # fmt: skip
             break
         bound = reach_bound(candidates, node_inter, length - level)
@@ -599,7 +668,7 @@ def exact_search(
                 active &= np.arange(round_size)[None] < (max_expansions - expansions[subset, None])
             labels_now = np.take_along_axis(node_labels[subset], picked[..., None], 1)
             ops_now = np.take_along_axis(node_ops[subset], picked[..., None], 1)
-            t, both, inter, area = expand(problem, candidates, labels_now, ops_now, subset)
+            t, both, inter, area = expand(problem, candidates, labels_now, ops_now, subset, counter)
             child_inter, child_area = children(
                 Candidates(*(x[subset] for x in candidates)), t, both, inter, area
             )
@@ -629,7 +698,7 @@ class _Best(NamedTuple):
     area: np.ndarray
 
 
-def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_size, cap):
+def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_size, cap, counter):
     """Scores the last step's children (F op x) of ``nodes`` one by one, best bound first,
     while their bound exceeds the unit's best IoU; updates ``best``, ``left`` (the largest
     bound not scored) and ``evaluated`` in place."""
@@ -682,14 +751,22 @@ def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_s
         if cap is not None:
             active &= np.arange(round_size)[None] < (cap - evaluated[subset, None])
         parents = np.take_along_axis(node[subset], take, 1)
-        labels, ops = _append(
-            np.take_along_axis(node_labels[subset], parents[..., None], 1),
-            np.take_along_axis(node_ops[subset], parents[..., None], 1),
-            np.take_along_axis(op_index[subset], take, 1),
-            np.take_along_axis(partner[subset], take, 1),
-            length,
-        )
-        inter, area = _count(formula_counts, problem, candidates, labels, ops, subset)
+        parent_labels = np.take_along_axis(node_labels[subset], parents[..., None], 1)
+        parent_ops = np.take_along_axis(node_ops[subset], parents[..., None], 1)
+        operators = np.take_along_axis(op_index[subset], take, 1)
+        partners = np.take_along_axis(partner[subset], take, 1)
+        t, both = counter.partners(
+            problem, candidates.rows, parent_labels, parent_ops, np.where(active, parents, -1),
+            partners, subset,
+        )  # fmt: skip
+        # The child's counts from t and |F & x| (module docstring).
+        inter_f = np.take_along_axis(node_inter[subset], parents, 1)
+        area_f = np.take_along_axis(node_area[subset], parents, 1)
+        a = np.take_along_axis(candidates.intersection[subset], partners, 1)
+        s = np.take_along_axis(candidates.area[subset], partners, 1)
+        inter = np.choose(operators, [t, inter_f + a - t, inter_f - t, a - t])
+        area = np.choose(operators, [both, area_f + s - both, area_f - both, s - both])
+        labels, ops = _append(parent_labels, parent_ops, operators, partners, length)
         scores = np.where(active, iou_of(inter, area, candidates.unit_area[subset, None]), -1.0)
         top = scores.argmax(1)
         rows = np.arange(len(subset))
@@ -756,7 +833,8 @@ def build_problem(
     """
     from tqdm.auto import tqdm
 
-    from jaxdissect.formulas import concept_masks, pack_bits, unit_masks
+    from jaxdissect.formula_cpu import pack_unit_masks
+    from jaxdissect.formulas import concept_masks, pack_bits
 
     wanted = np.arange(1, num_labels)
     unit_parts, concept_parts = [], []
@@ -765,7 +843,7 @@ def build_problem(
     ):
         stop = min(start + batch_size, num_images)
         maps = np.asarray(read(start, stop)[layer], np.float32)
-        unit_parts.append(pack_bits(unit_masks(maps, thresholds, label_size)))
+        unit_parts.append(pack_unit_masks(maps, thresholds, label_size))
         planes = labels.label_planes(start, stop)
         image_labels = np.asarray(labels.image_labels[start:stop])
         concept_parts.append(pack_bits(concept_masks(planes, image_labels, wanted)))
@@ -854,15 +932,16 @@ def explain(
     )  # fmt: skip
     if not len(problem.concept_labels):
         raise DissectError(f"{dataset.directory}: no label covers any pixel")
-    candidates = choose_candidates(problem, labels_per_unit)
+    counter = select_counter(config)
+    candidates = choose_candidates(problem, labels_per_unit, counter)
     seconds["masks"] = time.perf_counter() - started
     started = time.perf_counter()
-    beam_result = beam_search(problem, candidates, length, beam)
+    beam_result = beam_search(problem, candidates, length, beam, counter)
     seconds["beam"] = time.perf_counter() - started
     exact_result = None
     if exact:
         started = time.perf_counter()
-        exact_result = exact_search(problem, candidates, length)
+        exact_result = exact_search(problem, candidates, length, counter=counter)
         seconds["exact"] = time.perf_counter() - started
     explanations = Explanations(
         layer, dataset.label_names, np.asarray(thresholds), problem, candidates,

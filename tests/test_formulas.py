@@ -330,3 +330,57 @@ def test_extension_counts_traces_once_per_shape():
     before = extension_counts._cache_size()
     extension_counts(units + 1, concepts, rows, labels, ops)
     assert extension_counts._cache_size() == before
+
+
+def test_packed_unit_masks_equal_resize_then_pack():
+    from jaxdissect.formula_cpu import pack_unit_masks
+    from jaxdissect.formulas import unit_masks
+
+    rng = np.random.default_rng(4)
+    # Enlarged, odd sizes (pixels not a multiple of 32), and shrunk.
+    for shape, size in [
+        ((5, 7, 7, 9), (112, 112)),
+        ((4, 4, 5, 3), (13, 11)),
+        ((3, 9, 9, 4), (5, 6)),
+    ]:
+        maps = rng.standard_normal(shape).astype(np.float32)
+        thresholds = np.quantile(maps, 0.8, axis=(0, 1, 2)).astype(np.float32)
+        thresholds[0] = maps[..., 0].max()  # never exceeded: the skipped maps
+        thresholds[1] = maps[0, 0, 0, 1]  # a threshold equal to a value
+        packed = pack_unit_masks(maps, thresholds, size)
+        expected = pack_bits(unit_masks(maps, thresholds, size))
+        assert packed.dtype == np.uint32
+        np.testing.assert_array_equal(packed, expected)
+        assert not packed[0].any() and packed[1:].any()
+
+
+@pytest.mark.parametrize("counter_name", ["cpu_counter", "xla_counter"])
+def test_counters_equal_numpy(counter_name):
+    """Every count of both counters against NumPy on the boolean masks."""
+    import jaxdissect.formula_search as search
+
+    counter = getattr(search, counter_name)()
+    units, concepts = random_problem(6)
+    problem = problem_from_masks(units, concepts, np.arange(1, 13), chunk_images=3)
+    candidates = choose_candidates(problem, 12, counter)
+    rows = candidates.rows
+    for u in range(3):
+        for x in range(12):
+            assert candidates.intersection[u, x] == (units[u] & concepts[rows[u, x]]).sum()
+    chosen = np.array([2, 0])
+    t, both = counter.pairs(problem, rows, chosen)
+    for i, u in enumerate(chosen):
+        for x, y in itertools.product(range(12), range(12)):
+            pair = concepts[rows[u, x]] & concepts[rows[u, y]]
+            assert t[i, x, y] == (pair & units[u]).sum() and both[i, x, y] == pair.sum()
+    # Pairs (F, x), two of them sharing F (parent 7), in an order that is not sorted by F,
+    # and one that need not be counted (parent -1).
+    labels = np.array([[[0, 3, -1], [4, -1, -1], [1, 2, -1], [0, 3, -1]]] * 2)
+    ops = np.array([[[NOTAND, NOP], [NOP, NOP], [OR, NOP], [NOTAND, NOP]]] * 2)
+    parents, partners = np.array([[7, 1, -1, 7]] * 2), np.array([[2, 6, 5, 9]] * 2)
+    t, both = counter.partners(problem, rows, labels, ops, parents, partners, chosen)
+    for i, u in enumerate(chosen):
+        for j in (0, 1, 3):
+            tree = program_tree(np.where(labels[i, j] >= 0, rows[u, labels[i, j]], -1), ops[i, j])
+            mask = evaluate_tree(tree, concepts) & concepts[rows[u, partners[i, j]]]
+            assert t[i, j] == (mask & units[u]).sum() and both[i, j] == mask.sum()
