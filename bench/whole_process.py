@@ -11,8 +11,9 @@ build/whole_process/. Then, in this one run, times the CLI as a separate process
   and a Numba cache filled by ``python -m jaxdissect.precompile`` alone, with the report;
 - warm, with and without the report (``--repeats`` times each);
 
-and the Lite-style loop (``numpy.quantile`` thresholds, then ``bench.lite_loop``'s per-image,
-per-active-unit upsampling and ``bincount``) on the same features and labels, asserting
+and, after each repeat's CLI runs, the Lite-style loop (``numpy.quantile`` thresholds, then
+``bench.lite_loop``'s per-image, per-active-unit upsampling and ``bincount``) on the same
+features and labels (ratios are taken per repeat, so that a change of load hits both), asserting
 that the thresholds and counts (G, I, A) are identical to the CLI's. Each CLI run's stages
 come from the timestamps it prints under ``JAXDISSECT_TIMINGS=1`` (``jaxdissect.timings``).
 Prints a table and writes it, with the machine and the command, to bench/results/.
@@ -209,6 +210,7 @@ def main(argv=None):
             trees["baseline, "] = args.baseline_tree.resolve()
             for report in (True, False):  # fills its Numba cache
                 run_cli(args.folder, warm_cache, warm_numba, report, trees["baseline, "])
+        lite_seconds = []
         for _ in range(args.repeats):  # interleaved, so that load changes hit every kind
             for prefix, tree in trees.items():
                 for report in (True, False):
@@ -216,13 +218,11 @@ def main(argv=None):
                     runs.setdefault(kind, []).append(
                         run_cli(args.folder, warm_cache, warm_numba, report, tree)
                     )
-        run_cli(args.folder, warm_cache, warm_numba, False)  # ours, for the comparison
-        ours = np.load(args.folder / "out" / "counts.npz")
-        ours = {key: ours[key] for key in ("thresholds", "label_area", "intersection", "unit_area")}
-
-    lite, t_lite = lite_run(args.folder)
-    for key, value in lite.items():
-        np.testing.assert_array_equal(ours[key], value, err_msg=key)
+            ours = np.load(args.folder / "out" / "counts.npz")  # the last run's (no report)
+            lite, seconds = lite_run(args.folder)
+            lite_seconds.append(seconds)
+            for key, value in lite.items():
+                np.testing.assert_array_equal(ours[key], value, err_msg=key)
     lines.append("thresholds and counts (G, I, A) identical to the Lite-style loop's")
 
     stages = [s for s in runs["warm, report"][0] if s != "total"]
@@ -234,14 +234,15 @@ def main(argv=None):
         ]
         lines.append(f"{stage} | " + " | ".join(cells))
     lines.append(
-        f"Lite-style loop (numpy.quantile thresholds + tally, in one process, no files): "
-        f"{t_lite:.2f} s"
+        f"Lite-style loop (numpy.quantile thresholds + tally, in one process, no files), run "
+        f"after the CLI runs of each repeat: {spread(lite_seconds)} s"
     )
     for kind in ("warm, report", "warm, no report"):
-        total = np.median([r["total"] for r in runs[kind]])
+        totals = [r["total"] for r in runs[kind]]
+        ratios = [lite / total for lite, total in zip(lite_seconds, totals, strict=True)]
         lines.append(
-            f"Lite-style loop / whole CLI process, {kind} ({total:.2f} s): {t_lite / total:.1f}x; "
-            f"{n / total:,.0f} images/s"
+            f"Lite-style loop / whole CLI process, {kind}, per repeat: {spread(ratios)}x; "
+            f"CLI {n / np.median(totals):,.0f} images/s"
         )
     warm = runs["warm, report"]
     to_first = [r["startup"] + r["label cache"] + r["thresholds first batch"] for r in warm]

@@ -490,3 +490,16 @@ def test_bad_overrides_are_refused(capsys, override, message):
     assert message in error
     if override == "dissect.unions=lite":
         assert error.endswith("top_images, union")
+
+
+def test_presets_of_every_variation_hold_one_kind_of_network():
+    """The presets' variations share a layer (a ViT has no conv5: mixing them ran 44 minutes
+    of a study before a KeyError); a mixed list is refused when the config is built."""
+    from experiments import training_dynamics
+
+    for name in ("variations", "gpu", "full"):
+        config = training_dynamics.Config(**training_dynamics.PRESETS[name])
+        assert config.variations == ("baseline", "no_dropout", "batch_norm", "wide_last"), name
+    with pytest.raises(ValueError, match="vit are ViT-style and the others CNNs"):
+        training_dynamics.Config(variations=("baseline", "vit"))
+    training_dynamics.Config(variations=("vit", "vit_no_dropout"), layer="block3")
