@@ -310,8 +310,12 @@ def partner_counts(
                             hit_filled += 1
             concept = concept_bits[candidate_rows[partners[i, j]]]
             total = 0
-            for n in range(filled):
-                total += _popcount(mask[where[n]] & concept[where[n]])
+            if filled * 4 > words:
+                for w in range(words):
+                    total += _popcount(mask[w] & concept[w])
+            else:
+                for n in range(filled):
+                    total += _popcount(mask[where[n]] & concept[where[n]])
             both[i, j] = total
             inside = 0
             for n in range(hit_filled):

@@ -467,6 +467,16 @@ def _to_rows(candidates: Candidates, labels: np.ndarray) -> np.ndarray:
     return np.where(labels >= 0, rows, -1)
 
 
+def _to_candidates(candidates: Candidates, rows: np.ndarray) -> np.ndarray:
+    """Programs over concept rows -> over candidate indices (-1 kept); the inverse of
+    ``_to_rows`` (every row of a program is one of its unit's candidates)."""
+    index = (candidates.rows[:, None, :] == rows[:, :, None]).argmax(-1)
+    return np.where(rows >= 0, index, -1)
+
+
+# SearchResult's names of _Best's fields.
+_FIELDS = {"inter": "intersection", "area": "area"}
+
 # float32 ratios are rounded: widen the bound by a few ulps so that it stays an upper bound.
 _ROUNDING = 1.0 + 2.0**-20
 
@@ -531,9 +541,10 @@ def exact_search(
     length: int = 3,
     round_size: int = 16,
     max_expansions: int | None = None,
-    child_round: int = 64,
+    child_round: int = 256,
     max_evaluations: int | None = None,
     counter: Counter | None = None,
+    incumbent: SearchResult | None = None,
 ) -> SearchResult:
     """The best formula of length <= ``length`` over each unit's candidates, with a
     certificate.
@@ -546,7 +557,10 @@ def exact_search(
     (``child_bounds``) exceeds the best IoU. ``max_expansions`` and ``max_evaluations`` cap
     the expansions and last-step children per unit: a unit stopped by them is reported
     uncertified, with the largest bound it left. ``counter``: how masks are counted
-    (default ``select_counter()``).
+    (default ``select_counter()``). ``incumbent``: formulas over the same candidates (the
+    beam search's) that start as the best found, so that their IoU prunes from the start;
+    the optimum's IoU and the certificate do not change, only which of equally good
+    formulas is reported.
     """
     counter = counter or select_counter()
     units, k = candidates.rows.shape
@@ -563,6 +577,11 @@ def exact_search(
     evaluated = np.zeros(units, np.int64)
     left = np.full(units, -np.inf)  # the largest bound of what was not expanded
     best = _Best(best_labels, best_ops, best_iou, best_inter, best_area)
+    if incumbent is not None:
+        better = incumbent.iou > best_iou
+        best_labels[better] = _to_candidates(candidates, incumbent.labels)[better]
+        for name in ("ops", "iou", "inter", "area"):
+            getattr(best, name)[better] = getattr(incumbent, _FIELDS.get(name, name))[better]
 
     def consider(labels, ops, child_inter, child_area, valid, subset):
         """Updates the best formulas of ``subset`` with valid children."""
@@ -941,7 +960,9 @@ def explain(
     exact_result = None
     if exact:
         started = time.perf_counter()
-        exact_result = exact_search(problem, candidates, length, counter=counter)
+        exact_result = exact_search(
+            problem, candidates, length, counter=counter, incumbent=beam_result
+        )
         seconds["exact"] = time.perf_counter() - started
     explanations = Explanations(
         layer, dataset.label_names, np.asarray(thresholds), problem, candidates,
