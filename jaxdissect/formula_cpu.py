@@ -226,15 +226,19 @@ def _interval(pair, universe, labels, ops, x):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, cache=True)
 def child_bounds(
-    a, s, unit_area, pair_inter, pair_false, labels, ops, inter, area, pixels, rounding
+    a, s, unit_area, pair_inter, pair_false, labels, ops, inter, area, valid, pixels, rounding
 ):  # pragma: no cover - compiled
-    """(U, M, 4, K) float32 ``formula_search.child_bounds``; ``pair_false`` = |y & x - u|."""
+    """(U, M, 4, K) float32 ``formula_search.child_bounds``; ``pair_false`` = |y & x - u|;
+    -inf for the children of formulas not ``valid`` (U, M), which are not computed."""
     units, count, length = labels.shape
     k = a.shape[1]
     out = np.empty((units, count, 4, k), np.float32)
     false_x = s - a
     for item in numba.prange(units * count):
         u, m = item // count, item % count
+        if not valid[u, m]:
+            out[u, m] = -np.inf
+            continue
         n_u = unit_area[u]
         inter_f = inter[u, m]
         fp_f = area[u, m] - inter_f

@@ -490,9 +490,11 @@ def child_bounds(
     inter,
     area,
     pixels,
+    valid=None,
 ):
     """(U, M, 4, K) upper bounds on the IoU of every child (F op x) of formulas F, without
-    counting F & x (-inf where x is already in F).
+    counting F & x (-inf where x is already in F, and for every child of a formula not
+    ``valid`` (U, M), default all valid).
 
     A child's counts follow from t = |u & F & x| and g = |F & x - u| (see the module
     docstring): its IoU is I / (|u| + FP) with I and FP linear in t and g, so it is largest
@@ -511,6 +513,7 @@ def child_bounds(
       labels, ops: (U, M, n), (U, M, n - 1) the formulas' programs.
       inter, area: (U, M) I_F and |F|.
       pixels: P, all pixels of all images.
+      valid: (U, M) bool the formulas whose children are bounded.
     """
     from jaxdissect import formula_cpu
 
@@ -518,7 +521,8 @@ def child_bounds(
     return formula_cpu.child_bounds(
         i64(candidates.intersection), i64(candidates.area), i64(candidates.unit_area),
         i64(pair_inter), i64(pair_area) - i64(pair_inter), i64(labels), i64(ops), i64(inter),
-        i64(area), int(pixels), np.float32(_ROUNDING),
+        i64(area), np.ones(np.shape(inter), bool) if valid is None else np.asarray(valid, bool),
+        int(pixels), np.float32(_ROUNDING),
     )  # fmt: skip
 
 
@@ -738,9 +742,9 @@ def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_s
                 node_inter[part],
                 node_area[part],
                 problem.pixels,
+                node_valid[part],
             )
         )
-        values = np.where(node_valid[part][:, :, None, None], values, -np.inf)
         for row, unit in enumerate(part[: min(block, units - start)]):
             flat = values[row].ravel()
             (index,) = np.nonzero(flat > best.iou[unit] + TOLERANCE)

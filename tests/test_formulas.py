@@ -231,6 +231,13 @@ def test_bounds_are_admissible():
         candidates, pair_inter, pair_area, labels, ops, inter, area, problem.pixels
     )
     reach = reach_bound(candidates, inter, 2)
+    valid = np.ones(inter.shape, bool)
+    valid[1, 2] = False  # a formula the search does not extend: no child computed
+    skipped = child_bounds(
+        candidates, pair_inter, pair_area, labels, ops, inter, area, problem.pixels, valid
+    )
+    assert (skipped[1, 2] == -np.inf).all()
+    np.testing.assert_array_equal(skipped[valid], bounds[valid])
     for u, m in itertools.product(range(3), range(len(programs))):
         for op_index, word in enumerate(("AND", "OR", "AND NOT", "NOTAND")):
             for x in range(k):
