@@ -4,7 +4,9 @@ XLA on CPU gathers each unit's candidate masks and materialises every (formula, 
 AND before counting it. These loops walk the words in tiles small enough for the caches
 (a tile of every parent formula's mask and of each candidate's mask), AND and count them
 in registers, and spread units over the cores (each core owns whole output rows, so no
-locks). The counts are integers: they equal the XLA kernels' exactly.
+locks). The exact search's pair and partner counts walk only the non-zero words of the
+unit or of the formula instead, and count |x & y| once per pair of concepts. The counts
+are integers: they equal the XLA kernels' exactly.
 """
 
 from __future__ import annotations

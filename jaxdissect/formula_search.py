@@ -474,9 +474,6 @@ def _to_candidates(candidates: Candidates, rows: np.ndarray) -> np.ndarray:
     return np.where(rows >= 0, index, -1)
 
 
-# SearchResult's names of _Best's fields.
-_FIELDS = {"inter": "intersection", "area": "area"}
-
 # float32 ratios are rounded: widen the bound by a few ulps so that it stays an upper bound.
 _ROUNDING = 1.0 + 2.0**-20
 
@@ -561,8 +558,8 @@ def exact_search(
     (``child_bounds``) exceeds the best IoU. ``max_expansions`` and ``max_evaluations`` cap
     the expansions and last-step children per unit: a unit stopped by them is reported
     uncertified, with the largest bound it left. ``counter``: how masks are counted
-    (default ``select_counter()``). ``incumbent``: formulas over the same candidates (the
-    beam search's) that start as the best found, so that their IoU prunes from the start;
+    (default ``select_counter()``). ``incumbent``: formulas over the same candidates and
+    ``length`` (the beam search's) that start as the best found, so that their IoU prunes from the start;
     the optimum's IoU and the certificate do not change, only which of equally good
     formulas is reported.
     """
@@ -584,8 +581,10 @@ def exact_search(
     if incumbent is not None:
         better = incumbent.iou > best_iou
         best_labels[better] = _to_candidates(candidates, incumbent.labels)[better]
-        for name in ("ops", "iou", "inter", "area"):
-            getattr(best, name)[better] = getattr(incumbent, _FIELDS.get(name, name))[better]
+        best_ops[better] = incumbent.ops[better]
+        best_iou[better] = incumbent.iou[better]
+        best_inter[better] = incumbent.intersection[better]
+        best_area[better] = incumbent.area[better]
 
     def consider(labels, ops, child_inter, child_area, valid, subset):
         """Updates the best formulas of ``subset`` with valid children."""
