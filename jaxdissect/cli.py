@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     formulas.add_argument("--quantile", type=_fraction(True), default=0.005)
     formulas.add_argument("--categories", type=_categories, default=None)
     formulas.add_argument("--batch-size", type=_positive_int, default=64)
+    formulas.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default="auto",
+        help="how masks are counted, as for dissect: cpu (compiled loops), xla (sharded over "
+        "all devices) or auto (default)",
+    )
     formulas.add_argument("--cache", type=Path, default=None)
     formulas.add_argument("--no-report", action="store_true", help="skip formulas.html")
     formulas.add_argument("--no-progress", action="store_true")
@@ -366,7 +373,7 @@ def run_formulas(args: argparse.Namespace) -> int:
     explanations = explain(
         open_broden(args.dataset, args.categories),
         source,
-        DissectConfig(quantile=args.quantile, batch_size=args.batch_size),
+        DissectConfig(quantile=args.quantile, batch_size=args.batch_size, kernel=args.kernel),
         args.out,
         layer=args.layer,
         weights=args.weights,

@@ -4,7 +4,9 @@ XLA on CPU gathers each unit's candidate masks and materialises every (formula, 
 AND before counting it. These loops walk the words in tiles small enough for the caches
 (a tile of every parent formula's mask and of each candidate's mask), AND and count them
 in registers, and spread units over the cores (each core owns whole output rows, so no
-locks). The counts are integers: they equal the XLA kernels' exactly.
+locks). The exact search's pair and partner counts walk only the non-zero words of the
+unit or of the formula instead, and count |x & y| once per pair of concepts. The counts
+are integers: they equal the XLA kernels' exactly.
 """
 
 from __future__ import annotations
@@ -226,15 +228,19 @@ def _interval(pair, universe, labels, ops, x):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, cache=True)
 def child_bounds(
-    a, s, unit_area, pair_inter, pair_false, labels, ops, inter, area, pixels, rounding
+    a, s, unit_area, pair_inter, pair_false, labels, ops, inter, area, valid, pixels, rounding
 ):  # pragma: no cover - compiled
-    """(U, M, 4, K) float32 ``formula_search.child_bounds``; ``pair_false`` = |y & x - u|."""
+    """(U, M, 4, K) float32 ``formula_search.child_bounds``; ``pair_false`` = |y & x - u|;
+    -inf for the children of formulas not ``valid`` (U, M), which are not computed."""
     units, count, length = labels.shape
     k = a.shape[1]
     out = np.empty((units, count, 4, k), np.float32)
     false_x = s - a
     for item in numba.prange(units * count):
         u, m = item // count, item % count
+        if not valid[u, m]:
+            out[u, m] = -np.inf
+            continue
         n_u = unit_area[u]
         inter_f = inter[u, m]
         fp_f = area[u, m] - inter_f
@@ -275,8 +281,9 @@ def partner_counts(
 ):  # pragma: no cover
     """(|u & F & x|, |F & x|) (U', R) int64 of R (program F, concept x) pairs per unit:
     F's program ``labels[i, j]``, ``ops[i, j]``, x = ``partners[i, j]`` (over the unit's
-    candidates). Pairs with the same ``parents[i, j]`` share F: each tile of F is built
-    once for them; pairs with a negative one are skipped (counts 0)."""
+    candidates). Pairs with the same ``parents[i, j]`` share F: its mask is built once for
+    them, with the list of its non-zero words and of those of u & F, and each pair is
+    counted over those words only; pairs with a negative parent are skipped (counts 0)."""
     selected, batch = partners.shape
     words = unit_bits.shape[1]
     t = np.zeros((selected, batch), np.int64)
@@ -285,69 +292,96 @@ def partner_counts(
         unit = unit_bits[units[i]]
         candidate_rows = rows[units[i]]
         order = np.argsort(parents[i], kind="mergesort")
-        mask = np.empty(TILE, np.uint32)
-        hit = np.empty(TILE, np.uint32)
-        for start in range(0, words, TILE):
-            count = min(TILE, words - start)
-            previous = -1
-            for j in order:
-                if parents[i, j] < 0:
-                    continue
-                if parents[i, j] != previous:
-                    previous = parents[i, j]
-                    _program_tile(
-                        concept_bits, candidate_rows, labels[i, j], ops[i, j], start, count, mask
-                    )
-                    any_mask = np.uint32(0)
-                    any_hit = np.uint32(0)
-                    for w in range(count):
-                        hit[w] = mask[w] & unit[start + w]
-                        any_mask |= mask[w]
-                        any_hit |= hit[w]
-                if any_mask == 0:  # an empty tile of F counts nothing
-                    continue
-                concept = concept_bits[candidate_rows[partners[i, j]]]
-                total = 0
-                for w in range(count):
-                    total += _popcount(mask[w] & concept[start + w])
-                both[i, j] += total
-                if any_hit != 0:
-                    inside = 0
-                    for w in range(count):
-                        inside += _popcount(hit[w] & concept[start + w])
-                    t[i, j] += inside
+        mask = np.empty(words, np.uint32)
+        where = np.empty(words, np.int64)  # F's non-zero words
+        hit_where = np.empty(words, np.int64)  # u & F's
+        hit = np.empty(words, np.uint32)
+        filled = hit_filled = 0
+        previous = -1
+        for j in order:
+            if parents[i, j] < 0:
+                continue
+            if parents[i, j] != previous:
+                previous = parents[i, j]
+                _program_tile(concept_bits, candidate_rows, labels[i, j], ops[i, j], 0, words, mask)
+                filled = hit_filled = 0
+                for w in range(words):
+                    if mask[w] != 0:
+                        where[filled] = w
+                        filled += 1
+                        value = mask[w] & unit[w]
+                        if value != 0:
+                            hit_where[hit_filled] = w
+                            hit[hit_filled] = value
+                            hit_filled += 1
+            concept = concept_bits[candidate_rows[partners[i, j]]]
+            total = 0
+            if filled * 4 > words:
+                for w in range(words):
+                    total += _popcount(mask[w] & concept[w])
+            else:
+                for n in range(filled):
+                    total += _popcount(mask[where[n]] & concept[where[n]])
+            both[i, j] = total
+            inside = 0
+            for n in range(hit_filled):
+                inside += _popcount(hit[n] & concept[hit_where[n]])
+            t[i, j] = inside
     return t, both
 
 
 @numba.njit(parallel=True, cache=True)
-def pair_counts(unit_bits, concept_bits, rows, units):  # pragma: no cover - compiled
-    """(|u & x & y|, |x & y|) (U', K, K) int64 of every pair of the candidates of
-    ``units``: each pair counted once (y >= x), the matrices filled symmetrically."""
+def concept_pair_areas(concept_bits, concepts):  # pragma: no cover - compiled
+    """(n, n) int64 |x & y| of every pair of the concept rows ``concepts``, each pair counted
+    once over the non-zero words of x."""
+    n = concepts.shape[0]
+    out = np.zeros((n, n), np.int64)
+    for a in numba.prange(n):
+        first = concept_bits[concepts[a]]
+        where = np.nonzero(first)[0]
+        values = first[where]
+        for b in range(a, n):
+            second = concept_bits[concepts[b]]
+            total = 0
+            for j in range(where.shape[0]):
+                total += _popcount(values[j] & second[where[j]])
+            out[a, b] = total
+            out[b, a] = total
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _unit_pair_counts(unit_bits, concept_bits, rows, units):  # pragma: no cover - compiled
+    """(U', K, K) int64 |u & x & y| of every pair of the candidates of ``units``, over u's
+    non-zero words only (a unit's mask, above a high quantile, is mostly empty)."""
     selected, k = units.shape[0], rows.shape[1]
-    words = unit_bits.shape[1]
     t = np.zeros((selected, k, k), np.int64)
-    both = np.zeros((selected, k, k), np.int64)
     for i in numba.prange(selected):
         unit = unit_bits[units[i]]
         candidate_rows = rows[units[i]]
-        hit = np.empty(TILE, np.uint32)
-        for start in range(0, words, TILE):
-            count = min(TILE, words - start)
-            for x in range(k):
-                first = concept_bits[candidate_rows[x]]
-                for w in range(count):
-                    hit[w] = first[start + w] & unit[start + w]
-                for y in range(x, k):
-                    second = concept_bits[candidate_rows[y]]
-                    inside = 0
-                    total = 0
-                    for w in range(count):
-                        inside += _popcount(hit[w] & second[start + w])
-                        total += _popcount(first[start + w] & second[start + w])
-                    t[i, x, y] += inside
-                    both[i, x, y] += total
+        where = np.nonzero(unit)[0]
+        hit = np.empty(where.shape[0], np.uint32)
         for x in range(k):
-            for y in range(x):
-                t[i, x, y] = t[i, y, x]
-                both[i, x, y] = both[i, y, x]
-    return t, both
+            first = concept_bits[candidate_rows[x]]
+            for j in range(where.shape[0]):
+                hit[j] = unit[where[j]] & first[where[j]]
+            for y in range(x, k):
+                second = concept_bits[candidate_rows[y]]
+                inside = 0
+                for j in range(where.shape[0]):
+                    inside += _popcount(hit[j] & second[where[j]])
+                t[i, x, y] = inside
+                t[i, y, x] = inside
+    return t
+
+
+def pair_counts(unit_bits, concept_bits, rows, units):
+    """(|u & x & y|, |x & y|) (U', K, K) int64 of every pair of the candidates of
+    ``units``. |x & y| does not depend on the unit: each pair of the concepts these units
+    use is counted once (``concept_pair_areas``), not once per unit."""
+    candidate_rows = rows[units]
+    concepts, index = np.unique(candidate_rows, return_inverse=True)
+    areas = concept_pair_areas(concept_bits, concepts)
+    index = index.reshape(candidate_rows.shape)
+    both = areas[index[:, :, None], index[:, None, :]]
+    return _unit_pair_counts(unit_bits, concept_bits, rows, units), both

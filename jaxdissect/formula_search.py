@@ -467,6 +467,13 @@ def _to_rows(candidates: Candidates, labels: np.ndarray) -> np.ndarray:
     return np.where(labels >= 0, rows, -1)
 
 
+def _to_candidates(candidates: Candidates, rows: np.ndarray) -> np.ndarray:
+    """Programs over concept rows -> over candidate indices (-1 kept); the inverse of
+    ``_to_rows`` (every row of a program is one of its unit's candidates)."""
+    index = (candidates.rows[:, None, :] == rows[:, :, None]).argmax(-1)
+    return np.where(rows >= 0, index, -1)
+
+
 # float32 ratios are rounded: widen the bound by a few ulps so that it stays an upper bound.
 _ROUNDING = 1.0 + 2.0**-20
 
@@ -480,9 +487,11 @@ def child_bounds(
     inter,
     area,
     pixels,
+    valid=None,
 ):
     """(U, M, 4, K) upper bounds on the IoU of every child (F op x) of formulas F, without
-    counting F & x (-inf where x is already in F).
+    counting F & x (-inf where x is already in F, and for every child of a formula not
+    ``valid`` (U, M), default all valid).
 
     A child's counts follow from t = |u & F & x| and g = |F & x - u| (see the module
     docstring): its IoU is I / (|u| + FP) with I and FP linear in t and g, so it is largest
@@ -501,6 +510,7 @@ def child_bounds(
       labels, ops: (U, M, n), (U, M, n - 1) the formulas' programs.
       inter, area: (U, M) I_F and |F|.
       pixels: P, all pixels of all images.
+      valid: (U, M) bool the formulas whose children are bounded.
     """
     from jaxdissect import formula_cpu
 
@@ -508,7 +518,8 @@ def child_bounds(
     return formula_cpu.child_bounds(
         i64(candidates.intersection), i64(candidates.area), i64(candidates.unit_area),
         i64(pair_inter), i64(pair_area) - i64(pair_inter), i64(labels), i64(ops), i64(inter),
-        i64(area), int(pixels), np.float32(_ROUNDING),
+        i64(area), np.ones(np.shape(inter), bool) if valid is None else np.asarray(valid, bool),
+        int(pixels), np.float32(_ROUNDING),
     )  # fmt: skip
 
 
@@ -531,9 +542,10 @@ def exact_search(
     length: int = 3,
     round_size: int = 16,
     max_expansions: int | None = None,
-    child_round: int = 64,
+    child_round: int = 256,
     max_evaluations: int | None = None,
     counter: Counter | None = None,
+    incumbent: SearchResult | None = None,
 ) -> SearchResult:
     """The best formula of length <= ``length`` over each unit's candidates, with a
     certificate.
@@ -546,7 +558,10 @@ def exact_search(
     (``child_bounds``) exceeds the best IoU. ``max_expansions`` and ``max_evaluations`` cap
     the expansions and last-step children per unit: a unit stopped by them is reported
     uncertified, with the largest bound it left. ``counter``: how masks are counted
-    (default ``select_counter()``).
+    (default ``select_counter()``). ``incumbent``: formulas over the same candidates and
+    ``length`` (the beam search's) that start as the best found, so that their IoU prunes from the start;
+    the optimum's IoU and the certificate do not change, only which of equally good
+    formulas is reported.
     """
     counter = counter or select_counter()
     units, k = candidates.rows.shape
@@ -563,6 +578,13 @@ def exact_search(
     evaluated = np.zeros(units, np.int64)
     left = np.full(units, -np.inf)  # the largest bound of what was not expanded
     best = _Best(best_labels, best_ops, best_iou, best_inter, best_area)
+    if incumbent is not None:
+        better = incumbent.iou > best_iou
+        best_labels[better] = _to_candidates(candidates, incumbent.labels)[better]
+        best_ops[better] = incumbent.ops[better]
+        best_iou[better] = incumbent.iou[better]
+        best_inter[better] = incumbent.intersection[better]
+        best_area[better] = incumbent.area[better]
 
     def consider(labels, ops, child_inter, child_area, valid, subset):
         """Updates the best formulas of ``subset`` with valid children."""
@@ -719,9 +741,9 @@ def _last_step(problem, candidates, pairs, nodes, best, left, evaluated, round_s
                 node_inter[part],
                 node_area[part],
                 problem.pixels,
+                node_valid[part],
             )
         )
-        values = np.where(node_valid[part][:, :, None, None], values, -np.inf)
         for row, unit in enumerate(part[: min(block, units - start)]):
             flat = values[row].ravel()
             (index,) = np.nonzero(flat > best.iou[unit] + TOLERANCE)
@@ -941,7 +963,9 @@ def explain(
     exact_result = None
     if exact:
         started = time.perf_counter()
-        exact_result = exact_search(problem, candidates, length, counter=counter)
+        exact_result = exact_search(
+            problem, candidates, length, counter=counter, incumbent=beam_result
+        )
         seconds["exact"] = time.perf_counter() - started
     explanations = Explanations(
         layer, dataset.label_names, np.asarray(thresholds), problem, candidates,

@@ -141,6 +141,58 @@ def test_exact_equals_brute_force(seed):
             assert capped.certified[u] == (capped.bound[u] <= capped.iou[u] + 1e-12)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_seeded_by_the_beam_is_the_same_optimum(seed):
+    """Starting from the beam's formulas changes neither the optimum's IoU nor the
+    certificate, and scores no more children."""
+    units, concepts = random_problem(seed)
+    problem = problem_from_masks(units, concepts, np.arange(1, 13), chunk_images=4)
+    candidates = choose_candidates(problem, 12)
+    beam = beam_search(problem, candidates, 3, beam=2)
+    plain = exact_search(problem, candidates, 3, child_round=2)
+    seeded = exact_search(problem, candidates, 3, child_round=2, incumbent=beam)
+    np.testing.assert_array_equal(seeded.iou, plain.iou)
+    np.testing.assert_array_equal(seeded.bound, plain.bound)
+    np.testing.assert_array_equal(seeded.certified, plain.certified)
+    assert (seeded.expansions <= plain.expansions).all()
+    for u in range(len(units)):
+        mask = evaluate_tree(tree_of(seeded, u), concepts)
+        assert iou(units[u], mask) == seeded.iou[u]
+        assert (mask & units[u]).sum() == seeded.intersection[u] and mask.sum() == seeded.area[u]
+    # A unit whose beam formula is the optimum keeps it.
+    for u in np.nonzero(beam.iou == plain.iou)[0]:
+        np.testing.assert_array_equal(seeded.labels[u], beam.labels[u])
+
+
+def test_cpu_partner_counts_of_sparse_formulas():
+    """Formulas covering few words are counted over their non-zero words only."""
+    from jaxdissect.formula_cpu import partner_counts
+
+    rng = np.random.default_rng(4)
+    concepts = rng.random((6, 20, 640)) < 0.002
+    concepts[3] |= concepts[2]
+    concepts[4] |= concepts[0]  # overlaps of the pairs counted
+    concepts[0] |= concepts[2]
+    units = rng.random((2, 20, 640)) < 0.01
+    units[0] |= concepts[0]
+    problem = problem_from_masks(units, concepts, np.arange(1, 7), chunk_images=20)
+    rows = np.array([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
+    labels = np.array([[[0, 1, -1], [0, 1, -1], [2, 3, -1]]] * 2)
+    ops = np.array([[[OR, NOP], [OR, NOP], [AND, NOP]]] * 2)
+    parents, partners = np.array([[0, 0, 1]] * 2), np.array([[4, 5, 0]] * 2)
+    t, both = partner_counts(
+        problem.unit_bits, problem.concept_bits, rows, labels, ops, parents, partners,
+        np.array([0, 1]),
+    )  # fmt: skip
+    for u, j in itertools.product(range(2), range(3)):
+        tree = program_tree(
+            rows[u, labels[u, j]] * (labels[u, j] >= 0) - (labels[u, j] < 0), ops[u, j]
+        )
+        mask = evaluate_tree(tree, concepts) & concepts[rows[u, partners[u, j]]]
+        assert t[u, j] == (mask & units[u]).sum() and both[u, j] == mask.sum()
+    assert (t[0, [0, 2]] > 0).all() and both[1, 1] > 0
+
+
 def test_bounds_are_admissible():
     units, concepts = random_problem(5)
     problem = problem_from_masks(units, concepts, np.arange(1, 13), chunk_images=5)
@@ -179,6 +231,13 @@ def test_bounds_are_admissible():
         candidates, pair_inter, pair_area, labels, ops, inter, area, problem.pixels
     )
     reach = reach_bound(candidates, inter, 2)
+    valid = np.ones(inter.shape, bool)
+    valid[1, 2] = False  # a formula the search does not extend: no child computed
+    skipped = child_bounds(
+        candidates, pair_inter, pair_area, labels, ops, inter, area, problem.pixels, valid
+    )
+    assert (skipped[1, 2] == -np.inf).all()
+    np.testing.assert_array_equal(skipped[valid], bounds[valid])
     for u, m in itertools.product(range(3), range(len(programs))):
         for op_index, word in enumerate(("AND", "OR", "AND NOT", "NOTAND")):
             for x in range(k):
@@ -307,6 +366,31 @@ def test_length_one_is_the_single_label_iou_and_the_tally(probe, tmp_path):
             )
             if not twice:
                 assert candidates.intersection[u, x] == intersection[u, label]
+
+
+def test_cli_formulas_kernels_give_the_same_csv(probe, tmp_path, monkeypatch):
+    """--kernel picks the counter (cpu: Numba loops, xla: the sharded kernels); both write
+    the same formulas.csv."""
+    import jaxdissect.formula_search as search
+
+    features = np.random.default_rng(5).standard_normal((12, 4, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "feats.npy", features)
+    picked = []
+    for name in ("cpu_counter", "xla_counter"):
+        original = getattr(search, name)
+        monkeypatch.setattr(search, name, lambda o=original, n=name: picked.append(n) or o())
+    written = {}
+    for kernel in ("cpu", "xla"):
+        out = tmp_path / kernel
+        code = main(
+            ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "feats.npy"),
+             "--out", str(out), "--exact", "--labels-per-unit", "8", "--quantile", "0.05",
+             "--kernel", kernel, "--no-report", "--no-progress"]
+        )  # fmt: skip
+        assert code == 0
+        written[kernel] = (out / "formulas.csv").read_text()
+    assert picked == ["cpu_counter", "xla_counter"]
+    assert written["cpu"] == written["xla"] and written["cpu"].count("\n") == 5
 
 
 def test_cli_formulas_bad_input(probe, tmp_path, capsys):
