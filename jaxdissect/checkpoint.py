@@ -28,10 +28,12 @@ import numpy as np
 
 
 def _leaves(tree: Any) -> Iterator[Any]:
-    """The arrays of a state tree (dicts, NamedTuples, tuples, lists), in a fixed order."""
+    """The arrays of a state tree (dicts, NamedTuples, tuples, lists), in a fixed order:
+    dicts by sorted key, so that the same layers given in another order map to their own
+    states (their arrays are stored by position)."""
     if isinstance(tree, dict):
-        for value in tree.values():
-            yield from _leaves(value)
+        for key in sorted(tree):
+            yield from _leaves(tree[key])
     elif isinstance(tree, (list, tuple)):
         for value in tree:
             yield from _leaves(value)
@@ -42,7 +44,8 @@ def _leaves(tree: Any) -> Iterator[Any]:
 def _rebuild(template: Any, arrays: Iterator[np.ndarray]) -> Any:
     """``template``'s structure with its arrays taken, in ``_leaves`` order, from ``arrays``."""
     if isinstance(template, dict):
-        return {key: _rebuild(value, arrays) for key, value in template.items()}
+        rebuilt = {key: _rebuild(template[key], arrays) for key in sorted(template)}
+        return {key: rebuilt[key] for key in template}
     if isinstance(template, tuple) and hasattr(template, "_fields"):  # a NamedTuple
         return type(template)(*(_rebuild(value, arrays) for value in template))
     if isinstance(template, (list, tuple)):
@@ -67,7 +70,11 @@ class PassCheckpoints:
         folder = self.directory / name
         if not folder.is_dir():
             return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_file())
+        return sorted(
+            int(p.name)
+            for p in folder.iterdir()
+            if p.name.isascii() and p.name.isdigit() and p.is_file()
+        )
 
     def restore(self, name: str, template: Any) -> tuple[int, Any]:
         """(next batch, states as NumPy arrays shaped like ``template``) of pass ``name``,
@@ -107,6 +114,11 @@ class PassCheckpoints:
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, folder / str(next_batch))
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power loss
+        finally:
+            os.close(directory)
         for step in self._saved(name):
             if step != next_batch:
                 (folder / str(step)).unlink(missing_ok=True)

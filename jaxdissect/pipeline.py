@@ -43,7 +43,7 @@ DEFAULT_CONFIG = DissectConfig()
 FINGERPRINT = "fingerprint.json"
 # The layout of the passes' saved states: bump it when a state changes shape, so that a
 # checkpoint of an earlier version is not restored into the new states.
-STATE_FORMAT = 2
+STATE_FORMAT = 3  # 3: NumPy .npz pass checkpoints (2 was Orbax's layout)
 
 
 def _labels_fit_device(labels: LabelArrays, config: DissectConfig, budget: int) -> bool:

@@ -70,10 +70,11 @@ def test_a_checkpoint_that_does_not_fit_starts_the_pass_afresh(tmp_path, damage)
         with open(path, "wb") as file:
             np.savez(file, **arrays)
     else:
+        last = f"leaf{len(arrays) - 1}"  # a (4,) int array
         if damage == "shape":
-            arrays["leaf0"] = arrays["leaf0"][:2]
+            arrays[last] = arrays[last][:2]
         elif damage == "dtype":
-            arrays["leaf0"] = arrays["leaf0"].astype(np.float64)
+            arrays[last] = arrays[last].astype(np.float64)
         elif damage == "missing":
             del arrays[f"leaf{len(arrays) - 1}"]
         else:
@@ -102,3 +103,26 @@ def test_a_dissection_resumes_from_a_damaged_checkpoint_to_identical_files(
         assert main([*args, "--out", str(tmp_path / "out")]) == 0
     for name in ("tally.csv", "counts.npz"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+
+
+def test_layers_given_in_another_order_restore_their_own_states(tmp_path):
+    """Arrays are stored by position: dicts are walked by sorted key, not insertion order,
+    so same-shaped layers cannot swap states when a run resumes with its layers reordered."""
+    checkpoints = PassCheckpoints(tmp_path / "c", {"run": 1})
+    first, second = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    checkpoints.save("pass", 1, lambda: {"conv4": first, "conv5": second}, last=True)
+    template = {"conv5": np.empty((2, 3), np.float32), "conv4": np.empty((2, 3), np.float32)}
+    step, restored = checkpoints.restore("pass", template)
+    assert step == 1 and list(restored) == ["conv5", "conv4"]
+    np.testing.assert_array_equal(restored["conv4"], first)
+    np.testing.assert_array_equal(restored["conv5"], second)
+
+
+def test_names_that_are_not_plain_batch_numbers_are_ignored(tmp_path):
+    checkpoints = PassCheckpoints(tmp_path / "c", {"run": 1})
+    checkpoints.save("pass", 2, lambda: _states(1), last=True)
+    (tmp_path / "c" / "pass" / "\u00b2").write_bytes(b"x")  # a digit to str.isdigit, not int
+    (tmp_path / "c" / "pass" / "7").mkdir()  # a folder (an older layout's step)
+    step, restored = checkpoints.restore("pass", _states(0))
+    assert step == 2
+    _equal(restored, _states(1))
