@@ -84,11 +84,19 @@ def _counts_table(results: dict, path: Path) -> list[str]:
         header += [f"rotated basis, step {step}", f"val. accuracy, step {step}", "best step"]
         return _table(header, rows)
     if study == "explain":
+        units = _field(results, path, "units")
+        lines = [
+            f"Interpreted units (IoU above the threshold): "
+            f"{_stat(_field(results, path, 'interpreted_units'))} of {units}; share of the "
+            "top contributing units whose concept is in the image they explain: "
+            f"{_stat(results.get('top_unit_concepts_in_image'), 3) or 'none explained'}.",
+            "",
+        ]
         rows = [
             [category, _stat(found["pixel_accuracy"], 3), _stat(found["mean_iou"], 3)]
             for category, found in _field(results, path, "segmentation").items()
         ]
-        return _table(["segmented category", "pixel accuracy", "mean IoU"], rows)
+        return lines + _table(["segmented category", "pixel accuracy", "mean IoU"], rows)
     if study == "rotation":
         table = _field(results, path, "by_iou_threshold")
         alphas = [f"alpha {row['alpha']:g}" for row in next(iter(table.values()))]
@@ -150,13 +158,19 @@ def study_section(folder: str, results: dict, path: Path) -> list[str]:
         for c in claims
     ]
     header = ["claim (paper)", "difference", "mean difference [95 % interval]", "seeds"]
-    lines += _table([*header, "verdict"], rows)
     verdicts = [c["verdict"] for c in claims]
+    if claims:
+        lines += _table([*header, "verdict"], rows)
+        lines += [
+            "",
+            f"Of {len(claims)} claim{'s' * (len(claims) != 1)}: "
+            f"{verdicts.count(REPLICATED)} replicated, "
+            f"{verdicts.count(CONTRADICTED)} contradicted, {verdicts.count(INCONCLUSIVE)} "
+            "inconclusive (the 95 % interval contains 0, or one seed).",
+        ]
+    else:  # e.g. explain, whose findings are qualitative
+        lines += ["No claim is computed from this run."]
     lines += [
-        "",
-        f"Of {len(claims)} claims: {verdicts.count(REPLICATED)} replicated, "
-        f"{verdicts.count(CONTRADICTED)} contradicted, {verdicts.count(INCONCLUSIVE)} "
-        "inconclusive (the 95 % interval contains 0, or one seed).",
         "",
         "Counts (mean over seeds [95 % interval]):",
         "",

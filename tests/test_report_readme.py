@@ -60,7 +60,7 @@ EXPECTED = """#### `architectures`
 | --- | --- | --- | --- | --- |
 | ResNet-style networks have more unique detectors than AlexNet-style ones | resnet_style − alexnet_style | 2.33 [-0.50, 5.17] | 3 | **inconclusive** |
 
-Of 1 claims: 0 replicated, 0 contradicted, 1 inconclusive (the 95 % interval contains 0, or one seed).
+Of 1 claim: 0 replicated, 0 contradicted, 1 inconclusive (the 95 % interval contains 0, or one seed).
 
 Counts (mean over seeds [95 % interval]):
 
@@ -143,6 +143,9 @@ def test_explain_results_give_a_segmentation_table(tmp_path):
         "config": {"steps": 1500, "probe": {"images": 600, "image_size": 64}},
         "seeds": [0],
         "claims": [],
+        "units": 32,
+        "interpreted_units": stat([22], 22.0, None),
+        "top_unit_concepts_in_image": stat([0.39], 0.39, None),
         "segmentation": {
             "material": {
                 "pixel_accuracy": stat([0.032], 0.032, None),
@@ -153,6 +156,13 @@ def test_explain_results_give_a_segmentation_table(tmp_path):
     write_results(tmp_path, "explain", explain)
     block = report_readme.generate(tmp_path)
     assert "| material | 0.032 [undefined: 1 seed] | 0.041 [undefined: 1 seed] |" in block
+    assert (
+        "Interpreted units (IoU above the threshold): 22.0 [undefined: 1 seed] of 32; share "
+        "of the top contributing units whose concept is in the image they explain: 0.390 "
+        "[undefined: 1 seed]." in block
+    )
+    assert "No claim is computed from this run." in block
+    assert "| claim (paper) |" not in block  # no empty claims table
 
 
 def test_compositional_results_give_an_iou_by_length_table(tmp_path):
@@ -179,10 +189,7 @@ def test_compositional_results_give_an_iou_by_length_table(tmp_path):
     # Written by hand from the results above.
     expected = """2 seed(s); 1500 training steps; probe: 600 images at 64 px. Produced with: commit unknown.
 
-| claim (paper) | difference | mean difference [95 % interval] | seeds | verdict |
-| --- | --- | --- | --- | --- |
-
-Of 0 claims: 0 replicated, 0 contradicted, 0 inconclusive (the 95 % interval contains 0, or one seed).
+No claim is computed from this run.
 
 Counts (mean over seeds [95 % interval]):
 
