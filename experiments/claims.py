@@ -82,6 +82,25 @@ def verdict(ci95: list[float] | None, paper_sign: int) -> str:
     return INCONCLUSIVE
 
 
+def seeds_needed(values: typing.Sequence[float], limit: int = 10_000) -> int | None:
+    """An estimate: the fewest seeds whose 95 % t-interval would exclude 0 if the paired
+    differences kept the observed mean and standard deviation (a plain power calculation at
+    the observed effect, no allowance for its own uncertainty). None: the mean is 0, there
+    are fewer than two values, or more than ``limit`` seeds would be needed."""
+    values = list(values)
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    if mean == 0:
+        return None
+    for seeds in range(2, limit + 1):
+        if t_quantile(seeds - 1) * sd / math.sqrt(seeds) < abs(mean):
+            return seeds
+    return None
+
+
 def claim(
     sentence: str,
     compares: tuple[str, str],
@@ -97,7 +116,9 @@ def claim(
         raise ValueError(
             f"claim {sentence!r}: {len(first)}, {len(second)} values, {len(seeds)} seeds"
         )
-    differences = interval([a - b for a, b in zip(first, second, strict=True)])
+    paired = [a - b for a, b in zip(first, second, strict=True)]
+    differences = interval(paired)
+    decided = verdict(differences["ci95"], paper_sign)
     return {
         "claim": sentence,
         "compares": list(compares),
@@ -106,7 +127,9 @@ def claim(
         "per_seed": [[a, b] for a, b in zip(first, second, strict=True)],
         "mean_difference": differences["mean"],
         "ci95": differences["ci95"],
-        "verdict": verdict(differences["ci95"], paper_sign),
+        "verdict": decided,
+        # Only where undecided: how many seeds the observed effect would need (an estimate).
+        "seeds_needed": seeds_needed(paired) if decided == INCONCLUSIVE else None,
     }
 
 
@@ -125,20 +148,32 @@ def format_interval(mean: float, ci95: list[float] | None, digits: int = 2) -> s
     return f"{mean:.{digits}f} [{ci95[0]:.{digits}f}, {ci95[1]:.{digits}f}]"
 
 
+def _needed(claim: dict) -> str:
+    """The seeds-needed cell: blank for a decided claim."""
+    if claim["verdict"] != INCONCLUSIVE:
+        return ""
+    needed = claim.get("seeds_needed")
+    if needed is not None:
+        return f"about {needed}"
+    return "no effect to detect" if claim["mean_difference"] == 0 else "more than 10,000"
+
+
 def claims_html(claims: list[dict]) -> str:
     """The claims table every summary.html starts with."""
     rows = "".join(
         f"<tr><td>{html.escape(c['claim'])}</td>"
         f"<td>{html.escape(c['compares'][0])} &minus; {html.escape(c['compares'][1])}</td>"
         f"<td>{html.escape(format_interval(c['mean_difference'], c['ci95']))}</td>"
-        f"<td>{len(c['seeds'])}</td><td class='{c['verdict']}'>{c['verdict']}</td></tr>"
+        f"<td>{len(c['seeds'])}</td><td class='{c['verdict']}'>{c['verdict']}</td>"
+        f"<td>{_needed(c)}</td></tr>"
         for c in claims
     )
     return (
         "<h2>The paper's claims</h2><p>Mean over seeds of the paired difference, with its 95 % "
         "t-interval (n &minus; 1 degrees of freedom); replicated: the interval lies on the "
         "paper's side of 0, contradicted: on the other side, inconclusive: it contains 0 "
-        "(or there is one seed).</p>"
+        "(or there is one seed). Seeds needed: for an inconclusive claim, an estimate of how "
+        "many seeds the observed mean and spread would need for the interval to exclude 0.</p>"
         "<table><tr><th>claim</th><th>difference</th><th>mean difference [95 % interval]</th>"
-        f"<th>seeds</th><th>verdict</th></tr>{rows}</table>"
+        f"<th>seeds</th><th>verdict</th><th>seeds needed</th></tr>{rows}</table>"
     )

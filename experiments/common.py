@@ -19,6 +19,7 @@ from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.data.synthetic import world
 from jaxdissect.features import FeatureModel
+from jaxdissect.float_pin import float_settings, pin_floats
 from jaxdissect.pipeline import completed, dissect, run_fingerprint
 from jaxdissect.results import write_text_atomic
 from jaxdissect.sources import Activations, array_identity, model_run
@@ -325,6 +326,7 @@ def experiment_main(name: str, doc: str, presets: dict, config_type, run, argv=N
     """The ``main`` of every experiment: flags, ``run(config, workdir, progress)``, and the
     summary's path."""
     args, config = parse_args(doc, presets, config_type, argv)
+    pin_floats()  # before JAX starts its backend: see jaxdissect.float_pin
     workdir = Path(args.workdir or f"runs/{name}-{args.config}")
     run(config, workdir, progress=not args.no_progress)
     print(f"summary: {workdir / 'summary.html'}")
@@ -374,6 +376,7 @@ def provenance() -> dict:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "devices": sorted({device.device_kind for device in jax.devices()}),
+            **float_settings(),
         },
     }
 

@@ -18,7 +18,13 @@ import json
 import sys
 from pathlib import Path
 
-from experiments.claims import CONTRADICTED, INCONCLUSIVE, REPLICATED, format_interval
+from experiments.claims import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    REPLICATED,
+    format_interval,
+    seeds_needed,
+)
 from jaxdissect.errors import DissectError
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -57,6 +63,11 @@ def _provenance(results: dict) -> str:
         f"{machine.get('cpus', '?')} CPUs, devices {', '.join(machine.get('devices', []))}"
         if machine
         else "",
+        f"CPU {machine['cpu_model']}" if machine.get("cpu_model") else "",
+        # Recorded since the pin (jaxdissect.float_pin); older runs did not record it.
+        f"XLA CPU ISA {machine['xla_cpu_max_isa'] or 'unpinned'}"
+        if "xla_cpu_max_isa" in machine
+        else ("ISA not recorded" if machine else ""),
         f"{results['seconds']:.0f} s" if "seconds" in results else "",
     ]
     return "; ".join(part for part in parts if part)
@@ -133,6 +144,17 @@ def _counts_table(results: dict, path: Path) -> list[str]:
     return _table([*header, "val. accuracy", "linear probe"], rows)
 
 
+def _needed(claim: dict) -> str:
+    """Seeds an inconclusive claim would need, computed from its per-seed pairs (so that
+    runs from before results.json recorded it show it too)."""
+    if claim["verdict"] != INCONCLUSIVE:
+        return ""
+    needed = seeds_needed([a - b for a, b in claim["per_seed"]])
+    if needed is not None:
+        return f"about {needed}"
+    return "no effect" if claim["mean_difference"] == 0 else "more than 10,000"
+
+
 def study_section(folder: str, results: dict, path: Path) -> list[str]:
     """One results.json as README lines: heading, provenance, claims, verdicts, counts."""
     claims = _field(results, path, "claims")
@@ -154,19 +176,22 @@ def study_section(folder: str, results: dict, path: Path) -> list[str]:
             format_interval(c["mean_difference"], c["ci95"]),
             str(len(c["seeds"])),
             f"**{c['verdict']}**",
+            _needed(c),
         ]
         for c in claims
     ]
     header = ["claim (paper)", "difference", "mean difference [95 % interval]", "seeds"]
     verdicts = [c["verdict"] for c in claims]
     if claims:
-        lines += _table([*header, "verdict"], rows)
+        lines += _table([*header, "verdict", "seeds needed (estimate)"], rows)
         lines += [
             "",
             f"Of {len(claims)} claim{'s' * (len(claims) != 1)}: "
             f"{verdicts.count(REPLICATED)} replicated, "
             f"{verdicts.count(CONTRADICTED)} contradicted, {verdicts.count(INCONCLUSIVE)} "
-            "inconclusive (the 95 % interval contains 0, or one seed).",
+            "inconclusive (the 95 % interval contains 0, or one seed). Seeds needed: how many "
+            "seeds an inconclusive claim's observed mean and spread would need for its interval "
+            "to exclude 0 (a plain power calculation at the observed effect).",
         ]
     else:  # e.g. explain, whose findings are qualitative
         lines += ["No claim is computed from this run."]

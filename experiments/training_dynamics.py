@@ -56,6 +56,8 @@ VARIATIONS = {
     "no_dropout": ["dropout=false"],
     "batch_norm": ["batch_norm=true"],
     "wide_last": ["last_width=3"],
+    # The paper's AlexNet conv5 has 256 units: 4x the default width's 64.
+    "paper_width": ["last_width=4"],
     # ViT-style (run them with layer=block3, as their own study: they have no conv5).
     "vit": ["family=vit", "depth=4"],
     "vit_no_dropout": ["family=vit", "depth=4", "dropout=false"],
@@ -114,6 +116,8 @@ PRESETS = {
         probe=ProbeConfig(images=40, image_size=32),
     ),
     "default": {},
+    # The paper's conv5 width (256 units) at the default scale, 5 seeds (issue 26).
+    "paper_width": dict(variations=("paper_width",), seeds=5),
     # The paper's CNN variations at the default scale (about 4x the default's time).
     "variations": dict(variations=CNN_VARIATIONS),
     # An accelerator: full-width AlexNet-style (conv5: 256 units) at 128 px on the synthetic

@@ -77,3 +77,27 @@ def test_slope_by_hand():
     # y = 10 - 4x exactly, and a symmetric wobble that leaves the slope unchanged.
     assert slope([0, 0.5, 1], [10, 8, 6]) == pytest.approx(-4)
     assert slope([0, 0.5, 1], [10, 9, 6]) == pytest.approx(-4)
+
+
+def test_seeds_needed_by_hand():
+    from experiments.claims import seeds_needed
+
+    # mean 1, sd 1: t(n-1)/sqrt(n) < 1 first at n = 7 (2.446912/2.645751 = 0.925; at n = 6,
+    # 2.570582/2.449490 = 1.049).
+    values = [0, 1, 2, 0, 1, 2]
+    mean = sum(values) / 6
+    sd = (sum((v - mean) ** 2 for v in values) / 5) ** 0.5
+    scaled = [(v - mean) / sd + 1 for v in values]
+    assert seeds_needed(scaled) == 7
+    assert seeds_needed([1.0, -1.0]) is None  # no effect
+    assert seeds_needed([2.0]) is None  # no spread to estimate
+    assert seeds_needed([3.0, 3.0, 3.0]) == 2  # no spread: any two seeds decide
+    assert seeds_needed([0.01, -0.009], limit=100) is None
+
+
+def test_claim_records_seeds_needed_only_when_undecided():
+    undecided = claim("s", ("a", "b"), [2, 3, 1], [1, 1, 2], [0, 1, 2])
+    assert undecided["verdict"] == "inconclusive"
+    assert undecided["seeds_needed"] is not None and undecided["seeds_needed"] > 3
+    decided = claim("s", ("a", "b"), [5, 6, 7], [1, 1, 1], [0, 1, 2])
+    assert decided["verdict"] == "replicated" and decided["seeds_needed"] is None

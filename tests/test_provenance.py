@@ -40,3 +40,29 @@ def test_provenance_without_git_has_no_commit(monkeypatch):
     monkeypatch.setattr(subprocess, "run", no_git)
     found = common.provenance()
     assert found["git_commit"] is None and found["git_dirty"] is None
+
+
+def test_pin_adds_the_isa_ceiling_unless_named(monkeypatch):
+    import platform
+
+    from jaxdissect import float_pin
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    float_pin.pin_floats()
+    flags = __import__("os").environ["XLA_FLAGS"].split()
+    assert "--xla_cpu_max_isa=AVX2" in flags and "--xla_gpu_deterministic_ops=true" in flags
+    assert float_pin.float_settings()["xla_cpu_max_isa"] == "AVX2"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=SSE4_2")
+    float_pin.pin_floats()
+    assert "AVX2" not in __import__("os").environ["XLA_FLAGS"]
+    assert float_pin.float_settings()["xla_cpu_max_isa"] == "SSE4_2"
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    float_pin.pin_floats()
+    assert "xla_cpu_max_isa" not in __import__("os").environ["XLA_FLAGS"]
+
+
+def test_provenance_records_the_cpu_and_isa():
+    machine = common.provenance()["machine"]
+    assert "cpu_model" in machine and "xla_cpu_max_isa" in machine

@@ -54,13 +54,13 @@ ARCHITECTURES = {
 # Written by hand from ARCHITECTURES: what a reader of the README sees.
 EXPECTED = """#### `architectures`
 
-3 seed(s); 600 training steps; probe: 600 images at 64 px. Produced with: commit 0123456789; jax 0.10.2, flax 0.12.8, numpy 2.4.6; 2 CPUs, devices cpu; 1234 s.
+3 seed(s); 600 training steps; probe: 600 images at 64 px. Produced with: commit 0123456789; jax 0.10.2, flax 0.12.8, numpy 2.4.6; 2 CPUs, devices cpu; ISA not recorded; 1234 s.
 
-| claim (paper) | difference | mean difference [95 % interval] | seeds | verdict |
-| --- | --- | --- | --- | --- |
-| ResNet-style networks have more unique detectors than AlexNet-style ones | resnet_style − alexnet_style | 2.33 [-0.50, 5.17] | 3 | **inconclusive** |
+| claim (paper) | difference | mean difference [95 % interval] | seeds | verdict | seeds needed (estimate) |
+| --- | --- | --- | --- | --- | --- |
+| ResNet-style networks have more unique detectors than AlexNet-style ones | resnet_style − alexnet_style | 2.33 [-0.50, 5.17] | 3 | **inconclusive** | about 5 |
 
-Of 1 claim: 0 replicated, 0 contradicted, 1 inconclusive (the 95 % interval contains 0, or one seed).
+Of 1 claim: 0 replicated, 0 contradicted, 1 inconclusive (the 95 % interval contains 0, or one seed). Seeds needed: how many seeds an inconclusive claim's observed mean and spread would need for its interval to exclude 0 (a plain power calculation at the observed effect).
 
 Counts (mean over seeds [95 % interval]):
 

@@ -5,9 +5,9 @@ train.config.TrainConfig for every key.
 """
 
 import argparse
-import os
 import sys
 
+from jaxdissect.float_pin import pin_floats
 from train.checkpoints import list_checkpoints
 from train.config import PRESETS, make_config
 from train.loop import TrainingError, train
@@ -23,11 +23,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. dropout=false width=0.5")
     args = parser.parse_args(argv)
-    # Bit-identical resumes on GPUs need deterministic reductions (CPUs have them anyway);
+    # The same floats on every machine of an architecture (see jaxdissect.float_pin);
     # set before JAX starts its backend.
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_gpu_deterministic_ops" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+    pin_floats()
     try:
         config = make_config(args.config, args.overrides)
         result = train(
