@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     dissect.add_argument(
         "--weights",
         type=Path,
+        action="append",
         default=None,
-        help="PyTorch checkpoint for --model (default: random init)",
+        help="PyTorch checkpoint for --model (default: random init); repeat it to dissect "
+        "several checkpoints of the model in one pass, each into OUT/<file name>/",
     )
     dissect.add_argument("--out", required=True, type=Path, help="output folder")
     dissect.add_argument(
@@ -282,6 +284,43 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dissect_checkpoints(args: argparse.Namespace, config, progress: bool) -> int:
+    """``dissect --model M --weights A --weights B ...``: every checkpoint in one pass."""
+    from jaxdissect import runtime
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.many import checkpoint_names
+    from jaxdissect.pipeline import dissect
+    from jaxdissect.results import format_summary
+    from jaxdissect.sources import load_model
+
+    models = [load_model(args.model, weights) for weights in args.weights]
+    names = checkpoint_names(args.weights, models)
+    found = dissect(
+        open_broden(args.dataset, args.categories),
+        models,
+        config,
+        args.out,
+        layers=args.layer,
+        weights=args.weights,
+        cache=args.cache,
+        report=not args.no_report,
+        checkpoint_every=args.checkpoint_every,
+        progress=progress,
+    )
+    if runtime.process_index() != 0:
+        return 0
+    for name in names:
+        if name not in found:
+            print(f"{name}: already dissected in {args.out / name} (reused)")
+            continue
+        for layer, dissection in found[name].items():
+            print(f"{name} layer {layer}:")
+            print(format_summary(dissection.summary))
+        print(f"wrote {args.out / name}")
+    print(peak_memory())
+    return 0
+
+
 def run_dissect(args: argparse.Namespace) -> int:
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
@@ -313,14 +352,16 @@ def run_dissect(args: argparse.Namespace) -> int:
     else:
         if not args.layer:
             raise DissectError("--model needs at least one --layer")
-        source = load_model(args.model, args.weights)
+        if args.weights and len(args.weights) > 1:
+            return _dissect_checkpoints(args, config, progress)
+        source = load_model(args.model, args.weights[0] if args.weights else None)
     dissections = dissect(
         open_broden(args.dataset, args.categories),
         source,
         config,
         args.out,
         layers=args.layer,
-        weights=args.weights,
+        weights=args.weights[0] if args.weights else None,
         cache=args.cache,
         report=not args.no_report,
         checkpoint_every=args.checkpoint_every,

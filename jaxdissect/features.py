@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,11 +64,17 @@ class FeatureModel:
       layer_names: every capturable layer, plus ``logits``.
       apply: ``apply(images, layers)``: uint8 (B, H, W, 3) -> {layer: activations}; jitted,
         ``layers`` a static tuple.
+      function, params: ``apply`` as a pure function of its parameters,
+        ``function(params, images, layers)``, unjitted (None where the model does not
+        expose them). Models of one architecture then run as one forward pass over their
+        stacked parameters (``jaxdissect.many``).
     """
 
     name: str
     layer_names: tuple[str, ...]
     apply: Callable[[jax.Array, tuple[str, ...]], dict[str, jax.Array]]
+    function: Callable | None = None
+    params: Any = None
 
     def check_layers(self, layers: Sequence[str]) -> tuple[str, ...]:
         """The layers, or a DissectError listing the model's layer names."""
@@ -153,8 +160,7 @@ def from_nnx(
         paths = {layer: paths[layer] for layer in layer_names}
     graphdef, state = nnx.split(module)
 
-    @functools.partial(jax.jit, static_argnames="layers")
-    def apply(state, images, layers):
+    def function(state, images, layers):
         model = nnx.merge(graphdef, state)
         sink = {}
         for layer in layers:
@@ -175,10 +181,13 @@ def from_nnx(
             for layer in layers
         }
 
+    apply = jax.jit(function, static_argnames="layers")
     return FeatureModel(
         name=name or type(module).__name__,
         layer_names=(*paths, OUTPUT),
         apply=lambda images, layers: apply(state, images, layers),
+        function=function,
+        params=state,
     )
 
 
@@ -201,8 +210,7 @@ def from_linen(
             elif isinstance(value, Mapping):
                 yield from flatten(value, (*prefix, key))
 
-    @functools.partial(jax.jit, static_argnames="layers")
-    def apply(variables, images, layers):
+    def function(variables, images, layers):
         wanted = set(layers)
         out, state = module.apply(
             variables,
@@ -220,10 +228,13 @@ def from_linen(
             variables, preprocess(probe), capture_intermediates=True, mutable=["intermediates"]
         )
         layer_names = [n for n, _ in flatten(state["intermediates"]) if n]
+    apply = jax.jit(function, static_argnames="layers")
     return FeatureModel(
         name=name or type(module).__name__,
         layer_names=(*layer_names, OUTPUT),
         apply=lambda images, layers: apply(variables, images, layers),
+        function=function,
+        params=variables,
     )
 
 
@@ -238,13 +249,17 @@ def from_function(
     preprocessed images)."""
     preprocess = preprocess or Preprocess()
 
-    @functools.partial(jax.jit, static_argnames="layers")
-    def apply(params, images, layers):
+    def function(params, images, layers):
         out = fn(params, preprocess(images))
         return {layer: out[layer] for layer in layers}
 
+    apply = jax.jit(function, static_argnames="layers")
     return FeatureModel(
-        name, tuple(layer_names), lambda images, layers: apply(params, images, layers)
+        name,
+        tuple(layer_names),
+        lambda images, layers: apply(params, images, layers),
+        function=function,
+        params=params,
     )
 
 

@@ -87,15 +87,21 @@ def run_pass(
     progress: bool = True,
     checkpoints: PassCheckpoints | None = None,
 ) -> dict[str, Any]:
-    """Folds every batch into each layer's statistic; {layer: result}."""
+    """Folds every batch into each layer's statistic; {layer: result}. A checkpoint holds
+    each layer's merged state (``Statistic.collapse``), so a resumed pass continues on any
+    placement of the same device count."""
     ranges = batch_ranges(num_images, backend.batch_size)
     states = {layer: statistic.init() for layer, statistic in statistics.items()}
+
+    def merged():
+        return {layer: statistics[layer].collapse(state) for layer, state in states.items()}
+
     key = f"{name}-{backend.name}"
     first = 0
     if checkpoints is not None:
-        first, restored = checkpoints.restore(key, states)
+        first, restored = checkpoints.restore(key, merged())
         if restored is not None:
-            states = backend.adopt(states, restored)
+            states = {layer: statistics[layer].expand(s) for layer, s in restored.items()}
     batches = backend.read(source, shapes, ranges, first, labels)
     bar = tqdm(
         prefetch(batches),
@@ -114,8 +120,8 @@ def run_pass(
         if number % IN_FLIGHT == 0:  # bound the queued batches: memory stays flat
             backend.wait(states)
         if checkpoints is not None:
-            checkpoints.save(key, number, lambda: states, last=number == len(ranges))
-    return {layer: statistic.result(states[layer]) for layer, statistic in statistics.items()}
+            checkpoints.save(key, number, merged, last=number == len(ranges))
+    return {layer: statistics[layer].result(state) for layer, state in merged().items()}
 
 
 def compute_thresholds(

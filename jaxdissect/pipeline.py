@@ -223,7 +223,9 @@ def dissect(
       source: the activations: an ``Activations`` (see ``jaxdissect.sources``), a path to
         an (N, h, w, U) .npy file or such an array (one layer), or a ``FeatureModel`` run
         over the probe's images (then ``layers`` names its layers, and ``weights`` the file
-        its weights came from, for resuming).
+        its weights came from, for resuming). A list of FeatureModels of one architecture
+        (checkpoints; ``weights`` a list too) runs as one pass (``jaxdissect.many``): each
+        writes OUT/<checkpoint name>/ and the result is {name: {layer: Dissection}}.
       config: how to dissect.
       out: where to write; None keeps everything in memory. One layer writes OUT/, several
         OUT/<layer>/ (or always, with ``layer_folders``) and OUT/index.html: tally.csv,
@@ -242,6 +244,20 @@ def dissect(
       {layer: Dissection}; under ``jax.distributed`` only process 0 writes.
     """
     mark("startup")
+    if isinstance(source, (list, tuple)) and not isinstance(source, Activations):
+        # Checkpoints of one architecture: one pass.
+        from jaxdissect.many import dissect_many
+
+        if out is None:
+            raise DissectError("dissecting several models needs an output folder (out=)")
+        weights = weights if weights is not None else [None] * len(source)
+        if isinstance(weights, (str, Path)):
+            raise DissectError("give one weights file per model (a list), or none")
+        return dissect_many(
+            dataset, source, config, out, layers=layers, weights=weights, labels=labels,
+            images=images, cache=cache, report=report, checkpoint_every=checkpoint_every,
+            layer_folders=layer_folders, progress=progress,
+        )  # fmt: skip
     dataset, source, images = open_inputs(
         dataset, source, layers, config.batch_size, weights, images, cache, progress
     )

@@ -205,10 +205,16 @@ def model_run(
             )
         shapes[layer] = tuple(value.shape[1:])
     read = model_activations(model, images, layers, batch_size)
+    identity, provenance = model_identity(model, weights)
+    return Activations(read, shapes, len(images), identity, provenance)
+
+
+def model_identity(model, weights: str | Path | None) -> tuple[dict, dict]:
+    """A model run's (identity, provenance): its name and its weights file's content."""
     weights = None if weights is None else Path(weights)
     identity = {"model": model.name, "weights": None if weights is None else file_identity(weights)}
     provenance = {"model": model.name, "weights": None if weights is None else str(weights)}
-    return Activations(read, shapes, len(images), identity, provenance)
+    return identity, provenance
 
 
 def nbytes(tree) -> int:

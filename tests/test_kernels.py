@@ -26,14 +26,15 @@ def test_auto_kernel_is_cpu_on_cpu(monkeypatch):
 
 
 def _fold(statistic, backend, source, shapes, ranges, labels=None):
-    """States folded over each half of the batches separately, and over all of them."""
+    """States folded over each half of the batches separately and merged, and over all of
+    them (each collapsed from its per-device states, as the driver does)."""
     halves = [ranges[: len(ranges) // 2], ranges[len(ranges) // 2 :]]
     states = []
     for part in [*halves, ranges]:
         state = statistic.init()
         for batch in backend.read(source, shapes, part, 0, labels):
             state = statistic.update(state, batch._replace(acts=batch.acts["f"]))
-        states.append(state)
+        states.append(statistic.collapse(state))
     return statistic.merge(states[0], states[1]), states[2]
 
 

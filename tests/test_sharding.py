@@ -199,3 +199,96 @@ def test_features_larger_than_the_memory_used(tmp_path):
         sizes.append(path.stat().st_size)
     # Measured growth: 0.07-0.09 GB; holding the activations would add all 1.5 GB.
     assert peaks[1] - peaks[0] < 0.4 * (sizes[1] - sizes[0]), (peaks, sizes)
+
+
+# Lowers each per-batch step of both passes on 4 fake devices and prints, per step, the
+# result bytes of every collective in XLA's optimized HLO, and one batch's activation bytes.
+_STEP_COLLECTIVES = """
+import json, re, sys
+import jax, numpy as np
+from probe_fixture import dyadic_features
+from jaxdissect.config import DissectConfig
+from jaxdissect.data.broden import open_broden
+from jaxdissect.data.cache import load_label_arrays
+from jaxdissect.kernels import xla
+from jaxdissect.passes import batch_ranges
+from jaxdissect.sources import features_source
+
+assert jax.device_count() == 4
+COLLECTIVE = re.compile(
+    r"= (\\S+?)\\[([0-9,]*)\\][^=]*? (all-gather|all-reduce|reduce-scatter|all-to-all|"
+    r"collective-permute|collective-broadcast)(-start)?\\("
+)
+BYTES = {"f32": 4, "s32": 4, "u32": 4, "pred": 1, "bf16": 2, "f64": 8, "s64": 8, "s8": 1, "u8": 1}
+
+def collectives(text):
+    found = []
+    for dtype, dims, op, _ in COLLECTIVE.findall(text):
+        size = int(np.prod([int(d) for d in dims.split(",") if d])) * BYTES.get(dtype, 8)
+        found.append([op, f"{dtype}[{dims}]", size])
+    return found
+
+dataset = open_broden(sys.argv[1])
+labels = load_label_arrays(dataset, progress=False)
+features = dyadic_features(dataset.num_images, (4, 4, 6))
+source, shapes = features_source(features, layer="f")
+config = DissectConfig(batch_size=8, quantile=0.05, top_images=3, kernel="xla")
+backend = xla.backend(config)
+ranges = batch_ranges(dataset.num_images, backend.batch_size)
+thresholds = backend.thresholds("f", shapes["f"], dataset.num_images, config)
+state = thresholds.init()
+batch = next(backend.read(source, shapes, ranges, 0, None))
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+text = xla.threshold_step.lower(
+    state, batch.acts["f"], batch.valid, batch.indices, mesh=mesh
+).compile().as_text()
+report = {"batch_bytes": batch.acts["f"].nbytes, "threshold_step": collectives(text)}
+# Pass 2 on the thresholds pass 1 computes (the whole pass, through the statistic).
+for b in backend.read(source, shapes, ranges, 0, None):
+    state = thresholds.update(state, b._replace(acts=b.acts["f"]))
+found = thresholds.result(thresholds.collapse(state))
+tally = backend.tally("f", shapes["f"], found, dataset, labels, config)
+counts = tally.init()
+batch = next(backend.read(source, shapes, ranges, 0, labels))
+constants = tuple(
+    jax.device_put(np.asarray(x), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    for x in (
+        found.thresholds,
+        dataset.label_category.astype(np.int32),
+        xla.bilinear_matrix(dataset.label_size[0], 4),
+        xla.bilinear_matrix(dataset.label_size[1], 4),
+    )
+)
+text = xla.tally_step.lower(
+    counts["device"], constants, batch.acts["f"], batch.labels, batch.valid, mesh=mesh,
+    union="paper", mask_dtype=xla.mask_dtype_for_backend(), max_active=None,
+).compile().as_text()
+report["tally_step"] = collectives(text)
+print(json.dumps(report))
+"""
+
+
+def test_per_batch_steps_need_no_large_collective(probe):
+    """Each device folds its rows into its own state: no step of either pass gathers the
+    batch (or reduces per-unit maps) across devices. Read from XLA's optimized HLO on 4 fake
+    CPU devices; collectives of a few scalars would be allowed."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _STEP_COLLECTIVES, str(probe.directory)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["batch_bytes"] == 8 * 4 * 4 * 6 * 4
+    for step in ("threshold_step", "tally_step"):
+        for op, shape, size in report[step]:
+            assert size < report["batch_bytes"] / 8, f"{step}: {op} {shape} ({size} bytes)"

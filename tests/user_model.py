@@ -21,3 +21,21 @@ def factory(weights):
 
 def not_a_feature_model(weights):
     return Tiny(nnx.Rngs(0))
+
+
+def seeded_factory(weights):
+    """A "checkpoint" is a text file holding the seed of the parameters."""
+    seed = int(open(weights).read()) if weights is not None else 0
+    return from_nnx(Tiny(nnx.Rngs(seed)), Preprocess(), name="tiny")
+
+
+class Other(nnx.Module):
+    def __init__(self, rngs):
+        self.conv_a = nnx.Conv(3, 5, (3, 3), strides=2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv_a(x)
+
+
+def other_factory(weights):
+    return from_nnx(Other(nnx.Rngs(0)), Preprocess(), name="tiny")

@@ -44,18 +44,30 @@ class Batch(NamedTuple):
     labels: tuple | None = None
 
 
+def _same(state: State) -> State:
+    return state
+
+
 class Statistic(NamedTuple):
     """One layer's statistic in one pass.
 
     ``init() -> state``; ``update(state, batch) -> state`` folds in a batch (``batch.acts``
-    is this layer's array); ``merge(a, b) -> state`` combines two states that saw disjoint
-    images; ``result(state)`` finishes on the host.
+    is this layer's array); ``merge(a, b) -> merged`` combines two merged states that saw
+    disjoint images; ``result(merged)`` finishes on the host.
+
+    A backend whose devices keep states of their own (``xla``: a leading device axis) gives
+    ``collapse(state) -> merged``, the devices' states combined with ``merge`` on the host
+    (once per pass, and for each checkpoint: what a checkpoint holds), and
+    ``expand(merged) -> state``, the inverse placement (a restored checkpoint on one device,
+    fresh states on the others). Where a state is one state already, both are the identity.
     """
 
     init: Callable[[], State]
     update: Callable[[State, Batch], State]
     merge: Callable[[State, State], State]
     result: Callable[[State], Any]
+    collapse: Callable[[State], State] = _same
+    expand: Callable[[State], State] = _same
 
 
 class Backend(NamedTuple):
@@ -71,8 +83,6 @@ class Backend(NamedTuple):
         whose result is a ``Thresholds``.
       tally: ``tally(layer, shape, thresholds, dataset, labels, config)``: pass 2's
         Statistic, whose result is (G, I, A) as int64 host arrays.
-      adopt: ``adopt(template, restored)``: states read from a checkpoint, placed like the
-        template's.
       wait: blocks until the queued work on ``states`` is done (bounds what is in flight).
     """
 
@@ -87,5 +97,4 @@ class Backend(NamedTuple):
         [str, tuple[int, int, int], Thresholds, BrodenDataset, LabelArrays, DissectConfig],
         Statistic,
     ]
-    adopt: Callable[[State, State], State]
     wait: Callable[[State], None]

@@ -1,10 +1,14 @@
 """The XLA backend: both passes jitted and sharded over every device, of every process.
 
 The data axis of every batch is sharded over a 1-D ``Mesh`` of all devices (under
-``jax.distributed`` each process reads only its rows of each batch); states are
-replicated and XLA reduces them, so results are identical for any device count (integer
-counts, and a top-k whose values do not depend on order). The last batch is padded and
-masked, so each step compiles once. The jitted steps here are the driver's jit boundary.
+``jax.distributed`` each process reads only its rows of each batch). Each device folds its
+own rows into its own state (``jax.shard_map``; the states carry a leading device axis),
+so a step needs no collective: a replicated state updated from a sharded batch would make
+XLA gather the whole batch onto every device. The states meet once per pass, and whenever
+a pass checkpoint is written, through the statistic's ``merge`` (``collapse``). Results are
+identical for any device count (integer counts, and top-k values that do not depend on
+order). The last batch is padded and masked, so each step compiles once. The jitted steps
+here are the driver's jit boundary.
 """
 
 from __future__ import annotations
@@ -29,19 +33,45 @@ from jaxdissect.kernels.common import (
 from jaxdissect.top_images import top_images_init, top_images_merge, top_images_update
 from jaxdissect.upsample import bilinear_matrix
 
-# The XLA backend gathers the report's top images with XLA (the CPU backend in NumPy).
-top_images_step = jax.jit(top_images_update, donate_argnums=(0,))
+DATA = PartitionSpec("data")
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-def threshold_step(state, first_bad, maxima, acts, valid, indices, start):
-    """One jitted step of pass 1: the top-k update, each image's per-unit maxima (to size
-    pass 2's skipping of inactive units), and the first non-finite image index."""
+def _own(state):
+    """A device's own state inside ``shard_map`` (its block of the leading device axis)."""
+    return jax.tree.map(lambda x: x[0], state)
+
+
+def _stacked(state):
+    return jax.tree.map(lambda x: x[None], state)
+
+
+def _threshold_update(state, acts, valid, indices):
+    """One device's pass-1 update: the top-k, each image's per-unit maxima (to size pass
+    2's skipping of inactive units), the first non-finite image index, the top images."""
+    state = dict(state)
     finite = jnp.all(jnp.isfinite(acts), axis=(1, 2, 3)) | ~valid
-    first_bad = jnp.minimum(first_bad, jnp.min(jnp.where(finite, INT32_MAX, indices)))
+    state["first_bad"] = jnp.minimum(
+        state["first_bad"], jnp.min(jnp.where(finite, INT32_MAX, indices))
+    )
     batch_maxima = jnp.where(valid[:, None], jnp.max(acts, axis=(1, 2)), -jnp.inf)
-    maxima = jax.lax.dynamic_update_slice(maxima, batch_maxima, (start, 0))
-    return quantile.quantile_update(state, acts, valid), first_bad, maxima
+    # The device's rows are contiguous image indices from indices[0].
+    state["maxima"] = jax.lax.dynamic_update_slice(state["maxima"], batch_maxima, (indices[0], 0))
+    state["quantile"] = quantile.quantile_update(state["quantile"], acts, valid)
+    if "top" in state:
+        state["top"] = top_images_update(state["top"], acts, indices, valid)
+    return state
+
+
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("mesh",))
+def threshold_step(state, acts, valid, indices, *, mesh):
+    """One jitted step of pass 1: every device updates its own state from its rows."""
+
+    def local(state, acts, valid, indices):
+        return _stacked(_threshold_update(_own(state), acts, valid, indices))
+
+    return jax.shard_map(local, mesh=mesh, in_specs=DATA, out_specs=DATA)(
+        state, acts, valid, indices
+    )
 
 
 @jax.jit
@@ -51,26 +81,36 @@ def _most_active_units(maxima, thresholds):
 
 
 @functools.partial(
-    jax.jit, donate_argnums=(0,), static_argnames=("union", "mask_dtype", "max_active")
+    jax.jit,
+    donate_argnums=(0,),
+    static_argnames=("mesh", "union", "mask_dtype", "max_active"),
 )
-def tally_step(state, constants, acts, labels, valid, *, union, mask_dtype, max_active):
-    """One jitted step of pass 2."""
-    thresholds, label_category, rows, cols = constants
-    slot_planes, slot_labels, image_labels = labels
-    return tally.tally_update_compact(
-        state,
-        acts,
-        thresholds,
-        slot_planes.astype(jnp.int32),
-        slot_labels,
-        image_labels,
-        label_category,
-        rows,
-        cols,
-        valid,
-        union=union,
-        mask_dtype=mask_dtype,
-        max_active=max_active,
+def tally_step(state, constants, acts, labels, valid, *, mesh, union, mask_dtype, max_active):
+    """One jitted step of pass 2: every device counts its own rows."""
+
+    def local(state, constants, acts, labels, valid):
+        thresholds, label_category, rows, cols = constants
+        slot_planes, slot_labels, image_labels = labels
+        counts = tally.tally_update_compact(
+            _own(state),
+            acts,
+            thresholds,
+            slot_planes.astype(jnp.int32),
+            slot_labels,
+            image_labels,
+            label_category,
+            rows,
+            cols,
+            valid,
+            union=union,
+            mask_dtype=mask_dtype,
+            max_active=max_active,
+        )
+        return _stacked(counts)
+
+    specs = (DATA, PartitionSpec(), DATA, DATA, DATA)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=DATA)(
+        state, constants, acts, labels, valid
     )
 
 
@@ -102,13 +142,15 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
 
 
 class _Placement:
-    """The mesh over all devices, and how this process's rows of a batch reach it."""
+    """The mesh over all devices, how this process's rows of a batch reach it, and the
+    per-device states (a leading device axis, sharded over the mesh)."""
 
     def __init__(self, batch_size: int):
-        mesh = Mesh(np.array(jax.devices()), ("data",))
-        self.batch_size = -(-batch_size // mesh.size) * mesh.size
-        self.data = NamedSharding(mesh, PartitionSpec("data"))
-        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.mesh = Mesh(np.array(jax.devices()), ("data",))
+        self.devices = self.mesh.size
+        self.batch_size = -(-batch_size // self.devices) * self.devices
+        self.data = NamedSharding(self.mesh, DATA)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
 
     def local_rows(self, start: int, stop: int) -> tuple[int, int, int]:
         """This process's rows of the batch at ``start``: (lo, hi, per process). Rows
@@ -124,6 +166,26 @@ class _Placement:
         return jax.make_array_from_process_local_data(
             self.data, np.asarray(local), (self.batch_size, *local.shape[1:])
         )
+
+    def per_device(self, first, others=None):
+        """Per-device states: ``first`` on device 0 and ``others`` (default: ``first``) on
+        every other device, as (devices, ...) leaves sharded over the mesh."""
+        others = first if others is None else others
+
+        def place(leaf, other):
+            leaf, other = np.asarray(leaf), np.asarray(other)
+            shape = (self.devices, *leaf.shape)
+
+            def block(index):
+                devices = range(self.devices)[index[0]]
+                stacked = np.stack([leaf if d == 0 else other for d in devices])
+                return stacked[(slice(None), *index[1:])]
+
+            # One device: as XLA names the steps' outputs, so that no step compiles twice.
+            sharding = self.data if self.devices > 1 else self.replicated
+            return jax.make_array_from_callback(shape, sharding, block)
+
+        return jax.tree.map(place, first, others)
 
     def activations(self, acts, size: int) -> jax.Array:
         """Activations padded to ``size`` rows and placed; arrays already on a device (a
@@ -155,51 +217,49 @@ class _Placement:
             )
 
 
+def _merged(per_device, merge):
+    """The per-device states, on the host, combined with the statistic's ``merge``."""
+    states = host(per_device)
+    count = len(jax.tree.leaves(states)[0])
+    return functools.reduce(
+        merge, (jax.tree.map(lambda x, d=d: x[d], states) for d in range(count))
+    )
+
+
 def _thresholds(placement, layer, shape, num_images, config):
     height, width, units = shape
     kept = top_images_kept(config, shape)
-    padded_images = -(-num_images // placement.batch_size) * placement.batch_size
+    # Room past the last padded batch: a device's rows never shift its maxima window.
+    rows = (-(-num_images // placement.batch_size) + 1) * placement.batch_size
 
-    def init():
+    def single():
         state = {
             "quantile": quantile.quantile_init(units, config.quantile, num_images * height * width),
-            "first_bad": jnp.asarray(INT32_MAX, jnp.int32),
-            "maxima": jnp.full((padded_images, units), -jnp.inf, jnp.float32),
+            "first_bad": np.asarray(INT32_MAX, np.int32),
+            "maxima": np.full((rows, units), -np.inf, np.float32),
         }
         if kept:
-            state["top"] = top_images_init(units, kept, height, width)
-        return jax.device_put(state, placement.replicated)
+            state["top"] = top_images_init(units, kept, height, width, xp=np)
+        return state
 
     def update(state, batch):
-        state = dict(state)
-        state["quantile"], state["first_bad"], state["maxima"] = threshold_step(
-            state["quantile"],
-            state["first_bad"],
-            state["maxima"],
-            batch.acts,
-            batch.valid,
-            batch.indices,
-            batch.start,
-        )
-        if kept:
-            state["top"] = top_images_step(state["top"], batch.acts, batch.indices, batch.valid)
-        return state
+        return threshold_step(state, batch.acts, batch.valid, batch.indices, mesh=placement.mesh)
 
     def merge(a, b):
         merged = {
             "quantile": quantile.quantile_merge(a["quantile"], b["quantile"]),
-            "first_bad": jnp.minimum(a["first_bad"], b["first_bad"]),
-            "maxima": jnp.maximum(a["maxima"], b["maxima"]),
+            "first_bad": np.minimum(a["first_bad"], b["first_bad"]),
+            "maxima": np.maximum(a["maxima"], b["maxima"]),
         }
         if kept:
             merged["top"] = top_images_merge(a["top"], b["top"])
-        return merged
+        return jax.tree.map(np.asarray, merged)
 
     def result(state):
-        check_finite(host(state["first_bad"]), num_images, layer)
-        thresholds = quantile.quantile_result(host(state["quantile"]), config.quantile)
-        most_active = host(_most_active_units(state["maxima"], jnp.asarray(thresholds)))
-        top = host(state["top"]) if kept else None
+        check_finite(state["first_bad"], num_images, layer)
+        thresholds = quantile.quantile_result(state["quantile"], config.quantile)
+        most_active = _most_active_units(state["maxima"], jnp.asarray(thresholds))
+        top = state["top"] if kept else None
         return Thresholds(
             thresholds,
             int(most_active),
@@ -207,14 +267,22 @@ def _thresholds(placement, layer, shape, num_images, config):
             None if top is None else np.asarray(top.maps),
         )
 
-    return Statistic(init, update, merge, result)
+    return Statistic(
+        init=lambda: placement.per_device(single()),
+        update=update,
+        merge=merge,
+        result=result,
+        collapse=lambda state: _merged(state, merge),
+        expand=lambda merged: placement.per_device(merged, single()),
+    )
 
 
 def _tally(placement, layer, shape, thresholds, dataset, labels, config):
     """Pass 2: each image upsamples only the units whose map rises above their threshold
     (at most ``max_active``, measured in pass 1) unless ``config.skip_inactive`` is off.
-    Device counts are int32; they move into int64 host totals often enough that no device
-    count can pass 2**31 (a host sync every few hundred batches, not every step)."""
+    Device counts are int32; they move into the int64 host totals (the merged state) often
+    enough that no device count can pass 2**31 (a host sync every few hundred batches, not
+    every step)."""
     height, width, units = shape
     label_height, label_width = dataset.label_size
     planes = max(labels.slot_planes.shape[1], labels.image_labels.shape[1])
@@ -232,20 +300,22 @@ def _tally(placement, layer, shape, thresholds, dataset, labels, config):
     # Rounded up to a multiple of 8 so that similar layers share compiled steps.
     bound = -(-max(thresholds.max_active, 1) // 8) * 8
     max_active = bound if config.skip_inactive and bound < units else None
+    empty = jax.tree.map(
+        np.asarray, tally.tally_init(units, dataset.num_labels, len(dataset.categories))
+    )
 
-    def fresh():
-        return jax.device_put(
-            tally.tally_init(units, dataset.num_labels, len(dataset.categories)),
-            placement.replicated,
-        )
-
-    def flush(state):
-        """The device counts added to the host totals; the device counts restart at 0."""
+    def collapse(state):
+        """The int64 totals with every device's counts added."""
         part = host(state["device"])
-        if part.overflow:  # cannot happen: pass 1 measured the bound
-            raise RuntimeError(f"layer {layer!r}: {part.overflow} images overflowed the tally")
-        totals = [t + p for t, p in zip(state["totals"], part[:3], strict=True)]
-        return {"device": fresh(), "totals": totals}
+        if part.overflow.any():  # cannot happen: pass 1 measured the bound
+            raise RuntimeError(
+                f"layer {layer!r}: {part.overflow.sum()} images overflowed the tally"
+            )
+        counts = [np.asarray(x, np.int64).sum(axis=0) for x in part[:3]]
+        return [t + c for t, c in zip(state["totals"], counts, strict=True)]
+
+    def expand(totals):
+        return {"device": placement.per_device(empty), "totals": totals}
 
     def update(state, batch):
         device = tally_step(
@@ -254,49 +324,32 @@ def _tally(placement, layer, shape, thresholds, dataset, labels, config):
             batch.acts,
             batch.labels,
             batch.valid,
+            mesh=placement.mesh,
             union=config.union,
             mask_dtype=mask_dtype,
             max_active=max_active,
         )
         state = {"device": device, "totals": state["totals"]}
-        return flush(state) if batch.number % flush_every == 0 else state
-
-    def merge(a, b):
-        a, b = flush(a), flush(b)
-        return {
-            "device": a["device"],
-            "totals": [x + y for x, y in zip(a["totals"], b["totals"], strict=True)],
-        }
+        return expand(collapse(state)) if batch.number % flush_every == 0 else state
 
     return Statistic(
-        init=lambda: {"device": fresh(), "totals": zero_counts(units, dataset)},
+        init=lambda: expand(zero_counts(units, dataset)),
         update=update,
-        merge=merge,
-        result=lambda state: tuple(flush(state)["totals"]),
+        merge=lambda a, b: [x + y for x, y in zip(a, b, strict=True)],
+        result=tuple,
+        collapse=collapse,
+        expand=expand,
     )
 
 
 def backend(config) -> Backend:
     """The XLA backend for ``config``: batches rounded up to a multiple of the devices."""
     placement = _Placement(config.batch_size)
-
-    def adopt(template, restored):
-        return jax.tree.map(
-            lambda t, r: (
-                np.array(r)
-                if isinstance(t, np.ndarray)
-                else jax.device_put(r, placement.replicated)
-            ),
-            template,
-            restored,
-        )
-
     return Backend(
         name="xla",
         batch_size=placement.batch_size,
         read=placement.read,
         thresholds=functools.partial(_thresholds, placement),
         tally=functools.partial(_tally, placement),
-        adopt=adopt,
         wait=jax.block_until_ready,
     )

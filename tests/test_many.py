@@ -1,0 +1,107 @@
+"""Many checkpoints of one architecture in one pass: each checkpoint's outputs equal its
+own run's, byte for byte; a rerun reuses them; mixed architectures are refused."""
+
+import pytest
+
+from jaxdissect.cli import main
+
+LAYERS = ["--layer", "conv_a", "--layer", "conv_b"]
+
+
+def _seed_files(tmp_path, seeds):
+    paths = []
+    for name, seed in seeds.items():
+        path = tmp_path / f"{name}.seed"
+        path.write_text(str(seed))
+        paths.append(path)
+    return paths
+
+
+def _files(folder):
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_checkpoints_in_one_pass_equal_their_own_runs(probe, tmp_path, capsys):
+    paths = _seed_files(tmp_path, {"a": 1, "b": 2, "c": 3})
+    common = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:seeded_factory"]
+    common += [*LAYERS, "--quantile", "0.05", "--no-progress", "--batch-size", "5"]
+    weights = [arg for path in paths for arg in ("--weights", str(path))]
+    assert main([*common, *weights, "--out", str(tmp_path / "many")]) == 0
+    assert sorted(p.name for p in (tmp_path / "many").iterdir() if p.is_dir()) == ["a", "b", "c"]
+    for path in paths:
+        single = tmp_path / f"single-{path.stem}"
+        assert main([*common, "--weights", str(path), "--out", str(single)]) == 0
+        many = _files(tmp_path / "many" / path.stem)
+        assert "conv_a/tally.csv" in many and "conv_b/results.json" in many
+        assert many == _files(single), path.stem
+    # The checkpoints differ, so equal files are not a constant.
+    a, b = (tmp_path / "many" / n / "conv_b" / "tally.csv" for n in "ab")
+    assert a.read_bytes() != b.read_bytes()
+
+    # A rerun finds every checkpoint complete (its own fingerprint) and writes nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "many").rglob("results.json")}
+    capsys.readouterr()
+    assert main([*common, *weights, "--out", str(tmp_path / "many")]) == 0
+    assert "already dissected" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_python_api_takes_a_list_of_models(probe, tmp_path):
+    from user_model import seeded_factory
+
+    import jaxdissect as jd
+
+    paths = _seed_files(tmp_path, {"x": 4, "y": 5})
+    models = [seeded_factory(p) for p in paths]
+    found = jd.dissect(
+        probe.directory,
+        models,
+        jd.DissectConfig(quantile=0.05, batch_size=4),
+        tmp_path / "out",
+        layers=["conv_b"],
+        weights=paths,
+        report=False,
+        progress=False,
+    )
+    assert sorted(found) == ["x", "y"]
+    single = jd.dissect(
+        probe.directory,
+        models[1],
+        jd.DissectConfig(quantile=0.05, batch_size=4),
+        layers=["conv_b"],
+        progress=False,
+    )
+    import numpy as np
+
+    for field in ("thresholds", "label_area", "intersection", "unit_area"):
+        np.testing.assert_array_equal(
+            getattr(found["y"]["conv_b"], field), getattr(single["conv_b"], field)
+        )
+
+
+def test_mixed_architectures_and_clashing_names_are_refused(probe, tmp_path, capsys):
+    from user_model import other_factory, seeded_factory
+
+    import jaxdissect as jd
+    from jaxdissect.errors import DissectError
+
+    with pytest.raises(DissectError, match="share an architecture"):
+        jd.dissect(
+            probe.directory,
+            [seeded_factory(None), other_factory(None)],
+            out=tmp_path / "o",
+            layers=["conv_a"],
+            progress=False,
+        )
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    (one / "w.seed").write_text("1")
+    (two / "w.seed").write_text("2")
+    args = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:seeded_factory"]
+    args += ["--layer", "conv_a", "--weights", str(one / "w.seed"), "--weights"]
+    assert main([*args, str(two / "w.seed"), "--out", str(tmp_path / "o")]) == 2
+    assert "same folder 'w'" in capsys.readouterr().err
