@@ -15,6 +15,47 @@ import time
 
 import numpy as np
 
+# Measured: ``jaxdissect precompile`` in a fresh ``pip install`` on the 2-core machine
+# (see README, "Installing without make").
+COMPILE_ESTIMATE_S = 30
+
+
+def _kernels():
+    from jaxdissect import cpu_quantile, cpu_tally
+
+    return (
+        cpu_quantile._fold_units,
+        cpu_quantile._fold_parallel,
+        cpu_tally._slot_areas,
+        cpu_tally._unit_counts,
+    )
+
+
+def kernels_cached() -> bool:
+    """Whether Numba's on-disk cache holds machine code for this CPU for every kernel a CPU
+    dissection runs (False when it cannot tell: Numba's cache layout is internal)."""
+    try:
+        for kernel in _kernels():
+            magic = kernel.targetctx.codegen().magic_tuple()
+            index = kernel._cache._cache_file._load_index()
+            if not any(key[1] == magic for key in index):
+                return False
+    except Exception:  # another Numba version's internals: assume a compile is due
+        return False
+    return True
+
+
+def announce_and_compile(stream) -> None:
+    """Before a first CPU dissection: says on one line that the kernels compile once, and
+    compiles them (instead of sitting silent in the first batch)."""
+    print(
+        f"jaxdissect: compiling CPU kernels once, about {COMPILE_ESTIMATE_S} s on 2 cores "
+        "(cached for later runs; `jaxdissect precompile` does this ahead of time)",
+        file=stream,
+        flush=True,
+    )
+    precompile()
+
 
 def precompile() -> None:
     """Calls ``cpu_quantile_update`` (serial and parallel) and ``cpu_tally_batch`` on tiny
