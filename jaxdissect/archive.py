@@ -152,9 +152,9 @@ def extract_zip(
             staging.mkdir()
             (staging / STAGING_MARK).touch()
             _write_entries(archive, entries, staging, max_bytes, total, progress)
-        (staging / STAGING_MARK).unlink()
         if check is not None:
             check(staging)
+        (staging / STAGING_MARK).unlink()
         os.rename(staging, destination)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
         _cleanup(staging)

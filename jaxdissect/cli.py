@@ -249,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("name", choices=list(SOURCES), metavar="NAME")
     fetch.add_argument("--dir", required=True, type=Path, help="where to put it")
-    fetch.add_argument("--url", default=None, help="another URL for the same file (a mirror)")
-    fetch.add_argument(
+    origin = fetch.add_mutually_exclusive_group()
+    origin.add_argument("--url", default=None, help="another URL for the same file (a mirror)")
+    origin.add_argument(
         "--from",
         dest="from_file",
         type=Path,
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "precompile",
         help="compile and cache the CPU kernels now (for images and shared installs)",
         description="Compile the Numba CPU kernels a dissection uses and cache them, so that "
-        "the first dissection does not (about 30 s on 2 cores).",
+        "the first dissection does not (about 35 s on 2 cores).",
     )
     demo = commands.add_parser(
         "demo",

@@ -187,7 +187,10 @@ def fetch(
     final = directory / (source.folder or source.filename)
     if final.exists():
         if source.folder is not None:
-            _check_broden(final)
+            try:
+                _check_broden(final)
+            except ArchiveError as error:
+                raise DissectError(f"{final}: {error}; remove it or choose another --dir") from None
             sha256 = _manifest(directory).get(name, {}).get("sha256")
         else:
             sha256, _ = _verify(final, name, directory, str(final))

@@ -1,4 +1,5 @@
-"""Compiles the CPU backend's Numba kernels ahead of time: ``python -m jaxdissect.precompile``.
+"""Compiles the CPU backend's Numba kernels ahead of time: ``jaxdissect precompile`` (or
+``python -m jaxdissect.precompile``).
 
 Each kernel is called once on tiny inputs of the types a dissection passes, so that Numba
 (``cache=True``) writes its machine code to its cache and a first dissection only loads it
@@ -15,9 +16,10 @@ import time
 
 import numpy as np
 
-# Measured: ``jaxdissect precompile`` in a fresh ``pip install`` on the 2-core machine
-# (see README, "Installing without make").
-COMPILE_ESTIMATE_S = 30
+# Measured: ``jaxdissect precompile`` in a fresh ``pip install`` on the 2-core machine took
+# 36.2 s at a load average of 6.7, ``make setup``'s 31.8 s at 1.1 (README, "Installing
+# without make").
+COMPILE_ESTIMATE_S = 35
 
 
 def _kernels():

@@ -327,3 +327,26 @@ def test_unknown_name_lists_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         main(["fetch", "broden2", "--dir", "x"])
     assert "broden1_224" in capsys.readouterr().err
+
+
+def test_a_leftover_staging_folder_is_removed_only_when_ours(tmp_path, mini_broden, capsys):
+    source = tmp_path / "mine.zip"
+    source.write_bytes(mini_broden)
+    data = tmp_path / "data"
+    staging = data / ".broden1_224.staging"
+    staging.mkdir(parents=True)
+    (staging / "someone-elses.txt").write_text("keep")
+    args = ["fetch", "broden1_224", "--dir", str(data), "--from", str(source), "--no-progress"]
+    assert main(args) == 2
+    assert "is not a jaxdissect staging folder" in capsys.readouterr().err
+    assert (staging / "someone-elses.txt").read_text() == "keep"
+    (staging / "someone-elses.txt").unlink()
+    (staging / ".jaxdissect-staging").touch()  # a run killed while extracting left it
+    (staging / "index.csv").write_text("half")
+    assert main(args) == 0
+    assert not staging.exists()
+    assert sorted(p.name for p in data.iterdir()) == ["broden1_224", MANIFEST]
+    shutil.rmtree(data / "broden1_224")
+    (data / "broden1_224").mkdir()  # not a Broden folder: named, not overwritten
+    assert main(args) == 2
+    assert "not a Broden folder: no index.csv, category.csv, label.csv" in capsys.readouterr().err
