@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -169,6 +170,13 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(count)
 
+    def note(self, message: str) -> None:
+        """A line on stderr that does not break the bar."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -215,11 +223,17 @@ def download(
             except TransferError as error:
                 state = _read_state(target, url)
                 if attempt == retries:
+                    part = partial_path(target)
+                    resume = f" to resume from {part}" if part.exists() else ""
                     raise DissectError(
                         f"{url}: download failed after {retries + 1} attempts ({error}); "
-                        f"run the same command again to resume from {partial_path(target)}"
+                        f"run the same command again{resume}"
                     ) from None
-                sleep(backoff_s * 2**attempt)
+                wait = backoff_s * 2**attempt
+                bar.note(
+                    f"jaxdissect: {error}; retrying in {wait:g} s ({attempt + 1} of {retries})"
+                )
+                sleep(wait)
     finally:
         bar.close()
     raise AssertionError("unreachable")
