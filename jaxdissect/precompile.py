@@ -1,4 +1,5 @@
-"""Compiles the CPU backend's Numba kernels ahead of time: ``python -m jaxdissect.precompile``.
+"""Compiles the CPU backend's Numba kernels ahead of time: ``jaxdissect precompile`` (or
+``python -m jaxdissect.precompile``).
 
 Each kernel is called once on tiny inputs of the types a dissection passes, so that Numba
 (``cache=True``) writes its machine code to its cache and a first dissection only loads it
@@ -14,6 +15,48 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
+# Measured: ``jaxdissect precompile`` in a fresh ``pip install`` on the 2-core machine took
+# 36.2 s at a load average of 6.7, ``make setup``'s 31.8 s at 1.1 (README, "Installing
+# without make").
+COMPILE_ESTIMATE_S = 35
+
+
+def _kernels():
+    from jaxdissect import cpu_quantile, cpu_tally
+
+    return (
+        cpu_quantile._fold_units,
+        cpu_quantile._fold_parallel,
+        cpu_tally._slot_areas,
+        cpu_tally._unit_counts,
+    )
+
+
+def kernels_cached() -> bool:
+    """Whether Numba's on-disk cache holds machine code for this CPU for every kernel a CPU
+    dissection runs (False when it cannot tell: Numba's cache layout is internal)."""
+    try:
+        for kernel in _kernels():
+            magic = kernel.targetctx.codegen().magic_tuple()
+            index = kernel._cache._cache_file._load_index()
+            if not any(key[1] == magic for key in index):
+                return False
+    except Exception:  # another Numba version's internals: assume a compile is due
+        return False
+    return True
+
+
+def announce_and_compile(stream) -> None:
+    """Before a first CPU dissection: says on one line that the kernels compile once, and
+    compiles them (instead of sitting silent in the first batch)."""
+    print(
+        f"jaxdissect: compiling CPU kernels once, about {COMPILE_ESTIMATE_S} s on 2 cores "
+        "(cached for later runs; `jaxdissect precompile` does this ahead of time)",
+        file=stream,
+        flush=True,
+    )
+    precompile()
 
 
 def precompile() -> None:

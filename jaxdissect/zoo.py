@@ -547,47 +547,89 @@ def load_torch_weights(
 
 @dataclasses.dataclass(frozen=True)
 class ZooEntry:
-    build: Callable[[nnx.Rngs], nnx.Module]
+    """``build(rngs, num_classes)``; ``classifier``: the PyTorch names of the output layer's
+    weight, whose rows give the number of classes of a checkpoint (Places365's 365)."""
+
+    build: Callable[[nnx.Rngs, int], nnx.Module]
     rules: tuple
     preprocess: Preprocess
+    classifier: tuple[str, ...]
+    num_classes: int = 1000
 
 
 ZOO = {
-    "alexnet": ZooEntry(lambda rngs: AlexNet(rngs=rngs), _ALEXNET_RULES, Preprocess()),
-    "vgg16": ZooEntry(lambda rngs: VGG16(rngs=rngs), _VGG16_RULES, Preprocess()),
+    "alexnet": ZooEntry(
+        lambda rngs, n: AlexNet(n, rngs=rngs),
+        _ALEXNET_RULES,
+        Preprocess(),
+        ("classifier.6.weight",),
+    ),
+    "vgg16": ZooEntry(
+        lambda rngs, n: VGG16(n, rngs=rngs), _VGG16_RULES, Preprocess(), ("classifier.6.weight",)
+    ),
     "resnet18": ZooEntry(
-        lambda rngs: ResNet("basic", (2, 2, 2, 2), rngs=rngs), _COMMON_RULES, Preprocess()
+        lambda rngs, n: ResNet("basic", (2, 2, 2, 2), n, rngs=rngs),
+        _COMMON_RULES,
+        Preprocess(),
+        ("fc.weight",),
     ),
     "resnet50": ZooEntry(
-        lambda rngs: ResNet("bottleneck", (3, 4, 6, 3), rngs=rngs), _COMMON_RULES, Preprocess()
+        lambda rngs, n: ResNet("bottleneck", (3, 4, 6, 3), n, rngs=rngs),
+        _COMMON_RULES,
+        Preprocess(),
+        ("fc.weight",),
     ),
     "resnet20-cifar10": ZooEntry(
-        lambda rngs: ResNetCifar(3, rngs=rngs), _COMMON_RULES, Preprocess()
+        lambda rngs, n: ResNetCifar(3, n, rngs=rngs),
+        _COMMON_RULES,
+        Preprocess(),
+        ("linear.weight",),
+        num_classes=10,
     ),
     # ViTs see 224 px (their position embeddings fix it): other sizes are resized.
     "vit_b_16": ZooEntry(
-        lambda rngs: VisionTransformer(rngs=rngs), _VIT_RULES, Preprocess(size=(224, 224))
+        lambda rngs, n: VisionTransformer(num_classes=n, rngs=rngs),
+        _VIT_RULES,
+        Preprocess(size=(224, 224)),
+        ("heads.head.weight", "head.weight"),
     ),
     "vit_s_16": ZooEntry(  # timm's vit_small_patch16_224: mean and std 0.5
-        lambda rngs: VisionTransformer(width=384, heads=6, hidden=1536, rngs=rngs),
+        lambda rngs, n: VisionTransformer(
+            width=384, heads=6, hidden=1536, num_classes=n, rngs=rngs
+        ),
         _VIT_RULES,
         Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=(224, 224)),
+        ("heads.head.weight", "head.weight"),
     ),
 }
 
 
+def _num_classes(entry: ZooEntry, state_dict: dict[str, np.ndarray]) -> int:
+    """The rows of the checkpoint's output layer (365 for Places365), else the default."""
+    for name in entry.classifier:
+        tensor = state_dict.get(name)
+        if tensor is not None and tensor.ndim == 2 and tensor.shape[0] > 0:
+            return int(tensor.shape[0])
+    return entry.num_classes
+
+
 def build(name: str, weights: str | Path | None = None, seed: int = 0) -> nnx.Module:
     """A zoo network in evaluation mode, randomly initialised from ``seed`` or loaded from a
-    PyTorch checkpoint."""
+    PyTorch checkpoint, whose output layer sets the number of classes (1000 for ImageNet,
+    365 for Places365)."""
     from jaxdissect.torch_weights import load_state_dict
 
     if name not in ZOO:
         raise DissectError(f"no zoo model {name!r}; the zoo has: {', '.join(ZOO)}")
-    model = ZOO[name].build(nnx.Rngs(seed))
-    if weights is not None:
-        count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat)))
+    entry = ZOO[name]
+    if weights is None:
+        model = entry.build(nnx.Rngs(seed), entry.num_classes)
+    else:
+        shapes = nnx.eval_shape(lambda: entry.build(nnx.Rngs(seed), entry.num_classes))
+        count = sum(x.size for x in jax.tree.leaves(nnx.state(shapes, nnx.Param, nnx.BatchStat)))
         state_dict = load_state_dict(weights, parameter_count=count)
-        load_torch_weights(model, state_dict, ZOO[name].rules, str(weights))
+        model = entry.build(nnx.Rngs(seed), _num_classes(entry, state_dict))
+        load_torch_weights(model, state_dict, entry.rules, str(weights))
     model.eval()
     return model
 

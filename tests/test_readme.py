@@ -12,8 +12,9 @@ import pytest
 from jaxdissect.cli import main
 
 README = Path(__file__).parent.parent / "README.md"
-# Lines whose placeholders need files a test cannot make quickly (weights, image arrays).
-NEEDS_MORE = ("--weights", "--model", "figure")
+# Lines whose placeholders need files a test cannot make quickly (weights, image arrays), a
+# server (fetch: tests/test_fetch.py) or a fresh install (precompile: tests/test_install.py).
+NEEDS_MORE = ("--weights", "--model", "figure", "fetch ", "precompile")
 
 
 def _probe(tmp_path: Path) -> tuple[Path, Path]:
