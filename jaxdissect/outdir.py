@@ -101,7 +101,7 @@ def _read_journal(store: Path) -> dict:
     try:
         journal = json.loads((store / JOURNAL).read_text())
     except FileNotFoundError:
-        return {"next": 1, "sets": {}, "links": {}, "displaced": []}
+        return {"next": 1, "sets": {}, "links": {}, "displaced": [], "retired": []}
     except (OSError, ValueError) as error:
         raise DissectError(f"{store / JOURNAL}: unreadable ({error}); move {store} away") from None
     if not (
@@ -116,7 +116,7 @@ def _read_journal(store: Path) -> dict:
 
 
 def _write_journal(store: Path, journal: dict) -> None:
-    temporary = store / f".{JOURNAL}.{os.getpid()}.partial"
+    temporary = store / f".{JOURNAL}.partial"  # one writer: OUT's lock holder
     temporary.write_text(json.dumps(journal, indent=1, sort_keys=True) + "\n")
     os.replace(temporary, store / JOURNAL)
     _sync_folder(store)
@@ -213,14 +213,20 @@ def publish(folder: Path, out: Path) -> None:
     for name in names:
         if not (out / name).is_symlink():
             os.symlink(f"{STORE}/{kind}/{name}", out / name)
-    temporary = store / f".{folder.name}.link"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)  # a fixed name in our folder, from this set's own interrupted try
+    temporary = store / f".{kind}.link"
+    _unlink_temporary_link(store, kind)
     os.symlink(folder.name, temporary)
     os.replace(temporary, store / kind)  # the instant the new set replaces the old one
     _sync_folder(store)
     _sync_folder(out)
     _collect(out, store, journal)
+
+
+def _unlink_temporary_link(store: Path, kind: str) -> None:
+    """The link ``publish`` makes before renaming it into place, left by a kill between."""
+    temporary = store / f".{kind}.link"
+    if temporary.is_symlink():
+        os.unlink(temporary)
 
 
 def _occupied(out: Path, name: str) -> bool:
@@ -289,6 +295,8 @@ def _displace(out: Path, store: Path, journal: dict, names: list[str]) -> None:
 def _collect(out: Path, store: Path, journal: dict) -> None:
     """Removes what the journal records and no current set uses: links, then sets."""
     current = {kind: current_set(out, kind) for kind in KINDS}
+    for kind in KINDS:
+        _unlink_temporary_link(store, kind)
     in_use = {}
     for kind, folder in current.items():
         files = _read_manifest(folder) if folder is not None else None
@@ -299,38 +307,47 @@ def _collect(out: Path, store: Path, journal: dict) -> None:
         if _is_our_link(out, name, kind):
             os.unlink(out / name)
         del journal["links"][name]
-    for name, kind in sorted(journal["sets"].items()):
-        folder = store / name
-        if current.get(kind) == folder:
-            continue
-        if _remove_set(folder):
+    retired = journal.setdefault("retired", [])
+    stale = [name for name, kind in journal["sets"].items() if current.get(kind) != store / name]
+    for name in stale:  # marked before removal starts: never removed whole from then on
+        if name not in retired and (store / name / MANIFEST).is_file():
+            retired.append(name)
+    _write_journal(store, journal)
+    for name in sorted(stale):
+        if _remove_set(store / name, name in retired):
             del journal["sets"][name]
+            if name in retired:
+                retired.remove(name)
     _write_journal(store, journal)
 
 
-def _remove_set(folder: Path) -> bool:
-    """Removes a set that is no longer current; True once nothing of ours is left."""
+def _remove_set(folder: Path, published: bool) -> bool:
+    """Removes a set that is no longer current; True once nothing of ours is left.
+
+    A set that may have been published (``published``: it had its manifest) is removed
+    file by file from its manifest; one that never was is this run's alone, removed whole.
+    """
     if folder.is_symlink() or not folder.is_dir():
         return True  # gone (or never made): nothing of ours there
-    files = _read_manifest(folder)
-    if files is None:  # never completed, so never published: all of it is this run's
+    if not published:
         shutil.rmtree(folder, ignore_errors=True)
         return not folder.exists()
+    files = _read_manifest(folder) or {}
     folders = set()
     for relative, record in files.items():
         path = folder / relative
-        if ".." in Path(relative).parts or path.is_symlink() or not path.is_file():
+        if ".." in Path(relative).parts or Path(relative).is_absolute():
+            continue
+        folders.update(p for p in path.parents if folder in p.parents)
+        if path.is_symlink() or not path.is_file():
             continue
         if not isinstance(record, dict) or path.stat().st_size != record.get("size"):
             continue  # rewritten since: not provably ours
         path.unlink()
-        folders.update(path.parents)
-    (folder / MANIFEST).unlink()
-    for directory in sorted(
-        (d for d in folders if folder in d.parents), key=lambda d: -len(d.parts)
-    ):
+    for directory in sorted(folders, key=lambda d: -len(d.parts)):
         with contextlib.suppress(OSError):
             directory.rmdir()
+    (folder / MANIFEST).unlink(missing_ok=True)
     try:
         folder.rmdir()
     except OSError:

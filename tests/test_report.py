@@ -69,7 +69,7 @@ def test_bar_graph_counts_equal_the_summary(dissected):
 def test_report_command_rebuilds(dissected, capsys):
     out, features = dissected
     (out / "report.html").unlink()
-    (out / "report" / "unit-0999.png").write_bytes(b"an earlier report's strip")
+    (out / "report" / "unit-0999.png").write_bytes(b"an earlier report's strip")  # a user's
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
     assert "report:" in capsys.readouterr().out
@@ -77,6 +77,8 @@ def test_report_command_rebuilds(dissected, capsys):
     assert strips == [f"unit-{u:04d}.jpg" for u in range(1, features.shape[-1] + 1)]
     page = (out / "report.html").read_text()
     assert all(f'src="report/{name}"' in page for name in strips)
+    kept = [p for p in (out / ".jaxdissect").glob("dissect.*/report/unit-0999.png")]
+    assert [p.read_bytes() for p in kept] == [b"an earlier report's strip"]  # not deleted
 
 
 EVIL = "<img src=x onerror=alert(1)>"
