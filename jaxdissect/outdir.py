@@ -101,7 +101,7 @@ def _read_journal(store: Path) -> dict:
     try:
         journal = json.loads((store / JOURNAL).read_text())
     except FileNotFoundError:
-        return {"next": 1, "sets": {}, "links": {}, "displaced": [], "retired": []}
+        return {"next": 1, "sets": {}, "links": {}, "displaced": [], "published": []}
     except (OSError, ValueError) as error:
         raise DissectError(f"{store / JOURNAL}: unreadable ({error}); move {store} away") from None
     if not (
@@ -172,7 +172,8 @@ def discard(folder: Path) -> None:
     """Removes a set folder from ``new_set`` that will not be published (a failed run)."""
     store = folder.parent
     journal = _read_journal(store)
-    if journal["sets"].get(folder.name) in KINDS and not (folder / MANIFEST).exists():
+    unpublished = folder.name not in journal.get("published", [])
+    if journal["sets"].get(folder.name) in KINDS and unpublished:
         shutil.rmtree(folder, ignore_errors=True)  # made by new_set, never published
         if not folder.exists():
             del journal["sets"][folder.name]
@@ -209,6 +210,7 @@ def publish(folder: Path, out: Path) -> None:
         _displace(out, store, journal, sorted(displaced))
     for name in names:  # recorded before they exist
         journal["links"][name] = kind
+    journal.setdefault("published", []).append(folder.name)  # from now on, maybe seen
     _write_journal(store, journal)
     for name in names:
         if not (out / name).is_symlink():
@@ -292,40 +294,46 @@ def _displace(out: Path, store: Path, journal: dict, names: list[str]) -> None:
     )
 
 
+def _pointed(out: Path, kind: str) -> Path | None:
+    """The set folder ``OUT/.jaxdissect/<kind>`` links to, complete or not."""
+    try:
+        target = os.readlink(out / STORE / kind)
+    except OSError:
+        return None
+    return out / STORE / target if _plain_name(target) else None
+
+
 def _collect(out: Path, store: Path, journal: dict) -> None:
     """Removes what the journal records and no current set uses: links, then sets."""
-    current = {kind: current_set(out, kind) for kind in KINDS}
+    pointed = {kind: _pointed(out, kind) for kind in KINDS}
     for kind in KINDS:
         _unlink_temporary_link(store, kind)
     in_use = {}
-    for kind, folder in current.items():
-        files = _read_manifest(folder) if folder is not None else None
-        in_use[kind] = {name.split("/")[0] for name in files} if files else set()
+    for kind, folder in pointed.items():
+        files = _read_manifest(folder) if folder is not None else {}
+        in_use[kind] = None if files is None else {name.split("/")[0] for name in files}
     for name, kind in sorted(journal["links"].items()):
-        if name in in_use.get(kind, ()):
-            continue
+        if in_use.get(kind) is None or name in in_use[kind]:
+            continue  # in use, or the current set's manifest is unreadable: keep them all
         if _is_our_link(out, name, kind):
             os.unlink(out / name)
         del journal["links"][name]
-    retired = journal.setdefault("retired", [])
-    stale = [name for name, kind in journal["sets"].items() if current.get(kind) != store / name]
-    for name in stale:  # marked before removal starts: never removed whole from then on
-        if name not in retired and (store / name / MANIFEST).is_file():
-            retired.append(name)
-    _write_journal(store, journal)
+    published = journal.setdefault("published", [])
+    stale = [name for name, kind in journal["sets"].items() if pointed.get(kind) != store / name]
     for name in sorted(stale):
-        if _remove_set(store / name, name in retired):
+        if _remove_set(store / name, name in published):
             del journal["sets"][name]
-            if name in retired:
-                retired.remove(name)
+            if name in published:
+                published.remove(name)
     _write_journal(store, journal)
 
 
 def _remove_set(folder: Path, published: bool) -> bool:
     """Removes a set that is no longer current; True once nothing of ours is left.
 
-    A set that may have been published (``published``: it had its manifest) is removed
-    file by file from its manifest; one that never was is this run's alone, removed whole.
+    A set that may have been published (``published``: recorded before its switch) is
+    removed file by file from its manifest; one that never was is the run's that wrote it
+    alone, and is removed whole.
     """
     if folder.is_symlink() or not folder.is_dir():
         return True  # gone (or never made): nothing of ours there

@@ -184,3 +184,16 @@ def test_a_folder_in_the_store_that_is_not_recorded_is_left_alone(tmp_path):
     assert (stranger / "x").read_bytes() == b"not ours"
     assert current_set(out, "dissect").name == "dissect.10"
     shutil.rmtree(stranger)
+
+
+def test_a_published_set_is_never_removed_whole(tmp_path):
+    """Even with its manifest gone, a set that was published is removed file by file only:
+    a file someone put into it stays."""
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    folder = current_set(out, "dissect")
+    (out / "report" / "mine.txt").write_bytes(b"mine")
+    (folder / MANIFEST).unlink()
+    _publish(out, NEW)
+    assert (folder / "report" / "mine.txt").read_bytes() == b"mine"
+    assert _view(out) == _expected(NEW)
