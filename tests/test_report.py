@@ -173,3 +173,20 @@ def test_report_in_a_real_browser(dissected, tmp_path):
         assert all(u.startswith(("file://", "data:")) for u in urls if u)
     finally:
         browser.quit()
+
+
+def test_report_command_on_an_earlier_versions_plain_files(dissected, tmp_path, capsys):
+    """An OUT of plain files (as before output sets) is reported into a set; its previous
+    files are moved aside, none deleted."""
+    out, _ = dissected
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy, ignore=shutil.ignore_patterns(".jaxdissect", ".lock"))
+    assert not (legacy / "results.json").is_symlink()
+    (legacy / "report" / "mine.txt").write_bytes(b"a user's")
+    results = (legacy / "results.json").read_bytes()
+    assert main(["report", str(legacy)]) == 0
+    assert (legacy / "report.html").is_symlink() and (legacy / "report.html").is_file()
+    assert (legacy / "results.json").read_bytes() == results
+    aside = legacy / ".jaxdissect" / "displaced.1"
+    assert (aside / "report" / "mine.txt").read_bytes() == b"a user's"
+    assert "moved" in capsys.readouterr().err
