@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import sys
 import typing
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.data.synthetic import world
+from jaxdissect.errors import DissectError
 from jaxdissect.features import FeatureModel
 from jaxdissect.float_pin import float_settings, pin_floats
 from jaxdissect.pipeline import completed, dissect, run_fingerprint
@@ -82,11 +84,34 @@ def prepare_probe(
     )
 
 
-def start_experiment(config, workdir: str | Path, progress: bool) -> tuple[Path, Probe]:
-    """Creates the workdir, records config.json, and prepares the probe set ``config.probe``
-    (a ProbeConfig) names."""
+# Every study: a workdir records which one it belongs to (``STUDY_RECORD``).
+STUDIES = (
+    "architectures",
+    "compositional",
+    "explain",
+    "rotation",
+    "supervision",
+    "training_dynamics",
+    "width_depth",
+)
+STUDY_RECORD = "study.json"
+
+
+def start_experiment(
+    config, workdir: str | Path, progress: bool, study: str | None = None
+) -> tuple[Path, Probe]:
+    """Claims the workdir for ``study``, records config.json, and prepares the probe set
+    ``config.probe`` (a ProbeConfig) names.
+
+    Args:
+      config: the study's config.
+      workdir: its folder; one that belongs to another study is refused (DissectError).
+      progress: progress bars.
+      study: the study's name (default: the module that defines ``config``'s type).
+    """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    study = study or type(config).__module__.rpartition(".")[2]
+    claim_workdir(workdir, study)
     save_json(workdir / "config.json", dataclasses.asdict(config))
     probe = config.probe
     prepared = prepare_probe(
@@ -97,6 +122,62 @@ def start_experiment(config, workdir: str | Path, progress: bool) -> tuple[Path,
         progress=progress,
     )
     return workdir, prepared
+
+
+def claim_workdir(workdir: Path, study: str) -> None:
+    """Records in ``workdir`` that it holds ``study``'s results, or refuses, in one line, a
+    workdir that holds another study's (or a training run's).
+
+    A workdir from before the record is told by its config.json: one whose fields are
+    exactly another study's config fields (or a training run's) is refused, any other is
+    taken as this study's own.
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise DissectError(f"--workdir {workdir}: exists and is not a folder")
+    record = workdir / STUDY_RECORD
+    owner = None
+    if record.is_file():
+        try:
+            owner = json.loads(record.read_text())["study"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DissectError(
+                f"{record}: unreadable ({error}); move it or the workdir away"
+            ) from None
+    elif (workdir / "config.json").is_file():
+        owner = _config_owner(workdir / "config.json", study)
+    if owner is not None and owner != study:
+        raise DissectError(
+            f"--workdir {workdir}: holds the results of {owner}, not of {study}; "
+            "choose another --workdir"
+        )
+    if not record.is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_json(record, {"study": study})
+
+
+def _config_owner(path: Path, study: str) -> str | None:
+    """Whose config.json ``path`` is, by its fields, where that can be told: another
+    study's or a training run's (``python -m train``); None where it cannot."""
+    import importlib
+
+    from train.config import TrainConfig
+
+    try:
+        fields = set(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    owners = {"a training run (python -m train)": TrainConfig}
+    for name in STUDIES:
+        module = importlib.import_module(f"experiments.{name}")
+        owners[name] = getattr(module, "Config", None) or module.CommonConfig
+    matches = [
+        name
+        for name, config_type in owners.items()
+        if fields == {f.name for f in dataclasses.fields(config_type)}
+    ]
+    if study in matches or len(matches) != 1:
+        return None
+    return matches[0]
 
 
 def checkpoint_identity(run_dir: Path, step: int | None) -> dict:
@@ -328,7 +409,11 @@ def experiment_main(name: str, doc: str, presets: dict, config_type, run, argv=N
     args, config = parse_args(doc, presets, config_type, argv)
     pin_floats()  # before JAX starts its backend: see jaxdissect.float_pin
     workdir = Path(args.workdir or f"runs/{name}-{args.config}")
-    run(config, workdir, progress=not args.no_progress)
+    try:
+        run(config, workdir, progress=not args.no_progress)
+    except DissectError as error:
+        print(f"experiments.{name}: error: {error}", file=sys.stderr)
+        return 2
     print(f"summary: {workdir / 'summary.html'}")
     return 0
 

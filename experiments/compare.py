@@ -226,7 +226,7 @@ def run_comparison(
     seeds)`` gives the paper's claims the study tests; ``analysis({variant: {seed:
     dissection}}, seeds)`` a unit-level analysis, as (results.json entries, HTML)."""
     started = time.time()
-    workdir, probe = start_experiment(config, workdir, progress)
+    workdir, probe = start_experiment(config, workdir, progress, study or None)
     seeds = list(range(config.seeds))
     rows, dissections = [], {}
     for index, variant in enumerate(variants):

@@ -5,7 +5,8 @@ Every ``every`` batches, and at the end of each pass, the pass's states are save
 beside and renamed into place, so that a file is whole or absent. A restarted run with the
 same inputs (the fingerprint: config, data and shapes) restores the latest and skips the
 batches it covers; batches are deterministic, so the results are identical to an
-uninterrupted run. A fingerprint that differs starts afresh.
+uninterrupted run. A fingerprint that differs starts afresh. Every file written is recorded
+in ``DIR/owned.json`` first; only recorded files are restored or deleted.
 
 A saved file is untrusted input: it is read without pickles, and it must hold exactly the
 arrays of the pass's states, each with its template's shape and dtype; otherwise the pass
@@ -15,9 +16,9 @@ Orbax, no JAX: the CPU path imports neither).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -53,28 +54,65 @@ def _rebuild(template: Any, arrays: Iterator[np.ndarray]) -> Any:
     return None if template is None else next(arrays)
 
 
+OWNED = "owned.json"
+
+
 class PassCheckpoints:
+    """A dissection's saved pass states in ``directory``.
+
+    Every file it writes is recorded in ``directory/owned.json`` before it is created, and
+    only recorded files are read back or deleted: a file of anyone else's in the folder
+    (or an earlier version's) is neither restored nor removed.
+    """
+
     def __init__(self, directory: str | Path, fingerprint: dict, every: int = 100):
         if every < 1:
             raise ValueError(f"checkpoint interval must be >= 1 batch, got {every}")
         self.directory = Path(directory).absolute()
         self.every = every
         text = json.dumps(fingerprint, sort_keys=True, default=str)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.owned = self._read_owned()
         stamp = self.directory / "fingerprint.json"
         if stamp.is_file() and stamp.read_text() != text:
-            shutil.rmtree(self.directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+            self._delete(sorted(self.owned))  # another run's states
+        self._own("fingerprint.json")
         stamp.write_text(text)
 
+    def _read_owned(self) -> set[str]:
+        try:
+            names = json.loads((self.directory / OWNED).read_text())
+        except (OSError, ValueError):
+            return set()
+        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+    def _write_owned(self) -> None:
+        temporary = self.directory / f".{OWNED}.partial"
+        temporary.write_text(json.dumps(sorted(self.owned)))
+        os.replace(temporary, self.directory / OWNED)
+
+    def _own(self, *names: str) -> None:
+        """Records files before they are created."""
+        if not set(names) <= self.owned:
+            self.owned.update(names)
+            self._write_owned()
+
+    def _delete(self, names: list[str]) -> None:
+        for name in names:
+            path = self.directory / name
+            if ".." not in Path(name).parts and not path.is_dir():
+                path.unlink(missing_ok=True)
+            self.owned.discard(name)
+        self._write_owned()
+
     def _saved(self, name: str) -> list[int]:
-        folder = self.directory / name
-        if not folder.is_dir():
-            return []
-        return sorted(
-            int(p.name)
-            for p in folder.iterdir()
-            if p.name.isascii() and p.name.isdigit() and p.is_file()
-        )
+        steps = []
+        for owned in self.owned:
+            folder, _, step = owned.partition("/")
+            if folder == name and step.isascii() and step.isdigit():
+                if (self.directory / owned).is_file():
+                    steps.append(int(step))
+        return sorted(steps)
 
     def restore(self, name: str, template: Any) -> tuple[int, Any]:
         """(next batch, states as NumPy arrays shaped like ``template``) of pass ``name``,
@@ -109,6 +147,7 @@ class PassCheckpoints:
         folder.mkdir(exist_ok=True)
         arrays = {f"leaf{i}": np.asarray(x) for i, x in enumerate(_leaves(states()))}
         partial = folder / f".{next_batch}.partial"
+        self._own(f"{name}/{partial.name}", f"{name}/{next_batch}")
         with open(partial, "wb") as file:
             np.savez(file, **arrays)
             file.flush()
@@ -119,10 +158,18 @@ class PassCheckpoints:
             os.fsync(directory)  # the rename itself survives a power loss
         finally:
             os.close(directory)
-        for step in self._saved(name):
-            if step != next_batch:
-                (folder / str(step)).unlink(missing_ok=True)
+        older = [f"{name}/{step}" for step in self._saved(name) if step != next_batch]
+        self._delete([f"{name}/{partial.name}", *older])
 
     def remove(self) -> None:
-        """Done: the outputs are written."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Done: the outputs are written. Removes the files recorded as this class's, and
+        the folders they leave empty."""
+        names = sorted(self.owned)
+        self._delete(names)
+        (self.directory / OWNED).unlink(missing_ok=True)
+        (self.directory / f".{OWNED}.partial").unlink(missing_ok=True)
+        for folder in sorted({n.partition("/")[0] for n in names if "/" in n}):
+            with contextlib.suppress(OSError):
+                (self.directory / folder).rmdir()
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()

@@ -22,7 +22,7 @@ from jaxdissect.formulas import (
     tree_length,
     unpack_bits,
 )
-from jaxdissect.outdir import locked, publish, staging_folder
+from jaxdissect.outdir import discard, locked, new_set, publish
 
 CSV_COLUMNS = ("unit", "formula", "iou", "length", "certified", "bound")
 CARD_IMAGES = 4
@@ -164,31 +164,35 @@ def write_formulas(out, explanations: Explanations, dataset, images, provenance:
     out = Path(out)
     rows = formula_rows(explanations)
     with locked(out):
-        staging = staging_folder(out)
-        with open(staging / "formulas.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(CSV_COLUMNS)
-            for row in rows:
-                writer.writerow(
-                    [
-                        row["unit"],
-                        row["formula"],
-                        repr(row["iou"]),
-                        row["length"],
-                        "true" if row["certified"] else "false",
-                        "" if row["bound"] is None else repr(row["bound"]),
-                    ]
-                )
-        summary = {
-            "layer": explanations.layer,
-            "dataset": str(dataset.directory),
-            "images": dataset.num_images,
-            "labels_per_unit": int(explanations.candidates.rows.shape[1]),
-            "seconds": explanations.seconds,
-            **provenance,
-            "units": rows,
-        }
-        (staging / "formulas.json").write_text(json.dumps(summary, indent=1))
-        if images is not None:
-            write_html(staging / "formulas.html", explanations, rows, dataset, images)
+        staging = new_set(out, "formulas")
+        try:
+            with open(staging / "formulas.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(CSV_COLUMNS)
+                for row in rows:
+                    writer.writerow(
+                        [
+                            row["unit"],
+                            row["formula"],
+                            repr(row["iou"]),
+                            row["length"],
+                            "true" if row["certified"] else "false",
+                            "" if row["bound"] is None else repr(row["bound"]),
+                        ]
+                    )
+            summary = {
+                "layer": explanations.layer,
+                "dataset": str(dataset.directory),
+                "images": dataset.num_images,
+                "labels_per_unit": int(explanations.candidates.rows.shape[1]),
+                "seconds": explanations.seconds,
+                **provenance,
+                "units": rows,
+            }
+            (staging / "formulas.json").write_text(json.dumps(summary, indent=1))
+            if images is not None:
+                write_html(staging / "formulas.html", explanations, rows, dataset, images)
+        except BaseException:
+            discard(staging)
+            raise
         publish(staging, out)

@@ -1,11 +1,27 @@
-"""An output folder that one run owns at a time, and whose files are replaced as a set.
+"""An output folder that one run owns at a time, and whose files are replaced as whole sets.
 
 A run holds ``OUT/.lock`` (an advisory lock that the kernel releases when the process dies,
-with the holder's pid inside for the message). Outputs are first written whole into a
-staging folder inside OUT; then the previous run's completion mark (results.json) is
-removed, the new files are renamed into place, and the new results.json goes last. So
-OUT either holds a complete set with its results.json, or no results.json at all (never
-new counts beside old results); leftovers of an interrupted run are removed by the next.
+with the holder's pid inside for the message).
+
+Outputs are sets of a kind (``dissect``: tally.csv, counts.npz, results.json,
+fingerprint.json, report.html, report/, or a folder per layer and index.html;
+``formulas``: formulas.csv, formulas.json, formulas.html). Each set is written whole into
+its own folder ``OUT/.jaxdissect/<kind>.<n>``, and completed by ``MANIFEST.json`` (written
+last: every file's path, size and SHA-256). ``OUT/.jaxdissect/<kind>`` is a symbolic link
+to the current complete set, replaced in one rename when a new set is complete, and each
+of the set's names in OUT is a link through it (``OUT/tally.csv`` ->
+``.jaxdissect/dissect/tally.csv``). So every name resolves into one complete set: the
+previous one until the instant the new one is whole, then the new one; a name the new set
+lacks (report.html after ``--no-report``) no longer resolves, and its link is removed.
+
+Nothing is deleted by pattern. ``OUT/.jaxdissect/journal.json`` records, before each is
+made, every set folder and every link in OUT this module creates; a set is removed file by
+file from its manifest (a file someone else put in it is kept, with a warning) and a
+link only while it still points where this module pointed it. A folder of a set that was
+never completed is removed whole: it was created here, under the lock, and never
+published. A file or folder already at one of a set's names that this module did not make
+(a user's, or an earlier version's plain files) is moved, not deleted, into
+``OUT/.jaxdissect/displaced.<n>/``, and the move is reported on stderr.
 """
 
 from __future__ import annotations
@@ -13,15 +29,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from jaxdissect.errors import DissectError
 
-STAGING = ".staging"
-COMPLETION_MARK = "results.json"
+STORE = ".jaxdissect"
+JOURNAL = "journal.json"
+MANIFEST = "MANIFEST.json"
+KINDS = ("dissect", "formulas")
+# What an earlier version of jaxdissect wrote as plain files into OUT, by kind, and the file
+# that marked its set complete: with that mark present, these names are moved aside when
+# a set of the kind is published, so that none of them stays beside the new set.
+LEGACY_NAMES = {
+    "dissect": (
+        "results.json",
+        ("tally.csv", "counts.npz", "fingerprint.json", "report.html", "report", "index.html"),
+    ),
+    "formulas": ("formulas.json", ("formulas.csv", "formulas.html")),
+}
 
 
 @contextlib.contextmanager
@@ -58,33 +89,280 @@ def locked(out: Path) -> Iterator[Path]:
             handle.truncate()
 
 
-def staging_folder(out: Path) -> Path:
-    """A fresh, empty staging folder inside OUT (an earlier run's leftovers removed)."""
-    staging = out / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
-    for partial in out.rglob("*.partial"):
-        partial.unlink(missing_ok=True)
-    staging.mkdir()
-    return staging
+def _store(out: Path) -> Path:
+    store = out / STORE
+    if store.is_symlink() or (store.exists() and not store.is_dir()):
+        raise DissectError(f"{store}: not a folder of jaxdissect's; move it away")
+    store.mkdir(exist_ok=True)
+    return store
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Moves what ``staging`` holds into ``out``: the previous completion marks are removed
-    first, each results.json goes in last, and a folder without one (a report's images) is
-    replaced whole, so no stale file of an earlier run stays beside the new ones."""
-    for mark in staging.rglob(COMPLETION_MARK):
-        (out / mark.relative_to(staging)).unlink(missing_ok=True)
-    _move(staging, out)
-    shutil.rmtree(staging, ignore_errors=True)
+def _read_journal(store: Path) -> dict:
+    try:
+        journal = json.loads((store / JOURNAL).read_text())
+    except FileNotFoundError:
+        return {"next": 1, "sets": {}, "links": {}, "displaced": [], "published": []}
+    except (OSError, ValueError) as error:
+        raise DissectError(f"{store / JOURNAL}: unreadable ({error}); move {store} away") from None
+    if not (
+        isinstance(journal, dict)
+        and isinstance(journal.get("next"), int)
+        and isinstance(journal.get("sets"), dict)
+        and isinstance(journal.get("links"), dict)
+        and isinstance(journal.get("displaced"), list)
+    ):
+        raise DissectError(f"{store / JOURNAL}: not a journal of jaxdissect's; move {store} away")
+    return journal
 
 
-def _move(source: Path, target_folder: Path) -> None:
-    target_folder.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(source.iterdir(), key=lambda p: (p.name == COMPLETION_MARK, p.name)):
-        target = target_folder / entry.name
-        if entry.is_dir() and (entry / COMPLETION_MARK).is_file():  # one layer's outputs
-            _move(entry, target)
+def _write_journal(store: Path, journal: dict) -> None:
+    temporary = store / f".{JOURNAL}.partial"  # one writer: OUT's lock holder
+    temporary.write_text(json.dumps(journal, indent=1, sort_keys=True) + "\n")
+    os.replace(temporary, store / JOURNAL)
+    _sync_folder(store)
+
+
+def _sync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)  # the renames in it survive a power loss
+    finally:
+        os.close(handle)
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+def current_set(out: str | Path, kind: str) -> Path | None:
+    """The folder of OUT's current complete set of ``kind`` (None if it has none)."""
+    link = Path(out) / STORE / kind
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    folder = link.parent / target
+    return folder if _plain_name(target) and (folder / MANIFEST).is_file() else None
+
+
+def new_set(out: Path, kind: str) -> Path:
+    """A fresh, empty folder for a set of ``kind`` in OUT (whose lock the caller holds).
+
+    Sets and links left behind by an interrupted run are cleared up first (see the module
+    docstring: only what the journal records).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of output set {kind!r}")
+    store = _store(out)
+    journal = _read_journal(store)
+    _collect(out, store, journal)
+    while True:
+        name = f"{kind}.{journal['next']}"
+        journal["next"] += 1
+        journal["sets"][name] = kind
+        _write_journal(store, journal)  # recorded before it exists
+        try:
+            (store / name).mkdir()
+            return store / name
+        except FileExistsError:  # not ours: leave it, take the next number
+            del journal["sets"][name]
+
+
+def discard(folder: Path) -> None:
+    """Removes a set folder from ``new_set`` that will not be published (a failed run)."""
+    store = folder.parent
+    journal = _read_journal(store)
+    unpublished = folder.name not in journal.get("published", [])
+    if journal["sets"].get(folder.name) in KINDS and unpublished:
+        shutil.rmtree(folder, ignore_errors=True)  # made by new_set, never published
+        if not folder.exists():
+            del journal["sets"][folder.name]
+            _write_journal(store, journal)
+
+
+def publish(folder: Path, out: Path) -> None:
+    """Completes the set written into ``folder`` (from ``new_set``) with its manifest and
+    makes it OUT's current set of its kind: its names in OUT resolve into it from one
+    rename on; the previous set of the kind is then removed (only its own files)."""
+    store = folder.parent
+    journal = _read_journal(store)
+    kind = journal["sets"].get(folder.name)
+    if kind not in KINDS or store != out / STORE:
+        raise ValueError(f"{folder}: not a set folder of {out}")
+    names = _write_manifest(folder)
+    for name in names:
+        if name in (STORE, ".lock"):
+            raise DissectError(f"{out}: a set cannot hold {name!r}, jaxdissect's own name")
+    for name in names:
+        owner = journal["links"].get(name)
+        if owner not in (None, kind) and _is_our_link(out, name, owner):
+            raise DissectError(
+                f"{out / name}: already one of the {owner} outputs in {out}; choose another --out"
+            )
+    displaced = [n for n in names if _occupied(out, n) and not _is_our_link(out, n, kind)]
+    marker, legacy = LEGACY_NAMES[kind]
+    if (out / marker).is_file() and not (out / marker).is_symlink():  # an earlier version's set
+        displaced += [
+            n for n in (marker, *legacy) if n not in displaced and _occupied(out, n)
+            if not _is_our_link(out, n, kind)
+        ]  # fmt: skip
+    if displaced:
+        _displace(out, store, journal, sorted(displaced))
+    for name in names:  # recorded before they exist
+        journal["links"][name] = kind
+    journal.setdefault("published", []).append(folder.name)  # from now on, maybe seen
+    _write_journal(store, journal)
+    for name in names:
+        if not (out / name).is_symlink():
+            os.symlink(f"{STORE}/{kind}/{name}", out / name)
+    temporary = store / f".{kind}.link"
+    _unlink_temporary_link(store, kind)
+    os.symlink(folder.name, temporary)
+    os.replace(temporary, store / kind)  # the instant the new set replaces the old one
+    _sync_folder(store)
+    _sync_folder(out)
+    _collect(out, store, journal)
+
+
+def _unlink_temporary_link(store: Path, kind: str) -> None:
+    """The link ``publish`` makes before renaming it into place, left by a kill between."""
+    temporary = store / f".{kind}.link"
+    if temporary.is_symlink():
+        os.unlink(temporary)
+
+
+def _occupied(out: Path, name: str) -> bool:
+    return (out / name).is_symlink() or (out / name).exists()
+
+
+def _is_our_link(out: Path, name: str, kind: str) -> bool:
+    try:
+        return os.readlink(out / name) == f"{STORE}/{kind}/{name}"
+    except OSError:
+        return False
+
+
+def _write_manifest(folder: Path) -> list[str]:
+    """Writes ``folder``'s manifest (every file in it: this run wrote them, under the lock);
+    returns the set's top-level names."""
+    files = {}
+    for root, directories, names in os.walk(folder):
+        directories.sort()
+        for name in sorted(names):
+            path = Path(root, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            stat = path.stat()
+            files[path.relative_to(folder).as_posix()] = {
+                "size": stat.st_size,
+                "sha256": digest.hexdigest(),
+            }
+    temporary = folder / f".{MANIFEST}.partial"
+    temporary.write_text(json.dumps({"files": files}, indent=1) + "\n")
+    os.replace(temporary, folder / MANIFEST)
+    _sync_folder(folder)
+    return sorted({name.split("/")[0] for name in files})
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if isinstance(files, dict) else None
+
+
+def _displace(out: Path, store: Path, journal: dict, names: list[str]) -> None:
+    """Moves entries of OUT that this module did not make out of a new set's way."""
+    number = len(journal["displaced"]) + 1
+    while (store / f"displaced.{number}").exists():
+        number += 1
+    aside = store / f"displaced.{number}"
+    journal["displaced"].append(aside.name)
+    _write_journal(store, journal)
+    aside.mkdir()
+    for name in names:
+        os.rename(out / name, aside / name)
+    print(
+        f"jaxdissect: moved {', '.join(names)} (not written as part of a set) from {out} "
+        f"to {aside}",
+        file=sys.stderr,
+    )
+
+
+def _pointed(out: Path, kind: str) -> Path | None:
+    """The set folder ``OUT/.jaxdissect/<kind>`` links to, complete or not."""
+    try:
+        target = os.readlink(out / STORE / kind)
+    except OSError:
+        return None
+    return out / STORE / target if _plain_name(target) else None
+
+
+def _collect(out: Path, store: Path, journal: dict) -> None:
+    """Removes what the journal records and no current set uses: links, then sets."""
+    pointed = {kind: _pointed(out, kind) for kind in KINDS}
+    for kind in KINDS:
+        _unlink_temporary_link(store, kind)
+    in_use = {}
+    for kind, folder in pointed.items():
+        files = _read_manifest(folder) if folder is not None else {}
+        in_use[kind] = None if files is None else {name.split("/")[0] for name in files}
+    for name, kind in sorted(journal["links"].items()):
+        if in_use.get(kind) is None or name in in_use[kind]:
+            continue  # in use, or the current set's manifest is unreadable: keep them all
+        if _is_our_link(out, name, kind):
+            os.unlink(out / name)
+        del journal["links"][name]
+    published = journal.setdefault("published", [])
+    stale = [name for name, kind in journal["sets"].items() if pointed.get(kind) != store / name]
+    for name in sorted(stale):
+        if _remove_set(store / name, name in published):
+            del journal["sets"][name]
+            if name in published:
+                published.remove(name)
+    _write_journal(store, journal)
+
+
+def _remove_set(folder: Path, published: bool) -> bool:
+    """Removes a set that is no longer current; True once nothing of ours is left.
+
+    A set that may have been published (``published``: recorded before its switch) is
+    removed file by file from its manifest; one that never was is the run's that wrote it
+    alone, and is removed whole.
+    """
+    if folder.is_symlink() or not folder.is_dir():
+        return True  # gone (or never made): nothing of ours there
+    if not published:
+        shutil.rmtree(folder, ignore_errors=True)
+        return not folder.exists()
+    files = _read_manifest(folder) or {}
+    folders = set()
+    for relative, record in files.items():
+        path = folder / relative
+        if ".." in Path(relative).parts or Path(relative).is_absolute():
             continue
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
+        folders.update(p for p in path.parents if folder in p.parents)
+        if path.is_symlink() or not path.is_file():
+            continue
+        if not isinstance(record, dict) or path.stat().st_size != record.get("size"):
+            continue  # rewritten since: not provably ours
+        path.unlink()
+    for directory in sorted(folders, key=lambda d: -len(d.parts)):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    (folder / MANIFEST).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        print(
+            f"jaxdissect: kept {folder} for what jaxdissect did not write there: "
+            f"{', '.join(left[:5])}{' ...' if len(left) > 5 else ''}",
+            file=sys.stderr,
+        )
+    return True

@@ -25,7 +25,7 @@ from jaxdissect.dissection import Dissection, score_layer
 from jaxdissect.errors import DissectError, FeaturesError
 from jaxdissect.kernels import kernel_name, select_backend
 from jaxdissect.kernels.base import ActivationSource, Shapes
-from jaxdissect.outdir import locked, publish, staging_folder
+from jaxdissect.outdir import discard, locked, new_set, publish
 from jaxdissect.passes import compute_tally, compute_thresholds
 from jaxdissect.sources import (
     Activations,
@@ -297,22 +297,27 @@ def dissect(
 def write_outputs(
     out, dissections, dataset, config, source, fingerprint, images, report, layer_folders=None
 ):
-    """Writes every layer's files (and reports) into a staging folder, then publishes the
-    set into OUT (see ``outdir``)."""
+    """Writes every layer's files (and reports) into a new set folder, then publishes the
+    set into OUT (see ``outdir``): the previous set stays whole until this one is."""
     from jaxdissect.report import write_index, write_layer_report
     from jaxdissect.results import write_dissection
 
-    staging = staging_folder(out)
-    for layer, dissection in dissections.items():
-        folder = layer_folder(staging, layer, list(dissections), layer_folders)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / FINGERPRINT).write_text(json.dumps(_canonical(fingerprint), indent=1) + "\n")
-        write_dissection(folder, dissection, dataset, config, source.provenance)
-        mark("writing")
-        if report:
-            write_layer_report(folder, images)
-            mark("report")
-    if report and layer_folder(staging, "", list(dissections), layer_folders) != staging:
-        write_index(staging, list(dissections))
+    staging = new_set(out, "dissect")
+    try:
+        for layer, dissection in dissections.items():
+            folder = layer_folder(staging, layer, list(dissections), layer_folders)
+            folder.mkdir(parents=True, exist_ok=True)
+            fingerprint_text = json.dumps(_canonical(fingerprint), indent=1) + "\n"
+            (folder / FINGERPRINT).write_text(fingerprint_text)
+            write_dissection(folder, dissection, dataset, config, source.provenance)
+            mark("writing")
+            if report:
+                write_layer_report(folder, images)
+                mark("report")
+        if report and layer_folder(staging, "", list(dissections), layer_folders) != staging:
+            write_index(staging, list(dissections))
+    except BaseException:
+        discard(staging)
+        raise
     publish(staging, out)
     mark("published")

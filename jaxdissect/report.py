@@ -159,7 +159,8 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
     """Writes OUT/report.html (and OUT/report/*.jpg) from OUT/results.json and counts.npz.
 
     Args:
-      out: a dissection's output folder.
+      out: a dissection's output folder. Nothing in it is removed: ``dissect`` and the
+        ``report`` command write each report into a fresh set folder (``outdir``).
       images: the probe images (N, H, W, 3) uint8, to draw each unit's top images; None
         draws the cards without them.
     """
@@ -228,9 +229,6 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
     )
     path = out / "report.html"
     write_text_atomic(path, page)
-    for stale in strips.glob("unit-*"):  # an earlier report's strips
-        if stale.name not in files.values():
-            stale.unlink()
     return path
 
 

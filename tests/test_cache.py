@@ -139,3 +139,19 @@ def test_concurrent_builds_agree(tmp_path):
     assert folders == [tmp_path / "k"] * 2
     np.testing.assert_array_equal(np.load(tmp_path / "k" / "a.npy"), np.arange(1000))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # no staging left behind
+
+
+def test_a_stale_folder_keeps_files_the_cache_did_not_write(tmp_path, capsys):
+    """Rebuilding removes the files a cache folder is written with, not anything else."""
+
+    def write(folder):
+        np.save(folder / "image_labels.npy", np.arange(10))
+
+    folder = cache.cached_folder(tmp_path, "k", write)
+    (folder / "notes.txt").write_bytes(b"someone's")
+    (folder / "image_labels.npy").write_bytes(b"damaged")
+    assert cache.cached_folder(tmp_path, "k", write) == folder
+    np.testing.assert_array_equal(np.load(folder / "image_labels.npy"), np.arange(10))
+    kept = [p for p in tmp_path.glob(".stale-*/k/notes.txt")]
+    assert [p.read_bytes() for p in kept] == [b"someone's"]
+    assert "kept" in capsys.readouterr().err

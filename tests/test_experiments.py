@@ -503,3 +503,65 @@ def test_presets_of_every_variation_hold_one_kind_of_network():
     with pytest.raises(ValueError, match="vit are ViT-style and the others CNNs"):
         training_dynamics.Config(variations=("baseline", "vit"))
     training_dynamics.Config(variations=("vit", "vit_no_dropout"), layer="block3")
+
+
+def _snapshot(folder):
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_a_workdir_of_another_study_is_refused(tmp_path, capsys):
+    """Issue 27: rotation --workdir W, where W holds training_dynamics' results, replaced
+    them. A workdir belongs to one study; another is refused in one line, exit 2."""
+    from experiments import common, rotation
+
+    workdir = tmp_path / "dynamics"
+    common.claim_workdir(workdir, "training_dynamics")
+    common.save_json(workdir / "config.json", {"as": "training_dynamics wrote it"})
+    (workdir / "results.json").write_text('{"study": "training_dynamics"}\n')
+    before = _snapshot(workdir)
+    argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert rotation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--workdir {workdir}: holds the results of training_dynamics, not of rotation" in err
+    assert _snapshot(workdir) == before
+    common.claim_workdir(workdir, "training_dynamics")  # its own study goes on
+    assert _snapshot(workdir) == before
+
+
+def test_a_workdir_from_before_the_record_is_told_by_its_config(tmp_path, capsys):
+    """Without study.json, a workdir whose config.json has exactly another study's fields
+    is refused, and is taken by the study that made it (which records itself)."""
+    import dataclasses
+
+    from experiments import common, rotation, training_dynamics
+    from train.config import TrainConfig
+
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    fields = {f.name: None for f in dataclasses.fields(training_dynamics.Config)}
+    (workdir / "config.json").write_text(json.dumps(fields))
+    before = _snapshot(workdir)
+    argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert rotation.main(argv) == 2
+    assert "holds the results of training_dynamics, not of rotation" in capsys.readouterr().err
+    assert _snapshot(workdir) == before
+    common.claim_workdir(workdir, "training_dynamics")  # its own study takes it
+    assert json.loads((workdir / "study.json").read_text()) == {"study": "training_dynamics"}
+
+    trained = tmp_path / "trained"  # python -m train's workdir
+    trained.mkdir()
+    fields = {f.name: None for f in dataclasses.fields(TrainConfig)}
+    (trained / "config.json").write_text(json.dumps(fields))
+    with pytest.raises(common.DissectError, match="a training run"):
+        common.claim_workdir(trained, "rotation")
+
+    unknown = tmp_path / "unknown"  # fields of no study: accepted, as before the record
+    unknown.mkdir()
+    (unknown / "config.json").write_text('{"seeds": 1}')
+    common.claim_workdir(unknown, "rotation")
+    assert json.loads((unknown / "study.json").read_text()) == {"study": "rotation"}
+    with pytest.raises(common.DissectError, match="holds the results of rotation"):
+        common.claim_workdir(unknown, "explain")

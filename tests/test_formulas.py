@@ -1,6 +1,7 @@
 import csv
 import itertools
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -334,6 +335,22 @@ def test_cli_formulas_every_iou_recomputed_from_text(probe, tmp_path, capsys):
         assert record["single_iou"] == max(iou(unit, concepts[label]) for label in concepts)
     page = (out / "formulas.html").read_text()
     assert "unit 5" in page and "data:image/png;base64," in page
+
+
+def test_formulas_without_report_leaves_no_page_behind(probe, tmp_path, capsys):
+    """Issue 27: a rerun with --no-report left the previous run's formulas.html."""
+    np.save(tmp_path / "feats.npy", dyadic_features(12, (4, 4, 3)))
+    out = tmp_path / "out"
+    args = ["formulas", "--dataset", str(probe.directory), "--features",
+            str(tmp_path / "feats.npy"), "--out", str(out), "--length", "2",
+            "--labels-per-unit", "4", "--quantile", "0.05", "--no-progress"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert (out / "formulas.html").is_file()
+    (out / "mine.partial").write_bytes(b"a user's file")
+    assert main([*args, "--no-report"]) == 0, capsys.readouterr().err
+    assert not os.path.lexists(out / "formulas.html")
+    assert (out / "formulas.csv").is_file() and (out / "formulas.json").is_file()
+    assert (out / "mine.partial").read_bytes() == b"a user's file"
 
 
 def test_length_one_is_the_single_label_iou_and_the_tally(probe, tmp_path):

@@ -69,15 +69,16 @@ def test_a_second_run_on_the_same_out_is_refused(probe, tmp_path, capsys):
 
 
 def test_outputs_are_replaced_as_a_set(probe, tmp_path, monkeypatch, capsys):
-    """A run that fails while writing leaves the previous set whole; one that fails while
-    publishing leaves no results.json beside the new files; the next run cleans up."""
+    """A run that fails while writing leaves the previous set whole and nothing of its own
+    behind; one interrupted while publishing leaves the previous set or the new one, whole."""
     from jaxdissect import outdir, report
 
     out = tmp_path / "out"
     np.save(tmp_path / "a.npy", dyadic_features(12, (4, 4, 3), seed=1))
     np.save(tmp_path / "b.npy", dyadic_features(12, (4, 4, 3), seed=2))
     assert main(_args(probe, tmp_path / "a.npy", out)) == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    before = _public_view(out)
+    store = sorted(p.name for p in (out / outdir.STORE).iterdir())
 
     def broken_report(folder, images):
         raise OSError(28, "No space left on device", str(folder / "report.html"))
@@ -85,28 +86,126 @@ def test_outputs_are_replaced_as_a_set(probe, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(report, "write_layer_report", broken_report)
     assert main(_args(probe, tmp_path / "b.npy", out)) == 2
     assert "No space left on device" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert _public_view(out) == before
+    assert sorted(p.name for p in (out / outdir.STORE).iterdir()) == store  # discarded
     monkeypatch.undo()
 
-    replace, calls = os.replace, []
-
-    def interrupted_replace(source, target):
-        if ".staging" not in str(target):  # publishing, not staging
-            calls.append(target)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as SIGINT halfway through publishing
-        replace(source, target)
-
-    monkeypatch.setattr(outdir.os, "replace", interrupted_replace)
-    with pytest.raises(KeyboardInterrupt):
-        main(_args(probe, tmp_path / "b.npy", out))
-    assert not (out / "results.json").exists()  # no completion mark beside a mixed set
-    monkeypatch.undo()
-    assert main(_args(probe, tmp_path / "b.npy", out)) == 0
-    assert not (out / ".staging").exists()
     fresh = tmp_path / "fresh"
     assert main(_args(probe, tmp_path / "b.npy", fresh)) == 0
+    after = _public_view(fresh)
+    assert after != before
+    replace = os.replace
+    for switch in (False, True):  # interrupted just before, and just after, the switch
+
+        def interrupted_replace(source, target, switch=switch):
+            if Path(target).name == "dissect" and not switch:
+                raise KeyboardInterrupt  # as SIGINT at the instant of switching
+            replace(source, target)
+            if Path(target).name == "dissect" and switch:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(outdir.os, "replace", interrupted_replace)
+        with pytest.raises(KeyboardInterrupt):
+            main(_args(probe, tmp_path / "b.npy", out))
+        monkeypatch.undo()
+        assert _public_view(out) == (after if switch else before)
+    assert main(_args(probe, tmp_path / "b.npy", out)) == 0
+    assert _public_view(out) == after
     assert (out / "tally.csv").read_bytes() == (fresh / "tally.csv").read_bytes()
+
+
+def _public_view(out: Path) -> dict:
+    """Every file a reader finds under OUT's output names (through the set's links; not the
+    lock, the store or the passes' checkpoints, kept for resuming a failed run)."""
+    found = {}
+    for root, _, names in os.walk(out, followlinks=True):
+        if {".jaxdissect", ".checkpoint"} & set(Path(root).relative_to(out).parts):
+            continue
+        for name in names:
+            path = Path(root, name)
+            if name != ".lock" and path.is_file():
+                found[path.relative_to(out).as_posix()] = path.read_bytes()
+    return found
+
+
+@pytest.mark.parametrize("when", ["before switching", "after switching"])
+def test_sigterm_while_publishing_keeps_one_whole_set(probe, tmp_path, when):
+    """The first round's case: a SIGTERM while publishing lost the previous set (tally.csv
+    old, counts.npz new, results.json gone). Now OUT holds the old set or the new one."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    np.save(tmp_path / "a.npy", dyadic_features(12, (4, 4, 3), seed=1))
+    np.save(tmp_path / "b.npy", dyadic_features(12, (4, 4, 3), seed=2))
+    assert main(_args(probe, tmp_path / "a.npy", out)) == 0
+    before = _public_view(out)
+    assert main(_args(probe, tmp_path / "b.npy", tmp_path / "fresh")) == 0
+    after = _public_view(tmp_path / "fresh")
+    script = f"""
+import os, signal, sys
+from pathlib import Path
+from jaxdissect.cli import main
+replace = os.replace
+def replace_then_die(source, target):
+    if Path(target).name == "dissect" and {when == "before switching"}:
+        os.kill(os.getpid(), signal.SIGTERM)
+    replace(source, target)
+    if Path(target).name == "dissect":
+        os.kill(os.getpid(), signal.SIGTERM)
+os.replace = replace_then_die
+sys.exit(main({_args(probe, tmp_path / "b.npy", out)!r}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert _public_view(out) == (before if when == "before switching" else after)
+    assert (out / "results.json").is_file() and (out / "counts.npz").is_file()
+    assert main(_args(probe, tmp_path / "b.npy", out)) == 0
+    assert _public_view(out) == after
+
+
+def test_a_rerun_without_report_leaves_no_report_behind(probe, tmp_path):
+    out = tmp_path / "out"
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 3)))
+    assert main(_args(probe, tmp_path / "f.npy", out)) == 0
+    assert (out / "report.html").is_file() and (out / "report").is_dir()
+    assert main(_args(probe, tmp_path / "f.npy", out, "--no-report")) == 0
+    assert not os.path.lexists(out / "report.html") and not os.path.lexists(out / "report")
+    assert sorted(_public_view(out)) == [
+        "counts.npz", "fingerprint.json", "results.json", "tally.csv"
+    ]  # fmt: skip
+
+
+def test_the_users_files_in_out_are_not_deleted(probe, tmp_path, capsys):
+    """Issue 27's first example: *.partial anywhere below OUT and OUT/report/'s contents."""
+    out = tmp_path / "out"
+    (out / "downloads" / "deep").mkdir(parents=True)
+    keep = {
+        "draft.partial": b"mine",
+        "downloads/deep/model.pth.partial": b"mine too",
+        "report/notes.txt": b"my notes",
+        ".checkpoint/mine.txt": b"also mine",
+    }
+    for name, data in keep.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 3)))
+    assert main(_args(probe, tmp_path / "f.npy", out)) == 0
+    assert capsys.readouterr().err.count("moved report") == 1
+    for name in ("draft.partial", "downloads/deep/model.pth.partial", ".checkpoint/mine.txt"):
+        assert (out / name).read_bytes() == keep[name]
+    assert (out / ".jaxdissect" / "displaced.1" / "report" / "notes.txt").read_bytes() == (
+        b"my notes"
+    )
+    # A file put into the published report folder survives the next run, where it was put.
+    (out / "report" / "later.txt").write_bytes(b"added later")
+    kept_in = (out / "report").resolve()
+    assert main(_args(probe, tmp_path / "f.npy", out)) == 0
+    assert (kept_in / "later.txt").read_bytes() == b"added later"
+    assert not (kept_in / "unit-0001.jpg").exists()  # the set's own strips went
+    assert f"kept {kept_in.parent}" in capsys.readouterr().err
+    assert (out / "draft.partial").read_bytes() == b"mine"
 
 
 def test_files_follow_the_umask(probe, tmp_path):

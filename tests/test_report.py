@@ -69,7 +69,7 @@ def test_bar_graph_counts_equal_the_summary(dissected):
 def test_report_command_rebuilds(dissected, capsys):
     out, features = dissected
     (out / "report.html").unlink()
-    (out / "report" / "unit-0999.png").write_bytes(b"an earlier report's strip")
+    (out / "report" / "unit-0999.png").write_bytes(b"an earlier report's strip")  # a user's
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
     assert "report:" in capsys.readouterr().out
@@ -77,6 +77,8 @@ def test_report_command_rebuilds(dissected, capsys):
     assert strips == [f"unit-{u:04d}.jpg" for u in range(1, features.shape[-1] + 1)]
     page = (out / "report.html").read_text()
     assert all(f'src="report/{name}"' in page for name in strips)
+    kept = [p for p in (out / ".jaxdissect").glob("dissect.*/report/unit-0999.png")]
+    assert [p.read_bytes() for p in kept] == [b"an earlier report's strip"]  # not deleted
 
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -171,3 +173,20 @@ def test_report_in_a_real_browser(dissected, tmp_path):
         assert all(u.startswith(("file://", "data:")) for u in urls if u)
     finally:
         browser.quit()
+
+
+def test_report_command_on_an_earlier_versions_plain_files(dissected, tmp_path, capsys):
+    """An OUT of plain files (as before output sets) is reported into a set; its previous
+    files are moved aside, none deleted."""
+    out, _ = dissected
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy, ignore=shutil.ignore_patterns(".jaxdissect", ".lock"))
+    assert not (legacy / "results.json").is_symlink()
+    (legacy / "report" / "mine.txt").write_bytes(b"a user's")
+    results = (legacy / "results.json").read_bytes()
+    assert main(["report", str(legacy)]) == 0
+    assert (legacy / "report.html").is_symlink() and (legacy / "report.html").is_file()
+    assert (legacy / "results.json").read_bytes() == results
+    aside = legacy / ".jaxdissect" / "displaced.1"
+    assert (aside / "report" / "mine.txt").read_bytes() == b"a user's"
+    assert "moved" in capsys.readouterr().err

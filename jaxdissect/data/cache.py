@@ -19,6 +19,7 @@ file) is reported on stderr, set aside and rebuilt.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import json
@@ -271,6 +272,34 @@ def _verify(folder: Path) -> str | None:
     return None
 
 
+# The files a cache folder is written with (besides its manifest).
+CACHE_FILES = ("slot_planes.npy", "slot_labels.npy", "image_labels.npy", "images.npy")
+
+
+def _remove_cache_folder(folder: Path) -> None:
+    """Deletes the files ``folder``'s manifest lists and those a cache folder is written with
+    (the cache wrote them), then the folder if that empties it; a folder holding anything else is kept, and named on stderr."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        names = [name for name in files if isinstance(name, str)]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = []
+    for name in {*names, *CACHE_FILES}:
+        path = folder / name
+        if "/" not in name and name not in (".", "..") and path.is_file():
+            if not path.is_symlink():
+                path.unlink()
+    (folder / MANIFEST).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        print(
+            f"jaxdissect: kept {folder}: it holds files the cache did not record", file=sys.stderr
+        )
+
+
 def cached_folder(root: Path, key: str, write) -> Path:
     """The cache folder ``root/key``, checked against its manifest, else (re)written.
 
@@ -291,7 +320,9 @@ def cached_folder(root: Path, key: str, write) -> Path:
             folder.rename(trash / key)
         except FileNotFoundError:  # a concurrent run set it aside first
             pass
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove_cache_folder(trash / key)
+        with contextlib.suppress(OSError):
+            trash.rmdir()
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
     try:
         write(staging)

@@ -1,0 +1,199 @@
+"""Output sets (``jaxdissect.outdir``): a reader of OUT's names sees one complete set at
+every instant of publishing, and only files jaxdissect recorded as its own are deleted."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from jaxdissect import outdir
+from jaxdissect.outdir import MANIFEST, STORE, current_set, locked, new_set, publish
+
+OLD = {
+    "tally.csv": b"old tally",
+    "results.json": b"old results",
+    "report.html": b"old report",
+    "report/unit-0001.jpg": b"old strip",
+}
+NEW = {"tally.csv": b"new tally", "results.json": b"new results"}  # as with --no-report
+NAMES = ("tally.csv", "results.json", "report.html", "report/unit-0001.jpg")
+
+
+def _publish(out, files, kind="dissect"):
+    with locked(out):
+        folder = new_set(out, kind)
+        for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        publish(folder, out)
+
+
+def _view(out):
+    """What a reader of OUT's names sees (None: no file)."""
+    return {name: (out / name).read_bytes() if (out / name).is_file() else None for name in NAMES}
+
+
+def _expected(files):
+    return {name: files.get(name) for name in NAMES}
+
+
+def _operations():
+    return ("replace", "rename", "symlink", "unlink", "rmdir", "mkdir")
+
+
+class Interrupt(BaseException):
+    pass
+
+
+def _interrupt_at(monkeypatch, index):
+    """Makes the ``index``-th file-system change raise, as a kill at that instant would end
+    the process there."""
+    count = [0]
+    for name in _operations():
+        original = getattr(os, name)
+
+        def wrapped(*args, _original=original, **kwargs):
+            count[0] += 1
+            if count[0] == index:
+                raise Interrupt
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, wrapped)
+    return count
+
+
+def test_a_reader_sees_the_old_set_or_the_new_one_at_every_instant(tmp_path, monkeypatch):
+    """A kill at each file-system change of publishing leaves OUT's names resolving into
+    the previous complete set or the new complete one, never a mixture; the next run
+    publishes whole and leaves nothing behind."""
+    reference = tmp_path / "reference"
+    _publish(reference, OLD)
+    counter = _interrupt_at(monkeypatch, 0)  # counts only
+    _publish(reference, NEW)
+    monkeypatch.undo()
+    steps = counter[0]
+    assert steps > 5
+    seen = set()
+    for index in range(1, steps + 1):
+        out = tmp_path / f"out{index}"
+        _publish(out, OLD)
+        _interrupt_at(monkeypatch, index)
+        with pytest.raises(Interrupt):
+            _publish(out, NEW)
+        monkeypatch.undo()
+        view = _view(out)
+        assert view in (_expected(OLD), _expected(NEW)), index
+        seen.add("new" if view == _expected(NEW) else "old")
+        _publish(out, NEW)
+        assert _view(out) == _expected(NEW)
+        store = out / STORE
+        folder = current_set(out, "dissect")
+        assert sorted(p.name for p in store.iterdir()) == ["dissect", folder.name, "journal.json"]
+        assert sorted(p.name for p in out.iterdir()) == [".jaxdissect", ".lock", *sorted(NEW)]
+    assert seen == {"old", "new"}  # the interruptions fell on both sides of the switch
+
+
+def test_the_manifest_tells_a_complete_set(tmp_path):
+    _publish(tmp_path / "out", OLD)
+    folder = current_set(tmp_path / "out", "dissect")
+    manifest = json.loads((folder / MANIFEST).read_text())["files"]
+    assert sorted(manifest) == sorted(OLD)
+    assert manifest["report/unit-0001.jpg"]["size"] == len(OLD["report/unit-0001.jpg"])
+    # A set folder still being written has no manifest, and is not a current set.
+    with locked(tmp_path / "out"):
+        writing = new_set(tmp_path / "out", "dissect")
+        assert not (writing / MANIFEST).exists()
+        assert current_set(tmp_path / "out", "dissect") == folder
+
+
+def test_files_the_user_put_there_are_never_deleted(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "download.partial").write_bytes(b"mine")
+    (out / "mine.partial").write_bytes(b"mine")
+    (out / "report").mkdir()
+    (out / "report" / "notes.txt").write_bytes(b"my notes")
+    _publish(out, OLD)
+    assert (out / "data" / "download.partial").read_bytes() == b"mine"
+    assert (out / "mine.partial").read_bytes() == b"mine"
+    moved = out / STORE / "displaced.1" / "report" / "notes.txt"
+    assert moved.read_bytes() == b"my notes"  # moved out of the set's way, not deleted
+    assert f"to {out / STORE / 'displaced.1'}" in capsys.readouterr().err
+    assert _view(out) == _expected(OLD)
+
+    # A file added to a published set's folder outlives the set, kept where it was put.
+    (out / "report" / "added.txt").write_bytes(b"added later")
+    old_folder = current_set(out, "dissect")
+    _publish(out, NEW)
+    assert (old_folder / "report" / "added.txt").read_bytes() == b"added later"
+    assert not (old_folder / "tally.csv").exists()  # the set's own files are gone
+    assert f"kept {old_folder}" in capsys.readouterr().err
+    assert _view(out) == _expected(NEW)
+
+
+def test_an_earlier_versions_plain_files_are_moved_aside(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in OLD.items():  # as the previous version published them
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_bytes(data)
+    (out / "fingerprint.json").write_bytes(b"{}")
+    _publish(out, NEW)
+    assert _view(out) == _expected(NEW)  # no report.html of the earlier run beside the new set
+    aside = out / STORE / "displaced.1"
+    assert (aside / "report.html").read_bytes() == OLD["report.html"]
+    assert (aside / "fingerprint.json").read_bytes() == b"{}"
+    assert "moved" in capsys.readouterr().err
+
+
+def test_sets_of_two_kinds_share_out_and_a_name_of_one_is_not_taken_by_the_other(tmp_path):
+    out = tmp_path / "out"
+    _publish(out, NEW)
+    _publish(out, {"formulas.csv": b"f", "formulas.json": b"{}", "formulas.html": b"h"}, "formulas")
+    _publish(out, {"formulas.csv": b"g", "formulas.json": b"{}"}, "formulas")  # no page
+    assert (out / "formulas.csv").read_bytes() == b"g"
+    assert not (out / "formulas.html").exists() and not (out / "formulas.html").is_symlink()
+    assert _view(out) == _expected(NEW)
+    with pytest.raises(outdir.DissectError, match="already one of the formulas outputs"):
+        _publish(out, {"formulas.csv": b"x"}, "dissect")
+    assert (out / "formulas.csv").read_bytes() == b"g"
+
+
+def test_a_set_never_completed_is_cleared_by_the_next_run(tmp_path):
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    with locked(out):
+        abandoned = new_set(out, "dissect")  # as a run killed while writing leaves it
+        (abandoned / "tally.csv").write_bytes(b"half")
+    _publish(out, NEW)
+    assert not abandoned.exists()
+    assert _view(out) == _expected(NEW)
+
+
+def test_a_folder_in_the_store_that_is_not_recorded_is_left_alone(tmp_path):
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    stranger = out / STORE / "dissect.9"
+    stranger.mkdir()
+    (stranger / "x").write_bytes(b"not ours")
+    journal = json.loads((out / STORE / "journal.json").read_text())
+    journal["next"] = 9  # the next set would take that name
+    (out / STORE / "journal.json").write_text(json.dumps(journal))
+    _publish(out, NEW)
+    assert (stranger / "x").read_bytes() == b"not ours"
+    assert current_set(out, "dissect").name == "dissect.10"
+    shutil.rmtree(stranger)
+
+
+def test_a_published_set_is_never_removed_whole(tmp_path):
+    """Even with its manifest gone, a set that was published is removed file by file only:
+    a file someone put into it stays."""
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    folder = current_set(out, "dissect")
+    (out / "report" / "mine.txt").write_bytes(b"mine")
+    (folder / MANIFEST).unlink()
+    _publish(out, NEW)
+    assert (folder / "report" / "mine.txt").read_bytes() == b"mine"
+    assert _view(out) == _expected(NEW)
