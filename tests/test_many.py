@@ -18,11 +18,17 @@ def _seed_files(tmp_path, seeds):
 
 
 def _files(folder):
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".lock"
-    }
+    """The files a user sees in an output folder (through the published links), by path."""
+    import os
+
+    found = {}
+    for root, folders, files in os.walk(folder, followlinks=True):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        for name in files:
+            if not name.startswith("."):
+                path = os.path.join(root, name)
+                found[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return found
 
 
 def test_checkpoints_in_one_pass_equal_their_own_runs(probe, tmp_path, capsys):
