@@ -270,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     directions.add_argument(
         "--min-pixels",
         type=_positive_int,
-        default=500,
+        default=200,
         help="train a concept covering at least this many label pixels on each side of the "
-        "split (default 500)",
+        "split (default 200)",
     )
     directions.add_argument("--epochs", type=_positive_int, default=10)
     directions.add_argument(

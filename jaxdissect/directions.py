@@ -68,7 +68,7 @@ class DirectionConfig:
 
     heldout: float = 0.3
     seed: int = 0
-    min_pixels: int = 500
+    min_pixels: int = 200
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 0.02
