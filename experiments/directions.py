@@ -68,7 +68,7 @@ class Config:
 
     train_preset: str = "default"
     train_overrides: tuple[str, ...] = ()
-    steps: int = 1500
+    steps: int = 600  # training_dynamics' baseline: the same seeded networks
     run: str = ""  # a training workdir to use instead of training one per seed
     seeds: int = 3
     layer: str = "conv5"
