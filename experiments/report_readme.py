@@ -128,6 +128,22 @@ def _counts_table(results: dict, path: Path) -> list[str]:
         header = [f"{results.get('layer', '')} basis".strip()]
         header += [f"mean IoU, length {n}" for n in range(1, lengths + 1)]
         return _table([*header, "share beating single label", "share of beam below optimum"], rows)
+    if study == "directions":
+        bases = _field(results, path, "bases")
+        rows = [
+            [
+                basis,
+                str(found["concepts"]),
+                _stat(found["beats_best_unit"], 3),
+                _stat(found["iou_direction"], 3),
+                _stat(found["iou_best_unit"], 3),
+                _stat(found["iou_chance"], 3),
+            ]
+            for basis, found in bases.items()
+        ]
+        header = [f"{results.get('layer', '')} basis".strip(), "concepts"]
+        header += ["share of directions beating the best unit by 0.05", "direction IoU"]
+        return _table([*header, "best unit IoU", "chance IoU"], rows)
     rows = [
         [
             f"{row['variant']} ({row['layer']})",

@@ -1,5 +1,6 @@
-"""Command line: ``python -m jaxdissect {dissect,features,formulas,report,summarize,synthetic,demo,
-fetch,precompile} ...`` (also ``jaxdissect``). Argument parsing and printing only: the work is the library's
+"""Command line: ``python -m jaxdissect {dissect,features,formulas,directions,report,summarize,
+synthetic,demo,fetch,precompile} ...`` (also ``jaxdissect``). Argument parsing and printing
+only: the work is the library's
 (``pipeline.dissect`` for ``dissect``)."""
 
 from __future__ import annotations
@@ -275,6 +276,64 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile the Numba CPU kernels a dissection uses and cache them, so that "
         "the first dissection does not (about 35 s on 2 cores).",
     )
+    directions = commands.add_parser(
+        "directions",
+        help="per concept, a learned linear combination of the units (Net2Vec) against the "
+        "best single unit",
+        description="Train, for every concept with enough pixels, a direction in the space "
+        "of one layer's units (weights and a bias, Net2Vec's class-balanced sigmoid loss, "
+        "Adam) on the probe's train images, choose its threshold there, and score it on "
+        "held-out images beside the best single unit at the dissection's threshold. Writes "
+        "OUT/directions.csv (label,category,iou_direction,iou_best_unit,best_unit,...), "
+        "OUT/directions.npz (the weights by label), OUT/directions.json and "
+        "OUT/directions.html.",
+    )
+    directions.add_argument("--dataset", required=True, type=Path, help="Broden-format folder")
+    directions_source = directions.add_mutually_exclusive_group(required=True)
+    directions_source.add_argument("--features", type=Path, help="activations .npy (N, h, w, U)")
+    directions_source.add_argument("--model", help="as for dissect")
+    directions.add_argument("--weights", type=Path, default=None, help="as for dissect")
+    directions.add_argument("--layer", default=None, help="the layer (required with --model)")
+    directions.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc")
+    directions.add_argument("--out", required=True, type=Path, help="output folder")
+    directions.add_argument(
+        "--heldout",
+        type=_fraction(True),
+        default=0.3,
+        help="share of the images held out for scoring (default 0.3)",
+    )
+    directions.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="fixes the split and the data order"
+    )
+    directions.add_argument(
+        "--min-pixels",
+        type=_positive_int,
+        default=200,
+        help="train a concept covering at least this many label pixels on each side of the "
+        "split (default 200)",
+    )
+    directions.add_argument("--epochs", type=_positive_int, default=10)
+    directions.add_argument(
+        "--step-images", type=_positive_int, default=32, help="images per optimiser step"
+    )
+    directions.add_argument("--learning-rate", type=float, default=0.02, help="Adam's step size")
+    directions.add_argument(
+        "--quantile",
+        type=_fraction(True),
+        default=0.005,
+        help="the units' thresholds, as for dissect (default 0.005)",
+    )
+    directions.add_argument("--categories", type=_categories, default=None)
+    directions.add_argument("--batch-size", type=_positive_int, default=32)
+    directions.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default="auto",
+        help="how the units' thresholds and counts run, as for dissect",
+    )
+    directions.add_argument("--cache", type=Path, default=None)
+    directions.add_argument("--no-report", action="store_true", help="skip directions.html")
+    directions.add_argument("--no-progress", action="store_true")
     demo = commands.add_parser(
         "demo",
         help="a quick look: dissect a layer of known units on the synthetic world (about 10 s)",
@@ -520,6 +579,55 @@ def run_formulas(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_directions(args: argparse.Namespace) -> int:
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.directions import DirectionConfig, directions
+    from jaxdissect.sources import features_activations, load_model
+
+    if args.features is not None and args.weights is not None:
+        raise DissectError("--weights goes with --model, not --features")
+    try:
+        settings = DirectionConfig(
+            heldout=args.heldout,
+            seed=args.seed,
+            min_pixels=args.min_pixels,
+            epochs=args.epochs,
+            batch_size=args.step_images,
+            learning_rate=args.learning_rate,
+        )
+    except ValueError as error:
+        raise DissectError(str(error)) from None
+    if args.features is not None:
+        source = features_activations(args.features, args.layout, args.layer)
+    else:
+        source = load_model(args.model, args.weights)
+    found = directions(
+        open_broden(args.dataset, args.categories),
+        source,
+        DissectConfig(quantile=args.quantile, batch_size=args.batch_size, kernel=args.kernel),
+        args.out,
+        layer=args.layer,
+        weights=args.weights,
+        settings=settings,
+        cache=args.cache,
+        report=not args.no_report,
+        progress=not args.no_progress,
+    )
+    rows = found.rows
+    beats = sum(r["iou_direction"] >= r["iou_best_unit"] + 0.05 for r in rows)
+    print(
+        f"layer {found.layer}: {len(rows)} concepts, mean held-out IoU "
+        f"{np.mean([r['iou_direction'] for r in rows]):.4f} (directions) against "
+        f"{np.mean([r['iou_best_unit'] for r in rows]):.4f} (best units); {beats} directions "
+        "beat their best unit by at least 0.05"
+    )
+    print(f"wrote {args.out / 'directions.csv'} and {args.out / 'directions.npz'}")
+    if not args.no_report:
+        print(f"report: {args.out / 'directions.html'}")
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
 
     from jaxdissect.data.broden import open_broden
@@ -695,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         "formulas": run_formulas,
         "fetch": run_fetch,
         "precompile": run_precompile,
+        "directions": run_directions,
     }
     try:
         return handlers[args.command](args)

@@ -42,7 +42,7 @@ from jaxdissect.errors import DissectError
 STORE = ".jaxdissect"
 JOURNAL = "journal.json"
 MANIFEST = "MANIFEST.json"
-KINDS = ("dissect", "formulas")
+KINDS = ("dissect", "formulas", "directions")
 # What an earlier version of jaxdissect wrote as plain files into OUT, by kind, and the file
 # that marked its set complete: with that mark present, these names are moved aside when
 # a set of the kind is published, so that none of them stays beside the new set.
@@ -52,6 +52,7 @@ LEGACY_NAMES = {
         ("tally.csv", "counts.npz", "fingerprint.json", "report.html", "report", "index.html"),
     ),
     "formulas": ("formulas.json", ("formulas.csv", "formulas.html")),
+    "directions": ("directions.json", ("directions.csv", "directions.npz", "directions.html")),
 }
 
 
