@@ -43,7 +43,7 @@ from experiments.common import (
     with_rotations,
     write_page,
 )
-from experiments.plots import band, figure_html, pyplot
+from experiments.plots import BAND, band, figure_html, pyplot, verdicts_sentence
 from experiments.training_dynamics import train_config
 from jaxdissect.config import DissectConfig
 from jaxdissect.formula_search import exact_search, explain
@@ -325,7 +325,7 @@ seeds with their 95 % t-interval in brackets; shares are fractions of the units.
 <th>share proved optimal</th><th>share of beam results below the optimum</th>
 <th>their mean gap</th></tr>{"".join(rows)}</table>
 <h2>Plots</h2>
-{figure_html("compositional.png", "The best formula's IoU grows with its length, more for the units than for a random rotation of their basis (line: mean over seeds; band: 95 % interval).")}
+{figure_html("compositional.png", f"Mean IoU of the best formula against its length, for the units and a random rotation of their basis (line: mean over seeds; {BAND})." + verdicts_sentence(summary.get("claims", [])))}
 {figure_html("formula_mix.png", "Which operators and which categories of concepts the best formulas use, per basis (bar: mean count over seeds; error bar: 95 % interval).")}
 <p>Formulas by seed: {links}</p>
 <p>Config: <code>{html.escape(json.dumps(summary["config"]))}</code></p>"""

@@ -17,32 +17,61 @@ def pyplot():
     return plt
 
 
+def iteration_ticks(last_step: int) -> list[int]:
+    """0, then 1, 2, 5 times each power of ten up to ``last_step``, and ``last_step`` itself:
+    labelled ticks at every scale, from a 6-step smoke run to 300,000 steps."""
+    ticks, decade = [0], 1
+    while decade <= max(last_step, 1):
+        ticks += [m * decade for m in (1, 2, 5) if m * decade <= last_step]
+        decade *= 10
+    if last_step > 0 and ticks[-1] != last_step:
+        if last_step < 1.3 * ticks[-1]:  # too close to read both: the end wins
+            ticks.pop()
+        ticks.append(last_step)
+    return ticks
+
+
 def iteration_axis(axis, last_step: int) -> None:
-    """A symlog x axis (0 and 1, 10, 100, ... equally readable) ticked at 0 and the powers of
-    ten up to ``last_step``, labelled as plain numbers."""
+    """A symlog x axis (0 and 1, 10, 100, ... equally readable) ticked by
+    ``iteration_ticks``, labelled as plain numbers."""
     axis.set_xscale("symlog", linthresh=1)
-    ticks = [0]
-    while ticks[-1] * 10 <= max(last_step, 1) or ticks[-1] == 0:
-        ticks.append(1 if ticks[-1] == 0 else ticks[-1] * 10)
-    axis.set_xticks(ticks, [f"{t:,}" for t in ticks])
+    ticks = iteration_ticks(last_step)
+    axis.set_xticks(ticks, [f"{t:,}" for t in ticks], fontsize=7)
     axis.minorticks_off()
     axis.set_xlabel("training iteration")
 
 
-def band(axis, xs, stats, color, label=None, style="o-", alpha=0.18) -> None:
+BAND = "band: 95 % t-interval of the mean over seeds"
+
+
+def band(axis, xs, stats, color, label=None, style="o-", alpha=0.18, low=None, high=None) -> None:
     """Per-x means as a line and their 95 % intervals (``interval`` dicts; undefined ones,
-    one seed, are left out) as a shaded band."""
+    one seed, are left out) as a shaded band, clipped to the possible range [low, high]
+    (counts: low=0), so that no band shows an impossible value."""
     axis.plot(xs, [s["mean"] for s in stats], style, ms=3, color=color, label=label)
     defined = [(x, s["ci95"]) for x, s in zip(xs, stats, strict=True) if s["ci95"] is not None]
     if defined:
+
+        def clip(value):
+            value = value if low is None else max(low, value)
+            return value if high is None else min(high, value)
+
         axis.fill_between(
             [x for x, _ in defined],
-            [ci[0] for _, ci in defined],
-            [ci[1] for _, ci in defined],
+            [clip(ci[0]) for _, ci in defined],
+            [clip(ci[1]) for _, ci in defined],
             color=color,
             alpha=alpha,
             linewidth=0,
         )
+
+
+def verdicts_sentence(claims: list[dict]) -> str:
+    """What the claims computed from these data say, for a caption: 'claim: verdict'."""
+    if not claims:
+        return ""
+    parts = [f"{c['claim']}: {c['verdict']} ({len(c['seeds'])} seeds)" for c in claims]
+    return " Computed verdicts: " + "; ".join(parts) + "."
 
 
 def figure_html(src: str, caption: str) -> str:

@@ -40,7 +40,7 @@ from experiments.common import (
     summary_at,
     write_page,
 )
-from experiments.plots import band, figure_html, pyplot
+from experiments.plots import BAND, band, figure_html, pyplot, verdicts_sentence
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import fractional_rotation, random_rotation
 from train.checkpoints import feature_model
@@ -245,7 +245,7 @@ def plot(summary: dict, path: Path, layer: str) -> None:
     for color, (threshold, rows) in zip(colors, summary["by_iou_threshold"].items(), strict=False):
         alphas = [r["alpha"] for r in rows]
         for axis, key in zip(axes, ("unique", "detectors"), strict=True):
-            band(axis, alphas, [r[key] for r in rows], color, f"IoU > {threshold}")
+            band(axis, alphas, [r[key] for r in rows], color, f"IoU > {threshold}", low=0)
     axes[0].set_ylabel("unique detectors")
     axes[1].set_ylabel("detectors")
     for axis in axes:
@@ -277,8 +277,9 @@ def write_summary(summary: dict, workdir: Path) -> Path:
         for k, v in summary["chance_iou"].items()
     )
     caption = (
-        "Unique detectors fall as the basis is rotated further from the units' own, while "
-        "the number of detectors changes little (line: mean over seeds; band: 95 % interval)."
+        "Unique detectors and detectors against the rotation's angle alpha (0: the units' own "
+        f"basis, 1: a random rotation), per IoU threshold (line: mean over seeds; {BAND}, "
+        "clipped at 0)." + verdicts_sentence(summary.get("claims", []))
     )
     body = f"""<h1>Units against rotated bases ({summary["units"]} units)</h1>
 <p>{len(summary["seeds"])} seed(s); run in {summary["seconds"]} s.</p>

@@ -43,7 +43,7 @@ from experiments.common import (
     unique_counts,
     write_page,
 )
-from experiments.plots import band, figure_html, iteration_axis, pyplot
+from experiments.plots import BAND, band, figure_html, iteration_axis, pyplot, verdicts_sentence
 from experiments.units import across_seeds, most_switching, transitions, unit_labels
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
@@ -314,7 +314,7 @@ def plot(results: dict, workdir: Path) -> None:
     for axis, basis in zip(axes, ("units", "rotated"), strict=True):
         for variation, points in curves.items():
             stats = [p[basis]["total"] for p in points]
-            band(axis, steps(points), stats, colors[variation], variation)
+            band(axis, steps(points), stats, colors[variation], variation, low=0)
         iteration_axis(axis, last)
         axis.set_title(
             f"{layer}: {'its units' if basis == 'units' else 'a random rotation of its basis'}"
@@ -337,6 +337,7 @@ def plot(results: dict, workdir: Path) -> None:
                 colors[variation],
                 variation,
                 "-",
+                low=0,
             )
             axis.plot(
                 steps(points),
@@ -357,7 +358,15 @@ def plot(results: dict, workdir: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     for variation, points in curves.items():
         known = [p for p in points if p["eval_accuracy"] is not None]
-        band(axis, steps(known), [p["eval_accuracy"] for p in known], colors[variation], variation)
+        band(
+            axis,
+            steps(known),
+            [p["eval_accuracy"] for p in known],
+            colors[variation],
+            variation,
+            low=0,
+            high=1,
+        )
     iteration_axis(axis, last)
     axis.set_ylabel("validation accuracy")
     axis.grid(alpha=0.3)
@@ -377,7 +386,12 @@ def plot(results: dict, workdir: Path) -> None:
         ends = [t["to"] for t in found["transitions"]]
         for name, words in TRANSITION_NAMES.items():
             band(
-                axis, ends, [t[name] for t in found["transitions"]], transition_colors[name], words
+                axis,
+                ends,
+                [t[name] for t in found["transitions"]],
+                transition_colors[name],
+                words,
+                low=0,
             )
         iteration_axis(axis, last)
         axis.set_title(f"{variation}: units since the previous snapshot", fontsize=10)
@@ -435,10 +449,10 @@ seeds with their 95 % t-interval in brackets.</p>
 <th>best step (accuracy)</th><th>dissection reports by seed and step</th></tr>
 {"".join(rows)}</table>
 <h2>Plots</h2>
-{figure_html("unique_detectors.png", "Unique detectors rise with training in the units' basis and stay lower in a random rotation of it (line: mean over seeds; band: 95 % interval).")}
-{figure_html("per_category.png", "Which categories the new unique detectors belong to as training proceeds (solid: units, dashed: rotated basis).")}
-{figure_html("accuracy.png", "Validation accuracy against iteration: how far each network has trained at each snapshot.")}
-{figure_html("concept_transitions.png", "Between consecutive snapshots, how many units keep, switch, gain or lose their label: units switch concepts while training proceeds.")}
+{figure_html("unique_detectors.png", f"Unique detectors (IoU > 0.04) of {layer} against training iteration, per variation; left: its units, right: a random rotation of its basis (line: mean over {seeds} seed(s); {BAND}, clipped at 0)." + verdicts_sentence(results["claims"]))}
+{figure_html("per_category.png", f"Unique detectors per concept category against training iteration (solid: units, line and {BAND}, clipped at 0; dashed: the rotated basis's mean).")}
+{figure_html("accuracy.png", f"Validation accuracy against training iteration, per variation (line: mean over seeds; {BAND}, clipped to [0, 1]).")}
+{figure_html("concept_transitions.png", f"Between consecutive snapshots, how many units keep, switch, gain or lose their label (line: mean over seeds; {BAND}, clipped at 0).")}
 <h2>Units that switch concept most</h2>
 <table><tr><th>variation</th><th>seed</th><th>unit</th><th>switches</th><th>label by step</th></tr>
 {switching}</table>
