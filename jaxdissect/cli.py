@@ -395,11 +395,10 @@ def run_formulas(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    import json
-
     from jaxdissect.data.broden import open_broden
     from jaxdissect.data.cache import load_image_array
     from jaxdissect.report import write_index, write_layer_report
+    from jaxdissect.schema import read_results
 
     folders = (
         [args.out]
@@ -409,7 +408,7 @@ def run_report(args: argparse.Namespace) -> int:
     if not folders:
         raise DissectError(f"{args.out}: no results.json here or in its subfolders")
     for folder in folders:
-        results = json.loads((folder / "results.json").read_text())
+        results = read_results(folder)
         try:
             dataset = open_broden(results["dataset"], results["categories"])
             images = load_image_array(dataset, args.cache, progress=False)
@@ -434,6 +433,11 @@ def start_processes(args: argparse.Namespace) -> bool:
         return True
     if args.num_processes is None or args.process_id is None:
         raise DissectError("--coordinator needs --num-processes and --process-id")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DissectError(
+            f"--coordinator {args.coordinator!r}: expected host:port, a port in [1, 65535]"
+        )
     if not 0 <= args.process_id < args.num_processes:
         raise DissectError(
             f"--process-id must lie in [0, {args.num_processes}), got {args.process_id}"
@@ -456,6 +460,8 @@ def run_features(args: argparse.Namespace) -> int:
             f"{args.images}: expected uint8 RGB images of shape (N, H, W, 3), got "
             f"{images.dtype} {images.shape}"
         )
+    if len(images) == 0:
+        raise DissectError(f"{args.images}: holds no images (shape {images.shape})")
     model = load_model(args.model, args.weights)
     layers = model.check_layers([args.layer])
     batches = []

@@ -21,3 +21,13 @@ def factory(weights):
 
 def not_a_feature_model(weights):
     return Tiny(nnx.Rngs(0))
+
+
+# What ``changing`` returns: a test changes it between two runs of the same --model spec.
+SEED = 0
+
+
+def changing(weights):
+    """The same name whatever it computes: only SEED tells two of its models apart."""
+    assert weights is None
+    return from_nnx(Tiny(nnx.Rngs(SEED)), Preprocess(), name="changing")
