@@ -276,8 +276,10 @@ def run_synthetic(args: argparse.Namespace) -> int:
         write_probe(args.out, args.images, args.seed, config, progress=not args.no_progress)
         print(f"wrote a Broden-format probe set of {args.images} images to {args.out}")
     else:
-        from jaxdissect.data.synthetic.figure import save_world_figure
+        from jaxdissect.data.synthetic.figure import MAX_ROWS, save_world_figure
 
+        if args.rows > MAX_ROWS:
+            raise DissectError(f"--rows {args.rows}: at most {MAX_ROWS} rows fit one figure")
         print(f"wrote {save_world_figure(args.out, args.seed, args.rows, config)}")
     return 0
 
@@ -501,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except DissectError as error:
         print(f"jaxdissect: error: {error}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            f"jaxdissect: error: {args.command}: out of memory (lower the sizes or batch size)",
+            file=sys.stderr,
+        )
         return 2
     except OSError as error:  # a full disk, a read-only folder, a file where a folder goes
         where = f"{error.filename}: " if error.filename else ""

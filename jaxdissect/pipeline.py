@@ -246,6 +246,8 @@ def dissect(
     dataset, source, images = open_inputs(
         dataset, source, layers, config.batch_size, weights, images, cache, progress
     )
+    if config.top_images > dataset.num_images:  # a unit has no more top images than that
+        config = dataclasses.replace(config, top_images=dataset.num_images)
     if labels is None:
         labels = load_label_arrays(dataset, cache, progress)
     mark("label cache")

@@ -279,3 +279,125 @@ def test_study_with_no_seeds_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "seeds=0: must be at least 1" in err and "Traceback" not in err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_training_checkpoint_falls_back_to_the_previous_step(tmp_path, damage):
+    import jax
+    from flax import nnx
+
+    from train.checkpoints import list_checkpoints, load_run
+    from train.config import make_config
+    from train.loop import train
+
+    config = make_config("smoke", ["steps=4", "checkpoint_steps=0,2,4"])
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "run", progress=False, stop_after=3)
+    assert list_checkpoints(tmp_path / "run") == [0, 2]
+    files = [p for p in (tmp_path / "run" / "checkpoints" / "2").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x40
+    largest.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"checkpoints/2: damaged .*resuming from an earlier"):
+        train(config, tmp_path / "run", progress=False)
+    assert list_checkpoints(tmp_path / "run") == [0, 2, 4]
+    assert (tmp_path / "run" / "damaged-checkpoints" / "2").is_dir()  # kept, not deleted
+    for step in (2, 4):
+        a, _ = load_run(tmp_path / "whole", step)
+        b, _ = load_run(tmp_path / "run", step)
+        for x, y in zip(
+            jax.tree.leaves(nnx.to_pure_dict(nnx.state(a))),
+            jax.tree.leaves(nnx.to_pure_dict(nnx.state(b))),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_loading_a_damaged_training_checkpoint_fails_in_one_line(tmp_path):
+    from jaxdissect.errors import DissectError
+    from train.checkpoints import load_run
+    from train.config import make_config
+    from train.loop import train
+
+    train(make_config("smoke", ["steps=2", "checkpoint_steps=0,2"]), tmp_path / "r", False)
+    files = [p for p in (tmp_path / "r" / "checkpoints" / "2").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[100] ^= 1
+    largest.write_bytes(bytes(data))
+    with pytest.raises(
+        DissectError, match=r"checkpoints/2: damaged since it was saved \(.* is changed\)"
+    ):
+        load_run(tmp_path / "r", 2)
+
+
+def test_train_workdir_naming_a_file(tmp_path, capsys):
+    from train.__main__ import main as train_main
+
+    (tmp_path / "file").write_text("mine")
+    assert (
+        train_main(["--config", "smoke", "--workdir", str(tmp_path / "file"), "--no-progress"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.strip() == f"train: error: --workdir {tmp_path / 'file'}: a file, not a folder"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+# Class 6: work and memory bounded before they start.
+def test_exact_formulas_beyond_the_memory_budget_are_refused_before_any_work(
+    probe, tmp_path, capsys, monkeypatch
+):
+    from jaxdissect import formula_search, passes
+
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 8)))
+    monkeypatch.setattr(formula_search, "memory_budget", lambda: 2**30)
+    monkeypatch.setattr(passes, "run_pass", lambda *a, **k: pytest.fail("work started"))
+    args = ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--exact", "--length", "4", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    k = min(40, probe.num_labels)
+    needed = formula_search.exact_search_bytes(8, k, 4)
+    assert needed == 8 * k * (4 * k) ** 2 * formula_search.EXACT_NODE_BYTES > 2**30
+    _one_line_error(capsys, "--exact --length 4 over 8 units", "more than the 1.0 GiB")
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_budget_follows_the_address_space_limit():
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.RLIM_INFINITY));"
+        "from jaxdissect.formula_search import memory_budget; print(memory_budget())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < int(out.stdout) <= 3 * 2**30
+
+
+def test_top_images_are_capped_at_the_number_of_images(probe, tmp_path):
+    images = len(probe.planes)
+    np.save(tmp_path / "f.npy", dyadic_features(images, (4, 4, 3)))
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--no-progress", "--no-report", "--quantile", "0.05"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "huge"), "--top-images", "1000000000"]) == 0
+    assert main([*args, "--out", str(tmp_path / "all"), "--top-images", str(images)]) == 0
+    huge, exact = (
+        np.load(tmp_path / "huge" / "counts.npz"),
+        np.load(tmp_path / "all" / "counts.npz"),
+    )
+    assert huge["top_indices"].shape == (3, images)
+    np.testing.assert_array_equal(huge["top_indices"], exact["top_indices"])
+    np.testing.assert_array_equal(huge["top_maps"], exact["top_maps"])
+
+
+def test_a_figure_of_too_many_rows_is_refused_at_once(tmp_path, capsys):
+    from jaxdissect.data.synthetic.figure import MAX_ROWS
+
+    out = tmp_path / "f.png"
+    assert main(["synthetic", "figure", "--out", str(out), "--rows", "100000"]) == 2
+    _one_line_error(capsys, f"at most {MAX_ROWS} rows")
+    assert not out.exists()
