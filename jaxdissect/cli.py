@@ -471,6 +471,12 @@ def run_features(args: argparse.Namespace) -> int:
         batch = np.asarray(images[start : start + args.batch_size])
         batches.append(np.asarray(model.apply(batch, layers)[args.layer]))
     output = np.concatenate(batches)
+    if output.dtype.kind == "f" and not np.isfinite(output).all():
+        bad = int(np.flatnonzero((~np.isfinite(output.reshape(len(output), -1))).any(1))[0])
+        raise DissectError(
+            f"{args.model} layer {args.layer}: NaN or inf activations (first in image {bad}); "
+            "nothing written"
+        )
     with atomic_path(args.out) as temporary:
         with open(temporary, "wb") as f:
             np.save(f, output)

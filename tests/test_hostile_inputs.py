@@ -401,3 +401,87 @@ def test_a_figure_of_too_many_rows_is_refused_at_once(tmp_path, capsys):
     assert main(["synthetic", "figure", "--out", str(out), "--rows", "100000"]) == 2
     _one_line_error(capsys, f"at most {MAX_ROWS} rows")
     assert not out.exists()
+
+
+# Class 8: ViT weights.
+def _vit():
+    from flax import nnx
+    from test_vit import SMALL
+
+    from jaxdissect import zoo
+
+    return zoo.VisionTransformer(**SMALL, rngs=nnx.Rngs(1)), zoo.ZOO["vit_b_16"].rules
+
+
+def test_vit_weights_mixing_torchvision_and_timm_names_are_refused():
+    from test_vit import _timm_name, _torchvision_arrays
+
+    from jaxdissect import zoo
+    from jaxdissect.errors import DissectError
+
+    arrays = _torchvision_arrays(np.random.default_rng(0))
+    model, rules = _vit()
+    # Every tensor once, but block 1 in timm's names and the rest in torchvision's.
+    mixed = {(_timm_name(k) if "encoder_layer_1." in k else k): v for k, v in arrays.items()}
+    assert len(mixed) == len(arrays)
+    with pytest.raises(
+        DissectError,
+        match=r"two naming schemes mixed in one file: torchvision's \(conv_proj\.weight, \.\.\.\)"
+        r" and timm's \(blocks\.1\.",
+    ):
+        zoo.load_torch_weights(model, mixed, rules, "mixed")
+    zoo.load_torch_weights(model, arrays, rules, "torchvision")  # one scheme loads
+    timm = {_timm_name(k): v for k, v in arrays.items()}
+    zoo.load_torch_weights(model, timm, rules, "timm")
+
+
+def test_a_transposed_qkv_is_named_with_the_shape_it_should_have():
+    from test_vit import _torchvision_arrays
+
+    from jaxdissect import zoo
+    from jaxdissect.errors import DissectError
+
+    arrays = _torchvision_arrays(np.random.default_rng(0))
+    name = "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"
+    assert arrays[name].shape == (192, 64)
+    arrays[name] = np.ascontiguousarray(arrays[name].T)
+    model, rules = _vit()
+    with pytest.raises(DissectError) as error:
+        zoo.load_torch_weights(model, arrays, rules, "t")
+    message = str(error.value)
+    assert "shape (64, 192) does not fit block0.attn.qkv.kernel, which takes (192, 64)" in message
+
+
+def test_non_finite_vit_weights_are_refused():
+    from test_vit import _torchvision_arrays
+
+    from jaxdissect import zoo
+    from jaxdissect.errors import DissectError
+
+    arrays = _torchvision_arrays(np.random.default_rng(0))
+    arrays["encoder.ln.weight"] = arrays["encoder.ln.weight"].copy()
+    arrays["encoder.ln.weight"][3] = np.nan
+    model, rules = _vit()
+    with pytest.raises(DissectError, match=r"encoder\.ln\.weight: holds NaN or inf"):
+        zoo.load_torch_weights(model, arrays, rules, "nan")
+
+
+def test_a_file_with_both_module_x_and_x_is_refused(tmp_path, capsys):
+    from test_vit import _state, _write
+
+    from jaxdissect.errors import DissectError
+    from jaxdissect.torch_weights import load_state_dict
+
+    arrays = {"a.weight": np.ones(3, np.float32), "module.a.weight": np.zeros(3, np.float32)}
+    _write(tmp_path / "w.pth", *_state(arrays, legacy=False), "zip")
+    with pytest.raises(DissectError, match=r"holds both 'a.weight' and 'module.a.weight'"):
+        load_state_dict(tmp_path / "w.pth")
+
+
+def test_features_refuses_to_write_nan_activations(tmp_path, capsys):
+    np.save(tmp_path / "images.npy", np.zeros((3, 32, 32, 3), np.uint8))
+    args = ["features", "--model", "user_model:poisoned", "--layer", "conv_b",
+            "--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / "out.npy")]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, "layer conv_b: NaN or inf activations (first in image 0)")
+    assert not (tmp_path / "out.npy").exists()

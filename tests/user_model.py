@@ -31,3 +31,10 @@ def changing(weights):
     """The same name whatever it computes: only SEED tells two of its models apart."""
     assert weights is None
     return from_nnx(Tiny(nnx.Rngs(SEED)), Preprocess(), name="changing")
+
+
+def poisoned(weights):
+    """A model whose weights are NaN, as a damaged file would make them."""
+    model = Tiny(nnx.Rngs(0))
+    model.conv_b.kernel.set_value(model.conv_b.kernel.get_value() * float("nan"))
+    return from_nnx(model, Preprocess(), name="poisoned")
