@@ -485,3 +485,9 @@ def test_features_refuses_to_write_nan_activations(tmp_path, capsys):
     assert main(args) == 2
     _one_line_error(capsys, "layer conv_b: NaN or inf activations (first in image 0)")
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_a_figure_of_one_row(tmp_path):
+    """Found by the fuzz test: one row made Matplotlib's axes one-dimensional."""
+    assert main(["synthetic", "figure", "--out", str(tmp_path / "f.png"), "--rows", "1"]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 1000

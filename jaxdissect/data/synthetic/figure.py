@@ -45,7 +45,7 @@ def save_world_figure(
         if sample.scene:
             samples.append(sample)
     columns = ("image", "object", "part", "material")
-    figure, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows))
+    figure, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows), squeeze=False)
     for row, sample in enumerate(samples):
         for col, name in enumerate(columns):
             axis = axes[row, col]
