@@ -24,6 +24,7 @@ from jaxdissect.features import FeatureModel
 from jaxdissect.float_pin import float_settings, pin_floats
 from jaxdissect.pipeline import completed, dissect, run_fingerprint
 from jaxdissect.results import write_text_atomic
+from jaxdissect.schema import read_results
 from jaxdissect.sources import Activations, array_identity, model_run
 
 ROTATED = "@rotated"
@@ -270,7 +271,7 @@ def dissect_model(
             layer_folders=True,
             progress=progress,
         )
-    return {name: json.loads((out / name / "results.json").read_text()) for name in names}
+    return {name: read_results(out / name) for name in names}
 
 
 def summary_at(results: dict, iou_threshold: float) -> dict:
@@ -378,9 +379,27 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
     try:
         for section, changes in nested.items():
             values[section] = dataclasses.replace(values[section], **changes)
-        return args, config_type(**values)
+        config = config_type(**values)
     except ValueError as error:
         parser.error(f"overrides {' '.join(args.overrides)!r}: {error}")
+    for name, value in _counts(config):
+        if value < 1:
+            parser.error(f"{name}={value}: must be at least 1")
+    return args, config
+
+
+# Integer fields that count something a study needs at least one of.
+COUNT_FIELDS = ("seeds", "rotations", "steps", "images", "image_size", "length")
+
+
+def _counts(config, prefix: str = ""):
+    """(dotted name, value) of ``config``'s COUNT_FIELDS, nested sections included."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _counts(value, f"{prefix}{field.name}.")
+        elif field.name in COUNT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+            yield f"{prefix}{field.name}", value
 
 
 STYLE = (
@@ -395,8 +414,11 @@ def write_page(path: Path, title: str, body: str) -> Path:
     """A self-contained HTML summary page."""
     import html
 
+    from jaxdissect.report import content_security_policy
+
     page = (
-        f'<!doctype html><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!doctype html><meta charset="utf-8">{content_security_policy()}'
+        f"<title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style>\n{body}\n"
     )
     write_text_atomic(path, page)

@@ -303,14 +303,15 @@ def write_summary(summary: dict, workdir: Path) -> Path:
             f"{n}: {stat(v, 4)}" for n, v in enumerate(values["iou_by_length"], start=1)
         )
         rows.append(
-            f"<tr><td>{basis}</td><td>{ious}</td><td>{stat(values['beats_single_label'])}</td>"
+            f"<tr><td>{html.escape(basis)}</td><td>{ious}</td><td>{stat(values['beats_single_label'])}</td>"
             f"<td>{stat(values['certified'])}</td><td>{stat(values['beam_below_optimum'])}</td>"
             f"<td>{stat(values['beam_mean_gap'], 4)}</td></tr>"
         )
     links = "<br>".join(
         f"seed {seed}: "
         + ", ".join(
-            f'<a href="explanations/seed{seed}/{basis}/formulas.html">{basis}</a>'
+            f'<a href="explanations/seed{seed}/{html.escape(basis)}/formulas.html">'
+            f"{html.escape(basis)}</a>"
             for basis in summary["bases"]
         )
         for seed in summary["seeds"]

@@ -303,7 +303,7 @@ def _cell(stat: dict | None, digits: int) -> str:
 
 def write_summary(summary: dict, workdir: Path) -> Path:
     seg = "".join(
-        f"<tr><td>{c}</td><td>{_cell(s['pixel_accuracy'], 3)}</td><td>{_cell(s['mean_iou'], 3)}</td>"
+        f"<tr><td>{html.escape(c)}</td><td>{_cell(s['pixel_accuracy'], 3)}</td><td>{_cell(s['mean_iou'], 3)}</td>"
         f"<td>{_cell(s['labels'], 1)}</td></tr>"
         for c, s in summary["segmentation"].items()
     )

@@ -262,7 +262,7 @@ def plot(summary: dict, path: Path, layer: str) -> None:
 
 def write_summary(summary: dict, workdir: Path) -> Path:
     rows = "".join(
-        f"<tr><td>{t}</td>"
+        f"<tr><td>{html.escape(str(t))}</td>"
         + "".join(
             f"<td>{html.escape(format_interval(r['unique']['mean'], r['unique']['ci95'], 1))}</td>"
             for r in rows

@@ -411,8 +411,8 @@ def write_summary(results: dict, workdir: Path) -> Path:
         links = "<br>".join(
             f"seed {seed}: "
             + " ".join(
-                f'<a href="dissections/{variation}/seed{seed}/{p["step"]}/{layer}/report.html">'
-                f"{p['step']}</a>"
+                f'<a href="dissections/{html.escape(variation)}/seed{seed}/{p["step"]}/'
+                f'{html.escape(layer)}/report.html">{p["step"]}</a>'
                 for p in points
             )
             for seed in results["seeds"]

@@ -8,6 +8,10 @@ batches it covers; batches are deterministic, so the results are identical to an
 uninterrupted run. A fingerprint that differs starts afresh. Every file written is recorded
 in ``DIR/owned.json`` first; only recorded files are restored or deleted.
 
+A model's name and weights file do not say what it computes (a user's factory may change
+between runs): for a model, the caller records a digest of its first image's activations
+(``check_activations``), and saved states of other activations are dropped, with a warning.
+
 A saved file is untrusted input: it is read without pickles, and it must hold exactly the
 arrays of the pass's states, each with its template's shape and dtype; otherwise the pass
 starts afresh, with a warning naming the file. NumPy alone reads and writes them (no
@@ -55,6 +59,7 @@ def _rebuild(template: Any, arrays: Iterator[np.ndarray]) -> Any:
 
 
 OWNED = "owned.json"
+ACTIVATIONS = "activations.sha256"
 
 
 class PassCheckpoints:
@@ -104,6 +109,26 @@ class PassCheckpoints:
                 path.unlink(missing_ok=True)
             self.owned.discard(name)
         self._write_owned()
+
+    def check_activations(self, digest: str) -> None:
+        """Keeps the saved states only if they were computed from activations with this
+        ``digest`` (see ``sources.activations_digest``); otherwise (or when states were
+        saved without one) drops them with a warning, so that the passes start afresh.
+        Records ``digest`` for the states saved from now on."""
+        stamp = self.directory / ACTIVATIONS
+        recorded = stamp.read_text() if stamp.is_file() else None
+        passes = [p for p in self.directory.iterdir() if p.is_dir()]
+        if recorded != digest and any(self._saved(p.name) for p in passes):
+            warnings.warn(
+                f"{self.directory}: the saved passes were computed from other activations "
+                "(the model computes something else on the first image now); they start "
+                "afresh",
+                stacklevel=2,
+            )
+            for folder in passes:  # only the files this class wrote and recorded
+                self._delete([n for n in self.owned if n.startswith(f"{folder.name}/")])
+        self._own(ACTIVATIONS)
+        stamp.write_text(digest)
 
     def _saved(self, name: str) -> list[int]:
         steps = []

@@ -403,8 +403,10 @@ def run_synthetic(args: argparse.Namespace) -> int:
         write_probe(args.out, args.images, args.seed, config, progress=not args.no_progress)
         print(f"wrote a Broden-format probe set of {args.images} images to {args.out}")
     else:
-        from jaxdissect.data.synthetic.figure import save_world_figure
+        from jaxdissect.data.synthetic.figure import MAX_ROWS, save_world_figure
 
+        if args.rows > MAX_ROWS:
+            raise DissectError(f"--rows {args.rows}: at most {MAX_ROWS} rows fit one figure")
         print(f"wrote {save_world_figure(args.out, args.seed, args.rows, config)}")
     return 0
 
@@ -629,10 +631,10 @@ def run_directions(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-
     from jaxdissect.data.broden import open_broden
     from jaxdissect.data.cache import load_image_array
     from jaxdissect.report import write_index
+    from jaxdissect.schema import read_results
 
     folders = (
         [args.out]
@@ -647,7 +649,7 @@ def run_report(args: argparse.Namespace) -> int:
         sets.setdefault(root, []).append(layer)
 
     def images_for(folder: Path):
-        results = json.loads((folder / "results.json").read_text())
+        results = read_results(folder)
         try:
             dataset = open_broden(results["dataset"], results["categories"])
             return load_image_array(dataset, args.cache, progress=False)
@@ -745,6 +747,11 @@ def start_processes(args: argparse.Namespace) -> bool:
         return True
     if args.num_processes is None or args.process_id is None:
         raise DissectError("--coordinator needs --num-processes and --process-id")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DissectError(
+            f"--coordinator {args.coordinator!r}: expected host:port, a port in [1, 65535]"
+        )
     if not 0 <= args.process_id < args.num_processes:
         raise DissectError(
             f"--process-id must lie in [0, {args.num_processes}), got {args.process_id}"
@@ -767,6 +774,8 @@ def run_features(args: argparse.Namespace) -> int:
             f"{args.images}: expected uint8 RGB images of shape (N, H, W, 3), got "
             f"{images.dtype} {images.shape}"
         )
+    if len(images) == 0:
+        raise DissectError(f"{args.images}: holds no images (shape {images.shape})")
     model = load_model(args.model, args.weights)
     layers = model.check_layers([args.layer])
     batches = []
@@ -774,6 +783,12 @@ def run_features(args: argparse.Namespace) -> int:
         batch = np.asarray(images[start : start + args.batch_size])
         batches.append(np.asarray(model.apply(batch, layers)[args.layer]))
     output = np.concatenate(batches)
+    if output.dtype.kind == "f" and not np.isfinite(output).all():
+        bad = int(np.flatnonzero((~np.isfinite(output.reshape(len(output), -1))).any(1))[0])
+        raise DissectError(
+            f"{args.model} layer {args.layer}: NaN or inf activations (first in image {bad}); "
+            "nothing written"
+        )
     with atomic_path(args.out) as temporary:
         with open(temporary, "wb") as f:
             np.save(f, output)
@@ -809,6 +824,12 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except DissectError as error:
         print(f"jaxdissect: error: {error}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            f"jaxdissect: error: {args.command}: out of memory (lower the sizes or batch size)",
+            file=sys.stderr,
+        )
         return 2
     except OSError as error:  # a full disk, a read-only folder, a file where a folder goes
         where = f"{error.filename}: " if error.filename else ""

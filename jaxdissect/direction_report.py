@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxdissect.directions import Directions
 from jaxdissect.outdir import discard, locked, new_set, publish
+from jaxdissect.report import content_security_policy
 
 CSV_COLUMNS = (
     "label",
@@ -78,7 +79,7 @@ def write_html(path: Path, found: Directions, dataset) -> None:
     rows = sorted(found.rows, key=lambda r: r["iou_best_unit"] - r["iou_direction"])
     beats = sum(r["iou_direction"] >= r["iou_best_unit"] + 0.05 for r in rows)
     page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Directions of {e(found.layer)}</title>
+<html><head><meta charset="utf-8">{content_security_policy()}<title>Directions of {e(found.layer)}</title>
 <style>body{{font-family:sans-serif;margin:1em}}.card{{border:1px solid #ccc;margin:.5em;
 padding:.5em;display:inline-block;vertical-align:top;width:22em}}h2{{font-size:1em;margin:0}}
 .bar{{display:inline-block;width:10em;height:.8em;background:#eee}}

@@ -23,6 +23,7 @@ from jaxdissect.formulas import (
     unpack_bits,
 )
 from jaxdissect.outdir import discard, locked, new_set, publish
+from jaxdissect.report import content_security_policy
 
 CSV_COLUMNS = ("unit", "formula", "iou", "length", "certified", "bound")
 CARD_IMAGES = 4
@@ -145,7 +146,7 @@ def write_html(path: Path, explanations: Explanations, rows: list[dict], dataset
             f"{beam}{strip}</div>"
         )
     page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Formulas of {html.escape(explanations.layer)}</title>
+<html><head><meta charset="utf-8">{content_security_policy()}<title>Formulas of {html.escape(explanations.layer)}</title>
 <style>body{{font-family:sans-serif;margin:1em}}.card{{border:1px solid #ccc;margin:.5em 0;
 padding:.5em}}.strip img{{margin-right:4px}}h2{{font-size:1em;margin:0}}</style></head><body>
 <h1>Compositional explanations of {html.escape(explanations.layer)}</h1>

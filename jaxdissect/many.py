@@ -29,7 +29,7 @@ from jaxdissect.data.cache import load_image_array, load_label_arrays
 from jaxdissect.errors import DissectError
 from jaxdissect.features import FeatureModel
 from jaxdissect.outdir import locked
-from jaxdissect.sources import Activations, keep_budget, model_identity
+from jaxdissect.sources import Activations, activations_digest, keep_budget, model_identity
 
 SEPARATOR = "/"  # between a checkpoint's name and its layer's, in the passes' layer names
 
@@ -216,6 +216,8 @@ def dissect_many(
                     out / f".checkpoint-{number}", json.loads(json.dumps(identity, default=str)),
                     checkpoint_every,
                 )  # fmt: skip
+                # What the models compute, not their names, decides whether states resume.
+                checkpoints.check_activations(activations_digest(read(0, 1)))
             dissections = dissect_activations(
                 read, len(images), group_shapes, dataset, labels, config, progress, checkpoints
             )

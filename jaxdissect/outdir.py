@@ -218,6 +218,13 @@ def publish(folder: Path, out: Path) -> None:
             os.symlink(f"{STORE}/{kind}/{name}", out / name)
     temporary = store / f".{kind}.link"
     _unlink_temporary_link(store, kind)
+    current = store / kind
+    if current.exists() and not current.is_symlink():
+        # A copy of OUT that followed the links (shutil.copytree, cp -L) made the link a
+        # folder: keep it, renamed, rather than delete what is now a user's copy.
+        aside = store / f"{kind}.copied.{journal['next']}"
+        journal["next"] += 1
+        os.replace(current, aside)
     os.symlink(folder.name, temporary)
     os.replace(temporary, store / kind)  # the instant the new set replaces the old one
     _sync_folder(store)

@@ -30,6 +30,7 @@ from jaxdissect.passes import compute_tally, compute_thresholds
 from jaxdissect.sources import (
     Activations,
     ReusedActivations,
+    activations_digest,
     features_activations,
     keep_budget,
     model_run,
@@ -261,6 +262,8 @@ def dissect(
     dataset, source, images = open_inputs(
         dataset, source, layers, config.batch_size, weights, images, cache, progress
     )
+    if config.top_images > dataset.num_images:  # a unit has no more top images than that
+        config = dataclasses.replace(config, top_images=dataset.num_images)
     if labels is None:
         labels = load_label_arrays(dataset, cache, progress)
     mark("label cache")
@@ -276,6 +279,10 @@ def dissect(
         checkpoints = None
         if checkpoint_every is not None and runtime.process_count() == 1:
             checkpoints = PassCheckpoints(out / ".checkpoint", fingerprint, checkpoint_every)
+            if "model" in source.identity:
+                # A model's name and weights file do not pin what it computes: its first
+                # image's activations do (one padded batch, the shape pass 1 compiles).
+                checkpoints.check_activations(activations_digest(source.read(0, 1)))
         dissections = dissect_activations(
             source.read, source.num_images, source.shapes, dataset, labels, config, progress,
             checkpoints,

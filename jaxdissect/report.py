@@ -9,11 +9,13 @@ threshold are dimmed. For a run with several layers, ``OUT/index.html`` compares
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import functools
+import hashlib
 import html
-import json
 import os
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdissect.results import write_text_atomic
+from jaxdissect.schema import read_counts, read_results
 from jaxdissect.upsample import resize_matrix
 
 CATEGORY_COLORS = {
@@ -114,8 +117,40 @@ def bar_graph_svg(bars: list[tuple[str, str, int]]) -> str:
     return "".join(parts)
 
 
+# The report's one script, allowed by its hash in the page's Content-Security-Policy: no
+# other script (say, markup smuggled into a label) runs, even if something went unescaped.
+SCRIPT = """
+function sortCards(key) {
+  const box = document.getElementById("cards");
+  const cards = Array.from(box.children);
+  cards.sort((a, b) => {
+    if (key === "iou") return parseFloat(b.dataset.iou) - parseFloat(a.dataset.iou);
+    if (key === "unit") return parseInt(a.dataset.unit) - parseInt(b.dataset.unit);
+    return a.dataset.label.localeCompare(b.dataset.label) || parseFloat(b.dataset.iou) - parseFloat(a.dataset.iou);
+  });
+  cards.forEach(card => box.appendChild(card));
+}
+document.querySelectorAll("button[data-key]").forEach(button =>
+  button.addEventListener("click", () => sortCards(button.dataset.key)));
+"""
+
+
+def content_security_policy(script: str | None = None) -> str:
+    """A CSP meta tag for a page of ours: no network, no forms, styles inline, images from
+    files or data: URLs, and no script but ``script`` (allowed by its SHA-256)."""
+    scripts = "'none'"
+    if script is not None:
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        scripts = f"'sha256-{digest}'"
+    policy = (
+        f"default-src 'none'; script-src {scripts}; style-src 'unsafe-inline'; "
+        "img-src 'self' data: file:; base-uri 'none'; form-action 'none'"
+    )
+    return f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+
+
 PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
+<html><head><meta charset="utf-8">{csp}<title>{title}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }}
 .cards {{ display: flex; flex-direction: column; gap: 8px; }}
@@ -137,20 +172,7 @@ button {{ margin-right: 4px; }}
 <div class="cards" id="cards">
 {cards}
 </div>
-<script>
-function sortCards(key) {{
-  const box = document.getElementById("cards");
-  const cards = Array.from(box.children);
-  cards.sort((a, b) => {{
-    if (key === "iou") return parseFloat(b.dataset.iou) - parseFloat(a.dataset.iou);
-    if (key === "unit") return parseInt(a.dataset.unit) - parseInt(b.dataset.unit);
-    return a.dataset.label.localeCompare(b.dataset.label) || parseFloat(b.dataset.iou) - parseFloat(a.dataset.iou);
-  }});
-  cards.forEach(card => box.appendChild(card));
-}}
-document.querySelectorAll("button[data-key]").forEach(button =>
-  button.addEventListener("click", () => sortCards(button.dataset.key)));
-</script>
+<script>{script}</script>
 </body></html>
 """
 
@@ -165,13 +187,15 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
         draws the cards without them.
     """
     out = Path(out)
-    results = json.loads((out / "results.json").read_text())
-    counts = np.load(out / "counts.npz")
+    results = read_results(out)
     threshold = results["summary"]["iou_threshold"]
     thresholds = np.asarray(results["thresholds"], np.float32)
+    counts = {}
+    if images is not None:
+        counts = read_counts(out, len(thresholds), len(images))
     strips = out / "report"
     strips.mkdir(exist_ok=True)
-    has_tops = images is not None and "top_indices" in counts
+    has_tops = "top_indices" in counts
     top_indices = counts["top_indices"] if has_tops else None
     top_maps = counts["top_maps"] if has_tops else None
 
@@ -202,25 +226,28 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
     for row in results["units"]:
         unit = row["unit"]
         name = files.get(unit)
-        image_html = f'<img src="report/{name}" alt="top images of unit {unit}">' if name else ""
+        image_html = f'<img src="report/{name}" alt="top images of unit {unit:d}">' if name else ""
         dim = "" if row["score"] > threshold else " dim"
+        # read_results checked the types: unit is an int, score a finite float.
         cards.append(
-            f'<div class="card{dim}" data-unit="{unit}" data-iou="{row["score"]:.6f}" '
-            f'data-label="{html.escape(row["label"])}"><div class="meta"><b>unit {unit}</b> '
+            f'<div class="card{dim}" data-unit="{unit:d}" data-iou="{row["score"]:.6f}" '
+            f'data-label="{html.escape(row["label"])}"><div class="meta"><b>unit {unit:d}</b> '
             f"&middot; {html.escape(row['label'])} ({html.escape(row['category'])}) "
             f"&middot; IoU {row['score']:.3f}</div>{image_html}</div>"
         )
     summary = results["summary"]
     bars = bar_graph_counts(results)
     headline = (
-        f"{summary['detectors']}/{summary['units']} units covering "
-        f"{summary['unique_top_label']['total']} concepts with IoU &gt; {threshold:g}"
+        f"{summary['detectors']:d}/{summary['units']:d} units covering "
+        f"{summary['unique_top_label']['total']:d} concepts with IoU &gt; {threshold:g}"
     )
     legend = "".join(
         f'<span style="background:{CATEGORY_COLORS.get(c, "#888")}">{html.escape(c)}</span>'
         for c in results["categories"]
     )
     page = PAGE.format(
+        csp=content_security_policy(SCRIPT),
+        script=SCRIPT,
         title=html.escape(f"{results['layer']}: network dissection"),
         headline=headline,
         legend=legend,
@@ -237,19 +264,20 @@ def write_index(out: str | Path, layers: list[str]) -> Path:
     out = Path(out)
     rows = []
     for layer in layers:
-        results = json.loads((out / layer / "results.json").read_text())
-        summary = results["summary"]
+        summary = read_results(out / layer)["summary"]
+        units = max(summary["units"], 1)
         shares = " ".join(
-            f"{html.escape(c)} {summary['detectors_per_category'][c] / summary['units']:.0%}"
-            for c in results["categories"]
+            f"{html.escape(c)} {count / units:.0%}"
+            for c, count in summary["detectors_per_category"].items()
         )
+        link = html.escape(urllib.parse.quote(layer))
         rows.append(
-            f'<tr><td><a href="{html.escape(layer)}/report.html">{html.escape(layer)}</a>'
-            f"</td><td>{summary['units']}</td><td>{summary['detectors']}</td>"
-            f"<td>{summary['unique_top_label']['total']}</td>"
-            f"<td>{summary['unique_per_category']['total']}</td><td>{shares}</td></tr>"
+            f'<tr><td><a href="{link}/report.html">{html.escape(layer)}</a>'
+            f"</td><td>{summary['units']:d}</td><td>{summary['detectors']:d}</td>"
+            f"<td>{summary['unique_top_label']['total']:d}</td>"
+            f"<td>{summary['unique_per_category']['total']:d}</td><td>{shares}</td></tr>"
         )
-    page = f"""<!doctype html><meta charset="utf-8"><title>Dissection</title>
+    page = f"""<!doctype html><meta charset="utf-8">{content_security_policy()}<title>Dissection</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd}}</style>
 <h1>Interpretability by layer</h1>
 <table><tr><th>layer</th><th>units</th><th>detectors</th><th>unique (top-label)</th>

@@ -162,6 +162,8 @@ def read_tally_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
             f"{path}: not a tally in NetDissect's columns (missing "
             f"{', '.join(missing) or '<category>-iou columns'})"
         )
+    if not rows:
+        raise DissectError(f"{path}: a header and no rows: no units to summarize")
     return categories, rows
 
 

@@ -85,6 +85,17 @@ def array_identity(array: np.ndarray) -> dict:
     return {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": digest.hexdigest()}
 
 
+def activations_digest(outputs: Mapping[str, Any]) -> str:
+    """A SHA-256 of {layer: activations}: each layer's name, shape, dtype and bytes (what a
+    model computes, as opposed to its name)."""
+    digest = hashlib.sha256()
+    for layer in sorted(outputs):
+        value = np.ascontiguousarray(np.asarray(outputs[layer]))
+        digest.update(f"{layer}\0{value.shape}\0{value.dtype}\0".encode())
+        digest.update(value.view(np.uint8).ravel())
+    return digest.hexdigest()
+
+
 def open_features(path: str | Path):
     """A numeric .npy file, read batch by batch (``NpyRows``)."""
     from jaxdissect.npy_rows import NpyRows

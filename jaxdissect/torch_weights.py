@@ -303,4 +303,12 @@ def load_state_dict(
     for name, tensor in obj.items():
         tensor.check(path, name)
     _check_budget(path, sum(tensor.out_bytes() for tensor in obj.values()), max_bytes)
-    return {k.removeprefix("module."): v.materialize(path, k) for k, v in obj.items()}
+    stripped = {}
+    for name in obj:
+        plain = name.removeprefix("module.")
+        if plain in stripped:
+            raise DissectError(
+                f"{path}: holds both {stripped[plain]!r} and {name!r}: which one is meant?"
+            )
+        stripped[plain] = name
+    return {plain: obj[name].materialize(path, name) for plain, name in stripped.items()}

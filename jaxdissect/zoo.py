@@ -456,7 +456,7 @@ _VGG16_RULES = (
     (r"^classifier\.6\.", "fc8."),
 )
 _VIT_BLOCK_TV = r"^encoder\.layers\.encoder_layer_(\d+)\."
-_VIT_RULES = (  # torchvision's names, then timm's
+_VIT_TORCHVISION_RULES = (
     (r"^conv_proj\.", "patch_embed."),
     (r"^encoder\.pos_embedding$", "pos_embedding"),
     (_VIT_BLOCK_TV + r"ln_(\d)\.", r"block\1.ln_\2."),
@@ -466,6 +466,8 @@ _VIT_RULES = (  # torchvision's names, then timm's
     (_VIT_BLOCK_TV + r"mlp\.(3|linear_2)\.", r"block\1.fc2."),
     (r"^encoder\.ln\.", "ln."),
     (r"^heads\.head\.", "head."),
+)
+_VIT_TIMM_RULES = (
     (r"^patch_embed\.proj\.", "patch_embed."),
     (r"^cls_token$", "class_token"),
     (r"^pos_embed$", "pos_embedding"),
@@ -475,15 +477,29 @@ _VIT_RULES = (  # torchvision's names, then timm's
     (r"^blocks\.(\d+)\.mlp\.fc2\.", r"block\1.fc2."),
     (r"^norm\.", "ln."),
 )
+# Two naming schemes: a file must use one (a tensor no rule renames belongs to neither).
+_VIT_RULES = {"torchvision": _VIT_TORCHVISION_RULES, "timm": _VIT_TIMM_RULES}
 _LEAF = {"weight": None, "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
-def _rename(name: str, rules) -> str:
-    for pattern, replacement in rules:
-        name, count = re.subn(pattern, replacement, name)
-        if count:
-            break
-    return name
+def _rename(name: str, rules) -> tuple[str, str | None]:
+    """``name`` renamed by the first rule that matches, and the naming scheme of that rule
+    (None when none matched, or ``rules`` is one scheme's tuple of (pattern, replacement));
+    ``rules``: such a tuple, or {scheme: tuple}."""
+    schemes = rules.items() if isinstance(rules, dict) else [(None, rules)]
+    for scheme, scheme_rules in schemes:
+        for pattern, replacement in scheme_rules:
+            renamed, count = re.subn(pattern, replacement, name)
+            if count:
+                return renamed, scheme
+    return name, None
+
+
+def _torch_shape(shape: tuple, kind: str | None) -> tuple:
+    """The PyTorch shape of a tensor that becomes a parameter of ``shape``."""
+    if kind != "kernel":
+        return tuple(shape)
+    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(shape[::-1])
 
 
 def load_torch_weights(
@@ -502,14 +518,16 @@ def load_torch_weights(
     for path, variable in nnx.iter_graph(model):
         if isinstance(variable, nnx.Variable):
             targets[".".join(map(str, path))] = variable
-    assigned, problems = set(), []
+    assigned, problems, schemes = set(), [], {}
     for name, tensor in state_dict.items():
         if name.endswith("num_batches_tracked"):  # an int64 count, not a weight
             continue
         if not np.issubdtype(tensor.dtype, np.floating):
             problems.append(f"{name}: dtype {tensor.dtype} cannot be a float weight")
             continue
-        renamed = _rename(name, rules)
+        renamed, scheme = _rename(name, rules)
+        if scheme is not None:
+            schemes.setdefault(scheme, name)
         prefix, _, leaf = renamed.rpartition(".")
         key, kind = renamed, None
         if renamed not in targets and leaf in _LEAF:
@@ -527,10 +545,14 @@ def load_torch_weights(
         if kind == "kernel":
             value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
         if value.shape != targets[key].get_value().shape:
+            wanted = _torch_shape(targets[key].get_value().shape, kind)
             problems.append(
-                f"{name}: shape {tuple(tensor.shape)} does not fit {key} "
-                f"{tuple(targets[key].get_value().shape)}"
+                f"{name}: shape {tuple(tensor.shape)} does not fit {key}, which takes "
+                f"{wanted} (in PyTorch's layout)"
             )
+            continue
+        if not np.isfinite(value).all():
+            problems.append(f"{name}: holds NaN or inf")
             continue
         targets[key].set_value(jnp.asarray(value))
         assigned.add(key)
@@ -540,6 +562,9 @@ def load_torch_weights(
         if k not in assigned and isinstance(v, (nnx.Param, nnx.BatchStat))
     ]
     problems += [f"missing tensor for {k}" for k in missing]
+    if len(schemes) > 1:
+        mixed = " and ".join(f"{scheme}'s ({first}, ...)" for scheme, first in schemes.items())
+        problems.insert(0, f"two naming schemes mixed in one file: {mixed}")
     if problems:
         shown = "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else "")
         raise DissectError(f"{source}: these weights do not fit the model: {shown}")

@@ -317,7 +317,7 @@ def test_torchvision_names_cover_every_parameter(name):
     rng = np.random.default_rng(0)
     state = {}
     for key in _torchvision_names(name):
-        target = zoo._rename(key, zoo.ZOO[name].rules)
+        target, _ = zoo._rename(key, zoo.ZOO[name].rules)
         prefix, leaf = target.rsplit(".", 1)
         kind = {"bias": "bias", "running_mean": "mean", "running_var": "var"}.get(leaf)
         if leaf == "weight":

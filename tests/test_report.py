@@ -92,10 +92,17 @@ def test_dataset_strings_are_escaped(dissected, tmp_path):
     renamed = results["categories"][0]
     results["categories"][0] = EVIL
     summary = results["summary"]
-    summary["detectors_per_category"][EVIL] = summary["detectors_per_category"].pop(renamed)
+    for counts in (
+        summary["detectors_per_category"],
+        summary["unique_top_label"]["per_category"],
+        summary["unique_per_category"]["per_category"],
+    ):
+        counts[EVIL] = counts.pop(renamed)
     for row in results["units"]:
         row["category"] = EVIL if row["category"] == renamed else row["category"]
         row["label"] = EVIL + '"quoted'
+        for field in ("label", "truth", "activation", "intersect", "iou"):
+            row[f"{EVIL}-{field}"] = row.pop(f"{renamed}-{field}")
     (copy / "results.json").write_text(json.dumps(results))
     for page in (write_layer_report(copy, None), write_index(tmp_path, ["layer"])):
         text = page.read_text()

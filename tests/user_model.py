@@ -39,3 +39,20 @@ class Other(nnx.Module):
 
 def other_factory(weights):
     return from_nnx(Other(nnx.Rngs(0)), Preprocess(), name="tiny")
+
+
+# What ``changing`` returns: a test changes it between two runs of the same --model spec.
+SEED = 0
+
+
+def changing(weights):
+    """The same name whatever it computes: only SEED tells two of its models apart."""
+    assert weights is None
+    return from_nnx(Tiny(nnx.Rngs(SEED)), Preprocess(), name="changing")
+
+
+def poisoned(weights):
+    """A model whose weights are NaN, as a damaged file would make them."""
+    model = Tiny(nnx.Rngs(0))
+    model.conv_b.kernel.set_value(model.conv_b.kernel.get_value() * float("nan"))
+    return from_nnx(model, Preprocess(), name="poisoned")

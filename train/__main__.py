@@ -34,6 +34,10 @@ def main(argv=None) -> int:
     except (ValueError, TrainingError) as error:
         print(f"train: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a read-only folder
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"train: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     print(
         f"step {result['step']} of {config.steps}; evaluation accuracy "
         f"{result['eval_accuracy']}; checkpoints at {list_checkpoints(args.workdir)} in "

@@ -11,7 +11,7 @@ from jaxdissect.errors import DissectError
 from jaxdissect.features import FeatureModel
 from train.config import TrainConfig
 from train.models import build_model, to_feature_model
-from train.state import checkpoint_manager, make_optimizer, restore, split
+from train.state import checkpoint_manager, damage, make_optimizer, restore, split
 
 
 def read_config(workdir: str | Path) -> TrainConfig:
@@ -45,9 +45,16 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, 
     model = build_model(config, run["num_classes"])
     graphdef, params, rest = split(model)
     opt_state = make_optimizer(config).init(params)
-    params, rest, _ = restore(
-        checkpoint_manager(workdir, read_only=True), step, params, rest, opt_state
-    )
+    problem = damage(workdir, step)
+    if problem is not None:
+        raise DissectError(f"{workdir}/checkpoints/{step}: damaged since it was saved ({problem})")
+    try:
+        params, rest, _ = restore(
+            checkpoint_manager(workdir, read_only=True), step, params, rest, opt_state
+        )
+    except Exception as error:  # Orbax and TensorStore raise many types for a bad file
+        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise DissectError(f"{workdir}/checkpoints/{step}: unreadable ({first})") from None
     model = nnx.merge(graphdef, params, rest)
     model.eval()
     return model, config

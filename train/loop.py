@@ -28,7 +28,7 @@ from train.checkpoints import load_run
 from train.config import TrainConfig
 from train.data import load_data
 from train.models import PREPROCESS, build_model
-from train.state import checkpoint_manager, make_optimizer, restore, save, split
+from train.state import checkpoint_manager, damage, make_optimizer, restore, save, split
 
 INT32_MAX = np.iinfo(np.int32).max
 
@@ -102,6 +102,8 @@ def evaluate(graphdef, params, rest, source, config: TrainConfig, batch_size: in
 
 
 def _check_workdir(workdir: Path, config: TrainConfig) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise TrainingError(f"--workdir {workdir}: a file, not a folder")
     path = workdir / "config.json"
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -149,6 +151,36 @@ def _logged_until(path: Path, step: int) -> list[str]:
         if not redone:
             kept.append(line)
     return kept
+
+
+def _restore_intact(manager, workdir: Path, params, rest, opt_state):
+    """(step, params, rest, opt_state) from the latest checkpoint that restores whole, or
+    None when there is none. A damaged later one (a file changed since it was saved, or
+    one Orbax cannot read) is moved aside to ``workdir/damaged-checkpoints/``, with a
+    warning, so that the run redoes its steps."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        problem = damage(workdir, step)
+        if problem is None:
+            try:
+                return step, *restore(manager, step, params, rest, opt_state)
+            except Exception as error:  # Orbax and TensorStore raise many types for a bad file
+                problem = (
+                    f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                )
+        aside = workdir / "damaged-checkpoints" / str(step)
+        copies = 0
+        while aside.exists():
+            copies += 1
+            aside = aside.with_name(f"{step}-{copies}")
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(workdir / "checkpoints" / str(step), aside)
+        warnings.warn(
+            f"{workdir / 'checkpoints' / str(step)}: damaged ({problem[:200]}); moved to "
+            f"{aside}; resuming from an earlier checkpoint",
+            stacklevel=3,
+        )
+        manager.reload()
+    return None
 
 
 def _initial_weights(model, config: TrainConfig) -> None:
@@ -202,13 +234,13 @@ def train(
     manager = checkpoint_manager(workdir)
     schedule = config.schedule()
 
-    start = manager.latest_step()
+    restored = _restore_intact(manager, workdir, params, rest, opt_state)
     metrics_path = workdir / "metrics.jsonl"
-    if start is None:
+    if restored is None:
         start = 0
         metrics_path.write_text("")
     else:
-        params, rest, opt_state = restore(manager, start, params, rest, opt_state)
+        start, params, rest, opt_state = restored
         # Drop what the interrupted run logged after its last checkpoint: it is redone.
         kept = _logged_until(metrics_path, start)
         metrics_path.write_text("".join(line + "\n" for line in kept))

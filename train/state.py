@@ -3,10 +3,17 @@
 The state is a model split into its graph definition, its parameters and the rest (batch
 statistics, RNG counts), plus the optimiser's state. A checkpoint holds the three arrays'
 pure dicts under ``checkpoints/<step>/``.
+
+Orbax does not notice every damaged file (a flipped byte inside an array restores as a
+different number), so ``save`` records a SHA-256 of each of a checkpoint's files in
+``checkpoints.sha256.json`` beside the folder, and ``damage`` compares them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import jax
@@ -49,10 +56,51 @@ def _payload(params, rest, opt_state) -> dict:
     }
 
 
+DIGESTS = "checkpoints.sha256.json"
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _recorded_digests(workdir: Path) -> dict:
+    path = workdir / DIGESTS
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def damage(workdir: Path, step: int) -> str | None:
+    """What is wrong with checkpoint ``step``'s files (a missing, extra or changed file), or
+    None when they are as saved (or were saved before digests were recorded)."""
+    recorded = _recorded_digests(workdir).get(str(step))
+    if not isinstance(recorded, dict):
+        return None
+    found = _file_digests(workdir / "checkpoints" / str(step))
+    for name in sorted(recorded.keys() | found.keys()):
+        if recorded.get(name) != found.get(name):
+            state = "missing" if name not in found else "changed" if name in recorded else "extra"
+            return f"{name} is {state}"
+    return None
+
+
 def save(manager: ocp.CheckpointManager, step: int, params, rest, opt_state) -> None:
-    """Writes checkpoint ``step`` and waits until it is complete on disk."""
+    """Writes checkpoint ``step``, waits until it is complete on disk, and records its
+    files' digests."""
     manager.save(step, args=ocp.args.StandardSave(_payload(params, rest, opt_state)))
     manager.wait_until_finished()
+    workdir = Path(manager.directory).parent
+    digests = _recorded_digests(workdir)
+    digests[str(step)] = _file_digests(Path(manager.directory) / str(step))
+    temporary = workdir / f".{DIGESTS}.partial"
+    temporary.write_text(json.dumps(digests, indent=1))
+    os.replace(temporary, workdir / DIGESTS)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, params, rest, opt_state):

@@ -18,6 +18,11 @@ def _overlay(pixels: np.ndarray, plane: np.ndarray, palette: np.ndarray) -> np.n
     return np.where((labels > 0)[..., None], colored, faded)
 
 
+# Each row is 3 inches tall: beyond this many, the figure exceeds what Matplotlib draws
+# (2**16 pixels a side) after minutes of drawing.
+MAX_ROWS = 100
+
+
 def save_world_figure(
     path: str | Path, seed: int = 0, rows: int = 6, config: world.WorldConfig | None = None
 ) -> Path:
@@ -25,6 +30,8 @@ def save_world_figure(
     each label region named at its centre."""
     import matplotlib
 
+    if not 1 <= rows <= MAX_ROWS:
+        raise ValueError(f"rows must lie in [1, {MAX_ROWS}], got {rows}")
     config = config or world.WorldConfig()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -38,7 +45,7 @@ def save_world_figure(
         if sample.scene:
             samples.append(sample)
     columns = ("image", "object", "part", "material")
-    figure, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows))
+    figure, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows), squeeze=False)
     for row, sample in enumerate(samples):
         for col, name in enumerate(columns):
             axis = axes[row, col]

@@ -1,0 +1,493 @@
+"""Issue 27 (hostile inputs, round two): nothing in a page we write runs as script, a resume
+never mixes two models, work is bounded before it starts, and every bad input fails in one
+line with exit status 2."""
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from probe_fixture import dyadic_features
+
+from jaxdissect.cli import main
+from jaxdissect.npy_rows import MAX_HEADER_BYTES, NpyRows
+from jaxdissect.schema import check_results
+
+EVIL = "<script>alert(1)</script>"
+
+
+def _one_line_error(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxdissect: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def dissected(probe, tmp_path_factory):
+    """A finished dissection (with its report) of 5 units."""
+    out = tmp_path_factory.mktemp("hostile") / "out"
+    np.save(out.parent / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5), seed=3))
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(out.parent / "f.npy"),
+            "--out", str(out), "--quantile", "0.05", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def _tampered(dissected, tmp_path, change) -> str:
+    """A copy of ``dissected`` whose results.json ``change`` edited (in place, as a dict)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy)
+    results = json.loads((copy / "results.json").read_text())
+    change(results)
+    (copy / "results.json").write_text(json.dumps(results))
+    return str(copy)
+
+
+def _set(path, value):
+    def change(results):
+        node = results
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
+
+
+# Class 2: every value of results.json that reaches a page is checked before it is drawn.
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (_set(("summary", "detectors"), EVIL), "summary.detectors"),
+        (_set(("summary", "units"), EVIL), "summary.units"),
+        (_set(("summary", "unique_top_label", "total"), -1), "unique_top_label.total"),
+        (_set(("units", 0, "unit"), EVIL), "units[0].unit"),
+        (_set(("units", 0, "unit"), 6), "units[0].unit"),  # beyond the layer's 5 units
+        (_set(("units", 0, "unit"), True), "units[0].unit"),
+        (_set(("units", 0, "score"), EVIL), "units[0].score"),
+        (_set(("units", 0, "score"), float("nan")), "units[0].score"),
+        (_set(("units", 0, "category"), EVIL), "units[0].category"),
+        (_set(("units", 0, "label"), ["a"]), "units[0].label"),
+        (_set(("thresholds",), [0.5]), "thresholds"),
+        (_set(("categories",), "color"), "categories"),
+        (_set(("layer",), {"a": 1}), "layer"),
+        (lambda r: r["units"].append(dict(r["units"][0])), "summary.units"),
+        (lambda r: r["units"][1].update(unit=r["units"][0]["unit"]), "each unit once"),
+        (lambda r: r.pop("summary"), "missing field 'summary'"),
+    ],
+)
+def test_report_refuses_a_results_json_that_does_not_fit(
+    dissected, tmp_path, capsys, change, named
+):
+    copy = _tampered(dissected, tmp_path, change)
+    capsys.readouterr()
+    assert main(["report", copy]) == 2
+    _one_line_error(capsys, "results.json", named)
+
+
+def test_report_on_a_truncated_results_json_fails_in_one_line(dissected, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy)
+    text = (copy / "results.json").read_bytes()
+    for cut in (0, 1, len(text) // 3, len(text) - 3):
+        (copy / "results.json").write_bytes(text[:cut])
+        capsys.readouterr()
+        assert main(["report", str(copy)]) == 2
+        _one_line_error(capsys, "results.json: not a whole JSON file")
+
+
+def test_report_refuses_top_images_beyond_the_probe(dissected, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy)
+    counts = dict(np.load(copy / "counts.npz"))
+    counts["top_indices"][0, 0] = 10**6
+    np.savez(copy / "counts.npz", **counts)
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 2
+    _one_line_error(capsys, "counts.npz: top_indices: image 1000000 is beyond")
+    (copy / "counts.npz").write_bytes(b"PK\x03\x04 not a zip")
+    assert main(["report", str(copy)]) == 2
+    _one_line_error(capsys, "counts.npz: not a readable .npz file")
+
+
+def test_strings_reach_the_page_escaped_and_no_script_but_ours_may_run(dissected, tmp_path):
+    def change(results):
+        results["layer"] = EVIL
+        for row in results["units"]:
+            row["label"] = EVIL
+            for c in results["categories"]:
+                row[f"{c}-label"] = EVIL
+
+    copy = _tampered(dissected, tmp_path, change)
+    assert main(["report", copy]) == 0
+    page = (tmp_path / "copy" / "report.html").read_text()
+    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
+    assert len(scripts) == 1 and "sortCards" in scripts[0]
+    # The Content-Security-Policy allows that script by its hash, and nothing else.
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page)[1]
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in policy
+    assert "default-src 'none'" in policy and "unsafe-inline" not in policy.split("style-src")[0]
+
+
+def test_index_page_escapes_layer_names_and_forbids_script(dissected, tmp_path):
+    from jaxdissect.report import write_index
+
+    layer = 'a"><script>x()</script>'
+    shutil.copytree(dissected, tmp_path / layer)
+    page = write_index(tmp_path, [layer]).read_text()
+    assert "<script" not in page
+    assert "script-src 'none'" in page
+
+
+def test_check_results_accepts_what_write_dissection_writes(dissected):
+    results = json.loads((dissected / "results.json").read_text())
+    assert check_results(results) is results
+
+
+def test_study_pages_forbid_script(tmp_path):
+    from experiments.common import write_page
+
+    page = write_page(tmp_path / "summary.html", EVIL, "<p>body</p>").read_text()
+    assert EVIL not in page
+    assert "script-src 'none'" in page and "default-src 'none'" in page
+
+
+# Class 3: a resume never mixes two models under one name.
+def test_a_changed_user_model_does_not_resume_the_old_ones_passes(probe, tmp_path, monkeypatch):
+    import user_model
+
+    from jaxdissect.checkpoint import PassCheckpoints
+
+    args = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:changing",
+            "--layer", "conv_b", "--no-progress", "--no-report", "--kernel", "cpu",
+            "--batch-size", "4", "--checkpoint-every", "1"]  # fmt: skip
+    monkeypatch.setattr(user_model, "SEED", 1)
+    assert main([*args, "--out", str(tmp_path / "fresh1")]) == 0
+    # Model 0's run is killed after its passes saved their states...
+    monkeypatch.setattr(PassCheckpoints, "remove", lambda self: None)
+    monkeypatch.setattr(user_model, "SEED", 0)
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert sorted((tmp_path / "out" / ".checkpoint").glob("*/[0-9]*"))
+    # ...and rerun after the factory changed what it returns: the passes start afresh.
+    monkeypatch.setattr(user_model, "SEED", 1)
+    with pytest.warns(UserWarning, match="computed from other activations"):
+        assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    for name in ("tally.csv", "counts.npz"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "fresh1" / name).read_bytes()
+    # The same model resumes (no warning: warnings are errors here).
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "tally.csv").read_bytes() == (
+        tmp_path / "fresh1" / "tally.csv"
+    ).read_bytes()
+
+
+# Class 6 and 7: .npy headers are bounded and parsed without tracebacks.
+def _npy(path, header: bytes, version=(1, 0), length: int | None = None, data=b""):
+    size = 2 if version[0] == 1 else 4
+    length = len(header) if length is None else length
+    path.write_bytes(
+        b"\x93NUMPY" + bytes(version) + length.to_bytes(size, "little") + header + data
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "version", "length", "message"),
+    [
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': ((3, 4), }\n", (1, 0), None,
+         "not a Python dictionary literal"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }\n", (2, 0), 2**32 - 1,
+         f"more than the {MAX_HEADER_BYTES} allowed"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }\n", (1, 0), 4000,
+         "header truncated"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (-3, 4), }\n", (1, 0), None,
+         "not a tuple of sizes"),
+        (b"{'descr': 'zz', 'fortran_order': False, 'shape': (3, 4), }\n", (1, 0), None,
+         "is not a dtype"),
+        (b"{'descr': '<f4', 'fortran_order': 1, 'shape': (3, 4), }\n", (1, 0), None,
+         "fortran_order"),
+        (b"{'descr': '<f4', 'shape': (3, 4), }\n", (1, 0), None, "exactly the keys"),
+        (b"__import__('os').system('false')\n", (1, 0), None, "not a Python dictionary"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }\n", (9, 0), None,
+         "unknown .npy format version"),
+    ],
+)  # fmt: skip
+def test_a_forged_npy_header_fails_in_one_line(
+    probe, tmp_path, capsys, header, version, length, message
+):
+    path = _npy(tmp_path / "f.npy", header, version, length)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        NpyRows(path)
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(path),
+            "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, "f.npy: not a NumPy .npy array", message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_npy_header_reader_agrees_with_numpy(tmp_path):
+    for array in (np.zeros((3, 2, 2, 1), ">f8"), np.arange(24, dtype=np.uint8).reshape(2, 3, 4)):
+        np.save(tmp_path / "a.npy", array)
+        rows = NpyRows(tmp_path / "a.npy")
+        assert rows.shape == array.shape and rows.dtype == array.dtype
+        np.testing.assert_array_equal(rows[0 : len(array)], array)
+    with open(tmp_path / "b.npy", "wb") as f:
+        np.lib.format.write_array(f, np.ones((2, 3), np.float32), version=(3, 0))
+    np.testing.assert_array_equal(NpyRows(tmp_path / "b.npy")[0:2], np.ones((2, 3)))
+
+
+# Class 7: one line and exit 2 where the README promises it.
+def test_summarize_a_tally_with_a_header_and_no_rows(tmp_path, capsys):
+    path = tmp_path / "tally.csv"
+    path.write_text("unit,category,label,score,object-label,object-iou\n")
+    assert main(["summarize", str(path)]) == 2
+    _one_line_error(capsys, "a header and no rows")
+
+
+@pytest.mark.parametrize("coordinator", ["notaport", "host:", ":80", "host:99999", "h:x"])
+def test_a_coordinator_that_is_not_host_port(probe, tmp_path, capsys, coordinator):
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--coordinator", coordinator,
+            "--num-processes", "2", "--process-id", "0"]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, "expected host:port")
+
+
+def test_features_on_zero_images(tmp_path, capsys):
+    np.save(tmp_path / "images.npy", np.zeros((0, 32, 32, 3), np.uint8))
+    args = ["features", "--model", "user_model:factory", "--layer", "conv_b",
+            "--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / "out.npy")]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, "holds no images")
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_study_with_no_seeds_is_refused_in_one_line(tmp_path, capsys):
+    from experiments import rotation
+
+    with pytest.raises(SystemExit) as exit_info:
+        rotation.main(["--config", "smoke", "--workdir", str(tmp_path / "w"), "seeds=0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "seeds=0: must be at least 1" in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_training_checkpoint_falls_back_to_the_previous_step(tmp_path, damage):
+    import jax
+    from flax import nnx
+
+    from train.checkpoints import list_checkpoints, load_run
+    from train.config import make_config
+    from train.loop import train
+
+    config = make_config("smoke", ["steps=4", "checkpoint_steps=0,2,4"])
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "run", progress=False, stop_after=3)
+    assert list_checkpoints(tmp_path / "run") == [0, 2]
+    files = [p for p in (tmp_path / "run" / "checkpoints" / "2").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x40
+    largest.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"checkpoints/2: damaged .*resuming from an earlier"):
+        train(config, tmp_path / "run", progress=False)
+    assert list_checkpoints(tmp_path / "run") == [0, 2, 4]
+    assert (tmp_path / "run" / "damaged-checkpoints" / "2").is_dir()  # kept, not deleted
+    for step in (2, 4):
+        a, _ = load_run(tmp_path / "whole", step)
+        b, _ = load_run(tmp_path / "run", step)
+        for x, y in zip(
+            jax.tree.leaves(nnx.to_pure_dict(nnx.state(a))),
+            jax.tree.leaves(nnx.to_pure_dict(nnx.state(b))),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_loading_a_damaged_training_checkpoint_fails_in_one_line(tmp_path):
+    from jaxdissect.errors import DissectError
+    from train.checkpoints import load_run
+    from train.config import make_config
+    from train.loop import train
+
+    train(make_config("smoke", ["steps=2", "checkpoint_steps=0,2"]), tmp_path / "r", False)
+    files = [p for p in (tmp_path / "r" / "checkpoints" / "2").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[100] ^= 1
+    largest.write_bytes(bytes(data))
+    with pytest.raises(
+        DissectError, match=r"checkpoints/2: damaged since it was saved \(.* is changed\)"
+    ):
+        load_run(tmp_path / "r", 2)
+
+
+def test_train_workdir_naming_a_file(tmp_path, capsys):
+    from train.__main__ import main as train_main
+
+    (tmp_path / "file").write_text("mine")
+    assert (
+        train_main(["--config", "smoke", "--workdir", str(tmp_path / "file"), "--no-progress"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.strip() == f"train: error: --workdir {tmp_path / 'file'}: a file, not a folder"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+# Class 6: work and memory bounded before they start.
+def test_exact_formulas_beyond_the_memory_budget_are_refused_before_any_work(
+    probe, tmp_path, capsys, monkeypatch
+):
+    from jaxdissect import formula_search, passes
+
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 8)))
+    monkeypatch.setattr(formula_search, "memory_budget", lambda: 2**30)
+    monkeypatch.setattr(passes, "run_pass", lambda *a, **k: pytest.fail("work started"))
+    args = ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--exact", "--length", "4", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    k = min(40, probe.num_labels)
+    needed = formula_search.exact_search_bytes(8, k, 4)
+    assert needed == 8 * k * (4 * k) ** 2 * formula_search.EXACT_NODE_BYTES > 2**30
+    _one_line_error(capsys, "--exact --length 4 over 8 units", "more than the 1.0 GiB")
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_budget_follows_the_address_space_limit():
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.RLIM_INFINITY));"
+        "from jaxdissect.formula_search import memory_budget; print(memory_budget())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < int(out.stdout) <= 3 * 2**30
+
+
+def test_top_images_are_capped_at_the_number_of_images(probe, tmp_path):
+    images = len(probe.planes)
+    np.save(tmp_path / "f.npy", dyadic_features(images, (4, 4, 3)))
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--no-progress", "--no-report", "--quantile", "0.05"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "huge"), "--top-images", "1000000000"]) == 0
+    assert main([*args, "--out", str(tmp_path / "all"), "--top-images", str(images)]) == 0
+    huge, exact = (
+        np.load(tmp_path / "huge" / "counts.npz"),
+        np.load(tmp_path / "all" / "counts.npz"),
+    )
+    assert huge["top_indices"].shape == (3, images)
+    np.testing.assert_array_equal(huge["top_indices"], exact["top_indices"])
+    np.testing.assert_array_equal(huge["top_maps"], exact["top_maps"])
+
+
+def test_a_figure_of_too_many_rows_is_refused_at_once(tmp_path, capsys):
+    from jaxdissect.data.synthetic.figure import MAX_ROWS
+
+    out = tmp_path / "f.png"
+    assert main(["synthetic", "figure", "--out", str(out), "--rows", "100000"]) == 2
+    _one_line_error(capsys, f"at most {MAX_ROWS} rows")
+    assert not out.exists()
+
+
+# Class 8: ViT weights.
+def _vit():
+    from flax import nnx
+    from test_vit import SMALL
+
+    from jaxdissect import zoo
+
+    return zoo.VisionTransformer(**SMALL, rngs=nnx.Rngs(1)), zoo.ZOO["vit_b_16"].rules
+
+
+def test_vit_weights_mixing_torchvision_and_timm_names_are_refused():
+    from test_vit import _timm_name, _torchvision_arrays
+
+    from jaxdissect import zoo
+    from jaxdissect.errors import DissectError
+
+    arrays = _torchvision_arrays(np.random.default_rng(0))
+    model, rules = _vit()
+    # Every tensor once, but block 1 in timm's names and the rest in torchvision's.
+    mixed = {(_timm_name(k) if "encoder_layer_1." in k else k): v for k, v in arrays.items()}
+    assert len(mixed) == len(arrays)
+    with pytest.raises(
+        DissectError,
+        match=r"two naming schemes mixed in one file: torchvision's \(conv_proj\.weight, \.\.\.\)"
+        r" and timm's \(blocks\.1\.",
+    ):
+        zoo.load_torch_weights(model, mixed, rules, "mixed")
+    zoo.load_torch_weights(model, arrays, rules, "torchvision")  # one scheme loads
+    timm = {_timm_name(k): v for k, v in arrays.items()}
+    zoo.load_torch_weights(model, timm, rules, "timm")
+
+
+def test_a_transposed_qkv_is_named_with_the_shape_it_should_have():
+    from test_vit import _torchvision_arrays
+
+    from jaxdissect import zoo
+    from jaxdissect.errors import DissectError
+
+    arrays = _torchvision_arrays(np.random.default_rng(0))
+    name = "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"
+    assert arrays[name].shape == (192, 64)
+    arrays[name] = np.ascontiguousarray(arrays[name].T)
+    model, rules = _vit()
+    with pytest.raises(DissectError) as error:
+        zoo.load_torch_weights(model, arrays, rules, "t")
+    message = str(error.value)
+    assert "shape (64, 192) does not fit block0.attn.qkv.kernel, which takes (192, 64)" in message
+
+
+def test_non_finite_vit_weights_are_refused():
+    from test_vit import _torchvision_arrays
+
+    from jaxdissect import zoo
+    from jaxdissect.errors import DissectError
+
+    arrays = _torchvision_arrays(np.random.default_rng(0))
+    arrays["encoder.ln.weight"] = arrays["encoder.ln.weight"].copy()
+    arrays["encoder.ln.weight"][3] = np.nan
+    model, rules = _vit()
+    with pytest.raises(DissectError, match=r"encoder\.ln\.weight: holds NaN or inf"):
+        zoo.load_torch_weights(model, arrays, rules, "nan")
+
+
+def test_a_file_with_both_module_x_and_x_is_refused(tmp_path, capsys):
+    from test_vit import _state, _write
+
+    from jaxdissect.errors import DissectError
+    from jaxdissect.torch_weights import load_state_dict
+
+    arrays = {"a.weight": np.ones(3, np.float32), "module.a.weight": np.zeros(3, np.float32)}
+    _write(tmp_path / "w.pth", *_state(arrays, legacy=False), "zip")
+    with pytest.raises(DissectError, match=r"holds both 'a.weight' and 'module.a.weight'"):
+        load_state_dict(tmp_path / "w.pth")
+
+
+def test_features_refuses_to_write_nan_activations(tmp_path, capsys):
+    np.save(tmp_path / "images.npy", np.zeros((3, 32, 32, 3), np.uint8))
+    args = ["features", "--model", "user_model:poisoned", "--layer", "conv_b",
+            "--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / "out.npy")]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, "layer conv_b: NaN or inf activations (first in image 0)")
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_a_figure_of_one_row(tmp_path):
+    """Found by the fuzz test: one row made Matplotlib's axes one-dimensional."""
+    assert main(["synthetic", "figure", "--out", str(tmp_path / "f.png"), "--rows", "1"]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 1000
