@@ -806,8 +806,19 @@ def run_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compilation_cache(args: argparse.Namespace) -> None:
+    """JAX's persistent compilation cache under the project's cache folder, so that a second
+    run of the same model compiles nothing; set before JAX is imported (it reads the
+    variable then), unless the user's environment names a folder already."""
+    from jaxdissect.data.cache import default_cache_root
+
+    root = getattr(args, "cache", None) or default_cache_root()
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(root) / "xla"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _compilation_cache(args)
     handlers = {
         "dissect": run_dissect,
         "summarize": run_summarize,

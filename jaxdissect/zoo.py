@@ -647,13 +647,16 @@ def build(name: str, weights: str | Path | None = None, seed: int = 0) -> nnx.Mo
     if name not in ZOO:
         raise DissectError(f"no zoo model {name!r}; the zoo has: {', '.join(ZOO)}")
     entry = ZOO[name]
+    # Built under one jit: the initialisers compile once, not once per layer shape (the
+    # same values as built eagerly, measured for resnet18: 2x faster on 2 busy cores).
     if weights is None:
-        model = entry.build(nnx.Rngs(seed), entry.num_classes)
+        model = nnx.jit(lambda: entry.build(nnx.Rngs(seed), entry.num_classes))()
     else:
         shapes = nnx.eval_shape(lambda: entry.build(nnx.Rngs(seed), entry.num_classes))
         count = sum(x.size for x in jax.tree.leaves(nnx.state(shapes, nnx.Param, nnx.BatchStat)))
         state_dict = load_state_dict(weights, parameter_count=count)
-        model = entry.build(nnx.Rngs(seed), _num_classes(entry, state_dict))
+        classes = _num_classes(entry, state_dict)
+        model = nnx.jit(lambda: entry.build(nnx.Rngs(seed), classes))()
         load_torch_weights(model, state_dict, entry.rules, str(weights))
     model.eval()
     return model
