@@ -111,7 +111,7 @@ def start_experiment(
       study: the study's name (default: the module that defines ``config``'s type).
     """
     workdir = Path(workdir)
-    study = study or type(config).__module__.rpartition(".")[2]
+    study = study or study_name(config)
     claim_workdir(workdir, study)
     save_json(workdir / "config.json", dataclasses.asdict(config))
     probe = config.probe
@@ -123,6 +123,16 @@ def start_experiment(
         progress=progress,
     )
     return workdir, prepared
+
+
+def study_name(config) -> str:
+    """The name of the study whose config this is: its module's last part, also when the
+    module runs as ``python -m experiments.<name>`` (and is called ``__main__``)."""
+    module = type(config).__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return module.rpartition(".")[2]
 
 
 def claim_workdir(workdir: Path, study: str) -> None:

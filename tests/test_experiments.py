@@ -565,3 +565,20 @@ def test_a_workdir_from_before_the_record_is_told_by_its_config(tmp_path, capsys
     assert json.loads((unknown / "study.json").read_text()) == {"study": "rotation"}
     with pytest.raises(common.DissectError, match="holds the results of rotation"):
         common.claim_workdir(unknown, "explain")
+
+
+def test_study_name_under_python_dash_m(monkeypatch):
+    """``python -m experiments.rotation`` defines its Config in ``__main__``: the workdir
+    is still claimed for "rotation" (a rerun must not be refused as another study's)."""
+    import dataclasses
+    import sys
+    import types
+
+    from experiments.common import study_name
+
+    config_type = dataclasses.make_dataclass("Config", [])
+    config_type.__module__ = "__main__"
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="experiments.rotation")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert study_name(config_type()) == "rotation"
