@@ -622,7 +622,7 @@ def directions(
             "held-out images: lower --min-pixels, or use more images"
         )
     scores = {
-        side: unit_iou(*counts, label_category)[:, concept_labels]
+        side: unit_iou(*counts, label_category, dtype=np.float64)[:, concept_labels]
         for side, counts in unit_counts.items()
     }
 
