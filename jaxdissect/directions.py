@@ -574,7 +574,9 @@ def directions(
     config = dataclasses.replace(config or DissectConfig(), union="paper", top_images=0)
     settings = settings or DirectionConfig()
     if isinstance(source, FeatureModel) and not layer:
-        raise DissectError(f"name the layer of model {source.name!r} (--layer)")
+        raise DissectError(
+            f"name the layer of model {source.name!r} (`layer`)", arguments=("layer",)
+        )
     dataset, source, images = open_inputs(
         dataset, source, [layer] if layer else None, config.batch_size, weights, images, cache,
         progress,

@@ -930,9 +930,14 @@ def explain(
 
     config = config or DissectConfig()
     if length < 1 or beam < 1 or labels_per_unit < 1:
-        raise DissectError("--length, --beam and --labels-per-unit must be >= 1")
+        raise DissectError(
+            "`length`, `beam` and `labels_per_unit` must be >= 1",
+            arguments=("length", "beam", "labels_per_unit"),
+        )
     if isinstance(source, FeatureModel) and not layer:
-        raise DissectError(f"name the layer of model {source.name!r} (--layer)")
+        raise DissectError(
+            f"name the layer of model {source.name!r} (`layer`)", arguments=("layer",)
+        )
     dataset, source, images = open_inputs(
         dataset, source, [layer] if layer else None, config.batch_size, weights, images, cache,
         progress,
