@@ -466,11 +466,11 @@ def split_images(num_images: int, heldout: float, key: jax.Array) -> tuple[np.nd
 
 
 def _read_layer(source, layer: str, batch_size: int, progress: bool) -> np.ndarray:
-    from tqdm.auto import tqdm
+    from jaxdissect.progress import progress_bar
 
     shape = source.shapes[layer]
     acts = np.empty((source.num_images, *shape), np.float32)
-    for start in tqdm(
+    for start in progress_bar(
         range(0, source.num_images, batch_size), desc=f"{layer}: activations", unit="batch",
         disable=not progress,
     ):  # fmt: skip

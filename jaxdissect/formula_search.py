@@ -853,14 +853,13 @@ def build_problem(
       num_labels: L (labels 1 .. L - 1 are concepts).
       batch_size: images per batch (also the images per device call).
     """
-    from tqdm.auto import tqdm
-
     from jaxdissect.formula_cpu import pack_unit_masks
     from jaxdissect.formulas import concept_masks, pack_bits
+    from jaxdissect.progress import progress_bar
 
     wanted = np.arange(1, num_labels)
     unit_parts, concept_parts = [], []
-    for start in tqdm(
+    for start in progress_bar(
         range(0, num_images, batch_size), desc="formula masks", unit="batch", disable=not progress
     ):
         stop = min(start + batch_size, num_images)
