@@ -30,6 +30,7 @@ _EXPORTS = {
     "quantile_init": "jaxdissect.quantile",
     "quantile_merge": "jaxdissect.quantile",
     "quantile_result": "jaxdissect.quantile",
+    "quantile_statistic": "jaxdissect.quantile",
     "quantile_update": "jaxdissect.quantile",
     "write_dissection": "jaxdissect.results",
     "iou": "jaxdissect.scores",
@@ -42,7 +43,10 @@ _EXPORTS = {
     "TallyState": "jaxdissect.tally",
     "tally_init": "jaxdissect.tally",
     "tally_merge": "jaxdissect.tally",
+    "tally_statistic": "jaxdissect.tally",
     "tally_update": "jaxdissect.tally",
+    "top_images_statistic": "jaxdissect.top_images",
+    "Statistic": "jaxdissect.kernels.base",
     "bilinear_matrix": "jaxdissect.upsample",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,17 +1,15 @@
 """``python -m jaxdissect``."""
 
-import os
+import gc
 import sys
 
 from jaxdissect.cli import main
 
 code = main()
-# A finished command skips the interpreter's teardown (JAX's and Numba's threads, every
-# module's objects: 1-2 s on two busy cores): its files are written and closed by now. Not
-# under jax.distributed, whose shutdown at exit the other processes wait for.
-jax = sys.modules.get("jax")
-if code == 0 and (jax is None or not jax.distributed.is_initialized()):
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+# The interpreter's teardown then runs as usual (atexit handlers, a user's --model factory's
+# included; jax.distributed's shutdown, which the other processes wait for). Freezing the
+# objects alive now spares the final garbage collections over every module's objects: on two
+# busy cores a dissection's teardown takes about 0.05-0.09 s this way against 0.24-0.28 s
+# without the freeze (os._exit, which skipped atexit handlers, took 0.01-0.03 s).
+gc.freeze()
 sys.exit(code)

@@ -177,9 +177,11 @@ def _cleanup(staging: Path) -> None:
 def _write_entries(archive, entries, staging: Path, max_bytes: int, total: int, progress: bool):
     bar = None
     if progress:
-        from tqdm import tqdm
+        from jaxdissect.progress import progress_bar
 
-        bar = tqdm(desc="extracting", total=total, unit="B", unit_scale=True, unit_divisor=1024)
+        bar = progress_bar(
+            desc="extracting", total=total, unit="B", unit_scale=True, unit_divisor=1024
+        )
     written = 0
     with bar if bar is not None else contextlib.nullcontext():
         for info, parts, kind in entries:

@@ -522,10 +522,7 @@ def announce_compile(config) -> None:
     from jaxdissect.kernels import kernel_name
     from jaxdissect.precompile import announce_and_compile, kernels_cached
 
-    try:
-        cpu = kernel_name(config) == "cpu"
-    except ValueError as error:
-        raise DissectError(str(error)) from None
+    cpu = kernel_name(config) == "cpu"  # a DissectError for a bad combination
     if cpu and not kernels_cached():
         announce_and_compile(sys.stderr)
 
@@ -834,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except DissectError as error:
-        print(f"jaxdissect: error: {error}", file=sys.stderr)
+        print(f"jaxdissect: error: {error.for_cli()}", file=sys.stderr)
         return 2
     except MemoryError:
         print(

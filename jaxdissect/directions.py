@@ -466,11 +466,11 @@ def split_images(num_images: int, heldout: float, key: jax.Array) -> tuple[np.nd
 
 
 def _read_layer(source, layer: str, batch_size: int, progress: bool) -> np.ndarray:
-    from tqdm.auto import tqdm
+    from jaxdissect.progress import progress_bar
 
     shape = source.shapes[layer]
     acts = np.empty((source.num_images, *shape), np.float32)
-    for start in tqdm(
+    for start in progress_bar(
         range(0, source.num_images, batch_size), desc=f"{layer}: activations", unit="batch",
         disable=not progress,
     ):  # fmt: skip
@@ -574,7 +574,9 @@ def directions(
     config = dataclasses.replace(config or DissectConfig(), union="paper", top_images=0)
     settings = settings or DirectionConfig()
     if isinstance(source, FeatureModel) and not layer:
-        raise DissectError(f"name the layer of model {source.name!r} (--layer)")
+        raise DissectError(
+            f"name the layer of model {source.name!r} (`layer`)", arguments=("layer",)
+        )
     dataset, source, images = open_inputs(
         dataset, source, [layer] if layer else None, config.batch_size, weights, images, cache,
         progress,
@@ -622,7 +624,7 @@ def directions(
             "held-out images: lower --min-pixels, or use more images"
         )
     scores = {
-        side: unit_iou(*counts, label_category)[:, concept_labels]
+        side: unit_iou(*counts, label_category, dtype=np.float64)[:, concept_labels]
         for side, counts in unit_counts.items()
     }
 

@@ -63,7 +63,10 @@ def score_layer(
 ) -> Dissection:
     """IoU, labels and summary from a layer's thresholds and (G, I, A) counts."""
     label_area, intersection, unit_area = counts
-    unit_iou = scores.iou(label_area, intersection, unit_area, dataset.label_category)
+    # float64: tally.csv's IoUs, from the int64 host counts (which may pass 2**32).
+    unit_iou = scores.iou(
+        label_area, intersection, unit_area, dataset.label_category, dtype=np.float64
+    )
     unit_labels = scores.label_units(unit_iou, dataset.label_category, len(dataset.categories))
     names = dataset.label_names
     summary = scores.summarize(

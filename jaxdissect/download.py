@@ -157,9 +157,11 @@ class _Progress:
     def __init__(self, name: str, enabled: bool):
         self.bar = None
         if enabled:
-            from tqdm import tqdm
+            from jaxdissect.progress import progress_bar
 
-            self.bar = tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024, leave=True)
+            self.bar = progress_bar(
+                desc=name, unit="B", unit_scale=True, unit_divisor=1024, leave=True
+            )
 
     def reset(self, total: int | None, start: int) -> None:
         if self.bar is not None:

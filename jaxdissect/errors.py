@@ -1,8 +1,28 @@
 """The one exception users catch: every bad input raises a subclass naming the culprit."""
 
+from collections.abc import Iterable, Mapping
+
 
 class DissectError(ValueError):
-    """Bad input to jaxdissect; the message names the file, row, field or layer."""
+    """Bad input to jaxdissect; the message names the file, row, field or layer.
+
+    A message about a Python argument names it in backticks as the library spells it
+    (`` `kernel` ``, `` `length` ``) and lists it in ``arguments``; ``for_cli`` spells those
+    as the command line's flags, so a Python caller never reads about flags it did not pass.
+    """
+
+    def __init__(self, message: str, *, arguments: Iterable[str] = ()):
+        super().__init__(message)
+        self.arguments = tuple(arguments)
+
+    def for_cli(self, flags: Mapping[str, str] | None = None) -> str:
+        """The message with each of ``arguments`` spelt as its flag: ``flags[name]``, or
+        ``--name`` with dashes for underscores."""
+        message = str(self)
+        for name in self.arguments:
+            flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+            message = message.replace(f"`{name}`", flag)
+        return message
 
 
 class BrodenFormatError(DissectError):

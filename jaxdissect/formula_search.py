@@ -855,14 +855,13 @@ def build_problem(
       num_labels: L (labels 1 .. L - 1 are concepts).
       batch_size: images per batch (also the images per device call).
     """
-    from tqdm.auto import tqdm
-
     from jaxdissect.formula_cpu import pack_unit_masks
     from jaxdissect.formulas import concept_masks, pack_bits
+    from jaxdissect.progress import progress_bar
 
     wanted = np.arange(1, num_labels)
     unit_parts, concept_parts = [], []
-    for start in tqdm(
+    for start in progress_bar(
         range(0, num_images, batch_size), desc="formula masks", unit="batch", disable=not progress
     ):
         stop = min(start + batch_size, num_images)
@@ -976,9 +975,14 @@ def explain(
 
     config = config or DissectConfig()
     if length < 1 or beam < 1 or labels_per_unit < 1:
-        raise DissectError("--length, --beam and --labels-per-unit must be >= 1")
+        raise DissectError(
+            "`length`, `beam` and `labels_per_unit` must be >= 1",
+            arguments=("length", "beam", "labels_per_unit"),
+        )
     if isinstance(source, FeatureModel) and not layer:
-        raise DissectError(f"name the layer of model {source.name!r} (--layer)")
+        raise DissectError(
+            f"name the layer of model {source.name!r} (`layer`)", arguments=("layer",)
+        )
     dataset, source, images = open_inputs(
         dataset, source, [layer] if layer else None, config.batch_size, weights, images, cache,
         progress,

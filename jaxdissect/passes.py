@@ -15,8 +15,6 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
@@ -24,6 +22,7 @@ from jaxdissect.data.cache import LabelArrays
 from jaxdissect.dissection import Thresholds
 from jaxdissect.kernels import select_backend
 from jaxdissect.kernels.base import ActivationSource, Backend, Shapes, Statistic
+from jaxdissect.progress import progress_bar
 from jaxdissect.timings import mark
 
 # Steps dispatched ahead of the devices at most: JAX dispatches asynchronously, and without a
@@ -103,7 +102,7 @@ def run_pass(
         if restored is not None:
             states = {layer: statistics[layer].expand(s) for layer, s in restored.items()}
     batches = backend.read(source, shapes, ranges, first, labels)
-    bar = tqdm(
+    bar = progress_bar(
         prefetch(batches),
         initial=first,
         total=len(ranges),

@@ -43,6 +43,8 @@ class QuantileState(NamedTuple):
         conv1_1 on Broden has 3.2e9). ``quantile_count`` reads it.
       q: (2,) uint32, the float64 bits of q as (high, low) words, so that
         ``quantile_result`` recovers the exact q (a float32 copy differs from NumPy's).
+        In a state made by ``quantile_statistic`` it is a leafless ``Settings`` node
+        instead: q, positions and k are static there, never array leaves.
     """
 
     top: Float[Array, "units k"]
@@ -87,6 +89,8 @@ def quantile_count(state: QuantileState) -> int:
 
 def quantile_q(state: QuantileState) -> float:
     """The exact q given to ``quantile_init`` (host)."""
+    if _is_settings(state.q):
+        return dict(state.q.value)["q"]
     return float(np.uint64(join_words(_host(state.q, "q"))).view(np.float64))
 
 
@@ -191,8 +195,42 @@ def quantile_update(
     return state._replace(buffer=buffer, fill=fill, count=count)
 
 
+def _is_settings(q) -> bool:
+    return type(q).__name__ == "Settings" and type(q).__module__ == "jaxdissect.statistic"
+
+
+def _check_mergeable(a: QuantileState, b: QuantileState) -> None:
+    """ValueError unless ``a`` and ``b`` hold the same k and the same q."""
+    if a.top.shape != b.top.shape:
+        raise ValueError(
+            f"quantile_merge: the states hold top-k arrays of shapes {a.top.shape} and "
+            f"{b.top.shape}; states made with different units, q or positions cannot be merged"
+        )
+    if _is_settings(a.q) or _is_settings(b.q):
+        if a.q != b.q:
+            raise ValueError(
+                f"quantile_merge: the states were made with different settings ({a.q!r} and "
+                f"{b.q!r})"
+            )
+        return
+    traced = any(runtime.is_array(q) and isinstance(q, jax.core.Tracer) for q in (a.q, b.q))
+    # Under jax.jit the q leaves are unknown: only k (a shape) is checked there; the
+    # constructor ``quantile_statistic`` keeps q static, so its merge checks q under jit too.
+    if not traced and not np.array_equal(np.asarray(a.q), np.asarray(b.q)):
+        raise ValueError(
+            f"quantile_merge: the states were made with different q ({quantile_q(a)!r} and "
+            f"{quantile_q(b)!r})"
+        )
+
+
 def quantile_merge(a: QuantileState, b: QuantileState) -> QuantileState:
-    """Combine the states of two disjoint parts of the data (associative, commutative)."""
+    """Combine the states of two disjoint parts of the data (associative, commutative).
+
+    Raises:
+      ValueError: the states hold different k, or different q (q is checked only where it
+        is known: outside ``jax.jit``, or in states made by ``quantile_statistic``).
+    """
+    _check_mergeable(a, b)
     a, b = _flush(a), _flush(b)
     top, _ = jax.lax.top_k(jnp.concatenate([a.top, b.top], axis=1), a.top.shape[1])
     return a._replace(top=top, count=_add_words(a.count, b.count))
@@ -216,6 +254,9 @@ def quantile_result(
 
     Returns:
       (U,) float32 thresholds: a NumPy array, or a jax.Array when ``positions`` is given.
+      Either way the values are the same float32 bits (NumPy's), on the host and under
+      ``jax.jit``. ``quantile_statistic(q, positions).result`` needs no extra arguments
+      and always returns a jax.Array.
     """
     on_host = positions is None
     n = quantile_count(state) if on_host else int(positions)
@@ -223,7 +264,7 @@ def quantile_result(
     if n < 1:
         raise ValueError("quantile_result: no values were folded into the state")
     if on_host:  # NumPy throughout: no XLA program, and NumPy's own two roundings
-        state = QuantileState(*(np.asarray(x) for x in state))
+        state = QuantileState(*(np.asarray(x) for x in state[:4]), state.q)
     top = _flush(state).top
     k = top.shape[1]
     # numpy's _quantile for method 'linear' and a Python-float quantile.
@@ -253,9 +294,54 @@ def quantile_result(
     # XLA fuses x + y * t into one fused multiply-add (one rounding where NumPy has two).
     # Passing the product through integer bits stops that; OR-ing in a NaN pattern where the
     # state's count is not n also makes a wrong n visible.
-    wrong_count = jnp.any(state.count != jnp.asarray(split_words(n)))
+    wrong_count = jnp.any(jnp.asarray(state.count) != jnp.asarray(split_words(n)))
     nan_bits = jnp.where(wrong_count, jnp.uint32(0x7FC00000), jnp.uint32(0))
     product = jax.lax.bitcast_convert_type(
         jax.lax.bitcast_convert_type(product, jnp.uint32) | nan_bits, jnp.float32
     )
     return b - product if upper else a + product
+
+
+def quantile_statistic(q: float, positions: int, *, buffer_size: int | None = None):
+    """The exact (1 - q) quantile of ``positions`` values per unit, as a ``Statistic``.
+
+    Like an optax transformation, the returned functions close over the static settings:
+    q, positions and k never become array leaves of the state (its ``q`` field is a
+    leafless ``Settings`` node), so ``result`` traces under ``jax.jit`` with no extra
+    arguments, and ``merge`` refuses a state made with other settings.
+
+    Args:
+      q: upper-tail fraction in (0, 1); NetDissect uses 0.005.
+      positions: values per unit that will be folded in (N * h * w).
+      buffer_size: staging columns (see ``quantile_init``).
+
+    Returns:
+      ``Statistic(init, update, merge, result)`` with ``init(units) -> QuantileState``,
+      ``update(state, acts, valid=None)`` (``acts`` (B, h, w, U), ``valid`` (B,) bool),
+      ``merge(a, b)`` and ``result(state) -> (U,) float32 jax.Array``, bit for bit
+      ``numpy.quantile(values, 1 - q)`` on the host and under ``jax.jit``.
+    """
+    from jaxdissect.kernels.base import Statistic
+    from jaxdissect.statistic import Settings, check_settings
+
+    k = topk_size(q, positions)
+    settings = Settings(
+        (("q", float(q)), ("positions", int(positions)), ("k", k), ("buffer", buffer_size))
+    )
+
+    def init(units: int) -> QuantileState:
+        return quantile_init(units, q, positions, buffer_size)._replace(q=settings)
+
+    def update(state: QuantileState, acts, valid=None) -> QuantileState:
+        check_settings("quantile_statistic update", settings, state.q)
+        return quantile_update(state, acts, valid)
+
+    def merge(a: QuantileState, b: QuantileState) -> QuantileState:
+        check_settings("quantile_statistic merge", settings, a.q, b.q)
+        return quantile_merge(a, b)
+
+    def result(state: QuantileState):
+        check_settings("quantile_statistic result", settings, state.q)
+        return quantile_result(state, q, positions=positions)
+
+    return Statistic(init, update, merge, result)

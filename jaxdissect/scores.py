@@ -1,9 +1,11 @@
 """IoU scores, unit labels and the unique-detector summaries.
 
-``iou`` and ``label_units`` follow their inputs: NumPy arrays (the driver's int64 counts)
-give exact float64 IoUs on the host; jax arrays (a ``TallyState``'s int32 counts, traced or
-not) give float32 IoUs in pure jnp, so they run inside ``jax.jit``. ``summarize`` works on
-names, on the host.
+``iou`` gives one answer for any input: float32 IoUs, the same bits for NumPy counts on the
+host, jax arrays, and under ``jax.jit`` (each count and each union rounded once to float32,
+then one IEEE division), so ``label_units`` picks the same labels wherever it runs. The
+driver asks for ``dtype=numpy.float64`` on its int64 host counts (tally.csv's values).
+``label_units`` follows its input (NumPy in, NumPy out; jax in, jax out, jittable).
+``summarize`` works on names, on the host.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class UnitLabels(NamedTuple):
     score: np.ndarray
 
 
-def iou(label_area, intersection, unit_area, label_category):
+def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32):
     """IoU[u, l] = I[u, l] / (A[u, cat(l)] + G[l] - I[u, l]).
 
     Args:
@@ -45,39 +47,58 @@ def iou(label_area, intersection, unit_area, label_category):
       intersection: (U, L) I counts.
       unit_area: (U, C) A counts.
       label_category: (L,) primary category of each label, -1 for none.
+      dtype: float32 (default) or float64. float32 gives the same dtype and the same bits
+        for NumPy counts, jax arrays and under ``jax.jit``: the union is computed exactly
+        in integers (int64 on the host; uint32 for jax's int32 counts, where A + (G - I) <
+        2**32), then I and the union are each rounded once to float32 and divided once
+        (IEEE, correctly rounded), so the result lies within 3 * 2**-24 (relative) of the
+        exact quotient, and within 2**-24 while the counts are below 2**24. float64 (exact
+        to one rounding for counts below 2**53) needs NumPy counts, or jax with
+        ``jax_enable_x64``.
 
     Returns:
-      (U, L) IoUs; 0 for labels without a category and for empty unions. NumPy float64
-      when the counts are NumPy (exact to float64 rounding), else a float32 jax.Array:
-      the int32 counts' union is exact in uint32 (< 2**32), and I, the union and their
-      quotient are each rounded once to float32, so it lies within 3 * 2**-24 (relative)
-      of the float64 value; with unions below 2**24 only the quotient is rounded.
+      (U, L) IoUs of ``dtype``; 0 for labels without a category and for empty unions: a
+      NumPy array for NumPy counts, else a jax.Array.
+
+    Raises:
+      ValueError: ``dtype`` is neither float32 nor float64, or float64 is asked of jax
+        arrays without x64.
     """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"iou: dtype must be float32 or float64, got {dtype}")
     if any(runtime.is_array(x) for x in (label_area, intersection, unit_area)):
-        return _iou_jax(label_area, intersection, unit_area, label_category)
-    label_area = np.asarray(label_area, np.float64)
-    intersection = np.asarray(intersection, np.float64)
-    unit_area = np.asarray(unit_area, np.float64)
+        return _iou_jax(label_area, intersection, unit_area, label_category, dtype)
+    label_area = np.asarray(label_area, np.int64)
+    intersection = np.asarray(intersection, np.int64)
+    unit_area = np.asarray(unit_area, np.int64)
     label_category = np.asarray(label_category)
     has_category = label_category >= 0
     activation = unit_area[:, np.where(has_category, label_category, 0)]
-    union = activation + label_area[None, :] - intersection
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scores = np.where(union > 0, intersection / union, 0.0)
-    return np.where(has_category[None, :], scores, 0.0)
+    union = activation + label_area[None, :] - intersection  # exact in int64
+    safe_union = np.where(union > 0, union, 1).astype(dtype)
+    scores = np.where(union > 0, intersection.astype(dtype) / safe_union, dtype.type(0))
+    return np.where(has_category[None, :], scores, dtype.type(0))
 
 
-def _iou_jax(label_area, intersection, unit_area, label_category):
-    label_area = jnp.asarray(label_area, jnp.int32)
-    intersection = jnp.asarray(intersection, jnp.int32)
+def _iou_jax(label_area, intersection, unit_area, label_category, dtype):
+    wide = dtype == np.float64
+    if wide and not runtime.jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            "iou: dtype=float64 of jax arrays needs jax_enable_x64; pass NumPy counts "
+            "(numpy.asarray) or use the default float32"
+        )
+    count, union_type = (jnp.int64, jnp.int64) if wide else (jnp.int32, jnp.uint32)
+    label_area = jnp.asarray(label_area, count)
+    intersection = jnp.asarray(intersection, count)
     label_category = jnp.asarray(label_category, jnp.int32)
     has_category = label_category >= 0
-    activation = jnp.asarray(unit_area, jnp.int32)[:, jnp.where(has_category, label_category, 0)]
-    # I <= G and each count < 2**31, so A + (G - I) fits uint32 exactly.
-    union = activation.astype(jnp.uint32) + (label_area[None, :] - intersection).astype(jnp.uint32)
-    safe_union = jnp.where(union > 0, union, 1).astype(jnp.float32)
-    scores = jnp.where(union > 0, intersection.astype(jnp.float32) / safe_union, 0.0)
-    return jnp.where(has_category[None, :], scores, 0.0)
+    activation = jnp.asarray(unit_area, count)[:, jnp.where(has_category, label_category, 0)]
+    # I <= G and each int32 count < 2**31, so A + (G - I) fits uint32 exactly.
+    union = activation.astype(union_type) + (label_area[None, :] - intersection).astype(union_type)
+    safe_union = jnp.where(union > 0, union, 1).astype(dtype)
+    scores = jnp.where(union > 0, intersection.astype(dtype) / safe_union, 0.0).astype(dtype)
+    return jnp.where(has_category[None, :], scores, 0.0).astype(dtype)
 
 
 def label_units(scores, label_category, num_categories: int) -> UnitLabels:
@@ -87,6 +108,8 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
     are all 0. NumPy scores give NumPy arrays; jax scores give jax arrays, traceable under
     ``jax.jit`` (``num_categories`` static). Ties are exact ties of the given scores (two
     labels whose float64 IoUs differ by less than float32 rounding can tie in float32).
+    ``iou``'s float32 scores are the same bits on the host and under ``jax.jit``, so the
+    labels chosen from them are the same too, near-ties included.
     """
     xp = jnp if runtime.is_array(scores) else np
     scores = xp.asarray(scores)

@@ -176,22 +176,29 @@ def load_model(spec: str, weights: str | Path | None = None):
         return zoo.feature_model(spec[len("zoo:") :], weights)
     module_name, _, factory_name = spec.partition(":")
     if not module_name or not factory_name:
-        raise DissectError(f"--model {spec!r}: expected zoo:NAME or package.module:factory")
+        raise DissectError(
+            f"`model` {spec!r}: expected zoo:NAME or package.module:factory",
+            arguments=("model",),
+        )
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError) as error:
-        raise DissectError(f"--model {spec!r}: cannot import it ({error})") from None
+        raise DissectError(
+            f"`model` {spec!r}: cannot import it ({error})", arguments=("model",)
+        ) from None
     if not callable(factory):
         raise DissectError(
-            f"--model {spec!r}: {factory_name} is a {type(factory).__name__}, not a factory "
-            "function"
+            f"`model` {spec!r}: {factory_name} is a {type(factory).__name__}, not a factory "
+            "function",
+            arguments=("model",),
         )
     model = factory(weights)
     if not isinstance(model, FeatureModel):
         raise DissectError(
-            f"--model {spec!r}: the factory returned {type(model).__name__}, not a "
+            f"`model` {spec!r}: the factory returned {type(model).__name__}, not a "
             "jaxdissect.features.FeatureModel (wrap your model with from_nnx, from_linen or "
-            "from_function)"
+            "from_function)",
+            arguments=("model",),
         )
     return model
 

@@ -5,7 +5,8 @@ thresholded strictly (``> T_u``). The labels present in the image become slots
 (``compact_labels``; the decoded cache stores labels that way); a matmul of the masks with
 per-pixel slot counts gives every intersection of the image at once, and a scatter-add
 moves them to the label axis. Counts are exact integers (float32 is exact per image, far
-below 2**24; the state is int32).
+below 2**24; the state is int32). A count that would pass 2**31 - 1 stops there and raises
+the state's ``saturated`` flag instead of wrapping to a negative number.
 
 ``union`` chooses which images count towards A[u, c] (see DESIGN.md):
 ``"paper"``: images carrying any label of primary category c;
@@ -15,13 +16,15 @@ image-level label of category c.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxdissect.config import UNIONS
+
+INT32_MAX = 2**31 - 1
 
 
 class TallyState(NamedTuple):
@@ -34,12 +37,19 @@ class TallyState(NamedTuple):
       unit_area: (U, C) int32, A[u, c] under the state's union rule.
       overflow: () int32, images with more distinct pixel labels than slots, or more
         active units than ``max_active`` (must stay 0).
+      saturated: () int32, nonzero once a count would have passed 2**31 - 1 (int32): such
+        counts stop at 2**31 - 1 (a lower bound) instead of wrapping. Must stay 0 for
+        exact counts; move the counts into int64 on the host before that (the driver does).
+      settings: None, or in a state made by ``tally_statistic`` a leafless ``Settings``
+        node (its static settings; no array leaf).
     """
 
     label_area: Int[Array, " labels"]
     intersection: Int[Array, "units labels"]
     unit_area: Int[Array, "units categories"]
     overflow: Int[Array, ""]
+    saturated: Int[Array, ""] | None = None
+    settings: Any = None
 
 
 def tally_init(units: int, num_labels: int, num_categories: int) -> TallyState:
@@ -49,12 +59,65 @@ def tally_init(units: int, num_labels: int, num_categories: int) -> TallyState:
         intersection=jnp.zeros((units, num_labels), jnp.int32),
         unit_area=jnp.zeros((units, num_categories), jnp.int32),
         overflow=jnp.zeros((), jnp.int32),
+        saturated=jnp.zeros((), jnp.int32),
     )
 
 
+def _saturate(old, new):
+    """``new`` where the int32 addition of non-negative increments did not wrap, else
+    2**31 - 1; and how many entries wrapped. (With old >= 0 and an increment in
+    [0, 2**31), the sum wrapped exactly when it came out below ``old``.)"""
+    wrapped = new < old
+    return jnp.where(wrapped, INT32_MAX, new), jnp.sum(wrapped, dtype=jnp.int32)
+
+
+def _saturated(state: TallyState):
+    return jnp.zeros((), jnp.int32) if state.saturated is None else state.saturated
+
+
+def _counted(state: TallyState, label_area, intersection, unit_area, overflow) -> TallyState:
+    """The state with new counts, any that wrapped held at 2**31 - 1 and flagged."""
+    wrapped = _saturated(state)
+    new = []
+    for old, value in (
+        (state.label_area, label_area),
+        (state.intersection, intersection),
+        (state.unit_area, unit_area),
+    ):
+        value, count = _saturate(old, value)
+        new.append(value)
+        wrapped = wrapped + count
+    return TallyState(*new, overflow, jnp.minimum(wrapped, 1), state.settings)
+
+
 def tally_merge(a: TallyState, b: TallyState) -> TallyState:
-    """Combine the tallies of two disjoint parts of the data (associative, commutative)."""
-    return jax.tree.map(jnp.add, a, b)
+    """Combine the tallies of two disjoint parts of the data (associative, commutative).
+
+    Counts whose sum would pass 2**31 - 1 stop there and set ``saturated``.
+
+    Raises:
+      ValueError: the states hold counts of different shapes, or were made by
+        ``tally_statistic`` with different settings.
+    """
+    shapes = [(x.shape, y.shape) for x, y in zip(a[:3], b[:3], strict=True)]
+    if any(x != y for x, y in shapes):
+        raise ValueError(
+            f"tally_merge: the states hold counts of different shapes {shapes}: made for "
+            "different units, labels or categories"
+        )
+    if a.settings != b.settings:
+        raise ValueError(
+            f"tally_merge: the states were made with different settings ({a.settings!r} "
+            f"and {b.settings!r})"
+        )
+    a = a._replace(saturated=jnp.maximum(_saturated(a), _saturated(b)))
+    return _counted(
+        a,
+        a.label_area + b.label_area,
+        a.intersection + b.intersection,
+        a.unit_area + b.unit_area,
+        a.overflow + b.overflow,
+    )
 
 
 def unit_masks(
@@ -217,7 +280,8 @@ def tally_update_compact(
         ``state.overflow`` (their extra units are not tallied). None tallies every unit.
 
     Returns:
-      The updated state. Jittable (mark the keyword arguments static).
+      The updated state. Jittable (mark the keyword arguments static). A count that would
+      pass 2**31 - 1 stays there and sets ``saturated`` (never a negative count).
     """
     if union not in UNIONS:
         raise ValueError(f"union must be one of {UNIONS}, got {union!r}")
@@ -266,11 +330,12 @@ def tally_update_compact(
     intersection = intersection.at[rows, image_labels[:, None, :]].add(image_label_hits)
     intersection = intersection.at[:, 0].set(0)
 
-    return TallyState(
-        label_area=label_area,
-        intersection=intersection,
-        unit_area=state.unit_area.at[units].add(unit_area),
-        overflow=state.overflow + jnp.sum(overflow, dtype=jnp.int32),
+    return _counted(
+        state,
+        label_area,
+        intersection,
+        state.unit_area.at[units].add(unit_area),
+        state.overflow + jnp.sum(overflow, dtype=jnp.int32),
     )
 
 
@@ -330,3 +395,90 @@ def tally_update(
         max_active=max_active,
     )
     return state._replace(overflow=state.overflow + jnp.sum(overflow & valid, dtype=jnp.int32))
+
+
+def tally_statistic(
+    num_labels: int,
+    label_category,
+    union: str = "paper",
+    *,
+    num_categories: int | None = None,
+    num_slots: int = 64,
+    mask_dtype=jnp.float32,
+    max_active: int | None = None,
+):
+    """IoU counts G, I, A as a ``Statistic``, its settings closed over (optax-style).
+
+    Args:
+      num_labels: L, labels numbered 0..L-1 (0 is "unlabelled").
+      label_category: (L,) primary category of each label, -1 for none (a static table).
+      union: "paper" or "lite", the rule for A.
+      num_categories: C (default: the largest category in ``label_category`` plus one).
+      num_slots, mask_dtype, max_active: see ``tally_update``.
+
+    Returns:
+      ``Statistic(init, update, merge, result)`` with ``init(units) -> TallyState``;
+      ``update(state, acts, thresholds, label_planes, image_labels, valid=None)`` (shapes
+      as in ``tally_update``; the upsampling matrices come from the static shapes);
+      ``merge(a, b)``, which refuses a state made with other settings; and
+      ``result(state) -> (G, I, A)`` int32 counts. The state's settings are a leafless
+      ``Settings`` node: no setting is an array leaf.
+    """
+    import numpy as np
+
+    from jaxdissect.kernels.base import Statistic
+    from jaxdissect.statistic import Settings, check_settings
+    from jaxdissect.upsample import bilinear_matrix
+
+    if union not in UNIONS:
+        raise ValueError(f"union must be one of {UNIONS}, got {union!r}")
+    table = np.asarray(label_category, np.int32)
+    if table.shape != (num_labels,):
+        raise ValueError(
+            f"label_category has shape {table.shape}, expected ({num_labels},) for num_labels"
+        )
+    if num_categories is None:
+        num_categories = int(table.max(initial=-1)) + 1
+    settings = Settings(
+        (
+            ("num_labels", int(num_labels)),
+            ("num_categories", int(num_categories)),
+            ("label_category", tuple(table.tolist())),
+            ("union", union),
+            ("num_slots", int(num_slots)),
+            ("mask_dtype", jnp.dtype(mask_dtype).name),
+            ("max_active", max_active),
+        )
+    )
+
+    def init(units: int) -> TallyState:
+        return tally_init(units, num_labels, num_categories)._replace(settings=settings)
+
+    def update(state, acts, thresholds, label_planes, image_labels, valid=None) -> TallyState:
+        check_settings("tally_statistic update", settings, state.settings)
+        (height, width), (label_height, label_width) = acts.shape[1:3], label_planes.shape[-2:]
+        return tally_update(
+            state,
+            acts,
+            thresholds,
+            label_planes,
+            image_labels,
+            table,
+            bilinear_matrix(label_height, height),
+            bilinear_matrix(label_width, width),
+            valid,
+            num_slots=num_slots,
+            union=union,
+            mask_dtype=mask_dtype,
+            max_active=max_active,
+        )
+
+    def merge(a: TallyState, b: TallyState) -> TallyState:
+        check_settings("tally_statistic merge", settings, a.settings, b.settings)
+        return tally_merge(a, b)
+
+    def result(state: TallyState):
+        check_settings("tally_statistic result", settings, state.settings)
+        return state.label_area, state.intersection, state.unit_area
+
+    return Statistic(init, update, merge, result)

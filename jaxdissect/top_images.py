@@ -111,3 +111,62 @@ def top_images_update_host(
     result_values[rows] = np.take_along_axis(values, order, axis=1)
     result_indices[rows] = np.take_along_axis(image, order, axis=1)
     return TopImagesState(result_values, result_indices, maps)
+
+
+def top_images_statistic(k: int):
+    """Each unit's k most activating images and their maps, as a ``Statistic``.
+
+    k is closed over (optax-style), never an array leaf: it and the map size are the
+    state's shapes, which ``merge`` checks.
+
+    Args:
+      k: images kept per unit.
+
+    Returns:
+      ``Statistic(init, update, merge, result)`` with ``init(units, height, width)``;
+      ``update(state, acts, indices, valid=None)`` (``acts`` (B, h, w, U), ``indices`` (B,)
+      the images' positions in the dataset, ``valid`` (B,) bool); ``merge(a, b)``, which
+      refuses states of another k or map size; and ``result(state) -> TopImagesState``
+      (ties: the lower image index first).
+    """
+    from jaxdissect.kernels.base import Statistic
+
+    if k < 1:
+        raise ValueError(f"top_images_statistic: k must be >= 1, got {k!r}")
+
+    def check(what, *states):
+        for state in states:
+            if state.values.shape[1] != k:
+                raise ValueError(
+                    f"top_images_statistic {what}: a state of k={state.values.shape[1]} "
+                    f"given to a statistic of k={k}"
+                )
+        if len(states) == 2 and states[0].maps.shape != states[1].maps.shape:
+            raise ValueError(
+                f"top_images_statistic {what}: states of map shapes {states[0].maps.shape} "
+                f"and {states[1].maps.shape} (other units or map sizes)"
+            )
+
+    def init(units: int, height: int, width: int) -> TopImagesState:
+        return top_images_init(units, k, height, width)
+
+    def update(state, acts, indices, valid=None) -> TopImagesState:
+        check("update", state)
+        if tuple(acts.shape[1:3]) != tuple(state.maps.shape[2:]):
+            raise ValueError(
+                f"top_images_statistic update: activations of size {acts.shape[1:3]} for a "
+                f"state of maps {state.maps.shape[2:]}"
+            )
+        if valid is None:
+            valid = jnp.ones((acts.shape[0],), bool)
+        return top_images_update(state, acts, jnp.asarray(indices, jnp.int32), valid)
+
+    def merge(a, b) -> TopImagesState:
+        check("merge", a, b)
+        return top_images_merge(a, b)
+
+    def result(state) -> TopImagesState:
+        check("result", state)
+        return state
+
+    return Statistic(init, update, merge, result)

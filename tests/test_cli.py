@@ -204,3 +204,56 @@ def test_not_a_dataset(tmp_path, capsys):
         ]
     )
     assert code == 2 and "not a directory" in capsys.readouterr().err
+
+
+def test_cpu_kernel_under_several_processes_is_a_one_line_error(
+    probe, tmp_path, capsys, monkeypatch
+):
+    """``--kernel cpu --coordinator ...`` (several processes): exit 2 and one line naming
+    the flag, not a traceback. The second process is faked: start_processes joins nothing
+    and the runtime reports two processes."""
+    import jaxdissect.cli as cli
+    from jaxdissect import runtime
+
+    monkeypatch.setattr(cli, "start_processes", lambda args: True)
+    monkeypatch.setattr(runtime, "process_count", lambda: 2)
+    np.save(tmp_path / "f.npy", np.zeros((12, 4, 4, 3), np.float32))
+    code = main(
+        ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+         "--out", str(tmp_path / "o"), "--kernel", "cpu", "--no-progress"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "jaxdissect: error: --kernel 'cpu' runs in one process: use --kernel 'xla' (or 'auto') "
+        "under jax.distributed"
+    ]
+
+
+def test_library_errors_name_python_arguments_and_the_cli_names_flags(monkeypatch, capsys):
+    from jaxdissect import runtime
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.errors import DissectError
+    from jaxdissect.kernels import kernel_name
+    from jaxdissect.sources import load_model
+
+    monkeypatch.setattr(runtime, "process_count", lambda: 2)
+    with pytest.raises(DissectError) as raised:
+        kernel_name(DissectConfig(kernel="cpu"))
+    assert "--" not in str(raised.value) and "`kernel` 'cpu'" in str(raised.value)
+    with pytest.raises(DissectError) as raised:
+        load_model("no_such_module_here:factory")
+    assert str(raised.value).startswith("`model` 'no_such_module_here:factory': cannot import")
+    assert raised.value.for_cli().startswith("--model 'no_such_module_here:factory'")
+    error = DissectError(
+        "`length`, `beam` and `labels_per_unit` must be >= 1",
+        arguments=("length", "beam", "labels_per_unit"),
+    )
+    assert error.for_cli() == "--length, --beam and --labels-per-unit must be >= 1"
+    assert error.for_cli({"beam": "--beam-width"}).startswith("--length, --beam-width and")
+    from jaxdissect.formula_search import explain
+
+    with pytest.raises(DissectError) as raised:
+        explain(None, None, length=0)
+    assert str(raised.value) == "`length`, `beam` and `labels_per_unit` must be >= 1"
+    assert raised.value.for_cli() == "--length, --beam and --labels-per-unit must be >= 1"

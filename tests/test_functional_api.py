@@ -192,3 +192,65 @@ def test_shard_map_merges_equal_one_device():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sharded ok" in done.stdout
+
+
+def test_statistic_constructors_equal_the_loops_eagerly_and_under_jit():
+    acts, planes, image_labels = _data()
+    positions = IMAGES * SIZE * SIZE
+    quantiles = jd.quantile_statistic(Q, positions)
+    counts = jd.tally_statistic(LABELS, LABEL_CATEGORY, "paper", num_categories=CATEGORIES)
+    top = jd.top_images_statistic(3)
+
+    def run(acts, planes, image_labels):
+        # Two halves with states of their own, merged, as two devices would.
+        halves = [slice(0, 5), slice(5, IMAGES)]
+        state = quantiles.merge(*(quantiles.update(quantiles.init(UNITS), acts[h]) for h in halves))
+        thresholds = quantiles.result(state)
+        tallied = counts.merge(
+            *(
+                counts.update(counts.init(UNITS), acts[h], thresholds, planes[h], image_labels[h])
+                for h in halves
+            )
+        )
+        best = top.merge(
+            *(
+                top.update(top.init(UNITS, SIZE, SIZE), acts[h], jnp.arange(IMAGES)[h])
+                for h in halves
+            )
+        )
+        return thresholds, tallied, top.result(best)
+
+    for runner in (run, jax.jit(run)):
+        thresholds, tallied, best = runner(acts, planes, image_labels)
+        G, I, A = counts.result(tallied)
+        iou = jd.iou(G, I, A, LABEL_CATEGORY)
+        _check(thresholds, tallied, iou, jd.label_units(iou, LABEL_CATEGORY, CATEGORIES))
+        assert int(tallied.saturated) == 0
+        maxima = acts.max(axis=(1, 2))
+        for u in range(UNITS):
+            order = sorted(range(IMAGES), key=lambda i: (-maxima[i, u], i))[:3]
+            assert np.asarray(best.indices[u]).tolist() == order
+    # No setting is an array leaf: the tally state's leaves are its counts and two flags.
+    assert len(jax.tree.leaves(counts.init(UNITS))) == 5
+
+
+def test_statistic_merges_refuse_states_of_other_settings():
+    import pytest
+
+    paper = jd.tally_statistic(LABELS, LABEL_CATEGORY, "paper")
+    lite = jd.tally_statistic(LABELS, LABEL_CATEGORY, "lite")
+    with pytest.raises(ValueError, match="other settings"):
+        paper.merge(paper.init(UNITS), lite.init(UNITS))
+    with pytest.raises(ValueError, match="different settings"):
+        jd.tally_merge(paper.init(UNITS), lite.init(UNITS))
+    with pytest.raises(ValueError, match="different shapes"):
+        jd.tally_merge(jd.tally_init(UNITS, LABELS, 2), jd.tally_init(UNITS + 1, LABELS, 2))
+    with pytest.raises(ValueError, match="label_category has shape"):
+        jd.tally_statistic(LABELS + 1, LABEL_CATEGORY)
+    three, four = jd.top_images_statistic(3), jd.top_images_statistic(4)
+    with pytest.raises(ValueError, match="k=4"):
+        three.merge(three.init(UNITS, 2, 2), four.init(UNITS, 2, 2))
+    with pytest.raises(ValueError, match="map shapes"):
+        three.merge(three.init(UNITS, 2, 2), three.init(UNITS, 3, 3))
+    with pytest.raises(ValueError, match="k must be"):
+        jd.top_images_statistic(0)

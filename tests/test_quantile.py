@@ -182,3 +182,61 @@ def test_result_uses_the_exact_count(n):
     if n > 2**32:
         wrapped = state._replace(count=jnp.asarray(quantile.split_words(n % 2**32)))
         assert quantile.quantile_result(wrapped)[0] != expected
+
+
+def test_merge_refuses_states_of_another_q_or_k():
+    values = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3, 3, 2)), jnp.float32)
+    base = quantile.quantile_update(quantile.quantile_init(2, 0.2, 18), values)
+    # Same k (ceil(q n) + 2 = 6 for both), another q: only the q words tell them apart.
+    other_q = quantile.quantile_init(2, 0.21, 18)
+    assert other_q.top.shape == base.top.shape
+    with pytest.raises(ValueError, match="different q"):
+        quantile.quantile_merge(base, other_q)
+    with pytest.raises(ValueError, match="top-k arrays of shapes"):
+        quantile.quantile_merge(base, quantile.quantile_init(2, 0.2, 180))
+    merged = quantile.quantile_merge(base, quantile.quantile_init(2, 0.2, 18))
+    np.testing.assert_array_equal(quantile.quantile_result(merged), quantile.quantile_result(base))
+
+
+def test_result_is_the_same_float32_bits_on_host_and_under_jit():
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(7, 4, 3, 5)).astype(np.float32)
+    n = 7 * 4 * 3
+    state = _fold(values, 0.1, 3)
+    host = quantile.quantile_result(state)
+    jitted = jax.jit(lambda s: quantile.quantile_result(s, 0.1, positions=n))(state)
+    want = np.array([np.quantile(values[..., u].ravel(), 0.9) for u in range(5)], np.float32)
+    for got in (host, jitted):
+        assert np.asarray(got).dtype == np.float32
+        np.testing.assert_array_equal(np.asarray(got).view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("q", [0.005, 0.1, 0.5])
+def test_statistic_equals_numpy_quantile_eagerly_and_under_jit(q):
+    rng = np.random.default_rng(6)
+    values = rng.normal(size=(9, 5, 4, 3)).astype(np.float32)
+    values[:, :2] = 0.25  # ties
+    n = values.shape[0] * 5 * 4
+    stat = quantile.quantile_statistic(q, n)
+    want = np.array([np.quantile(values[..., u].ravel(), 1 - q) for u in range(3)], np.float32)
+    # Two halves merged, as two devices would.
+    left = stat.update(stat.init(3), values[:4])
+    right = jax.jit(stat.update)(stat.init(3), values[4:], jnp.ones(5, bool))
+    state = stat.merge(left, right)
+    # q and positions are static: four array leaves, none of them q.
+    assert len(jax.tree.leaves(state)) == 4
+    assert {x.dtype.name for x in jax.tree.leaves(state)} == {"float32", "int32", "uint32"}
+    for got in (stat.result(state), jax.jit(stat.result)(state)):
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got).view(np.uint32), want.view(np.uint32))
+
+
+def test_statistic_merge_refuses_states_of_other_settings():
+    n = 2 * 3 * 3
+    mine, theirs = quantile.quantile_statistic(0.2, n), quantile.quantile_statistic(0.21, n)
+    with pytest.raises(ValueError, match="other settings"):
+        mine.merge(mine.init(2), theirs.init(2))
+    with pytest.raises(ValueError, match="other settings"):
+        jax.jit(mine.merge)(mine.init(2), theirs.init(2))
+    with pytest.raises(ValueError, match="other settings"):
+        mine.result(quantile.quantile_init(2, 0.2, n))  # a loose state: q is an array

@@ -36,6 +36,14 @@ def test_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "report.html").is_file()
 
 
+def test_statistic_example_runs_as_written():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (block,) = [b for b in blocks if "quantile_statistic" in b]
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["thresholds"].dtype == np.float32
+
+
 def _command_lines() -> list[str]:
     """The README's indented ``python -m jaxdissect`` lines, continuation lines joined."""
     text = README.read_text().replace("\\\n", " ")

@@ -1,5 +1,6 @@
 """``import jaxdissect`` (and the CLI's start) imports JAX only when a command needs it."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,23 @@ def test_an_installed_accelerator_plugin_is_seen_without_importing_jax(tmp_path)
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, env=env
     )
     assert done.stdout.strip() == "True False", done.stderr
+
+
+def test_python_m_jaxdissect_runs_atexit_handlers(tmp_path):
+    """A finished command ends through the interpreter's own teardown, so atexit handlers
+    (a user's --model factory's, say) run: ``python -m jaxdissect`` once ended in os._exit."""
+    marker = tmp_path / "atexit-ran"
+    tally = Path(__file__).parent / "data" / "golden" / "fixture-paper-cpu" / "tally.csv"
+    code = (
+        "import atexit, pathlib, runpy, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        f"sys.argv = ['jaxdissect', 'summarize', {str(tally)!r}]\n"
+        "runpy.run_module('jaxdissect', run_name='__main__')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "detectors" in done.stdout
+    assert marker.read_text() == "yes"

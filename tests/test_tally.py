@@ -268,3 +268,60 @@ def test_numpy_label_category_eagerly_and_under_jit(jit, as_jax):
     assert np.asarray(state.label_area).tolist() == [0, 2, 1]
     assert np.asarray(state.intersection).tolist() == [[0, 1, 0]]
     assert np.asarray(state.unit_area).tolist() == [[2]]
+
+
+def _near_limit_state(units, labels, categories, below):
+    """A tally state whose every count is ``below`` short of 2**31 - 1."""
+    start = tally.INT32_MAX - below
+    state = tally.tally_init(units, labels, categories)
+    return state._replace(
+        label_area=jnp.full_like(state.label_area, start).at[0].set(0),
+        intersection=jnp.full_like(state.intersection, start).at[:, 0].set(0),
+        unit_area=jnp.full_like(state.unit_area, start),
+    )
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_counts_near_2_31_saturate_and_flag_instead_of_wrapping(jit):
+    # One 2x2 image, every pixel label 1 (category 0), one unit active everywhere: each
+    # update adds 4 to G[1], I[0, 1] and A[0, 0].
+    acts = jnp.ones((1, 2, 2, 1), jnp.float32)
+    planes = jnp.ones((1, 1, 2, 2), jnp.int32)
+    args = (jnp.zeros((1,), jnp.float32), planes, jnp.zeros((1, 1), jnp.int32))
+    eye = jnp.asarray(bilinear_matrix(2, 2))
+    label_category = np.array([-1, 0], np.int32)
+
+    def update(state):
+        return tally.tally_update(state, acts, *args, label_category, eye, eye)
+
+    update = jax.jit(update) if jit else update
+    # 4 below the limit: the counts reach 2**31 - 1 exactly, no flag.
+    exact = update(_near_limit_state(1, 2, 1, 4))
+    assert int(exact.saturated) == 0
+    assert int(exact.label_area[1]) == int(exact.intersection[0, 1]) == tally.INT32_MAX
+    assert int(exact.unit_area[0, 0]) == tally.INT32_MAX
+    # 3 below: int32 would wrap to -2**31; the counts stop at 2**31 - 1 and the flag is up.
+    over = update(_near_limit_state(1, 2, 1, 3))
+    assert int(over.saturated) == 1
+    for count in (over.label_area[1], over.intersection[0, 1], over.unit_area[0, 0]):
+        assert int(count) == tally.INT32_MAX
+    assert all(int(np.asarray(x).min()) >= 0 for x in over[:3])
+    # The flag stays up through later updates and merges.
+    assert int(update(over).saturated) == 1
+    assert int(tally.tally_merge(tally.tally_init(1, 2, 1), over).saturated) == 1
+
+
+def test_merge_near_2_31_saturates_and_flags():
+    a = _near_limit_state(2, 3, 1, 10)
+    small = tally.tally_init(2, 3, 1)._replace(
+        label_area=jnp.array([0, 10, 11], jnp.int32),
+        intersection=jnp.zeros((2, 3), jnp.int32),
+        unit_area=jnp.zeros((2, 1), jnp.int32),
+    )
+    merged = tally.tally_merge(a, small)
+    assert np.asarray(merged.label_area).tolist() == [0, tally.INT32_MAX, tally.INT32_MAX]
+    assert int(merged.saturated) == 1
+    # Below the limit it is plain addition, no flag.
+    fine = tally.tally_merge(a, small._replace(label_area=jnp.array([0, 10, 9], jnp.int32)))
+    assert np.asarray(fine.label_area).tolist() == [0, tally.INT32_MAX, tally.INT32_MAX - 1]
+    assert int(fine.saturated) == 0

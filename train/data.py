@@ -35,7 +35,7 @@ def synthetic_scenes(split: str, count: int, config: TrainConfig, progress: bool
     key = f"scenes-v1-seed{config.world_seed}-{config.image_size}px-{split}-{count}"
 
     def write(folder: Path) -> None:
-        from tqdm.auto import tqdm
+        from jaxdissect.progress import progress_bar
 
         images = np.lib.format.open_memmap(
             folder / "images.npy",
@@ -46,7 +46,7 @@ def synthetic_scenes(split: str, count: int, config: TrainConfig, progress: bool
         labels = np.zeros(count, np.int32)
         samples = world.draw_many(config.world_seed, split, 0, count, geometry)
         for i, sample in enumerate(
-            tqdm(
+            progress_bar(
                 samples,
                 total=count,
                 desc=f"drawing {split} scenes",

@@ -21,9 +21,9 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from jaxdissect.data.loader import iterate_batches, rotation_pretext
+from jaxdissect.progress import progress_bar
 from train.checkpoints import load_run
 from train.config import TrainConfig
 from train.data import load_data
@@ -267,7 +267,7 @@ def train(
         accuracy = checkpoint(0)
     batches = iterate_batches(data.train, config.batch_size, seed=config.seed, start_step=start)
     last = min(config.steps, stop_after) if stop_after is not None else config.steps
-    for step in tqdm(
+    for step in progress_bar(
         range(start, last),
         initial=start,
         total=config.steps,

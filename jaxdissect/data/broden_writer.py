@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+
+from jaxdissect.progress import progress_bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,9 @@ def write_broden(
     rows = []
     frequency = {c: np.zeros(len(label_names), np.int64) for c in categories}
     measured = {c: np.zeros(len(label_names), np.float64) for c in categories}
-    for image in tqdm(images, desc="writing probe images", unit="img", disable=not progress):
+    for image in progress_bar(
+        images, desc="writing probe images", unit="img", disable=not progress
+    ):
         height, width = image.pixels.shape[:2]
         label_shape = None
         row = {"image": f"{image.name}.jpg", "split": "train", "ih": height, "iw": width}

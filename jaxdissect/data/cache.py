@@ -33,10 +33,10 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from jaxdissect.data.broden import BrodenDataset, member_file
 from jaxdissect.errors import BrodenFormatError, DissectError
+from jaxdissect.progress import progress_bar
 
 CACHE_VERSION = 3
 MANIFEST = "manifest.json"
@@ -194,7 +194,7 @@ def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
             range(num_images),
         )
         per_image = list(
-            tqdm(
+            progress_bar(
                 jobs,
                 total=num_images,
                 desc="decoding label planes",
@@ -359,7 +359,7 @@ def load_image_array(
 
         workers = min(32, (os.cpu_count() or 1) * 2)
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for _ in tqdm(
+            for _ in progress_bar(
                 pool.map(decode, range(dataset.num_images)),
                 total=dataset.num_images,
                 desc="decoding images",

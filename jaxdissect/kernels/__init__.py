@@ -6,6 +6,7 @@ import importlib.util
 
 from jaxdissect import runtime
 from jaxdissect.config import DissectConfig
+from jaxdissect.errors import DissectError
 from jaxdissect.kernels.base import Backend
 
 
@@ -18,7 +19,11 @@ def kernel_name(config: DissectConfig) -> str:
         # Numba is a dependency, but an environment built without it still dissects.
         kernel = "cpu" if on_cpu and importlib.util.find_spec("numba") is not None else "xla"
     if kernel == "cpu" and runtime.process_count() > 1:
-        raise ValueError("kernel='cpu' runs in one process; use 'xla' under jax.distributed")
+        raise DissectError(
+            "`kernel` 'cpu' runs in one process: use `kernel` 'xla' (or 'auto') under "
+            "jax.distributed",
+            arguments=("kernel",),
+        )
     return kernel
 
 
