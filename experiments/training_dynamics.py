@@ -66,6 +66,12 @@ VARIATIONS = {
 # no conv5 and are a study of their own.
 CNN_VARIATIONS = ("baseline", "no_dropout", "batch_norm", "wide_last")
 CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
+# Few seeds decide little: where the committed 10-seed run of the default config is.
+MORE_SEEDS = (
+    "<p>With few seeds most intervals contain 0. The default configuration run with 10 "
+    "seeds is committed in the repository: experiments/results/training_dynamics-10seeds/ "
+    "(results.json and plots), tabulated in the README's Results section.</p>"
+)
 TRANSITION_NAMES = {
     "keep": "keep their label",
     "switch_same_category": "switch label (same category)",
@@ -442,6 +448,7 @@ def write_summary(results: dict, workdir: Path) -> Path:
     body = f"""<h1>Unique detectors across training ({html.escape(layer)})</h1>
 <p>{seeds} seed(s) per variation; run in {results["seconds"]} s. Counts are means over
 seeds with their 95 % t-interval in brackets.</p>
+{MORE_SEEDS if seeds < 10 else ""}
 {claims_html(results["claims"])}
 <h2>Counts</h2>
 <table><tr><th>variation</th><th>unique at step 0</th><th>unique at the end</th>
