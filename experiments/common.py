@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -485,6 +486,8 @@ def provenance() -> dict:
     commit = git("rev-parse", "HEAD")
     changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {
+        # How the process was started (python -m experiments.<study> ... from the CLI).
+        "command": shlex.join(["python", *sys.orig_argv[1:]]),
         "versions": versions,
         "git_commit": commit or None,
         # Uncommitted changes to tracked files: the commit alone does not reproduce it.

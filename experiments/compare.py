@@ -30,7 +30,7 @@ from experiments.common import (
     unique_counts,
     write_page,
 )
-from experiments.plots import figure_html, pyplot
+from experiments.plots import figure_html, pyplot, save_figure
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.synthetic import world
 from jaxdissect.features import FeatureModel
@@ -307,8 +307,7 @@ def plot(summary: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle(summary["title"])
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, summary.get("provenance"))
 
 
 def _cell(stat: dict | None, digits: int = 1) -> str:

@@ -43,7 +43,7 @@ from experiments.common import (
     with_rotations,
     write_page,
 )
-from experiments.plots import BAND, band, figure_html, pyplot, verdicts_sentence
+from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
 from experiments.training_dynamics import train_config
 from jaxdissect.config import DissectConfig
 from jaxdissect.formula_search import exact_search, explain
@@ -266,8 +266,7 @@ def plot(summary: dict, workdir: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(workdir / "compositional.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / "compositional.png", summary.get("provenance"))
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, key in zip(axes, ("operators", "categories"), strict=True):
@@ -289,8 +288,7 @@ def plot(summary: dict, workdir: Path) -> None:
         axis.grid(alpha=0.3, axis="y")
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(workdir / "formula_mix.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / "formula_mix.png", summary.get("provenance"))
 
 
 def write_summary(summary: dict, workdir: Path) -> Path:

@@ -46,7 +46,7 @@ from experiments.common import (
     with_rotations,
     write_page,
 )
-from experiments.plots import figure_html, pyplot
+from experiments.plots import figure_html, pyplot, save_figure
 from experiments.training_dynamics import train_config
 from jaxdissect.config import DissectConfig
 from jaxdissect.directions import DirectionConfig, directions
@@ -243,8 +243,7 @@ def plot(summary: dict, workdir: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(workdir / "directions.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / "directions.png", summary.get("provenance"))
 
 
 def write_summary(summary: dict, workdir: Path) -> Path:

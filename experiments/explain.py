@@ -40,7 +40,7 @@ from experiments.common import (
     start_experiment,
     write_page,
 )
-from experiments.plots import figure_html
+from experiments.plots import figure_html, save_figure
 from jaxdissect.config import DissectConfig
 from jaxdissect.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run
@@ -258,12 +258,12 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     }
     save_json(workdir / "results.json", summary)
     _, explained, thresholds = found[0]
-    figure(explained, probe, thresholds, workdir / "explain.png")
+    figure(explained, probe, thresholds, workdir / "explain.png", summary["provenance"])
     write_summary(summary, workdir)
     return summary
 
 
-def figure(explained, probe, thresholds, path: Path) -> None:
+def figure(explained, probe, thresholds, path: Path, provenance: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,8 +293,7 @@ def figure(explained, probe, thresholds, path: Path) -> None:
             axis.set_xticks([])
             axis.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, provenance, dpi=90)
 
 
 def _cell(stat: dict | None, digits: int) -> str:

@@ -74,6 +74,43 @@ def verdicts_sentence(claims: list[dict]) -> str:
     return " Computed verdicts: " + "; ".join(parts) + "."
 
 
+def provenance_line(provenance: dict | None) -> str:
+    """What produced a figure, in one line: the command, the commit (marked when the
+    checkout had changes), the CPU, the devices and the XLA CPU instruction set."""
+    found = provenance or {}
+    machine = found.get("machine") or {}
+    commit = found.get("git_commit")
+    parts = [
+        found.get("command") or "command not recorded",
+        f"commit {commit[:10]}{' with uncommitted changes' if found.get('git_dirty') else ''}"
+        if commit
+        else "commit unknown",
+        ", ".join(
+            str(x)
+            for x in (
+                machine.get("cpu_model"),
+                f"{machine['cpus']} CPUs" if machine.get("cpus") else None,
+                "devices " + "/".join(machine["devices"]) if machine.get("devices") else None,
+                f"XLA CPU ISA {machine['xla_cpu_max_isa']}"
+                if machine.get("xla_cpu_max_isa")
+                else None,
+            )
+            if x
+        ),
+    ]
+    return " | ".join(part for part in parts if part)
+
+
+def save_figure(figure, path, provenance: dict | None, dpi: int = 100) -> None:
+    """Saves ``figure`` with its provenance line along its bottom edge, and closes it."""
+    import matplotlib.pyplot as plt
+
+    figure.subplots_adjust(bottom=max(figure.subplotpars.bottom, 0.14))
+    figure.text(0.005, 0.005, provenance_line(provenance), fontsize=6, color="#555")
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+
+
 def figure_html(src: str, caption: str) -> str:
     """An image with its one-line caption."""
     return (

@@ -40,7 +40,7 @@ from experiments.common import (
     summary_at,
     write_page,
 )
-from experiments.plots import BAND, band, figure_html, pyplot, verdicts_sentence
+from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import fractional_rotation, random_rotation
 from train.checkpoints import feature_model
@@ -256,8 +256,7 @@ def plot(summary: dict, path: Path, layer: str) -> None:
         f"{layer}: rotated bases (mean over seeds of the mean over rotations; 95 % band)"
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, summary.get("provenance"))
 
 
 def write_summary(summary: dict, workdir: Path) -> Path:

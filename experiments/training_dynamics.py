@@ -43,7 +43,15 @@ from experiments.common import (
     unique_counts,
     write_page,
 )
-from experiments.plots import BAND, band, figure_html, iteration_axis, pyplot, verdicts_sentence
+from experiments.plots import (
+    BAND,
+    band,
+    figure_html,
+    iteration_axis,
+    pyplot,
+    save_figure,
+    verdicts_sentence,
+)
 from experiments.units import across_seeds, most_switching, transitions, unit_labels
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
@@ -329,8 +337,7 @@ def plot(results: dict, workdir: Path) -> None:
     axes[0].set_ylabel("unique detectors (IoU > 0.04)")
     axes[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(workdir / "unique_detectors.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / "unique_detectors.png", results.get("provenance"))
 
     # 10 x 6.4 inches at 100 dpi: 1,000 px wide, inside a laptop's window.
     figure, axes = plt.subplots(2, 3, figsize=(10, 6.4), sharex=True)
@@ -358,8 +365,7 @@ def plot(results: dict, workdir: Path) -> None:
     axes[0, 0].legend(fontsize=7)
     figure.suptitle(f"{layer}: unique detectors per category (solid: units, dashed: rotated basis)")
     figure.tight_layout()
-    figure.savefig(workdir / "per_category.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / "per_category.png", results.get("provenance"))
 
     figure, axis = plt.subplots(figsize=(6, 4))
     for variation, points in curves.items():
@@ -378,8 +384,7 @@ def plot(results: dict, workdir: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(workdir / "accuracy.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / "accuracy.png", results.get("provenance"))
 
     evolution = results["concept_evolution"]
     figure, axes = plt.subplots(
@@ -405,8 +410,7 @@ def plot(results: dict, workdir: Path) -> None:
     axes[0, 0].set_ylabel("units")
     axes[0, 0].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(workdir / "concept_transitions.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / "concept_transitions.png", results.get("provenance"))
 
 
 def write_summary(results: dict, workdir: Path) -> Path:

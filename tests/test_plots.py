@@ -30,3 +30,32 @@ def test_caption_statements_come_from_the_claims():
     sentence = verdicts_sentence(claims)
     assert "no_dropout: unique detectors emerge: contradicted (2 seeds)" in sentence
     assert verdicts_sentence([]) == ""
+
+
+def test_a_figure_names_its_command_commit_and_machine(tmp_path):
+    from experiments.plots import provenance_line, save_figure
+
+    provenance = {
+        "command": "python -m experiments.rotation seeds=10",
+        "git_commit": "0123456789abcdef",
+        "git_dirty": False,
+        "machine": {"cpu_model": "Xeon", "cpus": 2, "devices": ["cpu"], "xla_cpu_max_isa": "AVX2"},
+    }
+    line = provenance_line(provenance)
+    assert line == (
+        "python -m experiments.rotation seeds=10 | commit 0123456789 | Xeon, 2 CPUs, devices "
+        "cpu, XLA CPU ISA AVX2"
+    )
+    assert "with uncommitted changes" in provenance_line({**provenance, "git_dirty": True})
+    assert provenance_line(None) == "command not recorded | commit unknown"
+    plt = pyplot()
+    figure, axis = plt.subplots()
+    save_figure(figure, tmp_path / "f.png", provenance)
+    assert (tmp_path / "f.png").stat().st_size > 0
+    assert not plt.get_fignums()  # closed
+
+
+def test_study_provenance_records_the_command():
+    from experiments.common import provenance
+
+    assert provenance()["command"].startswith("python ")
