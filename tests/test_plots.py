@@ -49,7 +49,7 @@ def test_a_figure_names_its_command_commit_and_machine(tmp_path):
     assert "with uncommitted changes" in provenance_line({**provenance, "git_dirty": True})
     assert provenance_line(None) == "command not recorded | commit unknown"
     plt = pyplot()
-    figure, axis = plt.subplots()
+    figure, _axis = plt.subplots()
     save_figure(figure, tmp_path / "f.png", provenance)
     assert (tmp_path / "f.png").stat().st_size > 0
     assert not plt.get_fignums()  # closed
