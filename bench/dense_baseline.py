@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxdissect.tally import unit_masks
+from jaxdissect.stats.tally import unit_masks
 
 
 @functools.partial(jax.jit, static_argnames=("num_labels", "num_categories"))

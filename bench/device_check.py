@@ -136,7 +136,7 @@ def part_vit(work: Path, pick, env: dict) -> list[str]:
 
 _MANY = """
 import json, sys, time
-from jaxdissect import zoo
+from jaxdissect.models import zoo
 from jaxdissect.config import DissectConfig
 from jaxdissect.many import dissect_many
 probe, model, layer, count, out = sys.argv[1:6]

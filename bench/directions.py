@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.formulas import planted_features
+from jaxdissect.compositional.directions import DirectionConfig, directions
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import open_broden
 from jaxdissect.data.cache import load_label_arrays
 from jaxdissect.data.synthetic.world import write_probe
-from jaxdissect.directions import DirectionConfig, directions
 from jaxdissect.kernels import kernel_name
 
 

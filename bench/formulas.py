@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxdissect.compositional.formula_search import explain
+from jaxdissect.compositional.formulas import concept_masks
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import open_broden
 from jaxdissect.data.cache import load_label_arrays
 from jaxdissect.data.synthetic.world import write_probe
-from jaxdissect.formula_search import explain
-from jaxdissect.formulas import concept_masks
 from jaxdissect.kernels import kernel_name
 
 

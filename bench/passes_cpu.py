@@ -26,10 +26,10 @@ from bench.lite_loop import lite_tally
 from bench.tally_accelerator import subset, synthetic_dataset
 from bench.workload import broden_like, relu_features
 from jaxdissect.config import DissectConfig
-from jaxdissect.cpu_quantile import cpu_quantile_init, cpu_quantile_update
-from jaxdissect.cpu_tally import _slot_areas, _unit_counts, axis_cells, cpu_tally_batch
 from jaxdissect.passes import compute_tally, compute_thresholds
 from jaxdissect.sources import features_source
+from jaxdissect.stats.cpu_quantile import cpu_quantile_init, cpu_quantile_update
+from jaxdissect.stats.cpu_tally import _slot_areas, _unit_counts, axis_cells, cpu_tally_batch
 
 QUANTILE = 0.005
 

@@ -31,13 +31,13 @@ import numpy as np
 from bench.dense_baseline import dense_tally
 from bench.lite_loop import lite_tally
 from bench.workload import CATEGORIES, broden_like, label_category
-from jaxdissect import scores
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays
 from jaxdissect.passes import compute_tally, compute_thresholds
 from jaxdissect.pipeline import dissect_activations
-from jaxdissect.upsample import bilinear_matrix
+from jaxdissect.stats import scores
+from jaxdissect.stats.upsample import bilinear_matrix
 
 
 @functools.partial(jax.jit, static_argnames=("count", "shape"))
@@ -102,8 +102,8 @@ def host_images(count: int, size: int, distinct: int = 4096) -> np.ndarray:
 
 
 def model_end_to_end(args):
-    from jaxdissect import zoo
-    from jaxdissect.features import model_activations
+    from jaxdissect.models import zoo
+    from jaxdissect.models.features import model_activations
 
     print(f"devices: {jax.devices()}")
     n, batch = args.images, args.batch_size

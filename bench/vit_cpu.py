@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from jaxdissect.features import FeatureModel, Preprocess
+from jaxdissect.models.features import FeatureModel, Preprocess
 
 SIZE, PATCH = 64, 8
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def vit_s_patch8(weights) -> FeatureModel:
     """``--model bench.vit_cpu:vit_s_patch8``: ViT-S/16's shape at 64 px in 8 px patches."""
     from flax import nnx
 
-    from jaxdissect.zoo import VisionTransformer, as_feature_model
+    from jaxdissect.models.zoo import VisionTransformer, as_feature_model
 
     if weights is not None:
         raise SystemExit("vit_s_patch8 is randomly initialised; it takes no --weights")

@@ -19,7 +19,7 @@ import sys
 from experiments import compare
 from experiments.common import experiment_main
 from experiments.compare import CommonConfig, Variant, run_comparison, unique_claim
-from jaxdissect import zoo
+from jaxdissect.models import zoo
 from jaxdissect.sources import file_identity
 
 

@@ -21,11 +21,11 @@ from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.data.synthetic import world
 from jaxdissect.errors import DissectError
-from jaxdissect.features import FeatureModel
 from jaxdissect.float_pin import float_settings, pin_floats
+from jaxdissect.models.features import FeatureModel
 from jaxdissect.pipeline import completed, dissect, run_fingerprint
-from jaxdissect.results import write_text_atomic
-from jaxdissect.schema import read_results
+from jaxdissect.report.results import write_text_atomic
+from jaxdissect.report.schema import read_results
 from jaxdissect.sources import Activations, array_identity, model_run
 
 ROTATED = "@rotated"
@@ -287,7 +287,7 @@ def dissect_model(
 
 def summary_at(results: dict, iou_threshold: float) -> dict:
     """A results.json's summary recomputed at another IoU threshold."""
-    from jaxdissect.scores import summarize
+    from jaxdissect.stats.scores import summarize
 
     rows = sorted(results["units"], key=lambda row: row["unit"])
     categories = results["categories"]
@@ -425,7 +425,7 @@ def write_page(path: Path, title: str, body: str) -> Path:
     """A self-contained HTML summary page."""
     import html
 
-    from jaxdissect.report import content_security_policy
+    from jaxdissect.report.html import content_security_policy
 
     page = (
         f'<!doctype html><meta charset="utf-8">{content_security_policy()}'

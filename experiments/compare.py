@@ -33,7 +33,7 @@ from experiments.common import (
 from experiments.plots import figure_html, pyplot, save_figure
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.synthetic import world
-from jaxdissect.features import FeatureModel
+from jaxdissect.models.features import FeatureModel
 from jaxdissect.rotation import random_rotation
 from train.checkpoints import feature_model, list_checkpoints, read_config
 from train.config import make_config

@@ -45,9 +45,14 @@ from experiments.common import (
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
 from experiments.training_dynamics import train_config
+from jaxdissect.compositional.formula_search import exact_search, explain
+from jaxdissect.compositional.formulas import (
+    format_formula,
+    program_tree,
+    tree_labels,
+    tree_operators,
+)
 from jaxdissect.config import DissectConfig
-from jaxdissect.formula_search import exact_search, explain
-from jaxdissect.formulas import format_formula, program_tree, tree_labels, tree_operators
 from jaxdissect.rotation import random_rotation
 from jaxdissect.sources import model_run
 from train.checkpoints import feature_model

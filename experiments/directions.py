@@ -6,7 +6,7 @@ a trained network's single units, and do the units lose that contest more in a r
 For each of ``seeds`` seeds, trains (or reuses) the baseline network of ``train/`` (the
 seed sets its initialisation and data order, as in training_dynamics; or uses the run
 named by ``run=WORKDIR``, where only the rotation changes), then runs
-``jaxdissect.directions`` on its ``layer`` in the units' basis and in a random rotation of
+``jaxdissect.compositional.directions`` on its ``layer`` in the units' basis and in a random rotation of
 it (the seed's; ``experiments.common.with_rotations``, as the other studies rotate): every
 concept with enough pixels gets a direction trained on the probe's train images and scored
 on held-out ones (a split fixed by ``directions.seed``, the same for every seed) beside the
@@ -48,8 +48,8 @@ from experiments.common import (
 )
 from experiments.plots import figure_html, pyplot, save_figure
 from experiments.training_dynamics import train_config
+from jaxdissect.compositional.directions import DirectionConfig, directions
 from jaxdissect.config import DissectConfig
-from jaxdissect.directions import DirectionConfig, directions
 from jaxdissect.rotation import random_rotation
 from jaxdissect.sources import model_run
 from train.checkpoints import feature_model

@@ -42,7 +42,7 @@ from experiments.common import (
 )
 from experiments.plots import figure_html, save_figure
 from jaxdissect.config import DissectConfig
-from jaxdissect.upsample import bilinear_matrix
+from jaxdissect.stats.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run
 from train.config import make_config
 from train.loop import train

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--model",
         help="zoo:NAME (alexnet, vgg16, resnet18, resnet50, resnet20-cifar10, vit_b_16, vit_s_16) or "
-        "package.module:factory (factory(weights) returns a jaxdissect.features.FeatureModel)",
+        "package.module:factory (factory(weights) returns a jaxdissect.models.features.FeatureModel)",
     )
     dissect.add_argument(
         "--weights",
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     formulas.add_argument("--cache", type=Path, default=None)
     formulas.add_argument("--no-report", action="store_true", help="skip formulas.html")
     formulas.add_argument("--no-progress", action="store_true")
-    from jaxdissect.fetch import SOURCES, describe
+    from jaxdissect.data.fetch import SOURCES, describe
 
     fetch = commands.add_parser(
         "fetch",
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from jaxdissect.fetch import MANIFEST, fetch
+    from jaxdissect.data.fetch import MANIFEST, fetch
 
     fetched = fetch(
         args.name,
@@ -416,7 +416,7 @@ def _dissect_checkpoints(args: argparse.Namespace, config, dataset, progress: bo
     from jaxdissect import runtime
     from jaxdissect.many import checkpoint_names
     from jaxdissect.pipeline import dissect
-    from jaxdissect.results import format_summary
+    from jaxdissect.report.results import format_summary
     from jaxdissect.sources import load_model
 
     models = [load_model(args.model, weights) for weights in args.weights]
@@ -451,7 +451,7 @@ def run_dissect(args: argparse.Namespace) -> int:
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
     from jaxdissect.pipeline import dissect
-    from jaxdissect.results import format_summary
+    from jaxdissect.report.results import format_summary
     from jaxdissect.sources import features_activations, load_model
 
     writer = start_processes(args)
@@ -546,9 +546,9 @@ def peak_memory() -> str:
 
 
 def run_formulas(args: argparse.Namespace) -> int:
+    from jaxdissect.compositional.formula_search import explain
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
-    from jaxdissect.formula_search import explain
     from jaxdissect.sources import load_model
 
     if args.features is not None and args.weights is not None:
@@ -579,9 +579,9 @@ def run_formulas(args: argparse.Namespace) -> int:
 
 
 def run_directions(args: argparse.Namespace) -> int:
+    from jaxdissect.compositional.directions import DirectionConfig, directions
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
-    from jaxdissect.directions import DirectionConfig, directions
     from jaxdissect.sources import features_activations, load_model
 
     if args.features is not None and args.weights is not None:
@@ -630,8 +630,8 @@ def run_directions(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from jaxdissect.data.broden import open_broden
     from jaxdissect.data.cache import load_image_array
-    from jaxdissect.report import write_index
-    from jaxdissect.schema import read_results
+    from jaxdissect.report.html import write_index
+    from jaxdissect.report.schema import read_results
 
     folders = (
         [args.out]
@@ -683,7 +683,7 @@ def _republish_reports(root: Path, layers: list[str | None], images_for) -> list
 
     from jaxdissect.outdir import MANIFEST, current_set, discard, locked, new_set, publish
     from jaxdissect.pipeline import FINGERPRINT
-    from jaxdissect.report import write_index, write_layer_report
+    from jaxdissect.report.html import write_index, write_layer_report
 
     redrawn = {f"{layer}/" if layer else "" for layer in layers}
     with locked(root):
@@ -762,7 +762,7 @@ def start_processes(args: argparse.Namespace) -> bool:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from jaxdissect.results import atomic_path
+    from jaxdissect.report.results import atomic_path
     from jaxdissect.sources import load_model, open_features
 
     images = open_features(args.images)
@@ -796,7 +796,7 @@ def run_features(args: argparse.Namespace) -> int:
 def run_summarize(args: argparse.Namespace) -> int:
     import json
 
-    from jaxdissect.results import format_summary, summarize_tally_csv
+    from jaxdissect.report.results import format_summary, summarize_tally_csv
 
     summary = summarize_tally_csv(args.tally, args.iou_threshold)
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))

@@ -17,7 +17,7 @@ from jaxdissect.data.broden import open_broden
 from jaxdissect.data.cache import load_label_arrays
 from jaxdissect.data.synthetic import world
 from jaxdissect.pipeline import dissect
-from jaxdissect.results import format_summary
+from jaxdissect.report.results import format_summary
 from jaxdissect.sources import features_activations
 
 

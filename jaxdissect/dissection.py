@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxdissect import scores
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
+from jaxdissect.stats import scores
 
 
 class Thresholds(NamedTuple):

@@ -27,7 +27,7 @@ from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import load_image_array, load_label_arrays
 from jaxdissect.errors import DissectError
-from jaxdissect.features import FeatureModel
+from jaxdissect.models.features import FeatureModel
 from jaxdissect.outdir import locked
 from jaxdissect.sources import Activations, activations_digest, keep_budget, model_identity
 

@@ -179,7 +179,7 @@ def open_inputs(
     ``dissect`` for the arguments); also the probe images when a model needed them."""
     # A FeatureModel exists only once its module (and JAX) is imported: a features file
     # needs neither.
-    features = sys.modules.get("jaxdissect.features")
+    features = sys.modules.get("jaxdissect.models.features")
     if not isinstance(dataset, BrodenDataset):
         dataset = open_broden(dataset)
     if features is not None and isinstance(source, features.FeatureModel):
@@ -306,8 +306,8 @@ def write_outputs(
 ):
     """Writes every layer's files (and reports) into a new set folder, then publishes the
     set into OUT (see ``outdir``): the previous set stays whole until this one is."""
-    from jaxdissect.report import write_index, write_layer_report
-    from jaxdissect.results import write_dissection
+    from jaxdissect.report.html import write_index, write_layer_report
+    from jaxdissect.report.results import write_dissection
 
     staging = new_set(out, "dissect")
     try:

@@ -23,7 +23,7 @@ COMPILE_ESTIMATE_S = 35
 
 
 def _kernels():
-    from jaxdissect import cpu_quantile, cpu_tally
+    from jaxdissect.stats import cpu_quantile, cpu_tally
 
     return (
         cpu_quantile._fold_units,
@@ -62,8 +62,8 @@ def announce_and_compile(stream) -> None:
 def precompile() -> None:
     """Calls ``cpu_quantile_update`` (serial and parallel) and ``cpu_tally_batch`` on tiny
     inputs."""
-    from jaxdissect.cpu_quantile import cpu_quantile_init, cpu_quantile_update
-    from jaxdissect.cpu_tally import axis_cells, cpu_tally_batch
+    from jaxdissect.stats.cpu_quantile import cpu_quantile_init, cpu_quantile_update
+    from jaxdissect.stats.cpu_tally import axis_cells, cpu_tally_batch
 
     acts = np.linspace(0, 1, 2 * 3 * 3 * 4, dtype=np.float32).reshape(2, 3, 3, 4)
     frozen = acts.copy()

@@ -98,7 +98,7 @@ def activations_digest(outputs: Mapping[str, Any]) -> str:
 
 def open_features(path: str | Path):
     """A numeric .npy file, read batch by batch (``NpyRows``)."""
-    from jaxdissect.npy_rows import NpyRows
+    from jaxdissect.data.npy_rows import NpyRows
 
     path = Path(path)
     if not path.is_file():
@@ -167,11 +167,11 @@ def features_activations(features, layout: str = "nhwc", layer: str | None = Non
 
 def load_model(spec: str, weights: str | Path | None = None):
     """A FeatureModel from ``zoo:NAME`` or ``package.module:factory`` (``factory(weights)``
-    returns a ``jaxdissect.features.FeatureModel``)."""
-    from jaxdissect.features import FeatureModel
+    returns a ``jaxdissect.models.features.FeatureModel``)."""
+    from jaxdissect.models.features import FeatureModel
 
     if spec.startswith("zoo:"):
-        from jaxdissect import zoo
+        from jaxdissect.models import zoo
 
         return zoo.feature_model(spec[len("zoo:") :], weights)
     module_name, _, factory_name = spec.partition(":")
@@ -196,7 +196,7 @@ def load_model(spec: str, weights: str | Path | None = None):
     if not isinstance(model, FeatureModel):
         raise DissectError(
             f"`model` {spec!r}: the factory returned {type(model).__name__}, not a "
-            "jaxdissect.features.FeatureModel (wrap your model with from_nnx, from_linen or "
+            "jaxdissect.models.features.FeatureModel (wrap your model with from_nnx, from_linen or "
             "from_function)",
             arguments=("model",),
         )
@@ -210,7 +210,7 @@ def model_run(
     ``weights``: the file its weights came from (identified by content for resuming)."""
     import jax.numpy as jnp
 
-    from jaxdissect.features import model_activations
+    from jaxdissect.models.features import model_activations
 
     layers = model.check_layers(layers)
     probe = model.apply(jnp.asarray(np.asarray(images[:1])), layers)

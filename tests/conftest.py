@@ -3,9 +3,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+# The fixtures beside this file, and the test folders (which mirror the package's layout),
+# importable by name: some tests reuse another's helpers (a ViT test writes weights the way
+# the PyTorch-weights test does), whatever order pytest collects them in.
+TESTS = Path(__file__).parent
+sys.path[:0] = [str(TESTS), *(str(d) for d in sorted(TESTS.iterdir()) if any(d.glob("test_*.py")))]
 
-from probe_fixture import make_probe
+from probe_fixture import make_probe  # noqa: E402
 
 
 @pytest.fixture(scope="session")

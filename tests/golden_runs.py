@@ -2,7 +2,7 @@
 synthetic-world probe, each with dyadic activations, dissected by the CLI under both union
 rules and both kernels.
 
-The files in tests/data/golden/ were written by the CLI at commit 3221c02, before the
+The files in tests/fixtures/golden/ were written by the CLI at commit 3221c02, before the
 pipeline was restructured (issue 14); the counts in them are checked against the NumPy
 reference loop by tests/test_tally.py. Regenerate them only for a deliberate change of
 output, and say why in the commit: ``python tests/golden_runs.py``.
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from probe_fixture import dyadic_features, make_probe
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 RUNS = [(union, kernel) for union in ("paper", "lite") for kernel in ("cpu", "xla")]
 
 

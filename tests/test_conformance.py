@@ -1,6 +1,6 @@
 """Summarising the NetDissect release files reproduces the published table
 (../shared/reference/netdissect-release/README.md). The three AlexNet files are vendored
-under tests/data (MIT licence beside them); the ResNet-152 ones (1.5 MB) are read from
+under tests/fixtures (MIT licence beside them); the ResNet-152 ones (1.5 MB) are read from
 ../shared when it exists."""
 
 from pathlib import Path
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from jaxdissect.cli import main
-from jaxdissect.results import summarize_tally_csv
+from jaxdissect.report.results import summarize_tally_csv
 
-VENDORED = Path(__file__).parent / "data" / "netdissect-release"
+VENDORED = Path(__file__).parent / "fixtures" / "netdissect-release"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "netdissect-release"
 
 # file: (units, detectors, unique top-label, unique per-category)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxdissect as jd
-from jaxdissect.top_images import top_images_init, top_images_merge, top_images_update
+from jaxdissect.stats.top_images import top_images_init, top_images_merge, top_images_update
 
 Q = 0.2
 IMAGES, SIZE, UNITS, PLANES, LABELS = 8, 3, 4, 2, 7

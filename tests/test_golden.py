@@ -1,5 +1,5 @@
 """Outputs stay as they were: tally.csv and results.json byte for byte equal to the golden
-runs in tests/data/golden/ (see tests/golden_runs.py for how they were made)."""
+runs in tests/fixtures/golden/ (see tests/golden_runs.py for how they were made)."""
 
 import json
 

@@ -13,8 +13,8 @@ import pytest
 from probe_fixture import dyadic_features
 
 from jaxdissect.cli import main
-from jaxdissect.npy_rows import MAX_HEADER_BYTES, NpyRows
-from jaxdissect.schema import check_results
+from jaxdissect.data.npy_rows import MAX_HEADER_BYTES, NpyRows
+from jaxdissect.report.schema import check_results
 
 EVIL = "<script>alert(1)</script>"
 
@@ -138,7 +138,7 @@ def test_strings_reach_the_page_escaped_and_no_script_but_ours_may_run(dissected
 
 
 def test_index_page_escapes_layer_names_and_forbids_script(dissected, tmp_path):
-    from jaxdissect.report import write_index
+    from jaxdissect.report.html import write_index
 
     layer = 'a"><script>x()</script>'
     shutil.copytree(dissected, tmp_path / layer)
@@ -351,7 +351,8 @@ def test_train_workdir_naming_a_file(tmp_path, capsys):
 def test_exact_formulas_beyond_the_memory_budget_are_refused_before_any_work(
     probe, tmp_path, capsys, monkeypatch
 ):
-    from jaxdissect import formula_search, passes
+    from jaxdissect import passes
+    from jaxdissect.compositional import formula_search
 
     np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 8)))
     monkeypatch.setattr(formula_search, "memory_budget", lambda: 2**30)
@@ -372,7 +373,7 @@ def test_memory_budget_follows_the_address_space_limit():
 
     code = (
         "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.RLIM_INFINITY));"
-        "from jaxdissect.formula_search import memory_budget; print(memory_budget())"
+        "from jaxdissect.compositional.formula_search import memory_budget; print(memory_budget())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0 < int(out.stdout) <= 3 * 2**30
@@ -408,7 +409,7 @@ def _vit():
     from flax import nnx
     from test_vit import SMALL
 
-    from jaxdissect import zoo
+    from jaxdissect.models import zoo
 
     return zoo.VisionTransformer(**SMALL, rngs=nnx.Rngs(1)), zoo.ZOO["vit_b_16"].rules
 
@@ -416,8 +417,8 @@ def _vit():
 def test_vit_weights_mixing_torchvision_and_timm_names_are_refused():
     from test_vit import _timm_name, _torchvision_arrays
 
-    from jaxdissect import zoo
     from jaxdissect.errors import DissectError
+    from jaxdissect.models import zoo
 
     arrays = _torchvision_arrays(np.random.default_rng(0))
     model, rules = _vit()
@@ -438,8 +439,8 @@ def test_vit_weights_mixing_torchvision_and_timm_names_are_refused():
 def test_a_transposed_qkv_is_named_with_the_shape_it_should_have():
     from test_vit import _torchvision_arrays
 
-    from jaxdissect import zoo
     from jaxdissect.errors import DissectError
+    from jaxdissect.models import zoo
 
     arrays = _torchvision_arrays(np.random.default_rng(0))
     name = "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"
@@ -455,8 +456,8 @@ def test_a_transposed_qkv_is_named_with_the_shape_it_should_have():
 def test_non_finite_vit_weights_are_refused():
     from test_vit import _torchvision_arrays
 
-    from jaxdissect import zoo
     from jaxdissect.errors import DissectError
+    from jaxdissect.models import zoo
 
     arrays = _torchvision_arrays(np.random.default_rng(0))
     arrays["encoder.ln.weight"] = arrays["encoder.ln.weight"].copy()
@@ -470,7 +471,7 @@ def test_a_file_with_both_module_x_and_x_is_refused(tmp_path, capsys):
     from test_vit import _state, _write
 
     from jaxdissect.errors import DissectError
-    from jaxdissect.torch_weights import load_state_dict
+    from jaxdissect.models.torch_weights import load_state_dict
 
     arrays = {"a.weight": np.ones(3, np.float32), "module.a.weight": np.zeros(3, np.float32)}
     _write(tmp_path / "w.pth", *_state(arrays, legacy=False), "zip")

@@ -71,7 +71,8 @@ def test_a_second_run_on_the_same_out_is_refused(probe, tmp_path, capsys):
 def test_outputs_are_replaced_as_a_set(probe, tmp_path, monkeypatch, capsys):
     """A run that fails while writing leaves the previous set whole and nothing of its own
     behind; one interrupted while publishing leaves the previous set or the new one, whole."""
-    from jaxdissect import outdir, report
+    from jaxdissect import outdir
+    from jaxdissect.report import html as report
 
     out = tmp_path / "out"
     np.save(tmp_path / "a.npy", dyadic_features(12, (4, 4, 3), seed=1))

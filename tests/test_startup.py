@@ -90,7 +90,7 @@ def test_python_m_jaxdissect_runs_atexit_handlers(tmp_path):
     """A finished command ends through the interpreter's own teardown, so atexit handlers
     (a user's --model factory's, say) run: ``python -m jaxdissect`` once ended in os._exit."""
     marker = tmp_path / "atexit-ran"
-    tally = Path(__file__).parent / "data" / "golden" / "fixture-paper-cpu" / "tally.csv"
+    tally = Path(__file__).parent / "fixtures" / "golden" / "fixture-paper-cpu" / "tally.csv"
     code = (
         "import atexit, pathlib, runpy, sys\n"
         f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"

@@ -2,7 +2,7 @@
 
 from flax import nnx
 
-from jaxdissect.features import Preprocess, from_nnx
+from jaxdissect.models.features import Preprocess, from_nnx
 
 
 class Tiny(nnx.Module):

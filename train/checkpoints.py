@@ -8,7 +8,7 @@ from pathlib import Path
 from flax import nnx
 
 from jaxdissect.errors import DissectError
-from jaxdissect.features import FeatureModel
+from jaxdissect.models.features import FeatureModel
 from train.config import TrainConfig
 from train.models import build_model, to_feature_model
 from train.state import checkpoint_manager, damage, make_optimizer, restore, split

@@ -14,8 +14,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxdissect.features import FeatureModel, Preprocess
-from jaxdissect.zoo import (
+from jaxdissect.models.features import FeatureModel, Preprocess
+from jaxdissect.models.zoo import (
     BasicBlock,
     Identity,
     Stage,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxdissect import quantile
 from jaxdissect.dissection import Thresholds
 from jaxdissect.kernels.base import Backend, Batch, Statistic
 from jaxdissect.kernels.common import (
@@ -18,6 +17,7 @@ from jaxdissect.kernels.common import (
     top_images_kept,
     zero_counts,
 )
+from jaxdissect.stats import quantile
 
 
 def _read(source, shapes, ranges, first, labels):
@@ -34,8 +34,8 @@ def _read(source, shapes, ranges, first, labels):
 
 
 def _thresholds(layer, shape, num_images, config):
-    from jaxdissect.cpu_quantile import cpu_quantile_init, cpu_quantile_update
-    from jaxdissect.top_images import (
+    from jaxdissect.stats.cpu_quantile import cpu_quantile_init, cpu_quantile_update
+    from jaxdissect.stats.top_images import (
         TopImagesState,
         top_images_init,
         top_images_merge,
@@ -95,7 +95,7 @@ def _thresholds(layer, shape, num_images, config):
 
 
 def _tally(layer, shape, thresholds, dataset, labels, config):
-    from jaxdissect.cpu_tally import axis_cells, cpu_tally_batch  # compiled on first use
+    from jaxdissect.stats.cpu_tally import axis_cells, cpu_tally_batch  # compiled on first use
 
     height, width, units = shape
     label_height, label_width = dataset.label_size

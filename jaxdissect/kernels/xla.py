@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdissect import quantile, tally
 from jaxdissect.dissection import Thresholds
 from jaxdissect.kernels.base import Backend, Batch, Statistic
 from jaxdissect.kernels.common import (
@@ -30,8 +29,9 @@ from jaxdissect.kernels.common import (
     top_images_kept,
     zero_counts,
 )
-from jaxdissect.top_images import top_images_init, top_images_merge, top_images_update
-from jaxdissect.upsample import bilinear_matrix
+from jaxdissect.stats import quantile, tally
+from jaxdissect.stats.top_images import top_images_init, top_images_merge, top_images_update
+from jaxdissect.stats.upsample import bilinear_matrix
 
 DATA = PartitionSpec("data")
 

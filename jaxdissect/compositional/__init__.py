@@ -1,0 +1,1 @@
+"""Beyond single units: logical formulas of concepts and concepts as directions."""

@@ -1,0 +1,347 @@
+"""Exact per-unit quantile thresholds, streamed through a running top-k.
+
+The threshold of unit u is ``numpy.quantile(A[..., u].ravel(), 1 - q)`` (linear
+interpolation) over every spatial position of every image. With n positions that quantile
+reads only the values at sorted positions floor((n - 1)(1 - q)) and the next, so a running
+top-k per unit (``topk_size``) gives the exact answer without holding the activations:
+``quantile_update`` folds a batch in, ``quantile_merge`` combines states from different
+shards or hosts, and ``quantile_result`` interpolates exactly as NumPy does, on the host or
+under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from jaxdissect import runtime
+from jaxdissect.runtime import jax, jnp
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, Bool, Float, Int, UInt32
+
+WORD = 2**32
+
+
+class QuantileState(NamedTuple):
+    """Running top-k of each unit's activations, with a staging buffer.
+
+    A new value can only matter if it exceeds the unit's current k-th largest value (the
+    last column of ``top``); those few are appended to the unit's row of ``buffer``, and
+    only when a row would overflow is the buffer merged into ``top`` by one top-k. So the
+    cost per value stays constant however large k grows (a top-k per batch would cost
+    O(k) each time).
+
+    Attributes:
+      top: (U, k) float32, the k largest values merged so far, descending (-inf where fewer).
+      buffer: (U, M) float32, candidate values not merged yet (-inf in unused columns).
+      fill: (U,) int32, columns of each row of ``buffer`` in use.
+      count: (2,) uint32, positions folded in per unit as (high, low) 32-bit words: JAX
+        without x64 has no wider integer, and one int32 wraps at 2**31 positions (VGG-16's
+        conv1_1 on Broden has 3.2e9). ``quantile_count`` reads it.
+      q: (2,) uint32, the float64 bits of q as (high, low) words, so that
+        ``quantile_result`` recovers the exact q (a float32 copy differs from NumPy's).
+        In a state made by ``quantile_statistic`` it is a leafless ``Settings`` node
+        instead: q, positions and k are static there, never array leaves.
+    """
+
+    top: Float[Array, "units k"]
+    buffer: Float[Array, "units m"]
+    fill: Int[Array, " units"]
+    count: UInt32[Array, " words"]
+    q: UInt32[Array, " words"]
+
+
+def split_words(value: int) -> np.ndarray:
+    """A non-negative integer below 2**64 as (2,) uint32 (high, low) words."""
+    return np.array([value // WORD, value % WORD], np.uint32)
+
+
+def join_words(words) -> int:
+    """The integer held by (high, low) uint32 words (host)."""
+    high, low = (int(w) for w in np.asarray(words))
+    return high * WORD + low
+
+
+def _add_words(a: UInt32[Array, " words"], b: UInt32[Array, " words"]) -> UInt32[Array, " words"]:
+    """a + b on (high, low) words, the low words' carry moved into the high word."""
+    low = a[1] + b[1]  # wraps modulo 2**32
+    carry = (low < a[1]).astype(jnp.uint32)
+    return jnp.stack([a[0] + b[0] + carry, low])
+
+
+def _host(x, what: str):
+    """``x`` as a NumPy array; a clear error under ``jax.jit``, where it is unknown."""
+    if runtime.is_array(x) and isinstance(x, jax.core.Tracer):
+        raise ValueError(
+            f"quantile_result under jax.jit needs {what} as a Python number (static): "
+            "pass q= and positions= (N * h * w, known from the shapes)"
+        )
+    return np.asarray(x)
+
+
+def quantile_count(state: QuantileState) -> int:
+    """Positions folded into ``state`` per unit (host)."""
+    return join_words(_host(state.count, "positions"))
+
+
+def quantile_q(state: QuantileState) -> float:
+    """The exact q given to ``quantile_init`` (host)."""
+    if _is_settings(state.q):
+        return dict(state.q.value)["q"]
+    return float(np.uint64(join_words(_host(state.q, "q"))).view(np.float64))
+
+
+def topk_size(q: float, positions: int) -> int:
+    """Number of largest values needed for the (1 - q) quantile of ``positions`` values."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile q must lie in (0, 1), got {q!r}")
+    if positions < 1:
+        raise ValueError(f"positions must be >= 1, got {positions!r}")
+    # NumPy reads sorted positions floor((n-1)(1-q)) and the next, i.e. the largest
+    # 1 + ceil((n-1)q) <= ceil(qn) + 1 values in exact arithmetic; one more because NumPy
+    # computes (n-1)(1-q) in float64, where 1-q is rounded and the product can land just
+    # below an integer, flooring one position lower.
+    return min(positions, math.ceil(q * positions) + 2)
+
+
+def quantile_init(
+    units: int, q: float, positions: int, buffer_size: int | None = None
+) -> QuantileState:
+    """Empty state for ``units`` units whose (1 - q) quantile over ``positions`` values is wanted.
+
+    Args:
+      units: number of units U.
+      q: upper-tail fraction in (0, 1); NetDissect uses 0.005.
+      positions: total number of values per unit that will be folded in (N * h * w).
+      buffer_size: staging columns M (default max(k, 4096)); a larger buffer merges less often.
+
+    Returns:
+      A QuantileState with a (U, k) top-k, k = ceil(q * positions) + 2 (at most positions).
+    """
+    return _init_arrays(jnp, units, q, positions, buffer_size)
+
+
+def _init_arrays(xp, units, q, positions, buffer_size) -> QuantileState:
+    """``quantile_init``'s state as arrays of ``xp`` (jax.numpy, or NumPy for the CPU
+    backend, which then compiles no XLA program)."""
+    k = topk_size(q, positions)
+    buffer_size = buffer_size or max(k, 4096)
+    return QuantileState(
+        top=xp.full((units, k), -np.inf, np.float32),
+        buffer=xp.full((units, buffer_size), -np.inf, np.float32),
+        fill=xp.zeros((units,), np.int32),
+        count=xp.asarray(split_words(0)),
+        q=xp.asarray(split_words(int(np.float64(q).view(np.uint64)))),
+    )
+
+
+def _flush(state: QuantileState) -> QuantileState:
+    """Merges the buffer into the top-k and empties it."""
+    k = state.top.shape[1]
+    if isinstance(state.top, np.ndarray):  # the CPU backend's state: no XLA program
+        top = -np.sort(-np.concatenate([state.top, state.buffer], axis=1), axis=1)[:, :k]
+        return state._replace(
+            top=top, buffer=np.full_like(state.buffer, -np.inf), fill=np.zeros_like(state.fill)
+        )
+    top, _ = jax.lax.top_k(jnp.concatenate([state.top, state.buffer], axis=1), k)
+    return state._replace(
+        top=top, buffer=jnp.full_like(state.buffer, -jnp.inf), fill=jnp.zeros_like(state.fill)
+    )
+
+
+def quantile_update(
+    state: QuantileState,
+    acts: Float[Array, "batch h w units"],
+    valid: Bool[Array, " batch"] | None = None,
+) -> QuantileState:
+    """Fold a batch of activations into the running top-k.
+
+    Args:
+      state: the running state.
+      acts: (B, h, w, U) activations.
+      valid: optional (B,) mask; padded images (False) are ignored.
+
+    Returns:
+      The updated state. Jittable; shapes are static.
+    """
+    batch, height, width, units = acts.shape
+    acts = acts.astype(jnp.float32)
+    if valid is None:
+        valid = jnp.ones((batch,), bool)
+    acts = jnp.where(valid[:, None, None, None], acts, -jnp.inf)
+    values = acts.reshape(batch * height * width, units).T
+    if batch * height * width >= WORD:
+        raise ValueError(f"a batch of {batch * height * width} positions per unit exceeds 2**32")
+    added = jnp.sum(valid, dtype=jnp.uint32) * jnp.uint32(height * width)
+    count = _add_words(state.count, jnp.stack([jnp.uint32(0), added]))
+    size = values.shape[1]
+    if size > state.buffer.shape[1]:  # static: the batch alone could overfill the buffer
+        state = _flush(state)
+        top, _ = jax.lax.top_k(jnp.concatenate([state.top, values], axis=1), state.top.shape[1])
+        return state._replace(top=top, count=count)
+    # Equal values leave the multiset of the k largest unchanged, so strict > is exact.
+    candidate = values > state.top[:, -1:]
+    needed = state.fill + jnp.sum(candidate, axis=1, dtype=jnp.int32)
+    state = jax.lax.cond(jnp.any(needed > state.buffer.shape[1]), _flush, lambda s: s, state)
+    candidate = values > state.top[:, -1:]
+    column = state.fill[:, None] + jnp.cumsum(candidate, axis=1, dtype=jnp.int32) - 1
+    column = jnp.where(candidate, column, state.buffer.shape[1])  # out of range: dropped
+    rows = jnp.broadcast_to(jnp.arange(units)[:, None], column.shape)
+    buffer = state.buffer.at[rows, column].set(values, mode="drop")
+    fill = state.fill + jnp.sum(candidate, axis=1, dtype=jnp.int32)
+    return state._replace(buffer=buffer, fill=fill, count=count)
+
+
+def _is_settings(q) -> bool:
+    return type(q).__name__ == "Settings" and type(q).__module__ == "jaxdissect.stats.statistic"
+
+
+def _check_mergeable(a: QuantileState, b: QuantileState) -> None:
+    """ValueError unless ``a`` and ``b`` hold the same k and the same q."""
+    if a.top.shape != b.top.shape:
+        raise ValueError(
+            f"quantile_merge: the states hold top-k arrays of shapes {a.top.shape} and "
+            f"{b.top.shape}; states made with different units, q or positions cannot be merged"
+        )
+    if _is_settings(a.q) or _is_settings(b.q):
+        if a.q != b.q:
+            raise ValueError(
+                f"quantile_merge: the states were made with different settings ({a.q!r} and "
+                f"{b.q!r})"
+            )
+        return
+    traced = any(runtime.is_array(q) and isinstance(q, jax.core.Tracer) for q in (a.q, b.q))
+    # Under jax.jit the q leaves are unknown: only k (a shape) is checked there; the
+    # constructor ``quantile_statistic`` keeps q static, so its merge checks q under jit too.
+    if not traced and not np.array_equal(np.asarray(a.q), np.asarray(b.q)):
+        raise ValueError(
+            f"quantile_merge: the states were made with different q ({quantile_q(a)!r} and "
+            f"{quantile_q(b)!r})"
+        )
+
+
+def quantile_merge(a: QuantileState, b: QuantileState) -> QuantileState:
+    """Combine the states of two disjoint parts of the data (associative, commutative).
+
+    Raises:
+      ValueError: the states hold different k, or different q (q is checked only where it
+        is known: outside ``jax.jit``, or in states made by ``quantile_statistic``).
+    """
+    _check_mergeable(a, b)
+    a, b = _flush(a), _flush(b)
+    top, _ = jax.lax.top_k(jnp.concatenate([a.top, b.top], axis=1), a.top.shape[1])
+    return a._replace(top=top, count=_add_words(a.count, b.count))
+
+
+def quantile_result(
+    state: QuantileState, q: float | None = None, *, positions: int | None = None
+) -> np.ndarray | Float[Array, " units"]:
+    """Per-unit thresholds equal to ``numpy.quantile(values, 1 - q)`` (method 'linear').
+
+    NumPy's index arithmetic (float64) is done in Python on the static q and n, and its
+    two-sided linear interpolation in float32, so the result equals NumPy's bit for bit.
+
+    Args:
+      state: the final state.
+      q: the upper-tail fraction; defaults to the exact one given to ``quantile_init``.
+      positions: n, the number of values folded in (N * h * w), as a Python int. Given,
+        the function is pure jnp and traces under ``jax.jit`` (there q must be given too);
+        a unit whose state holds another count comes out NaN. Omitted, n is read from the
+        state on the host.
+
+    Returns:
+      (U,) float32 thresholds: a NumPy array, or a jax.Array when ``positions`` is given.
+      Either way the values are the same float32 bits (NumPy's), on the host and under
+      ``jax.jit``. ``quantile_statistic(q, positions).result`` needs no extra arguments
+      and always returns a jax.Array.
+    """
+    on_host = positions is None
+    n = quantile_count(state) if on_host else int(positions)
+    q = quantile_q(state) if q is None else float(q)
+    if n < 1:
+        raise ValueError("quantile_result: no values were folded into the state")
+    if on_host:  # NumPy throughout: no XLA program, and NumPy's own two roundings
+        state = QuantileState(*(np.asarray(x) for x in state[:4]), state.q)
+    top = _flush(state).top
+    k = top.shape[1]
+    # numpy's _quantile for method 'linear' and a Python-float quantile.
+    p = 1.0 - q
+    virtual = (n - 1) * p
+    if virtual >= n - 1:  # numpy points both neighbours at the last element (index -1)
+        previous = following = n - 1
+        gamma = virtual + 1.0
+    else:
+        previous = math.floor(virtual)
+        following = previous + 1
+        gamma = virtual - previous
+    if n - previous > k:
+        raise ValueError(
+            f"quantile state holds the top {k} values but the quantile needs the top "
+            f"{n - previous}: more positions were folded in ({n}) than quantile_init was told"
+        )
+    # Sorted position i is column n - 1 - i of the descending top-k.
+    a = top[:, n - 1 - previous]
+    b = top[:, n - 1 - following]
+    # numpy's _lerp: a + (b - a) * t, or b - (b - a) * (1 - t) where t >= 0.5; the Python
+    # float weight is rounded to float32 first (weak promotion), as in NumPy.
+    upper = gamma >= 0.5
+    product = (b - a) * np.float32(1.0 - gamma if upper else gamma)
+    if on_host:
+        return (b - product if upper else a + product).astype(np.float32)
+    # XLA fuses x + y * t into one fused multiply-add (one rounding where NumPy has two).
+    # Passing the product through integer bits stops that; OR-ing in a NaN pattern where the
+    # state's count is not n also makes a wrong n visible.
+    wrong_count = jnp.any(jnp.asarray(state.count) != jnp.asarray(split_words(n)))
+    nan_bits = jnp.where(wrong_count, jnp.uint32(0x7FC00000), jnp.uint32(0))
+    product = jax.lax.bitcast_convert_type(
+        jax.lax.bitcast_convert_type(product, jnp.uint32) | nan_bits, jnp.float32
+    )
+    return b - product if upper else a + product
+
+
+def quantile_statistic(q: float, positions: int, *, buffer_size: int | None = None):
+    """The exact (1 - q) quantile of ``positions`` values per unit, as a ``Statistic``.
+
+    Like an optax transformation, the returned functions close over the static settings:
+    q, positions and k never become array leaves of the state (its ``q`` field is a
+    leafless ``Settings`` node), so ``result`` traces under ``jax.jit`` with no extra
+    arguments, and ``merge`` refuses a state made with other settings.
+
+    Args:
+      q: upper-tail fraction in (0, 1); NetDissect uses 0.005.
+      positions: values per unit that will be folded in (N * h * w).
+      buffer_size: staging columns (see ``quantile_init``).
+
+    Returns:
+      ``Statistic(init, update, merge, result)`` with ``init(units) -> QuantileState``,
+      ``update(state, acts, valid=None)`` (``acts`` (B, h, w, U), ``valid`` (B,) bool),
+      ``merge(a, b)`` and ``result(state) -> (U,) float32 jax.Array``, bit for bit
+      ``numpy.quantile(values, 1 - q)`` on the host and under ``jax.jit``.
+    """
+    from jaxdissect.kernels.base import Statistic
+    from jaxdissect.stats.statistic import Settings, check_settings
+
+    k = topk_size(q, positions)
+    settings = Settings(
+        (("q", float(q)), ("positions", int(positions)), ("k", k), ("buffer", buffer_size))
+    )
+
+    def init(units: int) -> QuantileState:
+        return quantile_init(units, q, positions, buffer_size)._replace(q=settings)
+
+    def update(state: QuantileState, acts, valid=None) -> QuantileState:
+        check_settings("quantile_statistic update", settings, state.q)
+        return quantile_update(state, acts, valid)
+
+    def merge(a: QuantileState, b: QuantileState) -> QuantileState:
+        check_settings("quantile_statistic merge", settings, a.q, b.q)
+        return quantile_merge(a, b)
+
+    def result(state: QuantileState):
+        check_settings("quantile_statistic result", settings, state.q)
+        return quantile_result(state, q, positions=positions)
+
+    return Statistic(init, update, merge, result)

@@ -1,0 +1,352 @@
+"""``jaxdissect fetch``: resumable downloads, safe extraction, and the paper's example (fetch
+Broden, fetch the Places365 ResNet-18, dissect layer4) against a server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from http_fixture import Server
+from probe_fixture import make_probe
+from test_torch_weights import _state, _write
+
+from jaxdissect.cli import main
+from jaxdissect.data.archive import ArchiveError, extract_zip
+from jaxdissect.data.download import download, partial_path
+from jaxdissect.data.fetch import MANIFEST, fetch
+from jaxdissect.errors import DissectError
+
+
+@pytest.fixture
+def server():
+    served = Server()
+    yield served
+    served.close()
+
+
+def _zip_folder(folder: Path, path: Path, top: str = "broden1_224") -> bytes:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(folder.rglob("*")):
+            archive.write(file, f"{top}/{file.relative_to(folder).as_posix()}")
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def mini_broden(tmp_path_factory) -> bytes:
+    """A miniature Broden zip (12 images, every corner of the format) under broden1_224/."""
+    root = tmp_path_factory.mktemp("mini")
+    probe = make_probe(root / "broden")
+    return _zip_folder(probe.directory, root / "broden1_224.zip")
+
+
+def _blob(size: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, np.uint8).tobytes()
+
+
+# Downloads
+
+
+def test_cut_off_transfer_resumes_in_the_same_run(server, tmp_path):
+    data = _blob(3_000_000)
+    server.files["big.bin"] = data
+    server.cut_after = [1_000_000]
+    waits = []
+    part = download(
+        server.url("big.bin"),
+        tmp_path / "big.bin",
+        max_bytes=10**8,
+        progress=False,
+        sleep=waits.append,
+    )
+    assert part.read_bytes() == data
+    assert [s.status for s in server.log] == [200, 206]
+    assert server.log[1].range == "bytes=1000000-"
+    assert server.bytes_sent == len(data)  # nothing sent twice
+    assert waits == [1.0]  # one backoff
+
+
+def test_cut_off_transfer_resumes_in_the_next_run(server, tmp_path, capsys):
+    data = _blob(2_000_000, seed=1)
+    server.files["w.pth.tar"] = data
+    server.cut_after = [700_000]
+    target = tmp_path / "w.pth.tar"
+    with pytest.raises(DissectError, match="run the same command again to resume"):
+        download(server.url("w.pth.tar"), target, max_bytes=10**8, retries=0, progress=False)
+    assert partial_path(target).read_bytes() == data[:700_000]
+    assert not target.exists()
+    part = download(server.url("w.pth.tar"), target, max_bytes=10**8, progress=True)
+    assert part.read_bytes() == data
+    assert server.log[-1].range == "bytes=700000-" and server.log[-1].status == 206
+    assert server.bytes_sent == len(data)
+    assert "B/s" in capsys.readouterr().err  # the progress bar shows bytes and a rate
+
+
+def test_server_without_range_restarts_cleanly(server, tmp_path):
+    data = _blob(1_500_000, seed=2)
+    server.files["f.zip"] = data
+    server.ranges = False
+    server.cut_after = [600_000]
+    part = download(
+        server.url("f.zip"), tmp_path / "f.zip", max_bytes=10**8, progress=False, sleep=lambda s: 0
+    )
+    assert part.read_bytes() == data  # restarted from byte 0, not appended
+    assert server.log[1].range == "bytes=600000-" and server.log[1].status == 200
+
+
+def test_a_partial_file_of_another_url_is_not_resumed(server, tmp_path):
+    data = _blob(100_000, seed=3)
+    server.files["a"] = data
+    target = tmp_path / "a"
+    partial_path(target).write_bytes(b"x" * 50_000)  # no state saved with it
+    assert download(server.url("a"), target, max_bytes=10**8, progress=False).read_bytes() == data
+    assert server.log[0].range is None
+
+
+def test_missing_file_and_oversized_file_are_refused(server, tmp_path):
+    with pytest.raises(DissectError, match="HTTP 404"):
+        download(server.url("nothing"), tmp_path / "n", max_bytes=10, progress=False)
+    server.files["big"] = _blob(1000)
+    with pytest.raises(DissectError, match="1000 bytes, more than the 999 allowed"):
+        download(server.url("big"), tmp_path / "big", max_bytes=999, progress=False)
+
+
+# Safe extraction
+
+
+def _entry(name: str, mode: int | None = None) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    if mode is not None:
+        info.create_system = 3
+        info.external_attr = mode << 16
+    return info
+
+
+UNSAFE = {
+    "parent": ([(_entry("broden1_224/../../evil.txt"), b"x")], "leaves the destination"),
+    "absolute": ([(_entry("/tmp/evil.txt"), b"x")], "absolute"),
+    "drive": ([(_entry("C:/evil.txt"), b"x")], "absolute"),
+    "symlink": (
+        [(_entry("broden1_224/label.csv", stat.S_IFLNK | 0o777), b"/etc/passwd")],
+        "symbolic link",
+    ),
+    "device": ([(_entry("broden1_224/dev", stat.S_IFCHR | 0o600), b"")], "character device"),
+    "fifo": ([(_entry("broden1_224/pipe", stat.S_IFIFO | 0o600), b"")], "FIFO"),
+    "ratio": ([(_entry("broden1_224/zeros.bin"), bytes(4 << 20))], "expands"),
+    "file_and_folder": (
+        [(_entry("broden1_224/a"), b"x"), (_entry("broden1_224/a/b"), b"y")],
+        "both a file and a folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE))
+def test_unsafe_archives_are_refused_and_nothing_is_written(tmp_path, case, capsys):
+    entries, message = UNSAFE[case]
+    source = tmp_path / "bad.zip"
+    with zipfile.ZipFile(source, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("broden1_224/index.csv", "image\n")
+        for info, data in entries:
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    data_dir = tmp_path / "data"
+    code = main(["fetch", "broden1_224", "--dir", str(data_dir), "--from", str(source)])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.zip", "data"]  # nothing else
+    assert source.exists()  # the user's file is theirs
+
+
+def test_size_limit_counts_what_is_inflated(tmp_path):
+    source = tmp_path / "a.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("top/one", _blob(600))
+        archive.writestr("top/two", _blob(600))
+    with pytest.raises(ArchiveError, match="1200 bytes uncompressed, more than the 1000"):
+        extract_zip(source, tmp_path / "out", max_bytes=1000, progress=False)
+    assert not (tmp_path / "out").exists()
+    extract_zip(source, tmp_path / "out", max_bytes=1200, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one", "two"]
+
+
+def _corrupt(data: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return data[: len(data) * 2 // 3]
+    # Flip a byte inside the largest entry's compressed data: its CRC no longer matches.
+    with zipfile.ZipFile(__import__("io").BytesIO(data)) as archive:
+        info = max(archive.infolist(), key=lambda i: i.compress_size)
+    offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    offset += info.compress_size // 2
+    return data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :]
+
+
+@pytest.mark.parametrize("how", ["crc", "truncated"])
+def test_corrupt_download_is_refused_and_removed(server, tmp_path, mini_broden, how, capsys):
+    server.files["broden1_224.zip"] = _corrupt(mini_broden, how)
+    data_dir = tmp_path / "data"
+    args = ["fetch", "broden1_224", "--dir", str(data_dir), "--no-progress"]
+    code = main([*args, "--url", server.url("broden1_224.zip")])
+    error = capsys.readouterr().err
+    assert code == 2 and len(error.strip().splitlines()) == 1
+    assert "corrupt or truncated zip archive" in error
+    assert sorted(p.name for p in data_dir.iterdir()) == []  # no folder, staging or zip
+    # The same command then downloads afresh.
+    server.files["broden1_224.zip"] = mini_broden
+    assert main([*args, "--url", server.url("broden1_224.zip")]) == 0
+    assert (data_dir / "broden1_224" / "index.csv").is_file()
+
+
+# The paper's example, end to end
+
+
+def write_places365_checkpoint(path: Path, bias: np.ndarray) -> None:
+    """What places365's training script saved: the pre-1.6 format, ``{'state_dict': ...}``
+    with DataParallel's ``module.`` names (torchvision's ResNet-18, 365 classes), here with a
+    zero fc weight so that the logits equal ``bias``."""
+    rng = np.random.default_rng(0)
+    arrays = {"conv1.weight": rng.normal(0, 0.1, (64, 3, 7, 7))}
+
+    def bn(prefix, width):
+        arrays[f"{prefix}.weight"] = rng.uniform(0.5, 1.5, width)
+        arrays[f"{prefix}.bias"] = rng.normal(0, 0.1, width)
+        arrays[f"{prefix}.running_mean"] = rng.normal(0, 0.1, width)
+        arrays[f"{prefix}.running_var"] = rng.uniform(0.5, 1.5, width)
+        arrays[f"{prefix}.num_batches_tracked"] = np.array(1000, np.int64)
+
+    bn("bn1", 64)
+    cin = 64
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            name = f"layer{stage}.{block}"
+            arrays[f"{name}.conv1.weight"] = rng.normal(0, 0.05, (width, cin, 3, 3))
+            bn(f"{name}.bn1", width)
+            arrays[f"{name}.conv2.weight"] = rng.normal(0, 0.05, (width, width, 3, 3))
+            bn(f"{name}.bn2", width)
+            if block == 0 and stage > 1:
+                arrays[f"{name}.downsample.0.weight"] = rng.normal(0, 0.05, (width, cin, 1, 1))
+                bn(f"{name}.downsample.1", width)
+            cin = width
+    arrays["fc.weight"] = np.zeros((365, 512))
+    arrays["fc.bias"] = bias
+    arrays = {
+        f"module.{k}": v if v.dtype == np.int64 else v.astype(np.float32) for k, v in arrays.items()
+    }
+    state_dict, storages = _state(arrays, legacy=True)
+    checkpoint = {"epoch": 90, "arch": "resnet18", "state_dict": state_dict, "best_prec1": 54.7}
+    _write(path, checkpoint, storages, "legacy")
+
+
+def test_the_papers_example_runs_on_local_copies(server, tmp_path, mini_broden, capsys):
+    bias = np.linspace(-1, 1, 365).astype(np.float32)
+    checkpoint = tmp_path / "served.pth.tar"
+    write_places365_checkpoint(checkpoint, bias)
+    server.files["broden1_224.zip"] = mini_broden
+    server.files["resnet18_places365.pth.tar"] = checkpoint.read_bytes()
+    data = tmp_path / "data"
+
+    # 1. fetch Broden (cut off half way: resumed in the same run)
+    server.cut_after = [len(mini_broden) // 2]
+    assert (
+        main(["fetch", "broden1_224", "--dir", str(data), "--url", server.url("broden1_224.zip")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert f"SHA-256 {hashlib.sha256(mini_broden).hexdigest()} recorded" in out
+    assert sorted(p.name for p in data.iterdir()) == ["broden1_224", MANIFEST]
+    assert server.bytes_sent == len(mini_broden)
+    # 2. fetch the Places365 ResNet-18
+    url = server.url("resnet18_places365.pth.tar")
+    assert main(["fetch", "resnet18_places365", "--dir", str(data), "--url", url]) == 0
+    weights = data / "resnet18_places365.pth.tar"
+    assert weights.read_bytes() == checkpoint.read_bytes()
+    manifest = json.loads((data / MANIFEST).read_text())
+    assert (
+        manifest["resnet18_places365"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    )
+    # 3. dissect layer4 with NetDissect-Lite's settings
+    out_dir = tmp_path / "out"
+    args = ["dissect", "--dataset", str(data / "broden1_224"), "--model", "zoo:resnet18",
+            "--weights", str(weights), "--layer", "layer4", "--out", str(out_dir),
+            "--quantile", "0.005", "--iou-threshold", "0.04", "--union", "lite",
+            "--categories", "object,part,scene,texture,color", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    rows = (out_dir / "tally.csv").read_text().splitlines()
+    assert rows[0].startswith("unit,category,label,score")
+    assert len(rows) == 1 + 512  # layer4's units
+    assert (out_dir / "report.html").is_file()
+    # The weights are the checkpoint's: a zero fc weight gives logits equal to its bias.
+    images = tmp_path / "images.npy"
+    np.save(images, np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8))
+    logits = tmp_path / "logits.npy"
+    assert main(["features", "--model", "zoo:resnet18", "--weights", str(weights),
+                 "--layer", "logits", "--images", str(images), "--out", str(logits)]) == 0  # fmt: skip
+    np.testing.assert_array_equal(np.load(logits), np.broadcast_to(bias, (3, 365)))
+
+    # Again: nothing to do. Offline, from the files the user has: the same checks.
+    capsys.readouterr()
+    assert main(["fetch", "broden1_224", "--dir", str(data)]) == 0
+    assert "already there" in capsys.readouterr().out
+    requests = len(server.log)
+    offline = tmp_path / "offline"
+    (offline).mkdir()
+    (offline / MANIFEST).write_text((data / MANIFEST).read_text())
+    zip_copy = tmp_path / "mine.zip"
+    zip_copy.write_bytes(mini_broden)
+    assert main(["fetch", "broden1_224", "--dir", str(offline), "--from", str(zip_copy)]) == 0
+    assert main(["fetch", "resnet18_places365", "--dir", str(offline), "--from", str(weights)]) == 0
+    assert len(server.log) == requests  # no request made
+    assert (offline / "broden1_224" / "index.csv").read_bytes() == (
+        data / "broden1_224" / "index.csv"
+    ).read_bytes()
+    assert zip_copy.exists()
+
+
+def test_a_recorded_hash_is_verified_thereafter(server, tmp_path, mini_broden, capsys):
+    data = tmp_path / "data"
+    server.files["b.zip"] = mini_broden
+    assert fetch("broden1_224", data, url=server.url("b.zip"), progress=False).recorded
+    renamed = tmp_path / "renamed.zip"
+    with zipfile.ZipFile(renamed, "w") as archive:
+        archive.writestr("broden1_224/index.csv", "image\n")
+    shutil.rmtree(data / "broden1_224")
+    code = main(["fetch", "broden1_224", "--dir", str(data), "--from", str(renamed)])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"differs from {hashlib.sha256(mini_broden).hexdigest()}" in error
+    assert "recorded at the first fetch" in error
+    assert not (data / "broden1_224").exists()
+
+
+def test_unknown_name_lists_the_known_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["fetch", "broden2", "--dir", "x"])
+    assert "broden1_224" in capsys.readouterr().err
+
+
+def test_a_leftover_staging_folder_is_removed_only_when_ours(tmp_path, mini_broden, capsys):
+    source = tmp_path / "mine.zip"
+    source.write_bytes(mini_broden)
+    data = tmp_path / "data"
+    staging = data / ".broden1_224.staging"
+    staging.mkdir(parents=True)
+    (staging / "someone-elses.txt").write_text("keep")
+    args = ["fetch", "broden1_224", "--dir", str(data), "--from", str(source), "--no-progress"]
+    assert main(args) == 2
+    assert "is not a jaxdissect staging folder" in capsys.readouterr().err
+    assert (staging / "someone-elses.txt").read_text() == "keep"
+    (staging / "someone-elses.txt").unlink()
+    (staging / ".jaxdissect-staging").touch()  # a run killed while extracting left it
+    (staging / "index.csv").write_text("half")
+    assert main(args) == 0
+    assert not staging.exists()
+    assert sorted(p.name for p in data.iterdir()) == ["broden1_224", MANIFEST]
+    shutil.rmtree(data / "broden1_224")
+    (data / "broden1_224").mkdir()  # not a Broden folder: named, not overwritten
+    assert main(args) == 2
+    assert "not a Broden folder: no index.csv, category.csv, label.csv" in capsys.readouterr().err
