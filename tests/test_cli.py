@@ -212,7 +212,7 @@ def test_cpu_kernel_under_several_processes_is_a_one_line_error(
     """``--kernel cpu --coordinator ...`` (several processes): exit 2 and one line naming
     the flag, not a traceback. The second process is faked: start_processes joins nothing
     and the runtime reports two processes."""
-    import jaxdissect.cli as cli
+    import jaxdissect.cli.dissect as cli
     from jaxdissect import runtime
 
     monkeypatch.setattr(cli, "start_processes", lambda args: True)
@@ -257,3 +257,64 @@ def test_library_errors_name_python_arguments_and_the_cli_names_flags(monkeypatc
         explain(None, None, length=0)
     assert str(raised.value) == "`length`, `beam` and `labels_per_unit` must be >= 1"
     assert raised.value.for_cli() == "--length, --beam and --labels-per-unit must be >= 1"
+
+
+def test_version_matches_the_package_metadata(capsys):
+    """``jaxdissect --version`` and ``python -m jaxdissect --version`` print the version that
+    pyproject.toml declares."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"jaxdissect {declared}\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxdissect", "--version"], cwd=root, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"jaxdissect {declared}\n", "")
+
+
+def test_no_command_prints_the_help_and_exits_2():
+    """``python -m jaxdissect`` alone lists the commands on stdout; the status is a usage
+    error's, so that a script that forgot its command fails."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxdissect"], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr == ""
+    assert done.stdout.startswith("usage: jaxdissect [-h] [--version] COMMAND ...")
+    listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("    ")}
+    assert {"dissect", "features", "formulas", "directions", "report", "summarize",
+            "synthetic", "demo", "fetch", "precompile"} <= listed  # fmt: skip
+
+
+def test_shared_options_have_one_default():
+    """An option several commands take is one declaration: its default is the same in each
+    (--batch-size was 64 for features and formulas, 32 for dissect and directions)."""
+    import argparse
+
+    from jaxdissect.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    defaults: dict[str, set] = {}
+    for parser in commands.choices.values():
+        for action in parser._actions:
+            for flag in action.option_strings:
+                defaults.setdefault(flag, set()).add(repr(action.default))
+    assert defaults["--batch-size"] == {"32"}
+    assert defaults["--quantile"] == {"0.005"}
+    assert defaults["--kernel"] == {"'auto'"}
+    assert defaults["--seed"] == {"0"}
+    # The only flags whose defaults differ mean different things: a file or a folder; an
+    # image array or a number of images.
+    differ = {flag for flag, values in defaults.items() if len(values) > 1}
+    assert differ == {"--out", "--images"}

@@ -1,0 +1,91 @@
+"""``formulas`` and ``directions``: explanations of a layer's units beyond single concepts."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from jaxdissect.errors import DissectError
+
+
+def run_formulas(args: argparse.Namespace) -> int:
+    from jaxdissect.compositional.formula_search import explain
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.sources import load_model
+
+    if args.features is not None and args.weights is not None:
+        raise DissectError("--weights goes with --model, not --features")
+    source = args.features if args.features is not None else load_model(args.model, args.weights)
+    explanations = explain(
+        open_broden(args.dataset, args.categories),
+        source,
+        DissectConfig(quantile=args.quantile, batch_size=args.batch_size, kernel=args.kernel),
+        args.out,
+        layer=args.layer,
+        weights=args.weights,
+        length=args.length,
+        beam=args.beam,
+        exact=args.exact,
+        labels_per_unit=args.labels_per_unit,
+        cache=args.cache,
+        report=not args.no_report,
+        progress=not args.no_progress,
+    )
+    result = explanations.result
+    print(
+        f"layer {explanations.layer}: {len(result.iou)} units, mean IoU {result.iou.mean():.4f}"
+        + (f", {int(result.certified.sum())} proved optimal" if args.exact else "")
+    )
+    print(f"wrote {args.out / 'formulas.csv'} and {args.out / 'formulas.json'}")
+    return 0
+
+
+def run_directions(args: argparse.Namespace) -> int:
+    from jaxdissect.compositional.directions import DirectionConfig, directions
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.sources import features_activations, load_model
+
+    if args.features is not None and args.weights is not None:
+        raise DissectError("--weights goes with --model, not --features")
+    try:
+        settings = DirectionConfig(
+            heldout=args.heldout,
+            seed=args.seed,
+            min_pixels=args.min_pixels,
+            epochs=args.epochs,
+            batch_size=args.step_images,
+            learning_rate=args.learning_rate,
+        )
+    except ValueError as error:
+        raise DissectError(str(error)) from None
+    if args.features is not None:
+        source = features_activations(args.features, args.layout, args.layer)
+    else:
+        source = load_model(args.model, args.weights)
+    found = directions(
+        open_broden(args.dataset, args.categories),
+        source,
+        DissectConfig(quantile=args.quantile, batch_size=args.batch_size, kernel=args.kernel),
+        args.out,
+        layer=args.layer,
+        weights=args.weights,
+        settings=settings,
+        cache=args.cache,
+        report=not args.no_report,
+        progress=not args.no_progress,
+    )
+    rows = found.rows
+    beats = sum(r["iou_direction"] >= r["iou_best_unit"] + 0.05 for r in rows)
+    print(
+        f"layer {found.layer}: {len(rows)} concepts, mean held-out IoU "
+        f"{np.mean([r['iou_direction'] for r in rows]):.4f} (directions) against "
+        f"{np.mean([r['iou_best_unit'] for r in rows]):.4f} (best units); {beats} directions "
+        "beat their best unit by at least 0.05"
+    )
+    print(f"wrote {args.out / 'directions.csv'} and {args.out / 'directions.npz'}")
+    if not args.no_report:
+        print(f"report: {args.out / 'directions.html'}")
+    return 0

@@ -1,0 +1,169 @@
+"""``dissect``: one layer or several, from a features file, a model or several checkpoints
+of one, in one process or under jax.distributed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxdissect.errors import DissectError
+
+
+def run_dissect(args: argparse.Namespace) -> int:
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.pipeline import dissect
+    from jaxdissect.report.results import format_summary
+    from jaxdissect.sources import features_activations, load_model
+
+    writer = start_processes(args)
+    progress = not args.no_progress and writer
+    try:
+        config = DissectConfig(
+            quantile=args.quantile,
+            iou_threshold=args.iou_threshold,
+            union=args.union,
+            batch_size=args.batch_size,
+            top_images=args.top_images,
+            kernel=args.kernel,
+        )
+    except ValueError as error:
+        raise DissectError(str(error)) from None
+    if args.features is not None:
+        if args.layer and len(args.layer) > 1:
+            raise DissectError("--features holds one layer: give at most one --layer")
+        if args.weights is not None:
+            raise DissectError("--weights goes with --model, not --features")
+        source = features_activations(
+            args.features, args.layout, args.layer[0] if args.layer else None
+        )
+    else:
+        if not args.layer:
+            raise DissectError("--model needs at least one --layer")
+        missing = [w for w in args.weights or [] if not w.is_file()]
+        if missing:
+            raise DissectError(f"{missing[0]}: weights file not found")
+    dataset = open_broden(args.dataset, args.categories)
+    announce_compile(config)
+    if args.features is None:
+        if args.weights and len(args.weights) > 1:
+            return _dissect_checkpoints(args, config, dataset, progress)
+        source = load_model(args.model, args.weights[0] if args.weights else None)
+    dissections = dissect(
+        dataset,
+        source,
+        config,
+        args.out,
+        layers=args.layer,
+        weights=args.weights[0] if args.weights else None,
+        cache=args.cache,
+        report=not args.no_report,
+        checkpoint_every=args.checkpoint_every,
+        progress=progress,
+    )
+    from jaxdissect import runtime
+
+    if runtime.process_index() != 0:
+        return 0
+    for layer, dissection in dissections.items():
+        out = args.out if len(dissections) == 1 else args.out / layer
+        print(f"layer {layer}:")
+        print(format_summary(dissection.summary))
+        print(f"wrote {out / 'tally.csv'} and {out / 'results.json'}")
+        if not args.no_report:
+            print(f"report: {out / 'report.html'}")
+    if len(dissections) > 1 and not args.no_report:
+        print(f"index: {args.out / 'index.html'}")
+    print(peak_memory())
+    return 0
+
+
+def announce_compile(config) -> None:
+    """Compiles the CPU kernels first, saying so on the first line, when a CPU dissection
+    would otherwise compile them silently in its first batch."""
+    from jaxdissect.kernels import kernel_name
+    from jaxdissect.precompile import announce_and_compile, kernels_cached
+
+    cpu = kernel_name(config) == "cpu"  # a DissectError for a bad combination
+    if cpu and not kernels_cached():
+        announce_and_compile(sys.stderr)
+
+
+def peak_memory() -> str:
+    """The process's peak resident memory, and each device's peak where JAX reports it."""
+    import resource
+
+    from jaxdissect import runtime
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    parts = [f"peak memory: host {host:.2f} GiB"]
+    # Without JAX imported, no device was used.
+    for device in runtime.jax.local_devices() if runtime.loaded() else []:
+        stats = device.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            parts.append(
+                f"{device.platform}:{device.id} {stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
+            )
+    return ", ".join(parts)
+
+
+def _dissect_checkpoints(args: argparse.Namespace, config, dataset, progress: bool) -> int:
+    """``dissect --model M --weights A --weights B ...``: every checkpoint in one pass."""
+    from jaxdissect import runtime
+    from jaxdissect.many import checkpoint_names
+    from jaxdissect.pipeline import dissect
+    from jaxdissect.report.results import format_summary
+    from jaxdissect.sources import load_model
+
+    models = [load_model(args.model, weights) for weights in args.weights]
+    names = checkpoint_names(args.weights, models)
+    found = dissect(
+        dataset,
+        models,
+        config,
+        args.out,
+        layers=args.layer,
+        weights=args.weights,
+        cache=args.cache,
+        report=not args.no_report,
+        checkpoint_every=args.checkpoint_every,
+        progress=progress,
+    )
+    if runtime.process_index() != 0:
+        return 0
+    for name in names:
+        if name not in found:
+            print(f"{name}: already dissected in {args.out / name} (reused)")
+            continue
+        for layer, dissection in found[name].items():
+            print(f"{name} layer {layer}:")
+            print(format_summary(dissection.summary))
+        print(f"wrote {args.out / name}")
+    print(peak_memory())
+    return 0
+
+
+def start_processes(args: argparse.Namespace) -> bool:
+    """Joins a jax.distributed run when --coordinator is given; True for the process that
+    writes the outputs (process 0, or the only one)."""
+    if args.coordinator is None:
+        if args.num_processes is not None or args.process_id is not None:
+            raise DissectError("--num-processes and --process-id go with --coordinator")
+        return True
+    if args.num_processes is None or args.process_id is None:
+        raise DissectError("--coordinator needs --num-processes and --process-id")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DissectError(
+            f"--coordinator {args.coordinator!r}: expected host:port, a port in [1, 65535]"
+        )
+    if not 0 <= args.process_id < args.num_processes:
+        raise DissectError(
+            f"--process-id must lie in [0, {args.num_processes}), got {args.process_id}"
+        )
+    import jax
+
+    # CPU devices reduce across processes through gloo; accelerators use their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    return jax.process_index() == 0

@@ -1,0 +1,119 @@
+"""``report``: a finished dissection's HTML pages drawn anew, published as a new set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from jaxdissect.errors import DissectError
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.data.cache import load_image_array
+    from jaxdissect.report.html import write_index
+    from jaxdissect.report.schema import read_results
+
+    folders = (
+        [args.out]
+        if (args.out / "results.json").is_file()
+        else sorted(p.parent for p in args.out.glob("*/results.json"))
+    )
+    if not folders:
+        raise DissectError(f"{args.out}: no results.json here or in its subfolders")
+    sets: dict[Path, list[str | None]] = {}
+    for folder in folders:
+        root, layer = _set_of(folder, args.out)
+        sets.setdefault(root, []).append(layer)
+
+    def images_for(folder: Path):
+        results = read_results(folder)
+        try:
+            dataset = open_broden(results["dataset"], results["categories"])
+            return load_image_array(dataset, args.cache, progress=False)
+        except DissectError as error:
+            print(
+                f"jaxdissect: warning: drawing {folder}'s cards without images ({error})",
+                file=sys.stderr,
+            )
+            return None
+
+    for root, layers in sets.items():
+        for page in _republish_reports(root, layers, images_for):
+            print(f"{'index' if page.name == 'index.html' else 'report'}: {page}")
+    if args.out not in sets:  # separate OUTs in one folder
+        print(f"index: {write_index(args.out, [f.name for f in folders])}")
+    return 0
+
+
+def _set_of(folder: Path, top: Path) -> tuple[Path, str | None]:
+    """(the OUT whose set holds ``folder``'s results, the layer folder's name in it or None)."""
+    from jaxdissect.outdir import STORE
+
+    if folder.is_symlink() and os.readlink(folder).startswith(f"{STORE}/"):
+        return folder.parent, folder.name  # a layer of the parent's set
+    if folder == top or (folder / ".lock").exists() or (folder / STORE).exists():
+        return folder, None  # an OUT of its own
+    return folder.parent, folder.name  # a layer folder an earlier version wrote
+
+
+def _republish_reports(root: Path, layers: list[str | None], images_for) -> list[Path]:
+    """Publishes OUT ``root``'s set anew with fresh reports of ``layers`` (None: OUT's one
+    layer): its other files are carried over, by hard link where the system allows."""
+    import shutil
+
+    from jaxdissect.outdir import MANIFEST, current_set, discard, locked, new_set, publish
+    from jaxdissect.pipeline import FINGERPRINT
+    from jaxdissect.report.html import write_index, write_layer_report
+
+    redrawn = {f"{layer}/" if layer else "" for layer in layers}
+    with locked(root):
+        current = current_set(root, "dissect")
+        if current is not None:
+            manifest = json.loads((current / MANIFEST).read_text())["files"]
+            carried = [
+                name
+                for name in manifest
+                if name != "index.html"
+                and not any(
+                    name in (f"{prefix}report.html",) or name.startswith(f"{prefix}report/")
+                    for prefix in redrawn
+                )
+            ]
+            source = current
+        else:  # plain files of an earlier version
+            data = ("results.json", "tally.csv", "counts.npz", FINGERPRINT)
+            carried = [
+                f"{prefix}{name}"
+                for prefix in sorted(redrawn)
+                for name in data
+                if (root / f"{prefix}{name}").is_file()
+            ]
+            source = root
+        folder = new_set(root, "dissect")
+        try:
+            for name in carried:
+                target = folder / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(source / name, target)
+                except OSError:
+                    shutil.copy2(source / name, target)
+            pages = []
+            for layer in layers:
+                layer_folder = folder / layer if layer else folder
+                write_layer_report(layer_folder, images_for(layer_folder))
+                pages.append(root / layer / "report.html" if layer else root / "report.html")
+            named = sorted({name.split("/")[0] for name in carried if "/" in name})
+            named = [n for n in named if (folder / n / "results.json").is_file()]
+            if named and not (folder / "results.json").exists():
+                write_index(folder, named)
+                pages.append(root / "index.html")
+        except BaseException:
+            discard(folder)
+            raise
+        publish(folder, root)
+    return pages
