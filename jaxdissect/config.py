@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxdissect.errors import DissectError
+
 # The rules for A[u, c], the area a unit is compared with for a category c (DESIGN.md):
 # "paper" (original NetDissect): the images that carry any label of primary category c;
 # "lite" (NetDissect-Lite): the images where an active pixel hits a category-c label, or
@@ -43,14 +45,27 @@ class DissectConfig:
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
-            raise ValueError(f"quantile must lie in (0, 1), got {self.quantile}")
+            raise DissectError(
+                f"`quantile` must lie in (0, 1), got {self.quantile}", arguments=("quantile",)
+            )
         if not 0.0 <= self.iou_threshold < 1.0:
-            raise ValueError(f"iou_threshold must lie in [0, 1), got {self.iou_threshold}")
+            raise DissectError(
+                f"`iou_threshold` must lie in [0, 1), got {self.iou_threshold}",
+                arguments=("iou_threshold",),
+            )
         if self.union not in UNIONS:
-            raise ValueError(f"union must be one of {UNIONS}, got {self.union!r}")
+            raise DissectError(
+                f"`union` must be one of {UNIONS}, got {self.union!r}", arguments=("union",)
+            )
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise DissectError(
+                f"`batch_size` must be >= 1, got {self.batch_size}", arguments=("batch_size",)
+            )
         if self.top_images < 0:
-            raise ValueError(f"top_images must be >= 0, got {self.top_images}")
+            raise DissectError(
+                f"`top_images` must be >= 0, got {self.top_images}", arguments=("top_images",)
+            )
         if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+            raise DissectError(
+                f"`kernel` must be one of {KERNELS}, got {self.kernel!r}", arguments=("kernel",)
+            )

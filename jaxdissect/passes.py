@@ -20,6 +20,7 @@ from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays
 from jaxdissect.dissection import Thresholds
+from jaxdissect.errors import DissectError
 from jaxdissect.kernels import select_backend
 from jaxdissect.kernels.base import ActivationSource, Backend, Shapes, Statistic
 from jaxdissect.progress import progress_bar
@@ -147,6 +148,10 @@ def compute_thresholds(
     Returns:
       {layer: Thresholds}.
     """
+    if num_images < 1:
+        raise DissectError(
+            f"`num_images` must be >= 1, got {num_images!r}", arguments=("num_images",)
+        )
     backend = backend or select_backend(config)
     statistics = {
         layer: backend.thresholds(layer, shape, num_images, config)
@@ -170,6 +175,13 @@ def compute_tally(
     backend: Backend | None = None,
 ) -> dict[str, tuple]:
     """Pass 2: {layer: (G, I, A)} as int64 host arrays."""
+    missing = sorted(set(shapes) - set(thresholds))
+    if missing:
+        raise DissectError(
+            f"`thresholds` has no layer {missing[0]!r} of `shapes` (it has "
+            f"{', '.join(sorted(thresholds)) or 'none'})",
+            arguments=("thresholds", "shapes"),
+        )
     backend = backend or select_backend(config)
     statistics = {
         layer: backend.tally(layer, shape, thresholds[layer], dataset, labels, config)

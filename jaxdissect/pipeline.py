@@ -88,8 +88,9 @@ def dissect_activations(
     """
     if num_images != dataset.num_images:
         raise FeaturesError(
-            f"activations cover {num_images} images but "
-            f"{dataset.directory / 'index.csv'} lists {dataset.num_images}"
+            f"`num_images` {num_images}: activations of that many images, but "
+            f"{dataset.directory / 'index.csv'} lists {dataset.num_images}",
+            arguments=("num_images",),
         )
     backend = select_backend(config)
     budget = keep_budget()
@@ -190,7 +191,10 @@ def open_inputs(
         source = model_run(source, images, layers, batch_size, weights)
     elif not isinstance(source, Activations):
         if layers is not None and len(layers) > 1:
-            raise DissectError("a features file holds one layer: give at most one layer name")
+            raise DissectError(
+                "a features file holds one layer: give at most one name in `layers`",
+                arguments=("layers",),
+            )
         source = features_activations(source, layer=layers[0] if layers else None)
     if source.num_images != dataset.num_images:
         where = source.provenance.get("features", "the activations")

@@ -117,13 +117,22 @@ def features_source(
 ) -> tuple[ActivationSource, dict[str, tuple[int, int, int]]]:
     """An ActivationSource over one layer's (N, h, w, U) or (N, U, h, w) array (in memory,
     memory-mapped or ``NpyRows``), and its {layer: (h, w, U)}."""
+    if not hasattr(features, "ndim"):
+        raise FeaturesError(
+            f"`features` must be an array, got {type(features).__name__} (features_activations "
+            "reads a .npy path)",
+            arguments=("features",),
+        )
     if features.ndim != 4:
         raise FeaturesError(
-            f"features must have 4 dimensions (N, h, w, U) or (N, U, h, w); got shape "
-            f"{features.shape}"
+            f"`features` must have 4 dimensions (N, h, w, U) or (N, U, h, w); got shape "
+            f"{features.shape}",
+            arguments=("features",),
         )
     if layout not in ("nhwc", "nchw"):
-        raise FeaturesError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
+        raise FeaturesError(
+            f"`layout` must be 'nhwc' or 'nchw', got {layout!r}", arguments=("layout",)
+        )
     shape = (
         tuple(features.shape[1:]) if layout == "nhwc" else (*features.shape[2:], features.shape[1])
     )
@@ -161,7 +170,7 @@ def features_activations(features, layout: str = "nhwc", layer: str | None = Non
     try:
         read, shapes = features_source(array, layout, layer)
     except FeaturesError as error:
-        raise FeaturesError(f"{where}{error}") from None
+        raise FeaturesError(f"{where}{error}", arguments=error.arguments) from None
     return Activations(read, shapes, len(array), {**identity, "layout": layout}, provenance)
 
 

@@ -245,12 +245,12 @@ def test_statistic_merges_refuse_states_of_other_settings():
         jd.tally_merge(paper.init(UNITS), lite.init(UNITS))
     with pytest.raises(ValueError, match="different shapes"):
         jd.tally_merge(jd.tally_init(UNITS, LABELS, 2), jd.tally_init(UNITS + 1, LABELS, 2))
-    with pytest.raises(ValueError, match="label_category has shape"):
+    with pytest.raises(ValueError, match="`label_category` has shape"):
         jd.tally_statistic(LABELS + 1, LABEL_CATEGORY)
     three, four = jd.top_images_statistic(3), jd.top_images_statistic(4)
     with pytest.raises(ValueError, match="k=4"):
         three.merge(three.init(UNITS, 2, 2), four.init(UNITS, 2, 2))
     with pytest.raises(ValueError, match="map shapes"):
         three.merge(three.init(UNITS, 2, 2), three.init(UNITS, 3, 3))
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="`k` must be"):
         jd.top_images_statistic(0)

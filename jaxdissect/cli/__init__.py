@@ -24,6 +24,9 @@ from jaxdissect.cli.small import (
 )
 from jaxdissect.errors import DissectError
 
+# The library's argument names that are not their flag with dashes for underscores.
+FLAGS = {"layers": "--layer"}
+
 RUNNERS = {
     "dissect": run_dissect,
     "summarize": run_summarize,
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return RUNNERS[args.command](args)
     except DissectError as error:
-        print(f"jaxdissect: error: {error.for_cli()}", file=sys.stderr)
+        print(f"jaxdissect: error: {error.for_cli(FLAGS)}", file=sys.stderr)
         return 2
     except MemoryError:
         print(

@@ -18,17 +18,14 @@ def run_dissect(args: argparse.Namespace) -> int:
 
     writer = start_processes(args)
     progress = not args.no_progress and writer
-    try:
-        config = DissectConfig(
-            quantile=args.quantile,
-            iou_threshold=args.iou_threshold,
-            union=args.union,
-            batch_size=args.batch_size,
-            top_images=args.top_images,
-            kernel=args.kernel,
-        )
-    except ValueError as error:
-        raise DissectError(str(error)) from None
+    config = DissectConfig(
+        quantile=args.quantile,
+        iou_threshold=args.iou_threshold,
+        union=args.union,
+        batch_size=args.batch_size,
+        top_images=args.top_images,
+        kernel=args.kernel,
+    )
     if args.features is not None:
         if args.layer and len(args.layer) > 1:
             raise DissectError("--features holds one layer: give at most one --layer")
@@ -161,6 +158,9 @@ def start_processes(args: argparse.Namespace) -> bool:
         raise DissectError(
             f"--process-id must lie in [0, {args.num_processes}), got {args.process_id}"
         )
+    from jaxdissect.kernels import check_processes
+
+    check_processes(args.kernel, args.num_processes)  # before waiting for the others
     import jax
 
     # CPU devices reduce across processes through gloo; accelerators use their own.

@@ -17,11 +17,11 @@ def run_features(args: argparse.Namespace) -> int:
     images = open_features(args.images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DissectError(
-            f"{args.images}: expected uint8 RGB images of shape (N, H, W, 3), got "
+            f"--images {args.images}: expected uint8 RGB images of shape (N, H, W, 3), got "
             f"{images.dtype} {images.shape}"
         )
     if len(images) == 0:
-        raise DissectError(f"{args.images}: holds no images (shape {images.shape})")
+        raise DissectError(f"--images {args.images}: holds no images (shape {images.shape})")
     model = load_model(args.model, args.weights)
     layers = model.check_layers([args.layer])
     batches = []

@@ -337,11 +337,22 @@ def cached_folder(root: Path, key: str, write) -> Path:
     return folder
 
 
+def check_is_dataset(dataset) -> None:
+    """A DissectError unless ``dataset`` is an opened probe set (a path is a common slip)."""
+    if not isinstance(dataset, BrodenDataset):
+        raise DissectError(
+            f"`dataset` must be a BrodenDataset (open_broden(folder)), got "
+            f"{type(dataset).__name__} {dataset!r}",
+            arguments=("dataset",),
+        )
+
+
 def load_image_array(
     dataset: BrodenDataset, cache_root: str | Path | None = None, progress: bool = True
 ) -> np.ndarray:
     """The dataset's images as a read-only (N, ih, iw, 3) uint8 memory map, decoded into the
     cache on first use (for running a model over the probe set)."""
+    check_is_dataset(dataset)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
 
     def write(folder: Path) -> None:
@@ -385,6 +396,7 @@ def load_label_arrays(
     Returns:
       LabelArrays whose arrays are read-only memory maps.
     """
+    check_is_dataset(dataset)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     folder = cached_folder(
         root, cache_key(dataset), lambda staging: _write_arrays(dataset, staging, progress)

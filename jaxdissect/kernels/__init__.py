@@ -18,13 +18,18 @@ def kernel_name(config: DissectConfig) -> str:
         on_cpu = runtime.default_backend() == "cpu" and runtime.process_count() == 1
         # Numba is a dependency, but an environment built without it still dissects.
         kernel = "cpu" if on_cpu and importlib.util.find_spec("numba") is not None else "xla"
-    if kernel == "cpu" and runtime.process_count() > 1:
+    check_processes(kernel, runtime.process_count())
+    return kernel
+
+
+def check_processes(kernel: str, processes: int) -> None:
+    """A DissectError for the CPU kernel in a run of several processes: it counts in one."""
+    if kernel == "cpu" and processes > 1:
         raise DissectError(
             "`kernel` 'cpu' runs in one process: use `kernel` 'xla' (or 'auto') under "
             "jax.distributed",
             arguments=("kernel",),
         )
-    return kernel
 
 
 def select_backend(config: DissectConfig) -> Backend:

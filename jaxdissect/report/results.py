@@ -103,6 +103,12 @@ def write_dissection(
     Returns:
       The path of results.json.
     """
+    if not isinstance(dissection, Dissection):
+        raise DissectError(
+            f"`dissection` must be a Dissection (a value of dissect's result), got "
+            f"{type(dissection).__name__}",
+            arguments=("dissection",),
+        )
     out = Path(out)
     rows = unit_rows(dissection, dataset)
     write_text_atomic(out / "tally.csv", tally_csv_text(rows, dataset.categories))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from jaxdissect import runtime
+from jaxdissect.errors import DissectError
 from jaxdissect.runtime import jax, jnp
 
 if TYPE_CHECKING:
@@ -97,9 +98,9 @@ def quantile_q(state: QuantileState) -> float:
 def topk_size(q: float, positions: int) -> int:
     """Number of largest values needed for the (1 - q) quantile of ``positions`` values."""
     if not 0.0 < q < 1.0:
-        raise ValueError(f"quantile q must lie in (0, 1), got {q!r}")
+        raise DissectError(f"quantile `q` must lie in (0, 1), got {q!r}", arguments=("q",))
     if positions < 1:
-        raise ValueError(f"positions must be >= 1, got {positions!r}")
+        raise DissectError(f"`positions` must be >= 1, got {positions!r}", arguments=("positions",))
     # NumPy reads sorted positions floor((n-1)(1-q)) and the next, i.e. the largest
     # 1 + ceil((n-1)q) <= ceil(qn) + 1 values in exact arithmetic; one more because NumPy
     # computes (n-1)(1-q) in float64, where 1-q is rounded and the product can land just
@@ -121,6 +122,8 @@ def quantile_init(
     Returns:
       A QuantileState with a (U, k) top-k, k = ceil(q * positions) + 2 (at most positions).
     """
+    if units < 1:
+        raise DissectError(f"`units` must be >= 1, got {units!r}", arguments=("units",))
     return _init_arrays(jnp, units, q, positions, buffer_size)
 
 
@@ -168,6 +171,11 @@ def quantile_update(
       The updated state. Jittable; shapes are static.
     """
     batch, height, width, units = acts.shape
+    if units != state.top.shape[0]:
+        raise DissectError(
+            f"`acts` holds {units} units but `state` was made for {state.top.shape[0]}",
+            arguments=("acts", "state"),
+        )
     acts = acts.astype(jnp.float32)
     if valid is None:
         valid = jnp.ones((batch,), bool)
@@ -202,9 +210,10 @@ def _is_settings(q) -> bool:
 def _check_mergeable(a: QuantileState, b: QuantileState) -> None:
     """ValueError unless ``a`` and ``b`` hold the same k and the same q."""
     if a.top.shape != b.top.shape:
-        raise ValueError(
-            f"quantile_merge: the states hold top-k arrays of shapes {a.top.shape} and "
-            f"{b.top.shape}; states made with different units, q or positions cannot be merged"
+        raise DissectError(
+            f"quantile_merge: the states `a` and `b` hold top-k arrays of shapes {a.top.shape} and "
+            f"{b.top.shape}; states made with different units, q or positions cannot be merged",
+            arguments=("a", "b"),
         )
     if _is_settings(a.q) or _is_settings(b.q):
         if a.q != b.q:
@@ -262,7 +271,9 @@ def quantile_result(
     n = quantile_count(state) if on_host else int(positions)
     q = quantile_q(state) if q is None else float(q)
     if n < 1:
-        raise ValueError("quantile_result: no values were folded into the state")
+        raise DissectError(
+            "quantile_result: no values were folded into `state`", arguments=("state",)
+        )
     if on_host:  # NumPy throughout: no XLA program, and NumPy's own two roundings
         state = QuantileState(*(np.asarray(x) for x in state[:4]), state.q)
     top = _flush(state).top

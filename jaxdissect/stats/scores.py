@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxdissect import runtime
+from jaxdissect.errors import DissectError
 from jaxdissect.runtime import jnp
 
 
@@ -66,7 +67,10 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
-        raise ValueError(f"iou: dtype must be float32 or float64, got {dtype}")
+        raise DissectError(
+            f"iou: `dtype` must be float32 or float64, got {dtype}", arguments=("dtype",)
+        )
+    _check_count_shapes(label_area, intersection, unit_area, label_category)
     if any(runtime.is_array(x) for x in (label_area, intersection, unit_area)):
         return _iou_jax(label_area, intersection, unit_area, label_category, dtype)
     label_area = np.asarray(label_area, np.int64)
@@ -79,6 +83,24 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
     safe_union = np.where(union > 0, union, 1).astype(dtype)
     scores = np.where(union > 0, intersection.astype(dtype) / safe_union, dtype.type(0))
     return np.where(has_category[None, :], scores, dtype.type(0))
+
+
+def _check_count_shapes(label_area, intersection, unit_area, label_category) -> None:
+    """A DissectError naming the argument whose shape disagrees with the others'."""
+    units, labels = np.shape(intersection) if np.ndim(intersection) == 2 else (None, None)
+    categories = np.shape(unit_area)[-1] if np.ndim(unit_area) else None
+    for name, value, shape in (
+        ("intersection", intersection, (units, labels)),
+        ("label_area", label_area, (labels,)),
+        ("unit_area", unit_area, (units, categories)),
+        ("label_category", label_category, (labels,)),
+    ):
+        if None in shape or np.shape(value) != shape:
+            raise DissectError(
+                f"`{name}` has shape {np.shape(value)}; `intersection` (U, L), `label_area` "
+                "(L,), `unit_area` (U, C) and `label_category` (L,) must agree",
+                arguments=(name,),
+            )
 
 
 def _iou_jax(label_area, intersection, unit_area, label_category, dtype):
@@ -114,6 +136,12 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
     xp = jnp if runtime.is_array(scores) else np
     scores = xp.asarray(scores)
     label_category = xp.asarray(label_category)
+    if scores.ndim != 2 or label_category.shape != scores.shape[1:]:
+        raise DissectError(
+            f"`scores` of shape {scores.shape} and `label_category` of shape "
+            f"{label_category.shape}: expected (U, L) and (L,)",
+            arguments=("scores", "label_category"),
+        )
     best_labels, best_ious = [], []
     for c in range(num_categories):
         in_category = xp.where((label_category == c)[None, :], scores, -xp.inf)
@@ -162,6 +190,11 @@ def summarize(
       Top-label rule: distinct unit labels among units with score > threshold.
       Per-category rule: per category, distinct best labels with IoU > threshold; summed.
     """
+    if not 0.0 <= iou_threshold < 1.0:
+        raise DissectError(
+            f"`iou_threshold` must lie in [0, 1), got {iou_threshold!r}",
+            arguments=("iou_threshold",),
+        )
     score = np.asarray(score, np.float64)
     category_iou = np.asarray(category_iou, np.float64)
     detector = score > iou_threshold

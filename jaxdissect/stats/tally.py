@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxdissect.config import UNIONS
+from jaxdissect.errors import DissectError
 
 INT32_MAX = 2**31 - 1
 
@@ -54,6 +55,9 @@ class TallyState(NamedTuple):
 
 def tally_init(units: int, num_labels: int, num_categories: int) -> TallyState:
     """Zero counts for ``units`` units, labels numbered 0..num_labels-1, and categories."""
+    for name, value in (("units", units), ("num_labels", num_labels)):
+        if value < 1:
+            raise DissectError(f"`{name}` must be >= 1, got {value!r}", arguments=(name,))
     return TallyState(
         label_area=jnp.zeros((num_labels,), jnp.int32),
         intersection=jnp.zeros((units, num_labels), jnp.int32),
@@ -101,14 +105,16 @@ def tally_merge(a: TallyState, b: TallyState) -> TallyState:
     """
     shapes = [(x.shape, y.shape) for x, y in zip(a[:3], b[:3], strict=True)]
     if any(x != y for x, y in shapes):
-        raise ValueError(
-            f"tally_merge: the states hold counts of different shapes {shapes}: made for "
-            "different units, labels or categories"
+        raise DissectError(
+            f"tally_merge: the states `a` and `b` hold counts of different shapes {shapes}: "
+            "made for different units, labels or categories",
+            arguments=("a", "b"),
         )
     if a.settings != b.settings:
-        raise ValueError(
-            f"tally_merge: the states were made with different settings ({a.settings!r} "
-            f"and {b.settings!r})"
+        raise DissectError(
+            f"tally_merge: the states `a` and `b` were made with different settings ({a.settings!r} "
+            f"and {b.settings!r})",
+            arguments=("a", "b"),
         )
     a = a._replace(saturated=jnp.maximum(_saturated(a), _saturated(b)))
     return _counted(
@@ -284,7 +290,7 @@ def tally_update_compact(
       pass 2**31 - 1 stays there and sets ``saturated`` (never a negative count).
     """
     if union not in UNIONS:
-        raise ValueError(f"union must be one of {UNIONS}, got {union!r}")
+        raise DissectError(f"`union` must be one of {UNIONS}, got {union!r}", arguments=("union",))
     # A NumPy table (as BrodenDataset gives) cannot be indexed by traced slot labels.
     label_category = jnp.asarray(label_category, jnp.int32)
     batch = acts.shape[0]
@@ -431,11 +437,12 @@ def tally_statistic(
     from jaxdissect.stats.upsample import bilinear_matrix
 
     if union not in UNIONS:
-        raise ValueError(f"union must be one of {UNIONS}, got {union!r}")
+        raise DissectError(f"`union` must be one of {UNIONS}, got {union!r}", arguments=("union",))
     table = np.asarray(label_category, np.int32)
     if table.shape != (num_labels,):
-        raise ValueError(
-            f"label_category has shape {table.shape}, expected ({num_labels},) for num_labels"
+        raise DissectError(
+            f"`label_category` has shape {table.shape}, expected ({num_labels},) for `num_labels`",
+            arguments=("label_category", "num_labels"),
         )
     if num_categories is None:
         num_categories = int(table.max(initial=-1)) + 1

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from jaxdissect.errors import DissectError
 from jaxdissect.runtime import jax, jnp
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def top_images_statistic(k: int):
     from jaxdissect.kernels.base import Statistic
 
     if k < 1:
-        raise ValueError(f"top_images_statistic: k must be >= 1, got {k!r}")
+        raise DissectError(f"top_images_statistic: `k` must be >= 1, got {k!r}", arguments=("k",))
 
     def check(what, *states):
         for state in states:

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxdissect.errors import DissectError
+
 
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     """(out_size, in_size) float32 weights of half-pixel bilinear resizing along one axis."""
     if out_size < 1 or in_size < 1:
-        raise ValueError(f"sizes must be positive, got out={out_size}, in={in_size}")
+        raise DissectError(
+            f"`out_size` and `in_size` must be >= 1, got {out_size} and {in_size}",
+            arguments=("out_size", "in_size"),
+        )
     source = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
     source = np.clip(source, 0.0, in_size - 1)
     lower = np.floor(source).astype(np.int64)

@@ -21,7 +21,7 @@ def test_auto_kernel_is_cpu_on_cpu(monkeypatch):
     assert select_backend(DissectConfig(kernel="xla")).name == "xla"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no Numba
     assert kernel_name(DissectConfig()) == "xla"
-    with pytest.raises(ValueError, match="kernel must be one of"):
+    with pytest.raises(ValueError, match="`kernel` must be one of"):
         DissectConfig(kernel="gpu")
 
 

@@ -78,9 +78,9 @@ def test_traces_once_across_batches():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="q must lie"):
+    with pytest.raises(ValueError, match="`q` must lie"):
         quantile.quantile_init(3, 1.5, 100)
-    with pytest.raises(ValueError, match="q must lie"):
+    with pytest.raises(ValueError, match="`q` must lie"):
         quantile.quantile_init(3, 0.0, 100)
     state = quantile.quantile_init(2, 0.01, 10)
     state = quantile.quantile_update(state, jnp.zeros((1000, 1, 1, 2)))
