@@ -27,6 +27,7 @@ from jaxdissect.pipeline import completed, dissect, run_fingerprint
 from jaxdissect.report.results import write_text_atomic
 from jaxdissect.report.schema import read_results
 from jaxdissect.sources import Activations, array_identity, model_run
+from train.overrides import OverrideError, apply_overrides
 
 ROTATED = "@rotated"
 
@@ -319,22 +320,6 @@ def eval_accuracy(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}
 
 
-def _parse_value(kind, text: str):
-    """``text`` as a value of type ``kind`` (bool, str, int, float, a tuple of str, or one
-    of those or None)."""
-    if kind is bool:
-        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() in ("1", "true", "yes")
-    if typing.get_origin(kind) is tuple:
-        return tuple(text.split(",")) if text else ()
-    if type(None) in typing.get_args(kind):  # X | None: "" or "none" is None
-        if text.lower() in ("", "none"):
-            return None
-        (kind,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-    return kind(text)
-
-
 def _field_defaults(config_type) -> dict:
     return {
         f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -354,44 +339,11 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     args = parser.parse_args(argv)
     values = {**_field_defaults(config_type), **presets[args.config]}
-    nested: dict[str, dict] = {}
-    for item in args.overrides:
-        key, sep, text = item.partition("=")
-        section, dot, name = key.rpartition(".")
-        owner = config_type
-        if dot:
-            owner = type(values.get(section))
-            if not dataclasses.is_dataclass(owner):
-                known = [k for k, v in values.items() if dataclasses.is_dataclass(v)]
-                parser.error(
-                    f"override {item!r}: {section!r} is not a section; sections: "
-                    f"{', '.join(sorted(known))}"
-                )
-        fields = {f.name for f in dataclasses.fields(owner)}
-        if not sep or name not in fields:
-            where = f"a field of {section}" if dot else "a field"
-            parser.error(
-                f"override {item!r}: expected key=value with key {where}, one of "
-                f"{', '.join(sorted(fields))}"
-            )
-        kind = typing.get_type_hints(owner)[name]
-        if dataclasses.is_dataclass(kind):
-            parser.error(
-                f"override {item!r}: {name} is a section; set its fields as {name}.KEY=VALUE"
-            )
-        try:
-            value = _parse_value(kind, text)
-        except ValueError as error:
-            parser.error(f"override {item!r}: {error}")
-        if dot:
-            nested.setdefault(section, {})[name] = value
-        else:
-            values[name] = value
     try:
-        for section, changes in nested.items():
-            values[section] = dataclasses.replace(values[section], **changes)
-        config = config_type(**values)
-    except ValueError as error:
+        config = config_type(**apply_overrides(config_type, values, args.overrides))
+    except OverrideError as error:
+        parser.error(str(error))
+    except ValueError as error:  # the config's own checks
         parser.error(f"overrides {' '.join(args.overrides)!r}: {error}")
     for name, value in _counts(config):
         if value < 1:

@@ -474,7 +474,7 @@ def test_nested_overrides_reach_the_dissection(tmp_path, monkeypatch):
     [
         ("dissect.unions=lite", "'dissect.unions=lite': expected key=value with key a field of"),
         ("dissect.union=lit", "`union` must be one of ('paper', 'lite'), got 'lit'"),
-        ("probe.images=many", "'probe.images=many': invalid literal for int()"),
+        ("probe.images=many", "'probe.images=many': probe.images: expected int, got 'many'"),
         ("dissect.skip_inactive=ture", "expected true or false, got 'ture'"),
         ("probes.images=1", "'probes' is not a section; sections: dissect, probe"),
         ("dissect=lite", "dissect is a section; set its fields as dissect.KEY=VALUE"),

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import typing
 
+from train.overrides import apply_overrides
+
 # The paper's snapshot iterations (AlexNet on Places), extended by the same ~2.24x ratio.
 PAPER_SCHEDULE = (
     1,
@@ -158,35 +160,12 @@ PRESETS = {
 }
 
 
-def parse_value(field: dataclasses.Field, text: str):
-    """A key=value override's value, typed by the config field."""
-    kind = typing.get_type_hints(TrainConfig)[field.name]
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{field.name}: expected true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    if kind == tuple[int, ...]:
-        return tuple(int(x) for x in text.split(",") if x)
-    return kind(text)
-
-
 def make_config(
     preset: str = "default", overrides: typing.Sequence[str] = (), **kwargs
 ) -> TrainConfig:
     """A preset, then ``key=value`` overrides, then keyword overrides."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    values = dict(PRESETS[preset])
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(
-                f"override {item!r}: expected key=value with key one of {', '.join(fields)}"
-            )
-        try:
-            values[key] = parse_value(fields[key], text)
-        except ValueError as error:
-            raise ValueError(f"override {item!r}: {error}") from None
+    values = apply_overrides(TrainConfig, PRESETS[preset], overrides)
     values.update(kwargs)
     return TrainConfig(**values)
