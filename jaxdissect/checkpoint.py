@@ -13,9 +13,10 @@ between runs): for a model, the caller records a digest of its first image's act
 (``check_activations``), and saved states of other activations are dropped, with a warning.
 
 A saved file is untrusted input: it is read without pickles, and it must hold exactly the
-arrays of the pass's states, each with its template's shape and dtype; otherwise the pass
-starts afresh, with a warning naming the file. NumPy alone reads and writes them (no
-Orbax, no JAX: the CPU path imports neither).
+arrays of the pass's states, each named by its keypath in the states' tree and with its
+template's shape and dtype (a file of an earlier version, whose arrays were named by
+position, does not); otherwise the pass starts afresh, with a warning naming the file.
+NumPy alone reads and writes them (no Orbax, no JAX: the CPU path imports neither).
 """
 
 from __future__ import annotations
@@ -32,30 +33,36 @@ from typing import Any
 import numpy as np
 
 
-def _leaves(tree: Any) -> Iterator[Any]:
-    """The arrays of a state tree (dicts, NamedTuples, tuples, lists), in a fixed order:
-    dicts by sorted key, so that the same layers given in another order map to their own
-    states (their arrays are stored by position)."""
+def _keyed_leaves(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(keypath, array) of each array of a state tree (dicts, NamedTuples, tuples, lists),
+    the keypath spelt as ``jax.tree_util.keystr`` spells ``tree_flatten_with_path``'s
+    (``['conv5'].top``, ``['other'][1]``): a saved array is found again by where it sits,
+    never by its position, so no two layers' states can trade places. Walked here rather
+    than by JAX because the CPU path does not import JAX (over a second of start-up)."""
     if isinstance(tree, dict):
         for key in sorted(tree):
-            yield from _leaves(tree[key])
+            yield from _keyed_leaves(tree[key], f"{path}[{key!r}]")
+    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple
+        for field, value in zip(tree._fields, tree, strict=True):
+            yield from _keyed_leaves(value, f"{path}.{field}")
     elif isinstance(tree, (list, tuple)):
-        for value in tree:
-            yield from _leaves(value)
+        for index, value in enumerate(tree):
+            yield from _keyed_leaves(value, f"{path}[{index}]")
     elif tree is not None:
-        yield tree
+        yield path, tree
 
 
-def _rebuild(template: Any, arrays: Iterator[np.ndarray]) -> Any:
-    """``template``'s structure with its arrays taken, in ``_leaves`` order, from ``arrays``."""
+def _rebuild(template: Any, arrays: dict[str, np.ndarray], path: str = "") -> Any:
+    """``template``'s structure with each array taken from ``arrays`` by its keypath."""
     if isinstance(template, dict):
-        rebuilt = {key: _rebuild(template[key], arrays) for key in sorted(template)}
-        return {key: rebuilt[key] for key in template}
-    if isinstance(template, tuple) and hasattr(template, "_fields"):  # a NamedTuple
-        return type(template)(*(_rebuild(value, arrays) for value in template))
+        return {key: _rebuild(value, arrays, f"{path}[{key!r}]") for key, value in template.items()}
+    if isinstance(template, tuple) and hasattr(template, "_fields"):
+        fields = zip(template._fields, template, strict=True)
+        return type(template)(*(_rebuild(value, arrays, f"{path}.{f}") for f, value in fields))
     if isinstance(template, (list, tuple)):
-        return type(template)(_rebuild(value, arrays) for value in template)
-    return None if template is None else next(arrays)
+        items = enumerate(template)
+        return type(template)(_rebuild(value, arrays, f"{path}[{i}]") for i, value in items)
+    return None if template is None else arrays[path]
 
 
 OWNED = "owned.json"
@@ -146,23 +153,27 @@ class PassCheckpoints:
         if not saved:
             return 0, None
         path = self.directory / name / str(saved[-1])
-        expected = [np.asarray(x) for x in _leaves(template)]
+        expected = {key: np.asarray(x) for key, x in _keyed_leaves(template)}
         try:
             with np.load(path, allow_pickle=False) as found:
-                arrays = [found[f"leaf{i}"] for i in range(len(found.files))]
+                arrays = {key: found[key] for key in found.files}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             warnings.warn(
                 f"{path}: unreadable checkpoint ({error}); the pass starts afresh", stacklevel=2
             )
             return 0, None
-        fits = len(arrays) == len(expected) and all(
-            a.shape == e.shape and a.dtype == e.dtype for a, e in zip(arrays, expected, strict=True)
+        if arrays and all(key.startswith("leaf") for key in arrays):
+            message = "written by an earlier version (arrays by position); the pass starts afresh"
+            warnings.warn(f"{path}: {message}", stacklevel=2)
+            return 0, None
+        fits = arrays.keys() == expected.keys() and all(
+            arrays[k].shape == e.shape and arrays[k].dtype == e.dtype for k, e in expected.items()
         )
         if not fits:
             message = "the checkpoint does not match the pass's states; the pass starts afresh"
             warnings.warn(f"{path}: {message}", stacklevel=2)
             return 0, None
-        return saved[-1], _rebuild(template, iter(arrays))
+        return saved[-1], _rebuild(template, arrays)
 
     def save(self, name: str, next_batch: int, states: Callable[[], Any], last: bool) -> None:
         """Saves after batch ``next_batch - 1`` when the interval is due or the pass ends."""
@@ -170,7 +181,7 @@ class PassCheckpoints:
             return
         folder = self.directory / name
         folder.mkdir(exist_ok=True)
-        arrays = {f"leaf{i}": np.asarray(x) for i, x in enumerate(_leaves(states()))}
+        arrays = {key: np.asarray(x) for key, x in _keyed_leaves(states())}
         partial = folder / f".{next_batch}.partial"
         self._own(f"{name}/{partial.name}", f"{name}/{next_batch}")
         with open(partial, "wb") as file:

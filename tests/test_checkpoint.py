@@ -66,19 +66,19 @@ def test_a_checkpoint_that_does_not_fit_starts_the_pass_afresh(tmp_path, damage)
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:100])
     elif damage == "pickle":
-        arrays["leaf0"] = np.array([{"a": 1}], dtype=object)
+        arrays["['layer']['quantile'].top"] = np.array([{"a": 1}], dtype=object)
         with open(path, "wb") as file:
             np.savez(file, **arrays)
     else:
-        last = f"leaf{len(arrays) - 1}"  # a (4,) int array
+        last = "['other'][1]"  # a (4,) int array
         if damage == "shape":
             arrays[last] = arrays[last][:2]
         elif damage == "dtype":
             arrays[last] = arrays[last].astype(np.float64)
         elif damage == "missing":
-            del arrays[f"leaf{len(arrays) - 1}"]
+            del arrays[last]
         else:
-            arrays[f"leaf{len(arrays)}"] = np.zeros(1)
+            arrays["['other'][2]"] = np.zeros(1)
         with open(path, "wb") as file:
             np.savez(file, **arrays)
     with pytest.warns(UserWarning, match=r"c/pass/5: .*starts afresh"):
@@ -106,8 +106,8 @@ def test_a_dissection_resumes_from_a_damaged_checkpoint_to_identical_files(
 
 
 def test_layers_given_in_another_order_restore_their_own_states(tmp_path):
-    """Arrays are stored by position: dicts are walked by sorted key, not insertion order,
-    so same-shaped layers cannot swap states when a run resumes with its layers reordered."""
+    """Arrays are stored by keypath: same-shaped layers cannot swap states when a run
+    resumes with its layers reordered."""
     checkpoints = PassCheckpoints(tmp_path / "c", {"run": 1})
     first, second = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
     checkpoints.save("pass", 1, lambda: {"conv4": first, "conv5": second}, last=True)
@@ -126,3 +126,39 @@ def test_names_that_are_not_plain_batch_numbers_are_ignored(tmp_path):
     step, restored = checkpoints.restore("pass", _states(0))
     assert step == 2
     _equal(restored, _states(1))
+
+
+def test_arrays_are_named_by_jax_keypaths(tmp_path):
+    """The saved names are the keypaths ``jax.tree_util.tree_flatten_with_path`` gives the
+    same states (written without JAX, which the CPU path does not import)."""
+    import jax
+
+    checkpoints = PassCheckpoints(tmp_path / "c", {"run": 1})
+    checkpoints.save("pass", 1, lambda: _states(1), last=True)
+    paths, _ = jax.tree_util.tree_flatten_with_path(_states(1))
+    with np.load(tmp_path / "c" / "pass" / "1") as saved:
+        assert sorted(saved.files) == sorted(jax.tree_util.keystr(p) for p, _ in paths)
+        np.testing.assert_array_equal(saved["['layer']['quantile'].fill"], np.arange(3))
+
+
+def test_another_layers_states_are_never_restored(tmp_path):
+    """Saved states of conv4 and conv5, restored for conv5 and conv6 (same shapes): by
+    position (sorted, as before keypaths) conv4's arrays would have become conv5's; by
+    keypath the file does not fit and the pass starts afresh."""
+    checkpoints = PassCheckpoints(tmp_path / "c", {"run": 1})
+    conv4, conv5 = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    checkpoints.save("pass", 1, lambda: {"conv4": conv4, "conv5": conv5}, last=True)
+    template = {"conv5": np.empty((2, 3), np.float32), "conv6": np.empty((2, 3), np.float32)}
+    with pytest.warns(UserWarning, match="does not match the pass's states"):
+        assert checkpoints.restore("pass", template) == (0, None)
+
+
+def test_a_checkpoint_of_the_positional_format_is_refused(tmp_path):
+    """A file of the earlier format (arrays leaf0, leaf1, ... by position) is not read: the
+    pass starts afresh, with a warning saying why."""
+    checkpoints = PassCheckpoints(tmp_path / "c", {"run": 1})
+    checkpoints.save("pass", 4, lambda: {"conv4": np.zeros(3)}, last=True)
+    with open(tmp_path / "c" / "pass" / "4", "wb") as file:
+        np.savez(file, leaf0=np.ones(3))
+    with pytest.warns(UserWarning, match=r"c/pass/4: written by an earlier version"):
+        assert checkpoints.restore("pass", {"conv4": np.zeros(3)}) == (0, None)
