@@ -100,6 +100,13 @@ def _iter_modules(module):
     return module.iter_modules()
 
 
+# A subclass that records its output, swapped onto a module of the copy that nnx.merge
+# builds inside the traced function (never the user's modules or classes). Flax 0.12's
+# ``nnx.capture(..., method_outputs=nnx.Intermediate)`` would capture every module's output
+# by path, but it wraps methods by setattr on the user's classes for the call, and only
+# those in a class's own __dict__: a module whose __call__ is inherited (``class
+# MyConv(nnx.Conv): pass``) is not captured unless a plain instance of its base is in the
+# model too; ``Module.sow`` needs the user's modules to call it.
 @functools.cache
 def _recording_class(cls):
     def __call__(self, *args, **kwargs):
