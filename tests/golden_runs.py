@@ -53,9 +53,10 @@ def dissect_args(dataset: Path, features: Path, out: Path, union: str, kernel: s
 
 
 def normalised_results(path: Path) -> dict:
-    """results.json without the fields that name this run's folders."""
+    """results.json without the fields that name this run's folders, or its probe's files
+    (whose JPEG sizes follow Pillow's encoder)."""
     results = json.loads(path.read_text())
-    for key in ("dataset", "features"):
+    for key in ("dataset", "features", "probe_identity"):
         results.pop(key, None)
     return results
 

@@ -206,7 +206,7 @@ class _Placement:
     def read(self, source, shapes, ranges, first, labels):
         for number, (start, stop) in enumerate(ranges[first:], start=first + 1):
             lo, hi, per = self.local_rows(start, stop)
-            acts = checked(source(lo, hi), shapes, hi - lo)
+            acts = checked(source(lo, hi), shapes, hi - lo, lo)
             yield Batch(
                 number=number,
                 start=start,
