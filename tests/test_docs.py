@@ -10,8 +10,11 @@ line just above it, and this file checks that it does. Other fences (``text``, `
 are figures, not examples.
 """
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +175,22 @@ def test_every_page_is_in_the_navigation():
     config = (ROOT / "mkdocs.yml").read_text()
     listed = set(re.findall(r"^\s*- (?:[^:\n]+: )?(\S+\.md)$", config, re.M))
     assert listed == {p.relative_to(DOCS).as_posix() for p in PAGES[1:]}
+
+
+def test_the_site_builds_strictly_and_offline(tmp_path):
+    """``make docs`` as pytest sees it: warnings (a broken link or anchor, an API name that
+    does not resolve) fail the build."""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet"]
+    built = subprocess.run(
+        [*command, "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    assert all(f'id="jaxdissect.{name}"' in api for name in jaxdissect.__all__)
+    assert (tmp_path / "site" / "results" / "training_dynamics" / "unique_detectors.png").is_file()
