@@ -13,7 +13,7 @@ results.json (per-seed counts with means and 95 % t-intervals, the paper's claim
 verdicts, concept evolution between snapshots, provenance), unique_detectors.png,
 per_category.png, accuracy.png, concept_transitions.png and summary.html. Everything
 already in the workdir is reused, so a rerun resumes. The default (the baseline, 3 seeds)
-is ``make demo``; the README ("What make demo shows") gives its time.
+is ``make demo``; the docs (docs/guide/experiments.md, "What make demo shows") give its time.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
 MORE_SEEDS = (
     "<p>With few seeds most intervals contain 0. The default configuration run with 10 "
     "seeds is committed in the repository: experiments/results/training_dynamics-10seeds/ "
-    "(results.json and plots), tabulated in the README's Results section.</p>"
+    "(results.json and plots), with its page in the docs: docs/results/training_dynamics-10seeds.md.</p>"
 )
 TRANSITION_NAMES = {
     "keep": "keep their label",

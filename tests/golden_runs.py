@@ -4,7 +4,7 @@ rules and both kernels.
 
 The files in tests/fixtures/golden/ were written by the CLI at commit 3221c02, before the
 pipeline was restructured (issue 14); the counts in them are checked against the NumPy
-reference loop by tests/test_tally.py. Regenerate them only for a deliberate change of
+reference loop by tests/stats/test_tally.py. Regenerate them only for a deliberate change of
 output, and say why in the commit: ``python tests/golden_runs.py``.
 """
 
