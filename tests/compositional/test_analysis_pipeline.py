@@ -154,3 +154,50 @@ def test_a_failed_write_leaves_the_previous_set_whole(probe, features, tmp_path,
     assert sorted(manifest) == sorted(before)
     for name in before:
         assert os.readlink(out / name) == f"{outdir.STORE}/formulas/{name}"
+
+
+TWO_PROCESSES = """
+import sys
+import jax
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from jaxdissect.compositional.directions import DirectionConfig, directions
+from jaxdissect.compositional.explain import explain
+from jaxdissect.config import DissectConfig
+config = DissectConfig(quantile=0.05, batch_size=4, kernel="xla")
+out, dataset, features = sys.argv[3:6]
+explain(dataset, features, config, out + "/formulas", exact=True, labels_per_unit=8,
+        report=False, progress=False)
+settings = DirectionConfig(min_pixels=8, epochs=3, batch_size=4, heldout=0.4, seed=1)
+directions(dataset, features, config, out + "/directions", settings=settings, report=False,
+           progress=False)
+"""
+
+
+def test_two_processes_write_what_one_writes(probe, features, tmp_path):
+    """jax.distributed on localhost: both processes compute (the thresholds' pass reads
+    each process's rows), process 0 alone locks OUT and publishes, the same files as main's."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    inputs = [str(tmp_path), str(probe.directory), str(features)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES, f"127.0.0.1:{port}", str(i), *inputs],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    for name in ("formulas", "directions"):
+        written = (tmp_path / name / f"{name}.csv").read_bytes()
+        assert written == (MAIN / f"{name}.csv").read_bytes()
