@@ -25,7 +25,7 @@ _EXPORTS = {
     "compute_tally": "jaxdissect.passes",
     "compute_thresholds": "jaxdissect.passes",
     "dissect": "jaxdissect.pipeline",
-    "dissect_activations": "jaxdissect.pipeline",
+    "dissect_activations": "jaxdissect.driver",
     "QuantileState": "jaxdissect.stats.quantile",
     "quantile_init": "jaxdissect.stats.quantile",
     "quantile_merge": "jaxdissect.stats.quantile",

@@ -546,7 +546,7 @@ def peak_memory() -> str:
 
 
 def run_formulas(args: argparse.Namespace) -> int:
-    from jaxdissect.compositional.formula_search import explain
+    from jaxdissect.compositional.explain import explain
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
     from jaxdissect.sources import load_model
@@ -682,8 +682,8 @@ def _republish_reports(root: Path, layers: list[str | None], images_for) -> list
     layer): its other files are carried over, by hard link where the system allows."""
     import shutil
 
+    from jaxdissect.driver import FINGERPRINT
     from jaxdissect.outdir import MANIFEST, current_set, discard, locked, new_set, publish
-    from jaxdissect.pipeline import FINGERPRINT
     from jaxdissect.report.html import write_index, write_layer_report
 
     redrawn = {f"{layer}/" if layer else "" for layer in layers}

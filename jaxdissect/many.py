@@ -26,6 +26,7 @@ from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import load_image_array, load_label_arrays
+from jaxdissect.driver import completed, dissect_activations, run_fingerprint, write_outputs
 from jaxdissect.errors import DissectError
 from jaxdissect.models.features import FeatureModel
 from jaxdissect.outdir import locked
@@ -147,13 +148,6 @@ def dissect_many(
       {checkpoint name: {layer: Dissection}} of the checkpoints dissected now (those whose
       outputs were complete already are reused and left out).
     """
-    from jaxdissect.pipeline import (
-        completed,
-        dissect_activations,
-        run_fingerprint,
-        write_outputs,
-    )
-
     models = list(models)
     check_one_architecture(models)
     weights = list(weights) if weights is not None else [None] * len(models)

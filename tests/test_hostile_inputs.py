@@ -352,17 +352,17 @@ def test_exact_formulas_beyond_the_memory_budget_are_refused_before_any_work(
     probe, tmp_path, capsys, monkeypatch
 ):
     from jaxdissect import passes
-    from jaxdissect.compositional import formula_search
+    from jaxdissect.compositional import exact, explain
 
     np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 8)))
-    monkeypatch.setattr(formula_search, "memory_budget", lambda: 2**30)
+    monkeypatch.setattr(explain, "memory_budget", lambda: 2**30)
     monkeypatch.setattr(passes, "run_pass", lambda *a, **k: pytest.fail("work started"))
     args = ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
             "--out", str(tmp_path / "out"), "--exact", "--length", "4", "--no-progress"]  # fmt: skip
     assert main(args) == 2
     k = min(40, probe.num_labels)
-    needed = formula_search.exact_search_bytes(8, k, 4)
-    assert needed == 8 * k * (4 * k) ** 2 * formula_search.EXACT_NODE_BYTES > 2**30
+    needed = exact.exact_search_bytes(8, k, 4)
+    assert needed == 8 * k * (4 * k) ** 2 * exact.EXACT_NODE_BYTES > 2**30
     _one_line_error(capsys, "--exact --length 4 over 8 units", "more than the 1.0 GiB")
     assert not (tmp_path / "out").exists()
 
@@ -373,7 +373,7 @@ def test_memory_budget_follows_the_address_space_limit():
 
     code = (
         "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.RLIM_INFINITY));"
-        "from jaxdissect.compositional.formula_search import memory_budget; print(memory_budget())"
+        "from jaxdissect.compositional.exact import memory_budget; print(memory_budget())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0 < int(out.stdout) <= 3 * 2**30
