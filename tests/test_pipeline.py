@@ -204,7 +204,7 @@ def test_the_users_files_in_out_are_not_deleted(probe, tmp_path, capsys):
     kept_in = (out / "report").resolve()
     assert main(_args(probe, tmp_path / "f.npy", out)) == 0
     assert (kept_in / "later.txt").read_bytes() == b"added later"
-    assert not (kept_in / "unit-0001.jpg").exists()  # the set's own strips went
+    assert not (kept_in / "images-0000.jpg").exists()  # the set's own images went
     assert f"kept {kept_in.parent}" in capsys.readouterr().err
     assert (out / "draft.partial").read_bytes() == b"mine"
 
