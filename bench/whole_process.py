@@ -1,6 +1,6 @@
 """What a user waits: ``python -m jaxdissect dissect`` as a process, against a Lite-style loop.
 
-    python -m bench.whole_process [--images 1500] [--repeats 2]
+    python -m bench.whole_process [--images 1500] [--image-size 224] [--repeats 2]
 
 Builds, once, a Broden-format probe set of Broden's shape (224x224 images, 112x112 label
 planes, four pixel planes, image-level scene and texture labels; ``bench.workload``'s
@@ -42,11 +42,11 @@ QUANTILE = 0.005  # the CLI's default
 BATCH = 32  # the CLI's default --batch-size
 
 
-def build(folder: Path, num_images: int) -> None:
+def build(folder: Path, num_images: int, image_size: int = IMAGE_SIZE) -> None:
     """Writes folder/broden (a Broden-format set) and folder/features.npy, unless present."""
     from jaxdissect.data.broden_writer import ProbeImage, write_broden
 
-    done = folder / f"built-{num_images}"
+    done = folder / f"built-{num_images}{'' if image_size == IMAGE_SIZE else f'-{image_size}px'}"
     if done.exists():
         return
     shutil.rmtree(folder, ignore_errors=True)
@@ -58,7 +58,8 @@ def build(folder: Path, num_images: int) -> None:
         for i in range(num_images):
             # Smooth blocks, not noise: JPEG files of a photograph's size.
             coarse = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
-            pixels = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)
+            block = -(-image_size // 28)
+            pixels = np.repeat(np.repeat(coarse, block, 0), block, 1)[:image_size, :image_size]
             slots = labels.slot_labels[i]
             planes = {
                 category: [slots[labels.slot_planes[i, p]]]
@@ -170,6 +171,7 @@ def spread(values: list[float]) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1500)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="probe images' side")
     parser.add_argument("--repeats", type=int, default=2, help="warm runs of each kind")
     parser.add_argument("--folder", type=Path, default=Path("build/whole_process"))
     parser.add_argument(
@@ -185,10 +187,10 @@ def main(argv=None):
     lines = [f"command: python -m bench.whole_process {' '.join(argv or sys.argv[1:])}"]
     lines.append(f"machine: {machine()}")
 
-    build(args.folder, args.images)
+    build(args.folder, args.images, args.image_size)
     n = args.images
     lines.append(
-        f"workload: {n} images {IMAGE_SIZE}x{IMAGE_SIZE}, {LABEL_SIZE}x{LABEL_SIZE} labels in "
+        f"workload: {n} images {args.image_size}x{args.image_size}, {LABEL_SIZE}x{LABEL_SIZE} labels in "
         f"{len(PLANES)} pixel planes, 7x7x512 float32 features (.npy), union rule lite"
     )
     runs: dict[str, list[dict[str, float]]] = {}
