@@ -77,77 +77,92 @@ def _provenance(results: dict) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def _counts_table(results: dict, path: Path) -> list[str]:
-    study = results.get("study", "")
-    if study == "training_dynamics":
-        rows = []
-        for variation, points in _field(results, path, "curves").items():
-            first, last = points[0], points[-1]
-            rows.append(
-                [
-                    variation,
-                    str(last["num_units"]),
-                    _stat(first["units"]["total"]),
-                    _stat(last["units"]["total"]),
-                    _stat(last["rotated"]["total"]),
-                    _stat(last["eval_accuracy"], 3),
-                    str(results.get("best_step", {}).get(variation, "")),
-                ]
-            )
-        step = last["step"]
-        header = ["variation", "units", "unique, step 0", f"unique, step {step}"]
-        header += [f"rotated basis, step {step}", f"val. accuracy, step {step}", "best step"]
-        return _table(header, rows)
-    if study == "explain":
-        units = _field(results, path, "units")
-        lines = [
-            f"Interpreted units (IoU above the threshold): "
-            f"{_stat(_field(results, path, 'interpreted_units'))} of {units}; share of the "
-            "top contributing units whose concept is in the image they explain: "
-            f"{_stat(results.get('top_unit_concepts_in_image'), 3) or 'none explained'}.",
-            "",
-        ]
-        rows = [
-            [category, _stat(found["pixel_accuracy"], 3), _stat(found["mean_iou"], 3)]
-            for category, found in _field(results, path, "segmentation").items()
-        ]
-        return lines + _table(["segmented category", "pixel accuracy", "mean IoU"], rows)
-    if study == "rotation":
-        table = _field(results, path, "by_iou_threshold")
-        alphas = [f"alpha {row['alpha']:g}" for row in next(iter(table.values()))]
-        rows = [[t, *(_stat(row["unique"]) for row in found)] for t, found in table.items()]
-        return _table(["IoU threshold", *alphas], rows)
-    if study == "compositional":
-        bases = _field(results, path, "bases")
-        lengths = len(next(iter(bases.values()))["iou_by_length"])
-        rows = [
+def _dynamics_table(results: dict, path: Path) -> list[str]:
+    """The training-dynamics study: unique detectors at the first and last step, per variation."""
+    rows = []
+    for variation, points in _field(results, path, "curves").items():
+        first, last = points[0], points[-1]
+        rows.append(
             [
-                basis,
-                *(_stat(stat, 3) for stat in found["iou_by_length"]),
-                _stat(found["beats_single_label"], 3),
-                _stat(found["beam_below_optimum"], 3),
+                variation,
+                str(last["num_units"]),
+                _stat(first["units"]["total"]),
+                _stat(last["units"]["total"]),
+                _stat(last["rotated"]["total"]),
+                _stat(last["eval_accuracy"], 3),
+                str(results.get("best_step", {}).get(variation, "")),
             ]
-            for basis, found in bases.items()
+        )
+    step = last["step"]
+    header = ["variation", "units", "unique, step 0", f"unique, step {step}"]
+    header += [f"rotated basis, step {step}", f"val. accuracy, step {step}", "best step"]
+    return _table(header, rows)
+
+
+def _explain_table(results: dict, path: Path) -> list[str]:
+    """The explain study: interpreted units, and segmentation by their labels."""
+    units = _field(results, path, "units")
+    lines = [
+        f"Interpreted units (IoU above the threshold): "
+        f"{_stat(_field(results, path, 'interpreted_units'))} of {units}; share of the "
+        "top contributing units whose concept is in the image they explain: "
+        f"{_stat(results.get('top_unit_concepts_in_image'), 3) or 'none explained'}.",
+        "",
+    ]
+    rows = [
+        [category, _stat(found["pixel_accuracy"], 3), _stat(found["mean_iou"], 3)]
+        for category, found in _field(results, path, "segmentation").items()
+    ]
+    return lines + _table(["segmented category", "pixel accuracy", "mean IoU"], rows)
+
+
+def _rotation_table(results: dict, path: Path) -> list[str]:
+    """The rotation study: unique detectors per IoU threshold and rotation alpha."""
+    table = _field(results, path, "by_iou_threshold")
+    alphas = [f"alpha {row['alpha']:g}" for row in next(iter(table.values()))]
+    rows = [[t, *(_stat(row["unique"]) for row in found)] for t, found in table.items()]
+    return _table(["IoU threshold", *alphas], rows)
+
+
+def _compositional_table(results: dict, path: Path) -> list[str]:
+    """The compositional study: formula IoU by length, per basis."""
+    bases = _field(results, path, "bases")
+    lengths = len(next(iter(bases.values()))["iou_by_length"])
+    rows = [
+        [
+            basis,
+            *(_stat(stat, 3) for stat in found["iou_by_length"]),
+            _stat(found["beats_single_label"], 3),
+            _stat(found["beam_below_optimum"], 3),
         ]
-        header = [f"{results.get('layer', '')} basis".strip()]
-        header += [f"mean IoU, length {n}" for n in range(1, lengths + 1)]
-        return _table([*header, "share beating single label", "share of beam below optimum"], rows)
-    if study == "directions":
-        bases = _field(results, path, "bases")
-        rows = [
-            [
-                basis,
-                str(found["concepts"]),
-                _stat(found["beats_best_unit"], 3),
-                _stat(found["iou_direction"], 3),
-                _stat(found["iou_best_unit"], 3),
-                _stat(found["iou_chance"], 3),
-            ]
-            for basis, found in bases.items()
+        for basis, found in bases.items()
+    ]
+    header = [f"{results.get('layer', '')} basis".strip()]
+    header += [f"mean IoU, length {n}" for n in range(1, lengths + 1)]
+    return _table([*header, "share beating single label", "share of beam below optimum"], rows)
+
+
+def _directions_table(results: dict, path: Path) -> list[str]:
+    """The directions study: directions against the best single unit, per basis."""
+    bases = _field(results, path, "bases")
+    rows = [
+        [
+            basis,
+            str(found["concepts"]),
+            _stat(found["beats_best_unit"], 3),
+            _stat(found["iou_direction"], 3),
+            _stat(found["iou_best_unit"], 3),
+            _stat(found["iou_chance"], 3),
         ]
-        header = [f"{results.get('layer', '')} basis".strip(), "concepts"]
-        header += ["share of directions beating the best unit by 0.05", "direction IoU"]
-        return _table([*header, "best unit IoU", "chance IoU"], rows)
+        for basis, found in bases.items()
+    ]
+    header = [f"{results.get('layer', '')} basis".strip(), "concepts"]
+    header += ["share of directions beating the best unit by 0.05", "direction IoU"]
+    return _table([*header, "best unit IoU", "chance IoU"], rows)
+
+
+def _comparison_table(results: dict, path: Path) -> list[str]:
+    """A comparison of networks: unique detectors, rotated basis, accuracy, per network."""
     rows = [
         [
             f"{row['variant']} ({row['layer']})",
@@ -162,6 +177,21 @@ def _counts_table(results: dict, path: Path) -> list[str]:
     ]
     header = ["network (layer)", "units", "unique detectors", "rotated basis", "detectors"]
     return _table([*header, "val. accuracy", "linear probe"], rows)
+
+
+# Each study's table of counts; a study not named here lists networks side by side.
+_COUNTS_TABLES = {
+    "training_dynamics": _dynamics_table,
+    "explain": _explain_table,
+    "rotation": _rotation_table,
+    "compositional": _compositional_table,
+    "directions": _directions_table,
+}
+
+
+def _counts_table(results: dict, path: Path) -> list[str]:
+    """The study's table of counts, as Markdown lines."""
+    return _COUNTS_TABLES.get(results.get("study", ""), _comparison_table)(results, path)
 
 
 def _needed(claim: dict) -> str:
