@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,15 @@ from jaxdissect.outdir import locked
 from jaxdissect.sources import Activations, activations_digest, keep_budget, model_identity
 
 SEPARATOR = "/"  # between a checkpoint's name and its layer's, in the passes' layer names
+GROUP_CHECKPOINTS = ".checkpoint-"  # OUT/.checkpoint-<group key>: one group's pass states
+
+
+def group_key(names: Sequence[str], fingerprints: Sequence[dict]) -> str:
+    """A group's checkpoint folder suffix: a hash of its members' names and fingerprints,
+    so that a regrouped rerun (some checkpoints done, another group size) never meets
+    another group's states under its name."""
+    members = json.dumps([list(names), list(fingerprints)], sort_keys=True, default=str)
+    return hashlib.sha256(members.encode()).hexdigest()[:16]
 
 
 def checkpoint_names(weights: Sequence[str | Path | None], models: Sequence[FeatureModel]):
@@ -196,10 +206,15 @@ def dissect_many(
             f"{len(todo)} checkpoints in {len(groups)} groups of at most {size}: their "
             "activations of one batch together would not fit the memory kept for them"
         )
+    keys = [group_key([names[k] for k in g], [fingerprints[names[k]] for k in g]) for g in groups]
     found = {}
     writer = runtime.process_index() == 0
     with locked(out) if writer else contextlib.nullcontext():
-        for number, group in enumerate(groups):
+        if writer and out.is_dir():  # states of groups this run no longer has
+            for folder in sorted(out.glob(f"{GROUP_CHECKPOINTS}*")):
+                if folder.is_dir() and folder.name[len(GROUP_CHECKPOINTS) :] not in keys:
+                    PassCheckpoints.discard(folder)
+        for group, key in zip(groups, keys, strict=True):
             group_names = [names[k] for k in group]
             read = _group_source(
                 [models[k] for k in group], group_names, images, layers, config.batch_size
@@ -213,7 +228,7 @@ def dissect_many(
             if checkpoint_every is not None and runtime.process_count() == 1:
                 identity = {"checkpoints": [fingerprints[n] for n in group_names]}
                 checkpoints = PassCheckpoints(
-                    out / f".checkpoint-{number}", json.loads(json.dumps(identity, default=str)),
+                    out / f"{GROUP_CHECKPOINTS}{key}", json.loads(json.dumps(identity, default=str)),
                     checkpoint_every,
                 )  # fmt: skip
                 # What the models compute, not their names, decides whether states resume.

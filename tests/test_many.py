@@ -111,3 +111,72 @@ def test_mixed_architectures_and_clashing_names_are_refused(probe, tmp_path, cap
     args += ["--layer", "conv_a", "--weights", str(one / "w.seed"), "--weights"]
     assert main([*args, str(two / "w.seed"), "--out", str(tmp_path / "o")]) == 2
     assert "same folder 'w'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rerun_budget", ["one per group", "all in one group"])
+def test_a_resumed_run_regroups_without_meeting_another_groups_states(
+    probe, tmp_path, monkeypatch, rerun_budget
+):
+    """A run killed while writing checkpoint b (a written, b's passes saved, c not begun) is
+    rerun with the same group size (b resumes from its own saved states) or another (the
+    stale group's states are removed): every output equals its own run's."""
+    from user_model import seeded_factory
+
+    import jaxdissect as jd
+    from jaxdissect import many, pipeline
+
+    paths = _seed_files(tmp_path, {"a": 1, "b": 2, "c": 3})
+    config = jd.DissectConfig(quantile=0.05, batch_size=5)
+    kwargs = dict(layers=["conv_b"], report=False, progress=False, checkpoint_every=1)
+    out = tmp_path / "many"
+
+    def run_many():
+        return jd.dissect(
+            probe.directory, [seeded_factory(p) for p in paths], config, out,
+            weights=paths, **kwargs,
+        )  # fmt: skip
+
+    reads = {}
+    group_source = many._group_source
+
+    def counted(models, names, *args):
+        read = group_source(models, names, *args)
+
+        def counting(start, stop):
+            reads[tuple(names)] = reads.get(tuple(names), 0) + 1
+            return read(start, stop)
+
+        return counting
+
+    monkeypatch.setattr(many, "_group_source", counted)
+    write_outputs = pipeline.write_outputs
+
+    def killed_at_b(out, *args, **kwargs):
+        if out.name == "b":
+            raise KeyboardInterrupt
+        return write_outputs(out, *args, **kwargs)
+
+    monkeypatch.setattr(many, "keep_budget", lambda: 1)  # one checkpoint per group
+    monkeypatch.setattr(pipeline, "write_outputs", killed_at_b)
+    with pytest.raises(KeyboardInterrupt):
+        run_many()
+    assert [n for n in "abc" if _files(out / n)] == ["a"]
+    # a's group removed its states after writing; b's are saved; c never began.
+    assert len(list(out.glob(".checkpoint-*"))) == 1
+
+    monkeypatch.setattr(pipeline, "write_outputs", write_outputs)
+    if rerun_budget == "all in one group":
+        monkeypatch.undo()
+        monkeypatch.setattr(many, "_group_source", counted)
+    reads.clear()
+    found = run_many()
+    assert sorted(found) == ["b", "c"]  # a was reused
+    if rerun_budget == "one per group":
+        # b's passes were both saved whole: only the first image is read, to check that the
+        # model computes what the saved states were computed from.
+        assert reads[("b",)] == 1
+    assert list(out.glob(".checkpoint*")) == []
+    for path in paths:
+        single = tmp_path / f"single-{path.stem}"
+        jd.dissect(probe.directory, seeded_factory(path), config, single, weights=path, **kwargs)
+        assert _files(out / path.stem) == _files(single), path.stem
