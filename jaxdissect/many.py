@@ -6,12 +6,15 @@ forward pass over their stacked parameters: ``jax.vmap`` on accelerators; on the
 2 cores, a third of vmap's time (XLA's CPU convolutions do not batch over kernels). Each
 (checkpoint, layer) is one layer of the two passes, so the passes run once for all of
 them. Each checkpoint's outputs go to ``OUT/<name>/`` with the fingerprint its own run
-would have, byte-identical to that run's, so either kind of rerun reuses them.
+would have, byte-identical to that run's, so either kind of rerun reuses them; with vmap,
+whose bits are not verified equal to one model's, the fingerprint and results.json record
+``stacked_forward: vmap``, and only a rerun of many checkpoints reuses them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -85,22 +88,31 @@ def check_one_architecture(models: Sequence[FeatureModel]) -> None:
             )
 
 
+def forward_mode() -> str:
+    """How stacked checkpoints run: ``lax.map`` on the CPU, whose bits equal one model's
+    forward pass (tested); ``vmap`` elsewhere, batched kernels whose bits are not verified
+    equal to one model's (``bench/device_check.py`` part e compares them)."""
+    return "lax.map" if runtime.default_backend() == "cpu" else "vmap"
+
+
+@functools.partial(jax.jit, static_argnames=("function", "layers", "mode"))
+def _stacked_run(stacked, images, *, function, layers, mode):
+    def one(params):
+        return function(params, images, layers)
+
+    return jax.vmap(one)(stacked) if mode == "vmap" else jax.lax.map(one, stacked)
+
+
 def stacked_forward(models: Sequence[FeatureModel]):
     """``forward(images, layers) -> {layer: (K, B, h, w, U)}`` of K models of one
-    architecture: one compiled function over their stacked parameters."""
+    architecture: one compiled function over their stacked parameters (compiled once per
+    model function, layers, mode and shapes, also across calls)."""
     check_one_architecture(models)
-    first = models[0]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(m.params for m in models))
-    batched = runtime.default_backend() != "cpu"
-
-    @functools.partial(jax.jit, static_argnames="layers")
-    def run(stacked, images, layers):
-        def one(params):
-            return first.function(params, images, layers)
-
-        return jax.vmap(one)(stacked) if batched else jax.lax.map(one, stacked)
-
-    return lambda images, layers: run(stacked, images, layers)
+    function, mode = models[0].function, forward_mode()
+    return lambda images, layers: _stacked_run(
+        stacked, images, function=function, layers=layers, mode=mode
+    )
 
 
 def _group_size(count: int, shapes: Mapping[str, tuple[int, int, int]], batch_size: int) -> int:
@@ -185,9 +197,15 @@ def dissect_many(
                 "dissection needs (B, h, w, U) maps"
             )
         shapes[layer] = tuple(value.shape[2:])
+    if config.top_images > len(images):  # as a single run: no more top images than images
+        config = dataclasses.replace(config, top_images=len(images))
+    mode = forward_mode()
     sources = {}
     for name, model, path in zip(names, models, weights, strict=True):
         identity, provenance = model_identity(model, path)
+        if mode != "lax.map":  # lax.map's bits are one model's; vmap's may not be
+            identity = {**identity, "stacked_forward": mode}
+            provenance = {**provenance, "stacked_forward": mode}
         sources[name] = Activations(None, shapes, len(images), identity, provenance)
     fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}
     todo = [

@@ -180,3 +180,63 @@ def test_a_resumed_run_regroups_without_meeting_another_groups_states(
         single = tmp_path / f"single-{path.stem}"
         jd.dissect(probe.directory, seeded_factory(path), config, single, weights=path, **kwargs)
         assert _files(out / path.stem) == _files(single), path.stem
+
+
+def test_more_top_images_than_images_reuses_a_single_runs_outputs(probe, tmp_path, capsys):
+    """top_images is clamped to the probe's 12 images as in a single run, so a checkpoint
+    dissected alone is reused, and the other's outputs equal its own run's."""
+    from user_model import seeded_factory
+
+    import jaxdissect as jd
+
+    paths = _seed_files(tmp_path, {"a": 1, "b": 2})
+    config = jd.DissectConfig(quantile=0.05, batch_size=5, top_images=20)
+    kwargs = dict(layers=["conv_b"], report=False, progress=False)
+    for path in paths:
+        jd.dissect(
+            probe.directory, seeded_factory(path), config, tmp_path / "single" / path.stem,
+            weights=path, **kwargs,
+        )  # fmt: skip
+    out = tmp_path / "many"
+    jd.dissect(
+        probe.directory, seeded_factory(paths[1]), config, out / "b", weights=paths[1], **kwargs
+    )
+    stamp = (out / "b" / "results.json").stat().st_mtime_ns
+    found = jd.dissect(
+        probe.directory, [seeded_factory(p) for p in paths], config, out, weights=paths,
+        **{**kwargs, "progress": True},
+    )  # fmt: skip
+    assert sorted(found) == ["a"]
+    assert "1 of 2 checkpoints already dissected" in capsys.readouterr().out
+    assert (out / "b" / "results.json").stat().st_mtime_ns == stamp
+    assert _files(out / "a") == _files(tmp_path / "single" / "a")
+
+
+def test_a_vmapped_forward_is_recorded_in_fingerprint_and_results(probe, tmp_path, monkeypatch):
+    """vmap's bits are not verified equal to one model's forward pass: its outputs say so,
+    and a single run's outputs (lax.map's fingerprint) are not reused for it."""
+    import json
+
+    from user_model import seeded_factory
+
+    import jaxdissect as jd
+    from jaxdissect import many
+
+    paths = _seed_files(tmp_path, {"a": 1, "b": 2})
+    config = jd.DissectConfig(quantile=0.05, batch_size=5)
+    kwargs = dict(layers=["conv_b"], report=False, progress=False)
+    out = tmp_path / "many"
+    jd.dissect(
+        probe.directory, seeded_factory(paths[0]), config, out / "a", weights=paths[0], **kwargs
+    )
+    monkeypatch.setattr(many, "forward_mode", lambda: "vmap")
+    found = jd.dissect(
+        probe.directory, [seeded_factory(p) for p in paths], config, out, weights=paths,
+        **kwargs,
+    )  # fmt: skip
+    assert sorted(found) == ["a", "b"]
+    for name in "ab":
+        results = json.loads((out / name / "results.json").read_text())
+        fingerprint = json.loads((out / name / "fingerprint.json").read_text())
+        assert results["stacked_forward"] == "vmap"
+        assert fingerprint["activations"]["stacked_forward"] == "vmap"
