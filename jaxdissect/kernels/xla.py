@@ -199,8 +199,9 @@ class _Placement:
 
     def labels(self, labels, lo: int, hi: int, per: int) -> tuple:
         if isinstance(labels.slot_planes, jax.Array) and hi - lo == per:
-            # Already in the (single) device's memory (see ``pipeline``).
-            return _device_rows(tuple(labels), lo, size=per)
+            # Already in the (single) device's memory (see ``pipeline``). Given the sharding
+            # of the rows placed from the host, or the step compiles for each.
+            return jax.device_put(_device_rows(tuple(labels), lo, size=per), self.data)
         return tuple(self.place(_pad(np.asarray(a[lo:hi]), per)) for a in labels)
 
     def read(self, source, shapes, ranges, first, labels):
