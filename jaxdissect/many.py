@@ -47,23 +47,36 @@ def group_key(names: Sequence[str], fingerprints: Sequence[dict]) -> str:
     return hashlib.sha256(members.encode()).hexdigest()[:16]
 
 
+def check_names(names: Sequence[str], argument: str) -> list[str]:
+    """Refuses checkpoint folder names that clash or cannot be a folder under OUT; the
+    error names ``argument``, where they came from."""
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str) or not n or n.startswith(".")]
+    bad += [n for n in names if isinstance(n, str) and SEPARATOR in n]
+    if bad:
+        raise DissectError(
+            f"checkpoint name {bad[0]!r} (from `{argument}`) cannot be an output folder name",
+            arguments=(argument,),
+        )
+    seen = [n for n in names if names.count(n) > 1]
+    if seen:
+        raise DissectError(
+            f"two checkpoints would write to the same folder {seen[0]!r}: give `{argument}` "
+            "of different names",
+            arguments=(argument,),
+        )
+    return names
+
+
 def checkpoint_names(weights: Sequence[str | Path | None], models: Sequence[FeatureModel]):
     """Each checkpoint's output folder name: its weights file's name without suffix (the
-    model's name without weights). Duplicates are refused."""
+    model's name without weights). Duplicates are refused, naming what to change: the
+    weights files or, where a model has none, ``names``."""
     names = [
         Path(w).name.split(".")[0] if w is not None else m.name
         for w, m in zip(weights, models, strict=True)
     ]
-    seen = [n for n in names if names.count(n) > 1]
-    if seen:
-        raise DissectError(
-            f"two checkpoints would write to the same folder {seen[0]!r}: give them files of "
-            "different names"
-        )
-    bad = [n for n in names if not n or n.startswith(".") or SEPARATOR in n]
-    if bad:
-        raise DissectError(f"checkpoint name {bad[0]!r} cannot be an output folder name")
-    return names
+    return check_names(names, "weights" if None not in weights else "names")
 
 
 def check_one_architecture(models: Sequence[FeatureModel]) -> None:
@@ -180,8 +193,17 @@ def dissect_many(
     check_one_architecture(models)
     weights = list(weights) if weights is not None else [None] * len(models)
     if len(weights) != len(models):
-        raise DissectError(f"{len(models)} models but {len(weights)} weights files")
-    names = list(names) if names is not None else checkpoint_names(weights, models)
+        raise DissectError(
+            f"{len(models)} models but {len(weights)} `weights` files", arguments=("weights",)
+        )
+    if names is None:
+        names = checkpoint_names(weights, models)
+    elif isinstance(names, str) or len(names) != len(models):
+        raise DissectError(
+            f"`names` must list one folder name per model ({len(models)})", arguments=("names",)
+        )
+    else:
+        names = check_names(names, "names")
     if not isinstance(dataset, BrodenDataset):
         dataset = open_broden(dataset)
     layers = models[0].check_layers(layers)

@@ -240,3 +240,72 @@ def test_a_vmapped_forward_is_recorded_in_fingerprint_and_results(probe, tmp_pat
         fingerprint = json.loads((out / name / "fingerprint.json").read_text())
         assert results["stacked_forward"] == "vmap"
         assert fingerprint["activations"]["stacked_forward"] == "vmap"
+
+
+def _bad_lists(tmp_path):
+    """(source, keyword arguments, the argument the error must name, words it must say)."""
+    from user_model import seeded_factory
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    (one / "w.seed").write_text("1")
+    (two / "w.seed").write_text("2")
+    pair = [seeded_factory(one / "w.seed"), seeded_factory(two / "w.seed")]
+    weights = [one / "w.seed", two / "w.seed"]
+    return {
+        "empty list": ([], {}, "source", "empty list"),
+        "not a model": ([pair[0], "features.npy"], {}, "source", "lists a str"),
+        "no layers": (pair, {"layers": None}, "layers", "at least one layer"),
+        "weights of one name": (pair, {"weights": weights}, "weights", "same folder 'w'"),
+        "models of one name": (pair, {}, "names", "same folder 'tiny'"),
+        "names clash": (pair, {"names": ["x", "x"]}, "names", "same folder 'x'"),
+        "too few names": (pair, {"names": ["x"]}, "names", "one folder name per model (2)"),
+        "hidden name": (pair, {"names": ["x", ".y"]}, "names", "'.y'"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty list",
+        "not a model",
+        "no layers",
+        "weights of one name",
+        "models of one name",
+        "names clash",
+        "too few names",
+        "hidden name",
+    ],
+)
+def test_a_bad_list_of_models_names_the_argument(probe, tmp_path, case):
+    import jaxdissect as jd
+    from jaxdissect.errors import DissectError
+
+    source, kwargs, argument, words = _bad_lists(tmp_path)[case]
+    kwargs = {"layers": ["conv_a"], **kwargs}
+    with pytest.raises(DissectError, match=f"`{argument}`") as error:
+        jd.dissect(probe.directory, source, out=tmp_path / "o", progress=False, **kwargs)
+    assert words in str(error.value)
+    assert error.value.arguments == (argument,)
+    assert not (tmp_path / "o").exists()
+
+
+def test_names_choose_the_checkpoints_folders(probe, tmp_path):
+    from user_model import seeded_factory
+
+    import jaxdissect as jd
+    from jaxdissect.errors import DissectError
+
+    models = [seeded_factory(p) for p in _seed_files(tmp_path, {"a": 1, "b": 2})]
+    found = jd.dissect(
+        probe.directory, models, jd.DissectConfig(quantile=0.05, batch_size=5),
+        tmp_path / "out", layers=["conv_a"], names=["early", "late"], report=False,
+        progress=False,
+    )  # fmt: skip
+    assert sorted(found) == ["early", "late"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
+        "early",
+        "late",
+    ]
+    with pytest.raises(DissectError, match="`names` goes with a list of models"):
+        jd.dissect(probe.directory, models[0], layers=["conv_a"], names=["x"], progress=False)
