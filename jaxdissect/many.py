@@ -69,12 +69,12 @@ def check_names(names: Sequence[str], argument: str) -> list[str]:
 
 
 def checkpoint_names(weights: Sequence[str | Path | None], models: Sequence[FeatureModel]):
-    """Each checkpoint's output folder name: its weights file's name without suffix (the
-    model's name without weights). Duplicates are refused, naming what to change: the
-    weights files or, where a model has none, ``names``."""
+    """Each checkpoint's output folder name: its weights file's name without its last
+    suffix (``run.step100.th`` gives ``run.step100``; the model's name without weights).
+    Duplicates are refused, naming what to change: the weights files or, where a model has
+    none, ``names``."""
     names = [
-        Path(w).name.split(".")[0] if w is not None else m.name
-        for w, m in zip(weights, models, strict=True)
+        Path(w).stem if w is not None else m.name for w, m in zip(weights, models, strict=True)
     ]
     return check_names(names, "weights" if None not in weights else "names")
 

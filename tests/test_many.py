@@ -309,3 +309,10 @@ def test_names_choose_the_checkpoints_folders(probe, tmp_path):
     ]
     with pytest.raises(DissectError, match="`names` goes with a list of models"):
         jd.dissect(probe.directory, models[0], layers=["conv_a"], names=["x"], progress=False)
+
+
+def test_checkpoint_names_strip_only_the_last_suffix():
+    from jaxdissect.many import checkpoint_names
+
+    names = checkpoint_names(["runs/a.step1.th", "runs/a.step2.th"], [None, None])
+    assert names == ["a.step1", "a.step2"]
