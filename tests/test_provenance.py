@@ -69,17 +69,23 @@ def test_provenance_records_the_cpu_and_isa():
     assert "cpu_model" in machine and "xla_cpu_max_isa" in machine
 
 
-_XLA_FLAGS_AT_IMPORT = os.environ.get("XLA_FLAGS")
+_XLA_FLAGS_BEFORE = {}  # what the first test of the pair below found
 
 
 def test_pin_floats_writes_the_environment():
     from jaxdissect import float_pin
 
-    os.environ.pop("XLA_FLAGS", None)  # not through monkeypatch: as a study's main does
+    _XLA_FLAGS_BEFORE["flags"] = os.environ.get("XLA_FLAGS")
+    # Not through monkeypatch, as a study's main does; a ceiling no collected module pins.
+    os.environ["XLA_FLAGS"] = "--xla_cpu_max_isa=SSE4_2"
     float_pin.pin_floats()
-    assert "--xla_gpu_deterministic_ops=true" in os.environ["XLA_FLAGS"]
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_cpu_max_isa=SSE4_2",
+        "--xla_gpu_deterministic_ops=true",
+    ]
 
 
 def test_the_test_before_left_xla_flags_as_they_were():
     """Runs after the test above (file order): conftest restored XLA_FLAGS."""
-    assert os.environ.get("XLA_FLAGS") == _XLA_FLAGS_AT_IMPORT
+    assert "flags" in _XLA_FLAGS_BEFORE
+    assert os.environ.get("XLA_FLAGS") == _XLA_FLAGS_BEFORE["flags"]
