@@ -41,6 +41,7 @@ def dissect(
     *,
     layers: Sequence[str] | None = None,
     weights: str | Path | None = None,
+    names: Sequence[str] | None = None,
     labels: LabelArrays | None = None,
     images=None,
     cache: str | Path | None = None,
@@ -59,6 +60,8 @@ def dissect(
         its weights came from, for resuming). A list of FeatureModels of one architecture
         (checkpoints; ``weights`` a list too) runs as one pass (``jaxdissect.many``): each
         writes OUT/<checkpoint name>/ and the result is {name: {layer: Dissection}}.
+      names: with a list of models, each one's folder under ``out`` (default: its weights
+        file's name without suffix).
       config: how to dissect.
       out: where to write; None keeps everything in memory. One layer writes OUT/, several
         OUT/<layer>/ (or always, with ``layer_folders``) and OUT/index.html: tally.csv,
@@ -79,18 +82,42 @@ def dissect(
     mark("startup")
     if isinstance(source, (list, tuple)) and not isinstance(source, Activations):
         # Checkpoints of one architecture: one pass.
+        from jaxdissect.features import FeatureModel
         from jaxdissect.many import dissect_many
 
+        if not source:
+            raise DissectError(
+                "`source` is an empty list: give one FeatureModel per checkpoint",
+                arguments=("source",),
+            )
+        others = [type(m).__name__ for m in source if not isinstance(m, FeatureModel)]
+        if others:
+            raise DissectError(
+                f"`source` lists a {others[0]}: a list holds FeatureModels (checkpoints of "
+                "one architecture)",
+                arguments=("source",),
+            )
+        if not layers:
+            raise DissectError(
+                f"name at least one layer (`layers`) of model {source[0].name!r}",
+                arguments=("layers",),
+            )
         if out is None:
-            raise DissectError("dissecting several models needs an output folder (out=)")
+            raise DissectError(
+                "dissecting several models needs an output folder (`out`)", arguments=("out",)
+            )
         weights = weights if weights is not None else [None] * len(source)
         if isinstance(weights, (str, Path)):
-            raise DissectError("give one weights file per model (a list), or none")
+            raise DissectError(
+                "give one `weights` file per model (a list), or none", arguments=("weights",)
+            )
         return dissect_many(
-            dataset, source, config, out, layers=layers, weights=weights, labels=labels,
-            images=images, cache=cache, report=report, checkpoint_every=checkpoint_every,
-            layer_folders=layer_folders, progress=progress,
+            dataset, source, config, out, layers=layers, weights=weights, names=names,
+            labels=labels, images=images, cache=cache, report=report,
+            checkpoint_every=checkpoint_every, layer_folders=layer_folders, progress=progress,
         )  # fmt: skip
+    if names is not None:
+        raise DissectError("`names` goes with a list of models", arguments=("names",))
     dataset, source, images = open_inputs(
         dataset, source, layers, config.batch_size, weights, images, cache, progress
     )

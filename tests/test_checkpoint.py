@@ -126,3 +126,15 @@ def test_names_that_are_not_plain_batch_numbers_are_ignored(tmp_path):
     step, restored = checkpoints.restore("pass", _states(0))
     assert step == 2
     _equal(restored, _states(1))
+
+
+def test_discard_removes_only_what_an_earlier_run_recorded(tmp_path):
+    saved = PassCheckpoints(tmp_path / "ck", {"run": 1}, every=1)
+    saved.save("tally", 1, lambda: {"x": np.arange(3)}, last=True)
+    (tmp_path / "ck" / "tally" / "notes.txt").write_text("a user's file")
+    PassCheckpoints.discard(tmp_path / "ck")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "ck",
+        "ck/tally",
+        "ck/tally/notes.txt",
+    ]
