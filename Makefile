@@ -1,9 +1,10 @@
 # Set-up is two commands: `make demo` and `make test`. Both create .venv first.
+# `make docs` builds the docs site (docs/, mkdocs.yml) into build/site, offline.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint docs demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,8 +22,13 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: setup lint
+test: setup lint docs
 	$(PY) -m pytest -q
+
+# Warnings are errors (--strict): a broken link, a missing page or an API name that does not
+# resolve fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 demo: setup
 	$(PY) -m experiments.training_dynamics

@@ -7,7 +7,7 @@
 Writes (or reuses) a synthetic probe of ``--images`` 64 px images (32x32 labels) and draws
 ``--units`` units whose 8x8 maps are noisy, average-pooled masks of random formulas of the
 probe's concepts (so that formulas explain them, as in a trained network); then times the
-stages of ``formula_search.explain``: thresholds and packed masks, candidates, beam search,
+stages of ``explain.explain``: thresholds and packed masks, candidates, beam search,
 exact search. Prints the machine, the seconds of each, the whole ``explain`` at beam
 (masks, candidates, beam search) and with ``--exact`` (also the exact search), the exact/beam
 ratios, the problem's size, the exact search's expansions, the share of units certified,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdissect.compositional.formula_search import explain
+from jaxdissect.compositional.explain import explain
 from jaxdissect.compositional.formulas import concept_masks
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import open_broden

@@ -3,20 +3,23 @@
     python -m bench.many_checkpoints [--checkpoints 4] [--images 300] [--model zoo:resnet20-cifar10]
         [--layer layer3] [--weights FILE] [--result PATH]
 
-Writes K checkpoints of the model (the real ResNet-20 of ../shared/models, or ``--weights``,
-each with its parameters scaled by a different factor, so that their tallies differ; random
-initialisations without torch's file), a probe of the synthetic world (``--images`` at 32
-px), then times, as whole CLI processes with warm caches: the K separate
-``dissect --weights W_k`` commands, and the one ``dissect --weights W_1 ... --weights W_K``
-command. Asserts that every checkpoint's tally.csv is byte-identical in both, prints the
-ratio and writes it, with the machine and the command, to ``--result``.
+Writes K checkpoints of the model with torch (the real ResNet-20 of ../shared/models, or
+``--weights``, each with its parameters scaled by a different factor, so that their tallies
+differ), a probe of the synthetic world (``--images`` at 32 px), then times, as whole CLI
+processes with warm caches: the K separate ``dissect --weights W_k`` commands, and the one
+``dissect --weights W_1 ... --weights W_K`` command, each into a folder emptied first (a
+reused output would time nothing). Asserts that every checkpoint's tally.csv is
+byte-identical in both, prints the ratio and writes it, with the machine and the command,
+to ``--result``. Needs torch, and a weights file where ../shared is absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -26,11 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_WEIGHTS = ROOT.parent / "shared" / "models" / "resnet20-12fca82f.th"
 
 
-def write_checkpoints(folder: Path, count: int, source: Path | None) -> list[Path]:
+def write_checkpoints(folder: Path, count: int, source: Path) -> list[Path]:
     """K legacy-format torch checkpoints, the k-th the source's tensors times (1 + k/10)."""
     import torch
 
-    base = torch.load(source, map_location="cpu", weights_only=False) if source else None
+    base = torch.load(source, map_location="cpu", weights_only=False)
     paths = []
     for k in range(count):
         state = {
@@ -43,8 +46,11 @@ def write_checkpoints(folder: Path, count: int, source: Path | None) -> list[Pat
     return paths
 
 
-def _dissect(args: list[str]) -> float:
-    command = [sys.executable, "-m", "jaxdissect", "dissect", *args]
+def _dissect(args: list[str], out: Path) -> float:
+    """Seconds of one ``dissect ARGS --out OUT`` process, into an emptied OUT (this bench's
+    own folder under its workdir)."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "jaxdissect", "dissect", *args, "--out", str(out)]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -62,7 +68,19 @@ def main(argv=None) -> int:
     parser.add_argument("--result", type=Path, default=None)
     args = parser.parse_args(argv)
     if not args.weights.is_file():
-        print(f"{args.weights}: not found; give --weights", file=sys.stderr)
+        where = "" if SHARED_WEIGHTS.parent.is_dir() else f" ({SHARED_WEIGHTS.parent} is absent)"
+        print(
+            f"{args.weights}: not found{where}; give --weights FILE, a PyTorch checkpoint of "
+            f"{args.model}",
+            file=sys.stderr,
+        )
+        return 2
+    if importlib.util.find_spec("torch") is None:
+        print(
+            "bench.many_checkpoints writes its checkpoints with torch, which is not installed: "
+            "pip install torch",
+            file=sys.stderr,
+        )
         return 2
     from jaxdissect.data.synthetic import world
 
@@ -75,14 +93,13 @@ def main(argv=None) -> int:
     common = ["--dataset", str(probe), "--model", args.model, "--layer", args.layer]
     common += ["--no-progress", "--no-report"]
     weights = [arg for path in paths for arg in ("--weights", str(path))]
-    _dissect([*common, *weights, "--out", str(work / "warmup")])  # caches filled
+    _dissect([*common, *weights], work / "warmup")  # caches filled
     rows = []
     for repeat in range(args.repeats):
         separate = sum(
-            _dissect([*common, "--weights", str(p), "--out", str(work / f"one-{p.stem}-{repeat}")])
-            for p in paths
+            _dissect([*common, "--weights", str(p)], work / f"one-{p.stem}-{repeat}") for p in paths
         )
-        together = _dissect([*common, *weights, "--out", str(work / f"many-{repeat}")])
+        together = _dissect([*common, *weights], work / f"many-{repeat}")
         for p in paths:
             one = (work / f"one-{p.stem}-{repeat}" / "tally.csv").read_bytes()
             many = (work / f"many-{repeat}" / p.stem / "tally.csv").read_bytes()

@@ -6,7 +6,7 @@ Runs ``bench.tally_accelerator`` (XLA kernel, no baselines) once per device coun
 its own process that sees only that many devices (``CUDA_VISIBLE_DEVICES`` on GPUs; on CPU,
 that many fake devices, which share the cores: a check of the mechanism, not of speed), and
 prints each end-to-end time with its speed-up over one device. Counts are identical for
-every device count (tested in tests/test_sharding.py).
+every device count (tested in tests/kernels/test_sharding.py).
 """
 
 from __future__ import annotations

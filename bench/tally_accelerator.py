@@ -144,12 +144,16 @@ def model_end_to_end(args):
 
     _, forward = timed(forward_only)
     print(f"forward pass alone, from host memory: {forward:.2f} s ({n / forward:,.0f} images/s)")
+    _print_peak_memory()
+
+
+def _print_peak_memory():
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**30:.1f} GiB")
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=63305)
     parser.add_argument("--units", type=int, default=512)
@@ -165,7 +169,11 @@ def main(argv=None):
     parser.add_argument(
         "--no-baselines", action="store_true", help="skip the dense and Lite-style baselines"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     if args.model:
         return model_end_to_end(args)
 
@@ -182,8 +190,18 @@ def main(argv=None):
     source = device_source(jax.random.key(0), shape)
     shapes = {LAYER: shape}
     config = DissectConfig(batch_size=args.batch_size, union="lite", kernel=args.kernel)
+    _compile(args, source, labels, shapes, config)
+    thresholds = _stages(args, source, labels, dataset, shapes, config)
+    if args.no_baselines:
+        return
+    count = min(args.baseline_images, args.images) // args.batch_size * args.batch_size
+    part = subset(labels, count)
+    _dense_comparison(args, source, part, dataset, thresholds, shapes, config)
+    _lite_comparison(args, source, labels, part, dataset, thresholds, shapes, config)
 
-    # Compile on a small prefix (same batch shapes), then time the full passes.
+
+def _compile(args, source, labels, shapes, config):
+    """Compiles on a small prefix (same batch shapes), so the full passes are timed apart."""
     warm = synthetic_dataset(args.batch_size, args.label_size)
     warm_labels = subset(labels, args.batch_size)
     _, compile_seconds = timed(
@@ -203,6 +221,10 @@ def main(argv=None):
         )
     )
     print(f"compile + first batch: {compile_seconds:.1f} s")
+
+
+def _stages(args, source, labels, dataset, shapes, config):
+    """Times each stage and the whole dissection; returns the thresholds."""
 
     # What the activations alone cost (the stand-in for a forward pass), in both passes.
     def draw_all():
@@ -250,15 +272,13 @@ def main(argv=None):
         f"meanwhile, tally, scoring): {total:.2f} s ({n / total:,.0f} images/s); "
         f"detectors (IoU > 0.04): {result[LAYER].summary['detectors']}"
     )
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        print(f"peak device memory: {stats['peak_bytes_in_use'] / 2**30:.1f} GiB")
+    _print_peak_memory()
+    return thresholds
 
-    if args.no_baselines:
-        return
-    # Baseline: the dense one-hot matmul tally, same images, same thresholds.
-    count = min(args.baseline_images, n) // args.batch_size * args.batch_size
-    part = subset(labels, count)
+
+def _dense_comparison(args, source, part, dataset, thresholds, shapes, config):
+    """The dense one-hot matmul tally against ours: same images, same thresholds."""
+    count = part.slot_planes.shape[0]
     part_dataset = synthetic_dataset(count, args.label_size)
     rows = jnp.asarray(bilinear_matrix(args.label_size, args.size))
     cols = jnp.asarray(bilinear_matrix(args.label_size, args.size))
@@ -294,6 +314,9 @@ def main(argv=None):
         f"ours {count / t_ours:,.0f} images/s: {t_dense / t_ours:.1f}x; counts identical"
     )
 
+
+def _lite_comparison(args, source, labels, part, dataset, thresholds, shapes, config):
+    """A NetDissect-Lite-style NumPy loop against ours on a few images."""
     few = args.lite_images
     acts = np.asarray(source(0, few)[LAYER])
     lite = lite_tally(

@@ -77,7 +77,7 @@ def _tally(source, labels, dataset, thresholds, shapes, kernel, batch_size):
     return counts["features"], seconds
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--units", type=int, default=512)
@@ -88,6 +88,11 @@ def main(argv=None):
     parser.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--baseline-images", type=int, default=300)
+    return parser
+
+
+def main(argv=None):
+    parser = _parser()
     args = parser.parse_args(argv)
     if (args.dataset is None) != (args.features is None):
         parser.error("--dataset and --features go together")
@@ -137,7 +142,17 @@ def main(argv=None):
         )
     )
 
-    few = min(args.baseline_images, n)
+    lite_rate = _lite_rate(args, source, labels, dataset, thresholds, shapes)
+    print(
+        f"ratio: our CPU kernel {n / t_ours / lite_rate:.1f}x, our XLA kernel "
+        f"{n / t_xla / lite_rate:.1f}x the loop's tally rate"
+    )
+
+
+def _lite_rate(args, source, labels, dataset, thresholds, shapes) -> float:
+    """Images/s of the NetDissect-Lite-style loop on a few images, its counts asserted
+    identical to our CPU kernel's."""
+    few = min(args.baseline_images, dataset.num_images)
     start = time.perf_counter()
     lite = lite_tally(
         np.asarray(source(0, few)["features"]),
@@ -156,10 +171,9 @@ def main(argv=None):
     lite_rate = few / t_lite
     print(
         f"NetDissect-Lite-style loop: {lite_rate:,.0f} images/s (on {few} images; counts "
-        f"identical to ours)\n"
-        f"ratio: our CPU kernel {n / t_ours / lite_rate:.1f}x, our XLA kernel "
-        f"{n / t_xla / lite_rate:.1f}x the loop's tally rate"
+        f"identical to ours)"
     )
+    return lite_rate
 
 
 if __name__ == "__main__":

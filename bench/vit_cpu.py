@@ -32,7 +32,8 @@ def vit_s_patch8(weights) -> FeatureModel:
     """``--model bench.vit_cpu:vit_s_patch8``: ViT-S/16's shape at 64 px in 8 px patches."""
     from flax import nnx
 
-    from jaxdissect.models.zoo import VisionTransformer, as_feature_model
+    from jaxdissect.models.vit import VisionTransformer
+    from jaxdissect.models.zoo import as_feature_model
 
     if weights is not None:
         raise SystemExit("vit_s_patch8 is randomly initialised; it takes no --weights")

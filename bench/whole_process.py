@@ -1,6 +1,6 @@
 """What a user waits: ``python -m jaxdissect dissect`` as a process, against a Lite-style loop.
 
-    python -m bench.whole_process [--images 1500] [--repeats 2]
+    python -m bench.whole_process [--images 1500] [--image-size 224] [--repeats 2]
 
 Builds, once, a Broden-format probe set of Broden's shape (224x224 images, 112x112 label
 planes, four pixel planes, image-level scene and texture labels; ``bench.workload``'s
@@ -42,11 +42,11 @@ QUANTILE = 0.005  # the CLI's default
 BATCH = 32  # the CLI's default --batch-size
 
 
-def build(folder: Path, num_images: int) -> None:
+def build(folder: Path, num_images: int, image_size: int = IMAGE_SIZE) -> None:
     """Writes folder/broden (a Broden-format set) and folder/features.npy, unless present."""
     from jaxdissect.data.broden_writer import ProbeImage, write_broden
 
-    done = folder / f"built-{num_images}"
+    done = folder / f"built-{num_images}{'' if image_size == IMAGE_SIZE else f'-{image_size}px'}"
     if done.exists():
         return
     shutil.rmtree(folder, ignore_errors=True)
@@ -58,7 +58,8 @@ def build(folder: Path, num_images: int) -> None:
         for i in range(num_images):
             # Smooth blocks, not noise: JPEG files of a photograph's size.
             coarse = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
-            pixels = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)
+            block = -(-image_size // 28)
+            pixels = np.repeat(np.repeat(coarse, block, 0), block, 1)[:image_size, :image_size]
             slots = labels.slot_labels[i]
             planes = {
                 category: [slots[labels.slot_planes[i, p]]]
@@ -167,9 +168,10 @@ def spread(values: list[float]) -> str:
     return f"{np.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1500)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="probe images' side")
     parser.add_argument("--repeats", type=int, default=2, help="warm runs of each kind")
     parser.add_argument("--folder", type=Path, default=Path("build/whole_process"))
     parser.add_argument(
@@ -181,16 +183,33 @@ def main(argv=None):
     parser.add_argument(
         "--result", type=Path, help="default bench/results/cpu-<cores>core-whole-process.txt"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     lines = [f"command: python -m bench.whole_process {' '.join(argv or sys.argv[1:])}"]
     lines.append(f"machine: {machine()}")
 
-    build(args.folder, args.images)
-    n = args.images
+    build(args.folder, args.images, args.image_size)
     lines.append(
-        f"workload: {n} images {IMAGE_SIZE}x{IMAGE_SIZE}, {LABEL_SIZE}x{LABEL_SIZE} labels in "
-        f"{len(PLANES)} pixel planes, 7x7x512 float32 features (.npy), union rule lite"
+        f"workload: {args.images} images {args.image_size}x{args.image_size}, {LABEL_SIZE}x"
+        f"{LABEL_SIZE} labels in {len(PLANES)} pixel planes, 7x7x512 float32 features (.npy), "
+        "union rule lite"
     )
+    runs, lite_seconds = _timed_runs(args, lines)
+    lines.append("thresholds and counts (G, I, A) identical to the Lite-style loop's")
+    lines += _summary(args, runs, lite_seconds)
+    text = "\n".join(lines)
+    print(text)
+    result = args.result or Path(f"bench/results/cpu-{os.cpu_count()}core-whole-process.txt")
+    result.write_text(text + "\n")
+
+
+def _timed_runs(args, lines: list[str]):
+    """The CLI's runs (cold, then warm ones interleaved with the baseline tree's), each
+    repeat followed by the Lite-style loop, whose counts must equal the CLI's. Returns
+    ({kind: [stage seconds of each run]}, [the loop's seconds per repeat])."""
     runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         cold_cache, cold_numba = Path(scratch, "cache"), Path(scratch, "numba")
@@ -223,11 +242,14 @@ def main(argv=None):
             lite_seconds.append(seconds)
             for key, value in lite.items():
                 np.testing.assert_array_equal(ours[key], value, err_msg=key)
-    lines.append("thresholds and counts (G, I, A) identical to the Lite-style loop's")
+    return runs, lite_seconds
 
+
+def _summary(args, runs: dict, lite_seconds: list[float]) -> list[str]:
+    """The table of stages and the ratios, as lines."""
+    n = args.images
     stages = [s for s in runs["warm, report"][0] if s != "total"]
-    lines.append("")
-    lines.append("seconds (median (min-max) of the runs) | " + " | ".join(runs))
+    lines = ["", "seconds (median (min-max) of the runs) | " + " | ".join(runs)]
     for stage in [*stages, "total"]:
         cells = [
             spread([r[stage] for r in kind]) if stage in kind[0] else "-" for kind in runs.values()
@@ -261,10 +283,7 @@ def main(argv=None):
                 for b, o in zip(runs["baseline, " + kind], runs[kind], strict=True)
             ]
             lines.append(f"baseline / ours, {kind}, per interleaved pair: {spread(ratio)}")
-    text = "\n".join(lines)
-    print(text)
-    result = args.result or Path(f"bench/results/cpu-{os.cpu_count()}core-whole-process.txt")
-    result.write_text(text + "\n")
+    return lines
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.data.synthetic import world
+from jaxdissect.driver import completed, run_fingerprint
 from jaxdissect.errors import DissectError
 from jaxdissect.float_pin import float_settings, pin_floats
 from jaxdissect.models.features import FeatureModel
-from jaxdissect.pipeline import completed, dissect, run_fingerprint
+from jaxdissect.pipeline import dissect
 from jaxdissect.report.results import write_text_atomic
 from jaxdissect.report.schema import read_results
 from jaxdissect.sources import Activations, array_identity, model_run

@@ -7,10 +7,11 @@ For each of ``seeds`` seeds, trains (or reuses) the baseline network of ``train/
 seed sets its initialisation and data order; or explains the run named by ``run=WORKDIR``,
 where only the rotation changes), then explains its ``layer`` in the units' basis and in a
 random rotation of it (the seed's; ``experiments.common.with_rotations``, as the other
-studies rotate) with ``formula_search``: the exact search for every length 1..``length``
-and the beam search at ``length``; the probe set stays the same. Writes to the workdir
+studies rotate) with ``compositional.explain`` (the pipeline's fingerprint, resume and
+lock): the exact search for every length 1..``length`` and the beam search at ``length``;
+the probe set stays the same; a rerun reads finished explanations back. Writes to the workdir
 (default runs/compositional-<config>): runs/seed<s>/ (training workdirs),
-explanations/seed<s>/<basis>/ (formulas.csv, .json, .html), results.json (per basis, each
+explanations/seed<s>/<basis>/ (formulas.csv, .json, .npz, .html), results.json (per basis, each
 number as per-seed values, mean and 95 % t-interval: the mean exact IoU against formula
 length; the share of units whose best formula beats their best single label by
 ``margin``; the counts of operators and of the categories of the formulas' concepts; the
@@ -45,7 +46,7 @@ from experiments.common import (
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
 from experiments.training_dynamics import train_config
-from jaxdissect.compositional.formula_search import exact_search, explain
+from jaxdissect.compositional.explain import explain
 from jaxdissect.compositional.formulas import (
     format_formula,
     program_tree,
@@ -107,7 +108,7 @@ PRESETS = {
 def basis_summary(explanations, by_length, dataset, margin: float) -> dict:
     """One seed's numbers for one basis, from its explanations and exact results."""
     exact, beam = explanations.exact, explanations.beam
-    labels = explanations.problem.concept_labels
+    labels = explanations.concept_labels
     single = by_length[0].iou
     operators, categories, units = collections.Counter(), collections.Counter(), []
     for unit in range(len(exact.iou)):
@@ -161,14 +162,11 @@ def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool
         explanations = explain(
             probe.dataset, source, config.dissect,
             workdir / "explanations" / f"seed{seed}" / basis, layer=layer,
-            length=config.length, beam=config.beam, exact=True,
+            length=config.length, beam=config.beam, exact=True, shorter=True,
             labels_per_unit=config.labels_per_unit, labels=probe.labels, images=probe.images,
             progress=progress,
         )  # fmt: skip
-        by_length = [
-            exact_search(explanations.problem, explanations.candidates, n)
-            for n in range(1, config.length)
-        ] + [explanations.exact]
+        by_length = [*explanations.shorter, explanations.exact]
         found[basis] = basis_summary(explanations, by_length, probe.dataset, config.margin)
     return found
 

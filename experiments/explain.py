@@ -113,10 +113,8 @@ def segmentation_scores(prediction: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool):
-    """Trains (or reuses) the network of ``seed``, dissects it, explains sample predictions
-    and segments the probe set. Returns (its measurements, the explained images with their
-    maps, the units' thresholds)."""
+def _train_seed(config: Config, workdir: Path, seed: int, progress: bool) -> Path:
+    """Trains (or reuses) the network of ``seed``; returns its run folder."""
     run_dir = workdir / "runs" / f"seed{seed}"
     train(
         make_config(
@@ -135,6 +133,52 @@ def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool
         run_dir,
         progress=progress,
     )
+    return run_dir
+
+
+def _truth(dataset, planes: np.ndarray, category: str) -> np.ndarray:
+    """(B, sh, sw) each pixel's label of ``category``, from whichever plane has one (0: none)."""
+    index_of = dataset.categories.index(category)
+    truth = np.zeros((planes.shape[0], *planes.shape[2:]), np.int64)
+    for plane in range(planes.shape[1]):
+        values = planes[:, plane]
+        truth = np.where(dataset.label_category[values] == index_of, values, truth)
+    return truth
+
+
+def _explanation(
+    dataset, index, maps, logits, planes, weights, rows, unit_label, class_names, top_units
+) -> dict:
+    """One image's prediction explained by the units that contribute most to it (pooled
+    activation times the classifier's weight), with their maps."""
+    predicted = int(np.argmax(logits))
+    contribution = weights[:, predicted] * maps.mean(axis=(0, 1))
+    top = np.argsort(-contribution, kind="stable")[:top_units]
+    present = set(np.unique(planes).tolist()) | set(dataset.image_labels[index])
+    return {
+        "image": index,
+        "predicted": class_names[predicted],
+        "truth": dataset.label_names[dataset.image_labels[index][0]],
+        "units": [
+            {
+                "unit": int(u) + 1,
+                "label": rows[u]["label"],
+                "category": rows[u]["category"],
+                "iou": rows[u]["score"],
+                "contribution": float(contribution[u]),
+                "concept_in_image": bool(unit_label[u] in present),
+            }
+            for u in top
+        ],
+        "maps": maps[:, :, top],
+    }
+
+
+def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool):
+    """Trains (or reuses) the network of ``seed``, dissects it, explains sample predictions
+    and segments the probe set. Returns (its measurements, the explained images with their
+    maps, the units' thresholds)."""
+    run_dir = _train_seed(config, workdir, seed, progress)
     model = feature_model(run_dir)
     network, _ = load_run(run_dir)
     weights = np.asarray(network.classifier.kernel.get_value())  # (U, C)
@@ -149,8 +193,7 @@ def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool
     )[config.layer]
     rows = sorted(results["units"], key=lambda r: r["unit"])
     thresholds = np.asarray(results["thresholds"])
-    names = probe.dataset.label_names
-    number = {name: i for i, name in enumerate(names)}
+    number = {name: i for i, name in enumerate(probe.dataset.label_names)}
     unit_label = np.array([number.get(r["label"], 0) for r in rows])
     unit_category = np.array([r["category"] for r in rows])
     interpreted = np.array([r["score"] > config.dissect.iou_threshold for r in rows])
@@ -175,43 +218,24 @@ def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool
         for category in PIXEL_CATEGORIES:
             usable = interpreted & (unit_category == category)
             prediction = segment(ratio, unit_label, usable)
-            # The truth: each pixel's label of this category, from whichever plane has one.
-            index_of = probe.dataset.categories.index(category)
-            truth = np.zeros(prediction.shape, np.int64)
-            for plane in range(planes.shape[1]):
-                values = planes[:, plane]
-                truth = np.where(probe.dataset.label_category[values] == index_of, values, truth)
             per_category[category]["prediction"].append(prediction)
-            per_category[category]["truth"].append(truth)
+            per_category[category]["truth"].append(_truth(probe.dataset, planes, category))
         for index in range(start, stop):
             if index not in scene_images[: config.examples]:
                 continue
-            pooled = maps[index - start].mean(axis=(0, 1))
-            logits = np.asarray(out["logits"][index - start])
-            predicted = int(np.argmax(logits))
-            contribution = weights[:, predicted] * pooled
-            top = np.argsort(-contribution, kind="stable")[: config.top_units]
-            present = set(np.unique(planes[index - start]).tolist()) | set(
-                probe.dataset.image_labels[index]
-            )
             explained.append(
-                {
-                    "image": index,
-                    "predicted": class_names[predicted],
-                    "truth": names[probe.dataset.image_labels[index][0]],
-                    "units": [
-                        {
-                            "unit": int(u) + 1,
-                            "label": rows[u]["label"],
-                            "category": rows[u]["category"],
-                            "iou": rows[u]["score"],
-                            "contribution": float(contribution[u]),
-                            "concept_in_image": bool(unit_label[u] in present),
-                        }
-                        for u in top
-                    ],
-                    "maps": maps[index - start][:, :, top],
-                }
+                _explanation(
+                    probe.dataset,
+                    index,
+                    maps[index - start],
+                    np.asarray(out["logits"][index - start]),
+                    planes[index - start],
+                    weights,
+                    rows,
+                    unit_label,
+                    class_names,
+                    config.top_units,
+                )
             )
     segmentation = {
         c: segmentation_scores(np.concatenate(v["prediction"]), np.concatenate(v["truth"]))

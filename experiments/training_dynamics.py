@@ -13,7 +13,7 @@ results.json (per-seed counts with means and 95 % t-intervals, the paper's claim
 verdicts, concept evolution between snapshots, provenance), unique_detectors.png,
 per_category.png, accuracy.png, concept_transitions.png and summary.html. Everything
 already in the workdir is reused, so a rerun resumes. The default (the baseline, 3 seeds)
-is ``make demo``; the README ("What make demo shows") gives its time.
+is ``make demo``; the docs (docs/guide/experiments.md, "What make demo shows") give its time.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ CATEGORIES = ("object", "part", "scene", "material", "texture", "color")
 MORE_SEEDS = (
     "<p>With few seeds most intervals contain 0. The default configuration run with 10 "
     "seeds is committed in the repository: experiments/results/training_dynamics-10seeds/ "
-    "(results.json and plots), tabulated in the README's Results section.</p>"
+    "(results.json and plots), with its page in the docs: docs/results/training_dynamics-10seeds.md.</p>"
 )
 TRANSITION_NAMES = {
     "keep": "keep their label",
@@ -316,19 +316,28 @@ def study_claims(curves: dict, seeds: list[int]) -> list[dict]:
 
 
 def plot(results: dict, workdir: Path) -> None:
+    """Writes the study's four figures into ``workdir``."""
     plt = pyplot()
-    curves, layer = results["curves"], results["layer"]
+    curves = results["curves"]
     colors = dict(zip(curves, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     last = max(points[-1]["step"] for points in curves.values())
+    for figure in (_plot_unique, _plot_per_category, _plot_accuracy):
+        figure(plt, results, colors, last, workdir)
+    _plot_transitions(plt, results, last, workdir)  # colored by transition, not variation
 
-    def steps(points):
-        return [p["step"] for p in points]
 
+def _steps(points):
+    return [p["step"] for p in points]
+
+
+def _plot_unique(plt, results: dict, colors: dict, last: int, workdir: Path) -> None:
+    """unique_detectors.png: unique detectors over training, in the units and in a rotation."""
+    curves, layer = results["curves"], results["layer"]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for axis, basis in zip(axes, ("units", "rotated"), strict=True):
         for variation, points in curves.items():
             stats = [p[basis]["total"] for p in points]
-            band(axis, steps(points), stats, colors[variation], variation, low=0)
+            band(axis, _steps(points), stats, colors[variation], variation, low=0)
         iteration_axis(axis, last)
         axis.set_title(
             f"{layer}: {'its units' if basis == 'units' else 'a random rotation of its basis'}"
@@ -339,13 +348,17 @@ def plot(results: dict, workdir: Path) -> None:
     figure.tight_layout()
     save_figure(figure, workdir / "unique_detectors.png", results.get("provenance"))
 
+
+def _plot_per_category(plt, results: dict, colors: dict, last: int, workdir: Path) -> None:
+    """per_category.png: unique detectors per category, units and rotated basis."""
+    curves, layer = results["curves"], results["layer"]
     # 10 x 6.4 inches at 100 dpi: 1,000 px wide, inside a laptop's window.
     figure, axes = plt.subplots(2, 3, figsize=(10, 6.4), sharex=True)
     for axis, category in zip(axes.ravel(), CATEGORIES, strict=True):
         for variation, points in curves.items():
             band(
                 axis,
-                steps(points),
+                _steps(points),
                 [p["units"][category] for p in points],
                 colors[variation],
                 variation,
@@ -353,7 +366,7 @@ def plot(results: dict, workdir: Path) -> None:
                 low=0,
             )
             axis.plot(
-                steps(points),
+                _steps(points),
                 [p["rotated"][category]["mean"] for p in points],
                 "--",
                 color=colors[variation],
@@ -367,12 +380,16 @@ def plot(results: dict, workdir: Path) -> None:
     figure.tight_layout()
     save_figure(figure, workdir / "per_category.png", results.get("provenance"))
 
+
+def _plot_accuracy(plt, results: dict, colors: dict, last: int, workdir: Path) -> None:
+    """accuracy.png: validation accuracy over training."""
+    curves = results["curves"]
     figure, axis = plt.subplots(figsize=(6, 4))
     for variation, points in curves.items():
         known = [p for p in points if p["eval_accuracy"] is not None]
         band(
             axis,
-            steps(known),
+            _steps(known),
             [p["eval_accuracy"] for p in known],
             colors[variation],
             variation,
@@ -386,6 +403,9 @@ def plot(results: dict, workdir: Path) -> None:
     figure.tight_layout()
     save_figure(figure, workdir / "accuracy.png", results.get("provenance"))
 
+
+def _plot_transitions(plt, results: dict, last: int, workdir: Path) -> None:
+    """concept_transitions.png: how units' concepts change between snapshots."""
     evolution = results["concept_evolution"]
     figure, axes = plt.subplots(
         1, len(evolution), figsize=(min(10, 4.5 * len(evolution)), 4), sharey=True, squeeze=False

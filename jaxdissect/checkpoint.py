@@ -197,6 +197,15 @@ class PassCheckpoints:
         older = [f"{name}/{step}" for step in self._saved(name) if step != next_batch]
         self._delete([f"{name}/{partial.name}", *older])
 
+    @classmethod
+    def discard(cls, directory: str | Path) -> None:
+        """Removes an earlier run's checkpoints in ``directory``: the files its
+        ``owned.json`` records and the folders they leave empty; nothing else."""
+        stale = cls.__new__(cls)
+        stale.directory = Path(directory).absolute()
+        stale.owned = stale._read_owned()
+        stale.remove()
+
     def remove(self) -> None:
         """Done: the outputs are written. Removes the files recorded as this class's, and
         the folders they leave empty."""

@@ -6,13 +6,17 @@ forward pass over their stacked parameters: ``jax.vmap`` on accelerators; on the
 2 cores, a third of vmap's time (XLA's CPU convolutions do not batch over kernels). Each
 (checkpoint, layer) is one layer of the two passes, so the passes run once for all of
 them. Each checkpoint's outputs go to ``OUT/<name>/`` with the fingerprint its own run
-would have, byte-identical to that run's, so either kind of rerun reuses them.
+would have, byte-identical to that run's, so either kind of rerun reuses them; with vmap,
+whose bits are not verified equal to one model's, the fingerprint and results.json record
+``stacked_forward: vmap``, and only a rerun of many checkpoints reuses them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,31 +30,54 @@ from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import load_image_array, load_label_arrays
+from jaxdissect.driver import completed, dissect_activations, run_fingerprint, write_outputs
 from jaxdissect.errors import DissectError
 from jaxdissect.models.features import FeatureModel
 from jaxdissect.outdir import locked
 from jaxdissect.sources import Activations, activations_digest, keep_budget, model_identity
 
 SEPARATOR = "/"  # between a checkpoint's name and its layer's, in the passes' layer names
+GROUP_CHECKPOINTS = ".checkpoint-"  # OUT/.checkpoint-<group key>: one group's pass states
 
 
-def checkpoint_names(weights: Sequence[str | Path | None], models: Sequence[FeatureModel]):
-    """Each checkpoint's output folder name: its weights file's name without suffix (the
-    model's name without weights). Duplicates are refused."""
-    names = [
-        Path(w).name.split(".")[0] if w is not None else m.name
-        for w, m in zip(weights, models, strict=True)
-    ]
+def group_key(names: Sequence[str], fingerprints: Sequence[dict]) -> str:
+    """A group's checkpoint folder suffix: a hash of its members' names and fingerprints,
+    so that a regrouped rerun (some checkpoints done, another group size) never meets
+    another group's states under its name."""
+    members = json.dumps([list(names), list(fingerprints)], sort_keys=True, default=str)
+    return hashlib.sha256(members.encode()).hexdigest()[:16]
+
+
+def check_names(names: Sequence[str], argument: str) -> list[str]:
+    """Refuses checkpoint folder names that clash or cannot be a folder under OUT; the
+    error names ``argument``, where they came from."""
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str) or not n or n.startswith(".")]
+    bad += [n for n in names if isinstance(n, str) and SEPARATOR in n]
+    if bad:
+        raise DissectError(
+            f"checkpoint name {bad[0]!r} (from `{argument}`) cannot be an output folder name",
+            arguments=(argument,),
+        )
     seen = [n for n in names if names.count(n) > 1]
     if seen:
         raise DissectError(
-            f"two checkpoints would write to the same folder {seen[0]!r}: give them files of "
-            "different names"
+            f"two checkpoints would write to the same folder {seen[0]!r}: give `{argument}` "
+            "of different names",
+            arguments=(argument,),
         )
-    bad = [n for n in names if not n or n.startswith(".") or SEPARATOR in n]
-    if bad:
-        raise DissectError(f"checkpoint name {bad[0]!r} cannot be an output folder name")
     return names
+
+
+def checkpoint_names(weights: Sequence[str | Path | None], models: Sequence[FeatureModel]):
+    """Each checkpoint's output folder name: its weights file's name without its last
+    suffix (``run.step100.th`` gives ``run.step100``; the model's name without weights).
+    Duplicates are refused, naming what to change: the weights files or, where a model has
+    none, ``names``."""
+    names = [
+        Path(w).stem if w is not None else m.name for w, m in zip(weights, models, strict=True)
+    ]
+    return check_names(names, "weights" if None not in weights else "names")
 
 
 def check_one_architecture(models: Sequence[FeatureModel]) -> None:
@@ -75,22 +102,31 @@ def check_one_architecture(models: Sequence[FeatureModel]) -> None:
             )
 
 
+def forward_mode() -> str:
+    """How stacked checkpoints run: ``lax.map`` on the CPU, whose bits equal one model's
+    forward pass (tested); ``vmap`` elsewhere, batched kernels whose bits are not verified
+    equal to one model's (``bench/device_check.py`` part e compares them)."""
+    return "lax.map" if runtime.default_backend() == "cpu" else "vmap"
+
+
+@functools.partial(jax.jit, static_argnames=("function", "layers", "mode"))
+def _stacked_run(stacked, images, *, function, layers, mode):
+    def one(params):
+        return function(params, images, layers)
+
+    return jax.vmap(one)(stacked) if mode == "vmap" else jax.lax.map(one, stacked)
+
+
 def stacked_forward(models: Sequence[FeatureModel]):
     """``forward(images, layers) -> {layer: (K, B, h, w, U)}`` of K models of one
-    architecture: one compiled function over their stacked parameters."""
+    architecture: one compiled function over their stacked parameters (compiled once per
+    model function, layers, mode and shapes, also across calls)."""
     check_one_architecture(models)
-    first = models[0]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(m.params for m in models))
-    batched = runtime.default_backend() != "cpu"
-
-    @functools.partial(jax.jit, static_argnames="layers")
-    def run(stacked, images, layers):
-        def one(params):
-            return first.function(params, images, layers)
-
-        return jax.vmap(one)(stacked) if batched else jax.lax.map(one, stacked)
-
-    return lambda images, layers: run(stacked, images, layers)
+    function, mode = models[0].function, forward_mode()
+    return lambda images, layers: _stacked_run(
+        stacked, images, function=function, layers=layers, mode=mode
+    )
 
 
 def _group_size(count: int, shapes: Mapping[str, tuple[int, int, int]], batch_size: int) -> int:
@@ -147,19 +183,21 @@ def dissect_many(
       {checkpoint name: {layer: Dissection}} of the checkpoints dissected now (those whose
       outputs were complete already are reused and left out).
     """
-    from jaxdissect.pipeline import (
-        completed,
-        dissect_activations,
-        run_fingerprint,
-        write_outputs,
-    )
-
     models = list(models)
     check_one_architecture(models)
     weights = list(weights) if weights is not None else [None] * len(models)
     if len(weights) != len(models):
-        raise DissectError(f"{len(models)} models but {len(weights)} weights files")
-    names = list(names) if names is not None else checkpoint_names(weights, models)
+        raise DissectError(
+            f"{len(models)} models but {len(weights)} `weights` files", arguments=("weights",)
+        )
+    if names is None:
+        names = checkpoint_names(weights, models)
+    elif isinstance(names, str) or len(names) != len(models):
+        raise DissectError(
+            f"`names` must list one folder name per model ({len(models)})", arguments=("names",)
+        )
+    else:
+        names = check_names(names, "names")
     if not isinstance(dataset, BrodenDataset):
         dataset = open_broden(dataset)
     layers = models[0].check_layers(layers)
@@ -175,9 +213,15 @@ def dissect_many(
                 "dissection needs (B, h, w, U) maps"
             )
         shapes[layer] = tuple(value.shape[2:])
+    if config.top_images > len(images):  # as a single run: no more top images than images
+        config = dataclasses.replace(config, top_images=len(images))
+    mode = forward_mode()
     sources = {}
     for name, model, path in zip(names, models, weights, strict=True):
         identity, provenance = model_identity(model, path)
+        if mode != "lax.map":  # lax.map's bits are one model's; vmap's may not be
+            identity = {**identity, "stacked_forward": mode}
+            provenance = {**provenance, "stacked_forward": mode}
         sources[name] = Activations(None, shapes, len(images), identity, provenance)
     fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}
     todo = [
@@ -196,10 +240,15 @@ def dissect_many(
             f"{len(todo)} checkpoints in {len(groups)} groups of at most {size}: their "
             "activations of one batch together would not fit the memory kept for them"
         )
+    keys = [group_key([names[k] for k in g], [fingerprints[names[k]] for k in g]) for g in groups]
     found = {}
     writer = runtime.process_index() == 0
     with locked(out) if writer else contextlib.nullcontext():
-        for number, group in enumerate(groups):
+        if writer and out.is_dir():  # states of groups this run no longer has
+            for folder in sorted(out.glob(f"{GROUP_CHECKPOINTS}*")):
+                if folder.is_dir() and folder.name[len(GROUP_CHECKPOINTS) :] not in keys:
+                    PassCheckpoints.discard(folder)
+        for group, key in zip(groups, keys, strict=True):
             group_names = [names[k] for k in group]
             read = _group_source(
                 [models[k] for k in group], group_names, images, layers, config.batch_size
@@ -213,7 +262,7 @@ def dissect_many(
             if checkpoint_every is not None and runtime.process_count() == 1:
                 identity = {"checkpoints": [fingerprints[n] for n in group_names]}
                 checkpoints = PassCheckpoints(
-                    out / f".checkpoint-{number}", json.loads(json.dumps(identity, default=str)),
+                    out / f"{GROUP_CHECKPOINTS}{key}", json.loads(json.dumps(identity, default=str)),
                     checkpoint_every,
                 )  # fmt: skip
                 # What the models compute, not their names, decides whether states resume.

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -22,3 +23,16 @@ def probe(tmp_path_factory):
 def _private_cache(tmp_path, monkeypatch):
     """Each test decodes into its own cache, never the user's."""
     monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_xla_flags():
+    """XLA_FLAGS as it was before each test: ``pin_floats`` (a study's or the trainer's
+    main, run in-process) writes os.environ, and later tests' subprocesses would inherit
+    its ISA pin."""
+    saved = os.environ.get("XLA_FLAGS")
+    yield
+    if saved is None:
+        os.environ.pop("XLA_FLAGS", None)
+    else:
+        os.environ["XLA_FLAGS"] = saved

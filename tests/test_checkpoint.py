@@ -162,3 +162,15 @@ def test_a_checkpoint_of_the_positional_format_is_refused(tmp_path):
         np.savez(file, leaf0=np.ones(3))
     with pytest.warns(UserWarning, match=r"c/pass/4: written by an earlier version"):
         assert checkpoints.restore("pass", {"conv4": np.zeros(3)}) == (0, None)
+
+
+def test_discard_removes_only_what_an_earlier_run_recorded(tmp_path):
+    saved = PassCheckpoints(tmp_path / "ck", {"run": 1}, every=1)
+    saved.save("tally", 1, lambda: {"x": np.arange(3)}, last=True)
+    (tmp_path / "ck" / "tally" / "notes.txt").write_text("a user's file")
+    PassCheckpoints.discard(tmp_path / "ck")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "ck",
+        "ck/tally",
+        "ck/tally/notes.txt",
+    ]

@@ -251,7 +251,7 @@ def test_library_errors_name_python_arguments_and_the_cli_names_flags(monkeypatc
     )
     assert error.for_cli() == "--length, --beam and --labels-per-unit must be >= 1"
     assert error.for_cli({"beam": "--beam-width"}).startswith("--length, --beam-width and")
-    from jaxdissect.compositional.formula_search import explain
+    from jaxdissect.compositional.explain import explain
 
     with pytest.raises(DissectError) as raised:
         explain(None, None, length=0)

@@ -352,17 +352,17 @@ def test_exact_formulas_beyond_the_memory_budget_are_refused_before_any_work(
     probe, tmp_path, capsys, monkeypatch
 ):
     from jaxdissect import passes
-    from jaxdissect.compositional import formula_search
+    from jaxdissect.compositional import exact, explain
 
     np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 8)))
-    monkeypatch.setattr(formula_search, "memory_budget", lambda: 2**30)
+    monkeypatch.setattr(explain, "memory_budget", lambda: 2**30)
     monkeypatch.setattr(passes, "run_pass", lambda *a, **k: pytest.fail("work started"))
     args = ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
             "--out", str(tmp_path / "out"), "--exact", "--length", "4", "--no-progress"]  # fmt: skip
     assert main(args) == 2
     k = min(40, probe.num_labels)
-    needed = formula_search.exact_search_bytes(8, k, 4)
-    assert needed == 8 * k * (4 * k) ** 2 * formula_search.EXACT_NODE_BYTES > 2**30
+    needed = exact.exact_search_bytes(8, k, 4)
+    assert needed == 8 * k * (4 * k) ** 2 * exact.EXACT_NODE_BYTES > 2**30
     _one_line_error(capsys, "--exact --length 4 over 8 units", "more than the 1.0 GiB")
     assert not (tmp_path / "out").exists()
 
@@ -373,7 +373,7 @@ def test_memory_budget_follows_the_address_space_limit():
 
     code = (
         "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.RLIM_INFINITY));"
-        "from jaxdissect.compositional.formula_search import memory_budget; print(memory_budget())"
+        "from jaxdissect.compositional.exact import memory_budget; print(memory_budget())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0 < int(out.stdout) <= 3 * 2**30
@@ -492,3 +492,56 @@ def test_a_figure_of_one_row(tmp_path):
     """Found by the fuzz test: one row made Matplotlib's axes one-dimensional."""
     assert main(["synthetic", "figure", "--out", str(tmp_path / "f.png"), "--rows", "1"]) == 0
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_report_draws_from_a_copy_of_the_probe_but_not_from_another(
+    dissected, probe, tmp_path, capsys
+):
+    copy = tmp_path / "probe-copy"
+    shutil.copytree(probe.directory, copy)  # new inodes and times, same content
+    out = _tampered(dissected, tmp_path, _set(["dataset"], str(copy)))
+    assert main(["report", out]) == 0
+    assert "warning" not in capsys.readouterr().err  # images were read from the copy
+
+    image = sorted((copy / "images").rglob("*.jpg"))[0]
+    image.write_bytes(image.read_bytes() + b"\0")  # another probe: one image differs
+    assert main(["report", out]) == 0
+    err = capsys.readouterr().err
+    assert "another probe than the one dissected" in err and str(copy) in err, err
+
+
+def test_float64_features_beyond_float32_are_named_not_called_nan(probe, tmp_path, capsys):
+    features = dyadic_features(len(probe.planes), (4, 4, 5), seed=3).astype(np.float64)
+    features[6, 1, 2, 3] = 1e300
+    np.save(tmp_path / "f.npy", features)
+    for kernel in ("cpu", "xla"):
+        args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+                "--out", str(tmp_path / kernel), "--kernel", kernel, "--batch-size", "4",
+                "--no-progress"]  # fmt: skip
+        assert main(args) == 2
+        _one_line_error(capsys, "1e+300 in image 6", "beyond float32's range")
+
+
+def test_a_process_whose_coordinator_never_listens_says_so_and_fails(
+    probe, tmp_path, capsys, monkeypatch
+):
+    import socket
+
+    import jaxdissect.cli
+
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(jaxdissect.cli, "JOIN_TIMEOUT_S", 1)
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5), seed=3))
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--coordinator", f"127.0.0.1:{port}",
+            "--num-processes", "2", "--process-id", "1", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("jaxdissect: process 1 of 2: waiting up to 1 s for process 0")
+    assert err[1] == (
+        f"jaxdissect: error: --coordinator 127.0.0.1:{port}: process 0 did not listen within "
+        "1 s (is it running, and is the address right?)"
+    )
+    assert not (tmp_path / "out").exists()

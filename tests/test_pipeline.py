@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from probe_fixture import dyadic_features, reference_tally
 
-from jaxdissect import load_label_arrays, open_broden, pipeline
+from jaxdissect import driver, load_label_arrays, open_broden
 from jaxdissect.cli import main
 from jaxdissect.config import DissectConfig
 
@@ -28,13 +28,13 @@ def test_pass_one_activations_and_labels_kept_on_device(
         calls.append((start, stop))
         return {"features": jnp.asarray(features[start:stop])}
 
-    monkeypatch.setattr(pipeline, "keep_budget", lambda: keep_bytes)
+    monkeypatch.setattr(driver, "keep_budget", lambda: keep_bytes)
     # Labels on the device is what happens on one accelerator; on CPU, the CPU stands in.
-    monkeypatch.setattr(pipeline, "_labels_fit_device", lambda *args: labels_on_device)
+    monkeypatch.setattr(driver, "_labels_fit_device", lambda *args: labels_on_device)
     dataset = open_broden(probe.directory)
     labels = load_label_arrays(dataset, progress=False)
     config = DissectConfig(batch_size=5, quantile=0.05, kernel="xla")
-    result = pipeline.dissect_activations(
+    result = driver.dissect_activations(
         model, 12, {"features": (4, 4, 5)}, dataset, labels, config, progress=False
     )["features"]
     batches = [(0, 5), (5, 10), (10, 12)]
@@ -204,7 +204,7 @@ def test_the_users_files_in_out_are_not_deleted(probe, tmp_path, capsys):
     kept_in = (out / "report").resolve()
     assert main(_args(probe, tmp_path / "f.npy", out)) == 0
     assert (kept_in / "later.txt").read_bytes() == b"added later"
-    assert not (kept_in / "unit-0001.jpg").exists()  # the set's own strips went
+    assert not (kept_in / "images-0000.jpg").exists()  # the set's own images went
     assert f"kept {kept_in.parent}" in capsys.readouterr().err
     assert (out / "draft.partial").read_bytes() == b"mine"
 
@@ -262,7 +262,7 @@ def test_fingerprint_names_every_setting_that_changes_results(probe, tmp_path):
 
     np.save(tmp_path / "f.npy", dyadic_features(12, (4, 4, 4)))
     dataset = open_broden(probe.directory)
-    base = pipeline.run_fingerprint(dataset, features(tmp_path / "f.npy"), DissectConfig())
+    base = driver.run_fingerprint(dataset, features(tmp_path / "f.npy"), DissectConfig())
     variants = [
         (dataset, features(tmp_path / "f.npy", layout="nchw"), DissectConfig()),
         (open_broden(probe.directory, ["object"]), features(tmp_path / "f.npy"), DissectConfig()),
@@ -278,7 +278,7 @@ def test_fingerprint_names_every_setting_that_changes_results(probe, tmp_path):
         ),
     ]
     for variant in variants:
-        assert pipeline.run_fingerprint(*variant) != base
+        assert driver.run_fingerprint(*variant) != base
 
 
 def _features_file(tmp_path, shape):

@@ -1,5 +1,6 @@
 """What every results.json records about how it was produced."""
 
+import os
 import re
 import subprocess
 from importlib import metadata
@@ -66,3 +67,25 @@ def test_pin_adds_the_isa_ceiling_unless_named(monkeypatch):
 def test_provenance_records_the_cpu_and_isa():
     machine = common.provenance()["machine"]
     assert "cpu_model" in machine and "xla_cpu_max_isa" in machine
+
+
+_XLA_FLAGS_BEFORE = {}  # what the first test of the pair below found
+
+
+def test_pin_floats_writes_the_environment():
+    from jaxdissect import float_pin
+
+    _XLA_FLAGS_BEFORE["flags"] = os.environ.get("XLA_FLAGS")
+    # Not through monkeypatch, as a study's main does; a ceiling no collected module pins.
+    os.environ["XLA_FLAGS"] = "--xla_cpu_max_isa=SSE4_2"
+    float_pin.pin_floats()
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_cpu_max_isa=SSE4_2",
+        "--xla_gpu_deterministic_ops=true",
+    ]
+
+
+def test_the_test_before_left_xla_flags_as_they_were():
+    """Runs after the test above (file order): conftest restored XLA_FLAGS."""
+    assert "flags" in _XLA_FLAGS_BEFORE
+    assert os.environ.get("XLA_FLAGS") == _XLA_FLAGS_BEFORE["flags"]

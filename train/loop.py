@@ -145,7 +145,7 @@ def _logged_until(path: Path, step: int) -> list[str]:
                 ) from None
             warnings.warn(
                 f"{path} line {number}: dropped a record cut short by the interruption",
-                stacklevel=3,
+                stacklevel=4,  # the caller of train()
             )
             continue
         if not redone:
@@ -177,7 +177,7 @@ def _restore_intact(manager, workdir: Path, params, rest, opt_state):
         warnings.warn(
             f"{workdir / 'checkpoints' / str(step)}: damaged ({problem[:200]}); moved to "
             f"{aside}; resuming from an earlier checkpoint",
-            stacklevel=3,
+            stacklevel=4,  # the caller of train()
         )
         manager.reload()
     return None
@@ -204,6 +204,30 @@ def _initial_weights(model, config: TrainConfig) -> None:
     nnx.update(model, state)
 
 
+def _write_run_info(workdir: Path, config: TrainConfig, data) -> int:
+    """Writes run.json (the classes the model is trained on); returns their number."""
+    num_classes = 4 if config.objective == "rotation" else data.num_classes
+    class_names = ("0", "90", "180", "270") if config.objective == "rotation" else data.class_names
+    run_path = workdir / "run.json"
+    run_path.write_text(json.dumps({"num_classes": num_classes, "class_names": list(class_names)}))
+    return num_classes
+
+
+def _resume(manager, workdir: Path, params, rest, opt_state):
+    """(first step, params, rest, opt_state): from the last intact checkpoint, its
+    metrics.jsonl cut back to match; else step 0 and an empty metrics.jsonl."""
+    restored = _restore_intact(manager, workdir, params, rest, opt_state)
+    metrics_path = workdir / "metrics.jsonl"
+    if restored is None:
+        metrics_path.write_text("")
+        return 0, params, rest, opt_state
+    start = restored[0]
+    # Drop what the interrupted run logged after its last checkpoint: it is redone.
+    kept = _logged_until(metrics_path, start)
+    metrics_path.write_text("".join(line + "\n" for line in kept))
+    return restored
+
+
 def train(
     config: TrainConfig, workdir: str | Path, progress: bool = True, stop_after: int | None = None
 ) -> dict:
@@ -221,11 +245,7 @@ def train(
     workdir = Path(workdir)
     _check_workdir(workdir, config)
     data = load_data(config, progress)
-    num_classes = 4 if config.objective == "rotation" else data.num_classes
-    class_names = ("0", "90", "180", "270") if config.objective == "rotation" else data.class_names
-    run_path = workdir / "run.json"
-    run_path.write_text(json.dumps({"num_classes": num_classes, "class_names": list(class_names)}))
-    model = build_model(config, num_classes)
+    model = build_model(config, _write_run_info(workdir, config, data))
     if config.init_from:
         _initial_weights(model, config)
     graphdef, params, rest = split(model)
@@ -234,16 +254,8 @@ def train(
     manager = checkpoint_manager(workdir)
     schedule = config.schedule()
 
-    restored = _restore_intact(manager, workdir, params, rest, opt_state)
     metrics_path = workdir / "metrics.jsonl"
-    if restored is None:
-        start = 0
-        metrics_path.write_text("")
-    else:
-        start, params, rest, opt_state = restored
-        # Drop what the interrupted run logged after its last checkpoint: it is redone.
-        kept = _logged_until(metrics_path, start)
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    start, params, rest, opt_state = _resume(manager, workdir, params, rest, opt_state)
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     data_sharding = NamedSharding(mesh, PartitionSpec("data"))

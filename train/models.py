@@ -14,18 +14,11 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jaxdissect.models.cnn import BasicBlock, Stage, Stem
 from jaxdissect.models.features import FeatureModel, Preprocess
-from jaxdissect.models.zoo import (
-    BasicBlock,
-    Identity,
-    Stage,
-    Stem,
-    VisionTransformer,
-    as_feature_model,
-    batch_norm_layer,
-    conv_layer,
-    dropout,
-)
+from jaxdissect.models.layers import Identity, batch_norm_layer, conv_layer, dropout
+from jaxdissect.models.vit import VisionTransformer
+from jaxdissect.models.zoo import as_feature_model
 from train.config import TrainConfig
 
 PREPROCESS = Preprocess()  # ImageNet mean and std on [0, 1] RGB, as the zoo's models

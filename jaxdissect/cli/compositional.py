@@ -10,7 +10,7 @@ from jaxdissect.errors import DissectError
 
 
 def run_formulas(args: argparse.Namespace) -> int:
-    from jaxdissect.compositional.formula_search import explain
+    from jaxdissect.compositional.explain import explain
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
     from jaxdissect.sources import load_model

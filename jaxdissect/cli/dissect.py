@@ -140,6 +140,34 @@ def _dissect_checkpoints(args: argparse.Namespace, config, dataset, progress: bo
     return 0
 
 
+JOIN_TIMEOUT_S = 300  # how long a process waits for process 0's coordinator to listen
+
+
+def _wait_for_coordinator(host: str, port: int, args: argparse.Namespace) -> None:
+    """Waits, saying so, until process 0 listens at --coordinator. JAX's own wait ends in an
+    abort with a C++ stack trace, and says nothing while it waits."""
+    import socket
+    import time
+
+    print(
+        f"jaxdissect: process {args.process_id} of {args.num_processes}: waiting up to "
+        f"{JOIN_TIMEOUT_S} s for process 0 at {args.coordinator}",
+        file=sys.stderr,
+    )
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise DissectError(
+                    f"--coordinator {args.coordinator}: process 0 did not listen within "
+                    f"{JOIN_TIMEOUT_S} s (is it running, and is the address right?)"
+                ) from None
+            time.sleep(0.5)
+
+
 def start_processes(args: argparse.Namespace) -> bool:
     """Joins a jax.distributed run when --coordinator is given; True for the process that
     writes the outputs (process 0, or the only one)."""
@@ -165,5 +193,7 @@ def start_processes(args: argparse.Namespace) -> bool:
 
     # CPU devices reduce across processes through gloo; accelerators use their own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.process_id != 0:
+        _wait_for_coordinator(host, int(port), args)
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     return jax.process_index() == 0

@@ -15,7 +15,7 @@ def run_report(args: argparse.Namespace) -> int:
     from jaxdissect.data.broden import open_broden
     from jaxdissect.data.cache import load_image_array
     from jaxdissect.report.html import write_index
-    from jaxdissect.report.schema import read_results
+    from jaxdissect.report.schema import check_same_probe, read_results
 
     folders = (
         [args.out]
@@ -33,6 +33,7 @@ def run_report(args: argparse.Namespace) -> int:
         results = read_results(folder)
         try:
             dataset = open_broden(results["dataset"], results["categories"])
+            check_same_probe(results, dataset)
             return load_image_array(dataset, args.cache, progress=False)
         except DissectError as error:
             print(
@@ -65,8 +66,8 @@ def _republish_reports(root: Path, layers: list[str | None], images_for) -> list
     layer): its other files are carried over, by hard link where the system allows."""
     import shutil
 
+    from jaxdissect.driver import FINGERPRINT
     from jaxdissect.outdir import MANIFEST, current_set, discard, locked, new_set, publish
-    from jaxdissect.pipeline import FINGERPRINT
     from jaxdissect.report.html import write_index, write_layer_report
 
     redrawn = {f"{layer}/" if layer else "" for layer in layers}

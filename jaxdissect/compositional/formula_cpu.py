@@ -208,7 +208,7 @@ def pack_unit_masks(maps: np.ndarray, thresholds: np.ndarray, label_size) -> np.
 @numba.njit(inline="always")
 def _interval(pair, universe, labels, ops, x):  # pragma: no cover - compiled
     """[lo, hi] of |F & x| within a universe, from the pair counts of F's concepts (see
-    ``formula_search.child_bounds``)."""
+    ``exact.child_bounds``)."""
     lo = pair[max(labels[0], 0), x]
     hi = lo
     whole = universe[x]
@@ -230,7 +230,7 @@ def _interval(pair, universe, labels, ops, x):  # pragma: no cover - compiled
 def child_bounds(
     a, s, unit_area, pair_inter, pair_false, labels, ops, inter, area, valid, pixels, rounding
 ):  # pragma: no cover - compiled
-    """(U, M, 4, K) float32 ``formula_search.child_bounds``; ``pair_false`` = |y & x - u|;
+    """(U, M, 4, K) float32 ``exact.child_bounds``; ``pair_false`` = |y & x - u|;
     -inf for the children of formulas not ``valid`` (U, M), which are not computed."""
     units, count, length = labels.shape
     k = a.shape[1]

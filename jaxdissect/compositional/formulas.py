@@ -1,7 +1,7 @@
 """Logical formulas of concepts, their text, and their masks as packed bits.
 
 A formula is a concept, or ``(F AND G)``, ``(F OR G)``, ``(F AND NOT G)`` of formulas; its
-length is the number of concepts in it. The search (``formula_search``) builds formulas one
+length is the number of concepts in it. The searches (``search``, ``exact``) build formulas one
 concept at a time, as a *program*: ``labels[0]`` and then, for each further concept x, one
 of the operators
 
@@ -32,6 +32,7 @@ from jaxdissect.errors import DissectError
 
 AND, OR, ANDNOT, NOTAND, NOP = 0, 1, 2, 3, 4
 OPERATOR_WORDS = {AND: "AND", OR: "OR", ANDNOT: "AND NOT", NOTAND: "AND NOT"}
+OPERATORS = (AND, OR, ANDNOT, NOTAND)  # a child's operator index, as the searches number it
 
 # A formula tree: a label number (int), or (word, left, right) with word "AND", "OR" or
 # "AND NOT".
@@ -50,6 +51,23 @@ def program_tree(labels, ops) -> Formula:
         else:
             tree = (OPERATOR_WORDS[int(op)], tree, int(label))
     return tree
+
+
+def append_step(labels, ops, op_index, partner, length):
+    """Programs of chosen children: parents' programs with (op, partner) added."""
+    position = (labels >= 0).sum(-1)
+    new_labels, new_ops = labels.copy(), ops.copy()
+    index = np.indices(position.shape)
+    new_labels[(*index, position)] = partner
+    new_ops[(*index, position - 1)] = np.asarray(OPERATORS)[op_index]
+    return new_labels, new_ops
+
+
+def empty_programs(units, count, length):
+    """(units, count) programs of ``length`` with no concept yet: labels -1, operators NOP."""
+    return np.full((units, count, length), -1, np.int64), np.full(
+        (units, count, max(length - 1, 0)), NOP, np.int64
+    )
 
 
 def tree_length(tree: Formula) -> int:

@@ -86,34 +86,47 @@ def write_broden(
     for image in progress_bar(
         images, desc="writing probe images", unit="img", disable=not progress
     ):
-        height, width = image.pixels.shape[:2]
-        label_shape = None
-        row = {"image": f"{image.name}.jpg", "split": "train", "ih": height, "iw": width}
-        (directory / "images" / image.name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.pixels).save(directory / "images" / f"{image.name}.jpg", quality=95)
-        for category in column_order:
-            items = []
-            for k, plane in enumerate(image.planes.get(category, ())):
-                label_shape = plane.shape
-                path = f"{image.name}_{category}_{k}.png"
-                Image.fromarray(encode_plane(plane)).save(directory / "images" / path)
-                items.append(path)
-                present, counts = np.unique(plane, return_counts=True)
-                frequency[category][present] += 1
-                measured[category][present] += counts / plane.size
-            for label in image.image_labels.get(category, ()):
-                items.append(str(int(label)))
-                frequency[category][int(label)] += 1
-                measured[category][int(label)] += 1.0
-            row[category] = ";".join(items)
-        row["sh"], row["sw"] = label_shape or (height // 2, width // 2)
-        rows.append(row)
+        rows.append(_write_image(directory, image, column_order, frequency, measured))
 
     def coverage_of(category, label):
         if coverage and (category, label) in coverage:
             return float(coverage[(category, label)])
         return float(measured[category][label])
 
+    _write_index(directory, categories, category_labels, column_order, rows)
+    _write_label_tables(directory, categories, label_names, category_labels, frequency, coverage_of)
+    return directory
+
+
+def _write_image(directory: Path, image: ProbeImage, column_order, frequency, measured) -> dict:
+    """Writes one image and its label planes; counts its labels into ``frequency`` and
+    ``measured`` (coverage); returns its index.csv row."""
+    height, width = image.pixels.shape[:2]
+    label_shape = None
+    row = {"image": f"{image.name}.jpg", "split": "train", "ih": height, "iw": width}
+    (directory / "images" / image.name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image.pixels).save(directory / "images" / f"{image.name}.jpg", quality=95)
+    for category in column_order:
+        items = []
+        for k, plane in enumerate(image.planes.get(category, ())):
+            label_shape = plane.shape
+            path = f"{image.name}_{category}_{k}.png"
+            Image.fromarray(encode_plane(plane)).save(directory / "images" / path)
+            items.append(path)
+            present, counts = np.unique(plane, return_counts=True)
+            frequency[category][present] += 1
+            measured[category][present] += counts / plane.size
+        for label in image.image_labels.get(category, ()):
+            items.append(str(int(label)))
+            frequency[category][int(label)] += 1
+            measured[category][int(label)] += 1.0
+        row[category] = ";".join(items)
+    row["sh"], row["sw"] = label_shape or (height // 2, width // 2)
+    return row
+
+
+def _write_index(directory: Path, categories, category_labels, column_order, rows) -> None:
+    """Writes index.csv (one row per image) and category.csv."""
     with open(directory / "index.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["image", "split", "ih", "iw", "sh", "sw", *column_order])
         writer.writeheader()
@@ -125,6 +138,12 @@ def write_broden(
             numbers = sorted(category_labels.get(category, ()))
             first, last = (numbers[0], numbers[-1]) if numbers else (0, 0)
             writer.writerow([category, first, last, len(numbers), len(rows)])
+
+
+def _write_label_tables(
+    directory: Path, categories, label_names, category_labels, frequency, coverage_of
+) -> None:
+    """Writes label.csv and each category's c_<cat>.csv."""
     with open(directory / "label.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
@@ -150,4 +169,3 @@ def write_broden(
                         plain_decimal(coverage_of(category, number)),
                     ]
                 )
-    return directory

@@ -99,6 +99,27 @@ def cache_key(dataset: BrodenDataset) -> str:
     return digest.hexdigest()[:24]
 
 
+def probe_identity(dataset: BrodenDataset) -> str:
+    """What tells one probe from another, wherever it is copied: the bytes of its CSVs and
+    each image's name and size (``cache_key`` also stamps times and inodes, which a copy
+    changes; reading every image would take minutes on the real Broden)."""
+    digest = hashlib.sha256(b"jaxdissect-probe-v1\n")
+    for name in [
+        "index.csv",
+        "label.csv",
+        "category.csv",
+        *(f"c_{c}.csv" for c in dataset.categories),
+    ]:
+        digest.update(name.encode() + b"\0" + (dataset.directory / name).read_bytes())
+    for image in dataset.images:
+        try:
+            size = os.stat(dataset.directory / "images" / image).st_size
+        except OSError:
+            size = -1
+        digest.update(f"{image}\0{size}\n".encode())
+    return digest.hexdigest()[:24]
+
+
 def _open_checked(path: Path, size: tuple[int, int], what: str) -> Image.Image:
     """Opens an image file, reading only its header, and checks its (height, width)."""
     try:

@@ -186,45 +186,63 @@ def fetch(
     start = time.perf_counter()
     final = directory / (source.folder or source.filename)
     if final.exists():
-        if source.folder is not None:
-            try:
-                _check_broden(final)
-            except ArchiveError as error:
-                raise DissectError(f"{final}: {error}; remove it or choose another --dir") from None
-            sha256 = _manifest(directory).get(name, {}).get("sha256")
-        else:
-            sha256, _ = _verify(final, name, directory, str(final))
+        sha256 = _fetched_sha256(name, source, directory, final)
         return Fetched(final, sha256, False, True, time.perf_counter() - start)
 
+    archive, sha256, record, downloaded = _obtain(
+        name, directory, url, from_file, retries, backoff_s, progress
+    )
+    size = archive.stat().st_size
+    _install(source, archive, final, from_file, downloaded, record, keep_archive, progress)
+    if record:
+        origin = str(from_file) if from_file is not None else url or source.url
+        _record(directory, name, {"sha256": sha256, "size": size, "from": origin})
+    return Fetched(final, sha256, record, False, time.perf_counter() - start)
+
+
+def _fetched_sha256(name: str, source: Source, directory: Path, final: Path) -> str | None:
+    """The SHA-256 of what an earlier fetch left at ``final``, after checking it."""
+    if source.folder is None:
+        return _verify(final, name, directory, str(final))[0]
+    try:
+        _check_broden(final)
+    except ArchiveError as error:
+        raise DissectError(f"{final}: {error}; remove it or choose another --dir") from None
+    return _manifest(directory).get(name, {}).get("sha256")
+
+
+def _obtain(name, directory, url, from_file, retries, backoff_s, progress):
+    """The verified download or file to install: (path, sha256, whether to record it,
+    whether it was downloaded)."""
+    source = SOURCES[name]
     archive = directory / source.filename
-    downloaded = False
     if from_file is not None:
         archive = Path(from_file)
         if not archive.is_file():
             raise DissectError(f"--from {archive}: no such file")
-        sha256, record = _verify(archive, name, directory, str(archive))
-    elif archive.is_file():  # downloaded and verified by an earlier run, not yet extracted
-        sha256, record = _verify(archive, name, directory, str(archive))
-        downloaded = True
-    else:
-        part = download(
-            url or source.url,
-            archive,
-            max_bytes=source.max_bytes,
-            retries=retries,
-            backoff_s=backoff_s,
-            progress=progress,
-        )
-        try:
-            sha256, record = _verify(part, name, directory, f"{url or source.url}")
-        except DissectError as error:
-            discard_partial(archive)
-            raise DissectError(f"{error}; the download was removed") from None
-        os.replace(part, archive)
+        return archive, *_verify(archive, name, directory, str(archive)), False
+    if archive.is_file():  # downloaded and verified by an earlier run, not yet extracted
+        return archive, *_verify(archive, name, directory, str(archive)), True
+    part = download(
+        url or source.url,
+        archive,
+        max_bytes=source.max_bytes,
+        retries=retries,
+        backoff_s=backoff_s,
+        progress=progress,
+    )
+    try:
+        sha256, record = _verify(part, name, directory, f"{url or source.url}")
+    except DissectError as error:
         discard_partial(archive)
-        downloaded = True
+        raise DissectError(f"{error}; the download was removed") from None
+    os.replace(part, archive)
+    discard_partial(archive)
+    return archive, sha256, record, True
 
-    size = archive.stat().st_size
+
+def _install(source, archive, final, from_file, downloaded, record, keep_archive, progress):
+    """Extracts a Broden zip to ``final``, or puts a checkpoint there, and checks it."""
     if source.folder is not None:
         try:
             extract_zip(
@@ -241,21 +259,17 @@ def fetch(
             raise
         if downloaded and not keep_archive:
             archive.unlink()
-    else:
-        if from_file is not None:  # copied beside the other fetched files, atomically
-            part = partial_path(final)
-            shutil.copyfile(archive, part)
-            os.replace(part, final)
-        try:
-            _check_checkpoint(final)
-        except DissectError:
-            if record:
-                final.unlink()
-            raise
-    if record:
-        origin = str(from_file) if from_file is not None else url or source.url
-        _record(directory, name, {"sha256": sha256, "size": size, "from": origin})
-    return Fetched(final, sha256, record, False, time.perf_counter() - start)
+        return
+    if from_file is not None:  # copied beside the other fetched files, atomically
+        part = partial_path(final)
+        shutil.copyfile(archive, part)
+        os.replace(part, final)
+    try:
+        _check_checkpoint(final)
+    except DissectError:
+        if record:
+            final.unlink()
+        raise
 
 
 def describe() -> str:

@@ -60,6 +60,8 @@ class Statistic(NamedTuple):
     (once per pass, and for each checkpoint: what a checkpoint holds), and
     ``expand(merged) -> state``, the inverse placement (a restored checkpoint on one device,
     fresh states on the others). Where a state is one state already, both are the identity.
+    ``collapse`` raises rather than merge a state whose counts are no longer exact (a tally
+    state's ``overflow`` or ``saturated`` flag).
     """
 
     init: Callable[[], State]

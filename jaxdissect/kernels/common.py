@@ -41,8 +41,14 @@ def zero_counts(units: int, dataset: BrodenDataset) -> list[np.ndarray]:
     ]
 
 
-def checked(acts: Mapping, shapes: Mapping[str, tuple[int, int, int]], count: int) -> Mapping:
-    """A source's batch, checked against the declared shapes."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def checked(
+    acts: Mapping, shapes: Mapping[str, tuple[int, int, int]], count: int, start: int = 0
+) -> Mapping:
+    """A source's batch (images ``start`` on), checked against the declared shapes and,
+    for wider floats, against float32's range (the passes compute in float32)."""
     for layer, shape in shapes.items():
         if layer not in acts:
             raise FeaturesError(f"the activation source gave no layer {layer!r}")
@@ -51,4 +57,22 @@ def checked(acts: Mapping, shapes: Mapping[str, tuple[int, int, int]], count: in
             raise FeaturesError(
                 f"layer {layer!r}: a batch has shape {got}, expected {(count, *shape)}"
             )
+        _check_float32_range(acts[layer], layer, start)
     return acts
+
+
+def _check_float32_range(acts, layer: str, start: int) -> None:
+    """Wider floats past float32's range would become inf in the cast, and be reported as
+    NaN or inf although the file holds neither: name the value and its image instead."""
+    if acts.dtype.kind != "f" or acts.dtype.itemsize <= 4:
+        return
+    values = np.asarray(acts).reshape(len(acts), -1)
+    beyond = (np.abs(values) > FLOAT32_MAX) & np.isfinite(values)
+    if beyond.any():
+        image = int(np.flatnonzero(beyond.any(1))[0])
+        value = values[image][beyond[image]][0]
+        raise FeaturesError(
+            f"layer {layer!r}: activation {value:.6g} in image {start + image} (0-based, "
+            f"index.csv order) is beyond float32's range (+-{FLOAT32_MAX:.6g}); "
+            "the dissection computes in float32: rescale the features"
+        )

@@ -22,7 +22,7 @@ from jaxdissect.stats import quantile
 
 def _read(source, shapes, ranges, first, labels):
     for number, (start, stop) in enumerate(ranges[first:], start=first + 1):
-        acts = checked(source(start, stop), shapes, stop - start)
+        acts = checked(source(start, stop), shapes, stop - start, start)
         yield Batch(
             number=number,
             start=start,

@@ -199,14 +199,15 @@ class _Placement:
 
     def labels(self, labels, lo: int, hi: int, per: int) -> tuple:
         if isinstance(labels.slot_planes, jax.Array) and hi - lo == per:
-            # Already in the (single) device's memory (see ``pipeline``).
-            return _device_rows(tuple(labels), lo, size=per)
+            # Already in the (single) device's memory (see ``pipeline``). Given the sharding
+            # of the rows placed from the host, or the step compiles for each.
+            return jax.device_put(_device_rows(tuple(labels), lo, size=per), self.data)
         return tuple(self.place(_pad(np.asarray(a[lo:hi]), per)) for a in labels)
 
     def read(self, source, shapes, ranges, first, labels):
         for number, (start, stop) in enumerate(ranges[first:], start=first + 1):
             lo, hi, per = self.local_rows(start, stop)
-            acts = checked(source(lo, hi), shapes, hi - lo)
+            acts = checked(source(lo, hi), shapes, hi - lo, lo)
             yield Batch(
                 number=number,
                 start=start,
@@ -277,6 +278,17 @@ def _thresholds(placement, layer, shape, num_images, config):
     )
 
 
+def flush_interval(
+    batch_size: int, label_size: tuple[int, int], slot_planes: int, image_labels: int
+) -> int:
+    """Batches whose counts an int32 device state can take before they must move to the
+    host: one image adds at most label pixels x (planes + image labels) to any count (a
+    label in every plane, and again as each image-level label)."""
+    label_height, label_width = label_size
+    per_batch = batch_size * label_height * label_width * (slot_planes + image_labels)
+    return max(1, INT32_MAX // per_batch)
+
+
 def _tally(placement, layer, shape, thresholds, dataset, labels, config):
     """Pass 2: each image upsamples only the units whose map rises above their threshold
     (at most ``max_active``, measured in pass 1) unless ``config.skip_inactive`` is off.
@@ -285,8 +297,12 @@ def _tally(placement, layer, shape, thresholds, dataset, labels, config):
     every step)."""
     height, width, units = shape
     label_height, label_width = dataset.label_size
-    planes = max(labels.slot_planes.shape[1], labels.image_labels.shape[1])
-    flush_every = max(1, INT32_MAX // (placement.batch_size * label_height * label_width * planes))
+    flush_every = flush_interval(
+        placement.batch_size,
+        dataset.label_size,
+        labels.slot_planes.shape[1],
+        labels.image_labels.shape[1],
+    )
     mask_dtype = mask_dtype_for_backend()
     constants = jax.device_put(
         (
@@ -305,11 +321,17 @@ def _tally(placement, layer, shape, thresholds, dataset, labels, config):
     )
 
     def collapse(state):
-        """The int64 totals with every device's counts added."""
+        """The int64 totals with every device's counts added; refuses device counts that
+        overflowed or saturated (no longer exact)."""
         part = host(state["device"])
         if part.overflow.any():  # cannot happen: pass 1 measured the bound
             raise RuntimeError(
                 f"layer {layer!r}: {part.overflow.sum()} images overflowed the tally"
+            )
+        if part.saturated is not None and part.saturated.any():  # flush_interval prevents it
+            raise RuntimeError(
+                f"layer {layer!r}: a device's int32 count reached 2**31 - 1 before it moved to "
+                "the host; the counts are not exact"
             )
         counts = [np.asarray(x, np.int64).sum(axis=0) for x in part[:3]]
         return [t + c for t, c in zip(state["totals"], counts, strict=True)]

@@ -1,7 +1,7 @@
-"""Writing a layer's concept directions: OUT/directions.csv, OUT/directions.npz,
-OUT/directions.json and OUT/directions.html (one self-contained page of cards: per concept,
-the direction's held-out IoU beside the best single unit's and chance, and the units it
-weighs most), staged and published as a set under OUT's lock (``outdir``)."""
+"""Writing a layer's concept directions into a set folder (``driver.run_analysis``
+publishes it): directions.csv, directions.npz, directions.json and directions.html (one
+self-contained page of cards: per concept, the direction's held-out IoU beside the best
+single unit's and chance, and the units it weighs most); and reading them back."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdissect.compositional.directions import Directions
-from jaxdissect.outdir import discard, locked, new_set, publish
+from jaxdissect.compositional.direction_fit import DirectionConfig, Directions
 from jaxdissect.report.html import content_security_policy
 
 CSV_COLUMNS = (
@@ -98,45 +97,56 @@ their best unit by at least 0.05. Cards are sorted by the direction's gain over 
     path.write_text(page)
 
 
-def write_directions(out, found: Directions, dataset, provenance: dict, report: bool) -> None:
-    """Writes directions.csv, directions.npz, directions.json and (with ``report``)
-    directions.html into OUT, under its lock, as a set."""
-    out = Path(out)
-    with locked(out):
-        staging = new_set(out, "directions")
-        try:
-            with open(staging / "directions.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_COLUMNS)
-                for row in found.rows:
-                    writer.writerow([_cell(row, column) for column in CSV_COLUMNS])
-            with open(staging / "directions.npz", "wb") as f:
-                np.savez(
-                    f,
-                    labels=found.labels,
-                    names=np.array(found.names, dtype=str),
-                    weights=found.weights,
-                    bias=found.bias,
-                    thresholds=found.thresholds,
-                    mean=found.mean,
-                    scale=found.scale,
-                    unit_thresholds=found.unit_thresholds,
-                    train_images=found.train_rows,
-                    heldout_images=found.heldout_rows,
-                )
-            summary = {
-                "layer": found.layer,
-                "dataset": str(dataset.directory),
-                "images": dataset.num_images,
-                "settings": dataclasses.asdict(found.settings),
-                "seconds": found.seconds,
-                **provenance,
-                "concepts": found.rows,
-            }
-            (staging / "directions.json").write_text(json.dumps(summary, indent=1))
-            if report:
-                write_html(staging / "directions.html", found, dataset)
-        except BaseException:
-            discard(staging)
-            raise
-        publish(staging, out)
+def write_directions(folder: Path, found: Directions, inputs) -> None:
+    """Writes directions.csv, directions.npz, directions.json and (with ``inputs.report``)
+    directions.html into ``folder``."""
+    with open(folder / "directions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in found.rows:
+            writer.writerow([_cell(row, column) for column in CSV_COLUMNS])
+    with open(folder / "directions.npz", "wb") as f:
+        np.savez(f, **{name: getattr(found, field) for name, field in NPZ_FIELDS.items()})
+    summary = {
+        "layer": found.layer,
+        "dataset": str(inputs.dataset.directory),
+        "images": inputs.dataset.num_images,
+        "settings": dataclasses.asdict(found.settings),
+        "seconds": found.seconds,
+        **inputs.source.provenance,
+        "concepts": found.rows,
+    }
+    (folder / "directions.json").write_text(json.dumps(summary, indent=1))
+    if inputs.report:
+        write_html(folder / "directions.html", found, inputs.dataset)
+
+
+# directions.npz's arrays: {name in the file: Directions field}.
+NPZ_FIELDS = {
+    "labels": "labels",
+    "names": "names",
+    "weights": "weights",
+    "bias": "bias",
+    "thresholds": "thresholds",
+    "mean": "mean",
+    "scale": "scale",
+    "unit_thresholds": "unit_thresholds",
+    "train_images": "train_rows",
+    "heldout_images": "heldout_rows",
+    "losses": "losses",
+}
+
+
+def read_directions(folder: Path, dataset) -> Directions:
+    """The ``Directions`` of a finished run from its files."""
+    summary = json.loads((folder / "directions.json").read_text())
+    with np.load(folder / "directions.npz") as arrays:
+        fields = {field: arrays[name] for name, field in NPZ_FIELDS.items()}
+    fields["names"] = tuple(str(name) for name in fields["names"])
+    return Directions(
+        layer=summary["layer"],
+        rows=summary["concepts"],
+        settings=DirectionConfig(**summary["settings"]),
+        seconds=summary["seconds"],
+        **fields,
+    )

@@ -1,7 +1,8 @@
-"""Writing a layer's formulas: OUT/formulas.csv, OUT/formulas.json and OUT/formulas.html
-(one self-contained page of cards: the formula, its IoU next to the single label's, and the
-unit's most active images with the unit's mask and the formula's mask), staged and
-published as a set under OUT's lock (``outdir``)."""
+"""Writing a layer's formulas into a set folder (``driver.run_analysis`` publishes it):
+formulas.csv, formulas.json, formulas.npz (the searches' arrays, from which a finished run
+is read back) and formulas.html (one self-contained page of cards: the formula, its IoU next
+to the single label's, and the unit's most active images with the unit's mask and the
+formula's mask)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdissect.compositional.formula_search import Explanations, iou_of
 from jaxdissect.compositional.formulas import (
     evaluate_tree,
     format_formula,
@@ -22,7 +22,7 @@ from jaxdissect.compositional.formulas import (
     tree_length,
     unpack_bits,
 )
-from jaxdissect.outdir import discard, locked, new_set, publish
+from jaxdissect.compositional.search import Candidates, Explanations, SearchResult, iou_of
 from jaxdissect.report.html import content_security_policy
 
 CSV_COLUMNS = ("unit", "formula", "iou", "length", "certified", "bound")
@@ -32,7 +32,7 @@ CARD_IMAGES = 4
 def _tree(explanations: Explanations, result, unit: int):
     """The formula tree of ``result``'s unit over label numbers."""
     rows = result.labels[unit]
-    numbers = np.where(rows >= 0, explanations.problem.concept_labels[np.maximum(rows, 0)], -1)
+    numbers = np.where(rows >= 0, explanations.concept_labels[np.maximum(rows, 0)], -1)
     return program_tree(numbers, result.ops[unit])
 
 
@@ -41,7 +41,7 @@ def formula_rows(explanations: Explanations) -> list[dict]:
     names = explanations.label_names
     candidates = explanations.candidates
     single_iou = iou_of(candidates.intersection[:, 0], candidates.area[:, 0], candidates.unit_area)
-    single_label = explanations.problem.concept_labels[candidates.rows[:, 0]]
+    single_label = explanations.concept_labels[candidates.rows[:, 0]]
     rows = []
     for unit in range(len(explanations.result.iou)):
         result = explanations.result
@@ -159,41 +159,74 @@ the formula's mask (blue, bottom).</p>
     path.write_text(page)
 
 
-def write_formulas(out, explanations: Explanations, dataset, images, provenance: dict) -> None:
-    """Writes formulas.csv, formulas.json and (with ``images``) formulas.html into OUT, under
-    its lock, as a set."""
-    out = Path(out)
+def write_formulas(folder: Path, explanations: Explanations, inputs) -> None:
+    """Writes formulas.csv, formulas.json, formulas.npz and (with ``inputs.report``)
+    formulas.html into ``folder``."""
+    dataset = inputs.dataset
     rows = formula_rows(explanations)
-    with locked(out):
-        staging = new_set(out, "formulas")
-        try:
-            with open(staging / "formulas.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_COLUMNS)
-                for row in rows:
-                    writer.writerow(
-                        [
-                            row["unit"],
-                            row["formula"],
-                            repr(row["iou"]),
-                            row["length"],
-                            "true" if row["certified"] else "false",
-                            "" if row["bound"] is None else repr(row["bound"]),
-                        ]
-                    )
-            summary = {
-                "layer": explanations.layer,
-                "dataset": str(dataset.directory),
-                "images": dataset.num_images,
-                "labels_per_unit": int(explanations.candidates.rows.shape[1]),
-                "seconds": explanations.seconds,
-                **provenance,
-                "units": rows,
-            }
-            (staging / "formulas.json").write_text(json.dumps(summary, indent=1))
-            if images is not None:
-                write_html(staging / "formulas.html", explanations, rows, dataset, images)
-        except BaseException:
-            discard(staging)
-            raise
-        publish(staging, out)
+    with open(folder / "formulas.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [
+                    row["unit"],
+                    row["formula"],
+                    repr(row["iou"]),
+                    row["length"],
+                    "true" if row["certified"] else "false",
+                    "" if row["bound"] is None else repr(row["bound"]),
+                ]
+            )
+    summary = {
+        "layer": explanations.layer,
+        "dataset": str(dataset.directory),
+        "images": dataset.num_images,
+        "labels_per_unit": int(explanations.candidates.rows.shape[1]),
+        "seconds": explanations.seconds,
+        **inputs.source.provenance,
+        "units": rows,
+    }
+    (folder / "formulas.json").write_text(json.dumps(summary, indent=1))
+    with open(folder / "formulas.npz", "wb") as f:
+        np.savez(f, **_arrays(explanations))
+    if inputs.report:
+        write_html(folder / "formulas.html", explanations, rows, dataset, inputs.images)
+
+
+def _arrays(explanations: Explanations) -> dict[str, np.ndarray]:
+    """The arrays ``read_formulas`` needs, by name."""
+    arrays = {
+        "thresholds": explanations.thresholds,
+        "concept_labels": explanations.concept_labels,
+        **{f"candidates.{k}": v for k, v in explanations.candidates._asdict().items()},
+    }
+    searches = {"beam": explanations.beam, "exact": explanations.exact}
+    searches.update({f"shorter{n}": r for n, r in enumerate(explanations.shorter, start=1)})
+    for name, result in searches.items():
+        if result is not None:
+            arrays.update({f"{name}.{k}": v for k, v in result._asdict().items()})
+    return arrays
+
+
+def read_formulas(folder: Path, dataset) -> Explanations:
+    """The ``Explanations`` of a finished run from its files (without the packed masks:
+    ``problem`` is None)."""
+    summary = json.loads((folder / "formulas.json").read_text())
+    with np.load(folder / "formulas.npz") as arrays:
+        arrays = dict(arrays)
+
+    def search(name: str) -> SearchResult | None:
+        if f"{name}.iou" not in arrays:
+            return None
+        return SearchResult(*(arrays[f"{name}.{k}"] for k in SearchResult._fields))
+
+    shorter = []
+    while (result := search(f"shorter{len(shorter) + 1}")) is not None:
+        shorter.append(result)
+    beam, exact = search("beam"), search("exact")
+    return Explanations(
+        summary["layer"], dataset.label_names, arrays["thresholds"], arrays["concept_labels"],
+        None, Candidates(*(arrays[f"candidates.{k}"] for k in Candidates._fields)),
+        beam if exact is None else exact, beam, exact, tuple(shorter), summary["seconds"],
+    )  # fmt: skip

@@ -3,8 +3,11 @@
 Per layer, ``OUT/report.html``: "k/U units covering m concepts with IoU > t", the unique
 detectors as a bar graph (SVG, bars grouped and coloured by category), and one card per
 unit (label, category, IoU, and its most activating images shown as image * (0.2 + 0.8 *
-mask), the mask at image resolution), sortable by label, IoU or unit; units below the
-threshold are dimmed. For a run with several layers, ``OUT/index.html`` compares them.
+mask), the mask at the tile's resolution), sortable by label, IoU or unit; units below the
+threshold are dimmed. Each distinct top image is reduced and encoded once (64 to a JPEG
+sheet in ``OUT/report/``); the page's script draws each unit's masks from its maps, which
+the card carries, so no tile is composited here. For a run with several layers,
+``OUT/index.html`` compares them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import concurrent.futures
 import functools
 import hashlib
 import html
+import json
 import os
 import urllib.parse
 from collections import Counter
@@ -36,6 +40,7 @@ CATEGORY_COLORS = {
 }
 MIN_TILE = 96  # small probe images are enlarged (nearest) so that the strips stay legible
 TILE = 112  # larger ones are reduced (box filter, by an integer factor) to about this height
+SHEET = 8  # thumbnails are encoded SHEET x SHEET to a JPEG file: 64 per encode, not one
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
@@ -50,29 +55,21 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
 _resize_matrix = functools.lru_cache(resize_matrix)
 
 
-def unit_strip(images: np.ndarray, maps: np.ndarray, threshold: float) -> Image.Image:
-    """(H, k*W) RGB: each image, dimmed to 20 % outside its mask, mask = upsampled map >
-    threshold (upsampled to the tile's size: ``images`` are the thumbnails drawn)."""
-    count, height, width = images.shape[:3]
-    rows = _resize_matrix(height, maps.shape[1])
-    cols = _resize_matrix(width, maps.shape[2])
-    masks = (rows @ maps.astype(np.float64) @ cols.T) > threshold  # (k, H, W)
-    strip = np.full((height, count * (width + 2) - 2, 3), 255, np.uint8)
-    shown = np.full(strip.shape[:2], 255, np.uint8)  # the gaps stay white
-    for i in range(count):
-        columns = slice(i * (width + 2), i * (width + 2) + width)
-        strip[:, columns] = images[i]
-        shown[:, columns] = masks[i] * np.uint8(255)
-    # Pillow's C loops: a lookup table and a composite, ten times NumPy's broadcasting here.
-    image = Image.fromarray(strip)
-    image = Image.composite(image, image.point(_DIM), Image.fromarray(shown))
-    scale = max(1, -(-MIN_TILE // height))
-    if scale == 1:
-        return image
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+def _cell(size: int) -> int:
+    """A thumbnail's cell in a sheet: a multiple of 16 pixels, so that no JPEG block (16 x 16
+    with 4:2:0 chroma) holds two images."""
+    return -(-size // 16) * 16
 
 
-_DIM = [v // 5 for v in range(256)] * 3  # x 0.2, per band
+def write_sheet(path: Path, tiles: list[np.ndarray]) -> None:
+    """Saves up to SHEET**2 thumbnails of one size as a grid of cells (row-major)."""
+    height, width = tiles[0].shape[:2]
+    rows = -(-len(tiles) // SHEET)
+    sheet = np.full((rows * _cell(height), SHEET * _cell(width), 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        y, x = (i // SHEET) * _cell(height), (i % SHEET) * _cell(width)
+        sheet[y : y + height, x : x + width] = tile
+    Image.fromarray(sheet).save(path, quality=85)  # JPEG: photographs
 
 
 def bar_graph_counts(results: dict) -> list[tuple[str, str, int]]:
@@ -119,6 +116,10 @@ def bar_graph_svg(bars: list[tuple[str, str, int]]) -> str:
 
 # The report's one script, allowed by its hash in the page's Content-Security-Policy: no
 # other script (say, markup smuggled into a label) runs, even if something went unescaped.
+# Besides sorting, it draws each unit's masks when its card comes near the viewport: the
+# maps (float32, base64) upsampled with the coefficients on #cards (PIL's bilinear ones,
+# float64, as the CPU tally's) and compared with the unit's threshold; outside the mask a
+# black overlay at 0.8 opacity dims the images to 20 %.
 SCRIPT = """
 function sortCards(key) {
   const box = document.getElementById("cards");
@@ -132,6 +133,42 @@ function sortCards(key) {
 }
 document.querySelectorAll("button[data-key]").forEach(button =>
   button.addEventListener("click", () => sortCards(button.dataset.key)));
+
+function drawMask(canvas, rows, cols) {
+  const bytes = Uint8Array.from(atob(canvas.dataset.maps), c => c.charCodeAt(0));
+  const maps = new DataView(bytes.buffer);
+  const threshold = parseFloat(canvas.dataset.threshold);
+  const tileH = rows.length, h = rows[0].length, tileW = cols.length, w = cols[0].length;
+  const overlay = new ImageData(canvas.width, canvas.height);
+  const across = new Float64Array(tileH * w);
+  for (let tile = 0; tile < bytes.length / (4 * h * w); tile++) {
+    const first = tile * h * w, left = tile * (tileW + 2);
+    for (let y = 0; y < tileH; y++)
+      for (let x = 0; x < w; x++) {
+        let sum = 0;
+        for (let i = 0; i < h; i++) sum += rows[y][i] * maps.getFloat32(4 * (first + i * w + x), true);
+        across[y * w + x] = sum;
+      }
+    for (let y = 0; y < tileH; y++)
+      for (let x = 0; x < tileW; x++) {
+        let sum = 0;
+        for (let j = 0; j < w; j++) sum += across[y * w + j] * cols[x][j];
+        if (!(sum > threshold)) overlay.data[4 * (y * canvas.width + left + x) + 3] = 204;
+      }
+  }
+  canvas.getContext("2d").putImageData(overlay, 0, 0);
+  canvas.dataset.drawn = "1";
+}
+const box = document.getElementById("cards");
+if (box.dataset.rows) {
+  const rows = JSON.parse(box.dataset.rows), cols = JSON.parse(box.dataset.cols);
+  const observer = new IntersectionObserver(entries => entries.forEach(entry => {
+    if (!entry.isIntersecting) return;
+    observer.unobserve(entry.target);
+    drawMask(entry.target, rows, cols);
+  }), {rootMargin: "600px"});
+  document.querySelectorAll("canvas.mask").forEach(canvas => observer.observe(canvas));
+}
 """
 
 
@@ -154,9 +191,13 @@ PAGE = """<!doctype html>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }}
 .cards {{ display: flex; flex-direction: column; gap: 8px; }}
-.card {{ border: 1px solid #ccc; border-radius: 4px; padding: 6px; }}
+.card {{ border: 1px solid #ccc; border-radius: 4px; padding: 6px; overflow-x: auto; }}
 .card.dim {{ opacity: 0.45; }}
-.card img {{ display: block; max-width: 100%; image-rendering: pixelated; }}
+.strip {{ position: relative; display: flex; }}
+.strip span {{ flex: none; background-repeat: no-repeat; image-rendering: pixelated; }}
+.strip canvas {{ position: absolute; left: 0; top: 0; width: 100%; height: 100%;
+  image-rendering: pixelated; }}
+{tile_style}
 .meta {{ font-size: 14px; margin-bottom: 4px; }}
 .legend span {{ display: inline-block; padding: 1px 6px; margin-right: 6px; color: white; }}
 button {{ margin-right: 4px; }}
@@ -169,7 +210,7 @@ button {{ margin-right: 4px; }}
 <button id="sort-label" data-key="label">label</button>
 <button id="sort-iou" data-key="iou">IoU</button>
 <button id="sort-unit" data-key="unit">unit</button></p>
-<div class="cards" id="cards">
+<div class="cards" id="cards"{coefficients}>
 {cards}
 </div>
 <script>{script}</script>
@@ -178,7 +219,11 @@ button {{ margin-right: 4px; }}
 
 
 def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
-    """Writes OUT/report.html (and OUT/report/*.jpg) from OUT/results.json and counts.npz.
+    """Writes OUT/report.html (and OUT/report/images-*.jpg) from OUT/results.json and counts.npz.
+
+    Each distinct top image is reduced and encoded once, 64 to a JPEG sheet; a unit's card
+    shows its top images from the sheets and carries their activation maps (float32, k x h
+    x w, base64) and its threshold, from which the page's script draws the masks.
 
     Args:
       out: a dissection's output folder. Nothing in it is removed: ``dissect`` and the
@@ -193,47 +238,23 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
     counts = {}
     if images is not None:
         counts = read_counts(out, len(thresholds), len(images))
-    strips = out / "report"
-    strips.mkdir(exist_ok=True)
-    has_tops = "top_indices" in counts
-    top_indices = counts["top_indices"] if has_tops else None
-    top_maps = counts["top_maps"] if has_tops else None
-
-    thumbnails = {}
-
-    def strip_file(unit: int) -> str | None:
-        """Draws and saves one unit's strip (JPEG: photographs, encoded 10x faster than PNG)."""
-        chosen = top_indices[unit - 1]
-        keep = chosen >= 0
-        if not keep.any():
-            return None
-        tiles = np.stack([thumbnails[i] for i in chosen[keep]])
-        strip = unit_strip(tiles, top_maps[unit - 1][keep], thresholds[unit - 1])
-        name = f"unit-{unit:04d}.jpg"
-        strip.save(strips / name, quality=85)
-        return name
-
-    units = [row["unit"] for row in results["units"]]
-    files = {}
-    if has_tops:  # NumPy, Pillow and the encoder release the GIL: one strip per core
-        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-            shown = np.unique(top_indices[top_indices >= 0])  # each image reduced once
-            thumbnails.update(
-                zip(shown, pool.map(lambda i: thumbnail(images[i]), shown), strict=True)
-            )
-            files = dict(zip(units, pool.map(strip_file, units), strict=True))
+    folder = out / "report"
+    folder.mkdir(exist_ok=True)
+    strips, tile_style, coefficients = {}, "", ""
+    if "top_indices" in counts:
+        strips, tile_style, coefficients = _draw_strips(
+            folder, images, counts["top_indices"], counts["top_maps"], thresholds
+        )
     cards = []
     for row in results["units"]:
         unit = row["unit"]
-        name = files.get(unit)
-        image_html = f'<img src="report/{name}" alt="top images of unit {unit:d}">' if name else ""
         dim = "" if row["score"] > threshold else " dim"
         # read_results checked the types: unit is an int, score a finite float.
         cards.append(
             f'<div class="card{dim}" data-unit="{unit:d}" data-iou="{row["score"]:.6f}" '
             f'data-label="{html.escape(row["label"])}"><div class="meta"><b>unit {unit:d}</b> '
             f"&middot; {html.escape(row['label'])} ({html.escape(row['category'])}) "
-            f"&middot; IoU {row['score']:.3f}</div>{image_html}</div>"
+            f"&middot; IoU {row['score']:.3f}</div>{strips.get(unit, '')}</div>"
         )
     summary = results["summary"]
     bars = bar_graph_counts(results)
@@ -252,11 +273,72 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
         headline=headline,
         legend=legend,
         bars=bar_graph_svg(bars),
+        tile_style=tile_style,
+        coefficients=coefficients,
         cards="\n".join(cards),
     )
     path = out / "report.html"
     write_text_atomic(path, page)
     return path
+
+
+def _draw_strips(
+    folder: Path,
+    images: np.ndarray,
+    top_indices: np.ndarray,
+    top_maps: np.ndarray,
+    thresholds: np.ndarray,
+) -> tuple[dict[int, str], str, str]:
+    """Writes the sheets of the distinct top images into ``folder``; returns {unit: its
+    strip's HTML}, the tiles' CSS rule and the #cards attributes holding the upsampling
+    coefficients. Every value written into the HTML is a number or base64."""
+    shown = np.unique(top_indices[top_indices >= 0])
+    if not len(shown):
+        return {}, "", ""
+    height, width = thumbnail(images[shown[0]]).shape[:2]
+    per_sheet = SHEET * SHEET
+
+    def sheet(number: int) -> None:
+        chosen = shown[number * per_sheet : (number + 1) * per_sheet]
+        write_sheet(folder / f"images-{number:04d}.jpg", [thumbnail(images[i]) for i in chosen])
+
+    # Pillow's reduce and JPEG encoder release the GIL: one sheet per core.
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(sheet, range(-(-len(shown) // per_sheet))))
+
+    scale = max(1, -(-MIN_TILE // height))
+    where = {image: position for position, image in enumerate(shown.tolist())}
+    strips = {}
+    for unit in range(1, len(top_indices) + 1):
+        keep = top_indices[unit - 1] >= 0
+        chosen = top_indices[unit - 1][keep].tolist()
+        if not chosen:
+            continue
+        tiles = []
+        for image in chosen:
+            number, cell = divmod(where[image], per_sheet)
+            y, x = (cell // SHEET) * _cell(height) * scale, (cell % SHEET) * _cell(width) * scale
+            tiles.append(
+                f'<span style="background-image:url(report/images-{number:04d}.jpg);'
+                f'background-position:-{x}px -{y}px"></span>'
+            )
+        maps = np.ascontiguousarray(top_maps[unit - 1][keep], "<f4")
+        strip_width = len(chosen) * (width + 2) - 2
+        strips[unit] = (
+            f'<div class="strip" role="img" aria-label="top images of unit {unit:d}" '
+            f'style="width:{strip_width * scale}px">{"".join(tiles)}'
+            f'<canvas class="mask" width="{strip_width}" height="{height}" '
+            f'data-threshold="{float(thresholds[unit - 1])!r}" '
+            f'data-maps="{base64.b64encode(maps.tobytes()).decode()}"></canvas></div>'
+        )
+    tile_style = (
+        f".strip {{ gap: {2 * scale}px; }}\n.strip span {{ width: {width * scale}px; "
+        f"height: {height * scale}px; background-size: {SHEET * _cell(width) * scale}px auto; }}"
+    )
+    rows = _resize_matrix(height, top_maps.shape[2]).tolist()
+    cols = _resize_matrix(width, top_maps.shape[3]).tolist()
+    coefficients = f' data-rows="{json.dumps(rows)}" data-cols="{json.dumps(cols)}"'
+    return strips, tile_style, coefficients
 
 
 def write_index(out: str | Path, layers: list[str]) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset
+from jaxdissect.data.cache import probe_identity
 from jaxdissect.dissection import Dissection
 from jaxdissect.errors import DissectError
 
@@ -128,6 +129,7 @@ def write_dissection(
     results = {
         "layer": dissection.layer,
         "dataset": str(dataset.directory),
+        "probe_identity": probe_identity(dataset),
         "images": dataset.num_images,
         "categories": list(dataset.categories),
         "config": {

@@ -69,6 +69,8 @@ def check_results(results, path: str | Path = "results.json") -> dict:
     )
     check.text(root["layer"], "layer")
     check.text(root["dataset"], "dataset")
+    if "probe_identity" in root:  # results of earlier versions lack it
+        check.text(root["probe_identity"], "probe_identity")
     check.integer(root["images"], "images", 1)
     categories = root["categories"]
     if (
@@ -153,6 +155,19 @@ def read_results(folder: str | Path) -> dict:
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
         raise DissectError(f"{path}: not a whole JSON file ({error})") from None
     return check_results(results, path)
+
+
+def check_same_probe(results: dict, dataset) -> None:
+    """Refuses a probe other than the one ``results`` were computed on (its images would be
+    drawn beside another probe's activation maps); results without an identity pass."""
+    from jaxdissect.data.cache import probe_identity
+
+    recorded = results.get("probe_identity")
+    if recorded is not None and recorded != (now := probe_identity(dataset)):
+        raise DissectError(
+            f"{dataset.directory} now holds another probe than the one dissected "
+            f"(identity {now}, results.json records {recorded})"
+        )
 
 
 def read_counts(folder: str | Path, units: int, images: int | None) -> dict[str, np.ndarray]:

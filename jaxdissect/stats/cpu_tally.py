@@ -88,6 +88,82 @@ def _slot_areas(slot_planes, num_slots):  # pragma: no cover - compiled
     return areas
 
 
+@numba.njit(inline="always")  # compiled into _unit_counts and cached with it
+def _image_hits(
+    a, threshold, rows, columns, col_weights_t, across, column, slot_planes, i, hits
+):  # pragma: no cover - compiled
+    """Upsamples one unit's map ``a`` of image ``i`` cell by cell and adds its active pixels
+    to ``hits`` (per slot, once per plane). Returns the number of active pixels."""
+    row_first, row_taps, row_start, row_length, row_weights = rows
+    col_first, col_taps, col_start, col_length, _ = columns
+    planes = slot_planes.shape[1]
+    area = 0
+    for cy in range(row_first.shape[0]):
+        y0, ny = row_first[cy], row_taps[cy]
+        for cx in range(col_first.shape[0]):
+            x0, nx = col_first[cx], col_taps[cx]
+            if a[y0 : y0 + ny, x0 : x0 + nx].max() <= threshold:
+                continue  # no pixel of this cell can pass
+            # Both passes run along a pixel row (they vectorise), each pixel's sum in PIL's
+            # order: taps ascending, from 0.0, in float64.
+            nc = col_length[cx]
+            for r in range(ny):
+                column[:nc] = 0.0
+                for j in range(nx):
+                    value = np.float64(a[y0 + r, x0 + j])
+                    for c in range(nc):
+                        column[c] += value * col_weights_t[cx, j, c]
+                for c in range(nc):
+                    across[r, c] = column[c]  # rounded to float32, as PIL's pass
+            for rr in range(row_length[cy]):
+                y = row_start[cy] + rr
+                column[:nc] = 0.0
+                for r in range(ny):
+                    weight = row_weights[cy, rr, r]
+                    for c in range(nc):
+                        column[c] += np.float64(across[r, c]) * weight
+                for c in range(nc):
+                    if np.float32(column[c]) > threshold:
+                        area += 1
+                        x = col_start[cx] + c
+                        for p in range(planes):
+                            hits[slot_planes[i, p, y, x]] += 1
+    return area
+
+
+@numba.njit(inline="always")  # compiled into _unit_counts and cached with it
+def _add_image(
+    u,
+    i,
+    area,
+    hits,
+    hit,
+    slot_labels,
+    image_labels,
+    image_categories,
+    label_category,
+    present,
+    lite,
+    intersection,
+    unit_area,
+):  # pragma: no cover - compiled
+    """Adds unit u's counts on image i (``area`` active pixels, ``hits`` per slot) to its
+    rows of I and A."""
+    hit[:] = image_categories[i] if lite else present[i]
+    for slot in range(1, hits.shape[0]):
+        if hits[slot] > 0:
+            label = slot_labels[i, slot]
+            intersection[u, label] += hits[slot]
+            if lite and label_category[label] >= 0:
+                hit[label_category[label]] = True
+    for m in range(image_labels.shape[1]):
+        if image_labels[i, m] > 0:
+            intersection[u, image_labels[i, m]] += area
+    for c in range(unit_area.shape[1]):
+        if hit[c]:
+            unit_area[u, c] += area
+
+
 @numba.njit(parallel=True, cache=True)
 def _unit_counts(
     acts,
@@ -106,10 +182,7 @@ def _unit_counts(
 ):  # pragma: no cover - compiled
     """Adds each unit's intersections and unit areas (rows of I and A) for one batch."""
     batch, units = acts.shape[0], acts.shape[1]
-    planes = slot_planes.shape[1]
-    num_categories = unit_area.shape[1]
-    row_first, row_taps, row_start, row_length, row_weights = rows
-    col_first, col_taps, col_start, col_length, col_weights = columns
+    row_weights, col_weights = rows[4], columns[4]
     # Column weights as (cell, tap, pixel): contiguous along a pixel row.
     col_weights_t = np.ascontiguousarray(col_weights.transpose(0, 2, 1))
     for u in numba.prange(units):
@@ -117,7 +190,7 @@ def _unit_counts(
         # One cell's horizontal pass: per source row it mixes, per pixel column (float32).
         across = np.empty((row_weights.shape[2], col_weights.shape[1]), np.float32)
         column = np.empty(col_weights.shape[1], np.float64)  # one pixel row's sums
-        hit = np.empty(num_categories, np.bool_)
+        hit = np.empty(unit_area.shape[1], np.bool_)
         # Active pixels per slot of one image: labels and categories are looked up once
         # per slot, not once per pixel and plane.
         hits = np.zeros(slot_labels.shape[1], np.int64)
@@ -125,53 +198,26 @@ def _unit_counts(
             a = acts[i, u]
             if a.max() <= threshold:
                 continue  # the whole mask is off
-            area = 0
             hits[:] = 0
-            for cy in range(row_first.shape[0]):
-                y0, ny = row_first[cy], row_taps[cy]
-                for cx in range(col_first.shape[0]):
-                    x0, nx = col_first[cx], col_taps[cx]
-                    if a[y0 : y0 + ny, x0 : x0 + nx].max() <= threshold:
-                        continue  # no pixel of this cell can pass
-                    # Both passes run along a pixel row (they vectorise), each pixel's sum
-                    # in PIL's order: taps ascending, from 0.0, in float64.
-                    nc = col_length[cx]
-                    for r in range(ny):
-                        column[:nc] = 0.0
-                        for j in range(nx):
-                            value = np.float64(a[y0 + r, x0 + j])
-                            for c in range(nc):
-                                column[c] += value * col_weights_t[cx, j, c]
-                        for c in range(nc):
-                            across[r, c] = column[c]  # rounded to float32, as PIL's pass
-                    for rr in range(row_length[cy]):
-                        y = row_start[cy] + rr
-                        column[:nc] = 0.0
-                        for r in range(ny):
-                            weight = row_weights[cy, rr, r]
-                            for c in range(nc):
-                                column[c] += np.float64(across[r, c]) * weight
-                        for c in range(nc):
-                            if np.float32(column[c]) > threshold:
-                                area += 1
-                                x = col_start[cx] + c
-                                for p in range(planes):
-                                    hits[slot_planes[i, p, y, x]] += 1
-            if area == 0:
-                continue
-            hit[:] = image_categories[i] if lite else present[i]
-            for slot in range(1, hits.shape[0]):
-                if hits[slot] > 0:
-                    label = slot_labels[i, slot]
-                    intersection[u, label] += hits[slot]
-                    if lite and label_category[label] >= 0:
-                        hit[label_category[label]] = True
-            for m in range(image_labels.shape[1]):
-                if image_labels[i, m] > 0:
-                    intersection[u, image_labels[i, m]] += area
-            for c in range(num_categories):
-                if hit[c]:
-                    unit_area[u, c] += area
+            area = _image_hits(
+                a, threshold, rows, columns, col_weights_t, across, column, slot_planes, i, hits
+            )
+            if area > 0:
+                _add_image(
+                    u,
+                    i,
+                    area,
+                    hits,
+                    hit,
+                    slot_labels,
+                    image_labels,
+                    image_categories,
+                    label_category,
+                    present,
+                    lite,
+                    intersection,
+                    unit_area,
+                )
 
 
 def _categories_of(labels: np.ndarray, label_category: np.ndarray, num_categories: int):

@@ -6,7 +6,7 @@ thresholded strictly (``> T_u``). The labels present in the image become slots
 per-pixel slot counts gives every intersection of the image at once, and a scatter-add
 moves them to the label axis. Counts are exact integers (float32 is exact per image, far
 below 2**24; the state is int32). A count that would pass 2**31 - 1 stops there and raises
-the state's ``saturated`` flag instead of wrapping to a negative number.
+the state's ``saturated`` flag instead of wrapping to a negative number (``tally_state``).
 
 ``union`` chooses which images count towards A[u, c] (see DESIGN.md):
 ``"paper"``: images carrying any label of primary category c;
@@ -16,114 +16,13 @@ image-level label of category c.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxdissect.config import UNIONS
 from jaxdissect.errors import DissectError
-
-INT32_MAX = 2**31 - 1
-
-
-class TallyState(NamedTuple):
-    """Integer counts summed over the images seen so far.
-
-    Attributes:
-      label_area: (L,) int32, G[l]: pixels of label l over all planes (image-level labels
-        cover the whole image). Column 0 (unlabelled) is kept at zero.
-      intersection: (U, L) int32, I[u, l].
-      unit_area: (U, C) int32, A[u, c] under the state's union rule.
-      overflow: () int32, images with more distinct pixel labels than slots, or more
-        active units than ``max_active`` (must stay 0).
-      saturated: () int32, nonzero once a count would have passed 2**31 - 1 (int32): such
-        counts stop at 2**31 - 1 (a lower bound) instead of wrapping. Must stay 0 for
-        exact counts; move the counts into int64 on the host before that (the driver does).
-      settings: None, or in a state made by ``tally_statistic`` a leafless ``Settings``
-        node (its static settings; no array leaf).
-    """
-
-    label_area: Int[Array, " labels"]
-    intersection: Int[Array, "units labels"]
-    unit_area: Int[Array, "units categories"]
-    overflow: Int[Array, ""]
-    saturated: Int[Array, ""] | None = None
-    settings: Any = None
-
-
-def tally_init(units: int, num_labels: int, num_categories: int) -> TallyState:
-    """Zero counts for ``units`` units, labels numbered 0..num_labels-1, and categories."""
-    for name, value in (("units", units), ("num_labels", num_labels)):
-        if value < 1:
-            raise DissectError(f"`{name}` must be >= 1, got {value!r}", arguments=(name,))
-    return TallyState(
-        label_area=jnp.zeros((num_labels,), jnp.int32),
-        intersection=jnp.zeros((units, num_labels), jnp.int32),
-        unit_area=jnp.zeros((units, num_categories), jnp.int32),
-        overflow=jnp.zeros((), jnp.int32),
-        saturated=jnp.zeros((), jnp.int32),
-    )
-
-
-def _saturate(old, new):
-    """``new`` where the int32 addition of non-negative increments did not wrap, else
-    2**31 - 1; and how many entries wrapped. (With old >= 0 and an increment in
-    [0, 2**31), the sum wrapped exactly when it came out below ``old``.)"""
-    wrapped = new < old
-    return jnp.where(wrapped, INT32_MAX, new), jnp.sum(wrapped, dtype=jnp.int32)
-
-
-def _saturated(state: TallyState):
-    return jnp.zeros((), jnp.int32) if state.saturated is None else state.saturated
-
-
-def _counted(state: TallyState, label_area, intersection, unit_area, overflow) -> TallyState:
-    """The state with new counts, any that wrapped held at 2**31 - 1 and flagged."""
-    wrapped = _saturated(state)
-    new = []
-    for old, value in (
-        (state.label_area, label_area),
-        (state.intersection, intersection),
-        (state.unit_area, unit_area),
-    ):
-        value, count = _saturate(old, value)
-        new.append(value)
-        wrapped = wrapped + count
-    return TallyState(*new, overflow, jnp.minimum(wrapped, 1), state.settings)
-
-
-def tally_merge(a: TallyState, b: TallyState) -> TallyState:
-    """Combine the tallies of two disjoint parts of the data (associative, commutative).
-
-    Counts whose sum would pass 2**31 - 1 stop there and set ``saturated``.
-
-    Raises:
-      ValueError: the states hold counts of different shapes, or were made by
-        ``tally_statistic`` with different settings.
-    """
-    shapes = [(x.shape, y.shape) for x, y in zip(a[:3], b[:3], strict=True)]
-    if any(x != y for x, y in shapes):
-        raise DissectError(
-            f"tally_merge: the states `a` and `b` hold counts of different shapes {shapes}: "
-            "made for different units, labels or categories",
-            arguments=("a", "b"),
-        )
-    if a.settings != b.settings:
-        raise DissectError(
-            f"tally_merge: the states `a` and `b` were made with different settings ({a.settings!r} "
-            f"and {b.settings!r})",
-            arguments=("a", "b"),
-        )
-    a = a._replace(saturated=jnp.maximum(_saturated(a), _saturated(b)))
-    return _counted(
-        a,
-        a.label_area + b.label_area,
-        a.intersection + b.intersection,
-        a.unit_area + b.unit_area,
-        a.overflow + b.overflow,
-    )
+from jaxdissect.stats.tally_state import TallyState, tally_init, tally_merge, with_counts
 
 
 def unit_masks(
@@ -167,6 +66,51 @@ def compact_labels(
     return slot_planes, slot_labels, overflow
 
 
+def _tallied_units(acts, thresholds, valid, max_active):
+    """Which of one image's units to tally: (units (K,), pair_valid (K,), overflow ()).
+
+    All U units when ``max_active`` is None, else the active ones, padded to
+    ``max_active`` with unit 0 (``pair_valid`` False).
+    """
+    num_units = acts.shape[-1]
+    if max_active is None:
+        return jnp.arange(num_units), jnp.broadcast_to(valid, (num_units,)), jnp.zeros((), bool)
+    # A map whose maximum is <= T has an empty mask (bilinear interpolation never
+    # exceeds the maximum): only the other units need upsampling.
+    active = (jnp.max(acts, axis=(0, 1)) > thresholds) & valid
+    count = jnp.sum(active)
+    (units,) = jnp.nonzero(active, size=max_active, fill_value=0)
+    return units, jnp.arange(max_active) < count, count > max_active
+
+
+def _counted_categories(
+    slot_labels,
+    slot_area,
+    slot_intersection,
+    image_labels,
+    label_category,
+    *,
+    num_categories,
+    union,
+):
+    """(K, C) float32 0/1: the categories whose A each tallied unit's mask area joins."""
+    # Categories: slot 0, unused slots and labels without one map to -1 (a zero one-hot).
+    slot_category = jnp.where(slot_labels > 0, label_category[slot_labels], -1)
+    slot_category_onehot = jax.nn.one_hot(slot_category, num_categories, dtype=jnp.float32)
+    slot_category_onehot = slot_category_onehot * (slot_area > 0)[:, None]
+    image_category = jnp.where(image_labels > 0, label_category[image_labels], -1)
+    image_category_present = jnp.max(
+        jax.nn.one_hot(image_category, num_categories, dtype=jnp.float32),
+        axis=0,
+        initial=0.0,
+    )
+    if union == "paper":
+        present = jnp.maximum(jnp.max(slot_category_onehot, axis=0), image_category_present)
+        return jnp.broadcast_to(present, (slot_intersection.shape[0], num_categories))
+    hit = (slot_intersection > 0).astype(jnp.float32) @ slot_category_onehot
+    return jnp.maximum((hit > 0).astype(jnp.float32), image_category_present)
+
+
 def _image_tally(
     acts,
     thresholds,
@@ -189,20 +133,9 @@ def _image_tally(
       (units (K,), pair_valid (K,), slot areas (S+1,), slot intersections (K, S+1), mask
       areas (K,), unit-area increments (K, C), overflow ()).
     """
-    num_units = acts.shape[-1]
     num_slots = slot_labels.shape[0]
-    if max_active is None:
-        units = jnp.arange(num_units)
-        pair_valid = jnp.broadcast_to(valid, (num_units,))
-        overflow = jnp.zeros((), bool)
-    else:
-        # A map whose maximum is <= T has an empty mask (bilinear interpolation never
-        # exceeds the maximum): only the other units need upsampling.
-        active = (jnp.max(acts, axis=(0, 1)) > thresholds) & valid
-        count = jnp.sum(active)
-        (units,) = jnp.nonzero(active, size=max_active, fill_value=0)
-        pair_valid = jnp.arange(max_active) < count
-        overflow = count > max_active
+    units, pair_valid, overflow = _tallied_units(acts, thresholds, valid, max_active)
+    if max_active is not None:
         acts = acts[:, :, units]
         thresholds = thresholds[units]
     mask = unit_masks(acts, thresholds, row_matrix, col_matrix) & pair_valid[:, None, None]
@@ -222,22 +155,15 @@ def _image_tally(
         preferred_element_type=jnp.float32,
     )  # (K, S+1)
 
-    # Categories: slot 0, unused slots and labels without one map to -1 (a zero one-hot).
-    slot_category = jnp.where(slot_labels > 0, label_category[slot_labels], -1)
-    slot_category_onehot = jax.nn.one_hot(slot_category, num_categories, dtype=jnp.float32)
-    slot_category_onehot = slot_category_onehot * (slot_area > 0)[:, None]
-    image_category = jnp.where(image_labels > 0, label_category[image_labels], -1)
-    image_category_present = jnp.max(
-        jax.nn.one_hot(image_category, num_categories, dtype=jnp.float32),
-        axis=0,
-        initial=0.0,
+    counted = _counted_categories(
+        slot_labels,
+        slot_area,
+        slot_intersection,
+        image_labels,
+        label_category,
+        num_categories=num_categories,
+        union=union,
     )
-    if union == "paper":
-        present = jnp.maximum(jnp.max(slot_category_onehot, axis=0), image_category_present)
-        counted = jnp.broadcast_to(present, (mask.shape[0], num_categories))
-    else:
-        hit = (slot_intersection > 0).astype(jnp.float32) @ slot_category_onehot
-        counted = jnp.maximum((hit > 0).astype(jnp.float32), image_category_present)
     unit_area = mask_area[:, None] * counted.astype(jnp.int32)
     return (
         units,
@@ -293,10 +219,8 @@ def tally_update_compact(
         raise DissectError(f"`union` must be one of {UNIONS}, got {union!r}", arguments=("union",))
     # A NumPy table (as BrodenDataset gives) cannot be indexed by traced slot labels.
     label_category = jnp.asarray(label_category, jnp.int32)
-    batch = acts.shape[0]
-    label_height, label_width = slot_planes.shape[-2:]
     if valid is None:
-        valid = jnp.ones((batch,), bool)
+        valid = jnp.ones((acts.shape[0],), bool)
     per_image = jax.vmap(
         lambda a, p, s, m, v: _image_tally(
             a,
@@ -314,17 +238,38 @@ def tally_update_compact(
             max_active=max_active,
         )
     )
-    units, pair_valid, slot_area, slot_intersection, mask_area, unit_area, overflow = per_image(
-        acts, slot_planes, slot_labels, image_labels, valid
+    return _scatter_counts(
+        state,
+        *per_image(acts, slot_planes, slot_labels, image_labels, valid),
+        slot_labels,
+        jnp.where(valid[:, None], image_labels, 0),
+        label_pixels=slot_planes.shape[-2] * slot_planes.shape[-1],
     )
-    image_labels = jnp.where(valid[:, None], image_labels, 0)
+
+
+def _scatter_counts(
+    state,
+    units,
+    pair_valid,
+    slot_area,
+    slot_intersection,
+    mask_area,
+    unit_area,
+    overflow,
+    slot_labels,
+    image_labels,
+    *,
+    label_pixels,
+):
+    """The state plus a batch's per-image contributions (``_image_tally``, batched), moved
+    from slots and tallied units to the label and unit axes."""
     # Padding pairs point at unit 0 with zero counts, so they add nothing.
     slot_intersection = slot_intersection * pair_valid[:, :, None]
     mask_area = mask_area * pair_valid
     unit_area = unit_area * pair_valid[:, :, None]
 
     label_area = state.label_area.at[slot_labels.ravel()].add(slot_area.ravel())
-    label_area = label_area.at[image_labels.ravel()].add(label_height * label_width)
+    label_area = label_area.at[image_labels.ravel()].add(label_pixels)
     label_area = label_area.at[0].set(0)
 
     rows = units[:, :, None]  # (B, K, 1)
@@ -336,7 +281,7 @@ def tally_update_compact(
     intersection = intersection.at[rows, image_labels[:, None, :]].add(image_label_hits)
     intersection = intersection.at[:, 0].set(0)
 
-    return _counted(
+    return with_counts(
         state,
         label_area,
         intersection,
@@ -403,6 +348,39 @@ def tally_update(
     return state._replace(overflow=state.overflow + jnp.sum(overflow & valid, dtype=jnp.int32))
 
 
+def _tally_settings(
+    num_labels, label_category, union, num_categories, num_slots, mask_dtype, max_active
+):
+    """``tally_statistic``'s arguments checked: (the (L,) int32 category table, C, and the
+    leafless ``Settings`` node)."""
+    import numpy as np
+
+    from jaxdissect.stats.statistic import Settings
+
+    if union not in UNIONS:
+        raise DissectError(f"`union` must be one of {UNIONS}, got {union!r}", arguments=("union",))
+    table = np.asarray(label_category, np.int32)
+    if table.shape != (num_labels,):
+        raise DissectError(
+            f"`label_category` has shape {table.shape}, expected ({num_labels},) for `num_labels`",
+            arguments=("label_category", "num_labels"),
+        )
+    if num_categories is None:
+        num_categories = int(table.max(initial=-1)) + 1
+    settings = Settings(
+        (
+            ("num_labels", int(num_labels)),
+            ("num_categories", int(num_categories)),
+            ("label_category", tuple(table.tolist())),
+            ("union", union),
+            ("num_slots", int(num_slots)),
+            ("mask_dtype", jnp.dtype(mask_dtype).name),
+            ("max_active", max_active),
+        )
+    )
+    return table, num_categories, settings
+
+
 def tally_statistic(
     num_labels: int,
     label_category,
@@ -430,32 +408,12 @@ def tally_statistic(
       ``result(state) -> (G, I, A)`` int32 counts. The state's settings are a leafless
       ``Settings`` node: no setting is an array leaf.
     """
-    import numpy as np
-
     from jaxdissect.kernels.base import Statistic
-    from jaxdissect.stats.statistic import Settings, check_settings
+    from jaxdissect.stats.statistic import check_settings
     from jaxdissect.stats.upsample import bilinear_matrix
 
-    if union not in UNIONS:
-        raise DissectError(f"`union` must be one of {UNIONS}, got {union!r}", arguments=("union",))
-    table = np.asarray(label_category, np.int32)
-    if table.shape != (num_labels,):
-        raise DissectError(
-            f"`label_category` has shape {table.shape}, expected ({num_labels},) for `num_labels`",
-            arguments=("label_category", "num_labels"),
-        )
-    if num_categories is None:
-        num_categories = int(table.max(initial=-1)) + 1
-    settings = Settings(
-        (
-            ("num_labels", int(num_labels)),
-            ("num_categories", int(num_categories)),
-            ("label_category", tuple(table.tolist())),
-            ("union", union),
-            ("num_slots", int(num_slots)),
-            ("mask_dtype", jnp.dtype(mask_dtype).name),
-            ("max_active", max_active),
-        )
+    table, num_categories, settings = _tally_settings(
+        num_labels, label_category, union, num_categories, num_slots, mask_dtype, max_active
     )
 
     def init(units: int) -> TallyState:

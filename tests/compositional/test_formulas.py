@@ -9,16 +9,9 @@ import pytest
 from probe_fixture import dyadic_features, pil_upsample, reference_tally
 
 from jaxdissect.cli import main
-from jaxdissect.compositional.formula_search import (
-    beam_search,
-    child_bounds,
-    choose_candidates,
-    exact_search,
-    expand,
-    explain,
-    problem_from_masks,
-    reach_bound,
-)
+from jaxdissect.compositional.counting import problem_from_masks
+from jaxdissect.compositional.exact import child_bounds, exact_search, reach_bound
+from jaxdissect.compositional.explain import explain
 from jaxdissect.compositional.formulas import (
     AND,
     ANDNOT,
@@ -33,6 +26,7 @@ from jaxdissect.compositional.formulas import (
     program_tree,
     unpack_bits,
 )
+from jaxdissect.compositional.search import beam_search, choose_candidates, expand
 from jaxdissect.errors import DissectError
 from jaxdissect.stats.upsample import resize_maps
 
@@ -388,7 +382,7 @@ def test_length_one_is_the_single_label_iou_and_the_tally(probe, tmp_path):
 def test_cli_formulas_kernels_give_the_same_csv(probe, tmp_path, monkeypatch):
     """--kernel picks the counter (cpu: Numba loops, xla: the sharded kernels); both write
     the same formulas.csv."""
-    import jaxdissect.compositional.formula_search as search
+    import jaxdissect.compositional.counting as search
 
     features = np.random.default_rng(5).standard_normal((12, 4, 4, 4)).astype(np.float32)
     np.save(tmp_path / "feats.npy", features)
@@ -458,7 +452,7 @@ def test_packed_unit_masks_equal_resize_then_pack():
 @pytest.mark.parametrize("counter_name", ["cpu_counter", "xla_counter"])
 def test_counters_equal_numpy(counter_name):
     """Every count of both counters against NumPy on the boolean masks."""
-    import jaxdissect.compositional.formula_search as search
+    import jaxdissect.compositional.counting as search
 
     counter = getattr(search, counter_name)()
     units, concepts = random_problem(6)

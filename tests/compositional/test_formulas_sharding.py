@@ -10,9 +10,9 @@ SEARCH = """
 import sys
 import jax
 import numpy as np
-from jaxdissect.compositional.formula_search import (
-    beam_search, choose_candidates, exact_search, problem_from_masks, {counter}
-)
+from jaxdissect.compositional.counting import problem_from_masks, {counter}
+from jaxdissect.compositional.exact import exact_search
+from jaxdissect.compositional.search import beam_search, choose_candidates
 masks = np.load(sys.argv[1])
 problem = problem_from_masks(masks["units"], masks["concepts"], np.arange(1, 13), chunk_images=3)
 counter = {counter}()

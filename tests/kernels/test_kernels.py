@@ -65,3 +65,50 @@ def test_statistics_merge_to_the_whole(probe, make_backend):
     ):
         np.testing.assert_array_equal(got, expected_counts)
         np.testing.assert_array_equal(part, expected_counts)
+
+
+def test_a_saturated_device_tally_is_refused_not_merged(probe):
+    import jax.numpy as jnp
+
+    from jaxdissect.dissection import Thresholds
+
+    dataset = open_broden(probe.directory)
+    labels = load_label_arrays(dataset, None, False)
+    config = DissectConfig(kernel="xla", batch_size=4)
+    statistic = xla.backend(config).tally(
+        "f", (4, 4, 3), Thresholds(np.zeros(3, np.float32), 3), dataset, labels, config
+    )
+    state = statistic.init()
+    np.testing.assert_array_equal(statistic.collapse(state)[1], np.zeros((3, dataset.num_labels)))
+    device = state["device"]
+    state["device"] = device._replace(saturated=jnp.ones_like(device.saturated))
+    with pytest.raises(RuntimeError, match=r"layer 'f'.*2\*\*31 - 1"):
+        statistic.collapse(state)
+
+
+def test_the_flush_interval_covers_a_label_in_every_plane_and_image_label():
+    """One image can add label pixels x (planes + image labels) to one count: a label that
+    covers every plane and is also each image-level label. Its device count must stay
+    below 2**31 for a whole flush interval."""
+    import jax.numpy as jnp
+
+    from jaxdissect import tally
+
+    planes, image_labels, size = 2, 3, 8
+    state = tally.tally_update_compact(
+        tally.tally_init(1, 2, 1),
+        jnp.ones((1, 2, 2, 1)),
+        jnp.zeros(1),
+        jnp.ones((1, planes, size, size), jnp.int32),  # slot 1 everywhere, in both planes
+        jnp.asarray([[0, 1]], jnp.int32),  # slot 1 is label 1
+        jnp.ones((1, image_labels), jnp.int32),  # label 1, three times
+        jnp.zeros(2, jnp.int32),
+        jnp.ones((size, 2)) / 2,
+        jnp.ones((size, 2)) / 2,
+    )
+    per_image = size * size * (planes + image_labels)  # 320
+    assert int(state.label_area[1]) == per_image
+    batch = 4
+    interval = xla.flush_interval(batch, (size, size), planes, image_labels)
+    assert interval == 2147483647 // (batch * 320)  # 1677721
+    assert interval * batch * per_image <= 2**31 - 1

@@ -12,7 +12,7 @@ import pytest
 from flax import linen, nnx
 
 from jaxdissect import DissectError
-from jaxdissect.models import zoo
+from jaxdissect.models import torch_import, zoo
 from jaxdissect.models.features import Preprocess, from_function, from_linen, from_nnx
 from jaxdissect.models.torch_weights import load_state_dict
 
@@ -318,7 +318,7 @@ def test_torchvision_names_cover_every_parameter(name):
     rng = np.random.default_rng(0)
     state = {}
     for key in _torchvision_names(name):
-        target, _ = zoo._rename(key, zoo.ZOO[name].rules)
+        target, _ = torch_import._rename(key, zoo.ZOO[name].rules)
         prefix, leaf = target.rsplit(".", 1)
         kind = {"bias": "bias", "running_mean": "mean", "running_var": "var"}.get(leaf)
         if leaf == "weight":

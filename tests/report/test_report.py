@@ -1,11 +1,15 @@
 """The data behind the reports, and the report in a real browser (headless Chromium)."""
 
+import base64
+import io
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
-from probe_fixture import dyadic_features
+from PIL import Image
+from probe_fixture import dyadic_features, pil_upsample
 
 from jaxdissect.cli import main
 from jaxdissect.report.html import bar_graph_counts, write_index, write_layer_report
@@ -73,10 +77,19 @@ def test_report_command_rebuilds(dissected, capsys):
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
     assert "report:" in capsys.readouterr().out
-    strips = sorted(p.name for p in (out / "report").iterdir())
-    assert strips == [f"unit-{u:04d}.jpg" for u in range(1, features.shape[-1] + 1)]
+    # The 12 images, each encoded once, in one sheet (64 to a sheet); each unit's card
+    # carries its maps (float32, base64) for the page's script to draw the masks from.
+    counts = np.load(out / "counts.npz")
+    assert sorted(p.name for p in (out / "report").iterdir()) == ["images-0000.jpg"]
+    assert len(np.unique(counts["top_indices"])) == 12
     page = (out / "report.html").read_text()
-    assert all(f'src="report/{name}"' in page for name in strips)
+    assert page.count("url(report/images-0000.jpg)") == counts["top_indices"].size
+    cards = re.findall(r'data-unit="(\d+)".*?data-maps="([^"]*)"', page)
+    assert sorted(int(unit) for unit, _ in cards) == list(range(1, features.shape[-1] + 1))
+    for unit, text in cards:
+        expected = counts["top_maps"][int(unit) - 1]
+        drawn = np.frombuffer(base64.b64decode(text), "<f4").reshape(expected.shape)
+        np.testing.assert_array_equal(drawn, expected)
     kept = [p for p in (out / ".jaxdissect").glob("dissect.*/report/unit-0999.png")]
     assert [p.read_bytes() for p in kept] == [b"an earlier report's strip"]  # not deleted
 
@@ -139,9 +152,66 @@ def _browser():
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
-def test_report_in_a_real_browser(dissected, tmp_path):
+def _check_drawn_masks(browser, out, probe):
+    """Unit 1's card as drawn: the mask canvas equals NetDissect-Lite's masks (PIL's bilinear
+    upsampling of each top map, over the unit's threshold), and on screen the top images
+    keep their brightness inside the mask and are dimmed to 20 % outside it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.data.cache import load_image_array
+
+    counts = np.load(out / "counts.npz")
+    results = json.loads((out / "results.json").read_text())
+    top, maps = counts["top_indices"][0], counts["top_maps"][0]
+    threshold = np.float32(results["thresholds"][0])
+    card = browser.find_element(By.CSS_SELECTOR, '.card[data-unit="1"]')
+    # Undimmed (a unit below the IoU threshold is drawn at 45 % opacity) and in view.
+    browser.execute_script(
+        "arguments[0].classList.remove('dim'); arguments[0].scrollIntoView()", card
+    )
+    canvas = card.find_element(By.CSS_SELECTOR, "canvas.mask")
+    WebDriverWait(browser, 20).until(lambda _: canvas.get_attribute("data-drawn") == "1")
+    width, height = int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))
+    pixels = browser.execute_script(
+        "const c = arguments[0]; "
+        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)",
+        canvas,
+    )
+    alpha = np.asarray(pixels, np.int64).reshape(height, width, 4)[..., 3]
+
+    tile = (width + 2) // len(top) - 2
+    assert len(top) * (tile + 2) - 2 == width and height == 32  # the probe's 32 px images
+    expected = np.zeros((height, width), np.int64)  # the gaps stay transparent
+    inside = np.zeros((height, width), bool)
+    images = np.zeros((height, width, 3))
+    probe_images = load_image_array(open_broden(probe.directory), progress=False)
+    for i, (image, unit_map) in enumerate(zip(top, maps, strict=True)):
+        columns = slice(i * (tile + 2), i * (tile + 2) + tile)
+        # Dyadic maps enlarged 8x: every product and sum is exact, in float32 as in float64.
+        mask = pil_upsample(unit_map, height, tile) > threshold
+        expected[:, columns] = np.where(mask, 0, 204)
+        inside[:, columns] = mask
+        images[:, columns] = probe_images[image]
+    np.testing.assert_array_equal(alpha, expected)
+    outside = ~inside & (expected == 204)
+    assert inside.sum() > 100 and outside.sum() > 100
+
+    strip = card.find_element(By.CSS_SELECTOR, ".strip")
+    shot = np.asarray(Image.open(io.BytesIO(strip.screenshot_as_png)).convert("RGB"), float)
+    scale = shot.shape[0] // height  # enlarged (nearest) to at least 96 px
+    assert scale == 3 and shot.shape[:2] == (height * scale, width * scale)
+    shot = shot[::scale, ::scale]  # each pixel drawn as a scale x scale block
+    # JPEG (quality 85, then the browser's decoder) changes pixels, not their mean much.
+    assert 0.93 < shot[inside].mean() / images[inside].mean() < 1.07
+    assert 0.17 < shot[outside].mean() / images[outside].mean() < 0.23
+
+
+def test_report_in_a_real_browser(dissected, probe, tmp_path):
     out, _ = dissected
     browser = _browser()
+    browser.set_window_size(1400, 1000)  # a strip of 8 enlarged 32 px images: 810 px wide
     try:
         from selenium.webdriver.common.by import By
 
@@ -165,10 +235,7 @@ def test_report_in_a_real_browser(dissected, tmp_path):
             for c in browser.find_elements(By.CSS_SELECTOR, ".card")
         ]
         assert ious == sorted(ious, reverse=True)
-        images = browser.find_elements(By.CSS_SELECTOR, ".card img")
-        assert images and all(
-            browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images
-        )
+        _check_drawn_masks(browser, out, probe)
         browser.save_screenshot(str(tmp_path / "report.png"))
         assert (tmp_path / "report.png").stat().st_size > 1000
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

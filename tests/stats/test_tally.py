@@ -8,7 +8,7 @@ from jaxdissect import load_label_arrays, open_broden
 from jaxdissect.config import DissectConfig
 from jaxdissect.passes import compute_tally, compute_thresholds
 from jaxdissect.sources import features_source
-from jaxdissect.stats import tally
+from jaxdissect.stats import tally, tally_state
 from jaxdissect.stats.upsample import bilinear_matrix
 
 
@@ -109,15 +109,15 @@ def test_merge_is_associative_and_equals_one_pass(probe):
 
     def part(start, stop):
         acts, planes, scalars = _batch_inputs(probe, features, start, stop)
-        state = tally.tally_init(5, probe.num_labels, 6)
+        state = tally_state.tally_init(5, probe.num_labels, 6)
         return tally.tally_update(
             state, acts, label_planes=planes, image_labels=scalars, num_slots=24, **constants
         )
 
     whole = part(0, 12)
     a, b, c = part(0, 3), part(3, 8), part(8, 12)
-    left = tally.tally_merge(tally.tally_merge(a, b), c)
-    right = tally.tally_merge(a, tally.tally_merge(b, c))
+    left = tally_state.tally_merge(tally_state.tally_merge(a, b), c)
+    right = tally_state.tally_merge(a, tally_state.tally_merge(b, c))
     for x, y, z in zip(whole, left, right, strict=True):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(y, z)
@@ -127,7 +127,7 @@ def test_overflow_is_counted(probe):
     features = dyadic_features(12, (4, 4, 5))
     acts, planes, scalars = _batch_inputs(probe, features, 0, 4)
     state = tally.tally_update(
-        tally.tally_init(5, probe.num_labels, 6),
+        tally_state.tally_init(5, probe.num_labels, 6),
         acts,
         jnp.zeros(5),
         planes,
@@ -160,7 +160,7 @@ def test_tally_step_traces_once(probe):
         )
 
     step = jax.jit(counted)
-    state = tally.tally_init(5, probe.num_labels, 6)
+    state = tally_state.tally_init(5, probe.num_labels, 6)
     for start in (0, 4, 8):
         acts, planes, scalars = _batch_inputs(probe, features, start, start + 4)
         state = step(state, acts, planes, scalars, jnp.ones(4, bool))
@@ -207,9 +207,9 @@ def test_bfloat16_mask_matmul_is_exact(probe):
         col_matrix=bilinear_matrix(16, 4),
         num_slots=24,
     )
-    f32 = tally.tally_update(tally.tally_init(5, probe.num_labels, 6), acts, **common)
+    f32 = tally.tally_update(tally_state.tally_init(5, probe.num_labels, 6), acts, **common)
     bf16 = tally.tally_update(
-        tally.tally_init(5, probe.num_labels, 6), acts, mask_dtype=jnp.bfloat16, **common
+        tally_state.tally_init(5, probe.num_labels, 6), acts, mask_dtype=jnp.bfloat16, **common
     )
     for x, y in zip(f32, bf16, strict=True):
         np.testing.assert_array_equal(x, y)
@@ -232,14 +232,17 @@ def test_skipping_inactive_units_is_exact(probe, union):
     )
     active = (np.asarray(acts).max(axis=(1, 2)) > np.asarray(thresholds)).sum(1)
     assert 0 < active.max() < 5  # some units are skipped somewhere
-    dense = tally.tally_update(tally.tally_init(5, probe.num_labels, 6), acts, **common)
+    dense = tally.tally_update(tally_state.tally_init(5, probe.num_labels, 6), acts, **common)
     sparse = tally.tally_update(
-        tally.tally_init(5, probe.num_labels, 6), acts, max_active=int(active.max()), **common
+        tally_state.tally_init(5, probe.num_labels, 6), acts, max_active=int(active.max()), **common
     )
     for x, y in zip(dense, sparse, strict=True):
         np.testing.assert_array_equal(x, y)
     short = tally.tally_update(
-        tally.tally_init(5, probe.num_labels, 6), acts, max_active=int(active.max()) - 1, **common
+        tally_state.tally_init(5, probe.num_labels, 6),
+        acts,
+        max_active=int(active.max()) - 1,
+        **common,
     )
     assert int(short.overflow) == int((active == active.max()).sum())
 
@@ -257,7 +260,7 @@ def test_numpy_label_category_eagerly_and_under_jit(jit, as_jax):
     eye = bilinear_matrix(2, 2)
     update = jax.jit(tally.tally_update) if jit else tally.tally_update
     state = update(
-        tally.tally_init(1, 3, 1),
+        tally_state.tally_init(1, 3, 1),
         acts,
         np.array([0.5], np.float32),
         planes,
@@ -273,8 +276,8 @@ def test_numpy_label_category_eagerly_and_under_jit(jit, as_jax):
 
 def _near_limit_state(units, labels, categories, below):
     """A tally state whose every count is ``below`` short of 2**31 - 1."""
-    start = tally.INT32_MAX - below
-    state = tally.tally_init(units, labels, categories)
+    start = tally_state.INT32_MAX - below
+    state = tally_state.tally_init(units, labels, categories)
     return state._replace(
         label_area=jnp.full_like(state.label_area, start).at[0].set(0),
         intersection=jnp.full_like(state.intersection, start).at[:, 0].set(0),
@@ -299,30 +302,38 @@ def test_counts_near_2_31_saturate_and_flag_instead_of_wrapping(jit):
     # 4 below the limit: the counts reach 2**31 - 1 exactly, no flag.
     exact = update(_near_limit_state(1, 2, 1, 4))
     assert int(exact.saturated) == 0
-    assert int(exact.label_area[1]) == int(exact.intersection[0, 1]) == tally.INT32_MAX
-    assert int(exact.unit_area[0, 0]) == tally.INT32_MAX
+    assert int(exact.label_area[1]) == int(exact.intersection[0, 1]) == tally_state.INT32_MAX
+    assert int(exact.unit_area[0, 0]) == tally_state.INT32_MAX
     # 3 below: int32 would wrap to -2**31; the counts stop at 2**31 - 1 and the flag is up.
     over = update(_near_limit_state(1, 2, 1, 3))
     assert int(over.saturated) == 1
     for count in (over.label_area[1], over.intersection[0, 1], over.unit_area[0, 0]):
-        assert int(count) == tally.INT32_MAX
+        assert int(count) == tally_state.INT32_MAX
     assert all(int(np.asarray(x).min()) >= 0 for x in over[:3])
     # The flag stays up through later updates and merges.
     assert int(update(over).saturated) == 1
-    assert int(tally.tally_merge(tally.tally_init(1, 2, 1), over).saturated) == 1
+    assert int(tally_state.tally_merge(tally_state.tally_init(1, 2, 1), over).saturated) == 1
 
 
 def test_merge_near_2_31_saturates_and_flags():
     a = _near_limit_state(2, 3, 1, 10)
-    small = tally.tally_init(2, 3, 1)._replace(
+    small = tally_state.tally_init(2, 3, 1)._replace(
         label_area=jnp.array([0, 10, 11], jnp.int32),
         intersection=jnp.zeros((2, 3), jnp.int32),
         unit_area=jnp.zeros((2, 1), jnp.int32),
     )
-    merged = tally.tally_merge(a, small)
-    assert np.asarray(merged.label_area).tolist() == [0, tally.INT32_MAX, tally.INT32_MAX]
+    merged = tally_state.tally_merge(a, small)
+    assert np.asarray(merged.label_area).tolist() == [
+        0,
+        tally_state.INT32_MAX,
+        tally_state.INT32_MAX,
+    ]
     assert int(merged.saturated) == 1
     # Below the limit it is plain addition, no flag.
-    fine = tally.tally_merge(a, small._replace(label_area=jnp.array([0, 10, 9], jnp.int32)))
-    assert np.asarray(fine.label_area).tolist() == [0, tally.INT32_MAX, tally.INT32_MAX - 1]
+    fine = tally_state.tally_merge(a, small._replace(label_area=jnp.array([0, 10, 9], jnp.int32)))
+    assert np.asarray(fine.label_area).tolist() == [
+        0,
+        tally_state.INT32_MAX,
+        tally_state.INT32_MAX - 1,
+    ]
     assert int(fine.saturated) == 0

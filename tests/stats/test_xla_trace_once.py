@@ -47,3 +47,31 @@ def test_xla_steps_trace_once_across_batches(probe, monkeypatch):
     assert xla.tally_step._cache_size() == cached[1] + 1
     # One trace to learn the layer's shape (one image), one for every batch.
     assert model_traces == [(1, 32, 32, 3), (5, 32, 32, 3)]
+
+
+def test_labels_on_the_device_compile_the_tally_step_once(probe):
+    """On one accelerator the labels wait in its memory (see ``pipeline``): full batches'
+    rows are sliced there, the padded last batch's placed from the host, and both must
+    reach the tally step with one sharding, or the step compiles twice."""
+    import jax
+
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.data.cache import LabelArrays, load_label_arrays
+
+    labels = load_label_arrays(open_broden(probe.directory), None, False)
+    on_device = LabelArrays(*jax.device_put(tuple(labels)))
+    units = 9  # a layer shape no other test uses, so that nothing is cached before
+    weights = np.random.default_rng(1).normal(size=(3, units)).astype(np.float32)
+
+    def features(params, x):
+        return {"f": x.reshape(x.shape[0], 4, 8, 4, 8, 3).mean(axis=(2, 4)) @ params}
+
+    model = from_function(features, jnp.asarray(weights), ["f"])
+    cached = xla.tally_step._cache_size()
+    # 12 images in batches of 5: two sliced on the device, then 2 rows padded to 5.
+    config = DissectConfig(kernel="xla", batch_size=5, quantile=0.05)
+    dissect(
+        probe.directory, model, config, layers=["f"], labels=on_device,
+        checkpoint_every=None, progress=False,
+    )  # fmt: skip
+    assert xla.tally_step._cache_size() == cached + 1
