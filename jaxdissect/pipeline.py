@@ -82,7 +82,7 @@ def dissect(
     mark("startup")
     if isinstance(source, (list, tuple)) and not isinstance(source, Activations):
         # Checkpoints of one architecture: one pass.
-        from jaxdissect.features import FeatureModel
+        from jaxdissect.models.features import FeatureModel
         from jaxdissect.many import dissect_many
 
         if not source:
