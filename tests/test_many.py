@@ -123,7 +123,7 @@ def test_a_resumed_run_regroups_without_meeting_another_groups_states(
     from user_model import seeded_factory
 
     import jaxdissect as jd
-    from jaxdissect import many, pipeline
+    from jaxdissect import many
 
     paths = _seed_files(tmp_path, {"a": 1, "b": 2, "c": 3})
     config = jd.DissectConfig(quantile=0.05, batch_size=5)
@@ -149,7 +149,7 @@ def test_a_resumed_run_regroups_without_meeting_another_groups_states(
         return counting
 
     monkeypatch.setattr(many, "_group_source", counted)
-    write_outputs = pipeline.write_outputs
+    write_outputs = many.write_outputs
 
     def killed_at_b(out, *args, **kwargs):
         if out.name == "b":
@@ -157,14 +157,14 @@ def test_a_resumed_run_regroups_without_meeting_another_groups_states(
         return write_outputs(out, *args, **kwargs)
 
     monkeypatch.setattr(many, "keep_budget", lambda: 1)  # one checkpoint per group
-    monkeypatch.setattr(pipeline, "write_outputs", killed_at_b)
+    monkeypatch.setattr(many, "write_outputs", killed_at_b)
     with pytest.raises(KeyboardInterrupt):
         run_many()
     assert [n for n in "abc" if _files(out / n)] == ["a"]
     # a's group removed its states after writing; b's are saved; c never began.
     assert len(list(out.glob(".checkpoint-*"))) == 1
 
-    monkeypatch.setattr(pipeline, "write_outputs", write_outputs)
+    monkeypatch.setattr(many, "write_outputs", write_outputs)
     if rerun_budget == "all in one group":
         monkeypatch.undo()
         monkeypatch.setattr(many, "_group_source", counted)
