@@ -92,7 +92,7 @@ def test_the_flush_interval_covers_a_label_in_every_plane_and_image_label():
     below 2**31 for a whole flush interval."""
     import jax.numpy as jnp
 
-    from jaxdissect import tally
+    from jaxdissect.stats import tally
 
     planes, image_labels, size = 2, 3, 8
     state = tally.tally_update_compact(
