@@ -527,12 +527,12 @@ def test_a_process_whose_coordinator_never_listens_says_so_and_fails(
 ):
     import socket
 
-    import jaxdissect.cli
+    import jaxdissect.cli.dissect
 
     with socket.socket() as s:  # a port nobody listens on once closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(jaxdissect.cli, "JOIN_TIMEOUT_S", 1)
+    monkeypatch.setattr(jaxdissect.cli.dissect, "JOIN_TIMEOUT_S", 1)
     np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5), seed=3))
     args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
             "--out", str(tmp_path / "out"), "--coordinator", f"127.0.0.1:{port}",

@@ -142,7 +142,7 @@ PRESETS = {
         batch_size=16,
         log_every=2,
     ),
-    # Minutes on 2 CPU cores; clearly better than chance (see the README).
+    # Minutes on 2 CPU cores; clearly better than chance (docs/guide/training.md).
     "default": dict(
         width=0.25, image_size=64, train_images=8000, eval_images=800, steps=1500, batch_size=64
     ),
