@@ -49,6 +49,10 @@ def _compilation_cache(args: argparse.Namespace) -> None:
 
     root = getattr(args, "cache", None) or default_cache_root()
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(root) / "xla"))
+    # JAX writes only compilations that took a second or more; a small model's forward pass
+    # and the kernels' steps take 0.1-0.3 s each on 2 cores, and five of them were compiled
+    # anew in every process.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
 
 
 def main(argv: list[str] | None = None) -> int:

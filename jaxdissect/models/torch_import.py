@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
@@ -86,7 +86,8 @@ def load_torch_weights(
         if not np.isfinite(value).all():
             problems.append(f"{name}: holds NaN or inf")
             continue
-        targets[key].set_value(jnp.asarray(value))
+        # device_put, not jnp.asarray: JAX 0.10's asarray compiles a copy per shape.
+        targets[key].set_value(jax.device_put(value))
         assigned.add(key)
     missing = [
         k

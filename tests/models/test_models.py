@@ -122,6 +122,28 @@ def test_legacy_checkpoint_reads_all_97_tensors(resnet20_weights):
     assert state["linear.weight"].shape == (10, 64)
 
 
+def test_a_zoo_model_from_weights_compiles_nothing_to_build(resnet20_weights):
+    """Built abstractly and filled from the file: no random initialiser is compiled (a
+    concrete build compiled one per layer shape, 9 s of a 16 s process), and every
+    parameter and running statistic holds the file's values."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        model = zoo.build("resnet20-cifar10", resnet20_weights)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+    state = load_state_dict(resnet20_weights)
+    np.testing.assert_array_equal(model.conv1.bn.mean.get_value(), state["bn1.running_mean"])
+    leaves = jax.tree.leaves(nnx.state(model))
+    assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves)
+
+
 def test_weights_of_another_model_are_refused(resnet20_weights):
     with pytest.raises(DissectError, match="do not fit the model"):
         zoo.build("resnet18", resnet20_weights)
