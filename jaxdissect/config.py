@@ -69,3 +69,15 @@ class DissectConfig:
             raise DissectError(
                 f"`kernel` must be one of {KERNELS}, got {self.kernel!r}", arguments=("kernel",)
             )
+
+
+def check_config(config) -> DissectConfig:
+    """``config`` itself, when it is a DissectConfig; otherwise a DissectError saying what to
+    pass (a union rule's name given as the config is the likely slip)."""
+    if isinstance(config, DissectConfig):
+        return config
+    hint = f" (for the union rule: DissectConfig(union={config!r}))" if isinstance(config, str) and config in UNIONS else ""
+    raise DissectError(
+        f"`config` must be a DissectConfig, got {type(config).__name__} {config!r:.80}{hint}",
+        arguments=("config",),
+    )

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig
+from jaxdissect.config import DissectConfig, check_config
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, cache_key, load_image_array, load_label_arrays
 from jaxdissect.dissection import Dissection, score_layer
@@ -88,6 +88,7 @@ def dissect_activations(
     Returns:
       {layer: Dissection}.
     """
+    check_config(config)
     if num_images != dataset.num_images:
         raise FeaturesError(
             f"`num_images` {num_images}: activations of that many images, but "
@@ -342,6 +343,7 @@ def run_analysis(
     Returns:
       ``analysis.run``'s result (or ``analysis.load``'s, for a finished run).
     """
+    check_config(config)
     features = sys.modules.get("jaxdissect.models.features")
     if features is not None and isinstance(source, features.FeatureModel) and not layer:
         raise DissectError(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig
+from jaxdissect.config import DissectConfig, check_config
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.dissection import Dissection
@@ -80,6 +80,7 @@ def dissect(
       {layer: Dissection}; under ``jax.distributed`` only process 0 writes.
     """
     mark("startup")
+    check_config(config)
     if isinstance(source, (list, tuple)) and not isinstance(source, Activations):
         # Checkpoints of one architecture: one pass.
         from jaxdissect.many import dissect_many

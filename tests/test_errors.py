@@ -213,3 +213,14 @@ def test_argparse_refusals_exit_2_naming_the_argument(capsys):
     err = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2
     assert err[-1] == "jaxdissect: error: unrecognized arguments: --jobs 4"
+
+
+@pytest.mark.parametrize("config", ["paper", {"quantile": 0.01}])
+def test_a_config_that_is_not_a_dissect_config_is_named(world, config):
+    """A union rule's name (or a dict) where the DissectConfig goes: a DissectError naming
+    `config`, with the fix for the likely slip, not an AttributeError deep in a pass."""
+    with pytest.raises(jd.DissectError, match="`config` must be a DissectConfig") as caught:
+        jd.dissect(world[0], world[2] / "f.npy", config, progress=False)
+    assert caught.value.arguments == ("config",)
+    if config == "paper":
+        assert "DissectConfig(union='paper')" in str(caught.value)
