@@ -76,7 +76,11 @@ def check_config(config) -> DissectConfig:
     pass (a union rule's name given as the config is the likely slip)."""
     if isinstance(config, DissectConfig):
         return config
-    hint = f" (for the union rule: DissectConfig(union={config!r}))" if isinstance(config, str) and config in UNIONS else ""
+    hint = (
+        f" (for the union rule: DissectConfig(union={config!r}))"
+        if isinstance(config, str) and config in UNIONS
+        else ""
+    )
     raise DissectError(
         f"`config` must be a DissectConfig, got {type(config).__name__} {config!r:.80}{hint}",
         arguments=("config",),
