@@ -9,8 +9,9 @@ uninterrupted run. A fingerprint that differs starts afresh. Every file written 
 in ``DIR/owned.json`` first; only recorded files are restored or deleted.
 
 A model's name and weights file do not say what it computes (a user's factory may change
-between runs): for a model, the caller records a digest of its first image's activations
-(``check_activations``), and saved states of other activations are dropped, with a warning.
+between runs), nor do the probe's file stamps say what images it sees: the caller records
+a digest of the activations of the first image of every batch (``check_activations``), and
+saved states of other activations are dropped, with a warning.
 
 A saved file is untrusted input: it is read without pickles, and it must hold exactly the
 arrays of the pass's states, each named by its keypath in the states' tree and with its
@@ -152,7 +153,7 @@ class PassCheckpoints:
 
     def check_activations(self, digest: str) -> None:
         """Keeps the saved states only if they were computed from activations with this
-        ``digest`` (see ``sources.activations_digest``); otherwise (or when states were
+        ``digest`` (see ``sources.heads_digest``); otherwise (or when states were
         saved without one) drops them with a warning, so that the passes start afresh.
         Records ``digest`` for the states saved from now on."""
         stamp = self.directory / ACTIVATIONS
