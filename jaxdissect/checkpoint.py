@@ -217,14 +217,18 @@ class PassCheckpoints:
         folder.mkdir(exist_ok=True)
         arrays = {key: np.asarray(x) for key, x in _keyed_leaves(states())}
         partial = folder / f".{next_batch}.partial"
+        if f"{name}/{partial.name}" in self.owned:  # a killed save's, recorded before made
+            partial.unlink(missing_ok=True)  # (a name only: a link's target stays)
         self._own(f"{name}/{partial.name}", f"{name}/{next_batch}")
-        # Not through a link planted at the name: O_NOFOLLOW (ELOOP, named below).
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        # A new file, never one planted at the name: a link's target or a second name of
+        # someone's file would be written through.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             handle = os.open(partial, flags, 0o644)
         except OSError as error:
             raise DissectError(
-                f"{partial}: cannot write the checkpoint ({error.strerror})"
+                f"{partial}: cannot write the checkpoint there ({error.strerror}: not a file "
+                "jaxdissect wrote); move it away"
             ) from None
         with open(handle, "wb") as file:
             np.savez(file, **arrays)

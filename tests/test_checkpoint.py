@@ -1,6 +1,7 @@
 """The passes' checkpoints: written whole, read back only when they fit, without pickles."""
 
 import json
+import os
 import re
 from typing import NamedTuple
 
@@ -238,15 +239,32 @@ def test_files_of_the_folder_are_replaced_never_written_through_links(tmp_path, 
     assert not (folder / name).is_symlink()
 
 
-def test_a_planted_link_at_a_checkpoints_temporary_name_is_refused(tmp_path):
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_planted_link_at_a_checkpoints_temporary_name_is_refused(tmp_path, how):
     victim = _victim(tmp_path)
     folder = tmp_path / "c"
     checkpoints = PassCheckpoints(folder, {"run": 1})
     (folder / "pass").mkdir()
-    (folder / "pass" / ".1.partial").symlink_to(victim)
-    with pytest.raises(DissectError, match=re.escape(f"{folder / 'pass' / '.1.partial'}: ")):
+    planted = folder / "pass" / ".1.partial"
+    if how == "symlink":
+        planted.symlink_to(victim)
+    else:
+        os.link(victim, planted)
+    with pytest.raises(DissectError, match=re.escape(f"{planted}: cannot write the checkpoint")):
         checkpoints.save("pass", 1, lambda: _states(1), last=True)
     assert victim.read_bytes() == b"a user's file"
+
+
+def test_a_killed_saves_temporary_file_is_replaced(tmp_path):
+    folder = tmp_path / "c"
+    checkpoints = PassCheckpoints(folder, {"run": 1})
+    checkpoints.save("pass", 1, lambda: _states(1), last=True)
+    (folder / "pass" / ".2.partial").write_bytes(b"half a checkpoint")
+    checkpoints._own("pass/.2.partial")  # recorded before it was made, as save does
+    resumed = PassCheckpoints(folder, {"run": 1})
+    resumed.save("pass", 2, lambda: _states(2), last=True)
+    assert sorted(p.name for p in (folder / "pass").iterdir()) == ["2"]
+    _equal(resumed.restore("pass", _states(0))[1], _states(2))
 
 
 def test_a_linked_checkpoint_folder_is_refused_with_its_name(probe, tmp_path, capsys):
