@@ -76,6 +76,10 @@ def _checked_folder(folder: Path) -> Path:
         raise DissectError(
             f"{folder}: a symbolic link, not a checkpoint folder of jaxdissect's; move it away"
         )
+    if folder.exists() and not folder.is_dir():
+        raise DissectError(
+            f"{folder}: not a folder, where jaxdissect keeps checkpoints; move it away"
+        )
     return folder
 
 

@@ -284,3 +284,10 @@ def test_a_linked_checkpoint_folder_is_refused_with_its_name(probe, tmp_path, ca
     assert (elsewhere / "fingerprint.json").read_text() == "a user's file"
     with pytest.raises(DissectError, match=re.escape(f"{out / '.checkpoint'}: a symbolic link")):
         PassCheckpoints.discard(out / ".checkpoint")
+
+
+def test_a_file_where_the_checkpoint_folder_goes_is_refused_with_its_name(tmp_path):
+    (tmp_path / "c").write_text("a user's file")
+    with pytest.raises(DissectError, match=re.escape(f"{tmp_path / 'c'}: not a folder")):
+        PassCheckpoints(tmp_path / "c", {"run": 1})
+    assert (tmp_path / "c").read_text() == "a user's file"
