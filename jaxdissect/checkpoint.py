@@ -117,7 +117,7 @@ class PassCheckpoints:
         if not isinstance(names, list):
             return set()
         owned = {n for n in names if self._path(n) is not None}
-        for name in [n for n in names if n not in owned]:
+        for name in [n for n in names if not (isinstance(n, str) and n in owned)]:
             warnings.warn(
                 f"{self.directory / OWNED}: ignored {name!r}, not a file this folder's "
                 "checkpoints could have written (a name inside it)",

@@ -189,7 +189,9 @@ def _victim(tmp_path):
     return victim
 
 
-@pytest.mark.parametrize("entry", ["ABSOLUTE", "../victim.txt", "pass/../../victim.txt"])
+@pytest.mark.parametrize(
+    "entry", ["ABSOLUTE", "../victim.txt", "pass/../../victim.txt", {"a": "dict"}, "a/b/c"]
+)
 def test_a_forged_owned_entry_is_ignored_and_named(tmp_path, entry):
     victim = _victim(tmp_path)
     folder = tmp_path / "c"
