@@ -22,6 +22,12 @@ never completed is removed whole: it was created here, under the lock, and never
 published. A file or folder already at one of a set's names that this module did not make
 (a user's, or an earlier version's plain files) is moved, not deleted, into
 ``OUT/.jaxdissect/displaced.<n>/``, and the move is reported on stderr.
+
+The journal and manifests are files in OUT, which someone else may have written: a
+journal naming anything but a set folder of the store (``<kind>.<n>``) or a plain name in
+OUT is refused whole, and a manifest's file is removed only where no link lies on its
+path. Nothing is written through a link planted at one of this module's names: the lock
+is opened with O_NOFOLLOW, and other files are written anew and renamed into place.
 """
 
 from __future__ import annotations
