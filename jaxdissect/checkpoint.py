@@ -9,8 +9,9 @@ uninterrupted run. A fingerprint that differs starts afresh. Every file written 
 in ``DIR/owned.json`` first; only recorded files are restored or deleted.
 
 A model's name and weights file do not say what it computes (a user's factory may change
-between runs): for a model, the caller records a digest of its first image's activations
-(``check_activations``), and saved states of other activations are dropped, with a warning.
+between runs), nor do the probe's file stamps say what images it sees: the caller records
+a digest of the activations of the first image of every batch (``check_activations``), and
+saved states of other activations are dropped, with a warning.
 
 A saved file is untrusted input: it is read without pickles, and it must hold exactly the
 arrays of the pass's states, each named by its keypath in the states' tree and with its
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxdissect.errors import DissectError
+from jaxdissect.outdir import replace_file
 
 
 def _keyed_leaves(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -65,6 +69,20 @@ def _rebuild(template: Any, arrays: dict[str, np.ndarray], path: str = "") -> An
     return None if template is None else arrays[path]
 
 
+def _checked_folder(folder: Path) -> Path:
+    """``folder``, refused if it is a symbolic link: what is written or removed in it must
+    stay in OUT."""
+    if folder.is_symlink():
+        raise DissectError(
+            f"{folder}: a symbolic link, not a checkpoint folder of jaxdissect's; move it away"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise DissectError(
+            f"{folder}: not a folder, where jaxdissect keeps checkpoints; move it away"
+        )
+    return folder
+
+
 OWNED = "owned.json"
 ACTIVATIONS = "activations.sha256"
 
@@ -80,7 +98,7 @@ class PassCheckpoints:
     def __init__(self, directory: str | Path, fingerprint: dict, every: int = 100):
         if every < 1:
             raise ValueError(f"checkpoint interval must be >= 1 batch, got {every}")
-        self.directory = Path(directory).absolute()
+        self.directory = _checked_folder(Path(directory).absolute())
         self.every = every
         text = json.dumps(fingerprint, sort_keys=True, default=str)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -89,19 +107,39 @@ class PassCheckpoints:
         if stamp.is_file() and stamp.read_text() != text:
             self._delete(sorted(self.owned))  # another run's states
         self._own("fingerprint.json")
-        stamp.write_text(text)
+        replace_file(stamp, text)
 
     def _read_owned(self) -> set[str]:
         try:
             names = json.loads((self.directory / OWNED).read_text())
         except (OSError, ValueError):
             return set()
-        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+        if not isinstance(names, list):
+            return set()
+        owned = {n for n in names if self._path(n) is not None}
+        for name in [n for n in names if not (isinstance(n, str) and n in owned)]:
+            warnings.warn(
+                f"{self.directory / OWNED}: ignored {name!r}, not a file this folder's "
+                "checkpoints could have written (a name inside it)",
+                stacklevel=3,
+            )
+        return owned
+
+    def _path(self, name) -> Path | None:
+        """Where a recorded ``name`` lies, if it is one this class writes (``<file>`` or
+        ``<pass>/<file>``, plain names) inside the folder without passing a link; else None:
+        owned.json is a file in OUT, and a forged entry must not reach outside it."""
+        if not isinstance(name, str) or "\0" in name:
+            return None
+        parts = name.split("/")
+        if not 1 <= len(parts) <= 2 or any(p in ("", ".", "..") for p in parts):
+            return None
+        path = self.directory.joinpath(*parts)
+        inside = os.path.join(os.path.realpath(self.directory), *parts[:-1])
+        return path if os.path.realpath(path.parent) == inside else None
 
     def _write_owned(self) -> None:
-        temporary = self.directory / f".{OWNED}.partial"
-        temporary.write_text(json.dumps(sorted(self.owned)))
-        os.replace(temporary, self.directory / OWNED)
+        replace_file(self.directory / OWNED, json.dumps(sorted(self.owned)))
 
     def _own(self, *names: str) -> None:
         """Records files before they are created."""
@@ -111,15 +149,15 @@ class PassCheckpoints:
 
     def _delete(self, names: list[str]) -> None:
         for name in names:
-            path = self.directory / name
-            if ".." not in Path(name).parts and not path.is_dir():
+            path = self._path(name)
+            if path is not None and not path.is_dir():
                 path.unlink(missing_ok=True)
             self.owned.discard(name)
         self._write_owned()
 
     def check_activations(self, digest: str) -> None:
         """Keeps the saved states only if they were computed from activations with this
-        ``digest`` (see ``sources.activations_digest``); otherwise (or when states were
+        ``digest`` (see ``sources.heads_digest``); otherwise (or when states were
         saved without one) drops them with a warning, so that the passes start afresh.
         Records ``digest`` for the states saved from now on."""
         stamp = self.directory / ACTIVATIONS
@@ -128,14 +166,14 @@ class PassCheckpoints:
         if recorded != digest and any(self._saved(p.name) for p in passes):
             warnings.warn(
                 f"{self.directory}: the saved passes were computed from other activations "
-                "(the model computes something else on the first image now); they start "
-                "afresh",
+                "(the first image of some batch has other activations now: another model, "
+                "or other images or features); they start afresh",
                 stacklevel=2,
             )
             for folder in passes:  # only the files this class wrote and recorded
                 self._delete([n for n in self.owned if n.startswith(f"{folder.name}/")])
         self._own(ACTIVATIONS)
-        stamp.write_text(digest)
+        replace_file(stamp, digest)
 
     def _saved(self, name: str) -> list[int]:
         steps = []
@@ -179,12 +217,24 @@ class PassCheckpoints:
         """Saves after batch ``next_batch - 1`` when the interval is due or the pass ends."""
         if next_batch % self.every and not last:
             return
-        folder = self.directory / name
+        folder = _checked_folder(self.directory / name)
         folder.mkdir(exist_ok=True)
         arrays = {key: np.asarray(x) for key, x in _keyed_leaves(states())}
         partial = folder / f".{next_batch}.partial"
+        if f"{name}/{partial.name}" in self.owned:  # a killed save's, recorded before made
+            partial.unlink(missing_ok=True)  # (a name only: a link's target stays)
         self._own(f"{name}/{partial.name}", f"{name}/{next_batch}")
-        with open(partial, "wb") as file:
+        # A new file, never one planted at the name: a link's target or a second name of
+        # someone's file would be written through.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            handle = os.open(partial, flags, 0o644)
+        except OSError as error:
+            raise DissectError(
+                f"{partial}: cannot write the checkpoint there ({error.strerror}: not a file "
+                "jaxdissect wrote); move it away"
+            ) from None
+        with open(handle, "wb") as file:
             np.savez(file, **arrays)
             file.flush()
             os.fsync(file.fileno())
@@ -202,7 +252,7 @@ class PassCheckpoints:
         """Removes an earlier run's checkpoints in ``directory``: the files its
         ``owned.json`` records and the folders they leave empty; nothing else."""
         stale = cls.__new__(cls)
-        stale.directory = Path(directory).absolute()
+        stale.directory = _checked_folder(Path(directory).absolute())
         stale.owned = stale._read_owned()
         stale.remove()
 

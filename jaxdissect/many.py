@@ -34,7 +34,7 @@ from jaxdissect.driver import completed, dissect_activations, run_fingerprint, w
 from jaxdissect.errors import DissectError
 from jaxdissect.models.features import FeatureModel
 from jaxdissect.outdir import locked
-from jaxdissect.sources import Activations, activations_digest, keep_budget, model_identity
+from jaxdissect.sources import Activations, heads_digest, keep_budget, model_identity
 
 SEPARATOR = "/"  # between a checkpoint's name and its layer's, in the passes' layer names
 GROUP_CHECKPOINTS = ".checkpoint-"  # OUT/.checkpoint-<group key>: one group's pass states
@@ -265,8 +265,15 @@ def dissect_many(
                     out / f"{GROUP_CHECKPOINTS}{key}", json.loads(json.dumps(identity, default=str)),
                     checkpoint_every,
                 )  # fmt: skip
-                # What the models compute, not their names, decides whether states resume.
-                checkpoints.check_activations(activations_digest(read(0, 1)))
+                # What the models compute on the first image of every batch, not their
+                # names, decides whether states resume (those images run together).
+                heads = _group_source(
+                    [models[k] for k in group], group_names, images[:: config.batch_size],
+                    layers, config.batch_size,
+                )  # fmt: skip
+                checkpoints.check_activations(
+                    heads_digest(read, len(images), config.batch_size, heads)
+                )
             dissections = dissect_activations(
                 read, len(images), group_shapes, dataset, labels, config, progress, checkpoints
             )

@@ -22,6 +22,12 @@ never completed is removed whole: it was created here, under the lock, and never
 published. A file or folder already at one of a set's names that this module did not make
 (a user's, or an earlier version's plain files) is moved, not deleted, into
 ``OUT/.jaxdissect/displaced.<n>/``, and the move is reported on stderr.
+
+The journal and manifests are files in OUT, which someone else may have written: a
+journal naming anything but a set folder of the store (``<kind>.<n>``) or a plain name in
+OUT is refused whole, and a manifest's file is removed only where no link lies on its
+path. Nothing is written through a link planted at one of this module's names: the lock
+is opened with O_NOFOLLOW, and other files are written anew and renamed into place.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_ISREG
 
 from jaxdissect.errors import DissectError
 
@@ -64,9 +72,9 @@ def locked(out: Path) -> Iterator[Path]:
         raise DissectError(f"--out {out}: exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / ".lock", "a+")
     except OSError as error:
         raise DissectError(f"--out {out}: cannot write there ({error.strerror})") from None
+    handle = _open_lock(out / ".lock")
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,6 +96,44 @@ def locked(out: Path) -> Iterator[Path]:
         finally:
             handle.seek(0)
             handle.truncate()
+
+
+def _open_lock(path: Path):
+    """OUT/.lock, opened for reading and writing without following a link: it is truncated,
+    so a link or a second name planted there must not lead to someone else's file."""
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DissectError(
+                f"{path}: a symbolic link, not jaxdissect's lock file; move it away"
+            ) from None
+        raise DissectError(f"--out {path.parent}: cannot write there ({error.strerror})") from None
+    status = os.fstat(handle)
+    if not S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(handle)
+        raise DissectError(
+            f"{path}: not a plain file of jaxdissect's (another name of a file, or not a "
+            "file); move it away"
+        )
+    return os.fdopen(handle, "r+")
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Writes ``path`` whole through a new file renamed over it: a symbolic link planted at
+    ``path`` is replaced, never written through (mkstemp creates a new name, O_EXCL)."""
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".partial", dir=path.parent
+    )
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.chmod(temporary, 0o644)  # as a plain write would leave it, not mkstemp's 0600
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _store(out: Path) -> Path:
@@ -113,13 +159,30 @@ def _read_journal(store: Path) -> dict:
         and isinstance(journal.get("displaced"), list)
     ):
         raise DissectError(f"{store / JOURNAL}: not a journal of jaxdissect's; move {store} away")
+    # Its names are removed or unlinked later: one that is not a plain name in the store (or
+    # in OUT, for links) could reach outside OUT, so the whole journal is refused, untouched.
+    bad = [("sets", n) for n, kind in journal["sets"].items() if not _set_name(n, kind)]
+    bad += [("links", n) for n in journal["links"] if not _plain_name(n) or n in (STORE, ".lock")]
+    if bad:
+        field, name = bad[0]
+        what = f"a set folder's name in {store}" if field == "sets" else f"a name in {store.parent}"
+        raise DissectError(
+            f"{store / JOURNAL}: {field} entry {name!r} is not {what} (jaxdissect did not write "
+            f"this journal); nothing was removed; move {store} away"
+        )
     return journal
 
 
+def _set_name(name, kind) -> bool:
+    """Whether ``name`` is one ``new_set`` gives a set of ``kind``: ``<kind>.<n>``."""
+    if not (_plain_name(name) and kind in KINDS and name.startswith(f"{kind}.")):
+        return False
+    number = name[len(kind) + 1 :]
+    return number.isascii() and number.isdigit()
+
+
 def _write_journal(store: Path, journal: dict) -> None:
-    temporary = store / f".{JOURNAL}.partial"  # one writer: OUT's lock holder
-    temporary.write_text(json.dumps(journal, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, store / JOURNAL)
+    replace_file(store / JOURNAL, json.dumps(journal, indent=1, sort_keys=True) + "\n")
     _sync_folder(store)
 
 
@@ -131,8 +194,12 @@ def _sync_folder(folder: Path) -> None:
         os.close(handle)
 
 
-def _plain_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+def _plain_name(name) -> bool:
+    """One path component, neither '.' nor '..': joined to a folder it names an entry of it."""
+    return (
+        isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+        and "\0" not in name
+    )  # fmt: skip
 
 
 def current_set(out: str | Path, kind: str) -> Path | None:
@@ -172,7 +239,9 @@ def new_set(out: Path, kind: str) -> Path:
 def discard(folder: Path) -> None:
     """Removes a set folder from ``new_set`` that will not be published (a failed run)."""
     store = folder.parent
-    journal = _read_journal(store)
+    if store.name != STORE or store.is_symlink() or folder.is_symlink():
+        raise ValueError(f"{folder}: not a set folder of jaxdissect's")
+    journal = _read_journal(store)  # refuses names that are not plain
     unpublished = folder.name not in journal.get("published", [])
     if journal["sets"].get(folder.name) in KINDS and unpublished:
         shutil.rmtree(folder, ignore_errors=True)  # made by new_set, never published
@@ -269,9 +338,7 @@ def _write_manifest(folder: Path) -> list[str]:
                 "size": stat.st_size,
                 "sha256": digest.hexdigest(),
             }
-    temporary = folder / f".{MANIFEST}.partial"
-    temporary.write_text(json.dumps({"files": files}, indent=1) + "\n")
-    os.replace(temporary, folder / MANIFEST)
+    replace_file(folder / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
     _sync_folder(folder)
     return sorted({name.split("/")[0] for name in files})
 
@@ -343,7 +410,7 @@ def _remove_set(folder: Path, published: bool) -> bool:
     removed file by file from its manifest; one that never was is the run's that wrote it
     alone, and is removed whole.
     """
-    if folder.is_symlink() or not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir() or not _plain_name(folder.name):
         return True  # gone (or never made): nothing of ours there
     if not published:
         shutil.rmtree(folder, ignore_errors=True)
@@ -355,7 +422,7 @@ def _remove_set(folder: Path, published: bool) -> bool:
         if ".." in Path(relative).parts or Path(relative).is_absolute():
             continue
         folders.update(p for p in path.parents if folder in p.parents)
-        if path.is_symlink() or not path.is_file():
+        if path.is_symlink() or not path.is_file() or not _within(folder, path):
             continue
         if not isinstance(record, dict) or path.stat().st_size != record.get("size"):
             continue  # rewritten since: not provably ours
@@ -374,3 +441,10 @@ def _remove_set(folder: Path, published: bool) -> bool:
             file=sys.stderr,
         )
     return True
+
+
+def _within(folder: Path, path: Path) -> bool:
+    """Whether ``path`` (below ``folder``) is reached without passing a symbolic link: a
+    subfolder of a set replaced by a link must not lead its removal elsewhere."""
+    parts = path.relative_to(folder).parent.parts
+    return os.path.realpath(path.parent) == os.path.join(os.path.realpath(folder), *parts)

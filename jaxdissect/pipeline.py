@@ -29,7 +29,7 @@ from jaxdissect.driver import (
 )
 from jaxdissect.errors import DissectError
 from jaxdissect.outdir import locked
-from jaxdissect.sources import Activations, activations_digest
+from jaxdissect.sources import Activations, heads_digest
 from jaxdissect.timings import mark
 
 
@@ -149,10 +149,13 @@ def _dissect_into(
         checkpoints = None
         if checkpoint_every is not None and runtime.process_count() == 1:
             checkpoints = PassCheckpoints(out / ".checkpoint", fingerprint, checkpoint_every)
-            if "model" in source.identity:
-                # A model's name and weights file do not pin what it computes: its first
-                # image's activations do (one padded batch, the shape pass 1 compiles).
-                checkpoints.check_activations(activations_digest(source.read(0, 1)))
+            if "model" in source.identity or "features" in source.identity:
+                # A model's name and weights file do not pin what it computes, nor do the
+                # probe's stamps (or images given in memory) pin what it sees: the first
+                # image of every batch is checked before saved states are trusted.
+                checkpoints.check_activations(
+                    heads_digest(source.read, source.num_images, config.batch_size, source.heads)
+                )
         dissections = dissect_activations(
             source.read, source.num_images, source.shapes, dataset, labels, config, progress,
             checkpoints,

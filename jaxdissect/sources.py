@@ -38,6 +38,9 @@ class Activations(NamedTuple):
       identity: what identifies these activations for resuming and reusing results (file
         contents, model and weights, layout); JSON-serialisable.
       provenance: what results.json records of them (the features file, the model).
+      heads: an ActivationSource whose row b is image b * batch size (the batch size the
+        source was made for), read a batch of them at a time, for ``heads_digest``; None:
+        they are read from ``read``, one call per batch.
     """
 
     read: ActivationSource
@@ -45,6 +48,7 @@ class Activations(NamedTuple):
     num_images: int
     identity: dict
     provenance: dict
+    heads: ActivationSource | None = None
 
 
 def file_identity(path: str | Path) -> dict:
@@ -93,6 +97,30 @@ def activations_digest(outputs: Mapping[str, Any]) -> str:
         value = np.ascontiguousarray(np.asarray(outputs[layer]))
         digest.update(f"{layer}\0{value.shape}\0{value.dtype}\0".encode())
         digest.update(value.view(np.uint8).ravel())
+    return digest.hexdigest()
+
+
+def heads_digest(read, num_images: int, batch_size: int, heads=None) -> str:
+    """A SHA-256 of the activations of the first image of every batch: what a resumed run
+    checks before trusting states saved over all batches (a change within a batch past its
+    first image goes unseen), at the cost of one image per batch.
+
+    Args:
+      read: the activations' source, ``read(start, stop)``.
+      num_images: N.
+      batch_size: the passes' batch size.
+      heads: a source whose row b is image b * batch_size (a model runs them a batch at a
+        time); None reads each from ``read``.
+    """
+    starts = range(0, num_images, batch_size)
+    if heads is None:
+        parts = [read(start, start + 1) for start in starts]
+    else:
+        count = len(starts)
+        parts = [heads(i, min(i + batch_size, count)) for i in range(0, count, batch_size)]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(activations_digest(part).encode())
     return digest.hexdigest()
 
 
@@ -232,8 +260,10 @@ def model_run(
             )
         shapes[layer] = tuple(value.shape[1:])
     read = model_activations(model, images, layers, batch_size)
+    # The first image of every batch, run together (one forward per batch of them).
+    heads = model_activations(model, images[::batch_size], layers, batch_size)
     identity, provenance = model_identity(model, weights)
-    return Activations(read, shapes, len(images), identity, provenance)
+    return Activations(read, shapes, len(images), identity, provenance, heads)
 
 
 def model_identity(model, weights: str | Path | None) -> tuple[dict, dict]:

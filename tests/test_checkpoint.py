@@ -1,5 +1,8 @@
 """The passes' checkpoints: written whole, read back only when they fit, without pickles."""
 
+import json
+import os
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -8,6 +11,7 @@ from probe_fixture import dyadic_features
 
 from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.cli import main
+from jaxdissect.errors import DissectError
 
 
 class Pair(NamedTuple):
@@ -174,3 +178,118 @@ def test_discard_removes_only_what_an_earlier_run_recorded(tmp_path):
         "ck/tally",
         "ck/tally/notes.txt",
     ]
+
+
+# Issue 27 (hostile inputs, second round): owned.json and the names in the folder are files
+# in OUT, which someone else may have written; nothing outside the folder is removed or
+# written through them.
+def _victim(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"a user's file")
+    return victim
+
+
+@pytest.mark.parametrize(
+    "entry", ["ABSOLUTE", "../victim.txt", "pass/../../victim.txt", {"a": "dict"}, "a/b/c"]
+)
+def test_a_forged_owned_entry_is_ignored_and_named(tmp_path, entry):
+    victim = _victim(tmp_path)
+    folder = tmp_path / "c"
+    PassCheckpoints(folder, {"run": 1}).save("pass", 1, lambda: _states(1), last=True)
+    entry = str(victim) if entry == "ABSOLUTE" else entry
+    warned = re.escape(f"{folder / 'owned.json'}: ignored {entry!r}")
+    (folder / "owned.json").write_text(json.dumps(["pass/1", entry]))
+    with pytest.warns(UserWarning, match=warned):
+        checkpoints = PassCheckpoints(folder, {"run": 2})  # another run: its states deleted
+    assert not (folder / "pass" / "1").exists()
+    checkpoints.remove()
+    assert victim.read_bytes() == b"a user's file"
+    folder.mkdir(exist_ok=True)
+    (folder / "owned.json").write_text(json.dumps([entry]))
+    with pytest.warns(UserWarning, match=warned):
+        PassCheckpoints.discard(folder)
+    assert victim.read_bytes() == b"a user's file"
+
+
+def test_a_pass_folder_replaced_by_a_link_is_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "1").write_bytes(b"a user's file named like a checkpoint")
+    folder = tmp_path / "c"
+    PassCheckpoints(folder, {"run": 1}).save("pass", 1, lambda: _states(1), last=True)
+    (folder / "pass" / "1").unlink()
+    (folder / "pass").rmdir()
+    (folder / "pass").symlink_to(elsewhere)
+    with pytest.warns(UserWarning, match=r"owned\.json: ignored 'pass/1'"):
+        checkpoints = PassCheckpoints(folder, {"run": 2})
+    with pytest.raises(DissectError, match=re.escape(f"{folder / 'pass'}: a symbolic link")):
+        checkpoints.save("pass", 2, lambda: _states(1), last=True)
+    checkpoints.remove()
+    assert (elsewhere / "1").read_bytes() == b"a user's file named like a checkpoint"
+
+
+@pytest.mark.parametrize("name", ["fingerprint.json", "owned.json", "activations.sha256"])
+def test_files_of_the_folder_are_replaced_never_written_through_links(tmp_path, name):
+    victim = _victim(tmp_path)
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / name).symlink_to(victim)
+    checkpoints = PassCheckpoints(folder, {"run": 1})
+    checkpoints.check_activations("0" * 64)
+    checkpoints.save("pass", 1, lambda: _states(1), last=True)
+    assert victim.read_bytes() == b"a user's file"
+    assert not (folder / name).is_symlink()
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_planted_link_at_a_checkpoints_temporary_name_is_refused(tmp_path, how):
+    victim = _victim(tmp_path)
+    folder = tmp_path / "c"
+    checkpoints = PassCheckpoints(folder, {"run": 1})
+    (folder / "pass").mkdir()
+    planted = folder / "pass" / ".1.partial"
+    if how == "symlink":
+        planted.symlink_to(victim)
+    else:
+        os.link(victim, planted)
+    with pytest.raises(DissectError, match=re.escape(f"{planted}: cannot write the checkpoint")):
+        checkpoints.save("pass", 1, lambda: _states(1), last=True)
+    assert victim.read_bytes() == b"a user's file"
+
+
+def test_a_killed_saves_temporary_file_is_replaced(tmp_path):
+    folder = tmp_path / "c"
+    checkpoints = PassCheckpoints(folder, {"run": 1})
+    checkpoints.save("pass", 1, lambda: _states(1), last=True)
+    (folder / "pass" / ".2.partial").write_bytes(b"half a checkpoint")
+    checkpoints._own("pass/.2.partial")  # recorded before it was made, as save does
+    resumed = PassCheckpoints(folder, {"run": 1})
+    resumed.save("pass", 2, lambda: _states(2), last=True)
+    assert sorted(p.name for p in (folder / "pass").iterdir()) == ["2"]
+    _equal(resumed.restore("pass", _states(0))[1], _states(2))
+
+
+def test_a_linked_checkpoint_folder_is_refused_with_its_name(probe, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "fingerprint.json").write_text("a user's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".checkpoint").symlink_to(elsewhere)
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 3)))
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--no-progress", "--no-report", "--out", str(out), "--checkpoint-every", "1"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"jaxdissect: error: {out / '.checkpoint'}: a symbolic link" in err, err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["fingerprint.json"]
+    assert (elsewhere / "fingerprint.json").read_text() == "a user's file"
+    with pytest.raises(DissectError, match=re.escape(f"{out / '.checkpoint'}: a symbolic link")):
+        PassCheckpoints.discard(out / ".checkpoint")
+
+
+def test_a_file_where_the_checkpoint_folder_goes_is_refused_with_its_name(tmp_path):
+    (tmp_path / "c").write_text("a user's file")
+    with pytest.raises(DissectError, match=re.escape(f"{tmp_path / 'c'}: not a folder")):
+        PassCheckpoints(tmp_path / "c", {"run": 1})
+    assert (tmp_path / "c").read_text() == "a user's file"

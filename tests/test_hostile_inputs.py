@@ -189,6 +189,35 @@ def test_a_changed_user_model_does_not_resume_the_old_ones_passes(probe, tmp_pat
     ).read_bytes()
 
 
+def test_a_resume_checks_the_first_image_of_every_batch(probe, tmp_path, monkeypatch):
+    """Issue 27, V4: saved states of a run over other images are not resumed when only a
+    later batch's first image differs (the image files are not in the fingerprint, and the
+    first image's activations, all that was checked, are the same)."""
+    from user_model import factory
+
+    import jaxdissect as jd
+    from jaxdissect.checkpoint import PassCheckpoints
+    from jaxdissect.data.cache import load_image_array
+
+    images = load_image_array(jd.open_broden(probe.directory), None, False)
+    changed = images.copy()
+    changed[4] = 255 - changed[4]  # the first image of the second batch of 4
+    config = jd.DissectConfig(quantile=0.05, batch_size=4)
+    kwargs = dict(layers=["conv_b"], report=False, progress=False, checkpoint_every=1)
+
+    def run(out, images):
+        jd.dissect(probe.directory, factory(None), config, out, images=images, **kwargs)
+        return {n: (out / n).read_bytes() for n in ("tally.csv", "counts.npz")}
+
+    fresh = run(tmp_path / "fresh", changed)
+    monkeypatch.setattr(PassCheckpoints, "remove", lambda self: None)  # killed after saving
+    stale = run(tmp_path / "out", images)
+    assert stale != fresh  # the changed image matters to the results
+    with pytest.warns(UserWarning, match="computed from other activations"):
+        assert run(tmp_path / "out", changed) == fresh
+    assert run(tmp_path / "out", changed) == fresh  # the same images resume, unwarned
+
+
 # Class 6 and 7: .npy headers are bounded and parsed without tracebacks.
 def _npy(path, header: bytes, version=(1, 0), length: int | None = None, data=b""):
     size = 2 if version[0] == 1 else 4

@@ -172,8 +172,9 @@ def test_a_resumed_run_regroups_without_meeting_another_groups_states(
     found = run_many()
     assert sorted(found) == ["b", "c"]  # a was reused
     if rerun_budget == "one per group":
-        # b's passes were both saved whole: only the first image is read, to check that the
-        # model computes what the saved states were computed from.
+        # b's passes were both saved whole: only the first image of each batch is read (the
+        # three of them in one batch), to check that the model computes what the saved
+        # states were computed from.
         assert reads[("b",)] == 1
     assert list(out.glob(".checkpoint*")) == []
     for path in paths:

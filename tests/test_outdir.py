@@ -3,12 +3,22 @@ every instant of publishing, and only files jaxdissect recorded as its own are d
 
 import json
 import os
+import re
 import shutil
 
 import pytest
 
 from jaxdissect import outdir
-from jaxdissect.outdir import MANIFEST, STORE, current_set, locked, new_set, publish
+from jaxdissect.errors import DissectError
+from jaxdissect.outdir import (
+    MANIFEST,
+    STORE,
+    current_set,
+    discard,
+    locked,
+    new_set,
+    publish,
+)
 
 OLD = {
     "tally.csv": b"old tally",
@@ -197,3 +207,112 @@ def test_a_published_set_is_never_removed_whole(tmp_path):
     _publish(out, NEW)
     assert (folder / "report" / "mine.txt").read_bytes() == b"mine"
     assert _view(out) == _expected(NEW)
+
+
+# Issue 27 (hostile inputs, second round): nothing in OUT leads a removal or a write outside
+# it. ``victim`` lies beside OUT: ``OUT/.jaxdissect/../../victim`` names it.
+def _victim(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_bytes(b"a user's file")
+    return victim
+
+
+def _forge_journal(out, change):
+    path = out / STORE / "journal.json"
+    journal = json.loads(path.read_text())
+    change(journal)
+    path.write_text(json.dumps(journal))
+
+
+@pytest.mark.parametrize("entry", ["../../victim", "ABSOLUTE", "..", "displaced.1", "dissect.x"])
+def test_a_forged_journal_never_removes_what_it_names(tmp_path, capsys, entry):
+    victim = _victim(tmp_path)
+    out = tmp_path / "out"
+    (out / "tally.csv").parent.mkdir()
+    (out / "tally.csv").write_bytes(b"a user's tally")  # moved into displaced.1
+    _publish(out, OLD)
+    entry = str(victim) if entry == "ABSOLUTE" else entry
+    _forge_journal(out, lambda journal: journal["sets"].update({entry: "dissect"}))
+    with pytest.raises(DissectError) as error:
+        _publish(out, NEW)
+    message = str(error.value)
+    assert f"{out / STORE / 'journal.json'}: sets entry {entry!r} is not" in message
+    assert (victim / "precious.txt").read_bytes() == b"a user's file"
+    assert (out / STORE / "displaced.1" / "tally.csv").read_bytes() == b"a user's tally"
+    assert _view(out) == _expected(OLD)  # nothing of the published set was touched either
+
+
+@pytest.mark.parametrize("entry", ["../victim", "/victim", "report/../.."])
+def test_a_forged_journal_link_entry_is_refused(tmp_path, entry):
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    _forge_journal(out, lambda journal: journal["links"].update({entry: "dissect"}))
+    with pytest.raises(DissectError, match=rf"journal\.json: links entry '{re.escape(entry)}'"):
+        _publish(out, NEW)
+
+
+def test_discard_refuses_a_forged_journal(tmp_path):
+    victim = _victim(tmp_path)
+    out = tmp_path / "out"
+    with locked(out):
+        folder = new_set(out, "dissect")
+        _forge_journal(out, lambda journal: journal["sets"].update({"../../victim": "dissect"}))
+        with pytest.raises(DissectError, match=r"journal\.json: sets entry '\.\./\.\./victim'"):
+            discard(folder)
+    assert (victim / "precious.txt").read_bytes() == b"a user's file"
+
+
+def test_a_set_subfolder_replaced_by_a_link_is_not_followed_when_removing(tmp_path, capsys):
+    """The manifest lists report/unit-0001.jpg; report/ became a link to the user's folder,
+    which holds a file of that name and size: it stays."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "unit-0001.jpg").write_bytes(b"old strip")  # the recorded size
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    folder = current_set(out, "dissect")
+    shutil.rmtree(folder / "report")
+    (folder / "report").symlink_to(victim)
+    _publish(out, NEW)
+    assert (victim / "unit-0001.jpg").read_bytes() == b"old strip"
+    assert _view(out) == _expected(NEW)
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_the_lock_is_never_written_through_a_planted_link(tmp_path, how):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"a user's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    if how == "symlink":
+        (out / ".lock").symlink_to(victim)
+    else:
+        os.link(victim, out / ".lock")
+    with pytest.raises(DissectError, match=re.escape(f"{out / '.lock'}: ")):
+        with locked(out):
+            pass
+    assert victim.read_bytes() == b"a user's file"
+
+
+def test_the_journal_is_never_written_through_a_planted_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"a user's file")
+    out = tmp_path / "out"
+    (out / STORE).mkdir(parents=True)
+    (out / STORE / ".journal.json.partial").symlink_to(victim)  # the name it was written to
+    (out / STORE / "journal.json").symlink_to(tmp_path / "absent.json")
+    _publish(out, OLD)
+    assert victim.read_bytes() == b"a user's file"
+    assert not (tmp_path / "absent.json").exists()  # the link was replaced, not followed
+    assert _view(out) == _expected(OLD)
+
+
+def test_a_linked_store_is_refused_with_its_name(tmp_path):
+    victim = _victim(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / STORE).symlink_to(victim)
+    with pytest.raises(DissectError, match=re.escape(f"{out / STORE}: not a folder")):
+        _publish(out, NEW)
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]

@@ -58,10 +58,22 @@ def _write_state(target: Path, state: dict) -> None:
     os.replace(temporary, _state_path(target))
 
 
+def _recorded(target: Path) -> bool:
+    """Whether a state file of ours (written by ``_transfer`` before the partial file)
+    records ``target``'s partial file."""
+    try:
+        state = json.loads(_state_path(target).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and isinstance(state.get("url"), str)
+
+
 def discard_partial(target: Path) -> None:
-    """Removes ``target``'s partial file and its state (both written by ``download``)."""
-    for path in (partial_path(target), _state_path(target)):
-        path.unlink(missing_ok=True)
+    """Removes ``target``'s partial file and its state, when that state file records it:
+    a ``.part`` file with no state of ours beside it is someone else's, and is kept."""
+    if _recorded(target):
+        for path in (partial_path(target), _state_path(target)):
+            path.unlink(missing_ok=True)
 
 
 def _open(url: str, start: int, state: dict):
@@ -215,7 +227,13 @@ def download(
     target.parent.mkdir(parents=True, exist_ok=True)
     state = _read_state(target, url)
     if not state:
-        discard_partial(target)
+        part = partial_path(target)
+        if not _recorded(target) and (part.exists() or part.is_symlink()):
+            raise DissectError(
+                f"{part}: not a download of jaxdissect's (no {_state_path(target).name} "
+                "records it); move it away, or choose another --dir"
+            )
+        discard_partial(target)  # ours, of another URL: restarted
     bar = _Progress(target.name, progress)
     try:
         for attempt in range(retries + 1):

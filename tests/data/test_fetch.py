@@ -18,7 +18,7 @@ from test_torch_weights import _state, _write
 
 from jaxdissect.cli import main
 from jaxdissect.data.archive import ArchiveError, extract_zip
-from jaxdissect.data.download import download, partial_path
+from jaxdissect.data.download import discard_partial, download, partial_path
 from jaxdissect.data.fetch import MANIFEST, fetch
 from jaxdissect.errors import DissectError
 
@@ -103,9 +103,33 @@ def test_a_partial_file_of_another_url_is_not_resumed(server, tmp_path):
     data = _blob(100_000, seed=3)
     server.files["a"] = data
     target = tmp_path / "a"
-    partial_path(target).write_bytes(b"x" * 50_000)  # no state saved with it
+    partial_path(target).write_bytes(b"x" * 50_000)  # ours, of another URL
+    (tmp_path / "a.part.json").write_text(json.dumps({"url": server.url("b"), "total": 10**6}))
     assert download(server.url("a"), target, max_bytes=10**8, progress=False).read_bytes() == data
     assert server.log[0].range is None
+    assert json.loads((tmp_path / "a.part.json").read_text())["url"] == server.url("a")
+
+
+@pytest.mark.parametrize("state", [None, "not json", '["a list"]'])
+def test_a_partial_file_no_state_of_ours_records_is_kept(server, tmp_path, capsys, state):
+    """Issue 27: a user's DIR/x.zip.part, with no state file of ours (or one that is not
+    ours) beside it, is neither deleted nor overwritten: fetch stops, naming it."""
+    server.files["a.zip"] = _blob(1000, seed=4)
+    part = tmp_path / "a.zip.part"
+    part.write_bytes(b"a user's file")
+    if state is not None:
+        (tmp_path / "a.zip.part.json").write_text(state)
+    with pytest.raises(DissectError, match=r"a\.zip\.part: not a download of jaxdissect's"):
+        download(server.url("a.zip"), tmp_path / "a.zip", max_bytes=10**8, progress=False)
+    assert part.read_bytes() == b"a user's file"
+    assert server.log == []  # refused before any request
+    link = tmp_path / "b.zip.part"
+    link.symlink_to(part)  # a link planted there: neither followed nor removed
+    with pytest.raises(DissectError, match=r"b\.zip\.part: not a download of jaxdissect's"):
+        download(server.url("a.zip"), tmp_path / "b.zip", max_bytes=10**8, progress=False)
+    assert link.is_symlink() and part.read_bytes() == b"a user's file"
+    discard_partial(tmp_path / "a.zip")
+    assert part.read_bytes() == b"a user's file"
 
 
 def test_missing_file_and_oversized_file_are_refused(server, tmp_path):
