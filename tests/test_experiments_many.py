@@ -5,6 +5,7 @@ one-at-a-time path (``dissect_model``) writes, and either path reuses the other'
 import dataclasses
 import os
 
+import jax
 import pytest
 
 from experiments import common
@@ -178,3 +179,53 @@ def test_a_model_without_parameters_is_dissected_alone(tmp_path, calls, probe):
     )
     assert calls["many"] == [] and calls["single"] == 2
     assert set(found) == {"a", "b"} and set(found["a"]) == {layer}
+
+
+def test_a_vmapped_study_pass_is_recorded_and_not_taken_for_one_at_a_time(
+    tmp_path, monkeypatch, probe
+):
+    """On accelerators the stacked forward is vmap, not verified bit for bit against one
+    model's: the study's outputs record it, and a one-at-a-time result is not reused."""
+    import json
+
+    from user_model import seeded_factory
+
+    from jaxdissect import many
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.data.cache import load_image_array, load_label_arrays
+    from jaxdissect.rotation import random_rotation
+
+    dataset = open_broden(probe.directory)
+    prepared = common.Probe(dataset, load_label_arrays(dataset), load_image_array(dataset))
+    models = []
+    for seed in (1, 2):
+        (tmp_path / f"{seed}.seed").write_text(str(seed))
+        models.append(seeded_factory(tmp_path / f"{seed}.seed"))
+    layer = "conv_b"
+    units = models[0].apply(prepared.images[:1], (layer,))[layer].shape[-1]
+    rotations = [
+        {layer + common.ROTATED: (layer, random_rotation(jax.random.key(s), units))} for s in (1, 2)
+    ]
+    config = DissectConfig(batch_size=5, quantile=0.05)
+    out, identities = tmp_path / "out", [{"seed": 1}, {"seed": 2}]
+    common.dissect_model(
+        models[0], [layer], prepared, config, out / "a", identities[0], rotations[0]
+    )
+    monkeypatch.setattr(many, "forward_mode", lambda: "vmap")
+    passes = []
+    dissect_activations = many.dissect_activations
+    monkeypatch.setattr(
+        many,
+        "dissect_activations",
+        lambda *a: passes.append(sorted(a[2])) or dissect_activations(*a),
+    )
+    common.dissect_models(models, [layer], prepared, config, out, ["a", "b"], identities, rotations)
+    assert passes == [sorted(f"{n}/{layer}{r}" for n in "ab" for r in ("", common.ROTATED))]
+    for name in "ab":
+        for folder in (layer, layer + common.ROTATED):
+            results = json.loads((out / name / folder / "results.json").read_text())
+            fingerprint = json.loads((out / name / folder / "fingerprint.json").read_text())
+            assert results["stacked_forward"] == "vmap"
+            assert fingerprint["activations"]["stacked_forward"] == "vmap"
+            assert fingerprint["activations"]["weights"] == identities["ab".index(name)]
