@@ -23,6 +23,7 @@ from jaxdissect.data.synthetic import world
 from jaxdissect.driver import completed, run_fingerprint
 from jaxdissect.errors import DissectError
 from jaxdissect.float_pin import float_settings, pin_floats
+from jaxdissect.many import dissect_many
 from jaxdissect.models.features import FeatureModel
 from jaxdissect.pipeline import dissect
 from jaxdissect.report.results import write_text_atomic
@@ -285,6 +286,68 @@ def dissect_model(
             progress=progress,
         )
     return {name: read_results(out / name) for name in names}
+
+
+def dissect_models(
+    models: typing.Sequence[FeatureModel],
+    layers: typing.Sequence[str],
+    probe: Probe,
+    config: DissectConfig,
+    out: Path,
+    names: typing.Sequence[str],
+    weights: typing.Sequence[dict],
+    rotations: typing.Sequence[dict[str, tuple[str, np.ndarray]]] | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, dict]]:
+    """``dissect_model`` of checkpoints of one architecture (the snapshots of one training
+    run, or one training config's seeds), as one pass over their stacked parameters
+    (``jaxdissect.many``): the probe is read and the passes run once for all of them. Each
+    checkpoint ``names[k]`` writes ``out/<names[k]>/``, with its own ``weights`` identity
+    and ``rotations``, the fingerprint and files ``dissect_model`` would give it, so either
+    path reuses the other's results. The caller vouches that the models share an
+    architecture (the many path checks their parameters' names and shapes only).
+    Returns {name: {layer: results.json content}}."""
+    rotations = list(rotations) if rotations is not None else [{}] * len(models)
+    if len(models) == 1 or any(model.function is None for model in models):
+        return {
+            name: dissect_model(model, layers, probe, config, out / name, w, r, progress)
+            for model, name, w, r in zip(models, names, weights, rotations, strict=True)
+        }
+
+    def view(model, identity, rotated):
+        """The source ``dissect_model`` builds for ``model``, over its share of the pass."""
+
+        def apply(own: Activations) -> Activations:
+            # The shared pass's name is the architecture's; the checkpoint keeps its own.
+            stacked = {k: v for k, v in own.provenance.items() if k == "stacked_forward"}
+            return with_rotations(
+                own,
+                rotated,
+                {"model": model.name, "weights": identity},
+                {"model": model.name, **stacked},
+            )
+
+        return apply
+
+    architecture = models[0].name
+    dissect_many(
+        probe.dataset,
+        [dataclasses.replace(model, name=architecture) for model in models],
+        config,
+        out,
+        layers=layers,
+        names=names,
+        views=[view(*args) for args in zip(models, weights, rotations, strict=True)],
+        labels=probe.labels,
+        images=probe.images,
+        checkpoint_every=20,
+        layer_folders=True,
+        progress=progress,
+    )
+    return {
+        name: {layer: read_results(out / name / layer) for layer in [*layers, *rotated]}
+        for name, rotated in zip(names, rotations, strict=True)
+    }
 
 
 def summary_at(results: dict, iou_threshold: float) -> dict:

@@ -22,7 +22,7 @@ from experiments.common import (
     ROTATED,
     ProbeConfig,
     checkpoint_identity,
-    dissect_model,
+    dissect_models,
     eval_accuracy,
     provenance,
     save_json,
@@ -140,60 +140,85 @@ def linear_probe(model: FeatureModel, layer: str, config: CommonConfig) -> float
     return float(np.mean(np.argmax(b @ weights, 1) == test_y))
 
 
-def measure_variant(
-    variant: Variant, index: int, seed: int, config: CommonConfig, workdir: Path, probe, progress
-) -> tuple[dict, dict]:
-    """Trains (or reuses) one network with one seed and dissects it (units and a rotation).
-    Returns its row of counts and its dissection's results.json."""
-    accuracy = None
+def prepare_variant(variant: Variant, seed: int, config: CommonConfig, workdir: Path, progress):
+    """Trains (or reuses) one network with one seed. Returns (its FeatureModel, the layer
+    to dissect, what identifies its weights, its validation accuracy or None)."""
     if variant.model is not None:
-        model, layer, weights = variant.model, variant.layer, variant.weights
-    else:
-        run_dir = workdir / "runs" / (variant.run or variant.name) / f"seed{seed}"
-        overrides = [
-            f"steps={config.steps}",
-            f"image_size={config.probe.image_size}",
-            f"init_seed={seed}",
-            f"seed={seed}",
-            *config.train_overrides,
-            *variant.overrides,
-        ]
-        if variant.init_from_variant:
-            overrides.append(
-                f"init_from={workdir / 'runs' / variant.init_from_variant / f'seed{seed}'}"
-            )
-        train(make_config(config.train_preset, overrides), run_dir, progress=progress)
-        step = variant.step if variant.step is not None else list_checkpoints(run_dir)[-1]
-        model = feature_model(run_dir, step)
-        weights = checkpoint_identity(run_dir, step)
-        layer = variant.layer or dissectable_layers(read_config(run_dir))[-1]
-        accuracy = eval_accuracy(run_dir).get(step)
+        return variant.model, variant.layer, variant.weights, None
+    run_dir = workdir / "runs" / (variant.run or variant.name) / f"seed{seed}"
+    overrides = [
+        f"steps={config.steps}",
+        f"image_size={config.probe.image_size}",
+        f"init_seed={seed}",
+        f"seed={seed}",
+        *config.train_overrides,
+        *variant.overrides,
+    ]
+    if variant.init_from_variant:
+        overrides.append(
+            f"init_from={workdir / 'runs' / variant.init_from_variant / f'seed{seed}'}"
+        )
+    train(make_config(config.train_preset, overrides), run_dir, progress=progress)
+    step = variant.step if variant.step is not None else list_checkpoints(run_dir)[-1]
+    layer = variant.layer or dissectable_layers(read_config(run_dir))[-1]
+    return (
+        feature_model(run_dir, step),
+        layer,
+        checkpoint_identity(run_dir, step),
+        eval_accuracy(run_dir).get(step),
+    )
+
+
+def measure_variant(
+    variant: Variant, index: int, seeds: list[int], config: CommonConfig, workdir: Path, probe,
+    progress,
+) -> dict[int, tuple[dict, dict]]:  # fmt: skip
+    """Trains (or reuses) one network per seed and dissects them (units and a rotation) in
+    one pass: a variant's seeds share an architecture and a layer. Returns, per seed, its
+    row of counts and its dissection's results.json."""
+    prepared = {seed: prepare_variant(variant, seed, config, workdir, progress) for seed in seeds}
+    model, layer, _, _ = prepared[seeds[0]]
     units = model.apply(jnp.asarray(probe.images[:1]), (layer,))[layer].shape[-1]
-    key = jax.random.fold_in(jax.random.key(seed), index)
-    results = dissect_model(
-        model,
+    rotations = [
+        {layer + ROTATED: (layer, random_rotation(rotation_key(seed, index), units))}
+        for seed in seeds
+    ]
+    found = dissect_models(
+        [prepared[seed][0] for seed in seeds],
         [layer],
         probe,
         config.dissect,
-        workdir / "dissections" / variant.name / f"seed{seed}",
-        weights,
-        rotations={layer + ROTATED: (layer, random_rotation(key, units))},
+        workdir / "dissections" / variant.name,
+        [f"seed{seed}" for seed in seeds],
+        [prepared[seed][2] for seed in seeds],
+        rotations,
     )
-    row = {
-        "layer": layer,
-        "units": units,
-        "unique": unique_counts(results[layer]),
-        "unique_rotated": unique_counts(results[layer + ROTATED]),
-        "eval_accuracy": accuracy,
-        "linear_probe": linear_probe(model, layer, config),
-    }
-    if progress:
-        print(
-            f"{variant.name} seed {seed}: {row['unique']['total']} unique detectors "
-            f"({row['unique_rotated']['total']} rotated) of {units} units; linear probe "
-            f"{row['linear_probe']:.3f}"
-        )
-    return row, results[layer]
+    measured = {}
+    for seed in seeds:
+        model, _, _, accuracy = prepared[seed]
+        results = found[f"seed{seed}"]
+        row = {
+            "layer": layer,
+            "units": units,
+            "unique": unique_counts(results[layer]),
+            "unique_rotated": unique_counts(results[layer + ROTATED]),
+            "eval_accuracy": accuracy,
+            "linear_probe": linear_probe(model, layer, config),
+        }
+        if progress:
+            print(
+                f"{variant.name} seed {seed}: {row['unique']['total']} unique detectors "
+                f"({row['unique_rotated']['total']} rotated) of {units} units; linear probe "
+                f"{row['linear_probe']:.3f}"
+            )
+        measured[seed] = row, results[layer]
+    return measured
+
+
+def rotation_key(seed: int, index: int) -> jax.Array:
+    """The key of the random rotation variant ``index``'s network of ``seed`` is compared
+    with."""
+    return jax.random.fold_in(jax.random.key(seed), index)
 
 
 def _counts(per_seed: list[dict]) -> dict:
@@ -230,10 +255,7 @@ def run_comparison(
     seeds = list(range(config.seeds))
     rows, dissections = [], {}
     for index, variant in enumerate(variants):
-        measured = {
-            seed: measure_variant(variant, index, seed, config, workdir, probe, progress)
-            for seed in seeds
-        }
+        measured = measure_variant(variant, index, seeds, config, workdir, probe, progress)
         dissections[variant.name] = {seed: results for seed, (_, results) in measured.items()}
         per_seed = [row for row, _ in measured.values()]
         accuracies = [row["eval_accuracy"] for row in per_seed]

@@ -32,7 +32,7 @@ from experiments.common import (
     GPU_TRAIN_OVERRIDES,
     ProbeConfig,
     checkpoint_identity,
-    dissect_model,
+    dissect_models,
     experiment_main,
     provenance,
     save_json,
@@ -109,21 +109,8 @@ def chance_iou(results: dict) -> float:
     return float(np.mean(values))
 
 
-def dissect_seed(config: Config, workdir: Path, probe, seed: int, progress: bool) -> dict:
-    """Trains (or reuses) the network of ``seed`` and dissects its layer and its rotations.
-    Returns {name: results.json content} (name: the layer, or the layer@alpha<a>-r<i>)."""
-    run_dir = Path(config.run) if config.run else workdir / "runs" / f"seed{seed}"
-    if not config.run:
-        overrides = [
-            f"steps={config.steps}",
-            f"image_size={config.probe.image_size}",
-            f"init_seed={seed}",
-            f"seed={seed}",
-            *config.train_overrides,
-        ]
-        train(make_config(config.train_preset, overrides), run_dir, progress=progress)
-    model = feature_model(run_dir)
-    units = model.apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
+def seed_rotations(config: Config, seed: int, units: int) -> dict[str, tuple[str, np.ndarray]]:
+    """The rotated bases ``seed`` draws: {layer@alpha<a>-r<i>: (layer, R_i**a)}."""
     rotations = {}
     for index in range(config.rotations):
         full = random_rotation(jax.random.fold_in(jax.random.key(seed), index), units)
@@ -134,27 +121,50 @@ def dissect_seed(config: Config, workdir: Path, probe, seed: int, progress: bool
                 config.layer,
                 fractional_rotation(full, float(alpha)),
             )
-    results = dissect_model(
-        model,
+    return rotations
+
+
+def dissect_seeds(config: Config, workdir: Path, probe, seeds: list[int], progress: bool):
+    """Trains (or reuses) the network of each seed, then dissects their layer and rotations
+    in one pass (the seeds' networks share an architecture). Returns {seed: {name:
+    results.json content}} (name: the layer, or the layer@alpha<a>-r<i>)."""
+    run_dirs = {}
+    for seed in seeds:
+        run_dirs[seed] = Path(config.run) if config.run else workdir / "runs" / f"seed{seed}"
+        if not config.run:
+            overrides = [
+                f"steps={config.steps}",
+                f"image_size={config.probe.image_size}",
+                f"init_seed={seed}",
+                f"seed={seed}",
+                *config.train_overrides,
+            ]
+            train(make_config(config.train_preset, overrides), run_dirs[seed], progress=progress)
+    models = [feature_model(run_dirs[seed]) for seed in seeds]
+    units = models[0].apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
+    found = dissect_models(
+        models,
         [config.layer],
         probe,
         config.dissect,
-        workdir / "dissections" / f"seed{seed}",
-        checkpoint_identity(run_dir, None),
-        rotations=rotations,
+        workdir / "dissections",
+        [f"seed{seed}" for seed in seeds],
+        [checkpoint_identity(run_dirs[seed], None) for seed in seeds],
+        rotations=[seed_rotations(config, seed, units) for seed in seeds],
         progress=progress,
     )
     label_positions = int(np.prod(probe.dataset.label_size))
-    for value in results.values():
-        value["label_positions"] = label_positions
-    return results
+    for results in found.values():
+        for value in results.values():
+            value["label_positions"] = label_positions
+    return {seed: found[f"seed{seed}"] for seed in seeds}
 
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
     workdir, probe = start_experiment(config, workdir, progress)
     seeds = list(range(config.seeds))
-    found = {seed: dissect_seed(config, workdir, probe, seed, progress) for seed in seeds}
+    found = dissect_seeds(config, workdir, probe, seeds, progress)
 
     def names(alpha):
         if float(alpha) == 0:

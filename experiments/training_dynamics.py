@@ -34,7 +34,7 @@ from experiments.common import (
     ROTATED,
     ProbeConfig,
     checkpoint_identity,
-    dissect_model,
+    dissect_models,
     eval_accuracy,
     experiment_main,
     provenance,
@@ -173,27 +173,34 @@ def dissect_run(config: Config, workdir: Path, probe, variation: str, seed: int,
     run_dir = workdir / "runs" / variation / f"seed{seed}"
     train(train_config(config, variation, seed), run_dir, progress=progress)
     accuracy = eval_accuracy(run_dir)
+    steps = list_checkpoints(run_dir)
+    models = [feature_model(run_dir, step) for step in steps]
+    models[0].check_layers((config.layer,))  # a clear error, not a KeyError
+    # The snapshots of one run share an architecture: one pass dissects them all.
+    units = models[0].apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
+    rotated = config.layer + ROTATED
+    found = dissect_models(
+        models,
+        [config.layer],
+        probe,
+        config.dissect,
+        workdir / "dissections" / variation / f"seed{seed}",
+        [str(step) for step in steps],
+        [checkpoint_identity(run_dir, step) for step in steps],
+        rotations=[
+            {rotated: (config.layer, random_rotation(rotation_key(seed, step), units))}
+            for step in steps
+        ],
+    )
     points, labellings = [], []
-    for step in list_checkpoints(run_dir):
-        model = feature_model(run_dir, step)
-        model.check_layers((config.layer,))  # a clear error, not a KeyError
-        units = model.apply(probe.images[:1], (config.layer,))[config.layer].shape[-1]
-        key = jax.random.fold_in(jax.random.key(seed), step)
-        results = dissect_model(
-            model,
-            [config.layer],
-            probe,
-            config.dissect,
-            workdir / "dissections" / variation / f"seed{seed}" / str(step),
-            checkpoint_identity(run_dir, step),
-            rotations={config.layer + ROTATED: (config.layer, random_rotation(key, units))},
-        )
+    for step in steps:
+        results = found[str(step)]
         points.append(
             {
                 "step": step,
                 "eval_accuracy": accuracy.get(step),
                 "units": unique_counts(results[config.layer]),
-                "rotated": unique_counts(results[config.layer + ROTATED]),
+                "rotated": unique_counts(results[rotated]),
                 "num_units": units,
             }
         )
@@ -206,6 +213,11 @@ def dissect_run(config: Config, workdir: Path, probe, variation: str, seed: int,
                 file=sys.stderr,
             )
     return points, labellings
+
+
+def rotation_key(seed: int, step: int) -> jax.Array:
+    """The key of the random rotation a snapshot's units are compared with."""
+    return jax.random.fold_in(jax.random.key(seed), step)
 
 
 def _counts(per_seed: list[dict]) -> dict:

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -135,8 +135,10 @@ def _group_size(count: int, shapes: Mapping[str, tuple[int, int, int]], batch_si
     return max(1, min(count, keep_budget() // max(per_model, 1) or 1))
 
 
-def _group_source(models, names, images, layers, batch_size):
-    """An ActivationSource over a group of checkpoints: {name/layer: (B, h, w, U)}."""
+def _group_source(models, names, images, layers, batch_size, current, sources):
+    """An ActivationSource over a group of checkpoints: {name/layer: (B, h, w, U)}. Each
+    batch runs the group's forward once; each checkpoint's source in ``sources`` (its
+    layers, or its view of them) reads its share from ``current`` while the batch lasts."""
     forward = stacked_forward(models)
 
     def read(start: int, stop: int):
@@ -145,13 +147,25 @@ def _group_source(models, names, images, layers, batch_size):
             padding = np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, padding])
         out = forward(jnp.asarray(batch), layers)
-        return {
-            f"{name}{SEPARATOR}{layer}": out[layer][k, : stop - start]
-            for k, name in enumerate(names)
-            for layer in layers
-        }
+        current.update(
+            {name: {layer: out[layer][k, : stop - start] for layer in layers}
+             for k, name in enumerate(names)}
+        )  # fmt: skip
+        try:
+            return {
+                f"{name}{SEPARATOR}{layer}": value
+                for name in names
+                for layer, value in sources[name].read(start, stop).items()
+            }
+        finally:
+            current.clear()  # the stacked outputs do not outlive the batch
 
     return read
+
+
+def _share(current: dict, name: str, start: int, stop: int):
+    """Checkpoint ``name``'s activations of the batch its group is reading."""
+    return current[name]
 
 
 def dissect_many(
@@ -163,6 +177,7 @@ def dissect_many(
     layers: Sequence[str],
     weights: Sequence[str | Path | None] | None = None,
     names: Sequence[str] | None = None,
+    views: Sequence[Callable[[Activations], Activations]] | None = None,
     labels=None,
     images=None,
     cache: str | Path | None = None,
@@ -177,11 +192,17 @@ def dissect_many(
       models: FeatureModels of one architecture (``FeatureModel.function`` and ``params``).
       weights: each model's weights file (identified by content, as in a single run).
       names: each checkpoint's folder under ``out`` (default: ``checkpoint_names``).
+      views: per model, a function of its Activations (``layers``, read from the shared
+        forward pass) giving the Activations dissected and written to its folder: e.g.
+        ``experiments.common.with_rotations``, which adds rotated bases computed from them
+        and identifies the checkpoint; its identity is the fingerprint's, so results match
+        a single run of the same view. Default: the model's layers as they are.
       Others: as ``pipeline.dissect``; ``out`` is required.
 
     Returns:
-      {checkpoint name: {layer: Dissection}} of the checkpoints dissected now (those whose
-      outputs were complete already are reused and left out).
+      {checkpoint name: {layer: Dissection}} (a view's layers, with ``views``) of the
+      checkpoints dissected now (those whose outputs were complete already are reused and
+      left out).
     """
     models = list(models)
     check_one_architecture(models)
@@ -198,6 +219,10 @@ def dissect_many(
         )
     else:
         names = check_names(names, "names")
+    if views is not None and len(views) != len(models):
+        raise DissectError(
+            f"`views` must give one function per model ({len(models)})", arguments=("views",)
+        )
     if not isinstance(dataset, BrodenDataset):
         dataset = open_broden(dataset)
     layers = models[0].check_layers(layers)
@@ -216,22 +241,28 @@ def dissect_many(
     if config.top_images > len(images):  # as a single run: no more top images than images
         config = dataclasses.replace(config, top_images=len(images))
     mode = forward_mode()
+    current = {}  # while a group reads a batch: checkpoint name -> {layer: its activations}
     sources = {}
-    for name, model, path in zip(names, models, weights, strict=True):
+    for k, (name, model, path) in enumerate(zip(names, models, weights, strict=True)):
         identity, provenance = model_identity(model, path)
         if mode != "lax.map":  # lax.map's bits are one model's; vmap's may not be
             identity = {**identity, "stacked_forward": mode}
             provenance = {**provenance, "stacked_forward": mode}
-        sources[name] = Activations(None, shapes, len(images), identity, provenance)
+        own = Activations(
+            functools.partial(_share, current, name), shapes, len(images), identity, provenance
+        )
+        sources[name] = own if views is None else views[k](own)
     fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}
     todo = [
         k
         for k, name in enumerate(names)
-        if not completed(out / name, layers, fingerprints[name], layer_folders)
+        if not completed(out / name, list(sources[name].shapes), fingerprints[name], layer_folders)
     ]
     if labels is None and todo:
         labels = load_label_arrays(dataset, cache, progress)
-    size = _group_size(len(todo), shapes, config.batch_size)
+    size = _group_size(
+        len(todo), {} if not todo else sources[names[todo[0]]].shapes, config.batch_size
+    )
     groups = [todo[i : i + size] for i in range(0, len(todo), size)]
     if progress and len(todo) < len(names):
         print(f"{len(names) - len(todo)} of {len(names)} checkpoints already dissected: reused")
@@ -251,12 +282,13 @@ def dissect_many(
         for group, key in zip(groups, keys, strict=True):
             group_names = [names[k] for k in group]
             read = _group_source(
-                [models[k] for k in group], group_names, images, layers, config.batch_size
-            )
+                [models[k] for k in group], group_names, images, layers, config.batch_size,
+                current, sources,
+            )  # fmt: skip
             group_shapes = {
-                f"{name}{SEPARATOR}{layer}": shapes[layer]
+                f"{name}{SEPARATOR}{layer}": shape
                 for name in group_names
-                for layer in layers
+                for layer, shape in sources[name].shapes.items()
             }
             checkpoints = None
             if checkpoint_every is not None and runtime.process_count() == 1:
@@ -282,7 +314,7 @@ def dissect_many(
             for name in group_names:
                 mine = {
                     layer: dissections[f"{name}{SEPARATOR}{layer}"]._replace(layer=layer)
-                    for layer in layers
+                    for layer in sources[name].shapes
                 }
                 with locked(out / name):
                     write_outputs(

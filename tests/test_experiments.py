@@ -459,6 +459,7 @@ def test_nested_overrides_reach_the_dissection(tmp_path, monkeypatch):
 
     monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(common, "dissect", record)
+    monkeypatch.setattr(common, "dissect_many", record)  # the seeds' networks in one pass
     workdir = tmp_path / "rot"
     overrides = ["dissect.union=lite", "dissect.kernel=xla", "probe.images=12", "steps=1"]
     with pytest.raises(Dissected):
