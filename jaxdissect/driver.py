@@ -372,6 +372,8 @@ def run_analysis(
     writer = runtime.process_index() == 0
     with locked(out) if writer else contextlib.nullcontext():
         done = finished(out, analysis.kind, fingerprint)
+        if runtime.process_count() > 1:
+            done = _agree_on_reuse(out, analysis.kind, done)
         if done is not None:
             return analysis.load(done, dataset)
         result = analysis.run(inputs(None))
@@ -388,6 +390,23 @@ def run_analysis(
 
         publish_set(out, analysis.kind, write)
     return result
+
+
+def _agree_on_reuse(out: Path, kind: str, done: Path | None) -> Path | None:
+    """Process 0's decision to reuse OUT's finished run, taken by every process: where
+    their views of OUT differ (a folder not shared, a stale run), one process computing
+    while another reused would fail in collectives that the other never joins."""
+    from jax.experimental import multihost_utils
+
+    reused = bool(multihost_utils.broadcast_one_to_all(done is not None))
+    if not reused:
+        return None
+    if done is None:
+        raise DissectError(
+            f"{out}: process {runtime.process_index()} cannot read the finished {kind} run "
+            "that process 0 reuses there: give every process the same shared OUT folder"
+        )
+    return done
 
 
 def read_layer(source: Activations, layer: str, batch_size: int, progress: bool):

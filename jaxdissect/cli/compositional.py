@@ -1,4 +1,6 @@
-"""``formulas`` and ``directions``: explanations of a layer's units beyond single concepts."""
+"""``formulas`` and ``directions``: explanations of a layer's units beyond single concepts,
+in one process or under jax.distributed (every process computes, process 0 writes and
+prints)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from jaxdissect.errors import DissectError
 
 
 def run_formulas(args: argparse.Namespace) -> int:
+    from jaxdissect.cli.dissect import start_processes
     from jaxdissect.compositional.explain import explain
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
@@ -17,6 +20,7 @@ def run_formulas(args: argparse.Namespace) -> int:
 
     if args.features is not None and args.weights is not None:
         raise DissectError("--weights goes with --model, not --features")
+    writer = start_processes(args)
     source = args.features if args.features is not None else load_model(args.model, args.weights)
     explanations = explain(
         open_broden(args.dataset, args.categories),
@@ -31,8 +35,10 @@ def run_formulas(args: argparse.Namespace) -> int:
         labels_per_unit=args.labels_per_unit,
         cache=args.cache,
         report=not args.no_report,
-        progress=not args.no_progress,
+        progress=not args.no_progress and writer,
     )
+    if not writer:
+        return 0
     result = explanations.result
     print(
         f"layer {explanations.layer}: {len(result.iou)} units, mean IoU {result.iou.mean():.4f}"
@@ -43,6 +49,7 @@ def run_formulas(args: argparse.Namespace) -> int:
 
 
 def run_directions(args: argparse.Namespace) -> int:
+    from jaxdissect.cli.dissect import start_processes
     from jaxdissect.compositional.directions import DirectionConfig, directions
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
@@ -61,6 +68,7 @@ def run_directions(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise DissectError(str(error)) from None
+    writer = start_processes(args)
     if args.features is not None:
         source = features_activations(args.features, args.layout, args.layer)
     else:
@@ -75,8 +83,10 @@ def run_directions(args: argparse.Namespace) -> int:
         settings=settings,
         cache=args.cache,
         report=not args.no_report,
-        progress=not args.no_progress,
+        progress=not args.no_progress and writer,
     )
+    if not writer:
+        return 0
     rows = found.rows
     beats = sum(r["iou_direction"] >= r["iou_best_unit"] + 0.05 for r in rows)
     print(

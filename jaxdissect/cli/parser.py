@@ -70,6 +70,7 @@ class _Parents:
             help="decoded-label cache (default: $JAXDISSECT_CACHE or ~/.cache/jaxdissect)",
         )
         self.probe = self._probe()
+        self.distributed = self._distributed()
         self.layout = _parent()
         self.layout.add_argument(
             "--layout",
@@ -118,8 +119,20 @@ class _Parents:
         probe.add_argument("--no-report", action="store_true", help="skip the HTML report")
         return probe
 
+    def _distributed(self) -> argparse.ArgumentParser:
+        """Joining a jax.distributed run: every process computes, process 0 writes."""
+        distributed = _parent()
+        group = distributed.add_argument_group(
+            "several processes (jax.distributed): start one per host with the same arguments"
+        )
+        group.add_argument("--coordinator", default=None, help="host:port of process 0")
+        group.add_argument("--num-processes", type=_positive_int, default=None)
+        group.add_argument("--process-id", type=_non_negative_int, default=None)
+        return distributed
+
     def pass_over_probe(self) -> list[argparse.ArgumentParser]:
-        return [self.probe, self.batch, self.cache, self.progress]
+        """A pass over the probe, in one process or several."""
+        return [self.probe, self.batch, self.cache, self.progress, self.distributed]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,12 +204,6 @@ def _add_dissect(commands, parents: _Parents) -> None:
         help="save the passes' states every N batches in OUT/.checkpoint, so that the same "
         "command resumes after an interruption (default 100)",
     )
-    distributed = dissect.add_argument_group(
-        "several processes (jax.distributed): start one per host with the same arguments"
-    )
-    distributed.add_argument("--coordinator", default=None, help="host:port of process 0")
-    distributed.add_argument("--num-processes", type=_positive_int, default=None)
-    distributed.add_argument("--process-id", type=_non_negative_int, default=None)
 
 
 def _add_features(commands, parents: _Parents) -> None:
