@@ -224,13 +224,16 @@ def with_rotations(
         name: (layer, jnp.asarray(r, jnp.float32)) for name, (layer, r) in rotations.items()
     }
 
-    def read(start, stop):
-        acts = dict(activations.read(start, stop))
-        for name, (layer, matrix) in matrices.items():
-            acts[name] = jnp.einsum(
-                "bhwu,uv->bhwv", acts[layer], matrix, precision=jax.lax.Precision.HIGHEST
-            )
-        return acts
+    def rotate(read):
+        def rotated(start, stop):
+            acts = dict(read(start, stop))
+            for name, (layer, matrix) in matrices.items():
+                acts[name] = jnp.einsum(
+                    "bhwu,uv->bhwv", acts[layer], matrix, precision=jax.lax.Precision.HIGHEST
+                )
+            return acts
+
+        return rotated
 
     identity = {
         **activations.identity,
@@ -243,12 +246,15 @@ def with_rotations(
     shapes = {**activations.shapes}
     for name, (layer, _) in rotations.items():
         shapes[name] = activations.shapes[layer]
+    # The resume check's first images of each batch, rotated as the batches are.
+    heads = None if activations.heads is None else rotate(activations.heads)
     return Activations(
-        read,
+        rotate(activations.read),
         shapes,
         activations.num_images,
         identity,
         activations.provenance if provenance is None else provenance,
+        heads,
     )
 
 
