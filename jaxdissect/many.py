@@ -205,6 +205,72 @@ def dissect_many(
       left out).
     """
     models = list(models)
+    weights, names = _checked_arguments(models, weights, names, views)
+    if not isinstance(dataset, BrodenDataset):
+        dataset = open_broden(dataset)
+    layers = models[0].check_layers(layers)
+    if images is None:
+        images = load_image_array(dataset, cache, progress)
+    out = Path(out)
+    if config.top_images > len(images):  # as a single run: no more top images than images
+        config = dataclasses.replace(config, top_images=len(images))
+    current = {}  # while a group reads a batch: checkpoint name -> {layer: its activations}
+    sources = _sources(models, names, weights, views, images, layers, current)
+    fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}
+    todo = [
+        k
+        for k, name in enumerate(names)
+        if not completed(out / name, list(sources[name].shapes), fingerprints[name], layer_folders)
+    ]
+    if labels is None and todo:
+        labels = load_label_arrays(dataset, cache, progress)
+    groups = _groups(todo, len(names), sources[names[todo[0]]].shapes if todo else {}, config,
+                     progress)  # fmt: skip
+    keys = [group_key([names[k] for k in g], [fingerprints[names[k]] for k in g]) for g in groups]
+    found = {}
+    writer = runtime.process_index() == 0
+    with locked(out) if writer else contextlib.nullcontext():
+        if writer and out.is_dir():  # states of groups this run no longer has
+            for folder in sorted(out.glob(f"{GROUP_CHECKPOINTS}*")):
+                if folder.is_dir() and folder.name[len(GROUP_CHECKPOINTS) :] not in keys:
+                    PassCheckpoints.discard(folder)
+        for group, key in zip(groups, keys, strict=True):
+            group_names = [names[k] for k in group]
+            group_models = [models[k] for k in group]
+            read = _group_source(
+                group_models, group_names, images, layers, config.batch_size, current, sources
+            )
+            group_shapes = {
+                f"{name}{SEPARATOR}{layer}": shape
+                for name in group_names
+                for layer, shape in sources[name].shapes.items()
+            }
+            checkpoints = None
+            if checkpoint_every is not None and runtime.process_count() == 1:
+                checkpoints = _group_checkpoints(
+                    out / f"{GROUP_CHECKPOINTS}{key}", [fingerprints[n] for n in group_names],
+                    checkpoint_every, read,
+                    _group_source(
+                        group_models, group_names, images[:: config.batch_size], layers,
+                        config.batch_size, current, sources,
+                    ),
+                    len(images), config.batch_size,
+                )  # fmt: skip
+            dissections = dissect_activations(
+                read, len(images), group_shapes, dataset, labels, config, progress, checkpoints
+            )
+            if writer:
+                found |= _write_group(
+                    out, dissections, group_names, sources, fingerprints, dataset, config,
+                    images, report, layer_folders,
+                )  # fmt: skip
+            if checkpoints is not None:
+                checkpoints.remove()
+    return found
+
+
+def _checked_arguments(models, weights, names, views) -> tuple[list, list[str]]:
+    """``dissect_many``'s per-model arguments checked: (weights, names), defaults filled."""
     check_one_architecture(models)
     weights = list(weights) if weights is not None else [None] * len(models)
     if len(weights) != len(models):
@@ -223,12 +289,13 @@ def dissect_many(
         raise DissectError(
             f"`views` must give one function per model ({len(models)})", arguments=("views",)
         )
-    if not isinstance(dataset, BrodenDataset):
-        dataset = open_broden(dataset)
-    layers = models[0].check_layers(layers)
-    if images is None:
-        images = load_image_array(dataset, cache, progress)
-    out = Path(out)
+    return weights, names
+
+
+def _sources(models, names, weights, views, images, layers, current) -> dict[str, Activations]:
+    """Each checkpoint's Activations: its share of its group's batch (``current``), with its
+    own identity (and ``stacked_forward`` where the stacked forward is vmap), through its
+    view."""
     probe = stacked_forward(models[:1])(jnp.asarray(np.asarray(images[:1])), layers)
     shapes = {}
     for layer, value in probe.items():
@@ -238,10 +305,7 @@ def dissect_many(
                 "dissection needs (B, h, w, U) maps"
             )
         shapes[layer] = tuple(value.shape[2:])
-    if config.top_images > len(images):  # as a single run: no more top images than images
-        config = dataclasses.replace(config, top_images=len(images))
     mode = forward_mode()
-    current = {}  # while a group reads a batch: checkpoint name -> {layer: its activations}
     sources = {}
     for k, (name, model, path) in enumerate(zip(names, models, weights, strict=True)):
         identity, provenance = model_identity(model, path)
@@ -252,76 +316,51 @@ def dissect_many(
             functools.partial(_share, current, name), shapes, len(images), identity, provenance
         )
         sources[name] = own if views is None else views[k](own)
-    fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}
-    todo = [
-        k
-        for k, name in enumerate(names)
-        if not completed(out / name, list(sources[name].shapes), fingerprints[name], layer_folders)
-    ]
-    if labels is None and todo:
-        labels = load_label_arrays(dataset, cache, progress)
-    size = _group_size(
-        len(todo), {} if not todo else sources[names[todo[0]]].shapes, config.batch_size
-    )
+    return sources
+
+
+def _groups(todo: list[int], total: int, shapes, config: DissectConfig, progress: bool):
+    """The checkpoints to dissect split into groups whose activations of one batch fit
+    together, saying so (and how many were reused)."""
+    size = _group_size(len(todo), shapes, config.batch_size)
     groups = [todo[i : i + size] for i in range(0, len(todo), size)]
-    if progress and len(todo) < len(names):
-        print(f"{len(names) - len(todo)} of {len(names)} checkpoints already dissected: reused")
+    if progress and len(todo) < total:
+        print(f"{total - len(todo)} of {total} checkpoints already dissected: reused")
     if progress and len(groups) > 1:
         print(
             f"{len(todo)} checkpoints in {len(groups)} groups of at most {size}: their "
             "activations of one batch together would not fit the memory kept for them"
         )
-    keys = [group_key([names[k] for k in g], [fingerprints[names[k]] for k in g]) for g in groups]
+    return groups
+
+
+def _group_checkpoints(
+    folder: Path, fingerprints: list, every: int, read, heads, num_images: int, batch_size: int
+) -> PassCheckpoints:
+    """A group's pass checkpoints, named by its members' fingerprints; their saved states
+    resume only where the models compute, through their views, what they computed on the
+    first image of every batch (``heads``: those images run together)."""
+    identity = json.loads(json.dumps({"checkpoints": fingerprints}, default=str))
+    checkpoints = PassCheckpoints(folder, identity, every)
+    checkpoints.check_activations(heads_digest(read, num_images, batch_size, heads))
+    return checkpoints
+
+
+def _write_group(
+    out, dissections, names, sources, fingerprints, dataset, config, images, report, folders
+) -> dict[str, dict]:
+    """Each checkpoint's layers of a group's dissection written to OUT/<name>/, as its own
+    run writes them; {name: {layer: Dissection}}."""
     found = {}
-    writer = runtime.process_index() == 0
-    with locked(out) if writer else contextlib.nullcontext():
-        if writer and out.is_dir():  # states of groups this run no longer has
-            for folder in sorted(out.glob(f"{GROUP_CHECKPOINTS}*")):
-                if folder.is_dir() and folder.name[len(GROUP_CHECKPOINTS) :] not in keys:
-                    PassCheckpoints.discard(folder)
-        for group, key in zip(groups, keys, strict=True):
-            group_names = [names[k] for k in group]
-            read = _group_source(
-                [models[k] for k in group], group_names, images, layers, config.batch_size,
-                current, sources,
+    for name in names:
+        mine = {
+            layer: dissections[f"{name}{SEPARATOR}{layer}"]._replace(layer=layer)
+            for layer in sources[name].shapes
+        }
+        with locked(out / name):
+            write_outputs(
+                out / name, mine, dataset, config, sources[name], fingerprints[name], images,
+                report, folders,
             )  # fmt: skip
-            group_shapes = {
-                f"{name}{SEPARATOR}{layer}": shape
-                for name in group_names
-                for layer, shape in sources[name].shapes.items()
-            }
-            checkpoints = None
-            if checkpoint_every is not None and runtime.process_count() == 1:
-                identity = {"checkpoints": [fingerprints[n] for n in group_names]}
-                checkpoints = PassCheckpoints(
-                    out / f"{GROUP_CHECKPOINTS}{key}", json.loads(json.dumps(identity, default=str)),
-                    checkpoint_every,
-                )  # fmt: skip
-                # What the models compute on the first image of every batch, not their
-                # names, decides whether states resume (those images run together).
-                heads = _group_source(
-                    [models[k] for k in group], group_names, images[:: config.batch_size],
-                    layers, config.batch_size,
-                )  # fmt: skip
-                checkpoints.check_activations(
-                    heads_digest(read, len(images), config.batch_size, heads)
-                )
-            dissections = dissect_activations(
-                read, len(images), group_shapes, dataset, labels, config, progress, checkpoints
-            )
-            if not writer:
-                continue
-            for name in group_names:
-                mine = {
-                    layer: dissections[f"{name}{SEPARATOR}{layer}"]._replace(layer=layer)
-                    for layer in sources[name].shapes
-                }
-                with locked(out / name):
-                    write_outputs(
-                        out / name, mine, dataset, config, sources[name], fingerprints[name],
-                        images, report, layer_folders,
-                    )  # fmt: skip
-                found[name] = mine
-            if checkpoints is not None:
-                checkpoints.remove()
+        found[name] = mine
     return found
