@@ -494,6 +494,22 @@ def test_a_figure_of_one_row(tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
+def test_a_figure_of_an_unknown_format_is_refused_naming_the_formats(tmp_path, capsys):
+    """Matplotlib raised ValueError("Format 'txt' is not supported") after drawing."""
+    out = tmp_path / "fig.txt"
+    assert main(["synthetic", "figure", "--out", str(out), "--rows", "1", "--size", "16"]) == 2
+    _one_line_error(capsys, f"{out}: cannot write a figure as '.txt'", ".png", ".svg", ".pdf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_figure_without_an_extension_names_the_file_written(tmp_path, capsys):
+    """Matplotlib appends .png to a name without one: "wrote fig" named a file never made."""
+    out = tmp_path / "fig"
+    assert main(["synthetic", "figure", "--out", str(out), "--rows", "1", "--size", "16"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}.png"
+    assert [path.name for path in tmp_path.iterdir()] == ["fig.png"]
+
+
 def test_report_draws_from_a_copy_of_the_probe_but_not_from_another(
     dissected, probe, tmp_path, capsys
 ):
