@@ -14,6 +14,7 @@ from probe_fixture import dyadic_features
 
 from jaxdissect.cli import main
 from jaxdissect.data.npy_rows import MAX_HEADER_BYTES, NpyRows
+from jaxdissect.errors import DissectError
 from jaxdissect.report.schema import check_results
 
 EVIL = "<script>alert(1)</script>"
@@ -486,6 +487,20 @@ def test_features_refuses_to_write_nan_activations(tmp_path, capsys):
     assert main(args) == 2
     _one_line_error(capsys, "layer conv_b: NaN or inf activations (first in image 0)")
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_a_model_factory_that_raises_is_named(tmp_path, capsys):
+    """The user's factory raised KeyError through the CLI as a traceback."""
+    args = ["features", "--model", "user_model:broken", "--layer", "conv_b",
+            "--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / "out.npy")]  # fmt: skip
+    np.save(tmp_path / "images.npy", np.zeros((2, 16, 16, 3), np.uint8))
+    assert main(args) == 2
+    _one_line_error(capsys, "--model 'user_model:broken': the factory raised KeyError: 'conv_c'")
+    from jaxdissect.sources import load_model
+
+    with pytest.raises(DissectError) as raised:
+        load_model("user_model:broken")
+    assert isinstance(raised.value.__cause__, KeyError)
 
 
 def test_a_figure_of_one_row(tmp_path):
