@@ -558,12 +558,12 @@ def test_a_process_whose_coordinator_never_listens_says_so_and_fails(
 ):
     import socket
 
-    import jaxdissect.cli
+    import jaxdissect.cli.dissect
 
     with socket.socket() as s:  # a port nobody listens on once closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(jaxdissect.cli, "JOIN_TIMEOUT_S", 1)
+    monkeypatch.setattr(jaxdissect.cli.dissect, "JOIN_TIMEOUT_S", 1)
     np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5), seed=3))
     args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
             "--out", str(tmp_path / "out"), "--coordinator", f"127.0.0.1:{port}",
@@ -575,4 +575,43 @@ def test_a_process_whose_coordinator_never_listens_says_so_and_fails(
         f"jaxdissect: error: --coordinator 127.0.0.1:{port}: process 0 did not listen within "
         "1 s (is it running, and is the address right?)"
     )
+    assert not (tmp_path / "out").exists()
+
+
+def test_process_0_whose_peers_never_join_says_so_and_fails(probe, tmp_path):
+    """Process 0 waited silently for JAX's 300 s, then JAX aborted in C++ (a stack trace,
+    exit 134). Now it says what it waits for, and a watchdog ends it in one line, exit 2. In
+    a subprocess: the watchdog ends the whole process."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:  # a free port for process 0's coordination service
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5), seed=3))
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--coordinator", f"127.0.0.1:{port}",
+            "--num-processes", "2", "--process-id", "0", "--no-progress"]  # fmt: skip
+    script = (
+        "import sys; import jaxdissect.cli.dissect as d; d.JOIN_TIMEOUT_S = 2; "
+        "from jaxdissect.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert err[0] == (
+        f"jaxdissect: process 0 of 2: waiting up to 2 s for the other 1 to join at 127.0.0.1:{port}"
+    )
+    assert err[-1].startswith(
+        f"jaxdissect: error: --coordinator 127.0.0.1:{port}: not all 2 processes joined within 2 s"
+    )
+    assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
