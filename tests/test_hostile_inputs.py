@@ -368,6 +368,48 @@ def test_exact_formulas_beyond_the_memory_budget_are_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
+def test_exact_formulas_beyond_the_fixed_limit_are_refused_on_any_machine(
+    probe, tmp_path, capsys, monkeypatch
+):
+    """--exact --length 4 on a tiny probe planned 1.9 GiB and used gigabytes: the machine's
+    memory was the only bound. EXACT_MAX_BYTES bounds it on every machine."""
+    from jaxdissect import passes
+    from jaxdissect.compositional import exact, explain
+
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5)))
+    monkeypatch.setattr(explain, "memory_budget", lambda: 2**50)
+    monkeypatch.setattr(passes, "run_pass", lambda *a, **k: pytest.fail("work started"))
+    args = ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--exact", "--length", "5", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    needed = exact.exact_search_bytes(5, min(40, probe.num_labels), 5)
+    assert needed > explain.EXACT_MAX_BYTES
+    _one_line_error(
+        capsys,
+        f"may need {needed / 2**30:.1f} GiB, more than the exact search's limit of 8.0 GiB",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, available", [([], 40), (["--labels-per-unit", "3"], 3)])
+def test_a_formula_longer_than_its_labels_is_refused_before_any_work(
+    probe, tmp_path, capsys, monkeypatch, flags, available
+):
+    """--length 1000000 was accepted: a formula holds each label once, so no formula is
+    longer than the labels it may draw on."""
+    from jaxdissect import passes
+
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5)))
+    monkeypatch.setattr(passes, "run_pass", lambda *a, **k: pytest.fail("work started"))
+    args = ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--length", "1000000", "--no-progress", *flags]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(
+        capsys, f"--length 1000000: longer than the {available} labels a formula may draw on"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_memory_budget_follows_the_address_space_limit():
     import subprocess
     import sys
