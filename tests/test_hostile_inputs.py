@@ -657,3 +657,13 @@ def test_process_0_whose_peers_never_join_says_so_and_fails(probe, tmp_path):
     )
     assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["probe", "figure"])
+def test_a_synthetic_image_above_8192_px_is_refused_at_once(tmp_path, capsys, command):
+    """--size 9000 drew for minutes (a 243 MB image each)."""
+    extra = ["--images", "1", "--no-progress"] if command == "probe" else []
+    out = tmp_path / ("p" if command == "probe" else "f.png")
+    assert main(["synthetic", command, "--out", str(out), "--size", "9000", *extra]) == 2
+    _one_line_error(capsys, "--size/--label-size: image_size must lie in [8, 8192], got 9000")
+    assert not out.exists()
