@@ -667,3 +667,32 @@ def test_a_synthetic_image_above_8192_px_is_refused_at_once(tmp_path, capsys, co
     assert main(["synthetic", command, "--out", str(out), "--size", "9000", *extra]) == 2
     _one_line_error(capsys, "--size/--label-size: image_size must lie in [8, 8192], got 9000")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "1000000000"], "--epochs must be at most 1000, got 1000000000"),
+        (["--learning-rate", "inf"], "--learning-rate must be finite and > 0, got inf"),
+        (["--learning-rate", "nan"], "--learning-rate must be finite and > 0, got nan"),
+    ],
+)
+def test_directions_training_is_bounded_before_it_starts(probe, tmp_path, capsys, flags, message):
+    """--epochs 1e9 drew every epoch's order at once and JAX aborted in C++; inf trained."""
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5)))
+    args = ["directions", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--no-progress", *flags]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_directions_study_bounds_its_epochs(capsys):
+    """experiments.directions directions.epochs=1e11 ended in JAX's OverflowError."""
+    from experiments import directions
+
+    with pytest.raises(SystemExit) as exit:
+        directions.main(["--config", "smoke", "directions.epochs=100000000000"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "`epochs` must be at most 1000, got 100000000000" in error
