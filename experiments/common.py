@@ -464,10 +464,17 @@ def experiment_main(name: str, doc: str, presets: dict, config_type, run, argv=N
     args, config = parse_args(doc, presets, config_type, argv)
     pin_floats()  # before JAX starts its backend: see jaxdissect.float_pin
     workdir = Path(args.workdir or f"runs/{name}-{args.config}")
+    from train.loop import TrainingError  # flax: imported when a study runs, not on import
+
     try:
         run(config, workdir, progress=not args.no_progress)
-    except DissectError as error:
+    except (DissectError, TrainingError, OverrideError) as error:
+        # TrainingError: a rerun whose training settings differ from its runs/ folders'.
         print(f"experiments.{name}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only folder
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"experiments.{name}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     print(f"summary: {workdir / 'summary.html'}")
     return 0

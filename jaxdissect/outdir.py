@@ -157,6 +157,7 @@ def _read_journal(store: Path) -> dict:
         and isinstance(journal.get("sets"), dict)
         and isinstance(journal.get("links"), dict)
         and isinstance(journal.get("displaced"), list)
+        and isinstance(journal.get("published", []), list)  # absent in older journals
     ):
         raise DissectError(f"{store / JOURNAL}: not a journal of jaxdissect's; move {store} away")
     # Its names are removed or unlinked later: one that is not a plain name in the store (or

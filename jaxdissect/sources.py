@@ -229,7 +229,15 @@ def load_model(spec: str, weights: str | Path | None = None):
             "function",
             arguments=("model",),
         )
-    model = factory(weights)
+    try:
+        model = factory(weights)
+    except MemoryError:
+        raise
+    except Exception as error:  # the user's code: whatever it raises, name where it came from
+        raise DissectError(
+            f"`model` {spec!r}: the factory raised {type(error).__name__}: {error}",
+            arguments=("model",),
+        ) from error
     if not isinstance(model, FeatureModel):
         raise DissectError(
             f"`model` {spec!r}: the factory returned {type(model).__name__}, not a "

@@ -583,3 +583,19 @@ def test_study_name_under_python_dash_m(monkeypatch):
     main.__spec__ = types.SimpleNamespace(name="experiments.rotation")
     monkeypatch.setitem(sys.modules, "__main__", main)
     assert study_name(config_type()) == "rotation"
+
+
+def test_a_rerun_with_other_training_settings_is_one_line(tmp_path, capsys, monkeypatch):
+    """A study whose runs/ folder holds a training run of another config stops with one
+    line naming that folder (the TrainingError of train.loop), exit 2, no traceback."""
+    from experiments import rotation
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    workdir = tmp_path / "rot"
+    (workdir / "runs" / "seed0").mkdir(parents=True)
+    (workdir / "runs" / "seed0" / "config.json").write_text('{"width": 2}')
+    args = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert rotation.main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.startswith("experiments.rotation: error: ")
+    assert f"{workdir / 'runs' / 'seed0'} holds a run with another config" in error

@@ -14,6 +14,7 @@ from probe_fixture import dyadic_features
 
 from jaxdissect.cli import main
 from jaxdissect.data.npy_rows import MAX_HEADER_BYTES, NpyRows
+from jaxdissect.errors import DissectError
 from jaxdissect.report.schema import check_results
 
 EVIL = "<script>alert(1)</script>"
@@ -396,6 +397,48 @@ def test_exact_formulas_beyond_the_memory_budget_are_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
+def test_exact_formulas_beyond_the_fixed_limit_are_refused_on_any_machine(
+    probe, tmp_path, capsys, monkeypatch
+):
+    """--exact --length 4 on a tiny probe planned 1.9 GiB and used gigabytes: the machine's
+    memory was the only bound. EXACT_MAX_BYTES bounds it on every machine."""
+    from jaxdissect import passes
+    from jaxdissect.compositional import exact, explain
+
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5)))
+    monkeypatch.setattr(explain, "memory_budget", lambda: 2**50)
+    monkeypatch.setattr(passes, "run_pass", lambda *a, **k: pytest.fail("work started"))
+    args = ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--exact", "--length", "5", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    needed = exact.exact_search_bytes(5, min(40, probe.num_labels), 5)
+    assert needed > explain.EXACT_MAX_BYTES
+    _one_line_error(
+        capsys,
+        f"may need {needed / 2**30:.1f} GiB, more than the exact search's limit of 8.0 GiB",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, available", [([], 40), (["--labels-per-unit", "3"], 3)])
+def test_a_formula_longer_than_its_labels_is_refused_before_any_work(
+    probe, tmp_path, capsys, monkeypatch, flags, available
+):
+    """--length 1000000 was accepted: a formula holds each label once, so no formula is
+    longer than the labels it may draw on."""
+    from jaxdissect import passes
+
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5)))
+    monkeypatch.setattr(passes, "run_pass", lambda *a, **k: pytest.fail("work started"))
+    args = ["formulas", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--length", "1000000", "--no-progress", *flags]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(
+        capsys, f"--length 1000000: longer than the {available} labels a formula may draw on"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_memory_budget_follows_the_address_space_limit():
     import subprocess
     import sys
@@ -517,10 +560,40 @@ def test_features_refuses_to_write_nan_activations(tmp_path, capsys):
     assert not (tmp_path / "out.npy").exists()
 
 
+def test_a_model_factory_that_raises_is_named(tmp_path, capsys):
+    """The user's factory raised KeyError through the CLI as a traceback."""
+    args = ["features", "--model", "user_model:broken", "--layer", "conv_b",
+            "--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / "out.npy")]  # fmt: skip
+    np.save(tmp_path / "images.npy", np.zeros((2, 16, 16, 3), np.uint8))
+    assert main(args) == 2
+    _one_line_error(capsys, "--model 'user_model:broken': the factory raised KeyError: 'conv_c'")
+    from jaxdissect.sources import load_model
+
+    with pytest.raises(DissectError) as raised:
+        load_model("user_model:broken")
+    assert isinstance(raised.value.__cause__, KeyError)
+
+
 def test_a_figure_of_one_row(tmp_path):
     """Found by the fuzz test: one row made Matplotlib's axes one-dimensional."""
     assert main(["synthetic", "figure", "--out", str(tmp_path / "f.png"), "--rows", "1"]) == 0
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_a_figure_of_an_unknown_format_is_refused_naming_the_formats(tmp_path, capsys):
+    """Matplotlib raised ValueError("Format 'txt' is not supported") after drawing."""
+    out = tmp_path / "fig.txt"
+    assert main(["synthetic", "figure", "--out", str(out), "--rows", "1", "--size", "16"]) == 2
+    _one_line_error(capsys, f"{out}: cannot write a figure as '.txt'", ".png", ".svg", ".pdf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_figure_without_an_extension_names_the_file_written(tmp_path, capsys):
+    """Matplotlib appends .png to a name without one: "wrote fig" named a file never made."""
+    out = tmp_path / "fig"
+    assert main(["synthetic", "figure", "--out", str(out), "--rows", "1", "--size", "16"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}.png"
+    assert [path.name for path in tmp_path.iterdir()] == ["fig.png"]
 
 
 def test_report_draws_from_a_copy_of_the_probe_but_not_from_another(
@@ -574,3 +647,81 @@ def test_a_process_whose_coordinator_never_listens_says_so_and_fails(
         "1 s (is it running, and is the address right?)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_process_0_whose_peers_never_join_says_so_and_fails(probe, tmp_path):
+    """Process 0 waited silently for JAX's 300 s, then JAX aborted in C++ (a stack trace,
+    exit 134). Now it says what it waits for, and a watchdog ends it in one line, exit 2. In
+    a subprocess: the watchdog ends the whole process."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:  # a free port for process 0's coordination service
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5), seed=3))
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--coordinator", f"127.0.0.1:{port}",
+            "--num-processes", "2", "--process-id", "0", "--no-progress"]  # fmt: skip
+    script = (
+        "import sys; import jaxdissect.cli.dissect as d; d.JOIN_TIMEOUT_S = 2; "
+        "from jaxdissect.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert err[0] == (
+        f"jaxdissect: process 0 of 2: waiting up to 2 s for the other 1 to join at 127.0.0.1:{port}"
+    )
+    assert err[-1].startswith(
+        f"jaxdissect: error: --coordinator 127.0.0.1:{port}: not all 2 processes joined within 2 s"
+    )
+    assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["probe", "figure"])
+def test_a_synthetic_image_above_8192_px_is_refused_at_once(tmp_path, capsys, command):
+    """--size 9000 drew for minutes (a 243 MB image each)."""
+    extra = ["--images", "1", "--no-progress"] if command == "probe" else []
+    out = tmp_path / ("p" if command == "probe" else "f.png")
+    assert main(["synthetic", command, "--out", str(out), "--size", "9000", *extra]) == 2
+    _one_line_error(capsys, "--size/--label-size: image_size must lie in [8, 8192], got 9000")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "1000000000"], "--epochs must be at most 1000, got 1000000000"),
+        (["--learning-rate", "inf"], "--learning-rate must be finite and > 0, got inf"),
+        (["--learning-rate", "nan"], "--learning-rate must be finite and > 0, got nan"),
+    ],
+)
+def test_directions_training_is_bounded_before_it_starts(probe, tmp_path, capsys, flags, message):
+    """--epochs 1e9 drew every epoch's order at once and JAX aborted in C++; inf trained."""
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 5)))
+    args = ["directions", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "out"), "--no-progress", *flags]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_directions_study_bounds_its_epochs(capsys):
+    """experiments.directions directions.epochs=1e11 ended in JAX's OverflowError."""
+    from experiments import directions
+
+    with pytest.raises(SystemExit) as exit:
+        directions.main(["--config", "smoke", "directions.epochs=100000000000"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "`epochs` must be at most 1000, got 100000000000" in error

@@ -196,6 +196,20 @@ def test_a_folder_in_the_store_that_is_not_recorded_is_left_alone(tmp_path):
     shutil.rmtree(stranger)
 
 
+@pytest.mark.parametrize("published", ["dissect.1", 5, {"dissect.1": True}])
+def test_a_journal_whose_published_is_not_a_list_is_named(tmp_path, published):
+    """An AttributeError (str.append) or TypeError (5 in ...) escaped before."""
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    path = out / STORE / "journal.json"
+    journal = json.loads(path.read_text())
+    journal["published"] = published
+    path.write_text(json.dumps(journal))
+    with pytest.raises(outdir.DissectError, match=f"{path}: not a journal of jaxdissect's"):
+        _publish(out, NEW)
+    assert _view(out) == _expected(OLD)
+
+
 def test_a_published_set_is_never_removed_whole(tmp_path):
     """Even with its manifest gone, a set that was published is removed file by file only:
     a file someone put into it stays."""

@@ -173,6 +173,45 @@ def test_bad_overrides():
         make_config("smoke", ["family=vgg"])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("width=100000", "width=100000.0 (must lie in (0, 16])"),
+        ("image_size=100000", "image_size=100000 (must lie in [16, 1024])"),
+        ("last_width=1e6", "last_width=1000000.0 (must lie in (0, 16])"),
+        ("learning_rate=inf", "learning_rate=inf (must be finite and > 0)"),
+        ("momentum=nan", "momentum=nan (must lie in [0, 1))"),
+        ("weight_decay=inf", "weight_decay=inf (must be finite and >= 0)"),
+        ("steps=1000000000000", "steps=1000000000000 (must lie in [1, 100000000])"),
+        ("family=resnet depth=100000", "depth=100000 (must lie in [1, 64])"),
+    ],
+)
+def test_sizes_beyond_any_run_are_refused_naming_the_key(override, message, tmp_path, capsys):
+    """width=100000 ran out of memory allocating 12 PB in a traceback; learning_rate=inf
+    trained a step before its NaN was noticed."""
+    from train.__main__ import main
+
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    assert main([*args, *override.split()]) == 2
+    assert capsys.readouterr().err == f"train: error: invalid training config: {message}\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_negative_stop_after_is_refused(tmp_path, capsys):
+    """--stop-after -1 trained nothing and printed "step -1 of 6"."""
+    from train.__main__ import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--config", "smoke", "--workdir", str(tmp_path / "w"), "--stop-after", "-1"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == "python -m train: error: argument --stop-after: must be >= 0, got -1"
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(ValueError, match="stop_after must be >= 0, got -1"):
+        train(make_config("smoke"), tmp_path / "w", progress=False, stop_after=-1)
+    assert not (tmp_path / "w").exists()
+
+
 def test_nan_loss_names_the_step(tmp_path):
     config = make_config("smoke", ["learning_rate=1e30", "steps=6"])
     with pytest.raises(TrainingError, match=r"NaN or inf at step \d"):

@@ -56,3 +56,8 @@ def poisoned(weights):
     model = Tiny(nnx.Rngs(0))
     model.conv_b.kernel.set_value(model.conv_b.kernel.get_value() * float("nan"))
     return from_nnx(model, Preprocess(), name="poisoned")
+
+
+def broken(weights):
+    """A factory with a bug of its own."""
+    raise KeyError("conv_c")

@@ -13,12 +13,25 @@ from train.config import PRESETS, make_config
 from train.loop import TrainingError, train
 
 
+def _step(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a step number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="default", choices=sorted(PRESETS))
     parser.add_argument("--workdir", required=True)
     parser.add_argument(
-        "--stop-after", type=int, default=None, help="stop at this step (a later run resumes)"
+        "--stop-after",
+        type=_step,
+        default=None,
+        help="stop at this step (a later run resumes)",
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. dropout=false width=0.5")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 
 from train.overrides import apply_overrides
@@ -28,6 +29,12 @@ PAPER_SCHEDULE = (
     141188,
     317673,
 )
+
+
+# Upper bounds of the sizes (see TrainConfig.__post_init__).
+MAX_WIDTH = 16.0
+MAX_IMAGE_SIZE = 1024
+MAX_STEPS = 10**8  # the step counter and the schedule's steps are int32 on the device
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,30 +91,54 @@ class TrainConfig:
     log_every: int = 25
 
     def __post_init__(self):
+        vit = self.family == "vit"
+        # name: (whether its value is allowed, the rule to print when not; "" for a rule the
+        # field's documentation states). The upper bounds keep a typo (width=100000) from
+        # building a model of petabytes: far beyond any run these presets scale to.
         checks = {
-            "family": self.family in ("alexnet", "resnet", "vit"),
-            "width": self.width > 0,
-            "depth": (3 <= self.depth <= 10) if self.family == "alexnet" else self.depth >= 1,
-            "init": self.init in INITIALIZERS,
-            "objective": self.objective in ("supervised", "rotation"),
-            "data": self.data == "synthetic" or self.data.startswith("tfds:"),
-            "image_size": self.image_size >= 16,
-            "patch": self.patch >= 1
-            and (self.family != "vit" or self.image_size % self.patch == 0),
+            "family": (self.family in ("alexnet", "resnet", "vit"), ""),
+            "width": (0 < self.width <= MAX_WIDTH, f"must lie in (0, {MAX_WIDTH:g}]"),
+            "depth": (
+                (3 <= self.depth <= 10) if self.family == "alexnet" else 1 <= self.depth <= 64,
+                "must lie in [3, 10] for alexnet"
+                if self.family == "alexnet"
+                else "must lie in [1, 64]",
+            ),
+            "init": (self.init in INITIALIZERS, ""),
+            "objective": (self.objective in ("supervised", "rotation"), ""),
+            "data": (self.data == "synthetic" or self.data.startswith("tfds:"), ""),
+            "image_size": (
+                16 <= self.image_size <= MAX_IMAGE_SIZE,
+                f"must lie in [16, {MAX_IMAGE_SIZE}]",
+            ),
+            "patch": (
+                1 <= self.patch <= self.image_size
+                and (not vit or self.image_size % self.patch == 0),
+                "",
+            ),
             # A ViT has no batch norm and no last conv layer to widen: refused, not ignored.
-            "batch_norm": not (self.family == "vit" and self.batch_norm),
-            "last_width": self.last_width > 0 and (self.family != "vit" or self.last_width == 1),
-            "heads": self.heads >= 1,
-            "mlp_ratio": self.mlp_ratio > 0,
-            "steps": self.steps >= 1,
-            "batch_size": 1 <= self.batch_size <= self.train_images,
-            "learning_rate": self.learning_rate > 0,
-            "log_every": self.log_every >= 1,
-            "checkpoint_steps": all(0 <= s <= self.steps for s in self.checkpoint_steps),
+            "batch_norm": (not (vit and self.batch_norm), ""),
+            "last_width": (
+                0 < self.last_width <= MAX_WIDTH and (not vit or self.last_width == 1),
+                "" if vit else f"must lie in (0, {MAX_WIDTH:g}]",
+            ),
+            "heads": (1 <= self.heads <= 64, "must lie in [1, 64]"),
+            "mlp_ratio": (0 < self.mlp_ratio <= 16, "must lie in (0, 16]"),
+            "steps": (1 <= self.steps <= MAX_STEPS, f"must lie in [1, {MAX_STEPS}]"),
+            "batch_size": (1 <= self.batch_size <= self.train_images, ""),
+            "learning_rate": (0 < self.learning_rate < math.inf, "must be finite and > 0"),
+            "momentum": (0 <= self.momentum < 1, "must lie in [0, 1)"),
+            "weight_decay": (0 <= self.weight_decay < math.inf, "must be finite and >= 0"),
+            "log_every": (self.log_every >= 1, ""),
+            "checkpoint_steps": (all(0 <= s <= self.steps for s in self.checkpoint_steps), ""),
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [name for name, (ok, _) in checks.items() if not ok]
         if bad:
-            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            values = ", ".join(
+                f"{name}={getattr(self, name)!r}"
+                + (f" ({checks[name][1]})" if checks[name][1] else "")
+                for name in bad
+            )
             raise ValueError(f"invalid training config: {values}")
 
     def schedule(self) -> tuple[int, ...]:

@@ -242,6 +242,8 @@ def train(
     Returns:
       {"step", "eval_accuracy", "checkpoints"} of the run so far.
     """
+    if stop_after is not None and stop_after < 0:
+        raise ValueError(f"stop_after must be >= 0, got {stop_after}")
     workdir = Path(workdir)
     _check_workdir(workdir, config)
     data = load_data(config, progress)

@@ -66,8 +66,8 @@ def run_directions(args: argparse.Namespace) -> int:
             batch_size=args.step_images,
             learning_rate=args.learning_rate,
         )
-    except ValueError as error:
-        raise DissectError(str(error)) from None
+    except DissectError as error:  # its fields are flags, batch_size --step-images
+        raise DissectError(error.for_cli({"batch_size": "--step-images"})) from None
     writer = start_processes(args)
     if args.features is not None:
         source = features_activations(args.features, args.layout, args.layer)

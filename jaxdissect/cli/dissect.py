@@ -195,5 +195,49 @@ def start_processes(args: argparse.Namespace) -> bool:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.process_id != 0:
         _wait_for_coordinator(host, int(port), args)
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    else:
+        print(
+            f"jaxdissect: process 0 of {args.num_processes}: waiting up to {JOIN_TIMEOUT_S} s "
+            f"for the other {args.num_processes - 1} to join at {args.coordinator}",
+            file=sys.stderr,
+            flush=True,
+        )
+    _join(args)
     return jax.process_index() == 0
+
+
+def _join(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize, which returns once every process has joined. Its own
+    timeout aborts the process in C++ (a stack trace, exit 134), which Python cannot catch:
+    a watchdog thread (initialize releases the GIL) ends the process first, in one line."""
+    import os
+    import threading
+
+    import jax
+
+    def give_up():
+        print(
+            f"jaxdissect: error: --coordinator {args.coordinator}: not all "
+            f"{args.num_processes} processes joined within {JOIN_TIMEOUT_S} s (start each "
+            "with the same --coordinator and --num-processes, and a distinct --process-id)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(2)  # the main thread is inside JAX's C++ and cannot be interrupted
+
+    watchdog = threading.Timer(JOIN_TIMEOUT_S, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            initialization_timeout=JOIN_TIMEOUT_S + 30,  # the watchdog's backstop
+        )
+    except RuntimeError as error:
+        raise DissectError(
+            f"--coordinator {args.coordinator}: JAX's distributed run did not start ({error})"
+        ) from error
+    finally:
+        watchdog.cancel()

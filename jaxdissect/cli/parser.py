@@ -265,7 +265,9 @@ def _add_synthetic(commands, parents: _Parents) -> None:
     figure = synthetic_commands.add_parser(
         "figure", parents=[parents.seed], help="a PNG of images with their labels"
     )
-    figure.add_argument("--out", required=True, type=Path, help="PNG path")
+    figure.add_argument(
+        "--out", required=True, type=Path, help="figure file (.png added without an extension)"
+    )
     figure.add_argument("--rows", type=_positive_int, default=4)
     figure.add_argument("--size", type=_positive_int, default=128)
 

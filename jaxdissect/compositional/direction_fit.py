@@ -7,6 +7,7 @@ this through the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import NamedTuple
 
@@ -23,6 +24,8 @@ from jaxdissect.compositional.net2vec import (
     upsample_matrices,
 )
 from jaxdissect.errors import DissectError
+
+MAX_EPOCHS = 1000  # see DirectionConfig.epochs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,13 +52,19 @@ class DirectionConfig:
     bins: int = 1024
 
     def __post_init__(self):
+        def refuse(name, message):
+            raise DissectError(f"`{name}` {message}", arguments=(name,))
+
         if not 0.0 < self.heldout < 1.0:
-            raise ValueError(f"heldout must lie in (0, 1), got {self.heldout}")
+            refuse("heldout", f"must lie in (0, 1), got {self.heldout}")
         for name in ("min_pixels", "epochs", "batch_size", "bins"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+                refuse(name, f"must be >= 1, got {getattr(self, name)}")
+        # The training orders of every epoch are drawn at once, (epochs, train images).
+        if self.epochs > MAX_EPOCHS:
+            refuse("epochs", f"must be at most {MAX_EPOCHS}, got {self.epochs}")
+        if not 0 < self.learning_rate < math.inf:
+            refuse("learning_rate", f"must be finite and > 0, got {self.learning_rate}")
 
 
 class Directions(NamedTuple):

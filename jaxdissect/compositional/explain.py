@@ -84,18 +84,39 @@ def explain(
     )  # fmt: skip
 
 
+# The most memory an exact search may plan for, whatever the machine has: beyond it the
+# search runs for hours (its levels grow as (4k)^length) on any machine.
+EXACT_MAX_BYTES = 8 * 2**30
+
+
 def check_memory(dataset, shape, *, length: int, exact: bool, per_unit: int) -> None:
-    """Refuses an exact search whose levels (they grow as (4k)^length) may not fit this
-    process's memory, before any work."""
+    """Refuses, before any work, a formula longer than the labels it may draw on, and an
+    exact search whose levels (they grow as (4k)^length) may not fit this process's memory,
+    or EXACT_MAX_BYTES."""
+    # A formula holds each label at most once: a longer one does not exist (the search
+    # would only spend time, and the exact search memory, on the attempt).
+    available = min(per_unit, dataset.num_labels - 1)
+    if length > available:
+        raise DissectError(
+            f"`length` {length}: longer than the {available} labels a formula may draw on "
+            f"(`labels_per_unit` {per_unit}; {dataset.directory} has "
+            f"{dataset.num_labels - 1} labels), and a formula holds each label at most once",
+            arguments=("length", "labels_per_unit"),
+        )
     if not exact or length < 3:
         return
     units, k = shape[-1], min(per_unit, dataset.num_labels)
     needed, budget = exact_search_bytes(units, k, length), memory_budget()
-    if needed > budget:
+    if needed > budget or needed > EXACT_MAX_BYTES:
+        limit = (
+            f"the {budget / 2**30:.1f} GiB this process may use"
+            if budget < EXACT_MAX_BYTES
+            else f"the exact search's limit of {EXACT_MAX_BYTES / 2**30:.1f} GiB"
+        )
         raise DissectError(
             f"--exact --length {length} over {units} units with {k} labels per unit may "
-            f"need {needed / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB this "
-            "process may use; lower --length or --labels-per-unit"
+            f"need {needed / 2**30:.1f} GiB, more than {limit}; lower --length or "
+            "--labels-per-unit"
         )
 
 

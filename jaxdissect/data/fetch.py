@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import urllib.parse
 from pathlib import Path
 
 from jaxdissect.data.archive import ArchiveError, extract_zip
@@ -181,6 +182,13 @@ def fetch(
     if name not in SOURCES:
         raise DissectError(f"nothing named {name!r} to fetch; known: {', '.join(SOURCES)}")
     source = SOURCES[name]
+    if url is not None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise DissectError(
+                f"`url` {url!r}: not an http:// or https:// URL with a host",
+                arguments=("url",),
+            )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

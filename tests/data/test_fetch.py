@@ -353,6 +353,18 @@ def test_unknown_name_lists_the_known_ones(capsys):
     assert "broden1_224" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("url", ["notaurl", "ftp://host/file.zip", "http://", "/tmp/x.zip"])
+def test_a_url_that_is_not_http_is_refused_naming_the_flag(tmp_path, url, capsys):
+    """urllib raised ValueError("unknown url type") through the CLI as a traceback; an
+    ftp:// or host-less URL retried six times with backoff before failing."""
+    assert main(["fetch", "broden1_224", "--dir", str(tmp_path), "--url", url]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"jaxdissect: error: --url {url!r}: not an http:// or https:// URL with a host"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_leftover_staging_folder_is_removed_only_when_ours(tmp_path, mini_broden, capsys):
     source = tmp_path / "mine.zip"
     source.write_bytes(mini_broden)

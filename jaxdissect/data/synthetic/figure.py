@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from jaxdissect.data.synthetic import world
+from jaxdissect.errors import DissectError
 
 
 def _overlay(pixels: np.ndarray, plane: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -23,15 +25,38 @@ def _overlay(pixels: np.ndarray, plane: np.ndarray, palette: np.ndarray) -> np.n
 MAX_ROWS = 100
 
 
+def figure_path(path: str | Path) -> tuple[Path, str]:
+    """The file a figure for ``path`` is written to, and its format: ``path`` itself when
+    its extension is one Matplotlib writes, ``path`` + ``.png`` when it has none.
+
+    Raises:
+      DissectError: naming ``path`` and the extensions Matplotlib writes.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = sorted(FigureCanvasBase.get_supported_filetypes())
+    # The extension as Matplotlib reads it ("fig." ends in an empty one).
+    extension = os.path.splitext(str(path))[1]
+    if not extension:
+        return Path(f"{path}.png"), "png"
+    if extension[1:].lower() not in supported:
+        raise DissectError(
+            f"{path}: cannot write a figure as {extension!r}; use one of "
+            f"{', '.join('.' + name for name in supported)} (or no extension for .png)"
+        )
+    return Path(path), extension[1:].lower()
+
+
 def save_world_figure(
     path: str | Path, seed: int = 0, rows: int = 6, config: world.WorldConfig | None = None
 ) -> Path:
     """Saves a grid: per probe image, the image and its object, part and material labels,
-    each label region named at its centre."""
+    each label region named at its centre. Returns the file written (see ``figure_path``)."""
     import matplotlib
 
     if not 1 <= rows <= MAX_ROWS:
         raise ValueError(f"rows must lie in [1, {MAX_ROWS}], got {rows}")
+    path, file_format = figure_path(path)
     config = config or world.WorldConfig()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -73,8 +98,7 @@ def save_world_figure(
                     bbox={"facecolor": "white", "alpha": 0.7, "pad": 0.5, "linewidth": 0},
                 )
     figure.tight_layout()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=90, format=file_format)
     plt.close(figure)
     return path

@@ -33,6 +33,10 @@ PIXEL_CATEGORIES = ("color", "object", "part", "material")
 SPLITS = {"probe": 0, "train": 1, "validation": 2, "test": 3}
 
 
+# The largest side drawn: an image of 8192 px is 200 MB (RGB); one of 9000 px took minutes.
+MAX_IMAGE_SIZE = 8192
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WorldConfig:
     """Image geometry and the probe set's mix.
@@ -49,8 +53,8 @@ class WorldConfig:
     texture_fraction: float = 0.125
 
     def __post_init__(self):
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must lie in [8, {MAX_IMAGE_SIZE}], got {self.image_size}")
         if self.image_size % self.labels != 0:
             raise ValueError(f"label_size {self.labels} must divide image_size {self.image_size}")
         if not 0.0 <= self.texture_fraction <= 1.0:
