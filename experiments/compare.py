@@ -25,12 +25,12 @@ from experiments.common import (
     dissect_models,
     eval_accuracy,
     provenance,
-    save_json,
     start_experiment,
     unique_counts,
     write_page,
 )
 from experiments.plots import figure_html, pyplot, save_figure
+from experiments.workdir import save_json
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.synthetic import world
 from jaxdissect.models.features import FeatureModel

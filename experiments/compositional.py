@@ -39,13 +39,13 @@ from experiments.common import (
     ProbeConfig,
     experiment_main,
     provenance,
-    save_json,
     start_experiment,
     with_rotations,
     write_page,
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
 from experiments.training_dynamics import train_config
+from experiments.workdir import save_json
 from jaxdissect.compositional.explain import explain
 from jaxdissect.compositional.formulas import (
     format_formula,

@@ -36,11 +36,11 @@ from experiments.common import (
     dissect_model,
     experiment_main,
     provenance,
-    save_json,
     start_experiment,
     write_page,
 )
 from experiments.plots import figure_html, save_figure
+from experiments.workdir import save_json
 from jaxdissect.config import DissectConfig
 from jaxdissect.stats.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run

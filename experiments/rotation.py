@@ -35,12 +35,12 @@ from experiments.common import (
     dissect_models,
     experiment_main,
     provenance,
-    save_json,
     start_experiment,
     summary_at,
     write_page,
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
+from experiments.workdir import save_json
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import fractional_rotation, random_rotation
 from train.checkpoints import feature_model

@@ -38,7 +38,6 @@ from experiments.common import (
     eval_accuracy,
     experiment_main,
     provenance,
-    save_json,
     start_experiment,
     unique_counts,
     write_page,
@@ -53,6 +52,7 @@ from experiments.plots import (
     verdicts_sentence,
 )
 from experiments.units import across_seeds, most_switching, transitions, unit_labels
+from experiments.workdir import save_json
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
 from train.checkpoints import feature_model, list_checkpoints

@@ -515,11 +515,12 @@ def _snapshot(folder):
 def test_a_workdir_of_another_study_is_refused(tmp_path, capsys):
     """Issue 27: rotation --workdir W, where W holds training_dynamics' results, replaced
     them. A workdir belongs to one study; another is refused in one line, exit 2."""
-    from experiments import common, rotation
+    from experiments import rotation
+    from experiments.workdir import claim_workdir, save_json
 
     workdir = tmp_path / "dynamics"
-    common.claim_workdir(workdir, "training_dynamics")
-    common.save_json(workdir / "config.json", {"as": "training_dynamics wrote it"})
+    claim_workdir(workdir, "training_dynamics")
+    save_json(workdir / "config.json", {"as": "training_dynamics wrote it"})
     (workdir / "results.json").write_text('{"study": "training_dynamics"}\n')
     before = _snapshot(workdir)
     argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
@@ -528,7 +529,7 @@ def test_a_workdir_of_another_study_is_refused(tmp_path, capsys):
     assert err.count("\n") == 1
     assert f"--workdir {workdir}: holds the results of training_dynamics, not of rotation" in err
     assert _snapshot(workdir) == before
-    common.claim_workdir(workdir, "training_dynamics")  # its own study goes on
+    claim_workdir(workdir, "training_dynamics")  # its own study goes on
     assert _snapshot(workdir) == before
 
 
@@ -537,7 +538,9 @@ def test_a_workdir_from_before_the_record_is_told_by_its_config(tmp_path, capsys
     is refused, and is taken by the study that made it (which records itself)."""
     import dataclasses
 
-    from experiments import common, rotation, training_dynamics
+    from experiments import rotation, training_dynamics
+    from experiments.workdir import claim_workdir
+    from jaxdissect.errors import DissectError
     from train.config import TrainConfig
 
     workdir = tmp_path / "old"
@@ -549,23 +552,23 @@ def test_a_workdir_from_before_the_record_is_told_by_its_config(tmp_path, capsys
     assert rotation.main(argv) == 2
     assert "holds the results of training_dynamics, not of rotation" in capsys.readouterr().err
     assert _snapshot(workdir) == before
-    common.claim_workdir(workdir, "training_dynamics")  # its own study takes it
+    claim_workdir(workdir, "training_dynamics")  # its own study takes it
     assert json.loads((workdir / "study.json").read_text()) == {"study": "training_dynamics"}
 
     trained = tmp_path / "trained"  # python -m train's workdir
     trained.mkdir()
     fields = {f.name: None for f in dataclasses.fields(TrainConfig)}
     (trained / "config.json").write_text(json.dumps(fields))
-    with pytest.raises(common.DissectError, match="a training run"):
-        common.claim_workdir(trained, "rotation")
+    with pytest.raises(DissectError, match="a training run"):
+        claim_workdir(trained, "rotation")
 
     unknown = tmp_path / "unknown"  # fields of no study: accepted, as before the record
     unknown.mkdir()
     (unknown / "config.json").write_text('{"seeds": 1}')
-    common.claim_workdir(unknown, "rotation")
+    claim_workdir(unknown, "rotation")
     assert json.loads((unknown / "study.json").read_text()) == {"study": "rotation"}
-    with pytest.raises(common.DissectError, match="holds the results of rotation"):
-        common.claim_workdir(unknown, "explain")
+    with pytest.raises(DissectError, match="holds the results of rotation"):
+        claim_workdir(unknown, "explain")
 
 
 def test_study_name_under_python_dash_m(monkeypatch):
@@ -575,7 +578,7 @@ def test_study_name_under_python_dash_m(monkeypatch):
     import sys
     import types
 
-    from experiments.common import study_name
+    from experiments.workdir import study_name
 
     config_type = dataclasses.make_dataclass("Config", [])
     config_type.__module__ = "__main__"
