@@ -78,7 +78,7 @@ def _add_words(a: UInt32[Array, " words"], b: UInt32[Array, " words"]) -> UInt32
 
 def _host(x, what: str):
     """``x`` as a NumPy array; a clear error under ``jax.jit``, where it is unknown."""
-    if runtime.is_array(x) and isinstance(x, jax.core.Tracer):
+    if runtime.is_tracer(x):
         raise ValueError(
             f"quantile_result under jax.jit needs {what} as a Python number (static): "
             "pass q= and positions= (N * h * w, known from the shapes)"
@@ -249,7 +249,7 @@ def _check_mergeable(a: QuantileState, b: QuantileState) -> None:
                 f"{b.q!r})"
             )
         return
-    traced = any(runtime.is_array(q) and isinstance(q, jax.core.Tracer) for q in (a.q, b.q))
+    traced = any(runtime.is_tracer(q) for q in (a.q, b.q))
     # Under jax.jit the q leaves are unknown: only k (a shape) is checked there; the
     # constructor ``quantile_statistic`` keeps q static, so its merge checks q under jit too.
     if not traced and not np.array_equal(np.asarray(a.q), np.asarray(b.q)):

@@ -213,3 +213,23 @@ def test_iou_refuses_float64_of_jax_counts_without_x64_and_other_dtypes():
         scores.iou(*counts, np.array([-1, 0]), dtype=np.float64)
     with pytest.raises(ValueError, match="float32 or float64"):
         scores.iou(*(np.asarray(c) for c in counts), np.array([-1, 0]), dtype=np.float16)
+
+
+def test_label_units_refuses_a_category_index_out_of_range():
+    # Issue 27, V8: a label whose category was >= num_categories (or below -1) matched no
+    # category and was silently never chosen; iou read another category's areas for it.
+    import pytest
+
+    from jaxdissect.errors import DissectError
+
+    iou = np.array([[0.1, 0.9, 0.2]], np.float32)
+    for label_category, bad in (([0, 2, 1], 2), ([0, -2, 1], -2)):
+        with pytest.raises(DissectError, match=rf"`label_category`\[1\] is {bad}: .*\[-1, 2\)"):
+            scores.label_units(iou, np.array(label_category), 2)
+        with pytest.raises(DissectError, match=rf"`label_category`\[1\] is {bad}"):
+            scores.label_units(jnp.asarray(iou), jnp.asarray(label_category), 2)
+        counts = (np.ones(3, int), np.ones((1, 3), int), np.ones((1, 2), int))
+        with pytest.raises(DissectError, match=rf"`label_category`\[1\] is {bad}"):
+            scores.iou(*counts, np.array(label_category))
+    # -1 (no category) stays allowed.
+    assert scores.label_units(iou, np.array([0, -1, 1]), 2).label.tolist() == [2]
