@@ -64,8 +64,11 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
     Raises:
       ValueError: ``dtype`` is neither float32 nor float64, or float64 is asked of jax
         arrays without x64.
-      DissectError: a ``label_category`` entry outside [-1, C), where its values are
-        known (not a tracer under ``jax.jit``; there it reads the last category's areas).
+      DissectError: a negative count, an intersection above its label's area, or a
+        ``label_category`` entry outside [-1, C). Values are checked wherever they are
+        known (NumPy counts, jax arrays outside ``jax.jit``); under ``jax.jit`` they cannot
+        be, and such counts give meaningless IoUs there (an out-of-range category reads the
+        last category's areas).
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -73,6 +76,7 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
             f"iou: `dtype` must be float32 or float64, got {dtype}", arguments=("dtype",)
         )
     _check_count_shapes(label_area, intersection, unit_area, label_category)
+    _check_counts(label_area, intersection, unit_area)
     _check_label_category(label_category, np.shape(unit_area)[1])
     if any(runtime.is_array(x) for x in (label_area, intersection, unit_area)):
         return _iou_jax(label_area, intersection, unit_area, label_category, dtype)
@@ -119,6 +123,29 @@ def _refuse_first(bad: np.ndarray, name: str, values: np.ndarray, why: str) -> N
             f"`{name}`[{', '.join(map(str, index))}] is {values[index]}: {why}",
             arguments=(name,),
         )
+
+
+def _check_counts(label_area, intersection, unit_area) -> None:
+    """A DissectError naming the first negative count, or an intersection above its label's
+    area, among the counts whose values are known."""
+    known = {
+        "label_area": _known(label_area),
+        "intersection": _known(intersection),
+        "unit_area": _known(unit_area),
+    }
+    for name, counts in known.items():
+        if counts is not None:
+            _refuse_first(counts < 0, name, counts, "counts cannot be negative")
+    label_area, intersection = known["label_area"], known["intersection"]
+    if label_area is not None and intersection is not None:
+        above = intersection > label_area[None, :]
+        if above.any():
+            u, label = (int(i) for i in np.argwhere(above)[0])
+            raise DissectError(
+                f"`intersection`[{u}, {label}] is {intersection[u, label]}: an intersection "
+                f"cannot exceed its label's area (`label_area`[{label}] is {label_area[label]})",
+                arguments=("intersection", "label_area"),
+            )
 
 
 def _check_label_category(label_category, num_categories: int) -> None:
