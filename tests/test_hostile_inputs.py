@@ -282,6 +282,29 @@ def test_summarize_a_tally_with_a_header_and_no_rows(tmp_path, capsys):
     _one_line_error(capsys, "a header and no rows")
 
 
+@pytest.mark.parametrize(
+    "rows, fragments",
+    [
+        (["1,object,dog,0.3,dog,0.3", "1,object,cat,0.2,cat,0.2"],
+         ["line 3: unit 1 again (first on line 2)"]),
+        (["1,object,dog,nan,dog,0.3"], ["line 2: score is nan, not a finite number"]),
+        (["1,object,dog,0.3,dog,0.3", "2,object,cat,0.2,cat,inf"],
+         ["line 3: object-iou is inf, not a finite number"]),
+        (["1,object,dog,0.3,dog,0.3", "x,object,cat,0.2,cat,0.2"],
+         ["line 3: unit 'x' is not a number"]),
+        (["1,object,dog,0.3,dog"], ["line 2: no object-iou (the row has too few fields)"]),
+    ],
+)  # fmt: skip
+def test_summarize_refuses_duplicate_units_and_non_finite_numbers(
+    tmp_path, capsys, rows, fragments
+):
+    # Issue 27, V8: a unit's second row and NaN or inf scores were summarized silently.
+    path = tmp_path / "tally.csv"
+    path.write_text("\n".join(["unit,category,label,score,object-label,object-iou", *rows]) + "\n")
+    assert main(["summarize", str(path)]) == 2
+    _one_line_error(capsys, str(path), *fragments)
+
+
 @pytest.mark.parametrize("coordinator", ["notaport", "host:", ":80", "host:99999", "h:x"])
 def test_a_coordinator_that_is_not_host_port(probe, tmp_path, capsys, coordinator):
     args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
