@@ -240,10 +240,16 @@ def fingerprint_text(fingerprint: dict) -> str:
 
 def publish_set(out: Path, kind: str, write: Callable[[Path], None]) -> None:
     """Runs ``write(folder)`` into a new set folder of ``kind`` and publishes the set into
-    OUT, whose lock the caller holds; a failed ``write`` leaves OUT's current set as it was."""
+    OUT, whose lock the caller holds; a failed ``write`` leaves OUT's current set as it was.
+    A DissectError from ``write`` names OUT's files, not the set folder's: the user knows
+    only OUT."""
     staging = new_set(out, kind)
     try:
         write(staging)
+    except DissectError as error:
+        discard(staging)
+        message = str(error).replace(str(staging), str(out))
+        raise type(error)(message, arguments=error.arguments) from None
     except BaseException:
         discard(staging)
         raise

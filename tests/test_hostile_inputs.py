@@ -748,3 +748,24 @@ def test_the_directions_study_bounds_its_epochs(capsys):
     assert exit.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "`epochs` must be at most 1000, got 100000000000" in error
+
+
+@pytest.mark.parametrize("links", [True, False])  # a published set, or plain files
+def test_report_errors_name_the_users_out_not_the_set_being_written(
+    dissected, tmp_path, capsys, links
+):
+    # Issue 27, V8: report redraws in a new set folder (OUT/.jaxdissect/dissect.<n>), and
+    # its errors and warnings named the files there instead of the user's OUT.
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy, symlinks=links)
+    results = json.loads((copy / "results.json").read_text())
+    (copy / "results.json").write_text(json.dumps({**results, "dataset": str(tmp_path / "no")}))
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 0
+    warning = capsys.readouterr().err.splitlines()[0]
+    assert warning.startswith(f"jaxdissect: warning: drawing {copy}'s cards without images")
+    results["units"][0]["score"] = float("nan")
+    (copy / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(copy)]) == 2
+    line = _one_line_error(capsys, f"{copy / 'results.json'}: ", "units[0].score")
+    assert ".jaxdissect" not in line
