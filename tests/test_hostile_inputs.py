@@ -314,6 +314,37 @@ def test_a_coordinator_that_is_not_host_port(probe, tmp_path, capsys, coordinato
     _one_line_error(capsys, "expected host:port")
 
 
+@pytest.mark.parametrize("out", ["images.npy", "link.npy", "hard.npy"])
+def test_features_refuses_an_out_that_is_its_images(tmp_path, capsys, out):
+    # Issue 27, V8: --out naming the --images file (or a link to it) replaced the user's images
+    # with the activations.
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    (tmp_path / "link.npy").symlink_to("images.npy")
+    (tmp_path / "hard.npy").hardlink_to(tmp_path / "images.npy")
+    before = (tmp_path / "images.npy").read_bytes()
+    args = ["features", "--model", "user_model:factory", "--layer", "conv_b",
+            "--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / out)]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, f"--out {tmp_path / out} is the input --images")
+    assert (tmp_path / "images.npy").read_bytes() == before
+    assert (tmp_path / "link.npy").is_symlink()
+
+
+@pytest.mark.parametrize("command", ["dissect", "formulas", "directions"])
+def test_an_out_folder_that_is_the_features_file_is_refused(probe, tmp_path, capsys, command):
+    # The commands writing a folder refuse an --out that is their --features (or a link to it).
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 3)))
+    (tmp_path / "link").symlink_to("f.npy")
+    before = (tmp_path / "f.npy").read_bytes()
+    for out in ("f.npy", "link"):
+        args = [command, "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+                "--out", str(tmp_path / out), "--no-progress"]  # fmt: skip
+        assert main(args) == 2
+        _one_line_error(capsys, f"--out {tmp_path / out}: exists and is not a folder")
+    assert (tmp_path / "f.npy").read_bytes() == before
+
+
 def test_features_on_zero_images(tmp_path, capsys):
     np.save(tmp_path / "images.npy", np.zeros((0, 32, 32, 3), np.uint8))
     args = ["features", "--model", "user_model:factory", "--layer", "conv_b",
