@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdissect.config import DissectConfig
+from jaxdissect.config import DissectConfig, check_paths
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import probe_identity
 from jaxdissect.dissection import Dissection
@@ -105,6 +105,7 @@ def write_dissection(
     Returns:
       The path of results.json.
     """
+    check_paths(out=out)
     if not isinstance(dissection, Dissection):
         raise DissectError(
             f"`dissection` must be a Dissection (a value of dissect's result), got "
