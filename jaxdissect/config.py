@@ -71,6 +71,17 @@ class DissectConfig:
             )
 
 
+def check_paths(**paths) -> None:
+    """Refuses a path argument given as the empty string, which Python's paths read as the
+    current folder: a DissectError naming the argument (``check_paths(out=out)``)."""
+    for name, path in paths.items():
+        if isinstance(path, str) and not path:
+            raise DissectError(
+                f"`{name}` is an empty path (it would mean the current folder); give '.' for that",
+                arguments=(name,),
+            )
+
+
 def check_config(config) -> DissectConfig:
     """``config`` itself, when it is a DissectConfig; otherwise a DissectError saying what to
     pass (a union rule's name given as the config is the likely slip)."""

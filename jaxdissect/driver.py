@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig, check_config
+from jaxdissect.config import DissectConfig, check_config, check_paths
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, cache_key, load_image_array, load_label_arrays
 from jaxdissect.dissection import Dissection, score_layer
@@ -240,10 +240,16 @@ def fingerprint_text(fingerprint: dict) -> str:
 
 def publish_set(out: Path, kind: str, write: Callable[[Path], None]) -> None:
     """Runs ``write(folder)`` into a new set folder of ``kind`` and publishes the set into
-    OUT, whose lock the caller holds; a failed ``write`` leaves OUT's current set as it was."""
+    OUT, whose lock the caller holds; a failed ``write`` leaves OUT's current set as it was.
+    A DissectError from ``write`` names OUT's files, not the set folder's: the user knows
+    only OUT."""
     staging = new_set(out, kind)
     try:
         write(staging)
+    except DissectError as error:
+        discard(staging)
+        message = str(error).replace(str(staging), str(out))
+        raise type(error)(message, arguments=error.arguments) from None
     except BaseException:
         discard(staging)
         raise
@@ -344,6 +350,7 @@ def run_analysis(
       ``analysis.run``'s result (or ``analysis.load``'s, for a finished run).
     """
     check_config(config)
+    check_paths(out=out, cache=cache)
     features = sys.modules.get("jaxdissect.models.features")
     if features is not None and isinstance(source, features.FeatureModel) and not layer:
         raise DissectError(

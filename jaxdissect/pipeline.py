@@ -16,7 +16,7 @@ from pathlib import Path
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig, check_config
+from jaxdissect.config import DissectConfig, check_config, check_paths
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.dissection import Dissection
@@ -81,6 +81,7 @@ def dissect(
     """
     mark("startup")
     check_config(config)
+    check_paths(out=out, cache=cache)
     if isinstance(source, (list, tuple)) and not isinstance(source, Activations):
         # Checkpoints of one architecture: one pass.
         from jaxdissect.many import dissect_many

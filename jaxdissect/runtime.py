@@ -41,6 +41,11 @@ def is_array(x) -> bool:
     return loaded() and isinstance(x, sys.modules["jax"].Array)
 
 
+def is_tracer(x) -> bool:
+    """Whether ``x`` is a jax tracer (under ``jax.jit``, its values unknown)."""
+    return is_array(x) and isinstance(x, sys.modules["jax"].core.Tracer)
+
+
 def accelerator_plugin_installed() -> bool:
     """Whether JAX could find an accelerator: a PJRT plugin (the ``jax_plugins`` namespace
     package or entry points: CUDA, ROCm, Metal) or libtpu, as JAX itself discovers them."""

@@ -318,3 +318,74 @@ def test_shared_options_have_one_default():
     # image array or a number of images.
     differ = {flag for flag, values in defaults.items() if len(values) > 1}
     assert differ == {"--out", "--images"}
+
+
+def _empty_path_commands(tmp):
+    """Every command line that takes an output path (--out, --cache, report's OUT, --dir),
+    with that path empty."""
+    pass_over = ["--dataset", f"{tmp}/probe", "--features", f"{tmp}/f.npy"]
+    for command in ("dissect", "formulas", "directions"):
+        yield "--out", [command, *pass_over, "--out", ""]
+        yield "--cache", [command, *pass_over, "--out", f"{tmp}/o", "--cache", ""]
+    model = ["--model", "user_model:factory", "--layer", "conv_b"]
+    yield "--out", ["features", *model, "--images", f"{tmp}/i.npy", "--out", ""]
+    yield "out", ["report", ""]
+    yield "--cache", ["report", f"{tmp}/o", "--cache", ""]
+    yield "--out", ["synthetic", "probe", "--out", "", "--images", "2"]
+    yield "--out", ["synthetic", "figure", "--out", ""]
+    yield "--out", ["demo", "--out", ""]
+    yield "--dir", ["fetch", "broden1_224", "--dir", ""]
+
+
+def test_an_empty_output_path_is_refused_for_every_command(tmp_path, monkeypatch, capsys):
+    # Issue 27, V8: --out '' (or --cache '') was Path(''), the current folder, and a command
+    # wrote there.
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for flag, argv in _empty_path_commands(tmp_path):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"argument {flag}: an empty path (it would mean the current folder)" in error, argv
+    assert list(work.iterdir()) == []
+
+
+def test_the_library_refuses_empty_paths_naming_its_arguments(probe, tmp_path, monkeypatch):
+    # The Python counterparts name their argument (`out`, `cache`, `cache_root`), not a flag.
+    from jaxdissect.compositional.directions import directions
+    from jaxdissect.compositional.explain import explain
+    from jaxdissect.data.broden import open_broden
+    from jaxdissect.data.cache import load_image_array, load_label_arrays
+    from jaxdissect.errors import DissectError
+    from jaxdissect.pipeline import dissect
+    from jaxdissect.report.results import write_dissection
+
+    monkeypatch.chdir(tmp_path)
+    features = dyadic_features(len(probe.planes), (4, 4, 3))
+    dataset = open_broden(probe.directory)
+    calls = {
+        "out": [
+            lambda: dissect(dataset, features, out=""),
+            lambda: explain(dataset, features, out=""),
+            lambda: directions(dataset, features, out=""),
+            lambda: write_dissection("", None, dataset, None),
+        ],
+        "cache": [
+            lambda: dissect(dataset, features, out="o", cache=""),
+            lambda: explain(dataset, features, out="o", cache=""),
+            lambda: directions(dataset, features, cache=""),
+        ],
+        "cache_root": [
+            lambda: load_label_arrays(dataset, ""),
+            lambda: load_image_array(dataset, ""),
+        ],
+    }
+    for name, functions in calls.items():
+        for call in functions:
+            with pytest.raises(DissectError) as raised:
+                call()
+            assert str(raised.value).startswith(f"`{name}` is an empty path"), raised.value
+            assert raised.value.arguments == (name,)
+    assert list(tmp_path.iterdir()) == []

@@ -282,6 +282,29 @@ def test_summarize_a_tally_with_a_header_and_no_rows(tmp_path, capsys):
     _one_line_error(capsys, "a header and no rows")
 
 
+@pytest.mark.parametrize(
+    "rows, fragments",
+    [
+        (["1,object,dog,0.3,dog,0.3", "1,object,cat,0.2,cat,0.2"],
+         ["line 3: unit 1 again (first on line 2)"]),
+        (["1,object,dog,nan,dog,0.3"], ["line 2: score is nan, not a finite number"]),
+        (["1,object,dog,0.3,dog,0.3", "2,object,cat,0.2,cat,inf"],
+         ["line 3: object-iou is inf, not a finite number"]),
+        (["1,object,dog,0.3,dog,0.3", "x,object,cat,0.2,cat,0.2"],
+         ["line 3: unit 'x' is not a number"]),
+        (["1,object,dog,0.3,dog"], ["line 2: no object-iou (the row has too few fields)"]),
+    ],
+)  # fmt: skip
+def test_summarize_refuses_duplicate_units_and_non_finite_numbers(
+    tmp_path, capsys, rows, fragments
+):
+    # Issue 27, V8: a unit's second row and NaN or inf scores were summarized silently.
+    path = tmp_path / "tally.csv"
+    path.write_text("\n".join(["unit,category,label,score,object-label,object-iou", *rows]) + "\n")
+    assert main(["summarize", str(path)]) == 2
+    _one_line_error(capsys, str(path), *fragments)
+
+
 @pytest.mark.parametrize("coordinator", ["notaport", "host:", ":80", "host:99999", "h:x"])
 def test_a_coordinator_that_is_not_host_port(probe, tmp_path, capsys, coordinator):
     args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
@@ -289,6 +312,37 @@ def test_a_coordinator_that_is_not_host_port(probe, tmp_path, capsys, coordinato
             "--num-processes", "2", "--process-id", "0"]  # fmt: skip
     assert main(args) == 2
     _one_line_error(capsys, "expected host:port")
+
+
+@pytest.mark.parametrize("out", ["images.npy", "link.npy", "hard.npy"])
+def test_features_refuses_an_out_that_is_its_images(tmp_path, capsys, out):
+    # Issue 27, V8: --out naming the --images file (or a link to it) replaced the user's images
+    # with the activations.
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    (tmp_path / "link.npy").symlink_to("images.npy")
+    (tmp_path / "hard.npy").hardlink_to(tmp_path / "images.npy")
+    before = (tmp_path / "images.npy").read_bytes()
+    args = ["features", "--model", "user_model:factory", "--layer", "conv_b",
+            "--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / out)]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, f"--out {tmp_path / out} is the input --images")
+    assert (tmp_path / "images.npy").read_bytes() == before
+    assert (tmp_path / "link.npy").is_symlink()
+
+
+@pytest.mark.parametrize("command", ["dissect", "formulas", "directions"])
+def test_an_out_folder_that_is_the_features_file_is_refused(probe, tmp_path, capsys, command):
+    # The commands writing a folder refuse an --out that is their --features (or a link to it).
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 3)))
+    (tmp_path / "link").symlink_to("f.npy")
+    before = (tmp_path / "f.npy").read_bytes()
+    for out in ("f.npy", "link"):
+        args = [command, "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+                "--out", str(tmp_path / out), "--no-progress"]  # fmt: skip
+        assert main(args) == 2
+        _one_line_error(capsys, f"--out {tmp_path / out}: exists and is not a folder")
+    assert (tmp_path / "f.npy").read_bytes() == before
 
 
 def test_features_on_zero_images(tmp_path, capsys):
@@ -725,3 +779,24 @@ def test_the_directions_study_bounds_its_epochs(capsys):
     assert exit.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "`epochs` must be at most 1000, got 100000000000" in error
+
+
+@pytest.mark.parametrize("links", [True, False])  # a published set, or plain files
+def test_report_errors_name_the_users_out_not_the_set_being_written(
+    dissected, tmp_path, capsys, links
+):
+    # Issue 27, V8: report redraws in a new set folder (OUT/.jaxdissect/dissect.<n>), and
+    # its errors and warnings named the files there instead of the user's OUT.
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy, symlinks=links)
+    results = json.loads((copy / "results.json").read_text())
+    (copy / "results.json").write_text(json.dumps({**results, "dataset": str(tmp_path / "no")}))
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 0
+    warning = capsys.readouterr().err.splitlines()[0]
+    assert warning.startswith(f"jaxdissect: warning: drawing {copy}'s cards without images")
+    results["units"][0]["score"] = float("nan")
+    (copy / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(copy)]) == 2
+    line = _one_line_error(capsys, f"{copy / 'results.json'}: ", "units[0].score")
+    assert ".jaxdissect" not in line

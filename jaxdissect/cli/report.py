@@ -66,8 +66,8 @@ def _republish_reports(root: Path, layers: list[str | None], images_for) -> list
     layer): its other files are carried over, by hard link where the system allows."""
     import shutil
 
-    from jaxdissect.driver import FINGERPRINT
-    from jaxdissect.outdir import MANIFEST, current_set, discard, locked, new_set, publish
+    from jaxdissect.driver import FINGERPRINT, publish_set
+    from jaxdissect.outdir import MANIFEST, current_set, locked
     from jaxdissect.report.html import write_index, write_layer_report
 
     redrawn = {f"{layer}/" if layer else "" for layer in layers}
@@ -94,8 +94,9 @@ def _republish_reports(root: Path, layers: list[str | None], images_for) -> list
                 if (root / f"{prefix}{name}").is_file()
             ]
             source = root
-        folder = new_set(root, "dissect")
-        try:
+        pages = []
+
+        def write(folder: Path) -> None:
             for name in carried:
                 target = folder / name
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,18 +104,19 @@ def _republish_reports(root: Path, layers: list[str | None], images_for) -> list
                     os.link(source / name, target)
                 except OSError:
                     shutil.copy2(source / name, target)
-            pages = []
             for layer in layers:
-                layer_folder = folder / layer if layer else folder
-                write_layer_report(layer_folder, images_for(layer_folder))
-                pages.append(root / layer / "report.html" if layer else root / "report.html")
+                # The images are looked up from the user's folder (the same results.json),
+                # so that a warning names it rather than the set being written.
+                layer_folder, users_folder = (
+                    (folder / layer, root / layer) if layer else (folder, root)
+                )
+                write_layer_report(layer_folder, images_for(users_folder))
+                pages.append(users_folder / "report.html")
             named = sorted({name.split("/")[0] for name in carried if "/" in name})
             named = [n for n in named if (folder / n / "results.json").is_file()]
             if named and not (folder / "results.json").exists():
                 write_index(folder, named)
                 pages.append(root / "index.html")
-        except BaseException:
-            discard(folder)
-            raise
-        publish(folder, root)
+
+        publish_set(root, "dissect", write)
     return pages

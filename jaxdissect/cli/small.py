@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
@@ -14,6 +15,11 @@ def run_features(args: argparse.Namespace) -> int:
     from jaxdissect.report.results import atomic_path
     from jaxdissect.sources import load_model, open_features
 
+    if args.out.exists() and args.images.exists() and os.path.samefile(args.out, args.images):
+        raise DissectError(
+            f"--out {args.out} is the input --images {args.images} (the same file, or a link "
+            "to it): choose another --out; nothing written"
+        )
     images = open_features(args.images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DissectError(

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from jaxdissect.config import check_paths
 from jaxdissect.data.broden import BrodenDataset, member_file
 from jaxdissect.errors import BrodenFormatError, DissectError
 from jaxdissect.progress import progress_bar
@@ -69,6 +70,12 @@ def default_cache_root() -> Path:
         return Path(os.environ["JAXDISSECT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "jaxdissect"
+
+
+def _cache_root(cache_root: str | Path | None) -> Path:
+    """The cache folder a caller named (``cache_root``), else ``default_cache_root()``."""
+    check_paths(cache_root=cache_root)
+    return Path(cache_root) if cache_root is not None else default_cache_root()
 
 
 def _stamps(root: Path, names) -> bytes:
@@ -374,7 +381,7 @@ def load_image_array(
     """The dataset's images as a read-only (N, ih, iw, 3) uint8 memory map, decoded into the
     cache on first use (for running a model over the probe set)."""
     check_is_dataset(dataset)
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    root = _cache_root(cache_root)
 
     def write(folder: Path) -> None:
         _check_free_space(folder, dataset.num_images * 3 * int(np.prod(dataset.image_size)))
@@ -418,7 +425,7 @@ def load_label_arrays(
       LabelArrays whose arrays are read-only memory maps.
     """
     check_is_dataset(dataset)
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    root = _cache_root(cache_root)
     folder = cached_folder(
         root, cache_key(dataset), lambda staging: _write_arrays(dataset, staging, progress)
     )

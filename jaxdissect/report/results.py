@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdissect.config import DissectConfig
+from jaxdissect.config import DissectConfig, check_paths
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import probe_identity
 from jaxdissect.dissection import Dissection
@@ -104,6 +105,7 @@ def write_dissection(
     Returns:
       The path of results.json.
     """
+    check_paths(out=out)
     if not isinstance(dissection, Dissection):
         raise DissectError(
             f"`dissection` must be a Dissection (a value of dissect's result), got "
@@ -150,7 +152,9 @@ def read_tally_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     """Categories (in column order) and rows of a tally.csv in NetDissect's columns.
 
     Accepts any column order, including the NetDissect release files' (object, color,
-    material, scene, texture, part).
+    material, scene, texture, part). Each row's unit is an integer held by no other row,
+    and its score and IoUs are finite numbers; a DissectError names the line and field of
+    the first that is not.
     """
     path = Path(path)
     if not path.is_file():
@@ -159,7 +163,10 @@ def read_tally_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
-            rows = list(reader)
+            rows, lines = [], []  # each row, and the line it ends on
+            for row in reader:
+                rows.append(row)
+                lines.append(reader.line_num)
     except (UnicodeDecodeError, csv.Error) as error:
         raise DissectError(f"{path}: not a readable CSV ({error})") from None
     missing = [f for f in ("unit", "category", "label", "score") if f not in header]
@@ -172,7 +179,33 @@ def read_tally_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
         )
     if not rows:
         raise DissectError(f"{path}: a header and no rows: no units to summarize")
+    first_line = {}
+    for line, row in zip(lines, rows, strict=True):
+        unit = _tally_number(path, line, row, "unit", int)
+        if unit in first_line:
+            raise DissectError(
+                f"{path}: line {line}: unit {unit} again (first on line {first_line[unit]}); "
+                "a tally holds one row per unit"
+            )
+        first_line[unit] = line
+        for field in ("score", *(f"{c}-iou" for c in categories)):
+            _tally_number(path, line, row, field, float)
     return categories, rows
+
+
+def _tally_number(path: Path, line: int, row: dict, field: str, parse) -> float:
+    """``row[field]`` parsed by ``parse`` (int or float); a DissectError naming the file, the
+    line and the field unless it is a finite number."""
+    text = row[field]
+    if text is None:  # csv.DictReader's value for the fields a short row lacks
+        raise DissectError(f"{path}: line {line}: no {field} (the row has too few fields)")
+    try:
+        value = parse(text)
+    except ValueError:
+        raise DissectError(f"{path}: line {line}: {field} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DissectError(f"{path}: line {line}: {field} is {text}, not a finite number")
+    return value
 
 
 def summarize_tally_csv(path: str | Path, iou_threshold: float = 0.04) -> dict:
@@ -180,11 +213,8 @@ def summarize_tally_csv(path: str | Path, iou_threshold: float = 0.04) -> dict:
     from jaxdissect.stats.scores import summarize
 
     categories, rows = read_tally_csv(path)
-    try:
-        score = np.array([float(row["score"]) for row in rows])
-        category_iou = np.array([[float(row[f"{c}-iou"]) for c in categories] for row in rows])
-    except (TypeError, ValueError) as error:
-        raise DissectError(f"{path}: a score or IoU is not a number ({error})") from None
+    score = np.array([float(row["score"]) for row in rows])
+    category_iou = np.array([[float(row[f"{c}-iou"]) for c in categories] for row in rows])
     unknown = {row["category"] for row in rows} - set(categories)
     if unknown:
         raise DissectError(f"{path}: category {sorted(unknown)} has no -iou columns")

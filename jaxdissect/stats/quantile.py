@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from jaxtyping import Array, Bool, Float, Int, UInt32
 
 WORD = 2**32
+# Columns of ``top`` or ``buffer`` at most: a row's int32 ``fill`` plus a batch's candidates
+# (each up to the buffer's width) must not wrap, or candidates are silently dropped.
+MAX_COLUMNS = 2**30 - 1
 
 
 class QuantileState(NamedTuple):
@@ -75,7 +78,7 @@ def _add_words(a: UInt32[Array, " words"], b: UInt32[Array, " words"]) -> UInt32
 
 def _host(x, what: str):
     """``x`` as a NumPy array; a clear error under ``jax.jit``, where it is unknown."""
-    if runtime.is_array(x) and isinstance(x, jax.core.Tracer):
+    if runtime.is_tracer(x):
         raise ValueError(
             f"quantile_result under jax.jit needs {what} as a Python number (static): "
             "pass q= and positions= (N * h * w, known from the shapes)"
@@ -99,13 +102,36 @@ def topk_size(q: float, positions: int) -> int:
     """Number of largest values needed for the (1 - q) quantile of ``positions`` values."""
     if not 0.0 < q < 1.0:
         raise DissectError(f"quantile `q` must lie in (0, 1), got {q!r}", arguments=("q",))
-    if positions < 1:
-        raise DissectError(f"`positions` must be >= 1, got {positions!r}", arguments=("positions",))
+    if not 1 <= positions < WORD**2:
+        raise DissectError(
+            f"`positions` must be >= 1 and below 2**64 (the count's two uint32 words), got "
+            f"{positions!r}",
+            arguments=("positions",),
+        )
     # NumPy reads sorted positions floor((n-1)(1-q)) and the next, i.e. the largest
     # 1 + ceil((n-1)q) <= ceil(qn) + 1 values in exact arithmetic; one more because NumPy
     # computes (n-1)(1-q) in float64, where 1-q is rounded and the product can land just
     # below an integer, flooring one position lower.
-    return min(positions, math.ceil(q * positions) + 2)
+    k = min(positions, math.ceil(q * positions) + 2)
+    if k > MAX_COLUMNS:
+        raise DissectError(
+            f"`positions` = {positions} with `q` = {q!r} needs the top {k} values per unit; "
+            "the top-k holds at most 2**30 - 1 (int32 column arithmetic): lower `q` or `positions`",
+            arguments=("positions", "q"),
+        )
+    return k
+
+
+def _buffer_columns(k: int, buffer_size: int | None) -> int:
+    """The staging columns M: ``buffer_size``, by default max(k, 4096), checked."""
+    buffer_size = buffer_size or max(k, 4096)
+    if not 1 <= buffer_size <= MAX_COLUMNS:
+        raise DissectError(
+            "`buffer_size` must lie in [1, 2**30 - 1] (int32 column arithmetic), got "
+            f"{buffer_size!r}",
+            arguments=("buffer_size",),
+        )
+    return buffer_size
 
 
 def quantile_init(
@@ -118,6 +144,7 @@ def quantile_init(
       q: upper-tail fraction in (0, 1); NetDissect uses 0.005.
       positions: total number of values per unit that will be folded in (N * h * w).
       buffer_size: staging columns M (default max(k, 4096)); a larger buffer merges less often.
+        k and M are at most 2**30 - 1 (``MAX_COLUMNS``): larger settings are refused.
 
     Returns:
       A QuantileState with a (U, k) top-k, k = ceil(q * positions) + 2 (at most positions).
@@ -131,7 +158,7 @@ def _init_arrays(xp, units, q, positions, buffer_size) -> QuantileState:
     """``quantile_init``'s state as arrays of ``xp`` (jax.numpy, or NumPy for the CPU
     backend, which then compiles no XLA program)."""
     k = topk_size(q, positions)
-    buffer_size = buffer_size or max(k, 4096)
+    buffer_size = _buffer_columns(k, buffer_size)
     return QuantileState(
         top=xp.full((units, k), -np.inf, np.float32),
         buffer=xp.full((units, buffer_size), -np.inf, np.float32),
@@ -222,7 +249,7 @@ def _check_mergeable(a: QuantileState, b: QuantileState) -> None:
                 f"{b.q!r})"
             )
         return
-    traced = any(runtime.is_array(q) and isinstance(q, jax.core.Tracer) for q in (a.q, b.q))
+    traced = any(runtime.is_tracer(q) for q in (a.q, b.q))
     # Under jax.jit the q leaves are unknown: only k (a shape) is checked there; the
     # constructor ``quantile_statistic`` keeps q static, so its merge checks q under jit too.
     if not traced and not np.array_equal(np.asarray(a.q), np.asarray(b.q)):
@@ -323,8 +350,9 @@ def quantile_statistic(q: float, positions: int, *, buffer_size: int | None = No
 
     Args:
       q: upper-tail fraction in (0, 1); NetDissect uses 0.005.
-      positions: values per unit that will be folded in (N * h * w).
-      buffer_size: staging columns (see ``quantile_init``).
+      positions: values per unit that will be folded in (N * h * w); below 2**64, and
+        with k = ceil(q * positions) + 2 at most 2**30 - 1 (``MAX_COLUMNS``).
+      buffer_size: staging columns (see ``quantile_init``), at most 2**30 - 1.
 
     Returns:
       ``Statistic(init, update, merge, result)`` with ``init(units) -> QuantileState``,
@@ -336,6 +364,7 @@ def quantile_statistic(q: float, positions: int, *, buffer_size: int | None = No
     from jaxdissect.stats.statistic import Settings, check_settings
 
     k = topk_size(q, positions)
+    _buffer_columns(k, buffer_size)
     settings = Settings(
         (("q", float(q)), ("positions", int(positions)), ("k", k), ("buffer", buffer_size))
     )

@@ -64,6 +64,11 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
     Raises:
       ValueError: ``dtype`` is neither float32 nor float64, or float64 is asked of jax
         arrays without x64.
+      DissectError: a negative count, an intersection above its label's area, or a
+        ``label_category`` entry outside [-1, C). Values are checked wherever they are
+        known (NumPy counts, jax arrays outside ``jax.jit``); under ``jax.jit`` they cannot
+        be, and such counts give meaningless IoUs there (an out-of-range category reads the
+        last category's areas).
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -71,6 +76,8 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
             f"iou: `dtype` must be float32 or float64, got {dtype}", arguments=("dtype",)
         )
     _check_count_shapes(label_area, intersection, unit_area, label_category)
+    _check_counts(label_area, intersection, unit_area)
+    _check_label_category(label_category, np.shape(unit_area)[1])
     if any(runtime.is_array(x) for x in (label_area, intersection, unit_area)):
         return _iou_jax(label_area, intersection, unit_area, label_category, dtype)
     label_area = np.asarray(label_area, np.int64)
@@ -103,6 +110,56 @@ def _check_count_shapes(label_area, intersection, unit_area, label_category) -> 
             )
 
 
+def _known(x) -> np.ndarray | None:
+    """``x`` as a NumPy array, or None under ``jax.jit`` (a tracer: its values are unknown)."""
+    return None if runtime.is_tracer(x) else np.asarray(x)
+
+
+def _refuse_first(bad: np.ndarray, name: str, values: np.ndarray, why: str) -> None:
+    """A DissectError naming the first True entry of ``bad`` as ``name[i, j]`` and its value."""
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DissectError(
+            f"`{name}`[{', '.join(map(str, index))}] is {values[index]}: {why}",
+            arguments=(name,),
+        )
+
+
+def _check_counts(label_area, intersection, unit_area) -> None:
+    """A DissectError naming the first negative count, or an intersection above its label's
+    area, among the counts whose values are known."""
+    known = {
+        "label_area": _known(label_area),
+        "intersection": _known(intersection),
+        "unit_area": _known(unit_area),
+    }
+    for name, counts in known.items():
+        if counts is not None:
+            _refuse_first(counts < 0, name, counts, "counts cannot be negative")
+    label_area, intersection = known["label_area"], known["intersection"]
+    if label_area is not None and intersection is not None:
+        above = intersection > label_area[None, :]
+        if above.any():
+            u, label = (int(i) for i in np.argwhere(above)[0])
+            raise DissectError(
+                f"`intersection`[{u}, {label}] is {intersection[u, label]}: an intersection "
+                f"cannot exceed its label's area (`label_area`[{label}] is {label_area[label]})",
+                arguments=("intersection", "label_area"),
+            )
+
+
+def _check_label_category(label_category, num_categories: int) -> None:
+    """A DissectError naming the first ``label_category`` entry outside [-1, C), if known."""
+    values = _known(label_category)
+    if values is not None:
+        _refuse_first(
+            (values < -1) | (values >= num_categories),
+            "label_category",
+            values,
+            f"a label's category index lies in [-1, {num_categories}), -1 meaning none",
+        )
+
+
 def _iou_jax(label_area, intersection, unit_area, label_category, dtype):
     wide = dtype == np.float64
     if wide and not runtime.jax.config.read("jax_enable_x64"):
@@ -132,6 +189,11 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
     labels whose float64 IoUs differ by less than float32 rounding can tie in float32).
     ``iou``'s float32 scores are the same bits on the host and under ``jax.jit``, so the
     labels chosen from them are the same too, near-ties included.
+
+    Raises:
+      DissectError: ``label_category`` holds an index outside [-1, ``num_categories``),
+        where its values are known (not a tracer under ``jax.jit``; there such a label
+        matches no category and is never chosen).
     """
     xp = jnp if runtime.is_array(scores) else np
     scores = xp.asarray(scores)
@@ -142,6 +204,7 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
             f"{label_category.shape}: expected (U, L) and (L,)",
             arguments=("scores", "label_category"),
         )
+    _check_label_category(label_category, num_categories)
     best_labels, best_ious = [], []
     for c in range(num_categories):
         in_category = xp.where((label_category == c)[None, :], scores, -xp.inf)

@@ -88,6 +88,26 @@ def test_bad_arguments():
         quantile.quantile_result(state, 0.01)
 
 
+def test_statistic_refuses_positions_beyond_its_index_arithmetic():
+    # Issue 27, V8: a top-k wider than 2**30 - 1 columns wrapped the int32 fill, dropped
+    # candidates and gave NaN thresholds; 2**64 positions wrapped the two-word count.
+    from jaxdissect.errors import DissectError
+    from jaxdissect.stats.cpu_quantile import cpu_quantile_init
+
+    with pytest.raises(DissectError, match=r"`positions` = 2147483648 .* 2\*\*30 - 1") as caught:
+        quantile.quantile_statistic(0.5, 2**31)
+    assert caught.value.arguments == ("positions", "q")
+    with pytest.raises(DissectError, match=r"`positions` must be >= 1 and below 2\*\*64"):
+        quantile.quantile_statistic(1e-20, 2**64)
+    with pytest.raises(DissectError, match=r"`buffer_size` must lie in \[1, 2\*\*30 - 1\]"):
+        quantile.quantile_statistic(0.5, 100, buffer_size=2**30)
+    with pytest.raises(DissectError, match="`buffer_size`"):
+        cpu_quantile_init(1, 0.5, 100, buffer_size=-1)
+    # The largest settings allowed are still accepted (construction allocates nothing).
+    quantile.quantile_statistic(0.5, 2 * (2**30 - 3), buffer_size=2**30 - 1)
+    quantile.quantile_statistic(1e-20, 2**64 - 1)
+
+
 def test_default_q_is_the_exact_one():
     # The old float32 copy of q = 0.3 put 5 of these 20 results off NumPy's.
     rng = np.random.default_rng(4)

@@ -213,3 +213,49 @@ def test_iou_refuses_float64_of_jax_counts_without_x64_and_other_dtypes():
         scores.iou(*counts, np.array([-1, 0]), dtype=np.float64)
     with pytest.raises(ValueError, match="float32 or float64"):
         scores.iou(*(np.asarray(c) for c in counts), np.array([-1, 0]), dtype=np.float16)
+
+
+def test_label_units_refuses_a_category_index_out_of_range():
+    # Issue 27, V8: a label whose category was >= num_categories (or below -1) matched no
+    # category and was silently never chosen; iou read another category's areas for it.
+    import pytest
+
+    from jaxdissect.errors import DissectError
+
+    iou = np.array([[0.1, 0.9, 0.2]], np.float32)
+    for label_category, bad in (([0, 2, 1], 2), ([0, -2, 1], -2)):
+        with pytest.raises(DissectError, match=rf"`label_category`\[1\] is {bad}: .*\[-1, 2\)"):
+            scores.label_units(iou, np.array(label_category), 2)
+        with pytest.raises(DissectError, match=rf"`label_category`\[1\] is {bad}"):
+            scores.label_units(jnp.asarray(iou), jnp.asarray(label_category), 2)
+        counts = (np.ones(3, int), np.ones((1, 3), int), np.ones((1, 2), int))
+        with pytest.raises(DissectError, match=rf"`label_category`\[1\] is {bad}"):
+            scores.iou(*counts, np.array(label_category))
+    # -1 (no category) stays allowed.
+    assert scores.label_units(iou, np.array([0, -1, 1]), 2).label.tolist() == [2]
+
+
+def test_iou_refuses_impossible_counts_wherever_they_are_known():
+    # Issue 27, V8: a negative count or an intersection above its label's area gave
+    # meaningless IoUs (negative, or above 1). NumPy and eager jax counts are refused alike;
+    # under jax.jit the values are unknown (documented), and the answer keeps its dtype.
+    import pytest
+
+    from jaxdissect.errors import DissectError
+
+    G, I, A = np.array([3, 4]), np.array([[1, 2]]), np.array([[5]])
+    label_category = np.array([0, 0])
+    cases = (
+        ((G, np.array([[1, -2]]), A), r"`intersection`\[0, 1\] is -2: counts cannot be negative"),
+        ((np.array([3, -1]), I, A), r"`label_area`\[1\] is -1: counts cannot be negative"),
+        ((G, I, np.array([[-5]])), r"`unit_area`\[0, 0\] is -5: counts cannot be negative"),
+        ((G, np.array([[1, 5]]), A), r"`intersection`\[0, 1\] is 5: .*`label_area`\[1\] is 4"),
+    )
+    for counts, message in cases:
+        with pytest.raises(DissectError, match=message):
+            scores.iou(*counts, label_category)
+        with pytest.raises(DissectError, match=message):
+            scores.iou(*(jnp.asarray(c) for c in counts), label_category)
+        jitted = jax.jit(scores.iou)(*(jnp.asarray(c) for c in counts), label_category)
+        assert jitted.dtype == np.float32
+    assert scores.iou(G, I, A, label_category).tolist() == [[np.float32(1 / 7), np.float32(2 / 7)]]
