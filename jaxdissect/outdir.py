@@ -102,13 +102,23 @@ def _open_lock(path: Path):
     """OUT/.lock, opened for reading and writing without following a link: it is truncated,
     so a link or a second name planted there must not lead to someone else's file."""
     try:
+        handle = open_plain_file(path, "jaxdissect's lock file")
+    except OSError as error:
+        raise DissectError(f"--out {path.parent}: cannot write there ({error.strerror})") from None
+    return os.fdopen(handle, "r+")
+
+
+def open_plain_file(path: Path, what: str) -> int:
+    """A descriptor of ``path`` (created if absent), opened for reading and writing without
+    following a link, and refused unless it is a plain file with no other name: the caller
+    truncates or appends to it, so a link or a second name planted there must not lead to
+    someone else's file. ``what`` names the file jaxdissect expects there."""
+    try:
         handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise DissectError(
-                f"{path}: a symbolic link, not jaxdissect's lock file; move it away"
-            ) from None
-        raise DissectError(f"--out {path.parent}: cannot write there ({error.strerror})") from None
+            raise DissectError(f"{path}: a symbolic link, not {what}; move it away") from None
+        raise
     status = os.fstat(handle)
     if not S_ISREG(status.st_mode) or status.st_nlink != 1:
         os.close(handle)
@@ -116,18 +126,18 @@ def _open_lock(path: Path):
             f"{path}: not a plain file of jaxdissect's (another name of a file, or not a "
             "file); move it away"
         )
-    return os.fdopen(handle, "r+")
+    return handle
 
 
-def replace_file(path: Path, text: str) -> None:
+def replace_file(path: Path, content: str | bytes) -> None:
     """Writes ``path`` whole through a new file renamed over it: a symbolic link planted at
     ``path`` is replaced, never written through (mkstemp creates a new name, O_EXCL)."""
     handle, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".partial", dir=path.parent
     )
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        with os.fdopen(handle, "w" if isinstance(content, str) else "wb") as file:
+            file.write(content)
         os.chmod(temporary, 0o644)  # as a plain write would leave it, not mkstemp's 0600
         os.replace(temporary, path)
     except BaseException:

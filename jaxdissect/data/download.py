@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxdissect.errors import DissectError
+from jaxdissect.outdir import open_plain_file, replace_file
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
@@ -53,9 +54,7 @@ def _read_state(target: Path, url: str) -> dict:
 
 
 def _write_state(target: Path, state: dict) -> None:
-    temporary = _state_path(target).with_suffix(".tmp")
-    temporary.write_text(json.dumps(state))
-    os.replace(temporary, _state_path(target))
+    replace_file(_state_path(target), json.dumps(state))
 
 
 def _recorded(target: Path) -> bool:
@@ -137,7 +136,7 @@ def _transfer(url: str, target: Path, state: dict, progress, max_bytes: int) -> 
             raise DissectError(f"{url}: {state['total']} bytes, more than the {max_bytes} allowed")
         _write_state(target, state)
         progress.reset(state["total"], start)
-        with open(part, "r+b" if start > 0 else "wb") as file:
+        with os.fdopen(open_plain_file(part, "jaxdissect's partial download"), "r+b") as file:
             file.seek(start)
             file.truncate()
             written = start
