@@ -365,7 +365,8 @@ def _read_manifest(folder: Path) -> dict | None:
 def _displace(out: Path, store: Path, journal: dict, names: list[str]) -> None:
     """Moves entries of OUT that this module did not make out of a new set's way."""
     number = len(journal["displaced"]) + 1
-    while (store / f"displaced.{number}").exists():
+    while os.path.lexists(store / f"displaced.{number}"):  # a link there, dangling or not
+        # is someone else's: neither followed nor replaced
         number += 1
     aside = store / f"displaced.{number}"
     journal["displaced"].append(aside.name)
