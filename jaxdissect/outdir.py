@@ -28,6 +28,11 @@ journal naming anything but a set folder of the store (``<kind>.<n>``) or a plai
 OUT is refused whole, and a manifest's file is removed only where no link lies on its
 path. Nothing is written through a link planted at one of this module's names: the lock
 is opened with O_NOFOLLOW, and other files are written anew and renamed into place.
+
+A run killed while writing a file leaves its temporary ``.<name>.XXXXXXXX.partial`` beside
+it. In a set folder never published it goes with the folder; elsewhere it is not removed,
+because nothing records it (its name is a pattern anyone can make): the journal's are named
+on stderr at the next run, for the user to remove, and are otherwise ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -144,6 +150,18 @@ def replace_file(path: Path, content: str | bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def report_leftovers(folder: Path, name: str) -> None:
+    """Names on stderr the temporary files of ``replace_file`` for ``folder/name`` that a
+    killed run left; never removes them (see the module docstring)."""
+    left = sorted(p.name for p in folder.glob(f".{glob.escape(name)}.*.partial"))
+    if left:
+        print(
+            f"jaxdissect: {folder}: {', '.join(left)} left by an interrupted write of {name}; "
+            "not removed (nothing records it as jaxdissect's): remove it yourself",
+            file=sys.stderr,
+        )
 
 
 def _store(out: Path) -> Path:
@@ -392,6 +410,7 @@ def _pointed(out: Path, kind: str) -> Path | None:
 
 def _collect(out: Path, store: Path, journal: dict) -> None:
     """Removes what the journal records and no current set uses: links, then sets."""
+    report_leftovers(store, JOURNAL)
     pointed = {kind: _pointed(out, kind) for kind in KINDS}
     for kind in KINDS:
         _unlink_temporary_link(store, kind)

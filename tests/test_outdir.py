@@ -174,6 +174,19 @@ def test_a_link_at_the_next_displaced_name_is_passed_over(tmp_path, capsys, targ
     assert _view(out) == _expected(NEW)
 
 
+def test_a_killed_journal_write_is_named_never_removed(tmp_path, capsys):
+    """A journal.json temporary left by a kill (replace_file's name) was kept silently, for
+    ever; nothing proves it jaxdissect's, so it is named on stderr and kept."""
+    out = tmp_path / "out"
+    (out / STORE).mkdir(parents=True)
+    left = out / STORE / ".journal.json.k1ll3d_x.partial"
+    left.write_text("{")
+    _publish(out, NEW)
+    assert f"{left.name} left by an interrupted write of journal.json" in capsys.readouterr().err
+    assert left.read_text() == "{"
+    assert _view(out) == _expected(NEW)
+
+
 def test_sets_of_two_kinds_share_out_and_a_name_of_one_is_not_taken_by_the_other(tmp_path):
     out = tmp_path / "out"
     _publish(out, NEW)
