@@ -380,6 +380,23 @@ def _read_manifest(folder: Path) -> dict | None:
     return files if isinstance(files, dict) else None
 
 
+def set_files(folder: Path) -> list[str]:
+    """The files a complete set's manifest lists, each a path inside ``folder``; refused in
+    one line otherwise (the manifest is a file in OUT, which someone else may have written:
+    a name leaving the set must not lead a copy or a link elsewhere)."""
+    files = _read_manifest(folder)
+    if files is None:
+        raise DissectError(f"{folder / MANIFEST}: not a manifest of jaxdissect's; move it away")
+    for name in files:
+        parts = name.split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise DissectError(
+                f"{folder / MANIFEST}: {name!r} is not a file inside the set (jaxdissect did "
+                "not write this manifest); move it away"
+            )
+    return list(files)
+
+
 def _displace(out: Path, store: Path, journal: dict, names: list[str]) -> None:
     """Moves entries of OUT that this module did not make out of a new set's way."""
     number = len(journal["displaced"]) + 1

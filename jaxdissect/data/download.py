@@ -46,11 +46,18 @@ def _state_path(target: Path) -> Path:
 def _read_state(target: Path, url: str) -> dict:
     """The saved validators of ``target``'s partial file, or {} when they are for another URL
     (or unreadable): the partial file is then not resumed."""
-    try:
-        state = json.loads(_state_path(target).read_text())
-    except (OSError, ValueError):
-        return {}
+    state = _state(target)
     return state if isinstance(state, dict) and state.get("url") == url else {}
+
+
+def _state(target: Path):
+    """What ``target``'s state file holds, or None when it is absent or unreadable (or not a
+    file: a FIFO would block the read for ever)."""
+    path = _state_path(target)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _write_state(target: Path, state: dict) -> None:
@@ -60,10 +67,7 @@ def _write_state(target: Path, state: dict) -> None:
 def _recorded(target: Path) -> bool:
     """Whether a state file of ours (written by ``_transfer`` before the partial file)
     records ``target``'s partial file."""
-    try:
-        state = json.loads(_state_path(target).read_text())
-    except (OSError, ValueError):
-        return False
+    state = _state(target)
     return isinstance(state, dict) and isinstance(state.get("url"), str)
 
 

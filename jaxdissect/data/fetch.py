@@ -102,6 +102,8 @@ def sha256_file(path: Path) -> str:
 
 def _manifest(directory: Path) -> dict:
     path = directory / MANIFEST
+    if path.exists() and not path.is_file():  # a FIFO would block the read for ever
+        raise DissectError(f"{path}: not a file; move it away")
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
@@ -130,6 +132,8 @@ def expected_sha256(name: str, directory: Path) -> tuple[str | None, str]:
 def _verify(path: Path, name: str, directory: Path, what: str) -> tuple[str, bool]:
     """The file's SHA-256, and True when it is to be recorded (no hash known yet)."""
     source = SOURCES[name]
+    if not path.is_file():  # a FIFO would block the read for ever
+        raise DissectError(f"{what}: not a file")
     size = path.stat().st_size
     if source.size is not None and size != source.size:
         raise DissectError(f"{what}: {size} bytes, expected {source.size} for {name}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import stat
 import zipfile
@@ -488,3 +490,28 @@ def test_a_recorded_partial_file_swapped_for_a_link_is_not_resumed_into(
     with pytest.raises(DissectError, match=r"a\.zip\.part: (a symbolic link|not a plain file)"):
         download(server.url("a.zip"), target, max_bytes=10**8, retries=0, progress=False)
     assert victim.read_bytes() == b"v" * 40_000
+
+
+@pytest.mark.parametrize("fifo", [MANIFEST, "resnet18_places365.pth.tar", "a.part.json"])
+def test_a_fifo_where_fetch_reads_a_file_is_refused_not_waited_on(server, tmp_path, fifo):
+    """fetch read DIR's manifest, the file already there and a download's state file
+    without checking they were files: a FIFO there blocked it for ever."""
+    os.mkfifo(tmp_path / fifo)
+    if fifo == "a.part.json":
+        partial_path(tmp_path / "a").write_bytes(b"x")
+        with pytest.raises(DissectError, match=r"a\.part: not a download of jaxdissect's"):
+            download(server.url("a"), tmp_path / "a", max_bytes=10, progress=False)
+        return
+    if fifo == MANIFEST:
+        (tmp_path / "resnet18_places365.pth.tar").write_bytes(b"already there")
+    else:
+        (tmp_path / MANIFEST).write_text(json.dumps({"resnet18_places365": {"sha256": "0"}}))
+    with pytest.raises(DissectError, match=re.escape(f"{tmp_path / fifo}: not a file")):
+        fetch("resnet18_places365", tmp_path, retries=0, progress=False)
+
+
+def test_fetch_from_a_name_with_a_line_break_fails_in_one_line(tmp_path, capsys):
+    source = tmp_path / "a\nb.zip"
+    assert main(["fetch", "broden1_224", "--dir", str(tmp_path / "d"), "--from", str(source)]) == 2
+    error = capsys.readouterr().err
+    assert error == f"jaxdissect: error: --from {tmp_path}/a\\nb.zip: no such file\n"
