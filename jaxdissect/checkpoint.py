@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from jaxdissect.errors import DissectError
-from jaxdissect.outdir import replace_file
+from jaxdissect.outdir import replace_file, report_leftovers
 
 
 def _keyed_leaves(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -262,7 +262,7 @@ class PassCheckpoints:
         names = sorted(self.owned)
         self._delete(names)
         (self.directory / OWNED).unlink(missing_ok=True)
-        (self.directory / f".{OWNED}.partial").unlink(missing_ok=True)
+        report_leftovers(self.directory, OWNED)
         for folder in sorted({n.partition("/")[0] for n in names if "/" in n}):
             with contextlib.suppress(OSError):
                 (self.directory / folder).rmdir()

@@ -28,6 +28,11 @@ journal naming anything but a set folder of the store (``<kind>.<n>``) or a plai
 OUT is refused whole, and a manifest's file is removed only where no link lies on its
 path. Nothing is written through a link planted at one of this module's names: the lock
 is opened with O_NOFOLLOW, and other files are written anew and renamed into place.
+
+A run killed while writing a file leaves its temporary ``.<name>.XXXXXXXX.partial`` beside
+it. In a set folder never published it goes with the folder; elsewhere it is not removed,
+because nothing records it (its name is a pattern anyone can make): the journal's are named
+on stderr at the next run, for the user to remove, and are otherwise ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -102,13 +108,23 @@ def _open_lock(path: Path):
     """OUT/.lock, opened for reading and writing without following a link: it is truncated,
     so a link or a second name planted there must not lead to someone else's file."""
     try:
+        handle = open_plain_file(path, "jaxdissect's lock file")
+    except OSError as error:
+        raise DissectError(f"--out {path.parent}: cannot write there ({error.strerror})") from None
+    return os.fdopen(handle, "r+")
+
+
+def open_plain_file(path: Path, what: str) -> int:
+    """A descriptor of ``path`` (created if absent), opened for reading and writing without
+    following a link, and refused unless it is a plain file with no other name: the caller
+    truncates or appends to it, so a link or a second name planted there must not lead to
+    someone else's file. ``what`` names the file jaxdissect expects there."""
+    try:
         handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise DissectError(
-                f"{path}: a symbolic link, not jaxdissect's lock file; move it away"
-            ) from None
-        raise DissectError(f"--out {path.parent}: cannot write there ({error.strerror})") from None
+            raise DissectError(f"{path}: a symbolic link, not {what}; move it away") from None
+        raise
     status = os.fstat(handle)
     if not S_ISREG(status.st_mode) or status.st_nlink != 1:
         os.close(handle)
@@ -116,24 +132,36 @@ def _open_lock(path: Path):
             f"{path}: not a plain file of jaxdissect's (another name of a file, or not a "
             "file); move it away"
         )
-    return os.fdopen(handle, "r+")
+    return handle
 
 
-def replace_file(path: Path, text: str) -> None:
+def replace_file(path: Path, content: str | bytes) -> None:
     """Writes ``path`` whole through a new file renamed over it: a symbolic link planted at
     ``path`` is replaced, never written through (mkstemp creates a new name, O_EXCL)."""
     handle, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".partial", dir=path.parent
     )
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        with os.fdopen(handle, "w" if isinstance(content, str) else "wb") as file:
+            file.write(content)
         os.chmod(temporary, 0o644)  # as a plain write would leave it, not mkstemp's 0600
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def report_leftovers(folder: Path, name: str) -> None:
+    """Names on stderr the temporary files of ``replace_file`` for ``folder/name`` that a
+    killed run left; never removes them (see the module docstring)."""
+    left = sorted(p.name for p in folder.glob(f".{glob.escape(name)}.*.partial"))
+    if left:
+        print(
+            f"jaxdissect: {folder}: {', '.join(left)} left by an interrupted write of {name}; "
+            "not removed (nothing records it as jaxdissect's): remove it yourself",
+            file=sys.stderr,
+        )
 
 
 def _store(out: Path) -> Path:
@@ -352,10 +380,28 @@ def _read_manifest(folder: Path) -> dict | None:
     return files if isinstance(files, dict) else None
 
 
+def set_files(folder: Path) -> list[str]:
+    """The files a complete set's manifest lists, each a path inside ``folder``; refused in
+    one line otherwise (the manifest is a file in OUT, which someone else may have written:
+    a name leaving the set must not lead a copy or a link elsewhere)."""
+    files = _read_manifest(folder)
+    if files is None:
+        raise DissectError(f"{folder / MANIFEST}: not a manifest of jaxdissect's; move it away")
+    for name in files:
+        parts = name.split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise DissectError(
+                f"{folder / MANIFEST}: {name!r} is not a file inside the set (jaxdissect did "
+                "not write this manifest); move it away"
+            )
+    return list(files)
+
+
 def _displace(out: Path, store: Path, journal: dict, names: list[str]) -> None:
     """Moves entries of OUT that this module did not make out of a new set's way."""
     number = len(journal["displaced"]) + 1
-    while (store / f"displaced.{number}").exists():
+    while os.path.lexists(store / f"displaced.{number}"):  # a link there, dangling or not
+        # is someone else's: neither followed nor replaced
         number += 1
     aside = store / f"displaced.{number}"
     journal["displaced"].append(aside.name)
@@ -381,6 +427,7 @@ def _pointed(out: Path, kind: str) -> Path | None:
 
 def _collect(out: Path, store: Path, journal: dict) -> None:
     """Removes what the journal records and no current set uses: links, then sets."""
+    report_leftovers(store, JOURNAL)
     pointed = {kind: _pointed(out, kind) for kind in KINDS}
     for kind in KINDS:
         _unlink_temporary_link(store, kind)

@@ -269,6 +269,22 @@ def test_a_killed_saves_temporary_file_is_replaced(tmp_path):
     _equal(resumed.restore("pass", _states(0))[1], _states(2))
 
 
+def test_remove_keeps_temporary_names_it_cannot_prove_its_own(tmp_path, capsys):
+    """remove() deleted a file named .owned.json.partial, a name replace_file never makes
+    (a user's, or nobody's); a real leftover of replace_file is named, and both are kept."""
+    folder = tmp_path / "c"
+    checkpoints = PassCheckpoints(folder, {"run": 1})
+    checkpoints.save("pass", 1, lambda: _states(1), last=True)
+    for name in (".owned.json.partial", ".owned.json.k1ll3d_x.partial"):
+        (folder / name).write_text("kept")
+    checkpoints.remove()
+    assert ".owned.json.k1ll3d_x.partial left by an interrupted write" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".owned.json.k1ll3d_x.partial",
+        ".owned.json.partial",
+    ]
+
+
 def test_a_linked_checkpoint_folder_is_refused_with_its_name(probe, tmp_path, capsys):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -82,15 +82,20 @@ FLAGS = {
     "dissect": ["--layer", "--union", "--quantile", "--iou-threshold", "--categories",
                 "--layout", "--batch-size", "--kernel", "--top-images", "--checkpoint-every",
                 "--weights", "--coordinator", "--num-processes", "--process-id", "--no-report"],
-    "formulas": ["--layer", "--length", "--beam", "--labels-per-unit", "--quantile",
-                 "--categories", "--batch-size", "--kernel", "--weights", "--no-report"],
+    "formulas": ["--layer", "--length", "--beam", "--exact", "--labels-per-unit", "--quantile",
+                 "--categories", "--batch-size", "--kernel", "--weights", "--coordinator",
+                 "--num-processes", "--process-id", "--no-report"],
+    "directions": ["--layer", "--heldout", "--min-pixels", "--epochs", "--step-images",
+                   "--learning-rate", "--seed", "--layout", "--quantile", "--categories",
+                   "--batch-size", "--kernel", "--weights", "--coordinator", "--num-processes",
+                   "--process-id", "--no-report"],
     "features": ["--layer", "--batch-size", "--weights", "--images", "--model"],
     "summarize": ["--iou-threshold", "--json"],
     "report": [],
     "synthetic figure": ["--seed", "--rows", "--size"],
     "synthetic probe": ["--images", "--seed", "--size", "--label-size"],
 }  # fmt: skip
-SWITCHES = {"--no-report", "--json"}
+SWITCHES = {"--no-report", "--json", "--exact"}
 
 
 def _base(command, probe, sandbox, out):
@@ -100,6 +105,8 @@ def _base(command, probe, sandbox, out):
                     "--no-progress"],
         "formulas": ["formulas", *dataset, "--features", str(sandbox / "f.npy"), "--out",
                      str(out), "--no-progress", "--length", "2", "--labels-per-unit", "4"],
+        "directions": ["directions", *dataset, "--features", str(sandbox / "f.npy"), "--out",
+                       str(out), "--no-progress", "--epochs", "1"],
         "features": ["features", "--model", "user_model:factory", "--layer", "conv_b",
                      "--images", str(sandbox / "images.npy"), "--out", str(out / "f.npy")],
         "summarize": ["summarize", str(sandbox / "done" / "tally.csv")],
@@ -111,7 +118,7 @@ def _base(command, probe, sandbox, out):
     }[command]  # fmt: skip
 
 
-@settings(max_examples=45, **SETTINGS)
+@settings(max_examples=150, **SETTINGS)
 @given(
     command=st.sampled_from(sorted(FLAGS)),
     picks=st.lists(st.tuples(st.integers(0, 100), VALUES), max_size=3),

@@ -5,6 +5,7 @@ line with exit status 2."""
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -800,3 +801,29 @@ def test_report_errors_name_the_users_out_not_the_set_being_written(
     assert main(["report", str(copy)]) == 2
     line = _one_line_error(capsys, f"{copy / 'results.json'}: ", "units[0].score")
     assert ".jaxdissect" not in line
+
+
+@pytest.mark.parametrize("files", [None, {"../../../escaped": {"size": 4}}, {"a//b": {}}])
+def test_report_refuses_a_forged_manifest_of_the_current_set(dissected, tmp_path, capsys, files):
+    """report read the current set's MANIFEST.json["files"] unchecked: a list there was a
+    TypeError traceback, and a name leaving the set was linked or copied from and to there."""
+    out = tmp_path / "out"
+    shutil.copytree(dissected, out, symlinks=True)
+    current = out / ".jaxdissect" / os.readlink(out / ".jaxdissect" / "dissect")
+    manifest = json.loads((current / "MANIFEST.json").read_text())
+    (current / "MANIFEST.json").write_text(json.dumps([] if files is None else manifest | {
+        "files": manifest["files"] | files}))  # fmt: skip
+    (tmp_path / "escaped").write_text("mine")
+    assert main(["report", str(out)]) == 2
+    _one_line_error(capsys, "MANIFEST.json: ", "move it away")
+    assert (tmp_path / "escaped").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["escaped", "out"]
+
+
+def test_an_error_naming_a_file_with_a_line_break_stays_one_line(tmp_path, capsys):
+    images = tmp_path / "a\nb.npy"
+    argv = ["features", "--model", "zoo:resnet18", "--layer", "layer4", "--images", str(images),
+            "--out", str(tmp_path / "o.npy")]  # fmt: skip
+    assert main(argv) == 2
+    line = _one_line_error(capsys, "a\\nb.npy: features file not found")
+    assert "\n" not in line

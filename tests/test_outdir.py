@@ -157,6 +157,36 @@ def test_an_earlier_versions_plain_files_are_moved_aside(tmp_path, capsys):
     assert "moved" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("target", ["missing", "elsewhere"])
+def test_a_link_at_the_next_displaced_name_is_passed_over(tmp_path, capsys, target):
+    """A dangling OUT/.jaxdissect/displaced.1 link made _displace fail (FileExistsError,
+    a traceback from Python); one to a folder had the user's files moved through it."""
+    out = tmp_path / "out"
+    (out / STORE).mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / STORE / "displaced.1").symlink_to(tmp_path / target)
+    (out / "tally.csv").write_bytes(b"mine")
+    _publish(out, NEW)
+    assert (out / STORE / "displaced.2" / "tally.csv").read_bytes() == b"mine"
+    assert os.readlink(out / STORE / "displaced.1") == str(tmp_path / target)
+    assert list(elsewhere.iterdir()) == []
+    assert _view(out) == _expected(NEW)
+
+
+def test_a_killed_journal_write_is_named_never_removed(tmp_path, capsys):
+    """A journal.json temporary left by a kill (replace_file's name) was kept silently, for
+    ever; nothing proves it jaxdissect's, so it is named on stderr and kept."""
+    out = tmp_path / "out"
+    (out / STORE).mkdir(parents=True)
+    left = out / STORE / ".journal.json.k1ll3d_x.partial"
+    left.write_text("{")
+    _publish(out, NEW)
+    assert f"{left.name} left by an interrupted write of journal.json" in capsys.readouterr().err
+    assert left.read_text() == "{"
+    assert _view(out) == _expected(NEW)
+
+
 def test_sets_of_two_kinds_share_out_and_a_name_of_one_is_not_taken_by_the_other(tmp_path):
     out = tmp_path / "out"
     _publish(out, NEW)

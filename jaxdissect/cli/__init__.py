@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return RUNNERS[args.command](args)
     except DissectError as error:
-        print(f"jaxdissect: error: {error.for_cli(FLAGS)}", file=sys.stderr)
+        _error(error.for_cli(FLAGS))
         return 2
     except MemoryError:
         print(
@@ -77,5 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as error:  # a full disk, a read-only folder, a file where a folder goes
         where = f"{error.filename}: " if error.filename else ""
-        print(f"jaxdissect: error: {where}{error.strerror or error}", file=sys.stderr)
+        _error(f"{where}{error.strerror or error}")
         return 2
+
+
+def _error(message: str) -> None:
+    """The one line of an error on stderr: a line break in a name the user gave (a file
+    named with one) is written as ``\\n``, so that the error stays one line."""
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    print(f"jaxdissect: error: {one_line}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -67,17 +66,16 @@ def _republish_reports(root: Path, layers: list[str | None], images_for) -> list
     import shutil
 
     from jaxdissect.driver import FINGERPRINT, publish_set
-    from jaxdissect.outdir import MANIFEST, current_set, locked
+    from jaxdissect.outdir import current_set, locked, set_files
     from jaxdissect.report.html import write_index, write_layer_report
 
     redrawn = {f"{layer}/" if layer else "" for layer in layers}
     with locked(root):
         current = current_set(root, "dissect")
         if current is not None:
-            manifest = json.loads((current / MANIFEST).read_text())["files"]
             carried = [
                 name
-                for name in manifest
+                for name in set_files(current)
                 if name != "index.html"
                 and not any(
                     name in (f"{prefix}report.html",) or name.startswith(f"{prefix}report/")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxdissect.errors import DissectError
+from jaxdissect.outdir import open_plain_file, replace_file
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
@@ -45,26 +46,28 @@ def _state_path(target: Path) -> Path:
 def _read_state(target: Path, url: str) -> dict:
     """The saved validators of ``target``'s partial file, or {} when they are for another URL
     (or unreadable): the partial file is then not resumed."""
-    try:
-        state = json.loads(_state_path(target).read_text())
-    except (OSError, ValueError):
-        return {}
+    state = _state(target)
     return state if isinstance(state, dict) and state.get("url") == url else {}
 
 
+def _state(target: Path):
+    """What ``target``'s state file holds, or None when it is absent or unreadable (or not a
+    file: a FIFO would block the read for ever)."""
+    path = _state_path(target)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _write_state(target: Path, state: dict) -> None:
-    temporary = _state_path(target).with_suffix(".tmp")
-    temporary.write_text(json.dumps(state))
-    os.replace(temporary, _state_path(target))
+    replace_file(_state_path(target), json.dumps(state))
 
 
 def _recorded(target: Path) -> bool:
     """Whether a state file of ours (written by ``_transfer`` before the partial file)
     records ``target``'s partial file."""
-    try:
-        state = json.loads(_state_path(target).read_text())
-    except (OSError, ValueError):
-        return False
+    state = _state(target)
     return isinstance(state, dict) and isinstance(state.get("url"), str)
 
 
@@ -137,7 +140,7 @@ def _transfer(url: str, target: Path, state: dict, progress, max_bytes: int) -> 
             raise DissectError(f"{url}: {state['total']} bytes, more than the {max_bytes} allowed")
         _write_state(target, state)
         progress.reset(state["total"], start)
-        with open(part, "r+b" if start > 0 else "wb") as file:
+        with os.fdopen(open_plain_file(part, "jaxdissect's partial download"), "r+b") as file:
             file.seek(start)
             file.truncate()
             written = start

@@ -7,6 +7,13 @@ the table has no hash (CSAIL publishes none), the SHA-256 is recorded at the fir
 checkpoint read), and every later fetch into DIR (a new download, or ``--from``) must match
 it. Downloads resume (``download``), archives are extracted safely (``archive``), and a
 checkpoint is read without PyTorch before it is accepted.
+
+What is already in DIR is checked, never trusted: a folder or file at the name fetched is
+"already there" only when the manifest records its fetch (and a file still has its hash),
+and is otherwise refused, untouched. A zip already in DIR is taken as the user's (checked,
+used, never removed); only a download's own partial file, recorded by its state file, is
+removed or renamed. Every file is written anew and renamed into place, so a link planted in
+DIR is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -15,14 +22,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 import urllib.parse
 from pathlib import Path
 
 from jaxdissect.data.archive import ArchiveError, extract_zip
-from jaxdissect.data.download import discard_partial, download, partial_path
+from jaxdissect.data.download import discard_partial, download
 from jaxdissect.errors import DissectError
+from jaxdissect.outdir import replace_file
 
 MANIFEST = "jaxdissect-fetch.json"
 GIB = 1 << 30
@@ -95,22 +102,22 @@ def sha256_file(path: Path) -> str:
 
 def _manifest(directory: Path) -> dict:
     path = directory / MANIFEST
+    if path.exists() and not path.is_file():  # a FIFO would block the read for ever
+        raise DissectError(f"{path}: not a file; move it away")
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as error:
         raise DissectError(f"{path}: unreadable ({error})") from None
-    if not isinstance(manifest, dict):
-        raise DissectError(f"{path}: expected a JSON object of fetched names")
+    if not (isinstance(manifest, dict) and all(isinstance(e, dict) for e in manifest.values())):
+        raise DissectError(f"{path}: expected a JSON object of fetched names and their records")
     return manifest
 
 
 def _record(directory: Path, name: str, entry: dict) -> None:
     manifest = _manifest(directory) | {name: entry}
-    temporary = directory / f".{MANIFEST}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, directory / MANIFEST)
+    replace_file(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def expected_sha256(name: str, directory: Path) -> tuple[str | None, str]:
@@ -125,6 +132,8 @@ def expected_sha256(name: str, directory: Path) -> tuple[str | None, str]:
 def _verify(path: Path, name: str, directory: Path, what: str) -> tuple[str, bool]:
     """The file's SHA-256, and True when it is to be recorded (no hash known yet)."""
     source = SOURCES[name]
+    if not path.is_file():  # a FIFO would block the read for ever
+        raise DissectError(f"{what}: not a file")
     size = path.stat().st_size
     if source.size is not None and size != source.size:
         raise DissectError(f"{what}: {size} bytes, expected {source.size} for {name}")
@@ -193,7 +202,7 @@ def fetch(
     directory.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     final = directory / (source.folder or source.filename)
-    if final.exists():
+    if final.exists() or final.is_symlink():
         sha256 = _fetched_sha256(name, source, directory, final)
         return Fetched(final, sha256, False, True, time.perf_counter() - start)
 
@@ -201,36 +210,41 @@ def fetch(
         name, directory, url, from_file, retries, backoff_s, progress
     )
     size = archive.stat().st_size
-    _install(source, archive, final, from_file, downloaded, record, keep_archive, progress)
-    if record:
-        origin = str(from_file) if from_file is not None else url or source.url
-        _record(directory, name, {"sha256": sha256, "size": size, "from": origin})
+    _install(source, archive, final, downloaded, record, keep_archive, progress)
+    origin = str(from_file) if from_file is not None else url or source.url
+    _record(directory, name, {"sha256": sha256, "size": size, "from": origin})
     return Fetched(final, sha256, record, False, time.perf_counter() - start)
 
 
 def _fetched_sha256(name: str, source: Source, directory: Path, final: Path) -> str | None:
-    """The SHA-256 of what an earlier fetch left at ``final``, after checking it."""
+    """The SHA-256 of what an earlier fetch left at ``final``, after checking it: a file
+    must match the hash known for ``name``, and a folder must be recorded as fetched into
+    DIR; anything else there is refused, and kept."""
+    if name not in _manifest(directory) and (source.folder is not None or source.sha256 is None):
+        raise DissectError(
+            f"{final}: already there, but {directory / MANIFEST} records no fetch of {name} "
+            "to check it against; move it away and fetch again"
+        )
     if source.folder is None:
         return _verify(final, name, directory, str(final))[0]
     try:
         _check_broden(final)
     except ArchiveError as error:
         raise DissectError(f"{final}: {error}; remove it or choose another --dir") from None
-    return _manifest(directory).get(name, {}).get("sha256")
+    return _manifest(directory)[name].get("sha256")
 
 
 def _obtain(name, directory, url, from_file, retries, backoff_s, progress):
-    """The verified download or file to install: (path, sha256, whether to record it,
-    whether it was downloaded)."""
+    """The verified file to install: (path, sha256, whether its hash is new, whether it is
+    this call's download, a partial file to rename or remove)."""
     source = SOURCES[name]
-    archive = directory / source.filename
-    if from_file is not None:
-        archive = Path(from_file)
-        if not archive.is_file():
-            raise DissectError(f"--from {archive}: no such file")
+    archive = Path(from_file) if from_file is not None else directory / source.filename
+    if from_file is not None and not archive.is_file():
+        raise DissectError(
+            f"--from {archive}: {'not a file' if archive.exists() else 'no such file'}"
+        )
+    if archive.is_file():  # the user's file, or a zip kept by --keep-archive: never removed
         return archive, *_verify(archive, name, directory, str(archive)), False
-    if archive.is_file():  # downloaded and verified by an earlier run, not yet extracted
-        return archive, *_verify(archive, name, directory, str(archive)), True
     part = download(
         url or source.url,
         archive,
@@ -244,15 +258,17 @@ def _obtain(name, directory, url, from_file, retries, backoff_s, progress):
     except DissectError as error:
         discard_partial(archive)
         raise DissectError(f"{error}; the download was removed") from None
-    os.replace(part, archive)
-    discard_partial(archive)
-    return archive, sha256, record, True
+    return part, sha256, record, True
 
 
-def _install(source, archive, final, from_file, downloaded, record, keep_archive, progress):
-    """Extracts a Broden zip to ``final``, or puts a checkpoint there, and checks it."""
-    if source.folder is not None:
-        try:
+def _install(source, archive, final, downloaded, record, keep_archive, progress):
+    """Extracts a Broden zip to ``final``, or puts a checkpoint there once it reads as one.
+
+    A download (``archive``, the verified partial file) is then kept as the zip
+    (``keep_archive``) or removed, and removed as well when a new one proves bad."""
+    target = final.with_name(source.filename)
+    try:
+        if source.folder is not None:
             extract_zip(
                 archive,
                 final,
@@ -260,24 +276,18 @@ def _install(source, archive, final, from_file, downloaded, record, keep_archive
                 check=_check_broden,
                 progress=progress,
             )
-        except ArchiveError as error:
-            if downloaded and record:  # never proved good: the next run downloads afresh
-                archive.unlink()
-                raise DissectError(f"{error}; removed {archive}") from None
-            raise
-        if downloaded and not keep_archive:
-            archive.unlink()
-        return
-    if from_file is not None:  # copied beside the other fetched files, atomically
-        part = partial_path(final)
-        shutil.copyfile(archive, part)
-        os.replace(part, final)
-    try:
-        _check_checkpoint(final)
-    except DissectError:
-        if record:
-            final.unlink()
+        else:
+            _check_checkpoint(archive)
+    except DissectError as error:
+        if downloaded and record:  # never proved good: the next run downloads afresh
+            discard_partial(target)
+            raise DissectError(f"{error}; the download was removed") from None
         raise
+    if source.folder is None and not downloaded:  # copied beside the other fetched files
+        replace_file(final, archive.read_bytes())
+    elif downloaded and (keep_archive or source.folder is None):
+        os.replace(archive, target)
+    discard_partial(target)
 
 
 def describe() -> str:

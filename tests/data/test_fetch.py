@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import stat
 import zipfile
@@ -386,3 +388,130 @@ def test_a_leftover_staging_folder_is_removed_only_when_ours(tmp_path, mini_brod
     (data / "broden1_224").mkdir()  # not a Broden folder: named, not overwritten
     assert main(args) == 2
     assert "not a Broden folder: no index.csv, category.csv, label.csv" in capsys.readouterr().err
+
+
+# What is already in DIR, and links planted there (issue 27)
+
+
+def _tiny_checkpoint(path: Path) -> bytes:
+    """A checkpoint fetch accepts (it has an fc.weight), in the pre-1.6 format."""
+    state_dict, storages = _state({"fc.weight": np.zeros((2, 3), np.float32)}, legacy=True)
+    _write(path, {"state_dict": state_dict}, storages, "legacy")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_a_checkpoint_already_there_is_checked_not_trusted(tmp_path, capsys, recorded):
+    """A garbage file at DIR/resnet18_places365.pth.tar with no hash to check it against
+    was reported "already there" (exit 0): now refused in one line, and kept."""
+    data = tmp_path / "data"
+    data.mkdir()
+    if recorded:
+        (data / MANIFEST).write_text(json.dumps({"resnet18_places365": {"sha256": "0" * 64}}))
+    garbage = data / "resnet18_places365.pth.tar"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main(["fetch", "resnet18_places365", "--dir", str(data), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1
+    assert ("differs from " + "0" * 64 if recorded else "records no fetch of") in error
+    assert garbage.read_bytes() == b"not a checkpoint"
+
+
+def test_a_broden_folder_no_fetch_recorded_is_not_called_already_there(tmp_path, capsys):
+    folder = tmp_path / "data" / "broden1_224"
+    folder.mkdir(parents=True)
+    for name in ("index.csv", "category.csv", "label.csv"):
+        (folder / name).write_text("garbage")
+    assert main(["fetch", "broden1_224", "--dir", str(tmp_path / "data")]) == 2
+    error = capsys.readouterr().err
+    assert "already there, but" in error and "records no fetch of broden1_224" in error
+    assert sorted(p.name for p in folder.iterdir()) == ["category.csv", "index.csv", "label.csv"]
+
+
+def test_a_zip_already_in_dir_is_the_users_never_removed(tmp_path, mini_broden, capsys):
+    """DIR/broden1_224.zip was taken for an earlier run's download: removed after
+    extracting, and removed when it was garbage. It is checked and used, and kept."""
+    data = tmp_path / "data"
+    data.mkdir()
+    archive = data / "broden1_224.zip"
+    archive.write_bytes(b"garbage, not a zip")
+    assert main(["fetch", "broden1_224", "--dir", str(data), "--no-progress"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert archive.read_bytes() == b"garbage, not a zip"
+    archive.write_bytes(mini_broden)
+    assert main(["fetch", "broden1_224", "--dir", str(data), "--no-progress"]) == 0
+    assert archive.read_bytes() == mini_broden
+    assert (data / "broden1_224" / "index.csv").is_file()
+
+
+def test_fetch_from_never_writes_through_a_link_planted_in_dir(tmp_path):
+    """--from copied with shutil.copyfile to DIR/<file>.part and wrote the manifest through
+    DIR/.jaxdissect-fetch.json.tmp: a link planted at either led it into another file."""
+    source = tmp_path / "mine.pth.tar"
+    checkpoint = _tiny_checkpoint(source)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"someone else's")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("resnet18_places365.pth.tar.part", f".{MANIFEST}.tmp"):
+        (data / name).symlink_to(victim)
+    fetch("resnet18_places365", data, from_file=source, progress=False)
+    assert victim.read_bytes() == b"someone else's"
+    assert (data / "resnet18_places365.pth.tar").read_bytes() == checkpoint
+    assert not (data / "resnet18_places365.pth.tar").is_symlink()
+    assert "resnet18_places365" in json.loads((data / MANIFEST).read_text())
+
+
+def test_a_download_never_writes_through_a_link_planted_for_its_state(server, tmp_path):
+    server.files["a.zip"] = data = _blob(1000, seed=5)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"someone else's")
+    (tmp_path / "a.zip.part.tmp").symlink_to(victim)  # where the state was written first
+    part = download(server.url("a.zip"), tmp_path / "a.zip", max_bytes=10**8, progress=False)
+    assert part.read_bytes() == data and victim.read_bytes() == b"someone else's"
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_recorded_partial_file_swapped_for_a_link_is_not_resumed_into(
+    server, tmp_path, capsys, how
+):
+    """download reopened a recorded .part for resuming without O_NOFOLLOW: a link put in its
+    place was appended to. Now refused in one line, the linked file untouched."""
+    server.files["a.zip"] = _blob(100_000, seed=6)
+    server.cut_after = [40_000]
+    target = tmp_path / "data" / "a.zip"
+    with pytest.raises(DissectError, match="run the same command again"):
+        download(server.url("a.zip"), target, max_bytes=10**8, retries=0, progress=False)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"v" * 40_000)
+    part = partial_path(target)
+    part.unlink()
+    part.symlink_to(victim) if how == "symlink" else part.hardlink_to(victim)
+    with pytest.raises(DissectError, match=r"a\.zip\.part: (a symbolic link|not a plain file)"):
+        download(server.url("a.zip"), target, max_bytes=10**8, retries=0, progress=False)
+    assert victim.read_bytes() == b"v" * 40_000
+
+
+@pytest.mark.parametrize("fifo", [MANIFEST, "resnet18_places365.pth.tar", "a.part.json"])
+def test_a_fifo_where_fetch_reads_a_file_is_refused_not_waited_on(server, tmp_path, fifo):
+    """fetch read DIR's manifest, the file already there and a download's state file
+    without checking they were files: a FIFO there blocked it for ever."""
+    os.mkfifo(tmp_path / fifo)
+    if fifo == "a.part.json":
+        partial_path(tmp_path / "a").write_bytes(b"x")
+        with pytest.raises(DissectError, match=r"a\.part: not a download of jaxdissect's"):
+            download(server.url("a"), tmp_path / "a", max_bytes=10, progress=False)
+        return
+    if fifo == MANIFEST:
+        (tmp_path / "resnet18_places365.pth.tar").write_bytes(b"already there")
+    else:
+        (tmp_path / MANIFEST).write_text(json.dumps({"resnet18_places365": {"sha256": "0"}}))
+    with pytest.raises(DissectError, match=re.escape(f"{tmp_path / fifo}: not a file")):
+        fetch("resnet18_places365", tmp_path, retries=0, progress=False)
+
+
+def test_fetch_from_a_name_with_a_line_break_fails_in_one_line(tmp_path, capsys):
+    source = tmp_path / "a\nb.zip"
+    assert main(["fetch", "broden1_224", "--dir", str(tmp_path / "d"), "--from", str(source)]) == 2
+    error = capsys.readouterr().err
+    assert error == f"jaxdissect: error: --from {tmp_path}/a\\nb.zip: no such file\n"
