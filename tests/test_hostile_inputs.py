@@ -332,6 +332,19 @@ def test_features_refuses_an_out_that_is_its_images(tmp_path, capsys, out):
     assert (tmp_path / "link.npy").is_symlink()
 
 
+def test_features_refuses_an_out_that_is_a_folder(tmp_path, capsys):
+    # The error named the temporary file beside it (".out.XXXX.partial: Is a directory"),
+    # after the whole forward pass.
+    np.save(tmp_path / "images.npy", np.zeros((2, 32, 32, 3), np.uint8))
+    (tmp_path / "out").mkdir()
+    args = ["features", "--model", "user_model:factory", "--layer", "conv_b",
+            "--images", str(tmp_path / "images.npy"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    line = _one_line_error(capsys, f"--out {tmp_path / 'out'}: is a folder")
+    assert "partial" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.npy", "out"]
+
+
 @pytest.mark.parametrize("command", ["dissect", "formulas", "directions"])
 def test_an_out_folder_that_is_the_features_file_is_refused(probe, tmp_path, capsys, command):
     # The commands writing a folder refuse an --out that is their --features (or a link to it).

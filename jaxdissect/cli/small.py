@@ -20,6 +20,8 @@ def run_features(args: argparse.Namespace) -> int:
             f"--out {args.out} is the input --images {args.images} (the same file, or a link "
             "to it): choose another --out; nothing written"
         )
+    if args.out.is_dir():
+        raise DissectError(f"--out {args.out}: is a folder; name the .npy file to write")
     images = open_features(args.images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DissectError(
