@@ -65,8 +65,9 @@ class LabelArrays(NamedTuple):
 
 
 def default_cache_root() -> Path:
-    """``$JAXDISSECT_CACHE``, else ``$XDG_CACHE_HOME/jaxdissect``, else ``~/.cache/jaxdissect``."""
-    if "JAXDISSECT_CACHE" in os.environ:
+    """``$JAXDISSECT_CACHE``, else ``$XDG_CACHE_HOME/jaxdissect``, else ``~/.cache/jaxdissect``.
+    An empty variable counts as unset (as XDG's do): ``Path("")`` would be the current folder."""
+    if os.environ.get("JAXDISSECT_CACHE"):
         return Path(os.environ["JAXDISSECT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "jaxdissect"

@@ -155,3 +155,12 @@ def test_a_stale_folder_keeps_files_the_cache_did_not_write(tmp_path, capsys):
     kept = [p for p in tmp_path.glob(".stale-*/k/notes.txt")]
     assert [p.read_bytes() for p in kept] == [b"someone's"]
     assert "kept" in capsys.readouterr().err
+
+
+def test_an_empty_cache_variable_counts_as_unset(tmp_path, monkeypatch):
+    # JAXDISSECT_CACHE= (empty) was Path(""): the cache was written into the current folder.
+    monkeypatch.setenv("JAXDISSECT_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.default_cache_root() == tmp_path / "xdg" / "jaxdissect"
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "mine"))
+    assert cache.default_cache_root() == tmp_path / "mine"
