@@ -221,9 +221,10 @@ def _fetched_sha256(name: str, source: Source, directory: Path, final: Path) -> 
     must match the hash known for ``name``, and a folder must be recorded as fetched into
     DIR; anything else there is refused, and kept."""
     if name not in _manifest(directory) and (source.folder is not None or source.sha256 is None):
+        hint = " (a folder you unpacked yourself is read as it is)" if source.folder else ""
         raise DissectError(
             f"{final}: already there, but {directory / MANIFEST} records no fetch of {name} "
-            "to check it against; move it away and fetch again"
+            f"to check it against; move it away and fetch again{hint}"
         )
     if source.folder is None:
         return _verify(final, name, directory, str(final))[0]
