@@ -34,7 +34,13 @@ from jaxdissect.driver import completed, dissect_activations, run_fingerprint, w
 from jaxdissect.errors import DissectError
 from jaxdissect.models.features import FeatureModel
 from jaxdissect.outdir import locked
-from jaxdissect.sources import Activations, heads_digest, keep_budget, model_identity
+from jaxdissect.sources import (
+    Activations,
+    heads_digest,
+    keep_budget,
+    map_shapes,
+    model_identity,
+)
 
 SEPARATOR = "/"  # between a checkpoint's name and its layer's, in the passes' layer names
 GROUP_CHECKPOINTS = ".checkpoint-"  # OUT/.checkpoint-<group key>: one group's pass states
@@ -276,14 +282,8 @@ def _sources(models, names, weights, views, images, layers, current) -> dict[str
     own identity (and ``stacked_forward`` where the stacked forward is vmap), through its
     view."""
     probe = stacked_forward(models[:1])(jnp.asarray(np.asarray(images[:1])), layers)
-    shapes = {}
-    for layer, value in probe.items():
-        if value.ndim != 5:
-            raise DissectError(
-                f"layer {layer!r} of {models[0].name!r} has shape {tuple(value.shape[1:])}; "
-                "dissection needs (B, h, w, U) maps"
-            )
-        shapes[layer] = tuple(value.shape[2:])
+    # The one model's outputs, without the stacking axis.
+    shapes = map_shapes({layer: value[0] for layer, value in probe.items()}, models[0].name)
     mode = forward_mode()
     sources = {}
     for k, (name, model, path) in enumerate(zip(names, models, weights, strict=True)):
