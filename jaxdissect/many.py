@@ -34,7 +34,13 @@ from jaxdissect.driver import completed, dissect_activations, run_fingerprint, w
 from jaxdissect.errors import DissectError
 from jaxdissect.models.features import FeatureModel
 from jaxdissect.outdir import locked
-from jaxdissect.sources import Activations, heads_digest, keep_budget, model_identity
+from jaxdissect.sources import (
+    Activations,
+    heads_digest,
+    keep_budget,
+    map_shapes,
+    model_identity,
+)
 
 SEPARATOR = "/"  # between a checkpoint's name and its layer's, in the passes' layer names
 GROUP_CHECKPOINTS = ".checkpoint-"  # OUT/.checkpoint-<group key>: one group's pass states
@@ -217,11 +223,7 @@ def dissect_many(
     current = {}  # while a group reads a batch: checkpoint name -> {layer: its activations}
     sources = _sources(models, names, weights, views, images, layers, current)
     fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}
-    todo = [
-        k
-        for k, name in enumerate(names)
-        if not completed(out / name, list(sources[name].shapes), fingerprints[name], layer_folders)
-    ]
+    todo = _not_completed(out, names, sources, fingerprints, layer_folders)
     if labels is None and todo:
         labels = load_label_arrays(dataset, cache, progress)
     groups = _groups(todo, len(names), sources[names[todo[0]]].shapes if todo else {}, config,
@@ -230,32 +232,15 @@ def dissect_many(
     found = {}
     writer = runtime.process_index() == 0
     with locked(out) if writer else contextlib.nullcontext():
-        if writer and out.is_dir():  # states of groups this run no longer has
-            for folder in sorted(out.glob(f"{GROUP_CHECKPOINTS}*")):
-                if folder.is_dir() and folder.name[len(GROUP_CHECKPOINTS) :] not in keys:
-                    PassCheckpoints.discard(folder)
+        if writer:
+            _discard_other_groups(out, keys)
         for group, key in zip(groups, keys, strict=True):
             group_names = [names[k] for k in group]
-            group_models = [models[k] for k in group]
-            read = _group_source(
-                group_models, group_names, images, layers, config.batch_size, current, sources
-            )
-            group_shapes = {
-                f"{name}{SEPARATOR}{layer}": shape
-                for name in group_names
-                for layer, shape in sources[name].shapes.items()
-            }
-            checkpoints = None
-            if checkpoint_every is not None and runtime.process_count() == 1:
-                checkpoints = _group_checkpoints(
-                    out / f"{GROUP_CHECKPOINTS}{key}", [fingerprints[n] for n in group_names],
-                    checkpoint_every, read,
-                    _group_source(
-                        group_models, group_names, images[:: config.batch_size], layers,
-                        config.batch_size, current, sources,
-                    ),
-                    len(images), config.batch_size,
-                )  # fmt: skip
+            read, group_shapes, checkpoints = _group_pass(
+                [models[k] for k in group], group_names, sources, current, images, layers,
+                config, [fingerprints[n] for n in group_names],
+                out / f"{GROUP_CHECKPOINTS}{key}", checkpoint_every,
+            )  # fmt: skip
             dissections = dissect_activations(
                 read, len(images), group_shapes, dataset, labels, config, progress, checkpoints
             )
@@ -297,14 +282,8 @@ def _sources(models, names, weights, views, images, layers, current) -> dict[str
     own identity (and ``stacked_forward`` where the stacked forward is vmap), through its
     view."""
     probe = stacked_forward(models[:1])(jnp.asarray(np.asarray(images[:1])), layers)
-    shapes = {}
-    for layer, value in probe.items():
-        if value.ndim != 5:
-            raise DissectError(
-                f"layer {layer!r} of {models[0].name!r} has shape {tuple(value.shape[1:])}; "
-                "dissection needs (B, h, w, U) maps"
-            )
-        shapes[layer] = tuple(value.shape[2:])
+    # The one model's outputs, without the stacking axis.
+    shapes = map_shapes({layer: value[0] for layer, value in probe.items()}, models[0].name)
     mode = forward_mode()
     sources = {}
     for k, (name, model, path) in enumerate(zip(names, models, weights, strict=True)):
@@ -317,6 +296,16 @@ def _sources(models, names, weights, views, images, layers, current) -> dict[str
         )
         sources[name] = own if views is None else views[k](own)
     return sources
+
+
+def _not_completed(out: Path, names, sources, fingerprints, layer_folders) -> list[int]:
+    """The indices of the checkpoints whose outputs under OUT/<name>/ are not complete
+    (``driver.completed``) for their fingerprint."""
+    return [
+        k
+        for k, name in enumerate(names)
+        if not completed(out / name, list(sources[name].shapes), fingerprints[name], layer_folders)
+    ]
 
 
 def _groups(todo: list[int], total: int, shapes, config: DissectConfig, progress: bool):
@@ -332,6 +321,42 @@ def _groups(todo: list[int], total: int, shapes, config: DissectConfig, progress
             "activations of one batch together would not fit the memory kept for them"
         )
     return groups
+
+
+def _discard_other_groups(out: Path, keys: Sequence[str]) -> None:
+    """Removes the pass states in OUT of groups this run no longer has (another grouping,
+    or checkpoints since dissected)."""
+    if not out.is_dir():
+        return
+    for folder in sorted(out.glob(f"{GROUP_CHECKPOINTS}*")):
+        if folder.is_dir() and folder.name[len(GROUP_CHECKPOINTS) :] not in keys:
+            PassCheckpoints.discard(folder)
+
+
+def _group_pass(
+    models, names, sources, current, images, layers, config: DissectConfig, fingerprints,
+    folder: Path, checkpoint_every: int | None,
+):  # fmt: skip
+    """What the passes over one group of checkpoints run on: (read, shapes, checkpoints),
+    the batches' reader, the shapes of its {name/layer} activations, and the group's pass
+    checkpoints in ``folder`` (None without ``checkpoint_every`` or under several
+    processes)."""
+    read = _group_source(models, names, images, layers, config.batch_size, current, sources)
+    shapes = {
+        f"{name}{SEPARATOR}{layer}": shape
+        for name in names
+        for layer, shape in sources[name].shapes.items()
+    }
+    checkpoints = None
+    if checkpoint_every is not None and runtime.process_count() == 1:
+        heads = _group_source(
+            models, names, images[:: config.batch_size], layers, config.batch_size, current,
+            sources,
+        )  # fmt: skip
+        checkpoints = _group_checkpoints(
+            folder, fingerprints, checkpoint_every, read, heads, len(images), config.batch_size
+        )
+    return read, shapes, checkpoints
 
 
 def _group_checkpoints(

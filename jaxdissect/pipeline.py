@@ -85,34 +85,8 @@ def dissect(
     if isinstance(source, (list, tuple)) and not isinstance(source, Activations):
         # Checkpoints of one architecture: one pass.
         from jaxdissect.many import dissect_many
-        from jaxdissect.models.features import FeatureModel
 
-        if not source:
-            raise DissectError(
-                "`source` is an empty list: give one FeatureModel per checkpoint",
-                arguments=("source",),
-            )
-        others = [type(m).__name__ for m in source if not isinstance(m, FeatureModel)]
-        if others:
-            raise DissectError(
-                f"`source` lists a {others[0]}: a list holds FeatureModels (checkpoints of "
-                "one architecture)",
-                arguments=("source",),
-            )
-        if not layers:
-            raise DissectError(
-                f"name at least one layer (`layers`) of model {source[0].name!r}",
-                arguments=("layers",),
-            )
-        if out is None:
-            raise DissectError(
-                "dissecting several models needs an output folder (`out`)", arguments=("out",)
-            )
-        weights = weights if weights is not None else [None] * len(source)
-        if isinstance(weights, (str, Path)):
-            raise DissectError(
-                "give one `weights` file per model (a list), or none", arguments=("weights",)
-            )
+        weights = _checked_model_list(source, layers, out, weights)
         return dissect_many(
             dataset, source, config, out, layers=layers, weights=weights, names=names,
             labels=labels, images=images, cache=cache, report=report,
@@ -136,6 +110,41 @@ def dissect(
         Path(out), dataset, source, labels, images, config, cache, report, checkpoint_every,
         layer_folders, progress,
     )  # fmt: skip
+
+
+def _checked_model_list(models, layers, out, weights) -> list:
+    """``dissect``'s arguments for a list of models checked: a non-empty list of
+    FeatureModels, some layers, an output folder, and a list of weights files (or none);
+    returns the weights, one per model."""
+    from jaxdissect.models.features import FeatureModel
+
+    if not models:
+        raise DissectError(
+            "`source` is an empty list: give one FeatureModel per checkpoint",
+            arguments=("source",),
+        )
+    others = [type(m).__name__ for m in models if not isinstance(m, FeatureModel)]
+    if others:
+        raise DissectError(
+            f"`source` lists a {others[0]}: a list holds FeatureModels (checkpoints of "
+            "one architecture)",
+            arguments=("source",),
+        )
+    if not layers:
+        raise DissectError(
+            f"name at least one layer (`layers`) of model {models[0].name!r}",
+            arguments=("layers",),
+        )
+    if out is None:
+        raise DissectError(
+            "dissecting several models needs an output folder (`out`)", arguments=("out",)
+        )
+    weights = weights if weights is not None else [None] * len(models)
+    if isinstance(weights, (str, Path)):
+        raise DissectError(
+            "give one `weights` file per model (a list), or none", arguments=("weights",)
+        )
+    return weights
 
 
 def _dissect_into(

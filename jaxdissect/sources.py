@@ -248,6 +248,20 @@ def load_model(spec: str, weights: str | Path | None = None):
     return model
 
 
+def map_shapes(outputs: Mapping[str, Any], model_name: str) -> dict[str, tuple[int, int, int]]:
+    """{layer: (h, w, U)} of a model's outputs for a batch, or a DissectError naming the first
+    layer whose output is not (B, h, w, U) maps."""
+    shapes = {}
+    for layer, value in outputs.items():
+        if value.ndim != 4:
+            raise DissectError(
+                f"layer {layer!r} of {model_name!r} has shape {tuple(value.shape)}; dissection "
+                "needs (B, h, w, U) maps"
+            )
+        shapes[layer] = tuple(value.shape[1:])
+    return shapes
+
+
 def model_run(
     model, images, layers: Sequence[str], batch_size: int, weights: str | Path | None = None
 ) -> Activations:
@@ -258,15 +272,7 @@ def model_run(
     from jaxdissect.models.features import model_activations
 
     layers = model.check_layers(layers)
-    probe = model.apply(jnp.asarray(np.asarray(images[:1])), layers)
-    shapes = {}
-    for layer, value in probe.items():
-        if value.ndim != 4:
-            raise DissectError(
-                f"layer {layer!r} of {model.name!r} has shape {tuple(value.shape)}; dissection "
-                "needs (B, h, w, U) maps"
-            )
-        shapes[layer] = tuple(value.shape[1:])
+    shapes = map_shapes(model.apply(jnp.asarray(np.asarray(images[:1])), layers), model.name)
     read = model_activations(model, images, layers, batch_size)
     # The first image of every batch, run together (one forward per batch of them).
     heads = model_activations(model, images[::batch_size], layers, batch_size)

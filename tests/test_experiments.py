@@ -66,14 +66,31 @@ def dynamics_smoke(tmp_path_factory):
     return root / "td", run_dynamics_smoke(root / "td", root / "cache")
 
 
-def test_training_dynamics_smoke(dynamics_smoke):
-    from experiments import training_dynamics
+def assert_counts_recounted(counts, rotated_counts, seed, units, rotated):
+    """A result's per-seed unique detectors and detectors (``counts``) and the rotated
+    basis's unique detectors (``rotated_counts``) equal those recounted from the
+    dissections ``units`` and ``rotated``."""
+    assert counts["total"]["per_seed"][seed] == unique_detectors(units)
+    assert counts["detectors"]["per_seed"][seed] == detectors(units)
+    assert rotated_counts["total"]["per_seed"][seed] == unique_detectors(rotated)
 
-    workdir, results = dynamics_smoke
-    assert set(results["curves"]) == {"baseline", "no_dropout"}
-    assert results["seeds"] == [0, 1]
+
+def label_transitions(before, after):
+    """Per-unit labels (``labels_of``) from one dissection to another: how many units keep
+    their label, gain one and lose theirs."""
+    pairs = list(zip(before, after, strict=True))
+    return {
+        "keep": sum(a is not None and a == b for a, b in pairs),
+        "gain": sum(a is None and b is not None for a, b in pairs),
+        "lose": sum(a is not None and b is None for a, b in pairs),
+    }
+
+
+def recount_dynamics_curves(workdir, curves):
+    """Checks each curve point against its dissections and the run's metrics;
+    {(variation, seed, step): (unique detectors, rotated unique detectors, labels)}."""
     recounted = {}
-    for variation, points in results["curves"].items():
+    for variation, points in curves.items():
         assert [p["step"] for p in points] == [0, 1, 2, 4, 6]
         for seed in (0, 1):
             run_dir = workdir / "runs" / variation / f"seed{seed}"
@@ -90,9 +107,7 @@ def test_training_dynamics_smoke(dynamics_smoke):
                     .splitlines()
                 ]
                 evaluated = {m["step"]: m["eval_accuracy"] for m in metrics if "eval_accuracy" in m}
-                assert point["units"]["total"]["per_seed"][seed] == unique_detectors(units)
-                assert point["units"]["detectors"]["per_seed"][seed] == detectors(units)
-                assert point["rotated"]["total"]["per_seed"][seed] == unique_detectors(rotated)
+                assert_counts_recounted(point["units"], point["rotated"], seed, units, rotated)
                 assert point["eval_accuracy"]["per_seed"][seed] == evaluated[point["step"]]
                 assert point["num_units"] == len(units["units"]) == len(rotated["units"])
                 assert (folder / "conv5" / "report.html").is_file()
@@ -104,8 +119,13 @@ def test_training_dynamics_smoke(dynamics_smoke):
             stat = point["units"]["total"]
             assert stat["mean"] == pytest.approx(sum(stat["per_seed"]) / 2, abs=1e-12)
             assert len(stat["ci95"]) == 2
-    # The claims pair each seed's counts; their verdicts follow from their intervals.
-    claims = {c["claim"]: c for c in results["claims"]}
+    return recounted
+
+
+def check_dynamics_claims(claims_list, recounted):
+    """The claims pair each seed's recounted counts; their verdicts follow from their
+    intervals."""
+    claims = {c["claim"]: c for c in claims_list}
     for variation in ("baseline", "no_dropout"):
         emerge = claims[f"{variation}: unique detectors emerge with training"]
         assert emerge["per_seed"] == [
@@ -119,22 +139,25 @@ def test_training_dynamics_smoke(dynamics_smoke):
     assert dropout["per_seed"] == [
         [recounted["baseline", s, 6][0], recounted["no_dropout", s, 6][0]] for s in (0, 1)
     ]
-    for c in results["claims"]:
+    for c in claims_list:
         differences = [a - b for a, b in c["per_seed"]]
         assert c["mean_difference"] == pytest.approx(sum(differences) / 2, abs=1e-12)
         low, high = c["ci95"]
         expected = "replicated" if low > 0 else "contradicted" if high < 0 else "inconclusive"
         assert c["verdict"] == expected
-    # Concept evolution, recounted from the dissections: keep / gain between 0 and 1.
-    transition = results["concept_evolution"]["baseline"]["transitions"][0]
+
+
+def check_concept_evolution(evolution, recounted):
+    """The baseline's concept evolution, recounted from the dissections: keep / gain
+    between steps 0 and 1, and the most switching units' labels at every step."""
+    transition = evolution["transitions"][0]
     assert (transition["from"], transition["to"]) == (0, 1)
     for seed in (0, 1):
         before, after = recounted["baseline", seed, 0][2], recounted["baseline", seed, 1][2]
-        keep = sum(a is not None and a == b for a, b in zip(before, after, strict=True))
-        gain = sum(a is None and b is not None for a, b in zip(before, after, strict=True))
-        assert transition["keep"]["per_seed"][seed] == keep
-        assert transition["gain"]["per_seed"][seed] == gain
-    for item in results["concept_evolution"]["baseline"]["most_switching"]:
+        counts = label_transitions(before, after)
+        assert transition["keep"]["per_seed"][seed] == counts["keep"]
+        assert transition["gain"]["per_seed"][seed] == counts["gain"]
+    for item in evolution["most_switching"]:
         labels = [
             recounted["baseline", item["seed"], step][2][item["unit"] - 1]
             for step in (0, 1, 2, 4, 6)
@@ -143,6 +166,17 @@ def test_training_dynamics_smoke(dynamics_smoke):
             str(step): label[1] if label else ""
             for step, label in zip((0, 1, 2, 4, 6), labels, strict=True)
         }
+
+
+def test_training_dynamics_smoke(dynamics_smoke):
+    from experiments import training_dynamics
+
+    workdir, results = dynamics_smoke
+    assert set(results["curves"]) == {"baseline", "no_dropout"}
+    assert results["seeds"] == [0, 1]
+    recounted = recount_dynamics_curves(workdir, results["curves"])
+    check_dynamics_claims(results["claims"], recounted)
+    check_concept_evolution(results["concept_evolution"]["baseline"], recounted)
     assert set(results["provenance"]["versions"]) >= {"jax", "flax", "numpy", "numba"}
     for name in (
         "unique_detectors.png",
@@ -294,6 +328,77 @@ def test_rotation_smoke(tmp_path, monkeypatch):
     assert (workdir / "rotation.png").stat().st_size > 1000
 
 
+# Each comparison's variants, in the order of its rows.
+COMPARISON_VARIANTS = {
+    "width_depth": ["width_x1", "width_x2", "depth_4"],
+    "supervision": ["supervised", "untrained", "self_supervised", "fine_tuned"],
+    "architectures": [
+        "alexnet_style",
+        "vgg_style",
+        "resnet_style",
+        "vit_style",
+        *(f"vit_style_block{i}" for i in range(3)),
+    ],
+}
+# Each comparison's claims: sentence -> (the variant expected ahead, the one behind).
+COMPARISON_CLAIMS = {
+    "width_depth": {
+        "a wider conv5 has more unique detectors": ("width_x2", "width_x1"),
+        "deeper networks are more interpretable": ("width_x1", "depth_4"),
+    },
+    "supervision": {
+        "supervised networks have more unique detectors than self-supervised ones": (
+            "supervised",
+            "self_supervised",
+        ),
+        "self-supervised networks have more unique detectors than untrained ones": (
+            "self_supervised",
+            "untrained",
+        ),
+    },
+    "architectures": {
+        "ResNet-style networks have more unique detectors than AlexNet-style ones": (
+            "resnet_style",
+            "alexnet_style",
+        )
+    },
+}
+
+
+def recount_comparison_rows(workdir, rows):
+    """Checks each row against its dissections; ({(variant, seed): unique detectors},
+    {(variant, seed): labels})."""
+    unique, labels = {}, {}
+    for row in rows:
+        for seed in (0, 1):
+            folder = workdir / "dissections" / row["variant"] / f"seed{seed}"
+            units, rotated = (
+                dissection(folder / row["layer"]),
+                dissection(folder / (row["layer"] + "@rotated")),
+            )
+            assert_counts_recounted(row["unique"], row["unique_rotated"], seed, units, rotated)
+            assert row["units"] == len(units["units"])
+            # The linear probe's accuracy is a count of the 16 smoke test images.
+            correct = row["linear_probe"]["per_seed"][seed] * 16
+            assert correct == pytest.approx(round(correct), abs=1e-9)
+            assert (folder / row["layer"] / "report.html").is_file()
+            unique[row["variant"], seed] = unique_detectors(units)
+            labels[row["variant"], seed] = labels_of(units)
+    return unique, labels
+
+
+def check_transfer(transfer, labels):
+    """The self-supervised network's units against the same units fine-tuned, recounted."""
+    for seed in (0, 1):
+        before, after = labels["self_supervised", seed], labels["fine_tuned", seed]
+        counts = label_transitions(before, after)
+        assert transfer["transitions"]["keep"]["per_seed"][seed] == counts["keep"]
+        assert transfer["transitions"]["lose"]["per_seed"][seed] == counts["lose"]
+        labelled = sum(a is not None or b is not None for a, b in zip(before, after, strict=True))
+        flow = transfer["category_flow"]
+        assert sum(stat["per_seed"][seed] for stat in flow.values()) == labelled
+
+
 @pytest.mark.parametrize("name", ["width_depth", "supervision", "architectures"])
 def test_comparison_smoke(tmp_path, monkeypatch, name):
     import importlib
@@ -303,60 +408,11 @@ def test_comparison_smoke(tmp_path, monkeypatch, name):
     workdir = tmp_path / name
     assert module.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
     results = json.loads((workdir / "results.json").read_text())
-    expected = {
-        "width_depth": ["width_x1", "width_x2", "depth_4"],
-        "supervision": ["supervised", "untrained", "self_supervised", "fine_tuned"],
-        "architectures": [
-            "alexnet_style",
-            "vgg_style",
-            "resnet_style",
-            "vit_style",
-            *(f"vit_style_block{i}" for i in range(3)),
-        ],
-    }[name]
-    assert [r["variant"] for r in results["rows"]] == expected
+    assert [r["variant"] for r in results["rows"]] == COMPARISON_VARIANTS[name]
     assert results["seeds"] == [0, 1]
-    unique, labels = {}, {}
-    for row in results["rows"]:
-        for seed in (0, 1):
-            folder = workdir / "dissections" / row["variant"] / f"seed{seed}"
-            units, rotated = (
-                dissection(folder / row["layer"]),
-                dissection(folder / (row["layer"] + "@rotated")),
-            )
-            assert row["unique"]["total"]["per_seed"][seed] == unique_detectors(units)
-            assert row["unique"]["detectors"]["per_seed"][seed] == detectors(units)
-            assert row["unique_rotated"]["total"]["per_seed"][seed] == unique_detectors(rotated)
-            assert row["units"] == len(units["units"])
-            # The linear probe's accuracy is a count of the 16 smoke test images.
-            correct = row["linear_probe"]["per_seed"][seed] * 16
-            assert correct == pytest.approx(round(correct), abs=1e-9)
-            assert (folder / row["layer"] / "report.html").is_file()
-            unique[row["variant"], seed] = unique_detectors(units)
-            labels[row["variant"], seed] = labels_of(units)
+    unique, labels = recount_comparison_rows(workdir, results["rows"])
     claims = {c["claim"]: c for c in results["claims"]}
-    expected_claims = {
-        "width_depth": {
-            "a wider conv5 has more unique detectors": ("width_x2", "width_x1"),
-            "deeper networks are more interpretable": ("width_x1", "depth_4"),
-        },
-        "supervision": {
-            "supervised networks have more unique detectors than self-supervised ones": (
-                "supervised",
-                "self_supervised",
-            ),
-            "self-supervised networks have more unique detectors than untrained ones": (
-                "self_supervised",
-                "untrained",
-            ),
-        },
-        "architectures": {
-            "ResNet-style networks have more unique detectors than AlexNet-style ones": (
-                "resnet_style",
-                "alexnet_style",
-            )
-        },
-    }[name]
+    expected_claims = COMPARISON_CLAIMS[name]
     assert set(claims) == set(expected_claims)
     for sentence, (first, second) in expected_claims.items():
         assert claims[sentence]["compares"] == [first, second]
@@ -367,19 +423,7 @@ def test_comparison_smoke(tmp_path, monkeypatch, name):
         units = {r["variant"]: r["units"] for r in results["rows"]}
         assert units["width_x2"] == 2 * units["width_x1"]
     if name == "supervision":
-        # Transfer: the self-supervised network's units against the same units fine-tuned.
-        transfer = results["transfer"]
-        for seed in (0, 1):
-            before, after = labels["self_supervised", seed], labels["fine_tuned", seed]
-            keep = sum(a is not None and a == b for a, b in zip(before, after, strict=True))
-            lose = sum(a is not None and b is None for a, b in zip(before, after, strict=True))
-            assert transfer["transitions"]["keep"]["per_seed"][seed] == keep
-            assert transfer["transitions"]["lose"]["per_seed"][seed] == lose
-            labelled = sum(
-                a is not None or b is not None for a, b in zip(before, after, strict=True)
-            )
-            flow = transfer["category_flow"]
-            assert sum(stat["per_seed"][seed] for stat in flow.values()) == labelled
+        check_transfer(results["transfer"], labels)
     assert (workdir / "comparison.png").stat().st_size > 1000
 
 

@@ -12,30 +12,22 @@ from jaxdissect.errors import DissectError
 
 
 def run_formulas(args: argparse.Namespace) -> int:
-    from jaxdissect.cli.dissect import start_processes
+    from jaxdissect.cli.dissect import refuse_weights_with_features, start_processes
     from jaxdissect.compositional.explain import explain
-    from jaxdissect.config import DissectConfig
-    from jaxdissect.data.broden import open_broden
     from jaxdissect.sources import load_model
 
-    if args.features is not None and args.weights is not None:
-        raise DissectError("--weights goes with --model, not --features")
+    refuse_weights_with_features(args)
     writer = start_processes(args)
     source = args.features if args.features is not None else load_model(args.model, args.weights)
-    explanations = explain(
-        open_broden(args.dataset, args.categories),
+    explanations = _run_on_layer(
+        explain,
+        args,
         source,
-        DissectConfig(quantile=args.quantile, batch_size=args.batch_size, kernel=args.kernel),
-        args.out,
-        layer=args.layer,
-        weights=args.weights,
+        writer,
         length=args.length,
         beam=args.beam,
         exact=args.exact,
         labels_per_unit=args.labels_per_unit,
-        cache=args.cache,
-        report=not args.no_report,
-        progress=not args.no_progress and writer,
     )
     if not writer:
         return 0
@@ -49,14 +41,11 @@ def run_formulas(args: argparse.Namespace) -> int:
 
 
 def run_directions(args: argparse.Namespace) -> int:
-    from jaxdissect.cli.dissect import start_processes
+    from jaxdissect.cli.dissect import refuse_weights_with_features, start_processes
     from jaxdissect.compositional.directions import DirectionConfig, directions
-    from jaxdissect.config import DissectConfig
-    from jaxdissect.data.broden import open_broden
     from jaxdissect.sources import features_activations, load_model
 
-    if args.features is not None and args.weights is not None:
-        raise DissectError("--weights goes with --model, not --features")
+    refuse_weights_with_features(args)
     try:
         settings = DirectionConfig(
             heldout=args.heldout,
@@ -73,18 +62,7 @@ def run_directions(args: argparse.Namespace) -> int:
         source = features_activations(args.features, args.layout, args.layer)
     else:
         source = load_model(args.model, args.weights)
-    found = directions(
-        open_broden(args.dataset, args.categories),
-        source,
-        DissectConfig(quantile=args.quantile, batch_size=args.batch_size, kernel=args.kernel),
-        args.out,
-        layer=args.layer,
-        weights=args.weights,
-        settings=settings,
-        cache=args.cache,
-        report=not args.no_report,
-        progress=not args.no_progress and writer,
-    )
+    found = _run_on_layer(directions, args, source, writer, settings=settings)
     if not writer:
         return 0
     rows = found.rows
@@ -99,3 +77,23 @@ def run_directions(args: argparse.Namespace) -> int:
     if not args.no_report:
         print(f"report: {args.out / 'directions.html'}")
     return 0
+
+
+def _run_on_layer(analysis, args: argparse.Namespace, source, writer: bool, **settings):
+    """``analysis`` (``explain`` or ``directions``) of --layer of ``source`` over the probe,
+    with the options every pass over the probe takes, and the analysis's own ``settings``."""
+    from jaxdissect.config import DissectConfig
+    from jaxdissect.data.broden import open_broden
+
+    return analysis(
+        open_broden(args.dataset, args.categories),
+        source,
+        DissectConfig(quantile=args.quantile, batch_size=args.batch_size, kernel=args.kernel),
+        args.out,
+        layer=args.layer,
+        weights=args.weights,
+        cache=args.cache,
+        report=not args.no_report,
+        progress=not args.no_progress and writer,
+        **settings,
+    )

@@ -10,14 +10,13 @@ from jaxdissect.errors import DissectError
 
 
 def run_dissect(args: argparse.Namespace) -> int:
+    from jaxdissect import runtime
     from jaxdissect.config import DissectConfig
     from jaxdissect.data.broden import open_broden
     from jaxdissect.pipeline import dissect
-    from jaxdissect.report.results import format_summary
     from jaxdissect.sources import features_activations, load_model
 
     writer = start_processes(args)
-    progress = not args.no_progress and writer
     config = DissectConfig(
         quantile=args.quantile,
         iou_threshold=args.iou_threshold,
@@ -29,8 +28,7 @@ def run_dissect(args: argparse.Namespace) -> int:
     if args.features is not None:
         if args.layer and len(args.layer) > 1:
             raise DissectError("--features holds one layer: give at most one --layer")
-        if args.weights is not None:
-            raise DissectError("--weights goes with --model, not --features")
+        refuse_weights_with_features(args)
         source = features_activations(
             args.features, args.layout, args.layer[0] if args.layer else None
         )
@@ -42,26 +40,47 @@ def run_dissect(args: argparse.Namespace) -> int:
             raise DissectError(f"{missing[0]}: weights file not found")
     dataset = open_broden(args.dataset, args.categories)
     announce_compile(config)
+    weights, names = args.weights[0] if args.weights else None, None
     if args.features is None:
-        if args.weights and len(args.weights) > 1:
-            return _dissect_checkpoints(args, config, dataset, progress)
-        source = load_model(args.model, args.weights[0] if args.weights else None)
-    dissections = dissect(
+        if args.weights and len(args.weights) > 1:  # every checkpoint in one pass
+            from jaxdissect.many import checkpoint_names
+
+            source = [load_model(args.model, path) for path in args.weights]
+            weights, names = args.weights, checkpoint_names(args.weights, source)
+        else:
+            source = load_model(args.model, weights)
+    found = dissect(
         dataset,
         source,
         config,
         args.out,
         layers=args.layer,
-        weights=args.weights[0] if args.weights else None,
+        weights=weights,
         cache=args.cache,
         report=not args.no_report,
         checkpoint_every=args.checkpoint_every,
-        progress=progress,
+        progress=not args.no_progress and writer,
     )
-    from jaxdissect import runtime
-
     if runtime.process_index() != 0:
         return 0
+    if names is None:
+        _print_layers(args, found)
+    else:
+        _print_checkpoints(args, names, found)
+    print(peak_memory())
+    return 0
+
+
+def refuse_weights_with_features(args: argparse.Namespace) -> None:
+    """--weights names the file of a --model's parameters: refused beside --features."""
+    if args.features is not None and args.weights is not None:
+        raise DissectError("--weights goes with --model, not --features")
+
+
+def _print_layers(args: argparse.Namespace, dissections: dict) -> None:
+    """Each layer's summary and where its files went."""
+    from jaxdissect.report.results import format_summary
+
     for layer, dissection in dissections.items():
         out = args.out if len(dissections) == 1 else args.out / layer
         print(f"layer {layer}:")
@@ -71,8 +90,21 @@ def run_dissect(args: argparse.Namespace) -> int:
             print(f"report: {out / 'report.html'}")
     if len(dissections) > 1 and not args.no_report:
         print(f"index: {args.out / 'index.html'}")
-    print(peak_memory())
-    return 0
+
+
+def _print_checkpoints(args: argparse.Namespace, names: list[str], found: dict) -> None:
+    """``dissect --model M --weights A --weights B ...``: each checkpoint's layers'
+    summaries and its folder, or that it was reused."""
+    from jaxdissect.report.results import format_summary
+
+    for name in names:
+        if name not in found:
+            print(f"{name}: already dissected in {args.out / name} (reused)")
+            continue
+        for layer, dissection in found[name].items():
+            print(f"{name} layer {layer}:")
+            print(format_summary(dissection.summary))
+        print(f"wrote {args.out / name}")
 
 
 def announce_compile(config) -> None:
@@ -102,42 +134,6 @@ def peak_memory() -> str:
                 f"{device.platform}:{device.id} {stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
             )
     return ", ".join(parts)
-
-
-def _dissect_checkpoints(args: argparse.Namespace, config, dataset, progress: bool) -> int:
-    """``dissect --model M --weights A --weights B ...``: every checkpoint in one pass."""
-    from jaxdissect import runtime
-    from jaxdissect.many import checkpoint_names
-    from jaxdissect.pipeline import dissect
-    from jaxdissect.report.results import format_summary
-    from jaxdissect.sources import load_model
-
-    models = [load_model(args.model, weights) for weights in args.weights]
-    names = checkpoint_names(args.weights, models)
-    found = dissect(
-        dataset,
-        models,
-        config,
-        args.out,
-        layers=args.layer,
-        weights=args.weights,
-        cache=args.cache,
-        report=not args.no_report,
-        checkpoint_every=args.checkpoint_every,
-        progress=progress,
-    )
-    if runtime.process_index() != 0:
-        return 0
-    for name in names:
-        if name not in found:
-            print(f"{name}: already dissected in {args.out / name} (reused)")
-            continue
-        for layer, dissection in found[name].items():
-            print(f"{name} layer {layer}:")
-            print(format_summary(dissection.summary))
-        print(f"wrote {args.out / name}")
-    print(peak_memory())
-    return 0
 
 
 JOIN_TIMEOUT_S = 300  # how long a process waits for process 0's coordinator to listen

@@ -77,7 +77,19 @@ class _Parents:
             default=None,
             help="decoded-label cache (default: $JAXDISSECT_CACHE or ~/.cache/jaxdissect)",
         )
+        self.iou_threshold = _parent()
+        self.iou_threshold.add_argument(
+            "--iou-threshold",
+            type=_fraction(False),
+            default=0.04,
+            help="detector when IoU is above this (default 0.04)",
+        )
         self.probe = self._probe()
+        self.one_layer = _parent()
+        self.one_layer.add_argument("--weights", type=Path, default=None, help="as for dissect")
+        self.one_layer.add_argument(
+            "--layer", default=None, help="the layer (required with --model)"
+        )
         self.distributed = self._distributed()
         self.layout = _parent()
         self.layout.add_argument(
@@ -169,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_dissect(commands, parents: _Parents) -> None:
     dissect = commands.add_parser(
         "dissect",
-        parents=[*parents.pass_over_probe(), parents.layout],
+        parents=[*parents.pass_over_probe(), parents.layout, parents.iou_threshold],
         help="label every unit of a layer with the concept it detects",
         description="Dissect a layer's activations on a Broden-format probe set.",
     )
@@ -192,12 +204,6 @@ def _add_dissect(commands, parents: _Parents) -> None:
         choices=UNIONS,
         default="paper",
         help="which images count towards a unit's area (default: paper)",
-    )
-    dissect.add_argument(
-        "--iou-threshold",
-        type=_fraction(False),
-        default=0.04,
-        help="detector when IoU is above this (default 0.04)",
     )
     dissect.add_argument(
         "--top-images",
@@ -243,11 +249,11 @@ def _add_report(commands, parents: _Parents) -> None:
 def _add_summarize(commands, parents: _Parents) -> None:
     summarize = commands.add_parser(
         "summarize",
+        parents=[parents.iou_threshold],
         help="detectors and unique detectors of a tally.csv",
         description="Count detectors and unique detectors (top-label and per-category rules).",
     )
     summarize.add_argument("tally", type=Path, help="a tally.csv in NetDissect's columns")
-    summarize.add_argument("--iou-threshold", type=_fraction(False), default=0.04)
     summarize.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -286,14 +292,12 @@ def _add_synthetic(commands, parents: _Parents) -> None:
 def _add_formulas(commands, parents: _Parents) -> None:
     formulas = commands.add_parser(
         "formulas",
-        parents=parents.pass_over_probe(),
+        parents=[*parents.pass_over_probe(), parents.one_layer],
         help="the best logical formula of concepts (AND, OR, AND NOT) for every unit",
         description="Explain each unit of one layer by a formula of concepts (Mu & Andreas "
         "2020): beam search, or with --exact the proved optimum. Writes OUT/formulas.csv "
         "(unit,formula,iou,length,certified,bound), OUT/formulas.json and OUT/formulas.html.",
     )
-    formulas.add_argument("--weights", type=Path, default=None, help="as for dissect")
-    formulas.add_argument("--layer", default=None, help="the layer (required with --model)")
     formulas.add_argument("--length", type=_positive_int, default=3, help="longest formula")
     formulas.add_argument("--beam", type=_positive_int, default=10, help="beam width")
     formulas.add_argument(
@@ -350,7 +354,7 @@ def _add_precompile(commands, parents: _Parents) -> None:
 def _add_directions(commands, parents: _Parents) -> None:
     directions = commands.add_parser(
         "directions",
-        parents=[*parents.pass_over_probe(), parents.layout, parents.seed],
+        parents=[*parents.pass_over_probe(), parents.layout, parents.seed, parents.one_layer],
         help="per concept, a learned linear combination of the units (Net2Vec) against the "
         "best single unit",
         description="Train, for every concept with enough pixels, a direction in the space "
@@ -361,8 +365,6 @@ def _add_directions(commands, parents: _Parents) -> None:
         "OUT/directions.npz (the weights by label), OUT/directions.json and "
         "OUT/directions.html. --seed fixes the split and the data order.",
     )
-    directions.add_argument("--weights", type=Path, default=None, help="as for dissect")
-    directions.add_argument("--layer", default=None, help="the layer (required with --model)")
     directions.add_argument(
         "--heldout",
         type=_fraction(True),

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxdissect.compositional.counting import Counter, Problem, select_counter
-from jaxdissect.compositional.formulas import append_step, empty_programs
+from jaxdissect.compositional.formulas import append_every_step, append_step, empty_programs
 from jaxdissect.compositional.search import (
     TOLERANCE,
     Candidates,
@@ -240,15 +240,7 @@ def _grow(nodes: list, units: int, k: int, length: int) -> tuple:
     valid), (U, M, ...) each."""
     grown = [[], [], [], [], []]
     for parent_labels, parent_ops, child_inter, child_area, valid in nodes:
-        batch = parent_labels.shape[1]
-        op_index, partner = np.unravel_index(np.arange(4 * k), (4, k))
-        labels, ops = append_step(
-            np.repeat(parent_labels, 4 * k, axis=1),
-            np.repeat(parent_ops, 4 * k, axis=1),
-            np.tile(op_index, batch)[None].repeat(units, 0),
-            np.tile(partner, batch)[None].repeat(units, 0),
-            length,
-        )
+        labels, ops = append_every_step(parent_labels, parent_ops, k, length)
         grown[0].append(labels)
         grown[1].append(ops)
         for part, value in zip(grown[2:], (child_inter, child_area, valid), strict=True):

@@ -63,6 +63,20 @@ def append_step(labels, ops, op_index, partner, length):
     return new_labels, new_ops
 
 
+def append_every_step(labels, ops, k, length):
+    """Programs of every child: each of the (U, B) parents with each of the 4 operators and
+    each of ``k`` partners added; (U, B * 4 * k, ...) in (parent, operator, partner) order."""
+    units, batch = labels.shape[:2]
+    op_index, partner = np.unravel_index(np.arange(4 * k), (4, k))
+    return append_step(
+        np.repeat(labels, 4 * k, axis=1),
+        np.repeat(ops, 4 * k, axis=1),
+        np.tile(op_index, batch)[None].repeat(units, 0),
+        np.tile(partner, batch)[None].repeat(units, 0),
+        length,
+    )
+
+
 def empty_programs(units, count, length):
     """(units, count) programs of ``length`` with no concept yet: labels -1, operators NOP."""
     return np.full((units, count, length), -1, np.int64), np.full(

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxdissect.compositional.counting import Counter, Problem, select_counter, unit_concept_counts
-from jaxdissect.compositional.formulas import append_step, empty_programs
+from jaxdissect.compositional.formulas import append_every_step, empty_programs
 
 # A bound within this of the best IoU cannot hide a better formula (float64 ratios of
 # integer counts below 2**53 differ from the exact values by far less).
@@ -188,14 +188,7 @@ def beam_search(
             valid, iou_of(child_inter, child_area, candidates.unit_area[:, None, None, None]), -1.0
         )
         count = child_iou.shape[1] * 4 * k
-        op_index, partner = np.unravel_index(np.arange(4 * k), (4, k))
-        grown_labels, grown_ops = append_step(
-            np.repeat(labels, 4 * k, axis=1),
-            np.repeat(ops, 4 * k, axis=1),
-            np.tile(op_index, width)[None].repeat(units, 0),
-            np.tile(partner, width)[None].repeat(units, 0),
-            length,
-        )
+        grown_labels, grown_ops = append_every_step(labels, ops, k, length)
         pool = {
             "iou": (beam_iou, child_iou.reshape(units, count)),
             "inter": (beam_inter, child_inter.reshape(units, count)),

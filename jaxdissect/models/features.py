@@ -188,14 +188,7 @@ def from_nnx(
             for layer in layers
         }
 
-    apply = jax.jit(function, static_argnames="layers")
-    return FeatureModel(
-        name=name or type(module).__name__,
-        layer_names=(*paths, OUTPUT),
-        apply=lambda images, layers: apply(state, images, layers),
-        function=function,
-        params=state,
-    )
+    return _jitted_model(name or type(module).__name__, (*paths, OUTPUT), function, state)
 
 
 def from_linen(
@@ -235,14 +228,7 @@ def from_linen(
             variables, preprocess(probe), capture_intermediates=True, mutable=["intermediates"]
         )
         layer_names = [n for n, _ in flatten(state["intermediates"]) if n]
-    apply = jax.jit(function, static_argnames="layers")
-    return FeatureModel(
-        name=name or type(module).__name__,
-        layer_names=(*layer_names, OUTPUT),
-        apply=lambda images, layers: apply(variables, images, layers),
-        function=function,
-        params=variables,
-    )
+    return _jitted_model(name or type(module).__name__, (*layer_names, OUTPUT), function, variables)
 
 
 def from_function(
@@ -260,6 +246,12 @@ def from_function(
         out = fn(params, preprocess(images))
         return {layer: out[layer] for layer in layers}
 
+    return _jitted_model(name, layer_names, function, params)
+
+
+def _jitted_model(name: str, layer_names: Sequence[str], function: Callable, params):
+    """A FeatureModel over the pure ``function(params, images, layers)``: ``apply`` is it
+    jitted (``layers`` static) and bound to ``params``."""
     apply = jax.jit(function, static_argnames="layers")
     return FeatureModel(
         name,

@@ -67,6 +67,19 @@ def check_results(results, path: str | Path = "results.json") -> dict:
         "the file",
         ("layer", "dataset", "images", "categories", "config", "summary", "thresholds", "units"),
     )
+    categories = _check_header(check, root)
+    units = root["units"]
+    if not isinstance(units, list):
+        raise check.fail("units", "a list", units)
+    _check_summary(check, root["summary"], categories, len(units))
+    _check_thresholds(check, root["thresholds"], len(units))
+    _check_units(check, units, categories)
+    return root
+
+
+def _check_header(check: _Checker, root: dict) -> list[str]:
+    """The layer, dataset, probe identity, image count, categories and config; returns the
+    categories."""
     check.text(root["layer"], "layer")
     check.text(root["dataset"], "dataset")
     if "probe_identity" in root:  # results of earlier versions lack it
@@ -83,13 +96,13 @@ def check_results(results, path: str | Path = "results.json") -> dict:
     config = check.mapping(root["config"], "config", ("quantile", "iou_threshold"))
     check.number(config["quantile"], "config.quantile", 0.0, 1.0)
     check.number(config["iou_threshold"], "config.iou_threshold", 0.0, 1.0)
+    return categories
 
-    units = root["units"]
-    if not isinstance(units, list):
-        raise check.fail("units", "a list", units)
-    count = len(units)
+
+def _check_summary(check: _Checker, summary, categories: list[str], count: int) -> None:
+    """The summary's counts of detectors and unique detectors, for ``count`` units."""
     summary = check.mapping(
-        root["summary"],
+        summary,
         "summary",
         (
             "units",
@@ -115,12 +128,19 @@ def check_results(results, path: str | Path = "results.json") -> dict:
         for c in categories:
             check.integer(shares[c], f"summary.{rule}.per_category.{c}", 0)
 
-    thresholds = root["thresholds"]
+
+def _check_thresholds(check: _Checker, thresholds, count: int) -> None:
+    """One number per unit."""
     if not isinstance(thresholds, list) or len(thresholds) != count:
         raise check.fail("thresholds", f"a list of {count} numbers (one per unit)", thresholds)
     for i, value in enumerate(thresholds):
         check.number(value, f"thresholds[{i}]", -math.inf, math.inf)
 
+
+def _check_units(check: _Checker, units: list, categories: list[str]) -> None:
+    """Each unit's row: numbered 1..len(units), each once, with its best label and, per
+    category, its label and counts."""
+    count = len(units)
     seen = set()
     for i, row in enumerate(units):
         where = f"units[{i}]"
@@ -139,7 +159,6 @@ def check_results(results, path: str | Path = "results.json") -> dict:
             for field in ("truth", "activation", "intersect"):
                 check.integer(row[f"{c}-{field}"], f"{where}.{c}-{field}", 0)
             check.number(row[f"{c}-iou"], f"{where}.{c}-iou", 0.0, 1.0)
-    return root
 
 
 def read_results(folder: str | Path) -> dict:

@@ -28,6 +28,32 @@ def _torch_vit(torch, layout, image_size, patch, depth, width, heads, hidden, nu
     (layout "torchvision") or timm's (layout "timm"), randomly initialised. Its forward
     returns {layer: tokens} for every block's output, attention output and MLP hidden units,
     and the logits."""
+    tokens = 1 + (image_size // patch) ** 2
+    build = _torchvision_vit if layout == "torchvision" else _timm_vit
+    model, parts, blocks, final, head = build(
+        torch, tokens, patch, depth, width, heads, hidden, num_classes
+    )
+    with torch.no_grad():  # every parameter away from its structured initial value
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+
+    def forward(x):
+        conv, class_token, pos_embedding = parts
+        x = conv(x).flatten(2).transpose(1, 2)
+        x = torch.cat([class_token.expand(x.shape[0], -1, -1), x], dim=1) + pos_embedding
+        out = {}
+        for index, block in enumerate(blocks):
+            x, out[f"block{index}.attn"], out[f"block{index}.mlp"] = block(x)
+            out[f"block{index}"] = x
+        out["logits"] = head(final(x)[:, 0])
+        return out
+
+    return model, forward
+
+
+def _torchvision_vit(torch, tokens, patch, depth, width, heads, hidden, num_classes):
+    """torchvision's layout: (model, (patch conv, class token, position embedding), blocks,
+    final norm, head); each block returns (output, attention output, MLP hidden units)."""
     nn = torch.nn
 
     class TorchvisionBlock(nn.Module):
@@ -46,6 +72,24 @@ def _torch_vit(torch, layout, image_size, patch, depth, width, heads, hidden, nu
             x = x + attn
             mlp = self.mlp[1](self.mlp[0](self.ln_2(x)))
             return x + self.mlp[3](mlp), attn, mlp
+
+    model = nn.Module()
+    model.conv_proj = nn.Conv2d(3, width, patch, patch)
+    model.class_token = nn.Parameter(torch.zeros(1, 1, width))
+    model.encoder = nn.Module()
+    model.encoder.pos_embedding = nn.Parameter(torch.zeros(1, tokens, width))
+    model.encoder.layers = nn.Sequential(
+        collections.OrderedDict((f"encoder_layer_{i}", TorchvisionBlock()) for i in range(depth))
+    )
+    model.encoder.ln = nn.LayerNorm(width, eps=1e-6)
+    model.heads = nn.Sequential(collections.OrderedDict(head=nn.Linear(width, num_classes)))
+    parts = (model.conv_proj, model.class_token, model.encoder.pos_embedding)
+    return model, parts, model.encoder.layers, model.encoder.ln, model.heads.head
+
+
+def _timm_vit(torch, tokens, patch, depth, width, heads, hidden, num_classes):
+    """timm's layout, returned as ``_torchvision_vit``'s."""
+    nn = torch.nn
 
     class TimmAttention(nn.Module):
         def __init__(self):
@@ -79,48 +123,16 @@ def _torch_vit(torch, layout, image_size, patch, depth, width, heads, hidden, nu
             mlp = nn.functional.gelu(self.mlp.fc1(self.norm2(x)))
             return x + self.mlp.fc2(mlp), attn, mlp
 
-    tokens = 1 + (image_size // patch) ** 2
     model = nn.Module()
-    if layout == "torchvision":
-        model.conv_proj = nn.Conv2d(3, width, patch, patch)
-        model.class_token = nn.Parameter(torch.zeros(1, 1, width))
-        model.encoder = nn.Module()
-        model.encoder.pos_embedding = nn.Parameter(torch.zeros(1, tokens, width))
-        model.encoder.layers = nn.Sequential(
-            collections.OrderedDict(
-                (f"encoder_layer_{i}", TorchvisionBlock()) for i in range(depth)
-            )
-        )
-        model.encoder.ln = nn.LayerNorm(width, eps=1e-6)
-        model.heads = nn.Sequential(collections.OrderedDict(head=nn.Linear(width, num_classes)))
-        parts = (model.conv_proj, model.class_token, model.encoder.pos_embedding)
-        blocks, final, head = model.encoder.layers, model.encoder.ln, model.heads.head
-    else:
-        model.patch_embed = nn.Module()
-        model.patch_embed.proj = nn.Conv2d(3, width, patch, patch)
-        model.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        model.pos_embed = nn.Parameter(torch.zeros(1, tokens, width))
-        model.blocks = nn.Sequential(*(TimmBlock() for _ in range(depth)))
-        model.norm = nn.LayerNorm(width, eps=1e-6)
-        model.head = nn.Linear(width, num_classes)
-        parts = (model.patch_embed.proj, model.cls_token, model.pos_embed)
-        blocks, final, head = model.blocks, model.norm, model.head
-    with torch.no_grad():  # every parameter away from its structured initial value
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-
-    def forward(x):
-        conv, class_token, pos_embedding = parts
-        x = conv(x).flatten(2).transpose(1, 2)
-        x = torch.cat([class_token.expand(x.shape[0], -1, -1), x], dim=1) + pos_embedding
-        out = {}
-        for index, block in enumerate(blocks):
-            x, out[f"block{index}.attn"], out[f"block{index}.mlp"] = block(x)
-            out[f"block{index}"] = x
-        out["logits"] = head(final(x)[:, 0])
-        return out
-
-    return model, forward
+    model.patch_embed = nn.Module()
+    model.patch_embed.proj = nn.Conv2d(3, width, patch, patch)
+    model.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+    model.pos_embed = nn.Parameter(torch.zeros(1, tokens, width))
+    model.blocks = nn.Sequential(*(TimmBlock() for _ in range(depth)))
+    model.norm = nn.LayerNorm(width, eps=1e-6)
+    model.head = nn.Linear(width, num_classes)
+    parts = (model.patch_embed.proj, model.cls_token, model.pos_embed)
+    return model, parts, model.blocks, model.norm, model.head
 
 
 def _compare_with_torch(tmp_path, layout, ours, images, size, layers, mean=MEAN, std=STD):
