@@ -106,7 +106,15 @@ def _check_workdir(workdir: Path, config: TrainConfig) -> None:
         raise TrainingError(f"--workdir {workdir}: a file, not a folder")
     path = workdir / "config.json"
     if path.is_file():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError as error:  # JSONDecodeError, a bad UTF-8 byte
+            previous = f"not JSON ({error})"
+        if not isinstance(previous, dict):
+            raise TrainingError(
+                f"{path}: not a training config ({str(previous)[:100]}); "
+                "use another --workdir or move that file away"
+            )
         # Both sides through JSON, where tuples are lists.
         current = json.loads(config.to_json())
         if previous != current:
@@ -117,7 +125,14 @@ def _check_workdir(workdir: Path, config: TrainConfig) -> None:
                 f"{workdir} holds a run with another config (differs in {', '.join(changed)}); "
                 "use another --workdir or the same settings to resume"
             )
-    else:
+
+
+def _record_config(workdir: Path, config: TrainConfig) -> None:
+    """Writes config.json where there is none: once the run has a model to train, so that
+    a run refused before (a bad ``init_from``) leaves no workdir a corrected rerun would
+    take for another run's."""
+    path = workdir / "config.json"
+    if not path.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".partial")
         temporary.write_text(config.to_json())
@@ -204,13 +219,12 @@ def _initial_weights(model, config: TrainConfig) -> None:
     nnx.update(model, state)
 
 
-def _write_run_info(workdir: Path, config: TrainConfig, data) -> int:
-    """Writes run.json (the classes the model is trained on); returns their number."""
-    num_classes = 4 if config.objective == "rotation" else data.num_classes
+def _write_run_info(workdir: Path, config: TrainConfig, data) -> None:
+    """Writes run.json (the classes the model is trained on)."""
     class_names = ("0", "90", "180", "270") if config.objective == "rotation" else data.class_names
     run_path = workdir / "run.json"
-    run_path.write_text(json.dumps({"num_classes": num_classes, "class_names": list(class_names)}))
-    return num_classes
+    run = {"num_classes": len(class_names), "class_names": list(class_names)}
+    run_path.write_text(json.dumps(run))
 
 
 def _resume(manager, workdir: Path, params, rest, opt_state):
@@ -247,9 +261,11 @@ def train(
     workdir = Path(workdir)
     _check_workdir(workdir, config)
     data = load_data(config, progress)
-    model = build_model(config, _write_run_info(workdir, config, data))
+    model = build_model(config, 4 if config.objective == "rotation" else data.num_classes)
     if config.init_from:
         _initial_weights(model, config)
+    _record_config(workdir, config)
+    _write_run_info(workdir, config, data)
     graphdef, params, rest = split(model)
     tx = make_optimizer(config)
     opt_state = tx.init(params)
