@@ -104,6 +104,14 @@ def start_experiment(
     """
     workdir = Path(workdir)
     study = study or study_name(config)
+    directory = config.probe.directory
+    # A folder the user names is read, never written: the synthetic probe (written where
+    # a folder has no index.csv) goes only to the workdir's own probe/.
+    if directory and not (Path(directory) / "index.csv").is_file():
+        raise DissectError(
+            f"probe.directory={directory}: not a Broden folder (no index.csv); leave "
+            "probe.directory unset to draw the synthetic probe into the workdir"
+        )
     claim_workdir(workdir, study)
     save_json(workdir / "config.json", dataclasses.asdict(config))
     probe = config.probe
@@ -338,13 +346,43 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
     except ValueError as error:  # the config's own checks
         parser.error(f"overrides {' '.join(args.overrides)!r}: {error}")
     for name, value in _counts(config):
+        bound = COUNT_BOUNDS.get(name.rpartition(".")[2])
         if value < 1:
             parser.error(f"{name}={value}: must be at least 1")
+        if bound is not None and value > bound:
+            parser.error(f"{name}={value}: must be at most {bound:,}")
+    # The training settings every run of the study shares, checked before the workdir is
+    # claimed: a bad one (steps=10**9, train_overrides=colour=red) was found at the first
+    # run, after config.json and the probe were written, or as a traceback.
+    if hasattr(config, "train_preset") and not getattr(config, "run", ""):
+        from train.config import make_config
+
+        last_seed = getattr(config, "seeds", 1) - 1
+        overrides = [
+            f"steps={config.steps}",
+            f"image_size={config.probe.image_size}",
+            f"init_seed={last_seed}",
+            f"seed={last_seed}",
+            *config.train_overrides,
+        ]
+        try:
+            make_config(config.train_preset, overrides)
+        except ValueError as error:
+            parser.error(f"the training runs' settings: {error}")
     return args, config
 
 
 # Integer fields that count something a study needs at least one of.
 COUNT_FIELDS = ("seeds", "rotations", "steps", "images", "image_size", "length")
+# Their upper bounds, far beyond any run the presets scale to: seeds=10**9 built a list of
+# a billion seeds and was killed for its memory; probe.images=10**7 draws for days.
+COUNT_BOUNDS = {
+    "seeds": 1000,
+    "rotations": 1000,
+    "steps": 10**8,  # train.config.MAX_STEPS
+    "images": 10**6,
+    "image_size": 1024,  # train.config.MAX_IMAGE_SIZE
+}
 
 
 def _counts(config, prefix: str = ""):
@@ -353,6 +391,8 @@ def _counts(config, prefix: str = ""):
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
             yield from _counts(value, f"{prefix}{field.name}.")
+        elif field.name == "images" and getattr(config, "directory", None):
+            continue  # a probe read from a Broden folder: no images are drawn
         elif field.name in COUNT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
             yield f"{prefix}{field.name}", value
 

@@ -602,3 +602,56 @@ def test_a_rerun_with_other_training_settings_is_one_line(tmp_path, capsys, monk
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith("experiments.rotation: error: ")
     assert f"{workdir / 'runs' / 'seed0'} holds a run with another config" in error
+
+
+@pytest.mark.parametrize(
+    "study, override, message",
+    [
+        # seeds=10**9 built a list of a billion seeds and was killed for its memory.
+        ("training_dynamics", "seeds=1000000000", "seeds=1000000000: must be at most 1,000"),
+        ("rotation", "rotations=1000000000", "rotations=1000000000: must be at most 1,000"),
+        ("training_dynamics", "probe.images=100000000", "probe.images=100000000: must be at most"),
+        # steps=10**9 was a traceback (train's ValueError) after config.json and the probe were
+        # written; a bad train override was found only at the first training run.
+        ("width_depth", "steps=1000000000", "steps=1000000000: must be at most 100,000,000"),
+        ("training_dynamics", "train_overrides=colour=red", "the training runs' settings: "),
+        ("compositional", "train_overrides=learning_rate=inf", "learning_rate=inf (must be finite"),
+    ],
+)
+def test_sizes_and_training_settings_are_refused_up_front(
+    tmp_path, capsys, study, override, message
+):
+    """Issue 27."""
+    import importlib
+
+    main = importlib.import_module(f"experiments.{study}").main
+    with pytest.raises(SystemExit) as exit:
+        main(["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress", override])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_probe_directory_is_read_never_written(tmp_path, capsys, monkeypatch):
+    """Issue 27: probe.directory naming a folder without index.csv (a typo, a parent folder)
+    had the synthetic probe written into it, over its index.csv, label.csv and images/; the
+    full presets' probe.images=0 refused probe.directory outright."""
+    from experiments import training_dynamics
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "label.csv").write_text("my own\n")
+    args = ["--workdir", str(tmp_path / "w"), "--no-progress", f"probe.directory={mine}"]
+    assert training_dynamics.main(["--config", "smoke", *args]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"experiments.training_dynamics: error: probe.directory={mine}: not a Broden folder "
+        "(no index.csv); leave probe.directory unset to draw the synthetic probe into the "
+        "workdir\n"
+    )
+    assert [p.name for p in mine.iterdir()] == ["label.csv"]
+    assert (mine / "label.csv").read_text() == "my own\n"
+    assert not (tmp_path / "w").exists()
+    assert training_dynamics.main(["--config", "full", *args]) == 2  # past parse_args
+    assert "not a Broden folder" in capsys.readouterr().err
