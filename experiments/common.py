@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.workdir import claim_workdir, save_json, study_name
+from experiments.workdir import claim_workdir, record_config, study_name
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
@@ -113,7 +113,7 @@ def start_experiment(
             "probe.directory unset to draw the synthetic probe into the workdir"
         )
     claim_workdir(workdir, study)
-    save_json(workdir / "config.json", dataclasses.asdict(config))
+    record_config(workdir, dataclasses.asdict(config))
     probe = config.probe
     prepared = prepare_probe(
         probe.directory or workdir / "probe",

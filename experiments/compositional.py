@@ -45,7 +45,7 @@ from experiments.common import (
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
 from experiments.training_dynamics import train_config
-from experiments.workdir import save_json
+from experiments.workdir import save_results
 from jaxdissect.compositional.explain import explain
 from jaxdissect.compositional.formulas import (
     format_formula,
@@ -250,7 +250,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
-    save_json(workdir / "results.json", summary)
+    save_results(workdir, summary)
     plot(summary, workdir)
     write_summary(summary, workdir)
     return summary

@@ -8,6 +8,7 @@ import pytest
 
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import open_broden
+from jaxdissect.errors import DissectError
 from jaxdissect.rotation import fractional_rotation, random_rotation
 
 
@@ -655,3 +656,32 @@ def test_a_probe_directory_is_read_never_written(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "w").exists()
     assert training_dynamics.main(["--config", "full", *args]) == 2  # past parse_args
     assert "not a Broden folder" in capsys.readouterr().err
+
+
+def test_a_failed_rerun_leaves_config_json_describing_the_results(tmp_path, monkeypatch, capsys):
+    """Issue 27: a rerun with other settings (layer=conv9) overwrote config.json as it
+    started, then failed: config.json described no results, beside the results.json,
+    summary.html and figures of the earlier config."""
+    from experiments import training_dynamics
+    from experiments.workdir import save_json
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    workdir = tmp_path / "td"
+    workdir.mkdir()
+    save_json(workdir / "study.json", {"study": "training_dynamics"})
+    published = {"layer": "conv5", "as": "the earlier run"}
+    save_json(workdir / "config.json", published)
+    save_json(workdir / "results.json", {"config": published})
+
+    def fails(*args, **kwargs):
+        raise DissectError("model 'seed0@0' has no layer 'conv9'")
+
+    monkeypatch.setattr(training_dynamics, "dissect_run", fails)
+    args = ["--config", "smoke", "--workdir", str(workdir), "--no-progress", "layer=conv9"]
+    assert training_dynamics.main(args) == 2
+    assert "has no layer 'conv9'" in capsys.readouterr().err
+    assert json.loads((workdir / "config.json").read_text()) == published
+
+    fresh = tmp_path / "fresh"  # no results yet: config.json records the run in progress
+    assert training_dynamics.main([*args[:3], str(fresh), *args[4:]]) == 2
+    assert json.loads((fresh / "config.json").read_text())["layer"] == "conv9"
