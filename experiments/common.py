@@ -351,6 +351,15 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
             parser.error(f"{name}={value}: must be at least 1")
         if bound is not None and value > bound:
             parser.error(f"{name}={value}: must be at most {bound:,}")
+    # With run=WORKDIR nothing is trained: training settings given with it are refused, not
+    # ignored.
+    training_keys = ("steps", "train_preset", "train_overrides")
+    ignored = [o for o in args.overrides if o.partition("=")[0] in training_keys]
+    if getattr(config, "run", "") and ignored:
+        parser.error(
+            f"{' '.join(ignored)}: run={config.run} names a trained run, and nothing is "
+            "trained: leave out the training settings"
+        )
     # The training settings every run of the study shares, checked before the workdir is
     # claimed: a bad one (steps=10**9, train_overrides=colour=red) was found at the first
     # run, after config.json and the probe were written, or as a traceback.
@@ -363,7 +372,7 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
             f"image_size={config.probe.image_size}",
             f"init_seed={last_seed}",
             f"seed={last_seed}",
-            *config.train_overrides,
+            *getattr(config, "train_overrides", ()),  # explain has none
         ]
         try:
             make_config(config.train_preset, overrides)

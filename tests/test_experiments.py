@@ -617,6 +617,7 @@ def test_a_rerun_with_other_training_settings_is_one_line(tmp_path, capsys, monk
         ("width_depth", "steps=1000000000", "steps=1000000000: must be at most 100,000,000"),
         ("training_dynamics", "train_overrides=colour=red", "the training runs' settings: "),
         ("compositional", "train_overrides=learning_rate=inf", "learning_rate=inf (must be finite"),
+        ("explain", "train_preset=nope", "the training runs' settings: unknown preset 'nope'"),
     ],
 )
 def test_sizes_and_training_settings_are_refused_up_front(
@@ -685,3 +686,22 @@ def test_a_failed_rerun_leaves_config_json_describing_the_results(tmp_path, monk
     fresh = tmp_path / "fresh"  # no results yet: config.json records the run in progress
     assert training_dynamics.main([*args[:3], str(fresh), *args[4:]]) == 2
     assert json.loads((fresh / "config.json").read_text())["layer"] == "conv9"
+
+
+@pytest.mark.parametrize("study", ["rotation", "compositional", "directions"])
+def test_training_settings_with_a_trained_run_are_refused(tmp_path, capsys, study):
+    """Issue 27: with run=WORKDIR (a trained run to dissect) steps=, train_preset= and
+    train_overrides= were silently ignored."""
+    import importlib
+
+    main = importlib.import_module(f"experiments.{study}").main
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    with pytest.raises(SystemExit) as exit:
+        main([*args, f"run={tmp_path / 'trained'}", "steps=50", "train_overrides=width=0.5"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(
+        f"steps=50 train_overrides=width=0.5: run={tmp_path / 'trained'} names a trained run, "
+        "and nothing is trained: leave out the training settings"
+    )
+    assert not (tmp_path / "w").exists()
