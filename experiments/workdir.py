@@ -69,7 +69,7 @@ def _config_owner(path: Path, study: str) -> str | None:
     study's or a training run's (``python -m train``); None where it cannot."""
     import importlib
 
-    from train.config import TrainConfig
+    from train.config import VIT_FIELDS, TrainConfig
 
     try:
         fields = set(json.loads(path.read_text()))
@@ -83,6 +83,11 @@ def _config_owner(path: Path, study: str) -> str | None:
         name
         for name, config_type in owners.items()
         if fields == {f.name for f in dataclasses.fields(config_type)}
+        # A CNN's training config.json leaves out the ViT-only fields (TrainConfig.to_json).
+        or (
+            config_type is TrainConfig
+            and fields == {f.name for f in dataclasses.fields(TrainConfig)} - set(VIT_FIELDS)
+        )
     ]
     if study in matches or len(matches) != 1:
         return None

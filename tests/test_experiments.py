@@ -705,3 +705,23 @@ def test_training_settings_with_a_trained_run_are_refused(tmp_path, capsys, stud
         "and nothing is trained: leave out the training settings"
     )
     assert not (tmp_path / "w").exists()
+
+
+def test_a_cnn_training_workdir_is_refused(tmp_path, capsys):
+    """Issue 27: a CNN's training config.json has no ViT-only fields, so it was not told
+    from a study's: a study given `python -m train`'s workdir took it and overwrote its
+    config.json with the study's (the run could no longer be loaded or resumed)."""
+    from experiments import rotation
+    from train.config import make_config
+
+    workdir = tmp_path / "trained"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(make_config("smoke").to_json())  # as train() writes
+    before = _snapshot(workdir)
+    args = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert rotation.main(args) == 2
+    assert capsys.readouterr().err == (
+        f"experiments.rotation: error: --workdir {workdir}: holds the results of a training "
+        "run (python -m train), not of rotation; choose another --workdir\n"
+    )
+    assert _snapshot(workdir) == before
