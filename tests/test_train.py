@@ -468,3 +468,25 @@ def test_training_is_bit_identical_under_any_isa_at_or_above_the_pin(tmp_path):
     assert runs["machine"][1] == runs["pin"][1]
     for machine, pinned in zip(runs["machine"][0], runs["pin"][0], strict=True):
         np.testing.assert_array_equal(machine, pinned)
+
+
+def test_a_second_run_of_the_same_workdir_is_refused(tmp_path):
+    """Issue 27: two runs of one workdir at once both finished with exit 0, each record of
+    metrics.jsonl written twice and the checkpoints written by both."""
+    import fcntl
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(workdir / ".lock", "w") as held:  # as a running train() holds it
+        held.write("4242\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TrainingError) as error:
+            train(make_config("smoke", ["steps=1"]), workdir, progress=False)
+    assert str(error.value) == (
+        f"{workdir}: in use by a running training run (pid 4242); wait for it or use "
+        "another --workdir"
+    )
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock"]
+    train(make_config("smoke", ["steps=1"]), workdir, progress=False)  # released: it runs
+    assert list_checkpoints(workdir) == [0, 1]

@@ -9,6 +9,9 @@ parameters an uninterrupted run reaches.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import json
 import os
@@ -264,8 +267,46 @@ def train(
     model = build_model(config, 4 if config.objective == "rotation" else data.num_classes)
     if config.init_from:
         _initial_weights(model, config)
-    _record_config(workdir, config)
-    _write_run_info(workdir, config, data)
+    with _workdir_lock(workdir):
+        # Again under the lock: a run that held it may have claimed the workdir meanwhile.
+        _check_workdir(workdir, config)
+        _record_config(workdir, config)
+        _write_run_info(workdir, config, data)
+        return _train_locked(config, workdir, data, model, progress, stop_after)
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: Path):
+    """Holds ``workdir/.lock`` (an advisory lock the kernel releases when the process dies)
+    for the block; refuses a second run of the same workdir, whose checkpoints and
+    metrics.jsonl would interleave with the first's."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / ".lock"
+    try:  # without following a link: the file is truncated
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise TrainingError(f"{path}: cannot open the run's lock ({error.strerror})") from None
+    with os.fdopen(handle, "r+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise TrainingError(
+                f"{workdir}: in use by a running training run (pid {holder}); wait for it or "
+                "use another --workdir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _train_locked(config, workdir, data, model, progress, stop_after) -> dict:
+    """``train``'s loop, in a workdir whose lock the caller holds."""
     graphdef, params, rest = split(model)
     tx = make_optimizer(config)
     opt_state = tx.init(params)
