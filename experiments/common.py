@@ -30,7 +30,7 @@ from jaxdissect.pipeline import dissect
 from jaxdissect.report.results import write_text_atomic
 from jaxdissect.report.schema import read_results
 from jaxdissect.sources import Activations, array_identity, model_run
-from train.overrides import OverrideError, apply_overrides
+from train.overrides import OverrideError, apply_overrides, repeated_keys
 
 ROTATED = "@rotated"
 
@@ -338,6 +338,8 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     args = parser.parse_args(argv)
+    if repeated := repeated_keys(args.overrides):
+        parser.error(f"overrides set {', '.join(repeated)} more than once")
     values = {**_field_defaults(config_type), **presets[args.config]}
     try:
         config = config_type(**apply_overrides(config_type, values, args.overrides))

@@ -725,3 +725,16 @@ def test_a_cnn_training_workdir_is_refused(tmp_path, capsys):
         "run (python -m train), not of rotation; choose another --workdir\n"
     )
     assert _snapshot(workdir) == before
+
+
+def test_an_override_given_twice_is_refused(tmp_path, capsys):
+    """Issue 27: `train_overrides=steps=5 train_overrides=width=0.5` kept only the second."""
+    from experiments import training_dynamics
+
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    with pytest.raises(SystemExit) as exit:
+        training_dynamics.main([*args, "train_overrides=steps=5", "train_overrides=width=0.5"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("error: overrides set train_overrides more than once")
+    assert not (tmp_path / "w").exists()

@@ -490,3 +490,15 @@ def test_a_second_run_of_the_same_workdir_is_refused(tmp_path):
     assert sorted(p.name for p in workdir.iterdir()) == [".lock"]
     train(make_config("smoke", ["steps=1"]), workdir, progress=False)  # released: it runs
     assert list_checkpoints(workdir) == [0, 1]
+
+
+def test_an_override_given_twice_is_refused(tmp_path, capsys):
+    """Issue 27: `steps=5 steps=6` trained 6 steps, the first silently ignored."""
+    from train.__main__ import main
+
+    with pytest.raises(SystemExit) as exit:
+        main([*_SMOKE, "--workdir", str(tmp_path / "w"), "steps=5", "width=0.5", "steps=6"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == "python -m train: error: overrides set steps more than once"
+    assert not (tmp_path / "w").exists()
