@@ -384,7 +384,10 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
 
 
 # Integer fields that count something a study needs at least one of.
-COUNT_FIELDS = ("seeds", "rotations", "steps", "images", "image_size", "length")
+COUNT_FIELDS = (
+    *("seeds", "rotations", "steps", "images", "image_size", "length"),
+    *("probe_train_images", "probe_test_images"),  # the comparison studies' linear probe
+)
 # Their upper bounds, far beyond any run the presets scale to: seeds=10**9 built a list of
 # a billion seeds and was killed for its memory; probe.images=10**7 draws for days.
 COUNT_BOUNDS = {
@@ -393,6 +396,9 @@ COUNT_BOUNDS = {
     "steps": 10**8,  # train.config.MAX_STEPS
     "images": 10**6,
     "image_size": 1024,  # train.config.MAX_IMAGE_SIZE
+    # Scenes drawn into memory at once (10**9 of them: terabytes).
+    "probe_train_images": 10**5,
+    "probe_test_images": 10**5,
 }
 
 

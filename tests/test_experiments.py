@@ -738,3 +738,28 @@ def test_an_override_given_twice_is_refused(tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.endswith("error: overrides set train_overrides more than once")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # A traceback (ValueError: not enough values to unpack).
+        ("zoo=nope", "zoo=nope: expected NAME:WEIGHTS[:LAYER]"),
+        ("zoo=a:b:c:d", "zoo=a:b:c:d: expected NAME:WEIGHTS[:LAYER]"),  # d was ignored
+        # Found when the ResNet-style network's turn came, after the others had trained.
+        ("resnet_overrides=colour=red", "resnet_overrides: override 'colour=red': expected"),
+        # Scenes drawn into memory at once: 10**9 of them are terabytes.
+        ("probe_train_images=1000000000", "probe_train_images=1000000000: must be at most"),
+        ("probe_test_images=0", "probe_test_images=0: must be at least 1"),
+    ],
+)
+def test_architectures_settings_are_refused_up_front(tmp_path, capsys, override, message):
+    """Issue 27."""
+    from experiments import architectures
+
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress", override]
+    with pytest.raises(SystemExit) as exit:
+        architectures.main(args)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
