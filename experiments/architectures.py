@@ -21,12 +21,27 @@ from experiments.common import experiment_main
 from experiments.compare import CommonConfig, Variant, run_comparison, unique_claim
 from jaxdissect.models import zoo
 from jaxdissect.sources import file_identity
+from train.config import make_config
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(CommonConfig):
     zoo: tuple[str, ...] = ()
     resnet_overrides: tuple[str, ...] = ()  # train/ settings for the ResNet-style network
+
+    def __post_init__(self):
+        super().__post_init__()
+        for spec in self.zoo:
+            if not 2 <= len(spec.split(":")) <= 3:
+                raise ValueError(
+                    f"zoo={spec}: expected NAME:WEIGHTS[:LAYER] (an empty WEIGHTS: random "
+                    "initialisation)"
+                )
+        # Checked with the config, not when the ResNet-style network's turn to train comes.
+        try:
+            make_config(self.train_preset, [*RESNET_STYLE, *self.resnet_overrides])
+        except ValueError as error:
+            raise ValueError(f"resnet_overrides: {error}") from None
 
 
 PRESETS = {
@@ -37,6 +52,7 @@ PRESETS = {
 }
 
 
+RESNET_STYLE = ("family=resnet", "depth=2", "dropout=false", "batch_norm=true")
 VIT_STYLE = ("family=vit", "depth=4", "patch=8", "heads=4", "dropout=false")
 
 
@@ -46,13 +62,7 @@ def variants(config: Config) -> list[Variant]:
         Variant("vgg_style", ("depth=8",)),
         Variant(
             "resnet_style",
-            (
-                "family=resnet",
-                "depth=2",
-                "dropout=false",
-                "batch_norm=true",
-                *config.resnet_overrides,
-            ),
+            (*RESNET_STYLE, *config.resnet_overrides),
         ),
         Variant("vit_style", VIT_STYLE),
         *(

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.workdir import claim_workdir, save_json, study_name
+from experiments.workdir import claim_workdir, record_config, study_name
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
@@ -30,7 +30,7 @@ from jaxdissect.pipeline import dissect
 from jaxdissect.report.results import write_text_atomic
 from jaxdissect.report.schema import read_results
 from jaxdissect.sources import Activations, array_identity, model_run
-from train.overrides import OverrideError, apply_overrides
+from train.overrides import OverrideError, apply_overrides, repeated_keys
 
 ROTATED = "@rotated"
 
@@ -104,8 +104,16 @@ def start_experiment(
     """
     workdir = Path(workdir)
     study = study or study_name(config)
+    directory = config.probe.directory
+    # A folder the user names is read, never written: the synthetic probe (written where
+    # a folder has no index.csv) goes only to the workdir's own probe/.
+    if directory and not (Path(directory) / "index.csv").is_file():
+        raise DissectError(
+            f"probe.directory={directory}: not a Broden folder (no index.csv); leave "
+            "probe.directory unset to draw the synthetic probe into the workdir"
+        )
     claim_workdir(workdir, study)
-    save_json(workdir / "config.json", dataclasses.asdict(config))
+    record_config(workdir, dataclasses.asdict(config))
     probe = config.probe
     prepared = prepare_probe(
         probe.directory or workdir / "probe",
@@ -330,6 +338,8 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     args = parser.parse_args(argv)
+    if repeated := repeated_keys(args.overrides):
+        parser.error(f"overrides set {', '.join(repeated)} more than once")
     values = {**_field_defaults(config_type), **presets[args.config]}
     try:
         config = config_type(**apply_overrides(config_type, values, args.overrides))
@@ -338,13 +348,58 @@ def parse_args(doc: str, presets: dict, config_type, argv=None):
     except ValueError as error:  # the config's own checks
         parser.error(f"overrides {' '.join(args.overrides)!r}: {error}")
     for name, value in _counts(config):
+        bound = COUNT_BOUNDS.get(name.rpartition(".")[2])
         if value < 1:
             parser.error(f"{name}={value}: must be at least 1")
+        if bound is not None and value > bound:
+            parser.error(f"{name}={value}: must be at most {bound:,}")
+    # With run=WORKDIR nothing is trained: training settings given with it are refused, not
+    # ignored.
+    training_keys = ("steps", "train_preset", "train_overrides")
+    ignored = [o for o in args.overrides if o.partition("=")[0] in training_keys]
+    if getattr(config, "run", "") and ignored:
+        parser.error(
+            f"{' '.join(ignored)}: run={config.run} names a trained run, and nothing is "
+            "trained: leave out the training settings"
+        )
+    # The training settings every run of the study shares, checked before the workdir is
+    # claimed: a bad one (steps=10**9, train_overrides=colour=red) was found at the first
+    # run, after config.json and the probe were written, or as a traceback.
+    if hasattr(config, "train_preset") and not getattr(config, "run", ""):
+        from train.config import make_config
+
+        last_seed = getattr(config, "seeds", 1) - 1
+        overrides = [
+            f"steps={config.steps}",
+            f"image_size={config.probe.image_size}",
+            f"init_seed={last_seed}",
+            f"seed={last_seed}",
+            *getattr(config, "train_overrides", ()),  # explain has none
+        ]
+        try:
+            make_config(config.train_preset, overrides)
+        except ValueError as error:
+            parser.error(f"the training runs' settings: {error}")
     return args, config
 
 
 # Integer fields that count something a study needs at least one of.
-COUNT_FIELDS = ("seeds", "rotations", "steps", "images", "image_size", "length")
+COUNT_FIELDS = (
+    *("seeds", "rotations", "steps", "images", "image_size", "length"),
+    *("probe_train_images", "probe_test_images"),  # the comparison studies' linear probe
+)
+# Their upper bounds, far beyond any run the presets scale to: seeds=10**9 built a list of
+# a billion seeds and was killed for its memory; probe.images=10**7 draws for days.
+COUNT_BOUNDS = {
+    "seeds": 1000,
+    "rotations": 1000,
+    "steps": 10**8,  # train.config.MAX_STEPS
+    "images": 10**6,
+    "image_size": 1024,  # train.config.MAX_IMAGE_SIZE
+    # Scenes drawn into memory at once (10**9 of them: terabytes).
+    "probe_train_images": 10**5,
+    "probe_test_images": 10**5,
+}
 
 
 def _counts(config, prefix: str = ""):
@@ -353,6 +408,8 @@ def _counts(config, prefix: str = ""):
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
             yield from _counts(value, f"{prefix}{field.name}.")
+        elif field.name == "images" and getattr(config, "directory", None):
+            continue  # a probe read from a Broden folder: no images are drawn
         elif field.name in COUNT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
             yield f"{prefix}{field.name}", value
 

@@ -30,7 +30,7 @@ from experiments.common import (
     write_page,
 )
 from experiments.plots import figure_html, pyplot, save_figure
-from experiments.workdir import save_json
+from experiments.workdir import save_results
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.synthetic import world
 from jaxdissect.models.features import FeatureModel
@@ -282,7 +282,7 @@ def run_comparison(
         "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
-    save_json(workdir / "results.json", summary)
+    save_results(workdir, summary)
     plot(summary, workdir / "comparison.png")
     write_summary(summary, workdir, extra_html)
     return summary

@@ -45,7 +45,7 @@ from experiments.common import (
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
 from experiments.training_dynamics import train_config
-from experiments.workdir import save_json
+from experiments.workdir import save_results
 from jaxdissect.compositional.explain import explain
 from jaxdissect.compositional.formulas import (
     format_formula,
@@ -54,6 +54,7 @@ from jaxdissect.compositional.formulas import (
     tree_operators,
 )
 from jaxdissect.config import DissectConfig
+from jaxdissect.errors import DissectError
 from jaxdissect.rotation import random_rotation
 from jaxdissect.sources import model_run
 from train.checkpoints import feature_model
@@ -236,6 +237,15 @@ def study_claims(bases: dict, length: int, seeds: list[int]) -> list[dict]:
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
     workdir, probe = start_experiment(config, workdir, progress)
+    # Before any network is trained (the explanation would refuse it only after): a formula
+    # holds each label at most once.
+    available = min(config.labels_per_unit, probe.dataset.num_labels - 1)
+    if config.length > available:
+        raise DissectError(
+            f"length={config.length}: longer than the {available} labels a formula may draw "
+            f"on (labels_per_unit={config.labels_per_unit}; the probe has "
+            f"{probe.dataset.num_labels - 1} labels)"
+        )
     seeds = list(range(config.seeds))
     per_seed = [explain_seed(config, workdir, probe, seed, progress) for seed in seeds]
     bases = {basis: across_seeds([found[basis] for found in per_seed], seeds) for basis in BASES}
@@ -250,7 +260,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
-    save_json(workdir / "results.json", summary)
+    save_results(workdir, summary)
     plot(summary, workdir)
     write_summary(summary, workdir)
     return summary

@@ -41,13 +41,13 @@ from experiments.common import (
     ProbeConfig,
     experiment_main,
     provenance,
-    save_json,
     start_experiment,
     with_rotations,
     write_page,
 )
 from experiments.plots import figure_html, pyplot, save_figure
 from experiments.training_dynamics import train_config
+from experiments.workdir import save_results
 from jaxdissect.compositional.directions import DirectionConfig, directions
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
@@ -218,7 +218,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
-    save_json(workdir / "results.json", summary)
+    save_results(workdir, summary)
     plot(summary, workdir)
     write_summary(summary, workdir)
     return summary

@@ -40,7 +40,7 @@ from experiments.common import (
     write_page,
 )
 from experiments.plots import figure_html, save_figure
-from experiments.workdir import save_json
+from experiments.workdir import save_results
 from jaxdissect.config import DissectConfig
 from jaxdissect.stats.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run
@@ -280,7 +280,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
-    save_json(workdir / "results.json", summary)
+    save_results(workdir, summary)
     _, explained, thresholds = found[0]
     figure(explained, probe, thresholds, workdir / "explain.png", summary["provenance"])
     write_summary(summary, workdir)

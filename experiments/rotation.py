@@ -40,7 +40,7 @@ from experiments.common import (
     write_page,
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
-from experiments.workdir import save_json
+from experiments.workdir import save_results
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import fractional_rotation, random_rotation
 from train.checkpoints import feature_model
@@ -207,7 +207,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
-    save_json(workdir / "results.json", summary)
+    save_results(workdir, summary)
     plot(summary, workdir / "rotation.png", config.layer)
     write_summary(summary, workdir)
     return summary

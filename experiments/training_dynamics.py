@@ -52,7 +52,7 @@ from experiments.plots import (
     verdicts_sentence,
 )
 from experiments.units import across_seeds, most_switching, transitions, unit_labels
-from experiments.workdir import save_json
+from experiments.workdir import save_results
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
 from train.checkpoints import feature_model, list_checkpoints
@@ -275,7 +275,7 @@ def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
         "provenance": provenance(),
         "seconds": round(time.time() - started, 1),
     }
-    save_json(workdir / "results.json", results)
+    save_results(workdir, results)
     plot(results, workdir)
     write_summary(results, workdir)
     return results

@@ -69,7 +69,7 @@ def _config_owner(path: Path, study: str) -> str | None:
     study's or a training run's (``python -m train``); None where it cannot."""
     import importlib
 
-    from train.config import TrainConfig
+    from train.config import VIT_FIELDS, TrainConfig
 
     try:
         fields = set(json.loads(path.read_text()))
@@ -83,6 +83,11 @@ def _config_owner(path: Path, study: str) -> str | None:
         name
         for name, config_type in owners.items()
         if fields == {f.name for f in dataclasses.fields(config_type)}
+        # A CNN's training config.json leaves out the ViT-only fields (TrainConfig.to_json).
+        or (
+            config_type is TrainConfig
+            and fields == {f.name for f in dataclasses.fields(TrainConfig)} - set(VIT_FIELDS)
+        )
     ]
     if study in matches or len(matches) != 1:
         return None
@@ -91,3 +96,18 @@ def _config_owner(path: Path, study: str) -> str | None:
 
 def save_json(path: Path, value) -> None:
     write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def save_results(workdir: Path, results: dict) -> None:
+    """Publishes a study's results.json, then its config.json (``results["config"]``):
+    config.json describes the published results (see ``record_config``)."""
+    save_json(workdir / "results.json", results)
+    save_json(workdir / "config.json", results["config"])
+
+
+def record_config(workdir: Path, config: dict) -> None:
+    """Records the config of a run starting in ``workdir``, unless results are published
+    there: their config.json stays until the new results replace them, so that a rerun with
+    other settings that fails (or is killed) leaves config.json describing results.json."""
+    if not (workdir / "results.json").is_file():
+        save_json(workdir / "config.json", config)

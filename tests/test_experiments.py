@@ -8,6 +8,7 @@ import pytest
 
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import open_broden
+from jaxdissect.errors import DissectError
 from jaxdissect.rotation import fractional_rotation, random_rotation
 
 
@@ -646,3 +647,163 @@ def test_a_rerun_with_other_training_settings_is_one_line(tmp_path, capsys, monk
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith("experiments.rotation: error: ")
     assert f"{workdir / 'runs' / 'seed0'} holds a run with another config" in error
+
+
+@pytest.mark.parametrize(
+    "study, override, message",
+    [
+        # seeds=10**9 built a list of a billion seeds and was killed for its memory.
+        ("training_dynamics", "seeds=1000000000", "seeds=1000000000: must be at most 1,000"),
+        ("rotation", "rotations=1000000000", "rotations=1000000000: must be at most 1,000"),
+        ("training_dynamics", "probe.images=100000000", "probe.images=100000000: must be at most"),
+        # steps=10**9 was a traceback (train's ValueError) after config.json and the probe were
+        # written; a bad train override was found only at the first training run.
+        ("width_depth", "steps=1000000000", "steps=1000000000: must be at most 100,000,000"),
+        ("training_dynamics", "train_overrides=colour=red", "the training runs' settings: "),
+        ("compositional", "train_overrides=learning_rate=inf", "learning_rate=inf (must be finite"),
+        ("explain", "train_preset=nope", "the training runs' settings: unknown preset 'nope'"),
+    ],
+)
+def test_sizes_and_training_settings_are_refused_up_front(
+    tmp_path, capsys, study, override, message
+):
+    """Issue 27."""
+    import importlib
+
+    main = importlib.import_module(f"experiments.{study}").main
+    with pytest.raises(SystemExit) as exit:
+        main(["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress", override])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_probe_directory_is_read_never_written(tmp_path, capsys, monkeypatch):
+    """Issue 27: probe.directory naming a folder without index.csv (a typo, a parent folder)
+    had the synthetic probe written into it, over its index.csv, label.csv and images/; the
+    full presets' probe.images=0 refused probe.directory outright."""
+    from experiments import training_dynamics
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "label.csv").write_text("my own\n")
+    args = ["--workdir", str(tmp_path / "w"), "--no-progress", f"probe.directory={mine}"]
+    assert training_dynamics.main(["--config", "smoke", *args]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"experiments.training_dynamics: error: probe.directory={mine}: not a Broden folder "
+        "(no index.csv); leave probe.directory unset to draw the synthetic probe into the "
+        "workdir\n"
+    )
+    assert [p.name for p in mine.iterdir()] == ["label.csv"]
+    assert (mine / "label.csv").read_text() == "my own\n"
+    assert not (tmp_path / "w").exists()
+    assert training_dynamics.main(["--config", "full", *args]) == 2  # past parse_args
+    assert "not a Broden folder" in capsys.readouterr().err
+
+
+def test_a_failed_rerun_leaves_config_json_describing_the_results(tmp_path, monkeypatch, capsys):
+    """Issue 27: a rerun with other settings (layer=conv9) overwrote config.json as it
+    started, then failed: config.json described no results, beside the results.json,
+    summary.html and figures of the earlier config."""
+    from experiments import training_dynamics
+    from experiments.workdir import save_json
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+    workdir = tmp_path / "td"
+    workdir.mkdir()
+    save_json(workdir / "study.json", {"study": "training_dynamics"})
+    published = {"layer": "conv5", "as": "the earlier run"}
+    save_json(workdir / "config.json", published)
+    save_json(workdir / "results.json", {"config": published})
+
+    def fails(*args, **kwargs):
+        raise DissectError("model 'seed0@0' has no layer 'conv9'")
+
+    monkeypatch.setattr(training_dynamics, "dissect_run", fails)
+    args = ["--config", "smoke", "--workdir", str(workdir), "--no-progress", "layer=conv9"]
+    assert training_dynamics.main(args) == 2
+    assert "has no layer 'conv9'" in capsys.readouterr().err
+    assert json.loads((workdir / "config.json").read_text()) == published
+
+    fresh = tmp_path / "fresh"  # no results yet: config.json records the run in progress
+    assert training_dynamics.main([*args[:3], str(fresh), *args[4:]]) == 2
+    assert json.loads((fresh / "config.json").read_text())["layer"] == "conv9"
+
+
+@pytest.mark.parametrize("study", ["rotation", "compositional", "directions"])
+def test_training_settings_with_a_trained_run_are_refused(tmp_path, capsys, study):
+    """Issue 27: with run=WORKDIR (a trained run to dissect) steps=, train_preset= and
+    train_overrides= were silently ignored."""
+    import importlib
+
+    main = importlib.import_module(f"experiments.{study}").main
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    with pytest.raises(SystemExit) as exit:
+        main([*args, f"run={tmp_path / 'trained'}", "steps=50", "train_overrides=width=0.5"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(
+        f"steps=50 train_overrides=width=0.5: run={tmp_path / 'trained'} names a trained run, "
+        "and nothing is trained: leave out the training settings"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_cnn_training_workdir_is_refused(tmp_path, capsys):
+    """Issue 27: a CNN's training config.json has no ViT-only fields, so it was not told
+    from a study's: a study given `python -m train`'s workdir took it and overwrote its
+    config.json with the study's (the run could no longer be loaded or resumed)."""
+    from experiments import rotation
+    from train.config import make_config
+
+    workdir = tmp_path / "trained"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(make_config("smoke").to_json())  # as train() writes
+    before = _snapshot(workdir)
+    args = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert rotation.main(args) == 2
+    assert capsys.readouterr().err == (
+        f"experiments.rotation: error: --workdir {workdir}: holds the results of a training "
+        "run (python -m train), not of rotation; choose another --workdir\n"
+    )
+    assert _snapshot(workdir) == before
+
+
+def test_an_override_given_twice_is_refused(tmp_path, capsys):
+    """Issue 27: `train_overrides=steps=5 train_overrides=width=0.5` kept only the second."""
+    from experiments import training_dynamics
+
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    with pytest.raises(SystemExit) as exit:
+        training_dynamics.main([*args, "train_overrides=steps=5", "train_overrides=width=0.5"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("error: overrides set train_overrides more than once")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # A traceback (ValueError: not enough values to unpack).
+        ("zoo=nope", "zoo=nope: expected NAME:WEIGHTS[:LAYER]"),
+        ("zoo=a:b:c:d", "zoo=a:b:c:d: expected NAME:WEIGHTS[:LAYER]"),  # d was ignored
+        # Found when the ResNet-style network's turn came, after the others had trained.
+        ("resnet_overrides=colour=red", "resnet_overrides: override 'colour=red': expected"),
+        # Scenes drawn into memory at once: 10**9 of them are terabytes.
+        ("probe_train_images=1000000000", "probe_train_images=1000000000: must be at most"),
+        ("probe_test_images=0", "probe_test_images=0: must be at least 1"),
+    ],
+)
+def test_architectures_settings_are_refused_up_front(tmp_path, capsys, override, message):
+    """Issue 27."""
+    from experiments import architectures
+
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress", override]
+    with pytest.raises(SystemExit) as exit:
+        architectures.main(args)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 
@@ -123,3 +124,24 @@ def test_with_rotations_matches_numpy():
     assert list(rotated.identity) == ["model", "weights", "rotations"]
     assert rotated.identity["rotations"]["conv@r"][0] == "conv"
     assert rotated.provenance == {"model": "m"}
+
+
+def test_a_formula_longer_than_the_labels_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """Issue 27: length=1000000 trained every seed's network (minutes at the default
+    config) before the explanation refused it."""
+    from experiments import compositional
+
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
+
+    def trains(*args, **kwargs):
+        raise AssertionError("trained before the length was checked")
+
+    monkeypatch.setattr(compositional, "train", trains)
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    assert compositional.main([*args, "length=1000000", "labels_per_unit=5"]) == 2
+    assert re.fullmatch(
+        r"experiments\.compositional: error: length=1000000: longer than the 5 labels a "
+        r"formula may draw on \(labels_per_unit=5; the probe has \d+ labels\)\n",
+        capsys.readouterr().err,
+    )
+    assert not (tmp_path / "w" / "runs").exists()

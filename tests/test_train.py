@@ -184,6 +184,19 @@ def test_bad_overrides():
         ("weight_decay=inf", "weight_decay=inf (must be finite and >= 0)"),
         ("steps=1000000000000", "steps=1000000000000 (must lie in [1, 100000000])"),
         ("family=resnet depth=100000", "depth=100000 (must lie in [1, 64])"),
+        # Issue 27: train_images=10**9 drew scenes for minutes into a 3 TB (sparse) file;
+        # eval_images=0 and seed=-1 failed in one line naming no key ("range() arg 3 must
+        # not be zero", "expected non-negative integer"); seed=2**64 was a traceback.
+        ("train_images=1000000000", "train_images=1000000000 (must lie in [1, 10,000,000])"),
+        ("eval_images=0", "eval_images=0 (must lie in [1, 10,000,000])"),
+        ("seed=-1", "seed=-1 (must lie in [0, 4294967295])"),
+        ("init_seed=18446744073709551616", "init_seed=18446744073709551616 (must lie in"),
+        ("world_seed=-2", "world_seed=-2 (must lie in [0, 4294967295])"),
+        # ViT-only fields and a TFDS-only one were ignored by a CNN on the synthetic world.
+        ("patch=4 heads=2", "patch=4 (a ViT-only field), heads=2 (a ViT-only field)"),
+        ("mlp_ratio=2", "mlp_ratio=2.0 (a ViT-only field)"),
+        ("data_dir=/somewhere", "data_dir='/somewhere' (only for data=tfds:NAME)"),
+        ("data=tfds:", "data='tfds:'"),
     ],
 )
 def test_sizes_beyond_any_run_are_refused_naming_the_key(override, message, tmp_path, capsys):
@@ -193,7 +206,64 @@ def test_sizes_beyond_any_run_are_refused_naming_the_key(override, message, tmp_
 
     args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
     assert main([*args, *override.split()]) == 2
-    assert capsys.readouterr().err == f"train: error: invalid training config: {message}\n"
+    error = capsys.readouterr().err
+    assert error.startswith(f"train: error: invalid training config: {message}")
+    assert error.endswith("\n") and error.count("\n") == 1
+    assert not (tmp_path / "w").exists()
+
+
+def test_scenes_beyond_the_free_space_are_refused_before_drawing(tmp_path, capsys):
+    """Issue 27: 9 million 1024 px scenes (26 TB) started drawing into the cache."""
+    from train.__main__ import main
+
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    overrides = ["train_images=9000000", "image_size=1024", "batch_size=2"]
+    assert main([*args, *overrides]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("train: error: train scenes: 9,000,000 images of 1024x1024 need ")
+    assert "(train_images, eval_images, image_size)" in error and error.count("\n") == 1
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2]\n", "not json\n", "\xff"])
+def test_a_config_json_that_is_no_config_is_named(content, tmp_path, capsys):
+    """Issue 27: a list in config.json was a traceback (AttributeError), text was "Expecting
+    value: line 1 column 1 (char 0)" naming no file."""
+    from train.__main__ import main
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_bytes(content.encode("latin-1"))
+    assert main(["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"train: error: {tmp_path / 'w' / 'config.json'}: not a training")
+    assert error.count("\n") == 1
+    assert (tmp_path / "w" / "config.json").read_bytes() == content.encode("latin-1")
+
+
+def test_an_unprepared_tfds_dataset_is_one_line(tmp_path, capsys):
+    """Issue 27: data=tfds:NAME of a dataset not prepared (or prepared as TFRecord) was a
+    traceback from TFDS."""
+    pytest.importorskip("tensorflow_datasets")
+    from train.__main__ import main
+
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    assert main([*args, "data=tfds:mnist", f"data_dir={tmp_path / 'none'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"train: error: data=tfds:mnist in data_dir={tmp_path / 'none'}: ")
+    assert error.count("\n") == 1
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_refused_init_from_leaves_no_workdir(tmp_path, capsys):
+    """Issue 27: a typo in init_from wrote config.json first, so that the corrected rerun
+    was refused as "a run with another config (differs in init_from)"."""
+    from train.__main__ import main
+
+    args = ["--config", "smoke", "--workdir", str(tmp_path / "w"), "--no-progress", "steps=1"]
+    assert main([*args, f"init_from={tmp_path / 'typo'}"]) == 2
+    assert capsys.readouterr().err == (
+        f"train: error: {tmp_path / 'typo'}: not a training workdir (no config.json)\n"
+    )
     assert not (tmp_path / "w").exists()
 
 
@@ -398,3 +468,37 @@ def test_training_is_bit_identical_under_any_isa_at_or_above_the_pin(tmp_path):
     assert runs["machine"][1] == runs["pin"][1]
     for machine, pinned in zip(runs["machine"][0], runs["pin"][0], strict=True):
         np.testing.assert_array_equal(machine, pinned)
+
+
+def test_a_second_run_of_the_same_workdir_is_refused(tmp_path):
+    """Issue 27: two runs of one workdir at once both finished with exit 0, each record of
+    metrics.jsonl written twice and the checkpoints written by both."""
+    import fcntl
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(workdir / ".lock", "w") as held:  # as a running train() holds it
+        held.write("4242\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TrainingError) as error:
+            train(make_config("smoke", ["steps=1"]), workdir, progress=False)
+    assert str(error.value) == (
+        f"{workdir}: in use by a running training run (pid 4242); wait for it or use "
+        "another --workdir"
+    )
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock"]
+    train(make_config("smoke", ["steps=1"]), workdir, progress=False)  # released: it runs
+    assert list_checkpoints(workdir) == [0, 1]
+
+
+def test_an_override_given_twice_is_refused(tmp_path, capsys):
+    """Issue 27: `steps=5 steps=6` trained 6 steps, the first silently ignored."""
+    from train.__main__ import main
+
+    with pytest.raises(SystemExit) as exit:
+        main([*_SMOKE, "--workdir", str(tmp_path / "w"), "steps=5", "width=0.5", "steps=6"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == "python -m train: error: overrides set steps more than once"
+    assert not (tmp_path / "w").exists()

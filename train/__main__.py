@@ -11,6 +11,7 @@ from jaxdissect.float_pin import pin_floats
 from train.checkpoints import list_checkpoints
 from train.config import PRESETS, make_config
 from train.loop import TrainingError, train
+from train.overrides import repeated_keys
 
 
 def _step(text: str) -> int:
@@ -36,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. dropout=false width=0.5")
     args = parser.parse_args(argv)
+    if repeated := repeated_keys(args.overrides):
+        parser.error(f"overrides set {', '.join(repeated)} more than once")
     # The same floats on every machine of an architecture (see jaxdissect.float_pin);
     # set before JAX starts its backend.
     pin_floats()

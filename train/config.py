@@ -35,6 +35,8 @@ PAPER_SCHEDULE = (
 MAX_WIDTH = 16.0
 MAX_IMAGE_SIZE = 1024
 MAX_STEPS = 10**8  # the step counter and the schedule's steps are int32 on the device
+MAX_IMAGES = 10**7  # the full preset's Places365 has 1.8 million
+MAX_SEED = 2**32 - 1  # NumPy's and JAX's seeds: non-negative, at most 64 bits
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,15 +108,20 @@ class TrainConfig:
             ),
             "init": (self.init in INITIALIZERS, ""),
             "objective": (self.objective in ("supervised", "rotation"), ""),
-            "data": (self.data == "synthetic" or self.data.startswith("tfds:"), ""),
+            "data": (
+                self.data == "synthetic"
+                or (self.data.startswith("tfds:") and self.data != "tfds:"),
+                "",
+            ),
             "image_size": (
                 16 <= self.image_size <= MAX_IMAGE_SIZE,
                 f"must lie in [16, {MAX_IMAGE_SIZE}]",
             ),
             "patch": (
-                1 <= self.patch <= self.image_size
-                and (not vit or self.image_size % self.patch == 0),
-                "",
+                1 <= self.patch <= self.image_size and self.image_size % self.patch == 0
+                if vit
+                else self.patch == _DEFAULT_PATCH,
+                "" if vit else "a ViT-only field",
             ),
             # A ViT has no batch norm and no last conv layer to widen: refused, not ignored.
             "batch_norm": (not (vit and self.batch_norm), ""),
@@ -122,14 +129,36 @@ class TrainConfig:
                 0 < self.last_width <= MAX_WIDTH and (not vit or self.last_width == 1),
                 "" if vit else f"must lie in (0, {MAX_WIDTH:g}]",
             ),
-            "heads": (1 <= self.heads <= 64, "must lie in [1, 64]"),
-            "mlp_ratio": (0 < self.mlp_ratio <= 16, "must lie in (0, 16]"),
+            # A CNN has no patches, heads or MLPs: a value other than the default is refused,
+            # not ignored (config.json leaves them out, so a resume would not see it either).
+            "heads": (
+                1 <= self.heads <= 64 and (vit or self.heads == _DEFAULT_HEADS),
+                "must lie in [1, 64]" if vit else "a ViT-only field",
+            ),
+            "mlp_ratio": (
+                0 < self.mlp_ratio <= 16 and (vit or self.mlp_ratio == _DEFAULT_MLP_RATIO),
+                "must lie in (0, 16]" if vit else "a ViT-only field",
+            ),
             "steps": (1 <= self.steps <= MAX_STEPS, f"must lie in [1, {MAX_STEPS}]"),
+            "train_images": (
+                1 <= self.train_images <= MAX_IMAGES,
+                f"must lie in [1, {MAX_IMAGES:,}]",
+            ),
+            "eval_images": (
+                1 <= self.eval_images <= MAX_IMAGES,
+                f"must lie in [1, {MAX_IMAGES:,}]",
+            ),
             "batch_size": (1 <= self.batch_size <= self.train_images, ""),
             "learning_rate": (0 < self.learning_rate < math.inf, "must be finite and > 0"),
             "momentum": (0 <= self.momentum < 1, "must lie in [0, 1)"),
             "weight_decay": (0 <= self.weight_decay < math.inf, "must be finite and >= 0"),
             "log_every": (self.log_every >= 1, ""),
+            **{
+                name: (0 <= getattr(self, name) <= MAX_SEED, f"must lie in [0, {MAX_SEED}]")
+                for name in ("seed", "init_seed", "world_seed")
+            },
+            # Read only for data="tfds:...": refused, not ignored, for the synthetic world.
+            "data_dir": (not self.data_dir or self.data != "synthetic", "only for data=tfds:NAME"),
             "checkpoint_steps": (all(0 <= s <= self.steps for s in self.checkpoint_steps), ""),
         }
         bad = [name for name, (ok, _) in checks.items() if not ok]
@@ -160,6 +189,9 @@ class TrainConfig:
 
 
 VIT_FIELDS = ("patch", "heads", "mlp_ratio")
+_DEFAULT_PATCH, _DEFAULT_HEADS, _DEFAULT_MLP_RATIO = (
+    TrainConfig.__dataclass_fields__[name].default for name in VIT_FIELDS
+)
 INITIALIZERS = ("he_normal", "lecun_normal", "glorot_uniform", "orthogonal")
 
 PRESETS = {

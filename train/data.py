@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,19 @@ def synthetic_scenes(split: str, count: int, config: TrainConfig, progress: bool
     """``count`` scene images of ``split``, drawn once into the cache."""
     geometry = world.WorldConfig(image_size=config.image_size)
     key = f"scenes-v1-seed{config.world_seed}-{config.image_size}px-{split}-{count}"
+
+    root = default_cache_root()
+    # Refused before drawing: a typo (train_images=10**9) would otherwise draw for hours
+    # into a terabyte-sized file.
+    needed = count * (3 * config.image_size**2)
+    existing = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if not (root / key).is_dir() and needed > free:
+        raise ValueError(
+            f"{split} scenes: {count:,} images of {config.image_size}x{config.image_size} "
+            f"need {needed / 2**30:,.1f} GiB in the cache; {existing} has "
+            f"{free / 2**30:,.1f} GiB free (train_images, eval_images, image_size)"
+        )
 
     def write(folder: Path) -> None:
         from jaxdissect.progress import progress_bar
@@ -59,7 +73,7 @@ def synthetic_scenes(split: str, count: int, config: TrainConfig, progress: bool
         np.save(folder / "labels.npy", labels)
         (folder / "meta.json").write_text(json.dumps({"count": count}))
 
-    folder = cached_folder(default_cache_root(), key, write)
+    folder = cached_folder(root, key, write)
     return ArraySource(
         image=np.load(folder / "images.npy", mmap_mode="r"), label=np.load(folder / "labels.npy")
     )
@@ -96,13 +110,21 @@ def load_data(config: TrainConfig, progress: bool = True) -> TrainingData:
     import tensorflow_datasets as tfds
 
     name = config.data.removeprefix("tfds:")
-    builder = tfds.builder(name, data_dir=config.data_dir or None)
-    splits = builder.info.splits
-    evaluation_split = "validation" if "validation" in splits else "test"
-    label = builder.info.features["label"]
-    return TrainingData(
-        train=ResizedSource(builder.as_data_source("train"), config.image_size),
-        evaluation=ResizedSource(builder.as_data_source(evaluation_split), config.image_size),
-        num_classes=label.num_classes,
-        class_names=tuple(label.names),
-    )
+    try:
+        builder = tfds.builder(name, data_dir=config.data_dir or None)
+        splits = builder.info.splits
+        evaluation_split = "validation" if "validation" in splits else "test"
+        label = builder.info.features["label"]
+        return TrainingData(
+            train=ResizedSource(builder.as_data_source("train"), config.image_size),
+            evaluation=ResizedSource(builder.as_data_source(evaluation_split), config.image_size),
+            num_classes=label.num_classes,
+            class_names=tuple(label.names),
+        )
+    except Exception as error:  # TFDS raises many types for a missing or unprepared dataset
+        first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        where = f" in data_dir={config.data_dir}" if config.data_dir else ""
+        raise ValueError(
+            f"data={config.data}{where}: not a TFDS image-classification dataset prepared "
+            f"as ArrayRecord ({type(error).__name__}: {first})"
+        ) from None

@@ -9,6 +9,9 @@ parameters an uninterrupted run reaches.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import json
 import os
@@ -106,7 +109,15 @@ def _check_workdir(workdir: Path, config: TrainConfig) -> None:
         raise TrainingError(f"--workdir {workdir}: a file, not a folder")
     path = workdir / "config.json"
     if path.is_file():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError as error:  # JSONDecodeError, a bad UTF-8 byte
+            previous = f"not JSON ({error})"
+        if not isinstance(previous, dict):
+            raise TrainingError(
+                f"{path}: not a training config ({str(previous)[:100]}); "
+                "use another --workdir or move that file away"
+            )
         # Both sides through JSON, where tuples are lists.
         current = json.loads(config.to_json())
         if previous != current:
@@ -117,7 +128,14 @@ def _check_workdir(workdir: Path, config: TrainConfig) -> None:
                 f"{workdir} holds a run with another config (differs in {', '.join(changed)}); "
                 "use another --workdir or the same settings to resume"
             )
-    else:
+
+
+def _record_config(workdir: Path, config: TrainConfig) -> None:
+    """Writes config.json where there is none: once the run has a model to train, so that
+    a run refused before (a bad ``init_from``) leaves no workdir a corrected rerun would
+    take for another run's."""
+    path = workdir / "config.json"
+    if not path.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".partial")
         temporary.write_text(config.to_json())
@@ -204,13 +222,12 @@ def _initial_weights(model, config: TrainConfig) -> None:
     nnx.update(model, state)
 
 
-def _write_run_info(workdir: Path, config: TrainConfig, data) -> int:
-    """Writes run.json (the classes the model is trained on); returns their number."""
-    num_classes = 4 if config.objective == "rotation" else data.num_classes
+def _write_run_info(workdir: Path, config: TrainConfig, data) -> None:
+    """Writes run.json (the classes the model is trained on)."""
     class_names = ("0", "90", "180", "270") if config.objective == "rotation" else data.class_names
     run_path = workdir / "run.json"
-    run_path.write_text(json.dumps({"num_classes": num_classes, "class_names": list(class_names)}))
-    return num_classes
+    run = {"num_classes": len(class_names), "class_names": list(class_names)}
+    run_path.write_text(json.dumps(run))
 
 
 def _resume(manager, workdir: Path, params, rest, opt_state):
@@ -247,9 +264,49 @@ def train(
     workdir = Path(workdir)
     _check_workdir(workdir, config)
     data = load_data(config, progress)
-    model = build_model(config, _write_run_info(workdir, config, data))
+    model = build_model(config, 4 if config.objective == "rotation" else data.num_classes)
     if config.init_from:
         _initial_weights(model, config)
+    with _workdir_lock(workdir):
+        # Again under the lock: a run that held it may have claimed the workdir meanwhile.
+        _check_workdir(workdir, config)
+        _record_config(workdir, config)
+        _write_run_info(workdir, config, data)
+        return _train_locked(config, workdir, data, model, progress, stop_after)
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: Path):
+    """Holds ``workdir/.lock`` (an advisory lock the kernel releases when the process dies)
+    for the block; refuses a second run of the same workdir, whose checkpoints and
+    metrics.jsonl would interleave with the first's."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / ".lock"
+    try:  # without following a link: the file is truncated
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise TrainingError(f"{path}: cannot open the run's lock ({error.strerror})") from None
+    with os.fdopen(handle, "r+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise TrainingError(
+                f"{workdir}: in use by a running training run (pid {holder}); wait for it or "
+                "use another --workdir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _train_locked(config, workdir, data, model, progress, stop_after) -> dict:
+    """``train``'s loop, in a workdir whose lock the caller holds."""
     graphdef, params, rest = split(model)
     tx = make_optimizer(config)
     opt_state = tx.init(params)

@@ -77,3 +77,11 @@ def apply_overrides(config_type, values: dict, overrides: Sequence[str]) -> dict
     for section, changes in nested.items():
         values[section] = dataclasses.replace(values[section], **changes)
     return values
+
+
+def repeated_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys that more than one of the command line's ``overrides`` sets: the last would
+    win and the others be ignored silently, so the CLIs refuse them. (Programs layer
+    overrides on purpose: a study's variation after its shared settings.)"""
+    keys = [item.partition("=")[0] for item in overrides]
+    return sorted({key for key in keys if keys.count(key) > 1})
