@@ -55,7 +55,7 @@ def save_world_figure(
     import matplotlib
 
     if not 1 <= rows <= MAX_ROWS:
-        raise ValueError(f"rows must lie in [1, {MAX_ROWS}], got {rows}")
+        raise DissectError(f"`rows` must lie in [1, {MAX_ROWS}], got {rows!r}", arguments=("rows",))
     path, file_format = figure_path(path)
     config = config or world.WorldConfig()
     matplotlib.use("Agg")
