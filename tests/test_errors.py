@@ -383,3 +383,36 @@ def test_cli_world_and_split_refusals_name_the_flags(tmp_path, capsys):
         err = capsys.readouterr().err.splitlines()
         assert (code, len(err)) == (2, 1), err
         assert err[0].startswith("jaxdissect: error: ") and expected in err[0], err
+
+
+def _demo():
+    from jaxdissect import demo
+
+    return demo
+
+
+def _fetch(**paths):
+    from jaxdissect.data.fetch import fetch
+
+    return fetch("broden1_224", **{"directory": "d", **paths}, progress=False)
+
+
+EMPTY_PATHS = {
+    "write_probe": (lambda: _synthetic()[0].write_probe("", 1, progress=False), "directory"),
+    "save_world_figure": (lambda: _synthetic()[1].save_world_figure(""), "path"),
+    "demo.run": (lambda: _demo().run("", 2, progress=False), "out"),
+    "fetch directory": (lambda: _fetch(directory=""), "directory"),
+    "fetch from_file": (lambda: _fetch(from_file=""), "from_file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_PATHS))
+def test_an_empty_path_is_refused_naming_its_argument(name, tmp_path, monkeypatch):
+    """'' reads as the current folder in Python's paths: refused before anything is
+    written (the test runs in an empty folder, which must stay empty)."""
+    monkeypatch.chdir(tmp_path)
+    call, argument = EMPTY_PATHS[name]
+    with pytest.raises(jd.DissectError, match=f"^`{argument}` is an empty path") as raised:
+        call()
+    assert raised.value.arguments == (argument,)
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxdissect.config import check_paths
 from jaxdissect.data.broden_writer import ProbeImage, write_broden
 from jaxdissect.data.synthetic import render
 from jaxdissect.data.synthetic.concepts import (
@@ -343,6 +344,7 @@ def write_probe(
     progress: bool = True,
 ) -> Path:
     """Writes the probe split as a Broden-format folder that any Broden reader reads."""
+    check_paths(directory=directory)
     if num_images < 1:
         raise DissectError(
             f"`num_images` must be >= 1, got {num_images!r}", arguments=("num_images",)
