@@ -97,7 +97,10 @@ class PassCheckpoints:
 
     def __init__(self, directory: str | Path, fingerprint: dict, every: int = 100):
         if every < 1:
-            raise ValueError(f"checkpoint interval must be >= 1 batch, got {every}")
+            raise DissectError(
+                f"`checkpoint_every` must be >= 1 batch, got {every!r}",
+                arguments=("checkpoint_every",),
+            )
         self.directory = _checked_folder(Path(directory).absolute())
         self.every = every
         text = json.dumps(fingerprint, sort_keys=True, default=str)

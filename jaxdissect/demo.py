@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdissect.config import DissectConfig
+from jaxdissect.config import DissectConfig, check_paths
 from jaxdissect.data.broden import open_broden
 from jaxdissect.data.cache import load_label_arrays
 from jaxdissect.data.synthetic import world
@@ -36,7 +36,9 @@ def concept_layer(planes, image_labels, chosen, stride, seed=0):
     return features
 
 
-def run(out: Path, num_images: int = 600, seed: int = 0, progress: bool = True) -> Path:
+def run(out: str | Path, num_images: int = 600, seed: int = 0, progress: bool = True) -> Path:
+    check_paths(out=out)
+    out = Path(out)
     probe = out / "probe"
     if not (probe / "index.csv").is_file():
         world.write_probe(probe, num_images, seed, world.WorldConfig(image_size=64), progress)

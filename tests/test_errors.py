@@ -107,17 +107,6 @@ def test_every_public_function_has_a_bad_call():
     assert functions == set(CALLS)
 
 
-@pytest.mark.parametrize("name", sorted(CALLS))
-def test_a_bad_argument_is_a_dissect_error_naming_it(name, world):
-    call, named = CALLS[name]
-    with pytest.raises(jd.DissectError) as raised:
-        call(world)
-    message = str(raised.value)
-    assert "\n" not in message
-    for argument in named:
-        assert argument in message if argument.startswith("'") else f"`{argument}`" in message
-
-
 @pytest.mark.parametrize(
     "field, value", [("quantile", 1.0), ("iou_threshold", -0.1), ("union", "both"),
                      ("batch_size", 0), ("top_images", -1), ("kernel", "gpu")]
@@ -224,3 +213,198 @@ def test_a_config_that_is_not_a_dissect_config_is_named(world, config):
     assert caught.value.arguments == ("config",)
     if config == "paper":
         assert "DissectConfig(union='paper')" in str(caught.value)
+
+
+def _huge_quantile_batch(w):
+    """B * h * w = 2**32 positions per unit, traced only (never allocated)."""
+    import jax
+
+    state = jd.quantile_init(2, 1e-5, 2**33)
+    acts = jax.ShapeDtypeStruct((2**16, 2**8, 2**8, 2), np.float32)
+    return jax.eval_shape(jd.quantile_update, state, acts)
+
+
+def _quantile_result_under_jit(w):
+    import jax
+
+    return jax.jit(jd.quantile_result)(jd.quantile_init(2, 0.1, 10))
+
+
+def _quantile_overfull(w):
+    """A state told of 4 positions, fed 16: the quantile needs more than it kept."""
+    state = jd.quantile_init(2, 0.25, 4)
+    return jd.quantile_result(jd.quantile_update(state, np.arange(32.0).reshape(1, 4, 4, 2)))
+
+
+def _iou_float64_without_x64(w):
+    import jax.numpy as jnp
+
+    counts = (jnp.ones(4, jnp.int32), jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 1), jnp.int32))
+    return jd.iou(*counts, np.zeros(4, np.int32), dtype=np.float64)
+
+
+def _top_images_update(w):
+    statistic = jd.top_images_statistic(2)
+    return statistic.update(statistic.init(3, 4, 4), np.ones((1, 2, 2, 3)), np.zeros(1))
+
+
+def _checkpoint_every(w):
+    return jd.dissect(w[0], w[2] / "f.npy", out=w[2] / "ck", checkpoint_every=0, progress=False)
+
+
+def _write_broden_big_label(w):
+    from jaxdissect.data.broden_writer import ProbeImage, write_broden
+
+    image = ProbeImage(
+        "x", np.zeros((4, 4, 3), np.uint8), {"object": [np.full((2, 2), 70000, np.int32)]}
+    )
+    return write_broden(w[2] / "big", ["object"], ["-", "a"], {"object": [1]}, [image])
+
+
+def _synthetic():
+    from jaxdissect.data.synthetic import figure, world
+
+    return world, figure
+
+
+def _loader():
+    from jaxdissect.data import loader
+
+    return loader
+
+
+# Beyond jd.*: the raises that issue 24 turned into DissectErrors, one call per kind of bad
+# argument (the public statistics' states, the synthetic world, the loader, the writer).
+MORE_CALLS = {
+    "quantile_statistic update, another q": (
+        lambda w: jd.quantile_statistic(0.1, 10).update(
+            jd.quantile_statistic(0.2, 10).init(2), np.ones((1, 1, 1, 2))
+        ),
+        ["state"],
+    ),
+    "tally_statistic merge, other settings": (
+        lambda w: jd.tally_statistic(3, np.zeros(3), "paper").merge(
+            jd.tally_statistic(3, np.zeros(3), "paper").init(2),
+            jd.tally_statistic(3, np.zeros(3), "lite").init(2),
+        ),
+        ["b"],
+    ),
+    "top_images_statistic merge, another k": (
+        lambda w: jd.top_images_statistic(2).merge(
+            jd.top_images_statistic(3).init(2, 4, 4), jd.top_images_statistic(2).init(2, 4, 4)
+        ),
+        ["a"],
+    ),
+    "top_images_statistic merge, other maps": (
+        lambda w: jd.top_images_statistic(2).merge(
+            jd.top_images_statistic(2).init(2, 4, 4), jd.top_images_statistic(2).init(2, 2, 2)
+        ),
+        ["a", "b"],
+    ),
+    "top_images_statistic update, other map size": (_top_images_update, ["acts", "state"]),
+    "quantile_update, 2**32 positions": (_huge_quantile_batch, ["acts"]),
+    "quantile_result under jit": (_quantile_result_under_jit, ["q", "positions"]),
+    "quantile_result, too few kept": (_quantile_overfull, ["state"]),
+    "quantile_merge, another q": (
+        lambda w: jd.quantile_merge(jd.quantile_init(2, 0.1, 10), jd.quantile_init(2, 0.11, 10)),
+        ["a", "b"],
+    ),
+    "iou float64 without x64": (_iou_float64_without_x64, ["dtype"]),
+    "dissect checkpoint_every": (_checkpoint_every, ["checkpoint_every"]),
+    "WorldConfig image_size": (lambda w: _synthetic()[0].WorldConfig(image_size=4), ["image_size"]),
+    "WorldConfig label_size": (
+        lambda w: _synthetic()[0].WorldConfig(image_size=16, label_size=5),
+        ["label_size", "image_size"],
+    ),
+    "WorldConfig texture_fraction": (
+        lambda w: _synthetic()[0].WorldConfig(texture_fraction=1.5),
+        ["texture_fraction"],
+    ),
+    "draw split": (lambda w: _synthetic()[0].draw(0, "holdout", 0), ["split"]),
+    "scene_arrays probe split": (lambda w: _synthetic()[0].scene_arrays(0, "probe", 2), ["split"]),
+    "write_probe num_images": (
+        lambda w: _synthetic()[0].write_probe(w[2] / "p0", 0, progress=False),
+        ["num_images"],
+    ),
+    "save_world_figure rows": (
+        lambda w: _synthetic()[1].save_world_figure(w[2] / "fig.png", rows=0),
+        ["rows"],
+    ),
+    "ArraySource lengths": (
+        lambda w: _loader().ArraySource(image=np.zeros(3), label=np.zeros(2)),
+        ["image", "label"],
+    ),
+    "iterate_batches batch_size": (
+        lambda w: next(_loader().iterate_batches(_loader().ArraySource(x=np.zeros(3)), 4)),
+        ["batch_size"],
+    ),
+    "write_broden label number": (_write_broden_big_label, ["images"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS) + sorted(MORE_CALLS))
+def test_a_bad_argument_is_a_dissect_error_naming_it(name, world):
+    call, named = {**CALLS, **MORE_CALLS}[name]
+    with pytest.raises(jd.DissectError) as raised:
+        call(world)
+    message = str(raised.value)
+    assert "\n" not in message
+    for argument in named:
+        if argument.startswith("'"):  # a value, not an argument
+            assert argument in message
+        else:
+            assert f"`{argument}`" in message and argument in raised.value.arguments, message
+
+
+def test_cli_world_and_split_refusals_name_the_flags(tmp_path, capsys):
+    """The converted refusals that a command reaches: the synthetic world's sizes (spelt as
+    --size) and the held-out split of a one-image probe set (--dataset)."""
+    from jaxdissect.data.synthetic import world
+
+    probe = world.write_probe(tmp_path / "one", 1, 0, world.WorldConfig(image_size=16), False)
+    np.save(tmp_path / "f.npy", np.ones((1, 4, 4, 2), np.float32))
+    cases = [
+        (["synthetic", "probe", "--out", str(tmp_path / "p"), "--images", "2", "--size", "4"],
+         "--size must lie in [8, 8192], got 4"),
+        (["directions", "--dataset", str(probe), "--features", str(tmp_path / "f.npy"),
+          "--out", str(tmp_path / "d"), "--no-progress"],
+         "--dataset holds 1 image"),
+    ]  # fmt: skip
+    for argv, expected in cases:
+        code = main(argv)
+        err = capsys.readouterr().err.splitlines()
+        assert (code, len(err)) == (2, 1), err
+        assert err[0].startswith("jaxdissect: error: ") and expected in err[0], err
+
+
+def _demo():
+    from jaxdissect import demo
+
+    return demo
+
+
+def _fetch(**paths):
+    from jaxdissect.data.fetch import fetch
+
+    return fetch("broden1_224", **{"directory": "d", **paths}, progress=False)
+
+
+EMPTY_PATHS = {
+    "write_probe": (lambda: _synthetic()[0].write_probe("", 1, progress=False), "directory"),
+    "save_world_figure": (lambda: _synthetic()[1].save_world_figure(""), "path"),
+    "demo.run": (lambda: _demo().run("", 2, progress=False), "out"),
+    "fetch directory": (lambda: _fetch(directory=""), "directory"),
+    "fetch from_file": (lambda: _fetch(from_file=""), "from_file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_PATHS))
+def test_an_empty_path_is_refused_naming_its_argument(name, tmp_path, monkeypatch):
+    """'' reads as the current folder in Python's paths: refused before anything is
+    written (the test runs in an empty folder, which must stay empty)."""
+    monkeypatch.chdir(tmp_path)
+    call, argument = EMPTY_PATHS[name]
+    with pytest.raises(jd.DissectError, match=f"^`{argument}` is an empty path") as raised:
+        call()
+    assert raised.value.arguments == (argument,)
+    assert list(tmp_path.iterdir()) == []

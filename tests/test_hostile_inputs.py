@@ -762,7 +762,7 @@ def test_a_synthetic_image_above_8192_px_is_refused_at_once(tmp_path, capsys, co
     extra = ["--images", "1", "--no-progress"] if command == "probe" else []
     out = tmp_path / ("p" if command == "probe" else "f.png")
     assert main(["synthetic", command, "--out", str(out), "--size", "9000", *extra]) == 2
-    _one_line_error(capsys, "--size/--label-size: image_size must lie in [8, 8192], got 9000")
+    _one_line_error(capsys, "--size must lie in [8, 8192], got 9000")
     assert not out.exists()
 
 

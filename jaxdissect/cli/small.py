@@ -102,8 +102,8 @@ def _world_config(args: argparse.Namespace):
 
     try:
         return WorldConfig(image_size=args.size, label_size=getattr(args, "label_size", None))
-    except ValueError as error:
-        raise DissectError(f"--size/--label-size: {error}") from None
+    except DissectError as error:  # spelt with this command's flags
+        raise DissectError(error.for_cli({"image_size": "--size"})) from None
 
 
 def run_synthetic(args: argparse.Namespace) -> int:

@@ -103,7 +103,10 @@ def split_images(num_images: int, heldout: float, key: jax.Array) -> tuple[np.nd
     """(train, held-out) sorted image indices: a permutation drawn from ``key``, its first
     round(heldout * N) images held out (at least one each side)."""
     if num_images < 2:
-        raise ValueError(f"need at least 2 images to split, got {num_images}")
+        raise DissectError(
+            f"`dataset` holds {num_images} image(s); the train / held-out split needs at least 2",
+            arguments=("dataset",),
+        )
     count = min(max(1, round(heldout * num_images)), num_images - 1)
     order = np.asarray(jax.random.permutation(key, num_images))
     return np.sort(order[count:]), np.sort(order[:count])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from jaxdissect.errors import DissectError
 from jaxdissect.progress import progress_bar
 
 
@@ -34,11 +35,17 @@ class ProbeImage:
     image_labels: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
 
 
-def encode_plane(labels: np.ndarray) -> np.ndarray:
-    """(sh, sw) label numbers < 65536 as an RGB image with label = R + 256 * G."""
+def encode_plane(labels: np.ndarray, argument: str = "labels", where: str = "") -> np.ndarray:
+    """(sh, sw) label numbers < 65536 as an RGB image with label = R + 256 * G; a
+    DissectError names ``argument`` (and ``where`` in it) for a number outside."""
     labels = np.asarray(labels)
-    if labels.min(initial=0) < 0 or labels.max(initial=0) > 0xFFFF:
-        raise ValueError("label numbers must lie in [0, 65535] to fit a PNG plane")
+    low, high = labels.min(initial=0), labels.max(initial=0)
+    if low < 0 or high > 0xFFFF:
+        raise DissectError(
+            f"`{argument}`{where}: label numbers must lie in [0, 65535] to fit a PNG plane, "
+            f"got {low if low < 0 else high}",
+            arguments=(argument,),
+        )
     rgb = np.zeros((*labels.shape, 3), np.uint8)
     rgb[..., 0] = labels % 256
     rgb[..., 1] = labels // 256
@@ -111,7 +118,8 @@ def _write_image(directory: Path, image: ProbeImage, column_order, frequency, me
         for k, plane in enumerate(image.planes.get(category, ())):
             label_shape = plane.shape
             path = f"{image.name}_{category}_{k}.png"
-            Image.fromarray(encode_plane(plane)).save(directory / "images" / path)
+            rgb = encode_plane(plane, "images", f" ({image.name}: {category} plane {k})")
+            Image.fromarray(rgb).save(directory / "images" / path)
             items.append(path)
             present, counts = np.unique(plane, return_counts=True)
             frequency[category][present] += 1

@@ -26,6 +26,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from jaxdissect.config import check_paths
 from jaxdissect.data.archive import ArchiveError, extract_zip
 from jaxdissect.data.download import discard_partial, download
 from jaxdissect.errors import DissectError
@@ -188,6 +189,7 @@ def fetch(
       DissectError: an unknown name, a failed download (the partial file kept for resuming),
         a size or hash mismatch, an unsafe or corrupt archive, an unreadable checkpoint.
     """
+    check_paths(directory=directory, from_file=from_file)
     if name not in SOURCES:
         raise DissectError(f"nothing named {name!r} to fetch; known: {', '.join(SOURCES)}")
     source = SOURCES[name]

@@ -14,14 +14,22 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from jaxdissect.errors import DissectError
+
 
 class ArraySource(Sequence):
     """Random access over arrays of equal length: ``source[i] -> {name: array[i]}``."""
 
     def __init__(self, **arrays: np.ndarray):
+        if not arrays:
+            raise DissectError("ArraySource needs at least one array, given by name")
         lengths = {len(a) for a in arrays.values()}
         if len(lengths) != 1:
-            raise ValueError(f"arrays must share their length, got {lengths}")
+            raise DissectError(
+                "ArraySource: the arrays must share their length, got "
+                + ", ".join(f"`{name}` {len(a)}" for name, a in arrays.items()),
+                arguments=tuple(arrays),
+            )
         self._arrays = arrays
         self._length = lengths.pop()
 
@@ -57,7 +65,11 @@ def iterate_batches(
     orders, so resuming at any step reproduces the same stream.
     """
     if batch_size < 1 or batch_size > len(source):
-        raise ValueError(f"batch_size must lie in [1, {len(source)}], got {batch_size}")
+        raise DissectError(
+            f"`batch_size` must lie in [1, {len(source)}] (the examples in `source`), "
+            f"got {batch_size!r}",
+            arguments=("batch_size",),
+        )
     per_epoch = len(source) // batch_size
 
     def produce(step: int) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from jaxdissect.errors import DissectError
 from jaxdissect.stats.upsample import resize_coefficients
 
 
@@ -256,10 +257,17 @@ def cpu_tally_batch(
     thresholds = np.array(thresholds, np.float32)
     # The compiled loops index without bounds checks: refuse what would run past an array.
     if slot_planes.size and slot_planes.max() >= slot_labels.shape[1]:
-        raise ValueError(f"slot index {slot_planes.max()} >= {slot_labels.shape[1]} slots")
+        raise DissectError(
+            f"`labels`: slot index {slot_planes.max()} >= {slot_labels.shape[1]} slots",
+            arguments=("labels",),
+        )
     for name, numbers in (("slot", slot_labels), ("image-level", image_labels)):
         if numbers.size and not 0 <= numbers.min() <= numbers.max() < len(label_category):
-            raise ValueError(f"{name} label numbers must lie in [0, {len(label_category)})")
+            raise DissectError(
+                f"`labels`: {name} label numbers must lie in [0, {len(label_category)}), "
+                f"got {numbers.min()} .. {numbers.max()}",
+                arguments=("labels",),
+            )
 
     slot_area = _slot_areas(slot_planes, slot_labels.shape[1])
     slot_area[:, 0] = 0

@@ -79,9 +79,10 @@ def _add_words(a: UInt32[Array, " words"], b: UInt32[Array, " words"]) -> UInt32
 def _host(x, what: str):
     """``x`` as a NumPy array; a clear error under ``jax.jit``, where it is unknown."""
     if runtime.is_tracer(x):
-        raise ValueError(
+        raise DissectError(
             f"quantile_result under jax.jit needs {what} as a Python number (static): "
-            "pass q= and positions= (N * h * w, known from the shapes)"
+            "pass `q` and `positions` (N * h * w, known from the shapes)",
+            arguments=("q", "positions"),
         )
     return np.asarray(x)
 
@@ -209,7 +210,11 @@ def quantile_update(
     acts = jnp.where(valid[:, None, None, None], acts, -jnp.inf)
     values = acts.reshape(batch * height * width, units).T
     if batch * height * width >= WORD:
-        raise ValueError(f"a batch of {batch * height * width} positions per unit exceeds 2**32")
+        raise DissectError(
+            f"`acts`: a batch of {batch * height * width} positions per unit (B * h * w) "
+            "exceeds 2**32 - 1; pass smaller batches",
+            arguments=("acts",),
+        )
     added = jnp.sum(valid, dtype=jnp.uint32) * jnp.uint32(height * width)
     count = _add_words(state.count, jnp.stack([jnp.uint32(0), added]))
     size = values.shape[1]
@@ -235,7 +240,7 @@ def _is_settings(q) -> bool:
 
 
 def _check_mergeable(a: QuantileState, b: QuantileState) -> None:
-    """ValueError unless ``a`` and ``b`` hold the same k and the same q."""
+    """DissectError unless ``a`` and ``b`` hold the same k and the same q."""
     if a.top.shape != b.top.shape:
         raise DissectError(
             f"quantile_merge: the states `a` and `b` hold top-k arrays of shapes {a.top.shape} and "
@@ -244,18 +249,20 @@ def _check_mergeable(a: QuantileState, b: QuantileState) -> None:
         )
     if _is_settings(a.q) or _is_settings(b.q):
         if a.q != b.q:
-            raise ValueError(
-                f"quantile_merge: the states were made with different settings ({a.q!r} and "
-                f"{b.q!r})"
+            raise DissectError(
+                f"quantile_merge: the states `a` and `b` were made with different settings "
+                f"({a.q!r} and {b.q!r})",
+                arguments=("a", "b"),
             )
         return
     traced = any(runtime.is_tracer(q) for q in (a.q, b.q))
     # Under jax.jit the q leaves are unknown: only k (a shape) is checked there; the
     # constructor ``quantile_statistic`` keeps q static, so its merge checks q under jit too.
     if not traced and not np.array_equal(np.asarray(a.q), np.asarray(b.q)):
-        raise ValueError(
-            f"quantile_merge: the states were made with different q ({quantile_q(a)!r} and "
-            f"{quantile_q(b)!r})"
+        raise DissectError(
+            f"quantile_merge: the states `a` and `b` were made with different q "
+            f"({quantile_q(a)!r} and {quantile_q(b)!r})",
+            arguments=("a", "b"),
         )
 
 
@@ -263,7 +270,7 @@ def quantile_merge(a: QuantileState, b: QuantileState) -> QuantileState:
     """Combine the states of two disjoint parts of the data (associative, commutative).
 
     Raises:
-      ValueError: the states hold different k, or different q (q is checked only where it
+      DissectError: the states hold different k, or different q (q is checked only where it
         is known: outside ``jax.jit``, or in states made by ``quantile_statistic``).
     """
     _check_mergeable(a, b)
@@ -316,9 +323,12 @@ def quantile_result(
         following = previous + 1
         gamma = virtual - previous
     if n - previous > k:
-        raise ValueError(
-            f"quantile state holds the top {k} values but the quantile needs the top "
-            f"{n - previous}: more positions were folded in ({n}) than quantile_init was told"
+        named = ("state",) if on_host else ("state", "positions")
+        raise DissectError(
+            f"quantile_result: `state` holds the top {k} values but the quantile of {n} "
+            f"positions{'' if on_host else ' (`positions`)'} needs the top {n - previous}: more "
+            "positions were folded in than quantile_init was told",
+            arguments=named,
         )
     # Sorted position i is column n - 1 - i of the descending top-k.
     a = top[:, n - 1 - previous]

@@ -62,9 +62,8 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
       NumPy array for NumPy counts, else a jax.Array.
 
     Raises:
-      ValueError: ``dtype`` is neither float32 nor float64, or float64 is asked of jax
-        arrays without x64.
-      DissectError: a negative count, an intersection above its label's area, or a
+      DissectError: ``dtype`` is neither float32 nor float64, or float64 is asked of jax
+        arrays without x64; a negative count, an intersection above its label's area, or a
         ``label_category`` entry outside [-1, C). Values are checked wherever they are
         known (NumPy counts, jax arrays outside ``jax.jit``); under ``jax.jit`` they cannot
         be, and such counts give meaningless IoUs there (an out-of-range category reads the
@@ -163,9 +162,10 @@ def _check_label_category(label_category, num_categories: int) -> None:
 def _iou_jax(label_area, intersection, unit_area, label_category, dtype):
     wide = dtype == np.float64
     if wide and not runtime.jax.config.read("jax_enable_x64"):
-        raise ValueError(
-            "iou: dtype=float64 of jax arrays needs jax_enable_x64; pass NumPy counts "
-            "(numpy.asarray) or use the default float32"
+        raise DissectError(
+            "iou: `dtype` float64 with jax arrays needs jax_enable_x64; pass NumPy counts "
+            "(numpy.asarray) or use the default float32",
+            arguments=("dtype",),
         )
     count, union_type = (jnp.int64, jnp.int64) if wide else (jnp.int32, jnp.uint32)
     label_area = jnp.asarray(label_area, count)

@@ -14,6 +14,8 @@ from typing import Any
 
 import jax
 
+from jaxdissect.errors import DissectError
+
 
 @jax.tree_util.register_pytree_node_class
 class Settings:
@@ -41,11 +43,14 @@ class Settings:
 
 
 def check_settings(what: str, expected: Settings, *states_settings: Any) -> None:
-    """Raises ValueError unless every state's settings equal ``expected``."""
-    for found in states_settings:
+    """Raises DissectError unless every state's settings equal ``expected``; it names the
+    argument as the statistic's functions spell it: ``state``, or ``a`` / ``b`` of merge."""
+    names = ("state",) if len(states_settings) == 1 else ("a", "b")
+    for name, found in zip(names, states_settings, strict=False):
         if found != expected:
-            raise ValueError(
-                f"{what}: a state made with other settings ({found!r}) cannot be combined "
-                f"with this statistic ({expected!r}); make every state with the same "
-                "constructor settings"
+            raise DissectError(
+                f"{what}: `{name}` was made with other settings ({found!r}) and cannot be "
+                f"combined with this statistic ({expected!r}); make every state with the same "
+                "constructor settings",
+                arguments=(name,),
             )

@@ -136,16 +136,19 @@ def top_images_statistic(k: int):
         raise DissectError(f"top_images_statistic: `k` must be >= 1, got {k!r}", arguments=("k",))
 
     def check(what, *states):
-        for state in states:
+        names = ("state",) if len(states) == 1 else ("a", "b")
+        for name, state in zip(names, states, strict=True):
             if state.values.shape[1] != k:
-                raise ValueError(
-                    f"top_images_statistic {what}: a state of k={state.values.shape[1]} "
-                    f"given to a statistic of k={k}"
+                raise DissectError(
+                    f"top_images_statistic {what}: `{name}` is a state of "
+                    f"k={state.values.shape[1]}, given to a statistic of k={k}",
+                    arguments=(name,),
                 )
         if len(states) == 2 and states[0].maps.shape != states[1].maps.shape:
-            raise ValueError(
-                f"top_images_statistic {what}: states of map shapes {states[0].maps.shape} "
-                f"and {states[1].maps.shape} (other units or map sizes)"
+            raise DissectError(
+                f"top_images_statistic {what}: `a` and `b` are states of map shapes "
+                f"{states[0].maps.shape} and {states[1].maps.shape} (other units or map sizes)",
+                arguments=("a", "b"),
             )
 
     def init(units: int, height: int, width: int) -> TopImagesState:
@@ -154,9 +157,10 @@ def top_images_statistic(k: int):
     def update(state, acts, indices, valid=None) -> TopImagesState:
         check("update", state)
         if tuple(acts.shape[1:3]) != tuple(state.maps.shape[2:]):
-            raise ValueError(
-                f"top_images_statistic update: activations of size {acts.shape[1:3]} for a "
-                f"state of maps {state.maps.shape[2:]}"
+            raise DissectError(
+                f"top_images_statistic update: `acts` of size {tuple(acts.shape[1:3])} for "
+                f"`state` of maps {tuple(state.maps.shape[2:])}",
+                arguments=("acts", "state"),
             )
         if valid is None:
             valid = jnp.ones((acts.shape[0],), bool)

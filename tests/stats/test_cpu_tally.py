@@ -6,6 +6,8 @@ import pytest
 from probe_fixture import pil_upsample, reference_tally
 from test_tally import _both_kernels
 
+from jaxdissect.errors import DissectError
+
 
 @pytest.mark.parametrize("union", ["paper", "lite"])
 @pytest.mark.parametrize("shape", [(5, 7, 4), (1, 1, 3), (3, 16, 2), (7, 7, 6)])
@@ -28,7 +30,7 @@ def test_cpu_kernel_refuses_indices_out_of_range():
     planes = np.full((1, 1, 4, 4), 2, np.uint8)
     cells = axis_cells(4, 2), axis_cells(4, 2)
     common = dict(thresholds=np.zeros(2, np.float32), label_category=np.zeros(4, np.int64))
-    with pytest.raises(ValueError, match="slot index 2 >= 2 slots"):
+    with pytest.raises(DissectError, match="`labels`: slot index 2 >= 2 slots"):
         cpu_tally_batch(
             totals,
             acts,
@@ -40,7 +42,7 @@ def test_cpu_kernel_refuses_indices_out_of_range():
             union="paper",
             **common,
         )
-    with pytest.raises(ValueError, match="image-level label numbers must lie in"):
+    with pytest.raises(DissectError, match="`labels`: image-level label numbers must lie in"):
         cpu_tally_batch(
             totals,
             acts,

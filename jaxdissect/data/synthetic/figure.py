@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxdissect.config import check_paths
 from jaxdissect.data.synthetic import world
 from jaxdissect.errors import DissectError
 
@@ -54,8 +55,9 @@ def save_world_figure(
     each label region named at its centre. Returns the file written (see ``figure_path``)."""
     import matplotlib
 
+    check_paths(path=path)
     if not 1 <= rows <= MAX_ROWS:
-        raise ValueError(f"rows must lie in [1, {MAX_ROWS}], got {rows}")
+        raise DissectError(f"`rows` must lie in [1, {MAX_ROWS}], got {rows!r}", arguments=("rows",))
     path, file_format = figure_path(path)
     config = config or world.WorldConfig()
     matplotlib.use("Agg")

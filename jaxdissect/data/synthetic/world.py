@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxdissect.config import check_paths
 from jaxdissect.data.broden_writer import ProbeImage, write_broden
 from jaxdissect.data.synthetic import render
 from jaxdissect.data.synthetic.concepts import (
@@ -54,11 +55,20 @@ class WorldConfig:
 
     def __post_init__(self):
         if not 8 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size must lie in [8, {MAX_IMAGE_SIZE}], got {self.image_size}")
+            raise DissectError(
+                f"`image_size` must lie in [8, {MAX_IMAGE_SIZE}], got {self.image_size!r}",
+                arguments=("image_size",),
+            )
         if self.image_size % self.labels != 0:
-            raise ValueError(f"label_size {self.labels} must divide image_size {self.image_size}")
+            raise DissectError(
+                f"`label_size` {self.labels!r} must divide `image_size` {self.image_size!r}",
+                arguments=("label_size", "image_size"),
+            )
         if not 0.0 <= self.texture_fraction <= 1.0:
-            raise ValueError(f"texture_fraction must lie in [0, 1], got {self.texture_fraction}")
+            raise DissectError(
+                f"`texture_fraction` must lie in [0, 1], got {self.texture_fraction!r}",
+                arguments=("texture_fraction",),
+            )
 
     @property
     def labels(self) -> int:
@@ -251,7 +261,9 @@ def draw(
     (a ``config.texture_fraction`` share).
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
+        raise DissectError(
+            f"`split` must be one of {tuple(SPLITS)}, got {split!r}", arguments=("split",)
+        )
     rng = np.random.default_rng([seed_of(seed), SPLITS[split], index])
     vocab = vocabulary()
     size = config.image_size
@@ -285,7 +297,10 @@ def scene_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scene-classification data: (N, H, W, 3) uint8 images and (N,) int32 scene classes."""
     if split == "probe":
-        raise ValueError("the probe split is for dissection; train on train/validation/test")
+        raise DissectError(
+            "`split` 'probe' is for dissection; train on 'train', 'validation' or 'test'",
+            arguments=("split",),
+        )
     images = np.zeros((num_images, config.image_size, config.image_size, 3), np.uint8)
     labels = np.zeros((num_images,), np.int32)
     for i, sample in enumerate(draw_many(seed, split, start, start + num_images, config)):
@@ -329,8 +344,11 @@ def write_probe(
     progress: bool = True,
 ) -> Path:
     """Writes the probe split as a Broden-format folder that any Broden reader reads."""
+    check_paths(directory=directory)
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise DissectError(
+            f"`num_images` must be >= 1, got {num_images!r}", arguments=("num_images",)
+        )
     seed_of(seed)  # refuses a negative seed before anything is written
     _check_free_space(Path(directory), num_images, config)
     vocab = vocabulary()
