@@ -82,6 +82,21 @@ def check_paths(**paths) -> None:
             )
 
 
+def check_out_apart(out, dataset) -> None:
+    """Refuses an ``out`` that is the dataset's own folder (``dataset``: a BrodenDataset or
+    its folder): the outputs would be written among the probe's files."""
+    import os
+
+    folder = getattr(dataset, "directory", dataset)
+    if isinstance(folder, (str, os.PathLike)) and os.path.isdir(out) and os.path.isdir(folder):
+        if os.path.samefile(out, folder):
+            raise DissectError(
+                f"`out` {out} is the dataset folder: the outputs would be written among its "
+                "files; choose another",
+                arguments=("out",),
+            )
+
+
 def check_config(config) -> DissectConfig:
     """``config`` itself, when it is a DissectConfig; otherwise a DissectError saying what to
     pass (a union rule's name given as the config is the likely slip)."""

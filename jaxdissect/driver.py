@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig, check_config, check_paths
+from jaxdissect.config import DissectConfig, check_config, check_out_apart, check_paths
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, cache_key, load_image_array, load_label_arrays
 from jaxdissect.dissection import Dissection, score_layer
@@ -351,6 +351,7 @@ def run_analysis(
     """
     check_config(config)
     check_paths(out=out, cache=cache)
+    check_out_apart(out, dataset)
     features = sys.modules.get("jaxdissect.models.features")
     if features is not None and isinstance(source, features.FeatureModel) and not layer:
         raise DissectError(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig, check_config, check_paths
+from jaxdissect.config import DissectConfig, check_config, check_out_apart, check_paths
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.dissection import Dissection
@@ -82,6 +82,7 @@ def dissect(
     mark("startup")
     check_config(config)
     check_paths(out=out, cache=cache)
+    check_out_apart(out, dataset)
     if isinstance(source, (list, tuple)) and not isinstance(source, Activations):
         # Checkpoints of one architecture: one pass.
         from jaxdissect.many import dissect_many

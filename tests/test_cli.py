@@ -335,6 +335,7 @@ def _empty_path_commands(tmp):
     yield "--out", ["synthetic", "figure", "--out", ""]
     yield "--out", ["demo", "--out", ""]
     yield "--dir", ["fetch", "broden1_224", "--dir", ""]
+    yield "--from", ["fetch", "broden1_224", "--dir", f"{tmp}/d", "--from", ""]
 
 
 def test_an_empty_output_path_is_refused_for_every_command(tmp_path, monkeypatch, capsys):

@@ -346,6 +346,21 @@ def test_features_refuses_an_out_that_is_a_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["dissect", "formulas", "directions"])
+def test_an_out_that_is_the_dataset_folder_is_refused(probe, tmp_path, capsys, command):
+    # `dissect --out P --dataset P` wrote tally.csv, results.json and the report among the
+    # probe's files, exit 0.
+    copy = tmp_path / "probe"
+    shutil.copytree(probe.directory, copy)
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 3)))
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    args = [command, "--dataset", str(copy), "--features", str(tmp_path / "f.npy"),
+            "--out", str(copy), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    _one_line_error(capsys, f"--out {copy} is the dataset folder")
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", ["dissect", "formulas", "directions"])
 def test_an_out_folder_that_is_the_features_file_is_refused(probe, tmp_path, capsys, command):
     # The commands writing a folder refuse an --out that is their --features (or a link to it).
     np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 3)))

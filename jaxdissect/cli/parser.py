@@ -39,9 +39,9 @@ def _int_at_least(minimum: int):
 _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
-def _output_path(text: str) -> Path:
-    """Where a command writes (--out, --cache, --dir): not the empty string, which a Path
-    reads as the current folder."""
+def _nonempty_path(text: str) -> Path:
+    """Where a command writes (--out, --cache, --dir), or fetch's --from: not the empty
+    string, which a Path reads as the current folder."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path (it would mean the current folder)")
     return Path(text)
@@ -73,7 +73,7 @@ class _Parents:
         self.cache = _parent()
         self.cache.add_argument(
             "--cache",
-            type=_output_path,
+            type=_nonempty_path,
             default=None,
             help="decoded-label cache (default: $JAXDISSECT_CACHE or ~/.cache/jaxdissect)",
         )
@@ -116,7 +116,7 @@ class _Parents:
             "vit_s_16) or package.module:factory (factory(weights) returns a "
             "jaxdissect.models.features.FeatureModel)",
         )
-        probe.add_argument("--out", required=True, type=_output_path, help="output folder")
+        probe.add_argument("--out", required=True, type=_nonempty_path, help="output folder")
         probe.add_argument(
             "--quantile",
             type=_fraction(True),
@@ -232,7 +232,7 @@ def _add_features(commands, parents: _Parents) -> None:
     features.add_argument("--weights", type=Path, default=None)
     features.add_argument("--layer", required=True)
     features.add_argument("--images", required=True, type=Path, help="uint8 (N, H, W, 3) .npy")
-    features.add_argument("--out", required=True, type=_output_path, help="output .npy")
+    features.add_argument("--out", required=True, type=_nonempty_path, help="output .npy")
 
 
 def _add_report(commands, parents: _Parents) -> None:
@@ -243,7 +243,7 @@ def _add_report(commands, parents: _Parents) -> None:
         description="Rebuild OUT/report.html (and OUT/index.html for several layers) from "
         "OUT's results.json and counts.npz; the probe images come from the dataset named there.",
     )
-    report.add_argument("out", type=_output_path, help="a dissect --out folder")
+    report.add_argument("out", type=_nonempty_path, help="a dissect --out folder")
 
 
 def _add_summarize(commands, parents: _Parents) -> None:
@@ -267,7 +267,7 @@ def _add_synthetic(commands, parents: _Parents) -> None:
     probe = synthetic_commands.add_parser(
         "probe", parents=[parents.seed, parents.progress], help="write a Broden-format probe folder"
     )
-    probe.add_argument("--out", required=True, type=_output_path, help="output folder")
+    probe.add_argument("--out", required=True, type=_nonempty_path, help="output folder")
     probe.add_argument("--images", required=True, type=_positive_int, help="number of images")
     probe.add_argument("--size", type=_positive_int, default=64, help="image size (square)")
     probe.add_argument(
@@ -282,7 +282,7 @@ def _add_synthetic(commands, parents: _Parents) -> None:
     figure.add_argument(
         "--out",
         required=True,
-        type=_output_path,
+        type=_nonempty_path,
         help="figure file (.png added without an extension)",
     )
     figure.add_argument("--rows", type=_positive_int, default=4)
@@ -324,13 +324,13 @@ def _add_fetch(commands, parents: _Parents) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fetch.add_argument("name", choices=list(SOURCES), metavar="NAME")
-    fetch.add_argument("--dir", required=True, type=_output_path, help="where to put it")
+    fetch.add_argument("--dir", required=True, type=_nonempty_path, help="where to put it")
     origin = fetch.add_mutually_exclusive_group()
     origin.add_argument("--url", default=None, help="another URL for the same file (a mirror)")
     origin.add_argument(
         "--from",
         dest="from_file",
-        type=Path,
+        type=_nonempty_path,
         default=None,
         help="a file you already have, used instead of downloading (offline)",
     )
@@ -391,5 +391,5 @@ def _add_demo(commands, parents: _Parents) -> None:
         parents=[parents.seed, parents.progress],
         help="a quick look: dissect a layer of known units on the synthetic world (about 10 s)",
     )
-    demo.add_argument("--out", type=_output_path, default=Path("runs/demo"))
+    demo.add_argument("--out", type=_nonempty_path, default=Path("runs/demo"))
     demo.add_argument("--images", type=_positive_int, default=600)
