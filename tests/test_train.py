@@ -121,6 +121,23 @@ def test_other_config_in_workdir_is_refused(tmp_path):
         train(other, tmp_path / "run", progress=False)
 
 
+def test_a_run_writes_through_no_link_planted_in_its_workdir(tmp_path):
+    # Issue 27: run.json, metrics.jsonl and config.json were written through whatever
+    # symbolic link stood at their names, into files outside the workdir.
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    for name in ("run.json", "metrics.jsonl"):
+        (tmp_path / f"outside-{name}").write_text("mine")
+        (workdir / name).symlink_to(tmp_path / f"outside-{name}")
+    (workdir / "config.json").symlink_to(tmp_path / "absent.json")  # dangling
+    train(make_config("smoke", ["steps=2"]), workdir, progress=False)
+    for name in ("run.json", "metrics.jsonl"):
+        assert (tmp_path / f"outside-{name}").read_text() == "mine"
+    assert not (tmp_path / "absent.json").exists()
+    for name in ("run.json", "metrics.jsonl", "config.json"):
+        assert not (workdir / name).is_symlink() and (workdir / name).is_file()
+
+
 def test_damaged_metrics_line_is_named(tmp_path):
     config = make_config("smoke", ["steps=2"])
     train(config, tmp_path / "run", progress=False)

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdissect.data.loader import iterate_batches, rotation_pretext
+from jaxdissect.outdir import open_plain_file, replace_file
 from jaxdissect.progress import progress_bar
 from train.checkpoints import load_run
 from train.config import TrainConfig
@@ -137,9 +138,7 @@ def _record_config(workdir: Path, config: TrainConfig) -> None:
     path = workdir / "config.json"
     if not path.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".partial")
-        temporary.write_text(config.to_json())
-        os.replace(temporary, path)
+        replace_file(path, config.to_json())
 
 
 def _logged_until(path: Path, step: int) -> list[str]:
@@ -227,7 +226,7 @@ def _write_run_info(workdir: Path, config: TrainConfig, data) -> None:
     class_names = ("0", "90", "180", "270") if config.objective == "rotation" else data.class_names
     run_path = workdir / "run.json"
     run = {"num_classes": len(class_names), "class_names": list(class_names)}
-    run_path.write_text(json.dumps(run))
+    replace_file(run_path, json.dumps(run))
 
 
 def _resume(manager, workdir: Path, params, rest, opt_state):
@@ -236,12 +235,12 @@ def _resume(manager, workdir: Path, params, rest, opt_state):
     restored = _restore_intact(manager, workdir, params, rest, opt_state)
     metrics_path = workdir / "metrics.jsonl"
     if restored is None:
-        metrics_path.write_text("")
+        replace_file(metrics_path, "")
         return 0, params, rest, opt_state
     start = restored[0]
     # Drop what the interrupted run logged after its last checkpoint: it is redone.
     kept = _logged_until(metrics_path, start)
-    metrics_path.write_text("".join(line + "\n" for line in kept))
+    replace_file(metrics_path, "".join(line + "\n" for line in kept))
     return restored
 
 
@@ -324,7 +323,8 @@ def _train_locked(config, workdir, data, model, progress, stop_after) -> dict:
     train_step = make_train_step(graphdef, tx, config)
 
     def log(record):
-        with open(metrics_path, "a") as f:
+        # Appended without following a link someone planted at the name.
+        with os.fdopen(open_plain_file(metrics_path, "the run's metrics"), "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def checkpoint(step):
