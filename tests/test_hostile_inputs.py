@@ -855,3 +855,20 @@ def test_an_error_naming_a_file_with_a_line_break_stays_one_line(tmp_path, capsy
     assert main(argv) == 2
     line = _one_line_error(capsys, "a\\nb.npy: features file not found")
     assert "\n" not in line
+
+
+def test_a_synthetic_probe_of_too_many_pixels_is_refused_at_once(tmp_path, capsys):
+    """--images 100 --size 8192 would draw for over an hour: refused before any image."""
+    out = tmp_path / "p"
+    args = ["synthetic", "probe", "--out", str(out), "--images", "100", "--size", "8192"]
+    assert main([*args, "--no-progress"]) == 2
+    _one_line_error(capsys, "--images 100 x --size 8192**2", "4,294,967,296")
+    assert not out.exists()
+
+
+def test_a_synthetic_figure_of_too_many_pixels_is_refused_at_once(tmp_path, capsys):
+    """--rows 100 --size 8192 reached 6 GB: refused before any image is drawn."""
+    out = tmp_path / "f.png"
+    assert main(["synthetic", "figure", "--out", str(out), "--rows", "100", "--size", "8192"]) == 2
+    _one_line_error(capsys, "--rows 100 x --size 8192**2", "16,777,216")
+    assert not out.exists()

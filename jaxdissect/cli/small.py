@@ -115,12 +115,20 @@ def run_synthetic(args: argparse.Namespace) -> int:
             raise DissectError(
                 f"{args.out}: already holds a probe set (index.csv); choose another --out"
             )
-        write_probe(args.out, args.images, args.seed, config, progress=not args.no_progress)
+        try:
+            write_probe(args.out, args.images, args.seed, config, progress=not args.no_progress)
+        except DissectError as error:  # spelt with this command's flags
+            flags = {"image_size": "--size", "num_images": "--images", "directory": "--out"}
+            raise DissectError(error.for_cli(flags)) from None
         print(f"wrote a Broden-format probe set of {args.images} images to {args.out}")
     else:
         from jaxdissect.data.synthetic.figure import MAX_ROWS, save_world_figure
 
         if args.rows > MAX_ROWS:
             raise DissectError(f"--rows {args.rows}: at most {MAX_ROWS} rows fit one figure")
-        print(f"wrote {save_world_figure(args.out, args.seed, args.rows, config)}")
+        try:
+            written = save_world_figure(args.out, args.seed, args.rows, config)
+        except DissectError as error:  # spelt with this command's flags
+            raise DissectError(error.for_cli({"image_size": "--size", "path": "--out"})) from None
+        print(f"wrote {written}")
     return 0

@@ -25,6 +25,11 @@ def _overlay(pixels: np.ndarray, plane: np.ndarray, palette: np.ndarray) -> np.n
 # (2**16 pixels a side) after minutes of drawing.
 MAX_ROWS = 100
 
+# The most image pixels one figure draws (rows x image_size**2): each becomes three float
+# overlays held by Matplotlib until the figure is saved (100 rows of 8192 px reached 6 GB).
+# A panel is about 270 px wide on the page, so larger images add nothing to see.
+MAX_FIGURE_PIXELS = 2**24
+
 
 def figure_path(path: str | Path) -> tuple[Path, str]:
     """The file a figure for ``path`` is written to, and its format: ``path`` itself when
@@ -58,8 +63,15 @@ def save_world_figure(
     check_paths(path=path)
     if not 1 <= rows <= MAX_ROWS:
         raise DissectError(f"`rows` must lie in [1, {MAX_ROWS}], got {rows!r}", arguments=("rows",))
-    path, file_format = figure_path(path)
     config = config or world.WorldConfig()
+    if rows * config.image_size**2 > MAX_FIGURE_PIXELS:
+        raise DissectError(
+            f"`rows` {rows} x `image_size` {config.image_size}**2 is "
+            f"{rows * config.image_size**2:,} pixels; a figure draws at most "
+            f"{MAX_FIGURE_PIXELS:,} (fewer rows or smaller images)",
+            arguments=("rows", "image_size"),
+        )
+    path, file_format = figure_path(path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -37,6 +37,11 @@ SPLITS = {"probe": 0, "train": 1, "validation": 2, "test": 3}
 # The largest side drawn: an image of 8192 px is 200 MB (RGB); one of 9000 px took minutes.
 MAX_IMAGE_SIZE = 8192
 
+# The most pixels one probe set draws (images x image_size**2): drawing takes about 0.6 us
+# a pixel, so this is about 45 minutes; a Broden-sized set (63,305 images of 224 x 224,
+# 3.2e9 pixels) fits.
+MAX_PROBE_PIXELS = 2**32
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WorldConfig:
@@ -348,6 +353,13 @@ def write_probe(
     if num_images < 1:
         raise DissectError(
             f"`num_images` must be >= 1, got {num_images!r}", arguments=("num_images",)
+        )
+    if num_images * config.image_size**2 > MAX_PROBE_PIXELS:
+        raise DissectError(
+            f"`num_images` {num_images} x `image_size` {config.image_size}**2 is "
+            f"{num_images * config.image_size**2:,} pixels to draw; at most "
+            f"{MAX_PROBE_PIXELS:,} are drawn in one probe set (fewer or smaller images)",
+            arguments=("num_images", "image_size"),
         )
     seed_of(seed)  # refuses a negative seed before anything is written
     _check_free_space(Path(directory), num_images, config)
