@@ -88,7 +88,9 @@ def check_out_apart(out, dataset) -> None:
     import os
 
     folder = getattr(dataset, "directory", dataset)
-    if isinstance(folder, (str, os.PathLike)) and os.path.isdir(out) and os.path.isdir(folder):
+    if out is None or not isinstance(folder, (str, os.PathLike)):
+        return
+    if os.path.isdir(out) and os.path.isdir(folder):
         if os.path.samefile(out, folder):
             raise DissectError(
                 f"`out` {out} is the dataset folder: the outputs would be written among its "

@@ -33,6 +33,7 @@ from jaxdissect.passes import compute_tally, compute_thresholds
 from jaxdissect.sources import (
     Activations,
     ReusedActivations,
+    check_shapes,
     features_activations,
     keep_budget,
     model_run,
@@ -95,6 +96,13 @@ def dissect_activations(
             f"{dataset.directory / 'index.csv'} lists {dataset.num_images}",
             arguments=("num_images",),
         )
+    if not callable(activations):
+        raise FeaturesError(
+            f"`activations` must be a callable (start, stop) -> {{layer: array}}, got "
+            f"{type(activations).__name__}",
+            arguments=("activations",),
+        )
+    check_shapes(shapes)
     backend = select_backend(config)
     budget = keep_budget()
     upload = None
@@ -169,6 +177,16 @@ def _canonical(fingerprint: dict) -> dict:
     return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
 
+def check_images(images, dataset: BrodenDataset) -> None:
+    """Refuses probe ``images`` (when given) that are not one per image of ``dataset``."""
+    if images is not None and len(images) != dataset.num_images:
+        raise DissectError(
+            f"`images` holds {len(images)} images but {dataset.directory / 'index.csv'} "
+            f"lists {dataset.num_images}",
+            arguments=("images",),
+        )
+
+
 def open_inputs(
     dataset: BrodenDataset | str | Path,
     source,
@@ -186,7 +204,21 @@ def open_inputs(
     features = sys.modules.get("jaxdissect.models.features")
     if not isinstance(dataset, BrodenDataset):
         dataset = open_broden(dataset)
-    if features is not None and isinstance(source, features.FeatureModel):
+    is_model = features is not None and isinstance(source, features.FeatureModel)
+    if source is None:
+        raise FeaturesError(
+            "`source` is None: give an Activations, a path to an (N, h, w, U) .npy file, "
+            "such an array, or a FeatureModel",
+            arguments=("source",),
+        )
+    if weights is not None and not is_model:
+        raise DissectError(
+            f"`weights` {str(weights)!r} goes with a model to load; `source` is "
+            f"{type(source).__name__}, whose activations are already computed",
+            arguments=("weights",),
+        )
+    check_images(images, dataset)
+    if is_model:
         if not layers:
             raise DissectError(f"name at least one layer of model {source.name!r}")
         if images is None:

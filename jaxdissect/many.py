@@ -30,7 +30,13 @@ from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import load_image_array, load_label_arrays
-from jaxdissect.driver import completed, dissect_activations, run_fingerprint, write_outputs
+from jaxdissect.driver import (
+    check_images,
+    completed,
+    dissect_activations,
+    run_fingerprint,
+    write_outputs,
+)
 from jaxdissect.errors import DissectError
 from jaxdissect.models.features import FeatureModel
 from jaxdissect.outdir import locked
@@ -215,6 +221,7 @@ def dissect_many(
     if not isinstance(dataset, BrodenDataset):
         dataset = open_broden(dataset)
     layers = models[0].check_layers(layers)
+    check_images(images, dataset)
     if images is None:
         images = load_image_array(dataset, cache, progress)
     out = Path(out)

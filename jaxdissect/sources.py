@@ -21,6 +21,10 @@ from jaxdissect.kernels.base import ActivationSource, Shapes
 # labels' host-to-device copies in pass 2.
 DEVICE_SHARE = 0.25
 CPU_KEEP_BYTES = 2**30
+
+# The most units one layer may have: its tally counts are (units, labels) integers, and
+# 65,536 units of Broden's 1,197 labels are 300 MiB (the widest zoo layer has 4,096).
+MAX_UNITS = 2**16
 # A features file's identity reads this many evenly spaced blocks of this size (see
 # ``file_identity``), besides its header.
 SAMPLED_BLOCKS, BLOCK_BYTES = 64, 64 * 2**10
@@ -302,6 +306,33 @@ def keep_budget() -> int:
     return int(stats.get("bytes_limit", 0) * DEVICE_SHARE)
 
 
+def check_shapes(shapes) -> None:
+    """Refuses ``shapes`` that are not {layer: (h, w, U)} of positive ints, none empty and
+    none beyond the bounds (sides ``MAX_SIDE``, units ``MAX_UNITS``): a FeaturesError
+    naming ``shapes``, before any pass allocates for them."""
+    from jaxdissect.data.broden import MAX_SIDE
+
+    if not isinstance(shapes, Mapping) or not shapes:
+        raise FeaturesError(
+            f"`shapes` must be a non-empty {{layer: (h, w, units)}} mapping, got {shapes!r}",
+            arguments=("shapes",),
+        )
+    for layer, shape in shapes.items():
+        ok = isinstance(shape, (tuple, list)) and len(shape) == 3
+        if not ok or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape):
+            raise FeaturesError(
+                f"`shapes` {layer!r}: expected (h, w, units) of positive ints, got {shape!r}",
+                arguments=("shapes",),
+            )
+        height, width, units = shape
+        if max(height, width) > MAX_SIDE or units > MAX_UNITS:
+            raise FeaturesError(
+                f"`shapes` {layer!r}: {tuple(shape)} exceeds the bounds: maps of at most "
+                f"{MAX_SIDE} px a side and at most {MAX_UNITS:,} units",
+                arguments=("shapes",),
+            )
+
+
 class ReusedActivations:
     """An ActivationSource that keeps pass 1's device outputs (jax.Arrays, e.g. a model's),
     up to ``budget`` bytes, and hands each back once in pass 2: the model then runs once.
@@ -317,6 +348,12 @@ class ReusedActivations:
         if (start, stop) in self._kept:
             return self._kept.pop((start, stop))
         out = self.source(start, stop)
+        if not isinstance(out, Mapping):
+            raise FeaturesError(
+                f"`activations`({start}, {stop}) returned {type(out).__name__}; it must return "
+                "{layer: (B, h, w, units) array}",
+                arguments=("activations",),
+            )
         if self.recording and all(runtime.is_array(v) for v in out.values()):
             size = nbytes(dict(out))
             if size <= self.budget:

@@ -273,6 +273,13 @@ def _loader():
     return loader
 
 
+def _activations_of(w, shapes, read=None):
+    """dissect_activations of the world's probe with these ``shapes`` (and source)."""
+    dataset, labels, _ = w
+    read = read or (lambda start, stop: {"l": np.zeros((stop - start, 4, 4, 3), np.float32)})
+    return jd.dissect_activations(read, dataset.num_images, shapes, dataset, labels, progress=False)
+
+
 # Beyond jd.*: the raises that issue 24 turned into DissectErrors, one call per kind of bad
 # argument (the public statistics' states, the synthetic world, the loader, the writer).
 MORE_CALLS = {
@@ -339,6 +346,39 @@ MORE_CALLS = {
         ["batch_size"],
     ),
     "write_broden label number": (_write_broden_big_label, ["images"]),
+    "bilinear_matrix 10**6 x 10**6": (lambda w: jd.bilinear_matrix(10**6, 10**6), ["out_size"]),
+    "open_broden categories a string": (
+        lambda w: jd.open_broden(w[0].directory, categories="color"),
+        ["categories"],
+    ),
+    "dissect weights without a model": (
+        lambda w: jd.dissect(w[0], w[2] / "f.npy", weights="x", progress=False),
+        ["weights"],
+    ),
+    "dissect source None": (lambda w: jd.dissect(w[0], None, progress=False), ["source"]),
+    "dissect images of another count": (
+        lambda w: jd.dissect(
+            w[0], w[2] / "f.npy", images=np.zeros((3, 8, 8, 3), np.uint8), progress=False
+        ),
+        ["images"],
+    ),
+    "dissect_activations source returns None": (
+        lambda w: _activations_of(w, {"l": (4, 4, 3)}, lambda start, stop: None),
+        ["activations"],
+    ),
+    "dissect_activations shapes of 2 dims": (
+        lambda w: _activations_of(w, {"l": (4, 16)}),
+        ["shapes"],
+    ),
+    "dissect_activations no shapes": (lambda w: _activations_of(w, {}), ["shapes"]),
+    "dissect_activations 10**9 units": (
+        lambda w: _activations_of(w, {"l": (4, 4, 10**9)}),
+        ["shapes"],
+    ),
+    "dissect_activations 10**5 px maps": (
+        lambda w: _activations_of(w, {"l": (10**5, 4, 3)}),
+        ["shapes"],
+    ),
 }
 
 

@@ -33,7 +33,7 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
-from jaxdissect.errors import BrodenFormatError
+from jaxdissect.errors import BrodenFormatError, DissectError
 
 INDEX_FIELDS = ("image", "ih", "iw", "sh", "sw")
 LABEL_FIELDS = ("number", "name")
@@ -299,6 +299,12 @@ def open_broden(directory: str | Path, categories: Sequence[str] | None = None) 
     directory = Path(directory)
     if not directory.is_dir():
         raise BrodenFormatError(f"{directory}: not a directory")
+    if isinstance(categories, str):
+        raise DissectError(
+            f"`categories` must be a list of names, got the string {categories!r} "
+            f"(for one category, give [{categories!r}])",
+            arguments=("categories",),
+        )
     available = read_category_names(directory)
     if categories is None:
         selected = available

@@ -15,12 +15,21 @@ import numpy as np
 
 from jaxdissect.errors import DissectError
 
+# The most entries of one resize matrix: 8192 x 8192, built in float64 (512 MiB).
+MAX_MATRIX_ENTRIES = 2**26
+
 
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     """(out_size, in_size) float32 weights of half-pixel bilinear resizing along one axis."""
     if out_size < 1 or in_size < 1:
         raise DissectError(
             f"`out_size` and `in_size` must be >= 1, got {out_size} and {in_size}",
+            arguments=("out_size", "in_size"),
+        )
+    if out_size * in_size > MAX_MATRIX_ENTRIES:
+        raise DissectError(
+            f"`out_size` {out_size} x `in_size` {in_size} is {out_size * in_size:,} entries; "
+            f"a resize matrix holds at most {MAX_MATRIX_ENTRIES:,}",
             arguments=("out_size", "in_size"),
         )
     source = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
