@@ -204,6 +204,10 @@ def quantile_update(
 
     Returns:
       The updated state. Jittable; shapes are static.
+
+    Raises:
+      DissectError: ``acts`` is not a real (B, h, w, U) array, ``valid`` not a (B,) bool
+        array, or known ``acts`` (NumPy, or jax outside ``jax.jit``) hold NaN or infinity.
     """
     _check_acts(acts, valid, state.top.shape[0])
     batch, height, width, units = acts.shape
