@@ -19,6 +19,7 @@ import numpy as np
 from jaxdissect import runtime
 from jaxdissect.errors import DissectError
 from jaxdissect.runtime import jax, jnp
+from jaxdissect.stats.checks import check_count, check_real, check_state_bytes
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Bool, Float, Int, UInt32
@@ -101,6 +102,8 @@ def quantile_q(state: QuantileState) -> float:
 
 def topk_size(q: float, positions: int) -> int:
     """Number of largest values needed for the (1 - q) quantile of ``positions`` values."""
+    q = check_real(q, "q")
+    positions = check_count(positions, "positions")
     if not 0.0 < q < 1.0:
         raise DissectError(f"quantile `q` must lie in (0, 1), got {q!r}", arguments=("q",))
     if not 1 <= positions < WORD**2:
@@ -125,7 +128,9 @@ def topk_size(q: float, positions: int) -> int:
 
 def _buffer_columns(k: int, buffer_size: int | None) -> int:
     """The staging columns M: ``buffer_size``, by default max(k, 4096), checked."""
-    buffer_size = buffer_size or max(k, 4096)
+    if buffer_size is None:
+        return max(k, 4096)
+    buffer_size = check_count(buffer_size, "buffer_size")
     if not 1 <= buffer_size <= MAX_COLUMNS:
         raise DissectError(
             "`buffer_size` must lie in [1, 2**30 - 1] (int32 column arithmetic), got "
@@ -150,8 +155,7 @@ def quantile_init(
     Returns:
       A QuantileState with a (U, k) top-k, k = ceil(q * positions) + 2 (at most positions).
     """
-    if units < 1:
-        raise DissectError(f"`units` must be >= 1, got {units!r}", arguments=("units",))
+    units = check_count(units, "units")
     return _init_arrays(jnp, units, q, positions, buffer_size)
 
 
@@ -160,6 +164,9 @@ def _init_arrays(xp, units, q, positions, buffer_size) -> QuantileState:
     backend, which then compiles no XLA program)."""
     k = topk_size(q, positions)
     buffer_size = _buffer_columns(k, buffer_size)
+    check_state_bytes(
+        4 * units * (k + buffer_size), "quantile init", ("units", "positions", "buffer_size")
+    )
     return QuantileState(
         top=xp.full((units, k), -np.inf, np.float32),
         buffer=xp.full((units, buffer_size), -np.inf, np.float32),
@@ -197,7 +204,12 @@ def quantile_update(
 
     Returns:
       The updated state. Jittable; shapes are static.
+
+    Raises:
+      DissectError: ``acts`` is not a real (B, h, w, U) array, ``valid`` not a (B,) bool
+        array, or known ``acts`` (NumPy, or jax outside ``jax.jit``) hold NaN or infinity.
     """
+    _check_acts(acts, valid, state.top.shape[0])
     batch, height, width, units = acts.shape
     if units != state.top.shape[0]:
         raise DissectError(
@@ -233,6 +245,53 @@ def quantile_update(
     buffer = state.buffer.at[rows, column].set(values, mode="drop")
     fill = state.fill + jnp.sum(candidate, axis=1, dtype=jnp.int32)
     return state._replace(buffer=buffer, fill=fill, count=count)
+
+
+def _check_acts(acts, valid, units: int) -> None:
+    """A DissectError naming ``acts`` or ``valid`` when they are not (B, h, w, U) and (B,)
+    bool arrays, or when known activations hold NaN or infinity."""
+    if not (isinstance(acts, np.ndarray) or runtime.is_array(acts)):
+        raise DissectError(
+            f"quantile update: `acts` must be a (B, h, w, {units}) array, got "
+            f"{type(acts).__name__}",
+            arguments=("acts",),
+        )
+    real = jnp.issubdtype(acts.dtype, jnp.floating) or jnp.issubdtype(acts.dtype, jnp.integer)
+    if acts.ndim != 4 or not real:
+        raise DissectError(
+            f"quantile update: `acts` must be a real (B, h, w, {units}) array, got shape "
+            f"{tuple(acts.shape)} of {acts.dtype}",
+            arguments=("acts",),
+        )
+    if valid is not None:
+        dtype = valid.dtype if hasattr(valid, "dtype") else np.asarray(valid).dtype
+        if np.shape(valid) != (acts.shape[0],) or np.dtype(dtype) != np.bool_:
+            raise DissectError(
+                f"quantile update: `valid` must be a ({acts.shape[0]},) bool array (one per "
+                f"image of `acts`), got shape {np.shape(valid)} of {dtype}",
+                arguments=("valid",),
+            )
+    if not runtime.is_tracer(acts):
+        xp = np if isinstance(acts, np.ndarray) else jnp
+        if not bool(xp.all(xp.isfinite(acts))):
+            raise DissectError(
+                "quantile update: `acts` holds NaN or infinite values; thresholds are "
+                "quantiles of finite activations",
+                arguments=("acts",),
+            )
+
+
+def _check_folded(count, positions: int) -> None:
+    """A DissectError when a known count exceeds the ``positions`` the state was made for."""
+    if not runtime.is_tracer(count):
+        folded = join_words(count)
+        if folded > positions:
+            raise DissectError(
+                f"quantile update: {folded} positions per unit were folded in, more than the "
+                f"`positions` = {positions} the statistic was made for; make it with the total "
+                "N * h * w of the images folded in",
+                arguments=("positions", "acts"),
+            )
 
 
 def _is_settings(q) -> bool:
@@ -384,7 +443,9 @@ def quantile_statistic(q: float, positions: int, *, buffer_size: int | None = No
 
     def update(state: QuantileState, acts, valid=None) -> QuantileState:
         check_settings("quantile_statistic update", settings, state.q)
-        return quantile_update(state, acts, valid)
+        state = quantile_update(state, acts, valid)
+        _check_folded(state.count, positions)
+        return state
 
     def merge(a: QuantileState, b: QuantileState) -> QuantileState:
         check_settings("quantile_statistic merge", settings, a.q, b.q)

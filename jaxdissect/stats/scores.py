@@ -134,6 +134,12 @@ def _check_counts(label_area, intersection, unit_area) -> None:
     }
     for name, counts in known.items():
         if counts is not None:
+            if counts.dtype.kind not in "biuf":
+                raise DissectError(
+                    f"`{name}` must hold numeric counts, got {counts.dtype} values",
+                    arguments=(name,),
+                )
+            _refuse_first(~np.isfinite(counts), name, counts, "counts must be finite")
             _refuse_first(counts < 0, name, counts, "counts cannot be negative")
     label_area, intersection = known["label_area"], known["intersection"]
     if label_area is not None and intersection is not None:
@@ -148,7 +154,19 @@ def _check_counts(label_area, intersection, unit_area) -> None:
 
 
 def _check_label_category(label_category, num_categories: int) -> None:
-    """A DissectError naming the first ``label_category`` entry outside [-1, C), if known."""
+    """A DissectError naming the first ``label_category`` entry outside [-1, C), if known,
+    or a ``label_category`` that does not hold integers (its dtype, known under jit too)."""
+    dtype = getattr(label_category, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(label_category).dtype
+        except (TypeError, ValueError):
+            dtype = np.dtype(object)
+    if np.dtype(dtype).kind not in "iu":
+        raise DissectError(
+            f"`label_category` must hold integer category indices, got {dtype} values",
+            arguments=("label_category",),
+        )
     values = _known(label_category)
     if values is not None:
         _refuse_first(
@@ -204,7 +222,7 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
             f"{label_category.shape}: expected (U, L) and (L,)",
             arguments=("scores", "label_category"),
         )
-    _check_label_category(label_category, num_categories)
+    _check_label_category(label_category, _check_num_categories(num_categories, scores))
     best_labels, best_ious = [], []
     for c in range(num_categories):
         in_category = xp.where((label_category == c)[None, :], scores, -xp.inf)
@@ -226,6 +244,22 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
         category=category,
         score=score,
     )
+
+
+def _check_num_categories(num_categories, scores) -> int:
+    """``num_categories`` as an int in [1, L]: L labels can fill at most L categories, and
+    the (U, C) outputs are bounded by the inputs' sizes."""
+    from jaxdissect.stats.checks import check_count
+
+    num_categories = check_count(num_categories, "num_categories", what="label_units")
+    labels = scores.shape[1]
+    if num_categories > max(labels, 1):
+        raise DissectError(
+            f"label_units: `num_categories` = {num_categories} exceeds the {labels} labels of "
+            "`scores` (U, L): L labels belong to at most L categories",
+            arguments=("num_categories",),
+        )
+    return num_categories
 
 
 def summarize(

@@ -348,18 +348,53 @@ def tally_update(
     return state._replace(overflow=state.overflow + jnp.sum(overflow & valid, dtype=jnp.int32))
 
 
+def _category_table(label_category, num_categories):
+    """``label_category`` as an int32 NumPy table; a DissectError naming it for values that
+    are not integers in [-1, C) (C = ``num_categories`` where given)."""
+    import numpy as np
+
+    try:
+        values = np.asarray(label_category)
+    except (TypeError, ValueError):
+        values = np.asarray([], dtype=object)
+    if values.dtype.kind not in "iuf":
+        raise DissectError(
+            f"tally_statistic: `label_category` must hold integer category indices, got "
+            f"{values.dtype} values",
+            arguments=("label_category",),
+        )
+    bad = ~np.isfinite(values) | (values != np.round(values)) | (values < -1)
+    if num_categories is not None:
+        bad |= values >= num_categories
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        upper = "C" if num_categories is None else num_categories
+        raise DissectError(
+            f"tally_statistic: `label_category`{list(index)} is {values[index]!r}: a label's "
+            f"category is an integer in [-1, {upper}), -1 meaning none",
+            arguments=("label_category",),
+        )
+    return values.astype(np.int32)
+
+
 def _tally_settings(
     num_labels, label_category, union, num_categories, num_slots, mask_dtype, max_active
 ):
     """``tally_statistic``'s arguments checked: (the (L,) int32 category table, C, and the
     leafless ``Settings`` node)."""
-    import numpy as np
 
+    from jaxdissect.stats.checks import check_count
     from jaxdissect.stats.statistic import Settings
 
     if union not in UNIONS:
         raise DissectError(f"`union` must be one of {UNIONS}, got {union!r}", arguments=("union",))
-    table = np.asarray(label_category, np.int32)
+    num_labels = check_count(num_labels, "num_labels", what="tally_statistic")
+    num_slots = check_count(num_slots, "num_slots", what="tally_statistic")
+    if max_active is not None:
+        max_active = check_count(max_active, "max_active", what="tally_statistic")
+    if num_categories is not None:
+        num_categories = check_count(num_categories, "num_categories", what="tally_statistic")
+    table = _category_table(label_category, num_categories)
     if table.shape != (num_labels,):
         raise DissectError(
             f"`label_category` has shape {table.shape}, expected ({num_labels},) for `num_labels`",

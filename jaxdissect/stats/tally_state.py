@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Int
 
 from jaxdissect.errors import DissectError
+from jaxdissect.stats.checks import check_count, check_state_bytes
 
 INT32_MAX = 2**31 - 1
 
@@ -43,9 +44,14 @@ class TallyState(NamedTuple):
 
 def tally_init(units: int, num_labels: int, num_categories: int) -> TallyState:
     """Zero counts for ``units`` units, labels numbered 0..num_labels-1, and categories."""
-    for name, value in (("units", units), ("num_labels", num_labels)):
-        if value < 1:
-            raise DissectError(f"`{name}` must be >= 1, got {value!r}", arguments=(name,))
+    units = check_count(units, "units")
+    num_labels = check_count(num_labels, "num_labels")
+    num_categories = check_count(num_categories, "num_categories", minimum=0)
+    check_state_bytes(
+        4 * (num_labels + units * (num_labels + num_categories) + 2),
+        "tally init",
+        ("units", "num_labels", "num_categories"),
+    )
     return TallyState(
         label_area=jnp.zeros((num_labels,), jnp.int32),
         intersection=jnp.zeros((units, num_labels), jnp.int32),

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxdissect.errors import DissectError
 from jaxdissect.runtime import jax, jnp
+from jaxdissect.stats.checks import check_count, check_state_bytes
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Float, Int
@@ -32,6 +33,9 @@ class TopImagesState(NamedTuple):
 
 def top_images_init(units: int, k: int, height: int, width: int, xp=jnp) -> TopImagesState:
     """The empty state, as jax.Arrays (``xp=jnp``) or NumPy arrays (``xp=np``)."""
+    check_state_bytes(
+        4 * units * k * (height * width + 2), "top images init", ("units", "k", "height", "width")
+    )
     return TopImagesState(
         values=xp.full((units, k), -np.inf, np.float32),
         indices=xp.full((units, k), -1, np.int32),
@@ -132,8 +136,7 @@ def top_images_statistic(k: int):
     """
     from jaxdissect.kernels.base import Statistic
 
-    if k < 1:
-        raise DissectError(f"top_images_statistic: `k` must be >= 1, got {k!r}", arguments=("k",))
+    k = check_count(k, "k", what="top_images_statistic")
 
     def check(what, *states):
         names = ("state",) if len(states) == 1 else ("a", "b")
@@ -152,10 +155,27 @@ def top_images_statistic(k: int):
             )
 
     def init(units: int, height: int, width: int) -> TopImagesState:
+        what = "top_images_statistic init"
+        units = check_count(units, "units", what=what)
+        height = check_count(height, "height", what=what)
+        width = check_count(width, "width", what=what)
         return top_images_init(units, k, height, width)
 
     def update(state, acts, indices, valid=None) -> TopImagesState:
         check("update", state)
+        if np.ndim(acts) != 4 or np.shape(indices) != (np.shape(acts)[0],):
+            raise DissectError(
+                f"top_images_statistic update: `acts` of shape {np.shape(acts)} and `indices` "
+                f"of shape {np.shape(indices)}: expected (B, h, w, U) and (B,), one image index "
+                "per image",
+                arguments=("acts", "indices"),
+            )
+        if valid is not None and np.shape(valid) != (np.shape(acts)[0],):
+            raise DissectError(
+                f"top_images_statistic update: `valid` of shape {np.shape(valid)}, expected "
+                f"({np.shape(acts)[0]},) for `acts` of shape {np.shape(acts)}",
+                arguments=("valid",),
+            )
         if tuple(acts.shape[1:3]) != tuple(state.maps.shape[2:]):
             raise DissectError(
                 f"top_images_statistic update: `acts` of size {tuple(acts.shape[1:3])} for "
