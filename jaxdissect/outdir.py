@@ -80,38 +80,38 @@ def locked(out: Path) -> Iterator[Path]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DissectError(f"--out {out}: cannot write there ({error.strerror})") from None
-    handle = _open_lock(out / ".lock")
+    busy = f"--out {out}: in use by a running dissection (pid {{pid}}); wait for it or choose "
+    with held_lock(out / ".lock", busy + "another --out", f"--out {out}: cannot write there"):
+        yield out
+
+
+@contextlib.contextmanager
+def held_lock(path: Path, busy: str, unwritable: str, error=DissectError) -> Iterator[None]:
+    """Holds the advisory lock file ``path`` for the block (the kernel releases it when the
+    process dies), this process's pid written in it. A second holder gets ``error(busy)``,
+    ``{pid}`` filled with the holder's; a lock that cannot be opened, ``error(unwritable)``.
+    The file is opened without following a link: it is truncated."""
+    try:
+        handle = os.fdopen(open_plain_file(path, "jaxdissect's lock file"), "r+")
+    except OSError as failure:
+        raise error(f"{unwritable} ({failure.strerror})") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
+        except OSError as failure:
+            if failure.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise DissectError(
-                f"--out {out}: in use by a running dissection (pid {holder}); wait for it or "
-                "choose another --out"
-            ) from None
+            raise error(busy.format(pid=handle.read().strip() or "another process")) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         try:
-            yield out
+            yield
         finally:
             handle.seek(0)
             handle.truncate()
-
-
-def _open_lock(path: Path):
-    """OUT/.lock, opened for reading and writing without following a link: it is truncated,
-    so a link or a second name planted there must not lead to someone else's file."""
-    try:
-        handle = open_plain_file(path, "jaxdissect's lock file")
-    except OSError as error:
-        raise DissectError(f"--out {path.parent}: cannot write there ({error.strerror})") from None
-    return os.fdopen(handle, "r+")
 
 
 def open_plain_file(path: Path, what: str) -> int:

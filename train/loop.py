@@ -10,8 +10,6 @@ parameters an uninterrupted run reaches.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import functools
 import json
 import os
@@ -26,7 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdissect.data.loader import iterate_batches, rotation_pretext
-from jaxdissect.outdir import open_plain_file, replace_file
+from jaxdissect.outdir import held_lock, open_plain_file, replace_file
 from jaxdissect.progress import progress_bar
 from train.checkpoints import load_run
 from train.config import TrainConfig
@@ -280,27 +278,11 @@ def _workdir_lock(workdir: Path):
     for the block; refuses a second run of the same workdir, whose checkpoints and
     metrics.jsonl would interleave with the first's."""
     workdir.mkdir(parents=True, exist_ok=True)
+    busy = f"{workdir}: in use by a running training run (pid {{pid}}); wait for it or use "
     path = workdir / ".lock"
-    try:  # without following a link: the file is truncated
-        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as error:
-        raise TrainingError(f"{path}: cannot open the run's lock ({error.strerror})") from None
-    with os.fdopen(handle, "r+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise TrainingError(
-                f"{workdir}: in use by a running training run (pid {holder}); wait for it or "
-                "use another --workdir"
-            ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+    with held_lock(
+        path, busy + "another --workdir", f"{path}: cannot open the run's lock", TrainingError
+    ):
         yield
 
 
