@@ -100,8 +100,10 @@ def write_broden(
             return float(coverage[(category, label)])
         return float(measured[category][label])
 
-    _write_index(directory, categories, category_labels, column_order, rows)
     _write_label_tables(directory, categories, label_names, category_labels, frequency, coverage_of)
+    # index.csv last: a folder with it is whole (a killed write leaves a folder that readers
+    # refuse and that demo and the studies do not take for a finished probe).
+    _write_index(directory, categories, category_labels, column_order, rows)
     return directory
 
 

@@ -222,3 +222,17 @@ def test_the_work_of_a_probe_or_figure_is_bounded_before_it_starts(tmp_path):
         save_world_figure(tmp_path / "f.png", rows=100, config=large)
     assert error.value.arguments == ("rows", "image_size")
     assert not (tmp_path / "f.png").exists()
+
+
+def test_a_killed_probe_write_leaves_no_index(tmp_path, monkeypatch):
+    # index.csv marks a whole probe folder (demo and the studies reuse a folder that has
+    # one): it is written last, so a write killed before the end leaves none.
+    from jaxdissect.data import broden_writer
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(broden_writer, "_write_label_tables", killed)
+    with pytest.raises(KeyboardInterrupt):
+        world.write_probe(tmp_path / "probe", 2, 0, world.WorldConfig(image_size=32), False)
+    assert not (tmp_path / "probe" / "index.csv").exists()
