@@ -56,21 +56,26 @@ class Server:
         asked = handler.headers.get("Range")
         data = self.files.get(path)
         if data is None:
-            handler.send_error(404)
             self.log.append(Served(path, asked, 404, 0))
+            handler.send_error(404)
             return
         start, status = 0, 200
         match = re.fullmatch(r"bytes=(\d+)-", asked or "")
         if self.ranges and match:
             start, status = int(match.group(1)), 206
             if start >= len(data):
+                self.log.append(Served(path, asked, 416, 0))
                 handler.send_response(416)
                 handler.send_header("Content-Range", f"bytes */{len(data)}")
                 handler.send_header("Content-Length", "0")
                 handler.end_headers()
-                self.log.append(Served(path, asked, 416, 0))
                 return
         body = data[start:]
+        cut = self.cut_after.pop(0) if self.cut_after else None
+        sent = body if cut is None else body[:cut]
+        # Every response is logged before any of it goes out: the client may finish reading
+        # (and the test assert on the log) before this thread runs again.
+        self.log.append(Served(path, asked, status, len(sent)))
         handler.send_response(status)
         handler.send_header("Content-Length", str(len(body)))
         handler.send_header("ETag", f'"{hash(data) & 0xFFFFFFFF:x}"')
@@ -79,10 +84,7 @@ class Server:
         if status == 206:
             handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         handler.end_headers()
-        cut = self.cut_after.pop(0) if self.cut_after else None
-        sent = body if cut is None else body[:cut]
         handler.wfile.write(sent)
         handler.wfile.flush()
         if cut is not None:
             handler.close_connection = True  # hang up part way, as a lost connection does
-        self.log.append(Served(path, asked, status, len(sent)))
