@@ -63,8 +63,9 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
 
     Raises:
       DissectError: ``dtype`` is neither float32 nor float64, or float64 is asked of jax
-        arrays without x64; a negative count, an intersection above its label's area, or a
-        ``label_category`` entry outside [-1, C). Values are checked wherever they are
+        arrays without x64; a negative or fractional count, a count too large for the
+        integers it is computed in (int32 for jax arrays and float32, else int64), an
+        intersection above its label's area, or a ``label_category`` entry outside [-1, C). Values are checked wherever they are
         known (NumPy counts, jax arrays outside ``jax.jit``); under ``jax.jit`` they cannot
         be, and such counts give meaningless IoUs there (an out-of-range category reads the
         last category's areas).
@@ -75,9 +76,13 @@ def iou(label_area, intersection, unit_area, label_category, *, dtype=np.float32
             f"iou: `dtype` must be float32 or float64, got {dtype}", arguments=("dtype",)
         )
     _check_count_shapes(label_area, intersection, unit_area, label_category)
-    _check_counts(label_area, intersection, unit_area)
+    on_jax = any(runtime.is_array(x) for x in (label_area, intersection, unit_area))
+    # The counts are computed on as int32 in jax (int64 with x64 and float64), else int64.
+    wide = not on_jax or dtype == np.float64
+    limit = 2**63 - 1 if wide else 2**31 - 1
+    _check_counts(label_area, intersection, unit_area, limit=limit)
     _check_label_category(label_category, np.shape(unit_area)[1])
-    if any(runtime.is_array(x) for x in (label_area, intersection, unit_area)):
+    if on_jax:
         return _iou_jax(label_area, intersection, unit_area, label_category, dtype)
     label_area = np.asarray(label_area, np.int64)
     intersection = np.asarray(intersection, np.int64)
@@ -124,9 +129,10 @@ def _refuse_first(bad: np.ndarray, name: str, values: np.ndarray, why: str) -> N
         )
 
 
-def _check_counts(label_area, intersection, unit_area) -> None:
-    """A DissectError naming the first negative count, or an intersection above its label's
-    area, among the counts whose values are known."""
+def _check_counts(label_area, intersection, unit_area, *, limit: int) -> None:
+    """A DissectError naming the first count that is negative, fractional or above ``limit``
+    (the largest the integer type ``iou`` counts in holds), or an intersection above its
+    label's area, among the counts whose values are known."""
     known = {
         "label_area": _known(label_area),
         "intersection": _known(intersection),
@@ -141,6 +147,13 @@ def _check_counts(label_area, intersection, unit_area) -> None:
                 )
             _refuse_first(~np.isfinite(counts), name, counts, "counts must be finite")
             _refuse_first(counts < 0, name, counts, "counts cannot be negative")
+            if counts.dtype.kind == "f":
+                _refuse_first(counts != np.floor(counts), name, counts, "counts are whole")
+            too_large = counts >= float(limit) if counts.dtype.kind == "f" else counts > limit
+            why = f"counts above {limit} do not fit int{limit.bit_length() + 1}"
+            if limit < 2**31:
+                why += ", jax's counts here; pass NumPy counts (numpy.asarray)"
+            _refuse_first(too_large, name, counts, why)
     label_area, intersection = known["label_area"], known["intersection"]
     if label_area is not None and intersection is not None:
         above = intersection > label_area[None, :]

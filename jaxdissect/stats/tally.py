@@ -22,6 +22,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxdissect.config import UNIONS
 from jaxdissect.errors import DissectError
+from jaxdissect.stats.tally_checks import check_batch_shapes
 from jaxdissect.stats.tally_state import TallyState, tally_init, tally_merge, with_counts
 
 
@@ -217,6 +218,18 @@ def tally_update_compact(
     """
     if union not in UNIONS:
         raise DissectError(f"`union` must be one of {UNIONS}, got {union!r}", arguments=("union",))
+    check_batch_shapes(
+        state,
+        acts=acts,
+        thresholds=thresholds,
+        slot_planes=slot_planes,
+        slot_labels=slot_labels,
+        image_labels=image_labels,
+        label_category=label_category,
+        row_matrix=row_matrix,
+        col_matrix=col_matrix,
+        valid=valid,
+    )
     # A NumPy table (as BrodenDataset gives) cannot be indexed by traced slot labels.
     label_category = jnp.asarray(label_category, jnp.int32)
     if valid is None:
@@ -325,6 +338,17 @@ def tally_update(
     Returns:
       The updated state. Jittable (mark the keyword arguments static).
     """
+    check_batch_shapes(
+        state,
+        acts=acts,
+        thresholds=thresholds,
+        label_planes=label_planes,
+        image_labels=image_labels,
+        label_category=label_category,
+        row_matrix=row_matrix,
+        col_matrix=col_matrix,
+        valid=valid,
+    )
     if valid is None:
         valid = jnp.ones((acts.shape[0],), bool)
     slot_planes, slot_labels, overflow = jax.vmap(lambda p: compact_labels(p, num_slots))(

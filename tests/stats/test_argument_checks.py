@@ -1,6 +1,8 @@
 """Regression tests for the adversarial findings J4-J16: every bad argument of the
 statistics' public functions is a DissectError naming it, raised before allocating."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,49 @@ def test_label_units_keeps_valid_answers():
     assert labels.label.tolist() == [2] and labels.category.tolist() == [1]
     labels = jd.label_units(scores, np.array([-1, 0, 1]), 3)  # an empty category is fine
     assert labels.category_label.shape == (1, 3)
+
+
+def _tally_batch(**changes):
+    """One small valid batch for ``tally_update`` (3 units, 5 labels, 2 categories), with
+    ``changes`` applied."""
+    from jaxdissect.stats.upsample import bilinear_matrix
+
+    batch = dict(
+        acts=np.zeros((2, 4, 4, 3), np.float32),
+        thresholds=np.zeros(3, np.float32),
+        label_planes=np.ones((2, 1, 8, 8), np.int32),
+        image_labels=np.zeros((2, 1), np.int32),
+        label_category=np.array([-1, 0, 0, 1, 1]),
+        row_matrix=bilinear_matrix(8, 4),
+        col_matrix=bilinear_matrix(8, 4),
+    )
+    return {**batch, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "name", "message"),
+    [
+        # Issue 27: a batch that disagreed with the state was broadcast, clamped or dropped
+        # by jax (or failed deep inside it), and counted the wrong pixels or none.
+        ({"acts": np.zeros((2, 4, 4, 4), np.float32)}, "acts", "U is 4, but 3 in the state"),
+        ({"thresholds": np.zeros((3, 1), np.float32)}, "thresholds", "it needs 1 axes"),
+        ({"label_planes": np.ones((3, 1, 8, 8), np.int32)}, "label_planes", "B is 3, but 2"),
+        ({"label_planes": np.ones((2, 1, 8, 8), np.float32)}, "label_planes", "integer label"),
+        ({"label_planes": np.full((2, 1, 8, 8), 5)}, "label_planes", r"holds 5: .*\[0, 5\)"),
+        ({"image_labels": np.full((2, 1), -1)}, "image_labels", "holds -1"),
+        ({"label_category": np.array([0, 1])}, "label_category", "L is 2, but 5 in the state"),
+        ({"row_matrix": np.eye(4, dtype=np.float32)}, "row_matrix", "sh is 4, but 8"),
+        ({"valid": np.ones(3, bool)}, "valid", "B is 3, but 2"),
+    ],
+)
+def test_tally_update_refuses_a_batch_that_disagrees_with_its_state(changes, name, message):
+    state = jd.tally_init(3, 5, 2)
+    error = _refused(lambda: jd.tally_update(state, **_tally_batch(**changes)), name)
+    assert re.search(message, str(error)), str(error)
+
+
+def test_tally_update_counts_a_valid_batch():
+    state = jd.tally_update(jd.tally_init(3, 5, 2), **_tally_batch())
+    # Every pixel is label 1 and every activation 0 > no threshold of 0: nothing is active.
+    assert state.label_area.tolist() == [0, 2 * 64, 0, 0, 0]
+    assert int(np.sum(state.intersection)) == 0

@@ -259,3 +259,23 @@ def test_iou_refuses_impossible_counts_wherever_they_are_known():
         jitted = jax.jit(scores.iou)(*(jnp.asarray(c) for c in counts), label_category)
         assert jitted.dtype == np.float32
     assert scores.iou(G, I, A, label_category).tolist() == [[np.float32(1 / 7), np.float32(2 / 7)]]
+
+
+def test_iou_refuses_fractional_counts_and_counts_its_integers_cannot_hold():
+    # Issue 27: float counts were truncated to integers silently (3.5 counted as 3), and a
+    # count above int32 wrapped when jax computed in int32. Whole float counts still work.
+    import pytest
+
+    from jaxdissect.errors import DissectError
+
+    G, I, A, category = np.array([3, 4]), np.array([[1, 2]]), np.array([[5]]), np.array([0, 0])
+    with pytest.raises(DissectError, match=r"`label_area`\[1\] is 4.5: counts are whole"):
+        scores.iou(np.array([3, 4.5]), I, A, category)
+    with pytest.raises(DissectError, match=r"`unit_area`\[0, 0\] is 1e\+30: .*do not fit int64"):
+        scores.iou(G, I, np.array([[1e30]]), category)
+    big = np.array([[2**40]])
+    with pytest.raises(DissectError, match=r"`unit_area`\[0, 0\] is 1099511627776: .*int32"):
+        scores.iou(jnp.asarray(G), I, big, category)
+    assert scores.iou(G, I, big, category)[0, 0] == np.float32(1 / (2**40 + 2))
+    whole = scores.iou(G.astype(float), I.astype(float), A.astype(float), category)
+    assert whole.tolist() == scores.iou(G, I, A, category).tolist()
