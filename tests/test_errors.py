@@ -405,7 +405,7 @@ def test_cli_world_and_split_refusals_name_the_flags(tmp_path, capsys):
     np.save(tmp_path / "f.npy", np.ones((1, 4, 4, 2), np.float32))
     cases = [
         (["synthetic", "probe", "--out", str(tmp_path / "p"), "--images", "2", "--size", "4"],
-         "--size must lie in [8, 8192], got 4"),
+         "--size must lie in [8, 2048], got 4"),
         (["directions", "--dataset", str(probe), "--features", str(tmp_path / "f.npy"),
           "--out", str(tmp_path / "d"), "--no-progress"],
          "--dataset holds 1 image"),

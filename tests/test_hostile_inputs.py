@@ -772,12 +772,13 @@ def test_process_0_whose_peers_never_join_says_so_and_fails(probe, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["probe", "figure"])
-def test_a_synthetic_image_above_8192_px_is_refused_at_once(tmp_path, capsys, command):
-    """--size 9000 drew for minutes (a 243 MB image each)."""
+def test_a_synthetic_image_above_2048_px_is_refused_at_once(tmp_path, capsys, command):
+    """--size 9000 drew for minutes (a 243 MB image each), and --images 5 --size 8192 too
+    (40 s an image)."""
     extra = ["--images", "1", "--no-progress"] if command == "probe" else []
     out = tmp_path / ("p" if command == "probe" else "f.png")
     assert main(["synthetic", command, "--out", str(out), "--size", "9000", *extra]) == 2
-    _one_line_error(capsys, "--size must lie in [8, 8192], got 9000")
+    _one_line_error(capsys, "--size must lie in [8, 2048], got 9000")
     assert not out.exists()
 
 
@@ -860,15 +861,15 @@ def test_an_error_naming_a_file_with_a_line_break_stays_one_line(tmp_path, capsy
 def test_a_synthetic_probe_of_too_many_pixels_is_refused_at_once(tmp_path, capsys):
     """--images 100 --size 8192 would draw for over an hour: refused before any image."""
     out = tmp_path / "p"
-    args = ["synthetic", "probe", "--out", str(out), "--images", "100", "--size", "8192"]
+    args = ["synthetic", "probe", "--out", str(out), "--images", "1100", "--size", "2048"]
     assert main([*args, "--no-progress"]) == 2
-    _one_line_error(capsys, "--images 100 x --size 8192**2", "4,294,967,296")
+    _one_line_error(capsys, "--images 1100 x --size 2048**2", "4,294,967,296")
     assert not out.exists()
 
 
 def test_a_synthetic_figure_of_too_many_pixels_is_refused_at_once(tmp_path, capsys):
     """--rows 100 --size 8192 reached 6 GB: refused before any image is drawn."""
     out = tmp_path / "f.png"
-    assert main(["synthetic", "figure", "--out", str(out), "--rows", "100", "--size", "8192"]) == 2
-    _one_line_error(capsys, "--rows 100 x --size 8192**2", "16,777,216")
+    assert main(["synthetic", "figure", "--out", str(out), "--rows", "100", "--size", "2048"]) == 2
+    _one_line_error(capsys, "--rows 100 x --size 2048**2", "16,777,216")
     assert not out.exists()

@@ -211,14 +211,14 @@ def test_the_work_of_a_probe_or_figure_is_bounded_before_it_starts(tmp_path):
     from jaxdissect.data.synthetic.figure import save_world_figure
     from jaxdissect.errors import DissectError
 
-    large = world.WorldConfig(image_size=8192)
-    with pytest.raises(DissectError, match="`num_images` 65 x `image_size` 8192") as error:
-        world.write_probe(tmp_path / "p", 65, config=large, progress=False)
+    large = world.WorldConfig(image_size=2048)
+    with pytest.raises(DissectError, match="`num_images` 1025 x `image_size` 2048") as error:
+        world.write_probe(tmp_path / "p", 1025, config=large, progress=False)
     assert error.value.arguments == ("num_images", "image_size")
     assert not (tmp_path / "p").exists()
     # A Broden-sized probe set (63,305 images of 224 px) is within the bound.
     assert 63_305 * 224**2 <= world.MAX_PROBE_PIXELS
-    with pytest.raises(DissectError, match="`rows` 100 x `image_size` 8192") as error:
+    with pytest.raises(DissectError, match="`rows` 100 x `image_size` 2048") as error:
         save_world_figure(tmp_path / "f.png", rows=100, config=large)
     assert error.value.arguments == ("rows", "image_size")
     assert not (tmp_path / "f.png").exists()

@@ -34,8 +34,10 @@ PIXEL_CATEGORIES = ("color", "object", "part", "material")
 SPLITS = {"probe": 0, "train": 1, "validation": 2, "test": 3}
 
 
-# The largest side drawn: an image of 8192 px is 200 MB (RGB); one of 9000 px took minutes.
-MAX_IMAGE_SIZE = 8192
+# The largest side drawn: one image of 2048 px draws in about 2.5 s (0.55 us a pixel); one
+# of 8192 px took 40 s, so that five of them drew for minutes. CNNs are dissected on
+# probes of 224 to 384 px (Broden's two sets).
+MAX_IMAGE_SIZE = 2048
 
 # The most pixels one probe set draws (images x image_size**2): drawing takes about 0.6 us
 # a pixel, so this is about 45 minutes; a Broden-sized set (63,305 images of 224 x 224,
