@@ -23,7 +23,7 @@ lint: setup
 	$(PY) -m ruff format --check .
 
 test: setup lint docs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # Warnings are errors (--strict): a broken link, a missing page or an API name that does not
 # resolve fails the build.
