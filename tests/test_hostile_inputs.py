@@ -448,6 +448,70 @@ def test_loading_a_damaged_training_checkpoint_fails_in_one_line(tmp_path):
         load_run(tmp_path / "r", 2)
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished smoke run with checkpoints at steps 0 and 2, copied by each test."""
+    from train.config import make_config
+    from train.loop import train
+
+    config = make_config("smoke", ["steps=2", "checkpoint_steps=0,2"])
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    train(config, workdir, progress=False)
+    return config, workdir
+
+
+@pytest.mark.parametrize(
+    "record, why",
+    [
+        ("{not json", "unreadable"),
+        ('["0", "2"]', "not a record of SHA-256 digests"),
+        ('{"2": {"a": 1}}', "not a record of SHA-256 digests"),
+        ('{"2": "abc"}', "not a record of SHA-256 digests"),
+    ],
+)
+def test_a_digest_record_holding_garbage_verifies_nothing(
+    trained_run, tmp_path, capsys, record, why
+):
+    """Issue 27: checkpoints.sha256.json holding garbage was read as "no digests recorded", and
+    every checkpoint passed as intact."""
+    from train.__main__ import main as train_main
+    from train.checkpoints import load_run
+
+    _, original = trained_run
+    workdir = tmp_path / "run"
+    shutil.copytree(original, workdir)
+    (workdir / "checkpoints.sha256.json").write_text(record)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    message = f"{workdir / 'checkpoints.sha256.json'}: {why}"
+    with pytest.raises(DissectError, match=re.escape(message)):
+        load_run(workdir, 2)
+    args = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert train_main([*args, "steps=2", "checkpoint_steps=0,2"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert "cannot be verified" in err
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before  # untouched
+
+
+def test_a_checkpoint_the_digest_record_lacks_is_not_taken_as_intact(trained_run, tmp_path):
+    from train.checkpoints import list_checkpoints, load_run
+    from train.loop import train
+
+    config, original = trained_run
+    workdir = tmp_path / "run"
+    shutil.copytree(original, workdir)
+    record = json.loads((workdir / "checkpoints.sha256.json").read_text())
+    del record["2"]  # as a kill between saving step 2 and recording it leaves it
+    (workdir / "checkpoints.sha256.json").write_text(json.dumps(record))
+    with pytest.raises(DissectError, match=r"checkpoints/2: not verifiable \(no digests of it"):
+        load_run(workdir, 2)
+    with pytest.warns(UserWarning, match=r"checkpoints/2: not verifiable .*resuming from an"):
+        train(config, workdir, progress=False)
+    assert (workdir / "damaged-checkpoints" / "2").is_dir()  # kept, not deleted
+    assert list_checkpoints(workdir) == [0, 2]  # step 2 redone, and recorded
+    load_run(workdir, 2)
+
+
 def test_train_workdir_naming_a_file(tmp_path, capsys):
     from train.__main__ import main as train_main
 

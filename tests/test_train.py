@@ -214,6 +214,12 @@ def test_bad_overrides():
         ("mlp_ratio=2", "mlp_ratio=2.0 (a ViT-only field)"),
         ("data_dir=/somewhere", "data_dir='/somewhere' (only for data=tfds:NAME)"),
         ("data=tfds:", "data='tfds:'"),
+        # Issue 27: width=1e-9 trained 1-channel layers, silently (max(1, round(...))).
+        ("width=1e-9", "width=1e-09 (gives conv1 0 channels; every layer needs at least 4)"),
+        ("family=resnet width=0.1", "width=0.1 (gives layer1 3 channels; every layer needs"),
+        ("last_width=0.01", "last_width=0.01 (gives conv5 1 channel; every layer needs at"),
+        ("family=vit width=0.001", "width=0.001 (gives tokens 0 channels; every layer needs"),
+        ("family=vit mlp_ratio=0.01", "mlp_ratio=0.01 (gives mlp 1 channel; every layer"),
     ],
 )
 def test_sizes_beyond_any_run_are_refused_naming_the_key(override, message, tmp_path, capsys):

@@ -47,7 +47,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, 
     opt_state = make_optimizer(config).init(params)
     problem = damage(workdir, step)
     if problem is not None:
-        raise DissectError(f"{workdir}/checkpoints/{step}: damaged since it was saved ({problem})")
+        raise DissectError(f"{workdir}/checkpoints/{step}: {problem}")
     try:
         params, rest, _ = restore(
             checkpoint_manager(workdir, read_only=True), step, params, rest, opt_state

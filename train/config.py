@@ -7,6 +7,7 @@ import json
 import math
 import typing
 
+from jaxdissect.errors import DissectError
 from train.overrides import apply_overrides
 
 # The paper's snapshot iterations (AlexNet on Places), extended by the same ~2.24x ratio.
@@ -37,6 +38,12 @@ MAX_IMAGE_SIZE = 1024
 MAX_STEPS = 10**8  # the step counter and the schedule's steps are int32 on the device
 MAX_IMAGES = 10**7  # the full preset's Places365 has 1.8 million
 MAX_SEED = 2**32 - 1  # NumPy's and JAX's seeds: non-negative, at most 64 bits
+# The fewest channels ``width`` (with ``last_width`` and ``mlp_ratio``) may give a layer: a
+# tiny width (1e-9) trained 1-channel layers, a model with nothing to dissect.
+MIN_CHANNELS = 4
+ALEXNET_CHANNELS = (64, 192, 384, 256, 256)  # conv1..conv5 at width 1
+RESNET_CHANNELS = (16, 32, 64)  # layer1..layer3 at width 1, doubled (the stem has layer1's)
+VIT_CHANNELS = 256  # a ViT's channels at width 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,7 +55,8 @@ class TrainConfig:
     ``patch`` px patches, ``depth`` blocks of ``heads`` heads, 256 * ``width`` channels
     rounded to a multiple of ``heads``, MLPs ``mlp_ratio`` times wider; dropout rate 0.1);
     ``width`` multiplies every layer's channels and ``last_width`` the last conv layer's
-    again (the paper's conv5 256 -> 768 is 3.0); ``dropout`` and ``batch_norm`` switch
+    again (the paper's conv5 256 -> 768 is 3.0), and no layer may end up with fewer than
+    ``MIN_CHANNELS`` (``channels()``); ``dropout`` and ``batch_norm`` switch
     regularisers (batch norm: CNNs only); ``init`` is
     he_normal, lecun_normal, glorot_uniform or orthogonal, drawn from ``init_seed``;
     ``init_from`` names another run's workdir whose final weights (all but the classifier)
@@ -168,7 +176,45 @@ class TrainConfig:
                 + (f" ({checks[name][1]})" if checks[name][1] else "")
                 for name in bad
             )
-            raise ValueError(f"invalid training config: {values}")
+            raise DissectError(f"invalid training config: {values}")
+        self._check_channels()
+
+    def channels(self) -> dict[str, int]:
+        """The channels of each layer the widths scale, by name, as the models build them:
+        AlexNet's conv1..conv{depth} and a ResNet's layer1..layer3 (its stem, conv1, has
+        layer1's), the last times ``last_width``; a ViT's ``tokens`` (a multiple of
+        ``heads``) and its MLPs' hidden ``mlp``."""
+        if self.family == "vit":
+            tokens = self.heads * round(VIT_CHANNELS * self.width / self.heads)
+            return {"tokens": tokens, "mlp": round(tokens * self.mlp_ratio)}
+        if self.family == "resnet":
+            names = ["layer1", "layer2", "layer3"]
+            counts = [round(w * self.width * 2) for w in RESNET_CHANNELS]
+        else:
+            # Layers beyond conv2 take conv3..conv5's widths; extra ones repeat conv4's.
+            middle = ALEXNET_CHANNELS[2:]
+            base = [*ALEXNET_CHANNELS[:2]]
+            for index in range(self.depth - 2):
+                base.append(middle[min(index, len(middle) - 1)] if index < self.depth - 3 else 256)
+            names = [f"conv{index}" for index in range(1, self.depth + 1)]
+            counts = [round(w * self.width) for w in base]
+        counts[-1] = round(counts[-1] * self.last_width)
+        return dict(zip(names, counts, strict=True))
+
+    def _check_channels(self) -> None:
+        """Refuses widths that give a layer fewer than MIN_CHANNELS, naming the field."""
+        narrow = [(name, n) for name, n in self.channels().items() if n < MIN_CHANNELS]
+        if not narrow:
+            return
+        layer, count = narrow[0]
+        field = "mlp_ratio" if layer == "mlp" else "width"
+        if len(narrow) == 1 and layer != "mlp" and self.last_width != 1:
+            field = "last_width"  # only the last layer, which last_width narrows further
+        raise DissectError(
+            f"invalid training config: {field}={getattr(self, field)!r} (gives {layer} "
+            f"{count} channel{'' if count == 1 else 's'}; every layer needs at least "
+            f"{MIN_CHANNELS})"
+        )
 
     def schedule(self) -> tuple[int, ...]:
         """The steps at which checkpoints are written (0 is the initialisation)."""

@@ -30,7 +30,15 @@ from train.checkpoints import load_run
 from train.config import TrainConfig
 from train.data import load_data
 from train.models import PREPROCESS, build_model
-from train.state import checkpoint_manager, damage, make_optimizer, restore, save, split
+from train.state import (
+    checkpoint_manager,
+    damage,
+    make_optimizer,
+    read_digests,
+    restore,
+    save,
+    split,
+)
 
 INT32_MAX = np.iinfo(np.int32).max
 
@@ -170,18 +178,19 @@ def _logged_until(path: Path, step: int) -> list[str]:
 
 def _restore_intact(manager, workdir: Path, params, rest, opt_state):
     """(step, params, rest, opt_state) from the latest checkpoint that restores whole, or
-    None when there is none. A damaged later one (a file changed since it was saved, or
-    one Orbax cannot read) is moved aside to ``workdir/damaged-checkpoints/``, with a
-    warning, so that the run redoes its steps."""
+    None when there is none. A damaged later one (a file changed since it was saved, one
+    that checkpoints.sha256.json does not record, or one Orbax cannot read) is moved aside
+    to ``workdir/damaged-checkpoints/``, with a warning, so that the run redoes its steps.
+    A digest record that cannot be read stops the run, naming it (``read_digests``)."""
+    read_digests(workdir)  # checked even before the first checkpoint, which adds to it
     for step in sorted(manager.all_steps(), reverse=True):
         problem = damage(workdir, step)
         if problem is None:
             try:
                 return step, *restore(manager, step, params, rest, opt_state)
             except Exception as error:  # Orbax and TensorStore raise many types for a bad file
-                problem = (
-                    f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                )
+                first = str(error).splitlines()[0] if str(error) else ""
+                problem = f"damaged ({type(error).__name__}: {first})"
         aside = workdir / "damaged-checkpoints" / str(step)
         copies = 0
         while aside.exists():
@@ -190,7 +199,7 @@ def _restore_intact(manager, workdir: Path, params, rest, opt_state):
         aside.parent.mkdir(exist_ok=True)
         os.replace(workdir / "checkpoints" / str(step), aside)
         warnings.warn(
-            f"{workdir / 'checkpoints' / str(step)}: damaged ({problem[:200]}); moved to "
+            f"{workdir / 'checkpoints' / str(step)}: {problem[:200]}; moved to "
             f"{aside}; resuming from an earlier checkpoint",
             stacklevel=4,  # the caller of train()
         )

@@ -22,8 +22,6 @@ from jaxdissect.models.zoo import as_feature_model
 from train.config import TrainConfig
 
 PREPROCESS = Preprocess()  # ImageNet mean and std on [0, 1] RGB, as the zoo's models
-ALEXNET_WIDTHS = (64, 192, 384, 256, 256)  # conv1..conv5 at width 1
-VIT_WIDTH = 256  # a ViT's channels at width 1
 VIT_DROPOUT = 0.1  # the original ViT's rate when trained from scratch
 
 
@@ -52,13 +50,7 @@ class ConvBlock(nnx.Module):
 class AlexNetStyle(nnx.Module):
     def __init__(self, config: TrainConfig, num_classes: int, *, rngs):
         init = kernel_init(config.init)
-        widths = list(ALEXNET_WIDTHS[:2])
-        # Layers beyond conv2 take conv3..conv5's widths; extra ones repeat conv4's.
-        middle = ALEXNET_WIDTHS[2:]
-        for index in range(config.depth - 2):
-            widths.append(middle[min(index, len(middle) - 1)] if index < config.depth - 3 else 256)
-        widths = [max(1, round(w * config.width)) for w in widths]
-        widths[-1] = max(1, round(widths[-1] * config.last_width))
+        widths = list(config.channels().values())
         self.depth = config.depth
         cin = 3
         for index, width in enumerate(widths, start=1):
@@ -89,8 +81,7 @@ class AlexNetStyle(nnx.Module):
 class ResNetStyle(nnx.Module):
     def __init__(self, config: TrainConfig, num_classes: int, *, rngs):
         init = kernel_init(config.init)
-        widths = [max(1, round(w * config.width * 2)) for w in (16, 32, 64)]
-        widths[-1] = max(1, round(widths[-1] * config.last_width))
+        widths = list(config.channels().values())
         self.conv1 = Stem(
             3, widths[0], 3, 2, 1, rngs=rngs, batch_norm=config.batch_norm, kernel_init=init
         )
@@ -121,14 +112,14 @@ class ResNetStyle(nnx.Module):
 
 
 def vit_style(config: TrainConfig, num_classes: int, *, rngs) -> VisionTransformer:
-    width = config.heads * max(1, round(VIT_WIDTH * config.width / config.heads))
+    channels = config.channels()
     return VisionTransformer(
         config.image_size,
         config.patch,
         config.depth,
-        width,
+        channels["tokens"],
         config.heads,
-        max(1, round(width * config.mlp_ratio)),
+        channels["mlp"],
         num_classes,
         VIT_DROPOUT if config.dropout else 0.0,
         rngs=rngs,

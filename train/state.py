@@ -6,7 +6,11 @@ pure dicts under ``checkpoints/<step>/``.
 
 Orbax does not notice every damaged file (a flipped byte inside an array restores as a
 different number), so ``save`` records a SHA-256 of each of a checkpoint's files in
-``checkpoints.sha256.json`` beside the folder, and ``damage`` compares them.
+``checkpoints.sha256.json`` beside the folder, and ``damage`` compares them. A record that
+cannot be read as one vouches for nothing: it is refused in one line, naming it (the run's
+checkpoints cannot be verified; the user decides). A checkpoint the record lacks (the run was
+killed between writing it and recording it) is treated as damaged. Only a workdir with no
+record at all, from before digests were recorded, has its checkpoints used unverified.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxdissect.errors import DissectError
 from train.config import TrainConfig
 
 
@@ -67,26 +72,52 @@ def _file_digests(folder: Path) -> dict[str, str]:
     }
 
 
-def _recorded_digests(workdir: Path) -> dict:
+def read_digests(workdir: Path) -> dict[str, dict[str, str]] | None:
+    """The digests ``save`` recorded, by step, then by file; None when ``workdir`` has no
+    record (its checkpoints were saved before digests were recorded).
+
+    Raises:
+      DissectError: the record is not JSON, or not an object of steps whose values are
+        objects of file names and SHA-256 strings; it then vouches for no checkpoint.
+    """
     path = workdir / DIGESTS
+    if not path.exists():
+        return None
     try:
+        if not path.is_file():  # a FIFO would block the read for ever
+            raise ValueError("not a file")
         recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
+        why = "not a record of SHA-256 digests by step and file"
+    except (OSError, ValueError) as error:
+        recorded, why = None, f"unreadable ({error})"
+    valid = isinstance(recorded, dict) and all(
+        isinstance(files, dict) and all(isinstance(d, str) for d in files.values())
+        for files in recorded.values()
+    )
+    if not valid:
+        raise DissectError(
+            f"{path}: {why}; the checkpoints cannot be verified: put back the file the run "
+            "wrote, or move it away to use them unverified"
+        )
+    return recorded
 
 
 def damage(workdir: Path, step: int) -> str | None:
-    """What is wrong with checkpoint ``step``'s files (a missing, extra or changed file), or
-    None when they are as saved (or were saved before digests were recorded)."""
-    recorded = _recorded_digests(workdir).get(str(step))
-    if not isinstance(recorded, dict):
+    """What is wrong with checkpoint ``step``'s files, as a phrase ("damaged since it was
+    saved (NAME is changed)", or "not verifiable" when the record lacks the step), or None
+    when they are as saved (or ``workdir`` has no record: saved before digests were
+    recorded). A record that cannot be read is refused (``read_digests``)."""
+    digests = read_digests(workdir)
+    if digests is None:
         return None
+    recorded = digests.get(str(step))
+    if recorded is None:
+        return f"not verifiable (no digests of it in {DIGESTS})"
     found = _file_digests(workdir / "checkpoints" / str(step))
     for name in sorted(recorded.keys() | found.keys()):
         if recorded.get(name) != found.get(name):
             state = "missing" if name not in found else "changed" if name in recorded else "extra"
-            return f"{name} is {state}"
+            return f"damaged since it was saved ({name} is {state})"
     return None
 
 
@@ -96,7 +127,7 @@ def save(manager: ocp.CheckpointManager, step: int, params, rest, opt_state) -> 
     manager.save(step, args=ocp.args.StandardSave(_payload(params, rest, opt_state)))
     manager.wait_until_finished()
     workdir = Path(manager.directory).parent
-    digests = _recorded_digests(workdir)
+    digests = read_digests(workdir) or {}
     digests[str(step)] = _file_digests(Path(manager.directory) / str(step))
     temporary = workdir / f".{DIGESTS}.partial"
     temporary.write_text(json.dumps(digests, indent=1))

@@ -14,19 +14,29 @@ reads no plane. A folder is built under a temporary name beside its final one an
 into place once complete with ``manifest.json``, which records each file's size and CRC-32;
 every open checks them, and a folder that fails (a flipped byte, a truncated or missing
 file) is reported on stderr, set aside and rebuilt.
+
+A build that fails or is stopped removes its temporary ``<cache>/.partial-XXXXXXXX`` folder
+(SIGTERM, when it has its default action, is turned into an exception in the main thread for
+the build, then sent again once the folder is gone). A build killed outright (SIGKILL, a crash,
+a power cut) cannot clean up: its folder holds ``.build.lock``, which the build keeps locked,
+and the next build removes such a folder whose lock nobody holds, naming it on stderr (only
+the files a build writes; a folder without the lock file is not a build's, and is left alone).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -216,26 +226,32 @@ def _write_arrays(dataset: BrodenDataset, folder: Path, progress: bool) -> None:
     for i, labels in enumerate(dataset.image_labels):
         image_labels[i, : len(labels)] = labels
     np.save(folder / "image_labels.npy", image_labels)
-    workers = min(32, (os.cpu_count() or 1) * 2)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        jobs = pool.map(
-            functools.partial(_decode_image, dataset, slot_planes=slot_planes),
-            range(num_images),
-        )
-        per_image = list(
-            progress_bar(
-                jobs,
-                total=num_images,
-                desc="decoding label planes",
-                unit="img",
-                disable=not progress,
-            )
-        )
+    per_image = _map_images(
+        functools.partial(_decode_image, dataset, slot_planes=slot_planes),
+        num_images,
+        "decoding label planes",
+        progress,
+    )
     slot_planes.flush()
     slot_labels = np.zeros((num_images, max(len(s) for s in per_image)), np.int32)
     for i, labels in enumerate(per_image):
         slot_labels[i, : len(labels)] = labels
     np.save(folder / "slot_labels.npy", slot_labels)
+
+
+def _map_images(function, count: int, desc: str, progress: bool) -> list:
+    """``[function(i) for i in range(count)]`` on a pool of threads, with a progress bar. On
+    an exception (a bad file, or SIGTERM's in ``cached_folder``) the calls not yet started are
+    cancelled, so that the build stops after the few images being decoded, not after all."""
+    pool = concurrent.futures.ThreadPoolExecutor(min(32, (os.cpu_count() or 1) * 2))
+    try:
+        jobs = pool.map(function, range(count))
+        return list(progress_bar(jobs, total=count, desc=desc, unit="img", disable=not progress))
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown()
 
 
 def _check_free_space(folder: Path, needed: int) -> None:
@@ -335,7 +351,9 @@ def cached_folder(root: Path, key: str, write) -> Path:
     ``write(folder)`` fills a staging folder beside the final one; the manifest of
     checksums is added and the folder renamed into place, so a killed or concurrent build
     never leaves a folder that looks complete. A folder that fails its check is reported
-    on stderr and rebuilt.
+    on stderr and rebuilt. A build that raises, or gets SIGTERM, removes its staging
+    folder; the staging folders of builds killed outright are removed by the next build
+    (see the module docstring).
     """
     folder = root / key
     problem = _verify(folder)
@@ -352,18 +370,103 @@ def cached_folder(root: Path, key: str, write) -> Path:
         _remove_cache_folder(trash / key)
         with contextlib.suppress(OSError):
             trash.rmdir()
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-    try:
-        write(staging)
-        _write_manifest(staging)
+    _reclaim_killed_builds(root)
+    with _sigterm_unwinds():
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
         try:
-            staging.rename(folder)
-        except OSError:
-            if _verify(folder) is not None:  # not a concurrent run's success
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            with _build_lock(staging):
+                write(staging)
+            _write_manifest(staging)
+            try:
+                staging.rename(folder)
+            except OSError:
+                if _verify(folder) is not None:  # not a concurrent run's success
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # made by mkdtemp above: ours
     return folder
+
+
+BUILD_LOCK = ".build.lock"  # in a staging folder, locked by its build while it runs
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread while a cache folder is built."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """While the block runs, SIGTERM raises ``_Terminated``, so that the block's ``finally``
+    clauses remove its staging folder; the signal is then sent again, and the process ends
+    as SIGTERM's default action would have ended it. Only in the main thread (the only one
+    Python runs handlers in) and only where SIGTERM has its default action: a program's own
+    handler is left alone."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _build_lock(staging: Path):
+    """Holds ``staging/BUILD_LOCK`` locked for the block (the kernel drops the lock when
+    the process dies): the mark of a running build, which ``_reclaim_killed_builds`` finds
+    unlocked once its process is gone. The file is unlinked before the lock is released, so
+    no one takes the lock of a build that finished."""
+    path = staging / BUILD_LOCK
+    handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        os.write(handle, f"{os.getpid()}\n".encode())
+        yield
+        path.unlink()
+    finally:
+        os.close(handle)
+
+
+def _reclaim_killed_builds(root: Path) -> None:
+    """Removes the staging folders in ``root`` of builds killed outright: each holds
+    ``BUILD_LOCK``, which nobody holds locked any more (a running build holds its own). Only
+    the files a build writes are removed (``_remove_cache_folder``); a folder without the
+    lock file, or whose lock file is a link, is not a build's and is left as it is."""
+    for staging in sorted(root.glob(".partial-*")):
+        if staging.is_symlink() or not staging.is_dir():
+            continue  # a build makes a folder there, never a link
+        lock = staging / BUILD_LOCK
+        try:
+            handle = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue  # no lock file: not a build's staging folder (or it just finished)
+        with os.fdopen(handle, "r") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not os.path.samestat(os.fstat(handle), os.stat(lock, follow_symlinks=False)):
+                    continue  # unlinked by a build that finished, then replaced
+            except OSError:
+                continue  # its build is running (or finished since)
+            pid = file.read(16).strip()
+            print(
+                f"jaxdissect: removing {staging}, left by a cache build that was killed "
+                f"(pid {pid if pid.isdigit() else 'unknown'})",
+                file=sys.stderr,
+            )
+            lock.unlink()
+            _remove_cache_folder(staging)
 
 
 def check_is_dataset(dataset) -> None:
@@ -397,16 +500,7 @@ def load_image_array(
             path = member_file(dataset, dataset.images[index], index, "image")
             images[index] = decode_image(path, dataset.image_size)
 
-        workers = min(32, (os.cpu_count() or 1) * 2)
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for _ in progress_bar(
-                pool.map(decode, range(dataset.num_images)),
-                total=dataset.num_images,
-                desc="decoding images",
-                unit="img",
-                disable=not progress,
-            ):
-                pass
+        _map_images(decode, dataset.num_images, "decoding images", progress)
         images.flush()
 
     return np.load(cached_folder(root, _image_key(dataset), write) / "images.npy", mmap_mode="r")

@@ -39,7 +39,8 @@ def partial_path(target: Path) -> Path:
     return target.with_name(target.name + ".part")
 
 
-def _state_path(target: Path) -> Path:
+def state_path(target: Path) -> Path:
+    """The state file of ``target``'s partial file (its URL and the server's validators)."""
     return target.with_name(target.name + ".part.json")
 
 
@@ -53,7 +54,7 @@ def _read_state(target: Path, url: str) -> dict:
 def _state(target: Path):
     """What ``target``'s state file holds, or None when it is absent or unreadable (or not a
     file: a FIFO would block the read for ever)."""
-    path = _state_path(target)
+    path = state_path(target)
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
@@ -61,7 +62,7 @@ def _state(target: Path):
 
 
 def _write_state(target: Path, state: dict) -> None:
-    replace_file(_state_path(target), json.dumps(state))
+    replace_file(state_path(target), json.dumps(state))
 
 
 def _recorded(target: Path) -> bool:
@@ -75,8 +76,28 @@ def discard_partial(target: Path) -> None:
     """Removes ``target``'s partial file and its state, when that state file records it:
     a ``.part`` file with no state of ours beside it is someone else's, and is kept."""
     if _recorded(target):
-        for path in (partial_path(target), _state_path(target)):
+        for path in (partial_path(target), state_path(target)):
             path.unlink(missing_ok=True)
+
+
+def report_unneeded_partial(target: Path, why: str) -> None:
+    """Names on stderr, one line each, ``target``'s partial file and state file, left by an
+    interrupted download that is no longer needed (``why`` says why: "x is fetched"). They
+    are removed when the state file records the partial file (``discard_partial``: ours),
+    else kept: a ``.part`` file no state of ours records may be anyone's."""
+    left = [p for p in (partial_path(target), state_path(target)) if os.path.lexists(p)]
+    ours = _recorded(target)
+    if ours:
+        discard_partial(target)
+    for path in left:
+        if ours:
+            message = f"removed {path}, left by an interrupted download ({why})"
+        else:
+            message = (
+                f"{path}: not needed ({why}); not removed (no "
+                f"{state_path(target).name} of jaxdissect's records it): remove it yourself"
+            )
+        print(f"jaxdissect: {message}", file=sys.stderr)
 
 
 def _open(url: str, start: int, state: dict):
@@ -233,7 +254,7 @@ def download(
         part = partial_path(target)
         if not _recorded(target) and (part.exists() or part.is_symlink()):
             raise DissectError(
-                f"{part}: not a download of jaxdissect's (no {_state_path(target).name} "
+                f"{part}: not a download of jaxdissect's (no {state_path(target).name} "
                 "records it); move it away, or choose another --dir"
             )
         discard_partial(target)  # ours, of another URL: restarted

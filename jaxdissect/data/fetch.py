@@ -14,6 +14,18 @@ and is otherwise refused, untouched. A zip already in DIR is taken as the user's
 used, never removed); only a download's own partial file, recorded by its state file, is
 removed or renamed. Every file is written anew and renamed into place, so a link planted in
 DIR is replaced, never written through.
+
+Leftovers: once NAME is fetched (now, or found already there), what earlier runs left for it
+in DIR is named on stderr, one line each: a download's ``FILE.part`` and ``FILE.part.json``
+(an interrupted download, then fetched another way: ``--from``, a zip put in DIR), removed when
+the state file records the partial file and otherwise kept; and the temporary
+``.FILE.XXXXXXXX.partial`` of a killed write of the manifest, a state file or a checkpoint,
+never removed (nothing records it). A failed download's pair is not a leftover: the next
+run of the same command resumes it.
+
+A downloaded file that fails a check (size, SHA-256, a corrupt zip, an unreadable
+checkpoint) is reported under the name it was fetched as (``DIR/FILE``), not its partial
+file's, saying whether its bytes were removed or where they are kept.
 """
 
 from __future__ import annotations
@@ -28,9 +40,15 @@ from pathlib import Path
 
 from jaxdissect.config import check_paths
 from jaxdissect.data.archive import ArchiveError, extract_zip
-from jaxdissect.data.download import discard_partial, download
+from jaxdissect.data.download import (
+    discard_partial,
+    download,
+    partial_path,
+    report_unneeded_partial,
+    state_path,
+)
 from jaxdissect.errors import DissectError
-from jaxdissect.outdir import replace_file
+from jaxdissect.outdir import replace_file, report_leftovers
 
 MANIFEST = "jaxdissect-fetch.json"
 GIB = 1 << 30
@@ -206,16 +224,28 @@ def fetch(
     final = directory / (source.folder or source.filename)
     if final.exists() or final.is_symlink():
         sha256 = _fetched_sha256(name, source, directory, final)
+        _report_leftovers(directory, source, final)
         return Fetched(final, sha256, False, True, time.perf_counter() - start)
 
-    archive, sha256, record, downloaded = _obtain(
+    archive, sha256, record, downloaded_from = _obtain(
         name, directory, url, from_file, retries, backoff_s, progress
     )
     size = archive.stat().st_size
-    _install(source, archive, final, downloaded, record, keep_archive, progress)
+    _install(source, archive, final, downloaded_from, record, keep_archive, progress)
     origin = str(from_file) if from_file is not None else url or source.url
     _record(directory, name, {"sha256": sha256, "size": size, "from": origin})
+    _report_leftovers(directory, source, final)
     return Fetched(final, sha256, record, False, time.perf_counter() - start)
+
+
+def _report_leftovers(directory: Path, source: Source, final: Path) -> None:
+    """Names on stderr what earlier runs left in DIR for ``source``, now that ``final`` is
+    there (see the module docstring: a download's partial file and state, removed only when
+    ours; temporary files of a killed write, never removed)."""
+    target = directory / source.filename
+    report_unneeded_partial(target, f"{final} is fetched")
+    for name in (MANIFEST, source.filename, state_path(target).name):
+        report_leftovers(directory, name)
 
 
 def _fetched_sha256(name: str, source: Source, directory: Path, final: Path) -> str | None:
@@ -238,8 +268,8 @@ def _fetched_sha256(name: str, source: Source, directory: Path, final: Path) -> 
 
 
 def _obtain(name, directory, url, from_file, retries, backoff_s, progress):
-    """The verified file to install: (path, sha256, whether its hash is new, whether it is
-    this call's download, a partial file to rename or remove)."""
+    """The verified file to install: (path, sha256, whether its hash is new, the URL it was
+    downloaded from by this call, else None)."""
     source = SOURCES[name]
     archive = Path(from_file) if from_file is not None else directory / source.filename
     if from_file is not None and not archive.is_file():
@@ -247,9 +277,10 @@ def _obtain(name, directory, url, from_file, retries, backoff_s, progress):
             f"--from {archive}: {'not a file' if archive.exists() else 'no such file'}"
         )
     if archive.is_file():  # the user's file, or a zip kept by --keep-archive: never removed
-        return archive, *_verify(archive, name, directory, str(archive)), False
+        return archive, *_verify(archive, name, directory, str(archive)), None
+    url = url or source.url
     part = download(
-        url or source.url,
+        url,
         archive,
         max_bytes=source.max_bytes,
         retries=retries,
@@ -257,18 +288,28 @@ def _obtain(name, directory, url, from_file, retries, backoff_s, progress):
         progress=progress,
     )
     try:
-        sha256, record = _verify(part, name, directory, f"{url or source.url}")
+        sha256, record = _verify(part, name, directory, str(part))
     except DissectError as error:
         discard_partial(archive)
-        raise DissectError(f"{error}; the download was removed") from None
-    return part, sha256, record, True
+        raise _failed_download(error, archive, url, kept=False) from None
+    return part, sha256, record, url
 
 
-def _install(source, archive, final, downloaded, record, keep_archive, progress):
+def _failed_download(error: DissectError, target: Path, url: str, kept: bool) -> DissectError:
+    """``error`` about a downloaded file that failed a check, naming it as the file fetched
+    (``target``) rather than the partial file it was checked as, and where its bytes are."""
+    part = partial_path(target)
+    reason = str(error).removeprefix(f"{part}: ")
+    where = f"its bytes are kept in {part}" if kept else "the download was removed"
+    return DissectError(f"{target} (downloaded from {url}): {reason}; {where}")
+
+
+def _install(source, archive, final, downloaded_from, record, keep_archive, progress):
     """Extracts a Broden zip to ``final``, or puts a checkpoint there once it reads as one.
 
-    A download (``archive``, the verified partial file) is then kept as the zip
-    (``keep_archive``) or removed, and removed as well when a new one proves bad."""
+    A download (``archive``, the verified partial file, from the URL ``downloaded_from``)
+    is then kept as the zip (``keep_archive``) or removed, and removed as well when a new
+    one proves bad."""
     target = final.with_name(source.filename)
     try:
         if source.folder is not None:
@@ -282,15 +323,19 @@ def _install(source, archive, final, downloaded, record, keep_archive, progress)
         else:
             _check_checkpoint(archive)
     except DissectError as error:
-        if downloaded and record:  # never proved good: the next run downloads afresh
+        # The file's own faults name it first (a corrupt zip, an unreadable checkpoint);
+        # others (a staging folder in the way) leave a download that may be good alone.
+        if downloaded_from is None or not str(error).startswith(f"{archive}: "):
+            raise
+        if record:  # never proved good: the next run downloads afresh
             discard_partial(target)
-            raise DissectError(f"{error}; the download was removed") from None
-        raise
-    if source.folder is None and not downloaded:  # copied beside the other fetched files
+        raise _failed_download(error, target, downloaded_from, kept=not record) from None
+    if source.folder is None and downloaded_from is None:  # copied beside the other files
         replace_file(final, archive.read_bytes())
-    elif downloaded and (keep_archive or source.folder is None):
+    elif downloaded_from is not None and (keep_archive or source.folder is None):
         os.replace(archive, target)
-    discard_partial(target)
+    if downloaded_from is not None:  # this call's; an earlier run's is a leftover, named
+        discard_partial(target)
 
 
 def describe() -> str:

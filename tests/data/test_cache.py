@@ -4,6 +4,9 @@ build appears under its final name only when complete."""
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -115,9 +118,86 @@ def test_killed_build_leaves_nothing_that_looks_complete(dataset, tmp_path, monk
     monkeypatch.setattr(cache, "decode_plane", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         load_label_arrays(dataset, tmp_path / "c", progress=False)
-    assert not _folder(dataset, tmp_path / "c").exists()
+    assert list((tmp_path / "c").iterdir()) == []  # not even its staging folder
     monkeypatch.setattr(cache, "decode_plane", decode)
     _assert_decodes_the_pngs(load_label_arrays(dataset, tmp_path / "c", progress=False), dataset)
+
+
+# A build that waits, in a process of its own, until the test sends it a signal.
+_SLOW_BUILD = """
+import pathlib, sys, time
+import jaxdissect.data.cache as cache
+
+def write(folder):
+    (folder / "image_labels.npy").write_bytes(b"half")
+    print("building", flush=True)
+    time.sleep(60)
+
+cache.cached_folder(pathlib.Path(sys.argv[1]), "k", write)
+"""
+
+
+def _killed_build(root, signum) -> subprocess.Popen:
+    """A build in a subprocess, sent ``signum`` while it writes; returns once it ended."""
+    build = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_BUILD, str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert build.stdout.readline() == "building\n"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".partial-")]
+    build.send_signal(signum)
+    build.wait(timeout=60)
+    build.stdout.close()
+    return build
+
+
+def test_a_build_killed_by_sigterm_removes_its_staging_folder(tmp_path):
+    """Issue 27: SIGTERM ended the build without running its clean-up, and its .partial-*
+    folder stayed in the cache for ever."""
+    build = _killed_build(tmp_path, signal.SIGTERM)
+    assert build.returncode == -signal.SIGTERM  # still dies of the signal
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_build_removes_the_folder_of_one_killed_outright(tmp_path, capsys):
+    build = _killed_build(tmp_path, signal.SIGKILL)
+    assert build.returncode == -signal.SIGKILL
+    [left] = [p for p in tmp_path.iterdir() if p.name.startswith(".partial-")]
+    mine = tmp_path / ".partial-mine"  # a folder of that name that no build made: kept
+    mine.mkdir()
+    (mine / "image_labels.npy").write_bytes(b"mine")
+
+    def write(folder):
+        np.save(folder / "image_labels.npy", np.arange(3))
+
+    assert cache.cached_folder(tmp_path, "k", write) == tmp_path / "k"
+    err = capsys.readouterr().err
+    assert f"removing {left}, left by a cache build that was killed (pid {build.pid})" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".partial-mine", "k"]
+    assert (mine / "image_labels.npy").read_bytes() == b"mine"
+
+
+def test_a_running_build_s_folder_is_not_taken_for_a_killed_one(tmp_path):
+    started, finish = threading.Event(), threading.Event()
+
+    def slow(folder):
+        np.save(folder / "image_labels.npy", np.arange(3))
+        started.set()
+        finish.wait(30)
+
+    thread = threading.Thread(target=cache.cached_folder, args=(tmp_path, "k", slow))
+    thread.start()
+    started.wait(30)
+    [staging] = list(tmp_path.iterdir())
+    cache._reclaim_killed_builds(tmp_path)
+    assert (staging / "image_labels.npy").is_file()  # its lock is held: left alone
+    finish.set()
+    thread.join()
+    np.testing.assert_array_equal(np.load(tmp_path / "k" / "image_labels.npy"), np.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]
 
 
 def test_concurrent_builds_agree(tmp_path):

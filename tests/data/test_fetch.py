@@ -221,6 +221,10 @@ def test_corrupt_download_is_refused_and_removed(server, tmp_path, mini_broden, 
     error = capsys.readouterr().err
     assert code == 2 and len(error.strip().splitlines()) == 1
     assert "corrupt or truncated zip archive" in error
+    # Named as the file fetched, not as its partial file (issue 27).
+    url = server.url("broden1_224.zip")
+    assert f"error: {data_dir / 'broden1_224.zip'} (downloaded from {url}): " in error
+    assert ".part" not in error and error.rstrip().endswith("the download was removed")
     assert sorted(p.name for p in data_dir.iterdir()) == []  # no folder, staging or zip
     # The same command then downloads afresh.
     server.files["broden1_224.zip"] = mini_broden
@@ -415,6 +419,104 @@ def test_a_checkpoint_already_there_is_checked_not_trusted(tmp_path, capsys, rec
     assert len(error.strip().splitlines()) == 1
     assert ("differs from " + "0" * 64 if recorded else "records no fetch of") in error
     assert garbage.read_bytes() == b"not a checkpoint"
+
+
+@pytest.mark.parametrize(
+    "recorded, served, reason",
+    [
+        # A hash recorded at the first fetch that the download does not have.
+        ("0" * 64, "checkpoint", "SHA-256 .* differs from 0{64} \\(recorded at the first fetch"),
+        # No hash yet, and the download is not a checkpoint.
+        (None, "garbage", "not a readable PyTorch checkpoint"),
+    ],
+)
+def test_a_download_failing_its_check_is_named_as_the_file_fetched(
+    server, tmp_path, capsys, recorded, served, reason
+):
+    """Issue 27: the error named DIR/resnet18_places365.pth.tar.part (or only the URL), a file
+    the user never asked for and that was already removed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    if recorded:
+        (data / MANIFEST).write_text(json.dumps({"resnet18_places365": {"sha256": recorded}}))
+    body = _tiny_checkpoint(tmp_path / "c") if served == "checkpoint" else b"not a checkpoint"
+    server.files["r.pth.tar"] = body
+    url = server.url("r.pth.tar")
+    args = ["fetch", "resnet18_places365", "--dir", str(data), "--url", url, "--no-progress"]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    target = data / "resnet18_places365.pth.tar"
+    assert re.fullmatch(
+        re.escape(f"jaxdissect: error: {target} (downloaded from {url}): ")
+        + f"{reason}.*; the download was removed",
+        error,
+    ), error
+    assert ".part" not in error
+    assert sorted(p.name for p in data.iterdir()) == ([MANIFEST] if recorded else [])
+
+
+def test_a_download_matching_its_recorded_hash_but_unreadable_says_where_it_is_kept(
+    server, tmp_path, capsys
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    body = b"not a checkpoint, but the bytes recorded"
+    record = {"resnet18_places365": {"sha256": hashlib.sha256(body).hexdigest()}}
+    (data / MANIFEST).write_text(json.dumps(record))
+    server.files["r.pth.tar"] = body
+    url = server.url("r.pth.tar")
+    args = ["fetch", "resnet18_places365", "--dir", str(data), "--url", url, "--no-progress"]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    target = data / "resnet18_places365.pth.tar"
+    assert error.startswith(f"jaxdissect: error: {target} (downloaded from {url}): not a ")
+    assert error.endswith(f"; its bytes are kept in {partial_path(target)}")
+    assert partial_path(target).read_bytes() == body
+
+
+def test_leftovers_of_earlier_runs_are_named_once_the_fetch_is_done(server, tmp_path, capsys):
+    """Issue 27: a download's .part/.part.json pair outlived a fetch completed another way,
+    and a killed write's temporary file stayed, both unmentioned."""
+    data = tmp_path / "data"
+    checkpoint = tmp_path / "mine.pth.tar"
+    body = _tiny_checkpoint(checkpoint)
+    server.files["r.pth.tar"] = body
+    server.cut_after = [len(body) // 2]
+    url = server.url("r.pth.tar")
+    args = ["fetch", "resnet18_places365", "--dir", str(data), "--no-progress"]
+    assert main([*args, "--url", url, "--retries", "0"]) == 2  # cut off: kept to resume
+    part = data / "resnet18_places365.pth.tar.part"
+    assert part.is_file() and part.with_name(part.name + ".json").is_file()
+    capsys.readouterr()
+    temporary = data / f".{MANIFEST}.k1ll3d00.partial"  # as replace_file names its own
+    temporary.write_text("{")
+    assert main([*args, "--from", str(checkpoint)]) == 0  # fetched another way
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[:2] == [
+        f"jaxdissect: removed {part}, left by an interrupted download "
+        f"({data / 'resnet18_places365.pth.tar'} is fetched)",
+        f"jaxdissect: removed {part}.json, left by an interrupted download "
+        f"({data / 'resnet18_places365.pth.tar'} is fetched)",
+    ]
+    assert len(lines) == 3 and temporary.name in lines[2] and "not removed" in lines[2]
+    assert sorted(p.name for p in data.iterdir()) == sorted(
+        [MANIFEST, "resnet18_places365.pth.tar", temporary.name]
+    )
+    # A .part no state of ours records is named, never removed, even once fetched.
+    part.write_bytes(b"someone's")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"{part}: not needed" in err and "not removed" in err
+    assert part.read_bytes() == b"someone's"
+    # A failed download's pair is not a leftover: the same command resumes it, silently.
+    (data / "resnet18_places365.pth.tar").unlink()
+    part.unlink()
+    temporary.unlink()
+    server.cut_after = [len(body) // 2]
+    assert main([*args, "--url", url, "--retries", "0"]) == 2
+    capsys.readouterr()
+    assert main([*args, "--url", url]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_a_broden_folder_no_fetch_recorded_is_not_called_already_there(tmp_path, capsys):
