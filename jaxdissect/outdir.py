@@ -86,11 +86,15 @@ def locked(out: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def held_lock(path: Path, busy: str, unwritable: str, error=DissectError) -> Iterator[None]:
+def held_lock(
+    path: Path, busy: str, unwritable: str, error=DissectError, remove: bool = False
+) -> Iterator[None]:
     """Holds the advisory lock file ``path`` for the block (the kernel releases it when the
     process dies), this process's pid written in it. A second holder gets ``error(busy)``,
     ``{pid}`` filled with the holder's; a lock that cannot be opened, ``error(unwritable)``.
-    The file is opened without following a link: it is truncated."""
+    The file is opened without following a link: it is truncated. With ``remove``, the file
+    is removed at the end of the block, still locked (a process that opened it meanwhile
+    finds, once it holds the lock, that the file is no longer at ``path``, and is refused)."""
     try:
         handle = os.fdopen(open_plain_file(path, "jaxdissect's lock file"), "r+")
     except OSError as failure:
@@ -103,6 +107,8 @@ def held_lock(path: Path, busy: str, unwritable: str, error=DissectError) -> Ite
                 raise
             handle.seek(0)
             raise error(busy.format(pid=handle.read().strip() or "another process")) from None
+        if remove and not _still_at(handle, path):
+            raise error(busy.format(pid="another process"))
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -112,6 +118,18 @@ def held_lock(path: Path, busy: str, unwritable: str, error=DissectError) -> Ite
         finally:
             handle.seek(0)
             handle.truncate()
+            if remove:
+                path.unlink(missing_ok=True)
+
+
+def _still_at(handle, path: Path) -> bool:
+    """Whether the open file ``handle`` is still the file at ``path`` (not removed since)."""
+    try:
+        here = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def open_plain_file(path: Path, what: str) -> int:

@@ -360,3 +360,21 @@ def test_a_linked_store_is_refused_with_its_name(tmp_path):
     with pytest.raises(DissectError, match=re.escape(f"{out / STORE}: not a folder")):
         _publish(out, NEW)
     assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
+
+
+def test_a_removed_lock_goes_with_its_block_and_a_replaced_one_is_not_taken(tmp_path):
+    """held_lock(remove=True) (fetch's DIR lock) leaves no file behind; a process that
+    opened the file before it was removed is refused once it holds the lock."""
+    from jaxdissect.outdir import _still_at, held_lock
+
+    lock = tmp_path / ".x.lock"
+    with held_lock(lock, "busy {pid}", "cannot open", remove=True):
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert not lock.exists()
+    lock.write_text("")
+    with open(lock) as opened_before:
+        lock.unlink()
+        lock.write_text("")  # another process's new lock file at the same path
+        assert not _still_at(opened_before, lock)
+    with open(lock) as current:
+        assert _still_at(current, lock)

@@ -21,7 +21,9 @@ in DIR is named on stderr, one line each: a download's ``FILE.part`` and ``FILE.
 the state file records the partial file and otherwise kept; and the temporary
 ``.FILE.XXXXXXXX.partial`` of a killed write of the manifest, a state file or a checkpoint,
 never removed (nothing records it). A failed download's pair is not a leftover: the next
-run of the same command resumes it.
+run of the same command resumes it. One fetch of NAME into DIR runs at a time: it holds the
+lock file ``DIR/.FILE.lock`` while it runs (a second is refused in one line), so no run takes
+another's download for a leftover, or writes into its partial file.
 
 A downloaded file that fails a check (size, SHA-256, a corrupt zip, an unreadable
 checkpoint) is reported under the name it was fetched as (``DIR/FILE``), not its partial
@@ -48,7 +50,7 @@ from jaxdissect.data.download import (
     state_path,
 )
 from jaxdissect.errors import DissectError
-from jaxdissect.outdir import replace_file, report_leftovers
+from jaxdissect.outdir import held_lock, replace_file, report_leftovers
 
 MANIFEST = "jaxdissect-fetch.json"
 GIB = 1 << 30
@@ -220,6 +222,16 @@ def fetch(
             )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / f".{source.filename}.lock"
+    busy = f"{directory}: fetching {name} in another process (pid {{pid}}); wait for it"
+    with held_lock(lock, busy, f"{lock}: cannot open the fetch's lock", remove=True):
+        return _fetch_locked(name, source, directory, url, from_file, keep_archive, retries,
+                             backoff_s, progress)  # fmt: skip
+
+
+def _fetch_locked(name, source, directory, url, from_file, keep_archive, retries, backoff_s,
+                  progress) -> Fetched:  # fmt: skip
+    """``fetch``, its arguments checked, holding DIR's lock for ``name``."""
     start = time.perf_counter()
     final = directory / (source.folder or source.filename)
     if final.exists() or final.is_symlink():

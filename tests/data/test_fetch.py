@@ -21,7 +21,7 @@ from test_torch_weights import _state, _write
 from jaxdissect.cli import main
 from jaxdissect.data.archive import ArchiveError, extract_zip
 from jaxdissect.data.download import discard_partial, download, partial_path
-from jaxdissect.data.fetch import MANIFEST, fetch
+from jaxdissect.data.fetch import MANIFEST, SOURCES, fetch
 from jaxdissect.errors import DissectError
 
 
@@ -617,3 +617,20 @@ def test_fetch_from_a_name_with_a_line_break_fails_in_one_line(tmp_path, capsys)
     assert main(["fetch", "broden1_224", "--dir", str(tmp_path / "d"), "--from", str(source)]) == 2
     error = capsys.readouterr().err
     assert error == f"jaxdissect: error: --from {tmp_path}/a\\nb.zip: no such file\n"
+
+
+def test_a_second_fetch_of_the_same_name_into_dir_is_refused_while_one_runs(server, tmp_path):
+    """Two fetches of one name into one DIR wrote into one partial file, and one could take
+    the other's download for a leftover: the second is refused, naming the first's pid."""
+    from jaxdissect.outdir import held_lock
+
+    source = SOURCES["broden1_224"]
+    lock = tmp_path / f".{source.filename}.lock"
+    with held_lock(lock, "held", "cannot open"):
+        with pytest.raises(DissectError, match=rf"fetching broden1_224 .*pid {os.getpid()}"):
+            fetch("broden1_224", tmp_path, url=server.url("x"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]  # the holder's
+    server.files["x"] = b"not a zip"
+    with pytest.raises(DissectError, match=r"broden1_224\.zip"):
+        fetch("broden1_224", tmp_path, url=server.url("x"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # its lock went with it
