@@ -417,6 +417,17 @@ def test_a_study_publishes_one_whole_set(rotation_smoke, monkeypatch):
     assert (workdir / "dissections" / "seed0" / "conv5" / "results.json").is_file()
 
 
+def test_every_study_figure_is_an_earlier_versions_name():
+    """The figures the studies draw (each has a caption in report_docs) are among the names
+    an earlier version's workdir is cleared of, so none stays beside a new set."""
+    from experiments.report_docs import CAPTIONS
+    from jaxdissect.outdir import LEGACY_NAMES
+
+    marker, names = LEGACY_NAMES["study"]
+    assert marker == "results.json"
+    assert {*CAPTIONS, "config.json", "summary.html"} <= set(names)
+
+
 def test_a_workdir_in_use_is_refused(tmp_path, capsys):
     """A second run of a study's workdir, whose trainings, dissections and published set
     would interleave with the first's, is refused in one line naming the holder."""
