@@ -4,19 +4,21 @@ units and a randomly rotated basis, in the same two passes)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shlex
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.workdir import claim_workdir, record_config, study_name
+from experiments.workdir import claim_workdir, held_workdir, record_config, study_name
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
@@ -90,15 +92,19 @@ def prepare_probe(
     )
 
 
+@contextlib.contextmanager
 def start_experiment(
     config, workdir: str | Path, progress: bool, study: str | None = None
-) -> tuple[Path, Probe]:
-    """Claims the workdir for ``study``, records config.json, and prepares the probe set
-    ``config.probe`` (a ProbeConfig) names.
+) -> Iterator[tuple[Path, Probe]]:
+    """Claims the workdir for ``study``, holds its lock for the block, records the run's
+    config (run_config.json) and prepares the probe set ``config.probe`` (a ProbeConfig)
+    names; yields (workdir, probe). The study publishes its results in the block
+    (``experiments.workdir.study_set``).
 
     Args:
       config: the study's config.
-      workdir: its folder; one that belongs to another study is refused (DissectError).
+      workdir: its folder; one that belongs to another study, or that another run of the
+        study holds, is refused (DissectError).
       progress: progress bars.
       study: the study's name (default: the module that defines ``config``'s type).
     """
@@ -112,17 +118,19 @@ def start_experiment(
             f"probe.directory={directory}: not a Broden folder (no index.csv); leave "
             "probe.directory unset to draw the synthetic probe into the workdir"
         )
-    claim_workdir(workdir, study)
-    record_config(workdir, dataclasses.asdict(config))
-    probe = config.probe
-    prepared = prepare_probe(
-        probe.directory or workdir / "probe",
-        probe.images,
-        probe.image_size,
-        probe.seed,
-        progress=progress,
-    )
-    return workdir, prepared
+    claim_workdir(workdir, study)  # before the lock: another's workdir is left untouched
+    with held_workdir(workdir):
+        claim_workdir(workdir, study)  # again: another study may have claimed it meanwhile
+        record_config(workdir, dataclasses.asdict(config))
+        probe = config.probe
+        prepared = prepare_probe(
+            probe.directory or workdir / "probe",
+            probe.images,
+            probe.image_size,
+            probe.seed,
+            progress=progress,
+        )
+        yield workdir, prepared
 
 
 def checkpoint_identity(run_dir: Path, step: int | None) -> dict:

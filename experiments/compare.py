@@ -30,7 +30,7 @@ from experiments.common import (
     write_page,
 )
 from experiments.plots import figure_html, pyplot, save_figure
-from experiments.workdir import save_results
+from experiments.workdir import study_set
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.synthetic import world
 from jaxdissect.models.features import FeatureModel
@@ -251,41 +251,41 @@ def run_comparison(
     seeds)`` gives the paper's claims the study tests; ``analysis({variant: {seed:
     dissection}}, seeds)`` a unit-level analysis, as (results.json entries, HTML)."""
     started = time.time()
-    workdir, probe = start_experiment(config, workdir, progress, study or None)
-    seeds = list(range(config.seeds))
-    rows, dissections = [], {}
-    for index, variant in enumerate(variants):
-        measured = measure_variant(variant, index, seeds, config, workdir, probe, progress)
-        dissections[variant.name] = {seed: results for seed, (_, results) in measured.items()}
-        per_seed = [row for row, _ in measured.values()]
-        accuracies = [row["eval_accuracy"] for row in per_seed]
-        rows.append(
-            {
-                "variant": variant.name,
-                "layer": per_seed[0]["layer"],
-                "units": per_seed[0]["units"],
-                "unique": _counts([row["unique"] for row in per_seed]),
-                "unique_rotated": _counts([row["unique_rotated"] for row in per_seed]),
-                "eval_accuracy": None if None in accuracies else interval(accuracies),
-                "linear_probe": interval([row["linear_probe"] for row in per_seed]),
-            }
-        )
-    extra, extra_html = analysis(dissections, seeds) if analysis else ({}, "")
-    summary = {
-        "study": study,
-        "title": title,
-        "config": dataclasses.asdict(config),
-        "seeds": seeds,
-        "claims": claims({row["variant"]: row for row in rows}, seeds),
-        "rows": rows,
-        **extra,
-        "provenance": provenance(),
-        "seconds": round(time.time() - started, 1),
-    }
-    save_results(workdir, summary)
-    plot(summary, workdir / "comparison.png")
-    write_summary(summary, workdir, extra_html)
-    return summary
+    with start_experiment(config, workdir, progress, study or None) as (workdir, probe):
+        seeds = list(range(config.seeds))
+        rows, dissections = [], {}
+        for index, variant in enumerate(variants):
+            measured = measure_variant(variant, index, seeds, config, workdir, probe, progress)
+            dissections[variant.name] = {seed: results for seed, (_, results) in measured.items()}
+            per_seed = [row for row, _ in measured.values()]
+            accuracies = [row["eval_accuracy"] for row in per_seed]
+            rows.append(
+                {
+                    "variant": variant.name,
+                    "layer": per_seed[0]["layer"],
+                    "units": per_seed[0]["units"],
+                    "unique": _counts([row["unique"] for row in per_seed]),
+                    "unique_rotated": _counts([row["unique_rotated"] for row in per_seed]),
+                    "eval_accuracy": None if None in accuracies else interval(accuracies),
+                    "linear_probe": interval([row["linear_probe"] for row in per_seed]),
+                }
+            )
+        extra, extra_html = analysis(dissections, seeds) if analysis else ({}, "")
+        summary = {
+            "study": study,
+            "title": title,
+            "config": dataclasses.asdict(config),
+            "seeds": seeds,
+            "claims": claims({row["variant"]: row for row in rows}, seeds),
+            "rows": rows,
+            **extra,
+            "provenance": provenance(),
+            "seconds": round(time.time() - started, 1),
+        }
+        with study_set(workdir, summary) as folder:
+            plot(summary, folder / "comparison.png")
+            write_summary(summary, folder, extra_html)
+        return summary
 
 
 def _yerr(stats: list[dict]) -> np.ndarray:

@@ -45,7 +45,7 @@ from experiments.common import (
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
 from experiments.training_dynamics import train_config
-from experiments.workdir import save_results
+from experiments.workdir import study_set
 from jaxdissect.compositional.explain import explain
 from jaxdissect.compositional.formulas import (
     format_formula,
@@ -236,34 +236,36 @@ def study_claims(bases: dict, length: int, seeds: list[int]) -> list[dict]:
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
-    workdir, probe = start_experiment(config, workdir, progress)
-    # Before any network is trained (the explanation would refuse it only after): a formula
-    # holds each label at most once.
-    available = min(config.labels_per_unit, probe.dataset.num_labels - 1)
-    if config.length > available:
-        raise DissectError(
-            f"length={config.length}: longer than the {available} labels a formula may draw "
-            f"on (labels_per_unit={config.labels_per_unit}; the probe has "
-            f"{probe.dataset.num_labels - 1} labels)"
-        )
-    seeds = list(range(config.seeds))
-    per_seed = [explain_seed(config, workdir, probe, seed, progress) for seed in seeds]
-    bases = {basis: across_seeds([found[basis] for found in per_seed], seeds) for basis in BASES}
-    summary = {
-        "study": "compositional",
-        "config": dataclasses.asdict(config),
-        "layer": config.layer,
-        "units": len(per_seed[0]["units"]["units"]),
-        "seeds": seeds,
-        "claims": study_claims(bases, config.length, seeds),
-        "bases": bases,
-        "provenance": provenance(),
-        "seconds": round(time.time() - started, 1),
-    }
-    save_results(workdir, summary)
-    plot(summary, workdir)
-    write_summary(summary, workdir)
-    return summary
+    with start_experiment(config, workdir, progress) as (workdir, probe):
+        # Before any network is trained (the explanation would refuse it only after): a formula
+        # holds each label at most once.
+        available = min(config.labels_per_unit, probe.dataset.num_labels - 1)
+        if config.length > available:
+            raise DissectError(
+                f"length={config.length}: longer than the {available} labels a formula may draw "
+                f"on (labels_per_unit={config.labels_per_unit}; the probe has "
+                f"{probe.dataset.num_labels - 1} labels)"
+            )
+        seeds = list(range(config.seeds))
+        per_seed = [explain_seed(config, workdir, probe, seed, progress) for seed in seeds]
+        bases = {
+            basis: across_seeds([found[basis] for found in per_seed], seeds) for basis in BASES
+        }
+        summary = {
+            "study": "compositional",
+            "config": dataclasses.asdict(config),
+            "layer": config.layer,
+            "units": len(per_seed[0]["units"]["units"]),
+            "seeds": seeds,
+            "claims": study_claims(bases, config.length, seeds),
+            "bases": bases,
+            "provenance": provenance(),
+            "seconds": round(time.time() - started, 1),
+        }
+        with study_set(workdir, summary) as folder:
+            plot(summary, folder)
+            write_summary(summary, folder)
+        return summary
 
 
 def plot(summary: dict, workdir: Path) -> None:

@@ -47,7 +47,7 @@ from experiments.common import (
 )
 from experiments.plots import figure_html, pyplot, save_figure
 from experiments.training_dynamics import train_config
-from experiments.workdir import save_results
+from experiments.workdir import study_set
 from jaxdissect.compositional.directions import DirectionConfig, directions
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
@@ -188,40 +188,41 @@ def study_claims(bases: dict, seeds: list[int]) -> list[dict]:
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
-    workdir, probe = start_experiment(config, workdir, progress)
-    seeds = list(range(config.seeds))
-    per_seed = [directions_seed(config, workdir, probe, seed, progress) for seed in seeds]
-    bases = {
-        basis: {
-            **{key: interval([found[basis][key] for found in per_seed]) for key in NUMBERS},
-            "concepts": per_seed[0][basis]["concepts"],
-            "rows_by_seed": {
-                str(seed): found[basis]["rows"] for seed, found in zip(seeds, per_seed, strict=True)
-            },
+    with start_experiment(config, workdir, progress) as (workdir, probe):
+        seeds = list(range(config.seeds))
+        per_seed = [directions_seed(config, workdir, probe, seed, progress) for seed in seeds]
+        bases = {
+            basis: {
+                **{key: interval([found[basis][key] for found in per_seed]) for key in NUMBERS},
+                "concepts": per_seed[0][basis]["concepts"],
+                "rows_by_seed": {
+                    str(seed): found[basis]["rows"]
+                    for seed, found in zip(seeds, per_seed, strict=True)
+                },
+            }
+            for basis in BASES
         }
-        for basis in BASES
-    }
-    summary = {
-        "study": "directions",
-        "config": dataclasses.asdict(config),
-        "layer": config.layer,
-        "seeds": seeds,
-        "claims": study_claims(bases, seeds),
-        "bases": bases,
-        # Directions span the same space in any basis: their IoU should barely move.
-        "direction_iou_units_minus_rotated": interval(
-            [
-                found["units"]["iou_direction"] - found["rotated"]["iou_direction"]
-                for found in per_seed
-            ]
-        ),
-        "provenance": provenance(),
-        "seconds": round(time.time() - started, 1),
-    }
-    save_results(workdir, summary)
-    plot(summary, workdir)
-    write_summary(summary, workdir)
-    return summary
+        summary = {
+            "study": "directions",
+            "config": dataclasses.asdict(config),
+            "layer": config.layer,
+            "seeds": seeds,
+            "claims": study_claims(bases, seeds),
+            "bases": bases,
+            # Directions span the same space in any basis: their IoU should barely move.
+            "direction_iou_units_minus_rotated": interval(
+                [
+                    found["units"]["iou_direction"] - found["rotated"]["iou_direction"]
+                    for found in per_seed
+                ]
+            ),
+            "provenance": provenance(),
+            "seconds": round(time.time() - started, 1),
+        }
+        with study_set(workdir, summary) as folder:
+            plot(summary, folder)
+            write_summary(summary, folder)
+        return summary
 
 
 def plot(summary: dict, workdir: Path) -> None:

@@ -40,7 +40,7 @@ from experiments.common import (
     write_page,
 )
 from experiments.plots import figure_html, save_figure
-from experiments.workdir import save_results
+from experiments.workdir import study_set
 from jaxdissect.config import DissectConfig
 from jaxdissect.stats.upsample import bilinear_matrix
 from train.checkpoints import feature_model, load_run
@@ -254,37 +254,37 @@ def explain_seed(config: Config, workdir: Path, probe, seed: int, progress: bool
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
-    workdir, probe = start_experiment(config, workdir, progress)
-    seeds = list(range(config.seeds))
-    found = [explain_seed(config, workdir, probe, seed, progress) for seed in seeds]
-    measured = [m for m, _, _ in found]
-    agreement = [m["top_unit_concepts_in_image"] for m in measured]
-    summary = {
-        "study": "explain",
-        "config": dataclasses.asdict(config),
-        "seeds": seeds,
-        "claims": [],  # the paper's explanations are qualitative: no claim is computed here
-        "interpreted_units": interval([m["interpreted_units"] for m in measured]),
-        "units": measured[0]["units"],
-        "segmentation": {
-            category: {
-                key: interval([m["segmentation"][category][key] for m in measured])
-                for key in ("pixel_accuracy", "mean_iou", "labels")
-            }
-            for category in PIXEL_CATEGORIES
-        },
-        "explanations": {
-            str(seed): m["explanations"] for seed, m in zip(seeds, measured, strict=True)
-        },
-        "top_unit_concepts_in_image": None if None in agreement else interval(agreement),
-        "provenance": provenance(),
-        "seconds": round(time.time() - started, 1),
-    }
-    save_results(workdir, summary)
-    _, explained, thresholds = found[0]
-    figure(explained, probe, thresholds, workdir / "explain.png", summary["provenance"])
-    write_summary(summary, workdir)
-    return summary
+    with start_experiment(config, workdir, progress) as (workdir, probe):
+        seeds = list(range(config.seeds))
+        found = [explain_seed(config, workdir, probe, seed, progress) for seed in seeds]
+        measured = [m for m, _, _ in found]
+        agreement = [m["top_unit_concepts_in_image"] for m in measured]
+        summary = {
+            "study": "explain",
+            "config": dataclasses.asdict(config),
+            "seeds": seeds,
+            "claims": [],  # the paper's explanations are qualitative: no claim is computed here
+            "interpreted_units": interval([m["interpreted_units"] for m in measured]),
+            "units": measured[0]["units"],
+            "segmentation": {
+                category: {
+                    key: interval([m["segmentation"][category][key] for m in measured])
+                    for key in ("pixel_accuracy", "mean_iou", "labels")
+                }
+                for category in PIXEL_CATEGORIES
+            },
+            "explanations": {
+                str(seed): m["explanations"] for seed, m in zip(seeds, measured, strict=True)
+            },
+            "top_unit_concepts_in_image": None if None in agreement else interval(agreement),
+            "provenance": provenance(),
+            "seconds": round(time.time() - started, 1),
+        }
+        _, explained, thresholds = found[0]
+        with study_set(workdir, summary) as folder:
+            figure(explained, probe, thresholds, folder / "explain.png", summary["provenance"])
+            write_summary(summary, folder)
+        return summary
 
 
 def figure(explained, probe, thresholds, path: Path, provenance: dict | None = None) -> None:

@@ -40,7 +40,7 @@ from experiments.common import (
     write_page,
 )
 from experiments.plots import BAND, band, figure_html, pyplot, save_figure, verdicts_sentence
-from experiments.workdir import save_results
+from experiments.workdir import study_set
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import fractional_rotation, random_rotation
 from train.checkpoints import feature_model
@@ -162,55 +162,58 @@ def dissect_seeds(config: Config, workdir: Path, probe, seeds: list[int], progre
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
-    workdir, probe = start_experiment(config, workdir, progress)
-    seeds = list(range(config.seeds))
-    found = dissect_seeds(config, workdir, probe, seeds, progress)
+    with start_experiment(config, workdir, progress) as (workdir, probe):
+        seeds = list(range(config.seeds))
+        found = dissect_seeds(config, workdir, probe, seeds, progress)
 
-    def names(alpha):
-        if float(alpha) == 0:
-            return [config.layer]
-        return [f"{config.layer}@alpha{alpha}-r{i}" for i in range(config.rotations)]
+        def names(alpha):
+            if float(alpha) == 0:
+                return [config.layer]
+            return [f"{config.layer}@alpha{alpha}-r{i}" for i in range(config.rotations)]
 
-    def mean_over_rotations(seed, alpha, threshold, key):
-        """A seed's count at ``alpha``, averaged over its rotations."""
-        summaries = [summary_at(found[seed][name], float(threshold)) for name in names(alpha)]
-        values = [
-            s["unique_top_label"]["total"] if key == "unique" else s["detectors"] for s in summaries
-        ]
-        return float(np.mean(values))
+        def mean_over_rotations(seed, alpha, threshold, key):
+            """A seed's count at ``alpha``, averaged over its rotations."""
+            summaries = [summary_at(found[seed][name], float(threshold)) for name in names(alpha)]
+            values = [
+                s["unique_top_label"]["total"] if key == "unique" else s["detectors"]
+                for s in summaries
+            ]
+            return float(np.mean(values))
 
-    table = {
-        threshold: [
-            {
-                "alpha": float(alpha),
-                **{
-                    key: interval([mean_over_rotations(s, alpha, threshold, key) for s in seeds])
-                    for key in ("unique", "detectors")
-                },
-            }
-            for alpha in config.alphas
-        ]
-        for threshold in config.iou_thresholds
-    }
-    summary = {
-        "study": "rotation",
-        "config": dataclasses.asdict(config),
-        "units": len(found[seeds[0]][config.layer]["units"]),
-        "seeds": seeds,
-        "claims": study_claims(table, config, seeds),
-        "by_iou_threshold": table,
-        "chance_iou": {
-            name: interval([chance_iou(found[seed][name]) for seed in seeds])
-            for name in found[seeds[0]]
-            if name == config.layer or name.endswith("-r0")
-        },
-        "provenance": provenance(),
-        "seconds": round(time.time() - started, 1),
-    }
-    save_results(workdir, summary)
-    plot(summary, workdir / "rotation.png", config.layer)
-    write_summary(summary, workdir)
-    return summary
+        table = {
+            threshold: [
+                {
+                    "alpha": float(alpha),
+                    **{
+                        key: interval(
+                            [mean_over_rotations(s, alpha, threshold, key) for s in seeds]
+                        )
+                        for key in ("unique", "detectors")
+                    },
+                }
+                for alpha in config.alphas
+            ]
+            for threshold in config.iou_thresholds
+        }
+        summary = {
+            "study": "rotation",
+            "config": dataclasses.asdict(config),
+            "units": len(found[seeds[0]][config.layer]["units"]),
+            "seeds": seeds,
+            "claims": study_claims(table, config, seeds),
+            "by_iou_threshold": table,
+            "chance_iou": {
+                name: interval([chance_iou(found[seed][name]) for seed in seeds])
+                for name in found[seeds[0]]
+                if name == config.layer or name.endswith("-r0")
+            },
+            "provenance": provenance(),
+            "seconds": round(time.time() - started, 1),
+        }
+        with study_set(workdir, summary) as folder:
+            plot(summary, folder / "rotation.png", config.layer)
+            write_summary(summary, folder)
+        return summary
 
 
 def study_claims(table: dict, config: Config, seeds: list[int]) -> list[dict]:

@@ -52,7 +52,7 @@ from experiments.plots import (
     verdicts_sentence,
 )
 from experiments.units import across_seeds, most_switching, transitions, unit_labels
-from experiments.workdir import save_results
+from experiments.workdir import study_set
 from jaxdissect.config import DissectConfig
 from jaxdissect.rotation import random_rotation
 from train.checkpoints import feature_model, list_checkpoints
@@ -227,58 +227,59 @@ def _counts(per_seed: list[dict]) -> dict:
 
 def run(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     started = time.time()
-    workdir, probe = start_experiment(config, workdir, progress)
-    seeds = list(range(config.seeds))
-    curves, evolution = {}, {}
-    for variation in config.variations:
-        runs = {
-            seed: dissect_run(config, workdir, probe, variation, seed, progress) for seed in seeds
+    with start_experiment(config, workdir, progress) as (workdir, probe):
+        seeds = list(range(config.seeds))
+        curves, evolution = {}, {}
+        for variation in config.variations:
+            runs = {
+                seed: dissect_run(config, workdir, probe, variation, seed, progress)
+                for seed in seeds
+            }
+            steps = [p["step"] for p in runs[seeds[0]][0]]
+            points = []
+            for index, step in enumerate(steps):
+                at = [runs[seed][0][index] for seed in seeds]
+                accuracies = [p["eval_accuracy"] for p in at]
+                points.append(
+                    {
+                        "step": step,
+                        "num_units": at[0]["num_units"],
+                        "eval_accuracy": None if None in accuracies else interval(accuracies),
+                        "units": _counts([p["units"] for p in at]),
+                        "rotated": _counts([p["rotated"] for p in at]),
+                    }
+                )
+            curves[variation] = points
+            labellings = {seed: runs[seed][1] for seed in seeds}
+            evolution[variation] = {
+                "transitions": [
+                    {
+                        "from": steps[i],
+                        "to": steps[i + 1],
+                        **across_seeds(
+                            [transitions(labellings[s][i], labellings[s][i + 1]) for s in seeds]
+                        ),
+                    }
+                    for i in range(len(steps) - 1)
+                ],
+                "most_switching": most_switching(labellings, steps),
+            }
+        results = {
+            "study": "training_dynamics",
+            "config": dataclasses.asdict(config),
+            "layer": config.layer,
+            "seeds": seeds,
+            "claims": study_claims(curves, seeds),
+            "curves": curves,
+            "concept_evolution": evolution,
+            "best_step": {variation: _best_step(points) for variation, points in curves.items()},
+            "provenance": provenance(),
+            "seconds": round(time.time() - started, 1),
         }
-        steps = [p["step"] for p in runs[seeds[0]][0]]
-        points = []
-        for index, step in enumerate(steps):
-            at = [runs[seed][0][index] for seed in seeds]
-            accuracies = [p["eval_accuracy"] for p in at]
-            points.append(
-                {
-                    "step": step,
-                    "num_units": at[0]["num_units"],
-                    "eval_accuracy": None if None in accuracies else interval(accuracies),
-                    "units": _counts([p["units"] for p in at]),
-                    "rotated": _counts([p["rotated"] for p in at]),
-                }
-            )
-        curves[variation] = points
-        labellings = {seed: runs[seed][1] for seed in seeds}
-        evolution[variation] = {
-            "transitions": [
-                {
-                    "from": steps[i],
-                    "to": steps[i + 1],
-                    **across_seeds(
-                        [transitions(labellings[s][i], labellings[s][i + 1]) for s in seeds]
-                    ),
-                }
-                for i in range(len(steps) - 1)
-            ],
-            "most_switching": most_switching(labellings, steps),
-        }
-    results = {
-        "study": "training_dynamics",
-        "config": dataclasses.asdict(config),
-        "layer": config.layer,
-        "seeds": seeds,
-        "claims": study_claims(curves, seeds),
-        "curves": curves,
-        "concept_evolution": evolution,
-        "best_step": {variation: _best_step(points) for variation, points in curves.items()},
-        "provenance": provenance(),
-        "seconds": round(time.time() - started, 1),
-    }
-    save_results(workdir, results)
-    plot(results, workdir)
-    write_summary(results, workdir)
-    return results
+        with study_set(workdir, results) as folder:
+            plot(results, folder)
+            write_summary(results, folder)
+        return results
 
 
 def _best_step(points: list[dict]) -> int | None:

@@ -1,12 +1,23 @@
-"""A study's workdir: which study it belongs to (one workdir, one study), and its JSON files."""
+"""A study's workdir: which study it belongs to (one workdir, one study), its lock, and its
+published results.
+
+A study publishes results.json, config.json (the config of those results), its figures and
+summary.html as one output set of kind ``study`` (jaxdissect.outdir): written whole into
+``.jaxdissect/study.<n>/`` and linked from the workdir's names by one rename, so that they
+always resolve into one complete run's files. What a study keeps to resume (training runs,
+dissections, the probe) stays in the workdir itself, outside the set.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from jaxdissect import outdir
 from jaxdissect.errors import DissectError
 from jaxdissect.report.results import write_text_atomic
 
@@ -21,6 +32,10 @@ STUDIES = (
     "width_depth",
 )
 STUDY_RECORD = "study.json"
+STUDY_SET = "study"  # the kind of output set a study publishes (jaxdissect.outdir.KINDS)
+# The config of the latest run started in a workdir; config.json, a name of the published
+# set, is the config of the published results.
+RUN_CONFIG = "run_config.json"
 
 
 def study_name(config) -> str:
@@ -98,16 +113,41 @@ def save_json(path: Path, value) -> None:
     write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
 
 
-def save_results(workdir: Path, results: dict) -> None:
-    """Publishes a study's results.json, then its config.json (``results["config"]``):
-    config.json describes the published results (see ``record_config``)."""
-    save_json(workdir / "results.json", results)
-    save_json(workdir / "config.json", results["config"])
+@contextlib.contextmanager
+def held_workdir(workdir: Path) -> Iterator[None]:
+    """Holds ``workdir/.lock`` (jaxdissect.outdir's lock, which publishing requires) for a
+    study's run: a second run of the workdir, whose trainings, dissections and published
+    set would interleave with the first's, is refused with the holder's pid."""
+    busy = f"--workdir {workdir}: in use by a running study (pid {{pid}}); wait for it or "
+    with outdir.held_lock(
+        workdir / ".lock",
+        busy + "choose another --workdir",
+        f"--workdir {workdir}: cannot write there",
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def study_set(workdir: Path, results: dict) -> Iterator[Path]:
+    """A new output set of the study in ``workdir`` (whose lock the caller holds, see
+    ``held_workdir``) holding results.json and config.json (``results["config"]``): the
+    block writes the figures and summary.html into the folder it is given, and the set is
+    published when the block ends. Until then the workdir's names resolve into the previous
+    set; a block that raises leaves that set as it was, and a name the new set lacks (a
+    figure not drawn again) stops resolving."""
+    folder = outdir.new_set(workdir, STUDY_SET)
+    try:
+        save_json(folder / "results.json", results)
+        save_json(folder / "config.json", results["config"])
+        yield folder
+    except BaseException:
+        outdir.discard(folder)
+        raise
+    outdir.publish(folder, workdir)
 
 
 def record_config(workdir: Path, config: dict) -> None:
-    """Records the config of a run starting in ``workdir``, unless results are published
-    there: their config.json stays until the new results replace them, so that a rerun with
-    other settings that fails (or is killed) leaves config.json describing results.json."""
-    if not (workdir / "results.json").is_file():
-        save_json(workdir / "config.json", config)
+    """Records the config of a run starting in ``workdir`` as run_config.json: config.json
+    stays the config of the published results until a new set replaces them, so that a
+    rerun with other settings that fails (or is killed) leaves it describing results.json."""
+    save_json(workdir / RUN_CONFIG, config)

@@ -5,14 +5,16 @@ with the holder's pid inside for the message).
 
 Outputs are sets of a kind (``dissect``: tally.csv, counts.npz, results.json,
 fingerprint.json, report.html, report/, or a folder per layer and index.html;
-``formulas``: formulas.csv, formulas.json, formulas.html). Each set is written whole into
-its own folder ``OUT/.jaxdissect/<kind>.<n>``, and completed by ``MANIFEST.json`` (written
-last: every file's path, size and SHA-256). ``OUT/.jaxdissect/<kind>`` is a symbolic link
-to the current complete set, replaced in one rename when a new set is complete, and each
-of the set's names in OUT is a link through it (``OUT/tally.csv`` ->
-``.jaxdissect/dissect/tally.csv``). So every name resolves into one complete set: the
-previous one until the instant the new one is whole, then the new one; a name the new set
-lacks (report.html after ``--no-report``) no longer resolves, and its link is removed.
+``formulas``: formulas.csv, formulas.json, formulas.html; ``study``: a study's
+results.json, config.json, figures and summary.html in its workdir: experiments/workdir.py).
+Each set is written whole into its own folder ``OUT/.jaxdissect/<kind>.<n>``, and completed
+by ``MANIFEST.json`` (written last: every file's path, size and SHA-256).
+``OUT/.jaxdissect/<kind>`` is a symbolic link to the current complete set, replaced in one
+rename when a new set is complete, and each of the set's names in OUT is a link through it
+(``OUT/tally.csv`` -> ``.jaxdissect/dissect/tally.csv``). So every name resolves into one
+complete set: the previous one until the instant the new one is whole, then the new one; a
+name the new set lacks (report.html after ``--no-report``) no longer resolves, and its link
+is removed.
 
 Nothing is deleted by pattern. ``OUT/.jaxdissect/journal.json`` records, before each is
 made, every set folder and every link in OUT this module creates; a set is removed file by
@@ -56,7 +58,7 @@ from jaxdissect.errors import DissectError
 STORE = ".jaxdissect"
 JOURNAL = "journal.json"
 MANIFEST = "MANIFEST.json"
-KINDS = ("dissect", "formulas", "directions")
+KINDS = ("dissect", "formulas", "directions", "study")
 # What an earlier version of jaxdissect wrote as plain files into OUT, by kind, and the file
 # that marked its set complete: with that mark present, these names are moved aside when
 # a set of the kind is published, so that none of them stays beside the new set.
@@ -67,6 +69,15 @@ LEGACY_NAMES = {
     ),
     "formulas": ("formulas.json", ("formulas.csv", "formulas.html")),
     "directions": ("directions.json", ("directions.csv", "directions.npz", "directions.html")),
+    "study": (
+        "results.json",
+        (
+            *("config.json", "summary.html", "comparison.png", "rotation.png", "explain.png"),
+            *("unique_detectors.png", "per_category.png", "accuracy.png"),
+            *("concept_transitions.png", "compositional.png", "formula_mix.png"),
+            "directions.png",
+        ),
+    ),
 }
 
 

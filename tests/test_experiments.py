@@ -270,13 +270,22 @@ def test_gpu_preset_runs_at_smoke_scale(tmp_path, monkeypatch):
     assert results["config"]["dissect"]["batch_size"] == 20
 
 
-def test_rotation_smoke(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def rotation_smoke(tmp_path_factory):
+    """The rotation smoke preset, run once: (workdir, its cache folder, results)."""
     from experiments import rotation
 
-    monkeypatch.setenv("JAXDISSECT_CACHE", str(tmp_path / "cache"))
-    workdir = tmp_path / "rot"
-    assert rotation.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
-    results = json.loads((workdir / "results.json").read_text())
+    root = tmp_path_factory.mktemp("rotation")
+    workdir = root / "rot"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JAXDISSECT_CACHE", str(root / "cache"))
+        argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+        assert rotation.main(argv) == 0
+    return workdir, root / "cache", json.loads((workdir / "results.json").read_text())
+
+
+def test_rotation_smoke(rotation_smoke):
+    workdir, _, results = rotation_smoke
     assert set(results["by_iou_threshold"]) == {"0.04", "0.06", "0.08", "0.1"}
     assert results["seeds"] == [0, 1]
     for rows in results["by_iou_threshold"].values():
@@ -327,6 +336,147 @@ def test_rotation_smoke(tmp_path, monkeypatch):
                 ious.append(expected / union if union else 0.0)
             assert chance["per_seed"][seed] == pytest.approx(sum(ious) / len(ious), rel=1e-12)
     assert (workdir / "rotation.png").stat().st_size > 1000
+
+
+def published(workdir):
+    """The study's published names in ``workdir`` (the links into its set), with the bytes
+    each resolves to."""
+    return {p.name: p.read_bytes() for p in sorted(workdir.iterdir()) if p.is_symlink()}
+
+
+def assert_one_set(workdir):
+    """config.json is results.json's config, and summary.html's figures resolve both in the
+    set's folder and through the workdir's links."""
+    import re
+
+    from jaxdissect.outdir import current_set
+
+    results = json.loads((workdir / "results.json").read_text())
+    assert json.loads((workdir / "config.json").read_text()) == results["config"]
+    figures = re.findall(r'<img src="([^"]+)"', (workdir / "summary.html").read_text())
+    assert figures
+    for name in figures:
+        assert (workdir / name).is_file() and (current_set(workdir, "study") / name).is_file()
+
+
+def test_a_study_publishes_one_whole_set(rotation_smoke, monkeypatch):
+    """Issue 27: results.json, config.json, each figure and summary.html were renamed into
+    the workdir one by one: a kill between them left new results beside the earlier run's
+    figures and summary.html, and a rerun drawing fewer figures left the earlier run's
+    beside its own. They are one output set now (jaxdissect.outdir)."""
+    import os
+
+    from experiments import rotation
+    from jaxdissect import outdir
+
+    workdir, cache, _ = rotation_smoke
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(cache))
+    args = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    first = published(workdir)
+    assert set(first) == {"config.json", "results.json", "rotation.png", "summary.html"}
+    assert_one_set(workdir)
+    plot = rotation.plot
+
+    def plot_one_more(summary, path, layer):
+        plot(summary, path, layer)
+        (path.parent / "extra.png").write_bytes(path.read_bytes())
+
+    monkeypatch.setattr(rotation, "plot", plot_one_more)
+    assert rotation.main(args) == 0  # a rerun: the trainings and dissections are reused
+    second = published(workdir)
+    assert set(second) == {*first, "extra.png"}
+
+    # Killed after results.json, config.json and the figures of other results (a third IoU
+    # threshold), before summary.html: every name still gives the earlier set's bytes.
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(rotation, "write_page", killed)
+    monkeypatch.setattr(outdir, "discard", lambda folder: None)  # a kill cleans nothing up
+    with pytest.raises(Killed):
+        rotation.main([*args, "iou_thresholds=0.04,0.05"])
+    assert published(workdir) == second
+    store = workdir / ".jaxdissect"
+    left = [f for f in store.glob("study.*") if f != outdir.current_set(workdir, "study")]
+    assert len(left) == 1 and not (left[0] / "summary.html").exists()
+    assert "0.05" in json.loads((left[0] / "results.json").read_text())["by_iou_threshold"]
+    assert (left[0] / "rotation.png").is_file()
+
+    # The next rerun draws no extra.png: that name no longer resolves.
+    monkeypatch.undo()
+    monkeypatch.setenv("JAXDISSECT_CACHE", str(cache))
+    assert rotation.main(args) == 0
+    assert set(published(workdir)) == set(first)
+    assert not os.path.lexists(workdir / "extra.png")
+    assert_one_set(workdir)
+    # The earlier sets and the killed run's folder are gone; what it resumes from stays.
+    assert [f.name for f in store.glob("study.*")] == [outdir.current_set(workdir, "study").name]
+    assert (workdir / "dissections" / "seed0" / "conv5" / "results.json").is_file()
+
+
+def test_every_study_figure_is_an_earlier_versions_name():
+    """The figures the studies draw (each has a caption in report_docs) are among the names
+    an earlier version's workdir is cleared of, so none stays beside a new set."""
+    from experiments.report_docs import CAPTIONS
+    from jaxdissect.outdir import LEGACY_NAMES
+
+    marker, names = LEGACY_NAMES["study"]
+    assert marker == "results.json"
+    assert {*CAPTIONS, "config.json", "summary.html"} <= set(names)
+
+
+def test_a_workdir_in_use_is_refused(tmp_path, capsys):
+    """A second run of a study's workdir, whose trainings, dissections and published set
+    would interleave with the first's, is refused in one line naming the holder."""
+    import os
+
+    from experiments import rotation
+    from experiments.workdir import held_workdir
+
+    workdir = tmp_path / "rot"
+    workdir.mkdir()
+    with held_workdir(workdir):
+        assert rotation.main(["--config", "smoke", "--workdir", str(workdir)]) == 2
+    assert capsys.readouterr().err == (
+        f"experiments.rotation: error: --workdir {workdir}: in use by a running study (pid "
+        f"{os.getpid()}); wait for it or choose another --workdir\n"
+    )
+    assert not (workdir / "probe").exists()
+
+
+def test_an_earlier_versions_study_files_are_moved_aside(tmp_path, capsys):
+    """Issue 27: a workdir from before sets holds plain results.json, config.json, figures
+    and summary.html: the first set published there moves them, and only them, into
+    .jaxdissect/displaced.1/ (a figure the new set lacks too), deleting nothing."""
+    from experiments.workdir import held_workdir, save_json, study_set
+
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    earlier = {
+        "results.json": b'{"config": {"layer": "conv4"}}\n',
+        "config.json": b'{"layer": "conv4"}\n',
+        "summary.html": b"<img src=rotation.png>",
+        "rotation.png": b"earlier figure",
+        "accuracy.png": b"a figure this run does not draw",
+    }
+    for name, content in earlier.items():
+        (workdir / name).write_bytes(content)
+    (workdir / "notes.txt").write_text("mine\n")
+    save_json(workdir / "study.json", {"study": "rotation"})
+    with held_workdir(workdir), study_set(workdir, {"config": {"layer": "conv5"}}) as folder:
+        (folder / "rotation.png").write_bytes(b"new figure")
+        (folder / "summary.html").write_text('<img src="rotation.png">')
+    aside = workdir / ".jaxdissect" / "displaced.1"
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == earlier
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"to {aside}" in err and "accuracy.png" in err
+    assert not (workdir / "accuracy.png").exists()
+    assert (workdir / "notes.txt").read_text() == "mine\n"
+    assert (workdir / "rotation.png").read_bytes() == b"new figure"
+    assert json.loads((workdir / "config.json").read_text()) == {"layer": "conv5"}
 
 
 # Each comparison's variants, in the order of its rows.
@@ -510,7 +660,7 @@ def test_nested_overrides_reach_the_dissection(tmp_path, monkeypatch):
     with pytest.raises(Dissected):
         rotation.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress", *overrides])
     assert used == [(12, DissectConfig(union="lite", kernel="xla", batch_size=20))]
-    recorded = json.loads((workdir / "config.json").read_text())
+    recorded = json.loads((workdir / "run_config.json").read_text())
     assert recorded["dissect"]["union"] == "lite" and recorded["dissect"]["kernel"] == "xla"
     assert recorded["probe"] == {"directory": None, "images": 12, "image_size": 32, "seed": 1}
 
@@ -727,9 +877,12 @@ def test_a_failed_rerun_leaves_config_json_describing_the_results(tmp_path, monk
     assert "has no layer 'conv9'" in capsys.readouterr().err
     assert json.loads((workdir / "config.json").read_text()) == published
 
-    fresh = tmp_path / "fresh"  # no results yet: config.json records the run in progress
+    assert json.loads((workdir / "run_config.json").read_text())["layer"] == "conv9"
+
+    fresh = tmp_path / "fresh"  # no results yet: run_config.json records the run in progress
     assert training_dynamics.main([*args[:3], str(fresh), *args[4:]]) == 2
-    assert json.loads((fresh / "config.json").read_text())["layer"] == "conv9"
+    assert json.loads((fresh / "run_config.json").read_text())["layer"] == "conv9"
+    assert not (fresh / "config.json").exists()  # no results, so no config of results
 
 
 @pytest.mark.parametrize("study", ["rotation", "compositional", "directions"])
