@@ -512,6 +512,35 @@ def test_a_checkpoint_the_digest_record_lacks_is_not_taken_as_intact(trained_run
     load_run(workdir, 2)
 
 
+def test_a_workdir_without_a_digest_record_resumes_unverified_with_a_warning(trained_run, tmp_path):
+    """A workdir whose checkpoints.sha256.json is gone (or from before digests) resumed from
+    unverified checkpoints without a word."""
+    from train.loop import train
+
+    config, original = trained_run
+    workdir = tmp_path / "run"
+    shutil.copytree(original, workdir)
+    (workdir / "checkpoints.sha256.json").unlink()
+    with pytest.warns(UserWarning, match=r"no checkpoints\.sha256\.json .*unverified"):
+        train(config, workdir, progress=False)
+
+
+def test_the_digest_record_is_never_written_through_a_planted_link(trained_run, tmp_path):
+    """save wrote the record through a fixed temporary name, .checkpoints.sha256.json.partial,
+    following a link planted there."""
+    from train.loop import train
+
+    config, _ = trained_run
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (workdir / ".checkpoints.sha256.json.partial").symlink_to(victim)
+    train(config, workdir, progress=False)
+    assert victim.read_text() == "mine"
+    assert sorted(json.loads((workdir / "checkpoints.sha256.json").read_text())) == ["0", "2"]
+
+
 def test_train_workdir_naming_a_file(tmp_path, capsys):
     from train.__main__ import main as train_main
 

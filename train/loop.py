@@ -31,6 +31,7 @@ from train.config import TrainConfig
 from train.data import load_data
 from train.models import PREPROCESS, build_model
 from train.state import (
+    DIGESTS,
     checkpoint_manager,
     damage,
     make_optimizer,
@@ -182,8 +183,15 @@ def _restore_intact(manager, workdir: Path, params, rest, opt_state):
     that checkpoints.sha256.json does not record, or one Orbax cannot read) is moved aside
     to ``workdir/damaged-checkpoints/``, with a warning, so that the run redoes its steps.
     A digest record that cannot be read stops the run, naming it (``read_digests``)."""
-    read_digests(workdir)  # checked even before the first checkpoint, which adds to it
-    for step in sorted(manager.all_steps(), reverse=True):
+    steps = sorted(manager.all_steps(), reverse=True)
+    # Checked even before the first checkpoint, which adds to it.
+    if read_digests(workdir) is None and steps:
+        warnings.warn(
+            f"{workdir}: no {DIGESTS} (saved before digests were recorded, or removed); "
+            "resuming from its checkpoints unverified",
+            stacklevel=4,  # the caller of train()
+        )
+    for step in steps:
         problem = damage(workdir, step)
         if problem is None:
             try:

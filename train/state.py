@@ -10,14 +10,13 @@ different number), so ``save`` records a SHA-256 of each of a checkpoint's files
 cannot be read as one vouches for nothing: it is refused in one line, naming it (the run's
 checkpoints cannot be verified; the user decides). A checkpoint the record lacks (the run was
 killed between writing it and recording it) is treated as damaged. Only a workdir with no
-record at all, from before digests were recorded, has its checkpoints used unverified.
+record at all, from before digests were recorded, has its checkpoints used unverified (resuming says so).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxdissect.errors import DissectError
+from jaxdissect.outdir import replace_file
 from train.config import TrainConfig
 
 
@@ -129,9 +129,7 @@ def save(manager: ocp.CheckpointManager, step: int, params, rest, opt_state) -> 
     workdir = Path(manager.directory).parent
     digests = read_digests(workdir) or {}
     digests[str(step)] = _file_digests(Path(manager.directory) / str(step))
-    temporary = workdir / f".{DIGESTS}.partial"
-    temporary.write_text(json.dumps(digests, indent=1))
-    os.replace(temporary, workdir / DIGESTS)
+    replace_file(workdir / DIGESTS, json.dumps(digests, indent=1))  # never through a link
 
 
 def restore(manager: ocp.CheckpointManager, step: int, params, rest, opt_state):
