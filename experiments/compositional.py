@@ -34,10 +34,10 @@ import jax
 import numpy as np
 
 from experiments.claims import claim, claims_html, format_interval, interval
+from experiments.cli import experiment_main
 from experiments.common import (
     ROTATED,
     ProbeConfig,
-    experiment_main,
     provenance,
     start_experiment,
     with_rotations,

@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.claims import format_interval, interval
+from experiments.cli import experiment_main
 from experiments.common import (
     ProbeConfig,
     checkpoint_identity,
     dissect_model,
-    experiment_main,
     provenance,
     start_experiment,
     write_page,

@@ -27,13 +27,13 @@ import jax
 import numpy as np
 
 from experiments.claims import claim, claims_html, format_interval, interval, slope
+from experiments.cli import experiment_main
 from experiments.common import (
     GPU_STEPS,
     GPU_TRAIN_OVERRIDES,
     ProbeConfig,
     checkpoint_identity,
     dissect_models,
-    experiment_main,
     provenance,
     start_experiment,
     summary_at,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 import sys
 
-from experiments.common import experiment_main
+from experiments.cli import experiment_main
 from experiments.compare import PRESETS, CommonConfig, Variant, run_comparison, unique_claim
 from experiments.units import across_seeds, category_flow, transitions, unit_labels
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 
 from experiments.claims import claim, claims_html, format_interval, interval
+from experiments.cli import experiment_main
 from experiments.common import (
     GPU_STEPS,
     GPU_TRAIN_OVERRIDES,
@@ -36,7 +37,6 @@ from experiments.common import (
     checkpoint_identity,
     dissect_models,
     eval_accuracy,
-    experiment_main,
     provenance,
     start_experiment,
     unique_counts,

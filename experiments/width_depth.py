@@ -15,7 +15,7 @@ import dataclasses
 import sys
 
 from experiments import compare
-from experiments.common import experiment_main
+from experiments.cli import experiment_main
 from experiments.compare import CommonConfig, Variant, run_comparison, unique_claim
 
 
