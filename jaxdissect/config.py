@@ -71,6 +71,13 @@ class DissectConfig:
             )
 
 
+def fit_to_images(config: DissectConfig, num_images: int) -> DissectConfig:
+    """``config`` with ``top_images`` at most ``num_images``: a unit has no more top images
+    than the probe has images. (``batch_size`` is kept, as the fingerprint records it; the
+    model runs clamp their padded batches instead.)"""
+    return dataclasses.replace(config, top_images=min(config.top_images, num_images))
+
+
 def check_paths(**paths) -> None:
     """Refuses a path argument given as the empty string, which Python's paths read as the
     current folder: a DissectError naming the argument (``check_paths(out=out)``)."""

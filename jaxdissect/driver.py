@@ -153,8 +153,12 @@ def run_fingerprint(dataset: BrodenDataset, activations: Activations, config: Di
 def layer_folder(out: Path, layer: str, layers: Sequence[str], layer_folders: bool | None):
     """Where a layer's outputs go: OUT/ for one layer, OUT/<layer>/ for several (or always,
     with ``layer_folders``)."""
-    separate = len(layers) > 1 if layer_folders is None else layer_folders
-    return out / layer if separate else out
+    return out / layer if separate_folders(layers, layer_folders) else out
+
+
+def separate_folders(layers: Sequence[str], layer_folders: bool | None) -> bool:
+    """Whether the layers' outputs go to a folder each (and an index.html beside them)."""
+    return len(layers) > 1 if layer_folders is None else bool(layer_folders)
 
 
 def completed(
@@ -258,7 +262,7 @@ def write_outputs(
             if report:
                 write_layer_report(folder, images)
                 mark("report")
-        if report and layer_folder(staging, "", list(dissections), layer_folders) != staging:
+        if report and separate_folders(list(dissections), layer_folders):
             write_index(staging, list(dissections))
 
     publish_set(out, "dissect", write)

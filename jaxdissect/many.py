@@ -14,7 +14,6 @@ whose bits are not verified equal to one model's, the fingerprint and results.js
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -27,7 +26,7 @@ import numpy as np
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig
+from jaxdissect.config import DissectConfig, fit_to_images
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import load_image_array, load_label_arrays
 from jaxdissect.driver import (
@@ -225,8 +224,7 @@ def dissect_many(
     if images is None:
         images = load_image_array(dataset, cache, progress)
     out = Path(out)
-    if config.top_images > len(images):  # as a single run: no more top images than images
-        config = dataclasses.replace(config, top_images=len(images))
+    config = fit_to_images(config, len(images))  # as a single run
     current = {}  # while a group reads a batch: checkpoint name -> {layer: its activations}
     sources = _sources(models, names, weights, views, images, layers, current)
     fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}
@@ -348,7 +346,8 @@ def _group_pass(
     the batches' reader, the shapes of its {name/layer} activations, and the group's pass
     checkpoints in ``folder`` (None without ``checkpoint_every`` or under several
     processes)."""
-    read = _group_source(models, names, images, layers, config.batch_size, current, sources)
+    batch = min(config.batch_size, max(1, len(images)))  # batches are padded to this size
+    read = _group_source(models, names, images, layers, batch, current, sources)
     shapes = {
         f"{name}{SEPARATOR}{layer}": shape
         for name in names
@@ -356,12 +355,9 @@ def _group_pass(
     }
     checkpoints = None
     if checkpoint_every is not None and runtime.process_count() == 1:
-        heads = _group_source(
-            models, names, images[:: config.batch_size], layers, config.batch_size, current,
-            sources,
-        )  # fmt: skip
+        heads = _group_source(models, names, images[::batch], layers, batch, current, sources)
         checkpoints = _group_checkpoints(
-            folder, fingerprints, checkpoint_every, read, heads, len(images), config.batch_size
+            folder, fingerprints, checkpoint_every, read, heads, len(images), batch
         )
     return read, shapes, checkpoints
 

@@ -276,6 +276,7 @@ def model_run(
     from jaxdissect.models.features import model_activations
 
     layers = model.check_layers(layers)
+    batch_size = min(batch_size, max(1, len(images)))  # batches are padded to this size
     shapes = map_shapes(model.apply(jnp.asarray(np.asarray(images[:1])), layers), model.name)
     read = model_activations(model, images, layers, batch_size)
     # The first image of every batch, run together (one forward per batch of them).

@@ -873,3 +873,75 @@ def test_a_synthetic_figure_of_too_many_pixels_is_refused_at_once(tmp_path, caps
     assert main(["synthetic", "figure", "--out", str(out), "--rows", "100", "--size", "2048"]) == 2
     _one_line_error(capsys, "--rows 100 x --size 2048**2", "16,777,216")
     assert not out.exists()
+
+
+# Round three: cases found by the final adversarial pass.
+
+
+def test_no_top_images_leave_no_empty_report_folder_to_keep_a_set(probe, tmp_path, capsys):
+    """An empty report/ is in no manifest: the next run kept the old set, naming nothing."""
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 3)))
+    out = tmp_path / "out"
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(out), "--no-progress", "--top-images", "0"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["report", str(out)]) == 0
+    assert "kept" not in capsys.readouterr().err
+    assert sorted(p.name for p in (out / ".jaxdissect").iterdir()) == [
+        "dissect", "dissect.2", "journal.json"
+    ]  # fmt: skip
+
+
+def test_a_batch_size_beyond_the_probe_pads_no_more_than_the_probe(probe, tmp_path):
+    """Batches are padded to the batch size: 10**9 allocated that many images and ran out of
+    memory; a batch is the probe's size at most (the fingerprint keeps the size asked)."""
+    base = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:factory",
+            "--layer", "conv_a", "--no-progress", "--no-report", "--quantile", "0.05"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "huge"), "--batch-size", str(10**9)]) == 0
+    size = str(len(probe.planes))
+    assert main([*base, "--out", str(tmp_path / "all"), "--batch-size", size]) == 0
+    assert (tmp_path / "huge/tally.csv").read_bytes() == (tmp_path / "all/tally.csv").read_bytes()
+    seeds = [str(tmp_path / "w.seed")]
+    (tmp_path / "w.seed").write_text("1")
+    base[4] = "user_model:seeded_factory"  # and several checkpoints in one pass
+    many = [*base, "--weights", seeds[0], "--weights", str(tmp_path / "w2.seed")]
+    (tmp_path / "w2.seed").write_text("2")
+    assert main([*many, "--out", str(tmp_path / "many"), "--batch-size", str(10**9)]) == 0
+
+
+def test_several_layers_write_their_index_page(probe, tmp_path, capsys):
+    """dissect printed "index: OUT/index.html" for several layers and wrote none."""
+    out = tmp_path / "out"
+    args = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:factory",
+            "--layer", "conv_a", "--layer", "conv_b", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert f"index: {out / 'index.html'}" in capsys.readouterr().out
+    assert 'href="conv_b/report.html"' in (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize("command", ["features", "figure"])
+def test_an_out_that_is_a_fifo_is_refused_not_replaced(tmp_path, capsys, command):
+    """The file was renamed onto any name: a FIFO, or as root /dev/null, became a file."""
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    if command == "features":
+        np.save(tmp_path / "im.npy", np.zeros((2, 8, 8, 3), np.uint8))
+        argv = ["features", "--model", "user_model:factory", "--layer", "conv_a",
+                "--images", str(tmp_path / "im.npy"), "--out", str(fifo)]  # fmt: skip
+    else:
+        argv = ["synthetic", "figure", "--out", str(fifo), "--rows", "1", "--size", "16"]
+    assert main(argv) == 2
+    _one_line_error(capsys, f"--out {fifo}: exists and is not a regular file")
+    assert fifo.is_fifo()
+
+
+def test_a_figure_is_never_written_through_a_link(tmp_path):
+    """savefig opened the name and wrote the PNG over the file a link there led to."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "fig.png").symlink_to(victim)
+    assert main(["synthetic", "figure", "--out", str(tmp_path / "fig.png"), "--rows", "1",
+                 "--size", "16"]) == 0  # fmt: skip
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "fig.png").is_symlink()
+    assert (tmp_path / "fig.png").read_bytes().startswith(b"\x89PNG")

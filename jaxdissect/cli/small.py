@@ -12,7 +12,7 @@ from jaxdissect.errors import DissectError
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from jaxdissect.report.results import atomic_path
+    from jaxdissect.report.results import atomic_path, check_output_file
     from jaxdissect.sources import load_model, open_features
 
     if args.out.exists() and args.images.exists() and os.path.samefile(args.out, args.images):
@@ -22,6 +22,7 @@ def run_features(args: argparse.Namespace) -> int:
         )
     if args.out.is_dir():
         raise DissectError(f"--out {args.out}: is a folder; name the .npy file to write")
+    check_output_file(args.out, "--out")  # before the model runs
     images = open_features(args.images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DissectError(
