@@ -4,6 +4,7 @@ line with exit status 2."""
 
 import base64
 import hashlib
+import io
 import json
 import os
 import re
@@ -788,6 +789,11 @@ def test_a_synthetic_image_above_2048_px_is_refused_at_once(tmp_path, capsys, co
         (["--epochs", "1000000000"], "--epochs must be at most 1000, got 1000000000"),
         (["--learning-rate", "inf"], "--learning-rate must be finite and > 0, got inf"),
         (["--learning-rate", "nan"], "--learning-rate must be finite and > 0, got nan"),
+        # Round three: 1e300 became inf in float32 after a NumPy warning; a seed beyond
+        # 2**63 ended in OverflowError's traceback, and 2**32 drew seed 0's split.
+        (["--learning-rate", "1e300"], "--learning-rate must fit float32"),
+        (["--seed", str(10**30)], f"--seed must lie in [0, 2**32), got {10**30}"),
+        (["--seed", str(2**32)], f"--seed must lie in [0, 2**32), got {2**32}"),
     ],
 )
 def test_directions_training_is_bounded_before_it_starts(probe, tmp_path, capsys, flags, message):
@@ -945,3 +951,96 @@ def test_a_figure_is_never_written_through_a_link(tmp_path):
     assert victim.read_text() == "precious"
     assert not (tmp_path / "fig.png").is_symlink()
     assert (tmp_path / "fig.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_summarize_names_a_tally_that_is_not_a_regular_file(tmp_path, capsys, kind):
+    """A FIFO or folder was "file not found"."""
+    path = tmp_path / "tally.csv"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    assert main(["summarize", str(path)]) == 2
+    _one_line_error(capsys, f"{path}: not a regular file")
+
+
+def test_summarize_reads_a_tally_with_a_byte_order_mark(dissected, tmp_path, capsys):
+    """A spreadsheet's BOM made the first column "\ufeffunit": "missing unit"."""
+    path = tmp_path / "tally.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (dissected / "tally.csv").read_bytes())
+    assert main(["summarize", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["units"] == 5
+
+
+def test_a_cache_that_is_a_file_is_named_with_its_flag(dissected, probe, tmp_path, capsys):
+    """mkdir's bare "FILE: File exists"; report's warning spelt `cache_root`."""
+    cache = tmp_path / "cache"
+    cache.write_text("mine")
+    argv = ["dissect", "--dataset", str(probe.directory), "--features",
+            str(dissected.parent / "f.npy"), "--out", str(tmp_path / "o"), "--cache", str(cache)]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, f"--cache {cache}: exists and is not a folder")
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy)
+    assert main(["report", str(copy), "--cache", str(cache)]) == 0
+    assert f"(--cache {cache}: exists and is not a folder)" in capsys.readouterr().err
+    assert cache.read_text() == "mine"
+
+
+def test_a_report_warning_about_a_dataset_with_a_line_break_stays_one_line(
+    dissected, tmp_path, capsys
+):
+    out = _tampered(dissected, tmp_path, _set(["dataset"], str(tmp_path / "no\nsuch")))
+    assert main(["report", out]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if line.startswith("jaxdissect: warning")]
+    assert len(warnings) == 1 and "no\\nsuch" in warnings[0], warnings
+
+
+def test_num_processes_beyond_an_int_is_refused_before_waiting(probe, tmp_path, capsys):
+    """10**20 processes: process 5 waited 300 s for a coordinator JAX could not start."""
+    argv = ["dissect", "--dataset", str(probe.directory), "--features", "f.npy", "--out",
+            str(tmp_path / "o"), "--coordinator", "localhost:1", "--num-processes",
+            str(10**20), "--process-id", "5", "--kernel", "xla"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "--num-processes must be at most 2,147,483,647")
+
+
+def _rewritten_counts(dissected, tmp_path, top_maps: bytes):
+    """A copy of ``dissected`` whose counts.npz holds ``top_maps`` as its top_maps.npy."""
+    import zipfile
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy)
+    counts = dict(np.load(copy / "counts.npz"))
+    (copy / "counts.npz").unlink()
+    with zipfile.ZipFile(copy / "counts.npz", "w") as archive:
+        for name, array in counts.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(f"{name}.npy", top_maps if name == "top_maps" else buffer.getvalue())
+    return copy, counts["top_maps"]
+
+
+def test_counts_whose_header_declares_more_than_they_hold_are_refused(dissected, tmp_path, capsys):
+    """A 4 kB counts.npz declaring 800 GB of maps: "out of memory" after NumPy's attempt."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (5, 8, 10**5, 10**5)}
+    )
+    copy, _ = _rewritten_counts(dissected, tmp_path, header.getvalue() + bytes(64))
+    assert main(["report", str(copy)]) == 2
+    _one_line_error(capsys, "counts.npz: top_maps.npy declares (5, 8, 100000, 100000) float32")
+
+
+@pytest.mark.parametrize("value, dtype", [(np.nan, np.float32), (1e300, np.float64)])
+def test_counts_with_maps_that_are_not_float32_numbers_are_refused(
+    dissected, tmp_path, capsys, value, dtype
+):
+    """NaN reached the page; 1e300 was cast with a NumPy warning on stderr."""
+    copy, maps = _rewritten_counts(dissected, tmp_path, b"")
+    maps = maps.astype(dtype)
+    maps.flat[0] = value
+    buffer = io.BytesIO()
+    np.save(buffer, maps)
+    copy, _ = _rewritten_counts(copy, tmp_path / "again", buffer.getvalue())
+    assert main(["report", str(copy)]) == 2
+    _one_line_error(capsys, "top_maps: not all finite float32 numbers")

@@ -22,10 +22,10 @@ from jaxdissect.cli.small import (
     run_summarize,
     run_synthetic,
 )
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, one_line
 
 # The library's argument names that are not their flag with dashes for underscores.
-FLAGS = {"layers": "--layer"}
+FLAGS = {"layers": "--layer", "cache_root": "--cache"}
 
 RUNNERS = {
     "dissect": run_dissect,
@@ -84,5 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 def _error(message: str) -> None:
     """The one line of an error on stderr: a line break in a name the user gave (a file
     named with one) is written as ``\\n``, so that the error stays one line."""
-    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
-    print(f"jaxdissect: error: {one_line}", file=sys.stderr)
+    print(f"jaxdissect: error: {one_line(message)}", file=sys.stderr)

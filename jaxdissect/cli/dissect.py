@@ -137,6 +137,7 @@ def peak_memory() -> str:
 
 
 JOIN_TIMEOUT_S = 300  # how long a process waits for process 0's coordinator to listen
+MAX_PROCESSES = 2**31 - 1
 
 
 def _wait_for_coordinator(host: str, port: int, args: argparse.Namespace) -> None:
@@ -177,6 +178,10 @@ def start_processes(args: argparse.Namespace) -> bool:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise DissectError(
             f"--coordinator {args.coordinator!r}: expected host:port, a port in [1, 65535]"
+        )
+    if args.num_processes > MAX_PROCESSES:  # JAX's C++ holds it in an int
+        raise DissectError(
+            f"--num-processes must be at most {MAX_PROCESSES:,}, got {args.num_processes}"
         )
     if not 0 <= args.process_id < args.num_processes:
         raise DissectError(

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, one_line
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -35,8 +35,9 @@ def run_report(args: argparse.Namespace) -> int:
             check_same_probe(results, dataset)
             return load_image_array(dataset, args.cache, progress=False)
         except DissectError as error:
+            why = error.for_cli({"cache_root": "--cache"})
             print(
-                f"jaxdissect: warning: drawing {folder}'s cards without images ({error})",
+                one_line(f"jaxdissect: warning: drawing {folder}'s cards without images ({why})"),
                 file=sys.stderr,
             )
             return None

@@ -76,7 +76,11 @@ def default_cache_root() -> Path:
 def _cache_root(cache_root: str | Path | None) -> Path:
     """The cache folder a caller named (``cache_root``), else ``default_cache_root()``."""
     check_paths(cache_root=cache_root)
-    return Path(cache_root) if cache_root is not None else default_cache_root()
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    if root.exists() and not root.is_dir():  # else mkdir's bare "File exists"
+        name = "the cache folder" if cache_root is None else "`cache_root`"
+        raise DissectError(f"{name} {root}: exists and is not a folder", arguments=("cache_root",))
+    return root
 
 
 def _stamps(root: Path, names) -> bytes:

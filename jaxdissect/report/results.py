@@ -176,10 +176,11 @@ def read_tally_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     the first that is not.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DissectError(f"{path}: file not found")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
+    if not path.is_file():  # a folder, FIFO or device was "not found" before
+        problem = "not a regular file" if path.exists() else "file not found"
+        raise DissectError(f"{path}: {problem}")
+    try:  # utf-8-sig: a spreadsheet's byte-order mark hid the "unit" column
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows, lines = [], []  # each row, and the line it ends on
