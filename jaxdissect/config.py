@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 
 from jaxdissect.errors import DissectError
 
@@ -44,6 +46,19 @@ class DissectConfig:
     kernel: str = "auto"
 
     def __post_init__(self):
+        # Types first: "0.1" met `<` in a TypeError, and a batch size of 2.5 passed here.
+        for name, kind, what in (
+            ("quantile", numbers.Real, "a number"),
+            ("iou_threshold", numbers.Real, "a number"),
+            ("batch_size", numbers.Integral, "an integer"),
+            ("top_images", numbers.Integral, "an integer"),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise DissectError(
+                    f"`{name}` must be {what}, got {type(value).__name__} {value!r}",
+                    arguments=(name,),
+                )
         if not 0.0 < self.quantile < 1.0:
             raise DissectError(
                 f"`quantile` must lie in (0, 1), got {self.quantile}", arguments=("quantile",)
@@ -80,8 +95,16 @@ def fit_to_images(config: DissectConfig, num_images: int) -> DissectConfig:
 
 def check_paths(**paths) -> None:
     """Refuses a path argument given as the empty string, which Python's paths read as the
-    current folder: a DissectError naming the argument (``check_paths(out=out)``)."""
+    current folder, or as something not a path (``5``, bytes: pathlib's TypeError): a
+    DissectError naming the argument (``check_paths(out=out)``); None passes."""
     for name, path in paths.items():
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise DissectError(
+                f"`{name}` must be a path (str or os.PathLike), got {type(path).__name__} {path!r}"[
+                    :200
+                ],
+                arguments=(name,),
+            )
         if isinstance(path, str) and not path:
             raise DissectError(
                 f"`{name}` is an empty path (it would mean the current folder); give '.' for that",
@@ -92,8 +115,6 @@ def check_paths(**paths) -> None:
 def check_out_apart(out, dataset) -> None:
     """Refuses an ``out`` that is the dataset's own folder (``dataset``: a BrodenDataset or
     its folder): the outputs would be written among the probe's files."""
-    import os
-
     folder = getattr(dataset, "directory", dataset)
     if out is None or not isinstance(folder, (str, os.PathLike)):
         return

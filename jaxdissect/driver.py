@@ -14,16 +14,26 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import numbers
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.config import DissectConfig, check_config, check_out_apart, check_paths
 from jaxdissect.data.broden import BrodenDataset, open_broden
-from jaxdissect.data.cache import LabelArrays, cache_key, load_image_array, load_label_arrays
+from jaxdissect.data.cache import (
+    LabelArrays,
+    cache_key,
+    check_is_dataset,
+    check_labels,
+    load_image_array,
+    load_label_arrays,
+)
 from jaxdissect.dissection import Dissection, score_layer
 from jaxdissect.errors import DissectError, FeaturesError
 from jaxdissect.kernels import kernel_name, select_backend
@@ -90,6 +100,13 @@ def dissect_activations(
       {layer: Dissection}.
     """
     check_config(config)
+    check_is_dataset(dataset)
+    if isinstance(num_images, bool) or not isinstance(num_images, numbers.Integral):
+        raise FeaturesError(
+            f"`num_images` must be an integer, got {type(num_images).__name__} {num_images!r}",
+            arguments=("num_images",),
+        )
+    check_labels(labels, dataset)
     if num_images != dataset.num_images:
         raise FeaturesError(
             f"`num_images` {num_images}: activations of that many images, but "
@@ -187,6 +204,13 @@ def check_images(images, dataset: BrodenDataset) -> None:
         raise DissectError(
             f"`images` holds {len(images)} images but {dataset.directory / 'index.csv'} "
             f"lists {dataset.num_images}",
+            arguments=("images",),
+        )
+    expected = (dataset.num_images, *dataset.image_size, 3)
+    if images is not None and (images.dtype != np.uint8 or tuple(images.shape) != expected):
+        raise DissectError(  # the report drew them, or failed in NumPy's broadcasting
+            f"`images` must be uint8 of shape {expected} (index.csv's ih x iw, RGB), got "
+            f"{images.dtype} {tuple(images.shape)}",
             arguments=("images",),
         )
 

@@ -155,6 +155,11 @@ def features_source(
             "reads a .npy path)",
             arguments=("features",),
         )
+    if np.dtype(features.dtype).kind not in "fiu":  # as a file's: complex lost its part
+        raise FeaturesError(
+            f"`features` must be a numeric array (float or integer), not {features.dtype}",
+            arguments=("features",),
+        )
     if features.ndim != 4:
         raise FeaturesError(
             f"`features` must have 4 dimensions (N, h, w, U) or (N, U, h, w); got shape "
@@ -186,6 +191,11 @@ def features_activations(features, layout: str = "nhwc", layer: str | None = Non
       layout: "nhwc" or "nchw".
       layer: the layer's name (default: the file's stem, or "features").
     """
+    if layer is not None and not isinstance(layer, str):
+        raise FeaturesError(
+            f"`layer` must be a name (str), got {type(layer).__name__} {layer!r}",
+            arguments=("layer",),
+        )
     if isinstance(features, (str, os.PathLike)):
         path = Path(features)
         array = open_features(path)
@@ -195,7 +205,7 @@ def features_activations(features, layout: str = "nhwc", layer: str | None = Non
         where = f"{path}: "
     else:
         array = features
-        identity = {"features": array_identity(np.asarray(features))}
+        identity = None  # hashed once the array is known to be numeric (not object)
         provenance = {}
         layer = layer or "features"
         where = ""
@@ -203,6 +213,7 @@ def features_activations(features, layout: str = "nhwc", layer: str | None = Non
         read, shapes = features_source(array, layout, layer)
     except FeaturesError as error:
         raise FeaturesError(f"{where}{error}", arguments=error.arguments) from None
+    identity = identity or {"features": array_identity(np.asarray(features))}
     return Activations(read, shapes, len(array), {**identity, "layout": layout}, provenance)
 
 
@@ -211,6 +222,12 @@ def load_model(spec: str, weights: str | Path | None = None):
     returns a ``jaxdissect.models.features.FeatureModel``)."""
     from jaxdissect.models.features import FeatureModel
 
+    if not isinstance(spec, str):  # .startswith's AttributeError otherwise
+        raise DissectError(
+            f"`model` must be 'zoo:NAME' or 'package.module:factory', got "
+            f"{type(spec).__name__} {spec!r}",
+            arguments=("model",),
+        )
     if spec.startswith("zoo:"):
         from jaxdissect.models import zoo
 

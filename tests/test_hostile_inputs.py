@@ -1044,3 +1044,79 @@ def test_counts_with_maps_that_are_not_float32_numbers_are_refused(
     copy, _ = _rewritten_counts(copy, tmp_path / "again", buffer.getvalue())
     assert main(["report", str(copy)]) == 2
     _one_line_error(capsys, "top_maps: not all finite float32 numbers")
+
+
+def _api_calls(probe, tmp_path):
+    """Per name: a call of the Python API with one argument of a wrong type or kind, and
+    what its DissectError says (each was a TypeError, ValueError or AttributeError from
+    deep inside, or was accepted)."""
+    import jaxdissect as jd
+
+    dataset = jd.open_broden(probe.directory)
+    labels = jd.load_label_arrays(dataset, progress=False)
+    color = jd.load_label_arrays(jd.open_broden(probe.directory, ["color"]), progress=False)
+    features = dyadic_features(dataset.num_images, (4, 4, 3))
+    shapes = {"l": (4, 4, 3)}
+
+    def read(start, stop):
+        return {"l": features[start:stop]}
+
+    def activations(n, labels=labels):
+        return jd.dissect_activations(read, n, shapes, dataset, labels, progress=False)
+
+    n = dataset.num_images
+    float_images = np.zeros((n, *dataset.image_size, 3), np.float32)
+    return {
+        "quantile str": (lambda: jd.DissectConfig(quantile="0.1"), "`quantile` must be a number"),
+        "batch float": (
+            lambda: jd.DissectConfig(batch_size=2.5),
+            "`batch_size` must be an integer",
+        ),
+        "top_images bool": (lambda: jd.DissectConfig(top_images=True), "`top_images` must be an"),
+        "directory int": (lambda: jd.open_broden(5), "`directory` must be a path"),
+        "directory None": (lambda: jd.open_broden(None), "`directory` is None"),
+        "out int": (lambda: jd.dissect(dataset, features, out=5), "`out` must be a path"),
+        "num_images float": (lambda: activations(float(n)), "`num_images` must be an integer"),
+        "labels str": (lambda: activations(n, "labels"), "`labels` must be LabelArrays"),
+        "labels of a subset": (lambda: activations(n, color), "`labels` hold planes of shape"),
+        "complex features": (
+            lambda: jd.dissect(dataset, features.astype(np.complex64), progress=False),
+            "`features` must be a numeric array",
+        ),
+        "object features": (
+            lambda: jd.dissect(dataset, features.astype(object), progress=False),
+            "`features` must be a numeric array",
+        ),
+        "layer list": (lambda: jd.features_activations(features, layer=["x"]), "`layer` must be"),
+        "float images": (
+            lambda: jd.dissect(dataset, features, images=float_images, out=tmp_path / "o"),
+            "`images` must be uint8 of shape",
+        ),
+        "model int": (lambda: jd.load_model(5), "`model` must be 'zoo:NAME'"),
+        "weights folder": (
+            lambda: jd.load_model("zoo:resnet20-cifar10", tmp_path),
+            "not a regular file",
+        ),
+        "bilinear float": (lambda: jd.bilinear_matrix(2.5, 4), "must be integers"),
+        "summarize lengths": (
+            lambda: jd.summarize(["c"], ["c", "c"], ["x"], [0.5], [["x"]], [[0.5]]),
+            "must describe the same units",
+        ),
+        "summarize nan": (
+            lambda: jd.summarize(["c"], ["c"], ["x"], [np.nan], [["x"]], [[np.nan]]),
+            "must be finite",
+        ),
+    }
+
+
+API_CASES = ["quantile str", "batch float", "top_images bool", "directory int", "directory None",
+             "out int", "num_images float", "labels str", "labels of a subset", "complex features",
+             "object features", "layer list", "float images", "model int", "weights folder",
+             "bilinear float", "summarize lengths", "summarize nan"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", API_CASES)
+def test_the_api_refuses_arguments_of_a_wrong_type_naming_them(probe, tmp_path, case):
+    call, message = _api_calls(probe, tmp_path)[case]
+    with pytest.raises(DissectError, match=re.escape(message)):
+        call()

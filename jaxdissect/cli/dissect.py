@@ -37,7 +37,8 @@ def run_dissect(args: argparse.Namespace) -> int:
             raise DissectError("--model needs at least one --layer")
         missing = [w for w in args.weights or [] if not w.is_file()]
         if missing:
-            raise DissectError(f"{missing[0]}: weights file not found")
+            problem = "not a regular file" if missing[0].exists() else "weights file not found"
+            raise DissectError(f"{missing[0]}: {problem}")
     dataset = open_broden(args.dataset, args.categories)
     announce_compile(config)
     weights, names = args.weights[0] if args.weights else None, None

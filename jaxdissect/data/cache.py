@@ -380,6 +380,29 @@ def check_is_dataset(dataset) -> None:
         )
 
 
+def check_labels(labels, dataset: BrodenDataset) -> None:
+    """Refuses ``labels`` that are not LabelArrays of the shapes ``dataset`` decodes to: a
+    string met a TypeError deep in a kernel, and another category subset's labels were
+    counted against this one's (the decoded shapes follow the planes and sizes)."""
+    if not isinstance(labels, LabelArrays):
+        raise DissectError(
+            f"`labels` must be LabelArrays (load_label_arrays(dataset)), got "
+            f"{type(labels).__name__}",
+            arguments=("labels",),
+        )
+    planes = max(1, max(len(p) for p in dataset.pixel_planes))
+    expected = (dataset.num_images, planes, *dataset.label_size)
+    if tuple(np.shape(labels.slot_planes)) != expected or len(labels.image_labels) != len(
+        labels.slot_planes
+    ):
+        raise DissectError(
+            f"`labels` hold planes of shape {tuple(np.shape(labels.slot_planes))}, but "
+            f"{dataset.directory} with categories {', '.join(dataset.categories)} decodes to "
+            f"{expected}: give load_label_arrays of this dataset",
+            arguments=("labels",),
+        )
+
+
 def load_image_array(
     dataset: BrodenDataset, cache_root: str | Path | None = None, progress: bool = True
 ) -> np.ndarray:
