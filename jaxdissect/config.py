@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+from pathlib import Path
 
 from jaxdissect.errors import DissectError
+from jaxdissect.outdir import STORE
 
 # The rules for A[u, c], the area a unit is compared with for a category c (DESIGN.md):
 # "paper" (original NetDissect): the images that carry any label of primary category c;
@@ -114,7 +116,15 @@ def check_paths(**paths) -> None:
 
 def check_out_apart(out, dataset) -> None:
     """Refuses an ``out`` that is the dataset's own folder (``dataset``: a BrodenDataset or
-    its folder): the outputs would be written among the probe's files."""
+    its folder): the outputs would be written among the probe's files; and one inside
+    another OUT's store of sets (``.jaxdissect``, also through a link such as OUT/report):
+    its files would displace that OUT's published set."""
+    if out is not None and STORE in Path(os.path.realpath(out)).parts:
+        raise DissectError(
+            f"`out` {out} is inside an output folder's {STORE}/ (where it keeps its sets): "
+            "choose a folder outside it",
+            arguments=("out",),
+        )
     folder = getattr(dataset, "directory", dataset)
     if out is None or not isinstance(folder, (str, os.PathLike)):
         return

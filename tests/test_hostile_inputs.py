@@ -1120,3 +1120,33 @@ def test_the_api_refuses_arguments_of_a_wrong_type_naming_them(probe, tmp_path, 
     call, message = _api_calls(probe, tmp_path)[case]
     with pytest.raises(DissectError, match=re.escape(message)):
         call()
+
+
+@pytest.mark.parametrize("command", ["dissect", "formulas", "report"])
+def test_an_out_inside_another_outs_store_is_refused(dissected, probe, tmp_path, capsys, command):
+    """--out OUT/.jaxdissect/dissect displaced OUT's published set into a store of its own."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy, symlinks=True)
+    inside = copy / ".jaxdissect" / "dissect"
+    before = sorted(p.name for p in inside.iterdir())
+    if command == "report":
+        argv = ["report", str(inside)]
+    else:
+        argv = [command, "--dataset", str(probe.directory), "--features",
+                str(dissected.parent / "f.npy"), "--out", str(inside / "x"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "is inside an output folder's .jaxdissect/")
+    assert sorted(p.name for p in inside.iterdir()) == before
+
+
+def test_report_of_one_layer_folder_redraws_it_in_its_outs_set(probe, tmp_path, capsys):
+    """`report OUT/conv_a` wrote an index for OUT/conv_a, reading OUT/conv_a/conv_a/results.json."""
+    out = tmp_path / "out"
+    args = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:factory",
+            "--layer", "conv_a", "--layer", "conv_b", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["report", str(out / "conv_a")]) == 0
+    assert f"report: {out / 'conv_a' / 'report.html'}" in capsys.readouterr().out
+    assert not (out / "conv_a" / "index.html").exists()
+    assert (out / "index.html").is_file() and (out / "conv_b" / "report.html").is_file()
