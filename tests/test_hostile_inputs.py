@@ -1150,3 +1150,44 @@ def test_report_of_one_layer_folder_redraws_it_in_its_outs_set(probe, tmp_path, 
     assert f"report: {out / 'conv_a' / 'report.html'}" in capsys.readouterr().out
     assert not (out / "conv_a" / "index.html").exists()
     assert (out / "index.html").is_file() and (out / "conv_b" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("planted", ["label.csv link", "images link", "subfolder link", "fifo"])
+def test_a_probe_is_never_written_through_a_link_or_into_a_fifo(tmp_path, capsys, planted):
+    """label.csv linked elsewhere was overwritten there; images/ (or images/synthetic/)
+    linked elsewhere filled that folder; a FIFO at c_color.csv blocked the write."""
+    out, victim = tmp_path / "probe", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    (victim / "label.csv").write_text("keep")
+    if planted == "label.csv link":
+        (out / "label.csv").symlink_to(victim / "label.csv")
+    elif planted == "images link":
+        (out / "images").symlink_to(victim)
+    elif planted == "subfolder link":
+        (out / "images").mkdir()
+        (out / "images" / "synthetic").symlink_to(victim)
+    else:
+        os.mkfifo(out / "c_color.csv")
+    from jaxdissect.data.synthetic import world
+
+    with pytest.raises(DissectError, match="`directory`"):
+        world.write_probe(out, 2, 0, world.WorldConfig(image_size=16), progress=False)
+    assert sorted(p.name for p in victim.iterdir()) == ["label.csv"]
+    assert (victim / "label.csv").read_text() == "keep"
+
+
+@pytest.mark.parametrize("name", ["category.csv", "images", "file"])
+def test_synthetic_probe_refuses_an_out_holding_names_it_writes(tmp_path, capsys, name):
+    """A user's category.csv in --out was overwritten; --out a file said 'OUT/images: Not a
+    directory'."""
+    out = tmp_path / "out"
+    if name == "file":
+        out.write_text("mine")
+    else:
+        out.mkdir()
+        (out / name).mkdir() if name == "images" else (out / name).write_text("mine")
+    assert main(["synthetic", "probe", "--out", str(out), "--images", "2", "--size", "16"]) == 2
+    _one_line_error(capsys, "not a folder" if name == "file" else f"already holds {name}")
+    if name != "images":
+        assert (out if name == "file" else out / name).read_text() == "mine"

@@ -107,6 +107,24 @@ def _world_config(args: argparse.Namespace):
         raise DissectError(error.for_cli({"image_size": "--size"})) from None
 
 
+def _refuse_probe_names(out) -> None:
+    """Refuses an --out holding a name a probe set writes (a user's category.csv was
+    overwritten): nothing proves it ours, even after an interrupted write."""
+    import os
+
+    from jaxdissect.data.synthetic.world import CATEGORIES
+
+    if os.path.lexists(out) and not out.is_dir():  # else mkdir's "OUT/images: Not a directory"
+        raise DissectError(f"--out {out}: exists and is not a folder")
+    names = ["category.csv", "label.csv", *(f"c_{c}.csv" for c in CATEGORIES), "images"]
+    taken = [name for name in names if os.path.lexists(out / name)]
+    if taken:
+        raise DissectError(
+            f"--out {out}: already holds {', '.join(taken)}, which a probe set writes "
+            "(yours, or an interrupted write's): choose another --out, or remove them"
+        )
+
+
 def run_synthetic(args: argparse.Namespace) -> int:
     config = _world_config(args)
     if args.synthetic_command == "probe":
@@ -116,6 +134,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
             raise DissectError(
                 f"{args.out}: already holds a probe set (index.csv); choose another --out"
             )
+        _refuse_probe_names(args.out)
         try:
             write_probe(args.out, args.images, args.seed, config, progress=not args.no_progress)
         except DissectError as error:  # spelt with this command's flags
