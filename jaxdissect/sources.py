@@ -133,8 +133,9 @@ def open_features(path: str | Path):
     from jaxdissect.data.npy_rows import NpyRows
 
     path = Path(path)
-    if not path.is_file():
-        raise FeaturesError(f"{path}: features file not found")
+    if not path.is_file():  # a folder, FIFO or /dev/zero was "not found" too
+        problem = "not a regular file" if path.exists() else "features file not found"
+        raise FeaturesError(f"{path}: {problem}")
     try:
         features = NpyRows(path)
     except (ValueError, OSError, SyntaxError) as error:

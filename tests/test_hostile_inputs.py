@@ -1191,3 +1191,23 @@ def test_synthetic_probe_refuses_an_out_holding_names_it_writes(tmp_path, capsys
     _one_line_error(capsys, "not a folder" if name == "file" else f"already holds {name}")
     if name != "images":
         assert (out if name == "file" else out / name).read_text() == "mine"
+
+
+def test_a_features_file_of_one_number_fails_in_one_line(probe, tmp_path, capsys):
+    """np.save of a scalar: the rows reader's shape[0] raised IndexError's traceback."""
+    np.save(tmp_path / "f.npy", np.float32(1))
+    argv = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "0-dimensional array")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_features_path_that_is_not_a_regular_file_is_named_so(probe, tmp_path, capsys, kind):
+    """A FIFO, folder or link to /dev/zero was "features file not found"."""
+    path = tmp_path / "f.npy"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    argv = ["dissect", "--dataset", str(probe.directory), "--features", str(path),
+            "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, f"{path}: not a regular file")
