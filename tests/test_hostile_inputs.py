@@ -1211,3 +1211,26 @@ def test_a_features_path_that_is_not_a_regular_file_is_named_so(probe, tmp_path,
             "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
     assert main(argv) == 2
     _one_line_error(capsys, f"{path}: not a regular file")
+
+
+@pytest.mark.parametrize(
+    "command, flag", [("formulas", "--layer"), ("directions", "--weights"), ("features", "--layer")]
+)
+def test_a_one_layer_command_refuses_its_flag_given_twice(tmp_path, capsys, command, flag):
+    """formulas --layer a --layer b explained b alone, in silence."""
+    argv = [
+        command,
+        "--model",
+        "user_model:factory",
+        "--out",
+        str(tmp_path / "o"),
+        flag,
+        "a",
+        flag,
+        "b",
+    ]
+    argv += ["--images", "i.npy"] if command == "features" else ["--dataset", "d"]
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    assert f"argument {flag}: given twice" in capsys.readouterr().err
