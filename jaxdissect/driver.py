@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import numbers
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -170,7 +171,17 @@ def run_fingerprint(dataset: BrodenDataset, activations: Activations, config: Di
 def layer_folder(out: Path, layer: str, layers: Sequence[str], layer_folders: bool | None):
     """Where a layer's outputs go: OUT/ for one layer, OUT/<layer>/ for several (or always,
     with ``layer_folders``)."""
-    return out / layer if separate_folders(layers, layer_folders) else out
+    if not separate_folders(layers, layer_folders):
+        return out
+    # A name from the caller's Activations: "../x" wrote outside the set (or OUT), and
+    # ".jaxdissect" would be published over OUT's store.
+    if not layer or layer.startswith(".") or "/" in layer or "\0" in layer or os.sep in layer:
+        raise DissectError(
+            f"layer {layer!r} cannot be a folder under OUT, where each of several layers "
+            "is written: rename it (no '/', not starting with '.')",
+            arguments=("layers",),
+        )
+    return out / layer
 
 
 def separate_folders(layers: Sequence[str], layer_folders: bool | None) -> bool:

@@ -28,6 +28,7 @@ from jaxdissect.dissection import Dissection
 from jaxdissect.driver import (
     DEFAULT_CONFIG,
     dissect_activations,
+    layer_folder,
     open_inputs,
     run_fingerprint,
     write_outputs,
@@ -159,6 +160,8 @@ def _dissect_into(
     """``dissect`` with an output folder: under OUT's lock, resumable from the passes'
     checkpoints, the outputs published as a set by process 0."""
     writer = runtime.process_index() == 0
+    for layer in source.shapes:  # each layer's folder name refused before any work
+        layer_folder(out, layer, list(source.shapes), layer_folders)
     fingerprint = run_fingerprint(dataset, source, config)
     with locked(out) if writer else contextlib.nullcontext():
         checkpoints = None

@@ -1234,3 +1234,19 @@ def test_a_one_layer_command_refuses_its_flag_given_twice(tmp_path, capsys, comm
         main(argv)
     assert exit.value.code == 2
     assert f"argument {flag}: given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../escape", ".jaxdissect", "a/b", ""])
+def test_a_layer_name_that_is_no_folder_name_is_refused_before_any_work(probe, tmp_path, name):
+    """Several layers go to OUT/<layer>/: "../escape" wrote beside the set, outside it."""
+    import jaxdissect as jd
+
+    features = dyadic_features(len(probe.planes), (4, 4, 3))
+    acts = jd.Activations(
+        lambda start, stop: {"a": features[start:stop], name: features[start:stop]},
+        {"a": (4, 4, 3), name: (4, 4, 3)}, len(features), {"test": name}, {},
+    )  # fmt: skip
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(DissectError, match="cannot be a folder under OUT"):
+        jd.dissect(probe.directory, acts, out=out, report=False, progress=False)
+    assert not (tmp_path / "deep").exists()
