@@ -1250,3 +1250,21 @@ def test_a_layer_name_that_is_no_folder_name_is_refused_before_any_work(probe, t
     with pytest.raises(DissectError, match="cannot be a folder under OUT"):
         jd.dissect(probe.directory, acts, out=out, report=False, progress=False)
     assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.parametrize("forged", ["journal.json", "dissect/MANIFEST.json"])
+def test_a_store_file_nested_too_deeply_fails_in_one_line(
+    dissected, probe, tmp_path, capsys, forged
+):
+    """json's RecursionError is no ValueError: outdir's readers let it through as a traceback
+    (outdir.py should name the file; until then the command says what happened)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy, symlinks=True)
+    target = copy / ".jaxdissect" / forged
+    target = target.resolve()
+    target.unlink()
+    target.write_text("[" * 200_000 + "]" * 200_000)
+    argv = ["dissect", "--dataset", str(probe.directory), "--features",
+            str(dissected.parent / "f.npy"), "--out", str(copy), "--no-progress", "--quantile", "0.02"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "nested too deeply")

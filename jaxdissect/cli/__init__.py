@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except DissectError as error:
         _error(error.for_cli(FLAGS))
         return 2
+    except RecursionError:  # json's, on a forged file nested 100,000 deep that no check caught
+        _error(
+            f"{args.command}: a JSON file it read is nested too deeply to be one jaxdissect "
+            "wrote (was a file in OUT/.jaxdissect/ edited?)"
+        )
+        return 2
     except MemoryError:
         print(
             f"jaxdissect: error: {args.command}: out of memory (lower the sizes or batch size)",
