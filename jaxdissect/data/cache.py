@@ -300,7 +300,7 @@ def _verify(folder: Path) -> str | None:
                 return f"{path}: checksum differs from the one written"
     except FileNotFoundError as error:
         return f"{error.filename}: missing"
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:  # json's, too deep
         return f"{folder / MANIFEST}: unreadable ({error})"
     return None
 
@@ -317,7 +317,7 @@ def _remove_cache_folder(folder: Path) -> None:
     try:
         files = json.loads((folder / MANIFEST).read_text())["files"]
         names = [name for name in files if isinstance(name, str)]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         names = []
     for name in {*names, *CACHE_FILES}:
         path = folder / name
