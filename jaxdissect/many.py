@@ -59,6 +59,19 @@ def group_key(names: Sequence[str], fingerprints: Sequence[dict]) -> str:
     return hashlib.sha256(members.encode()).hexdigest()[:16]
 
 
+def _check_checkpoint_folders(out: Path, names: Sequence[str]) -> None:
+    """Refuses a link (or a file) at OUT/<name>: a checkpoint's outputs, whole OUT of its
+    own, were written wherever a link planted there led, outside OUT."""
+    for name in names:
+        folder = out / name
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise DissectError(
+                f"`out` {out}: {name} is a link or not a folder; each checkpoint's outputs "
+                "are written only inside OUT (move it away)",
+                arguments=("out",),
+            )
+
+
 def check_names(names: Sequence[str], argument: str) -> list[str]:
     """Refuses checkpoint folder names that clash or cannot be a folder under OUT; the
     error names ``argument``, where they came from."""
@@ -225,6 +238,7 @@ def dissect_many(
         images = load_image_array(dataset, cache, progress)
     out = Path(out)
     config = fit_to_images(config, len(images))  # as a single run
+    _check_checkpoint_folders(out, names)
     current = {}  # while a group reads a batch: checkpoint name -> {layer: its activations}
     sources = _sources(models, names, weights, views, images, layers, current)
     fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}

@@ -1268,3 +1268,19 @@ def test_a_store_file_nested_too_deeply_fails_in_one_line(
             str(dissected.parent / "f.npy"), "--out", str(copy), "--no-progress", "--quantile", "0.02"]  # fmt: skip
     assert main(argv) == 2
     _one_line_error(capsys, "nested too deeply")
+
+
+def test_a_link_at_a_checkpoints_folder_is_refused(probe, tmp_path, capsys):
+    """OUT/a linked elsewhere: checkpoint a's whole output folder was written there."""
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    (out / "a").symlink_to(victim)
+    for name in "ab":
+        (tmp_path / f"{name}.seed").write_text("1")
+    argv = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:seeded_factory",
+            "--layer", "conv_a", "--weights", str(tmp_path / "a.seed"), "--weights",
+            str(tmp_path / "b.seed"), "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, f"--out {out}: a is a link or not a folder")
+    assert list(victim.iterdir()) == []
