@@ -1102,6 +1102,10 @@ def _api_calls(probe, tmp_path):
             lambda: jd.summarize(["c"], ["c", "c"], ["x"], [0.5], [["x"]], [[0.5]]),
             "must describe the same units",
         ),
+        "label_units nan": (
+            lambda: jd.label_units(np.full((2, 3), np.nan), np.zeros(3, np.int32), 1),
+            "`scores` must be finite IoUs",
+        ),
         "summarize nan": (
             lambda: jd.summarize(["c"], ["c"], ["x"], [np.nan], [["x"]], [[np.nan]]),
             "must be finite",
@@ -1112,7 +1116,7 @@ def _api_calls(probe, tmp_path):
 API_CASES = ["quantile str", "batch float", "top_images bool", "directory int", "directory None",
              "out int", "num_images float", "labels str", "labels of a subset", "complex features",
              "object features", "layer list", "float images", "model int", "weights folder",
-             "bilinear float", "summarize lengths", "summarize nan"]  # fmt: skip
+             "bilinear float", "summarize lengths", "summarize nan", "label_units nan"]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", API_CASES)

@@ -236,6 +236,8 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
             arguments=("scores", "label_category"),
         )
     _check_label_category(label_category, _check_num_categories(num_categories, scores))
+    if xp is np and not np.isfinite(scores).all():  # NaN lost every argmax: "no label"
+        raise DissectError("`scores` must be finite IoUs", arguments=("scores",))
     best_labels, best_ious = [], []
     for c in range(num_categories):
         in_category = xp.where((label_category == c)[None, :], scores, -xp.inf)
