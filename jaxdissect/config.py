@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
+from pathlib import Path
 
 from jaxdissect.errors import DissectError
+from jaxdissect.outdir import STORE
 
 # The rules for A[u, c], the area a unit is compared with for a category c (DESIGN.md):
 # "paper" (original NetDissect): the images that carry any label of primary category c;
@@ -44,6 +48,19 @@ class DissectConfig:
     kernel: str = "auto"
 
     def __post_init__(self):
+        # Types first: "0.1" met `<` in a TypeError, and a batch size of 2.5 passed here.
+        for name, kind, what in (
+            ("quantile", numbers.Real, "a number"),
+            ("iou_threshold", numbers.Real, "a number"),
+            ("batch_size", numbers.Integral, "an integer"),
+            ("top_images", numbers.Integral, "an integer"),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise DissectError(
+                    f"`{name}` must be {what}, got {type(value).__name__} {value!r}",
+                    arguments=(name,),
+                )
         if not 0.0 < self.quantile < 1.0:
             raise DissectError(
                 f"`quantile` must lie in (0, 1), got {self.quantile}", arguments=("quantile",)
@@ -71,10 +88,25 @@ class DissectConfig:
             )
 
 
+def fit_to_images(config: DissectConfig, num_images: int) -> DissectConfig:
+    """``config`` with ``top_images`` at most ``num_images``: a unit has no more top images
+    than the probe has images. (``batch_size`` is kept, as the fingerprint records it; the
+    model runs clamp their padded batches instead.)"""
+    return dataclasses.replace(config, top_images=min(config.top_images, num_images))
+
+
 def check_paths(**paths) -> None:
     """Refuses a path argument given as the empty string, which Python's paths read as the
-    current folder: a DissectError naming the argument (``check_paths(out=out)``)."""
+    current folder, or as something not a path (``5``, bytes: pathlib's TypeError): a
+    DissectError naming the argument (``check_paths(out=out)``); None passes."""
     for name, path in paths.items():
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise DissectError(
+                f"`{name}` must be a path (str or os.PathLike), got {type(path).__name__} {path!r}"[
+                    :200
+                ],
+                arguments=(name,),
+            )
         if isinstance(path, str) and not path:
             raise DissectError(
                 f"`{name}` is an empty path (it would mean the current folder); give '.' for that",
@@ -84,9 +116,15 @@ def check_paths(**paths) -> None:
 
 def check_out_apart(out, dataset) -> None:
     """Refuses an ``out`` that is the dataset's own folder (``dataset``: a BrodenDataset or
-    its folder): the outputs would be written among the probe's files."""
-    import os
-
+    its folder): the outputs would be written among the probe's files; and one inside
+    another OUT's store of sets (``.jaxdissect``, also through a link such as OUT/report):
+    its files would displace that OUT's published set."""
+    if out is not None and STORE in Path(os.path.realpath(out)).parts:
+        raise DissectError(
+            f"`out` {out} is inside an output folder's {STORE}/ (where it keeps its sets): "
+            "choose a folder outside it",
+            arguments=("out",),
+        )
     folder = getattr(dataset, "directory", dataset)
     if out is None or not isinstance(folder, (str, os.PathLike)):
         return

@@ -14,16 +14,27 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import numbers
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
 from jaxdissect.config import DissectConfig, check_config, check_out_apart, check_paths
 from jaxdissect.data.broden import BrodenDataset, open_broden
-from jaxdissect.data.cache import LabelArrays, cache_key, load_image_array, load_label_arrays
+from jaxdissect.data.cache import (
+    LabelArrays,
+    cache_key,
+    check_is_dataset,
+    check_labels,
+    load_image_array,
+    load_label_arrays,
+)
 from jaxdissect.dissection import Dissection, score_layer
 from jaxdissect.errors import DissectError, FeaturesError
 from jaxdissect.kernels import kernel_name, select_backend
@@ -90,6 +101,13 @@ def dissect_activations(
       {layer: Dissection}.
     """
     check_config(config)
+    check_is_dataset(dataset)
+    if isinstance(num_images, bool) or not isinstance(num_images, numbers.Integral):
+        raise FeaturesError(
+            f"`num_images` must be an integer, got {type(num_images).__name__} {num_images!r}",
+            arguments=("num_images",),
+        )
+    check_labels(labels, dataset)
     if num_images != dataset.num_images:
         raise FeaturesError(
             f"`num_images` {num_images}: activations of that many images, but "
@@ -153,8 +171,22 @@ def run_fingerprint(dataset: BrodenDataset, activations: Activations, config: Di
 def layer_folder(out: Path, layer: str, layers: Sequence[str], layer_folders: bool | None):
     """Where a layer's outputs go: OUT/ for one layer, OUT/<layer>/ for several (or always,
     with ``layer_folders``)."""
-    separate = len(layers) > 1 if layer_folders is None else layer_folders
-    return out / layer if separate else out
+    if not separate_folders(layers, layer_folders):
+        return out
+    # A name from the caller's Activations: "../x" wrote outside the set (or OUT), and
+    # ".jaxdissect" would be published over OUT's store.
+    if not layer or layer.startswith(".") or "/" in layer or "\0" in layer or os.sep in layer:
+        raise DissectError(
+            f"layer {layer!r} cannot be a folder under OUT, where each of several layers "
+            "is written: rename it (no '/', not starting with '.')",
+            arguments=("layers",),
+        )
+    return out / layer
+
+
+def separate_folders(layers: Sequence[str], layer_folders: bool | None) -> bool:
+    """Whether the layers' outputs go to a folder each (and an index.html beside them)."""
+    return len(layers) > 1 if layer_folders is None else bool(layer_folders)
 
 
 def completed(
@@ -183,6 +215,13 @@ def check_images(images, dataset: BrodenDataset) -> None:
         raise DissectError(
             f"`images` holds {len(images)} images but {dataset.directory / 'index.csv'} "
             f"lists {dataset.num_images}",
+            arguments=("images",),
+        )
+    expected = (dataset.num_images, *dataset.image_size, 3)
+    if images is not None and (images.dtype != np.uint8 or tuple(images.shape) != expected):
+        raise DissectError(  # the report drew them, or failed in NumPy's broadcasting
+            f"`images` must be uint8 of shape {expected} (index.csv's ih x iw, RGB), got "
+            f"{images.dtype} {tuple(images.shape)}",
             arguments=("images",),
         )
 
@@ -258,7 +297,7 @@ def write_outputs(
             if report:
                 write_layer_report(folder, images)
                 mark("report")
-        if report and layer_folder(staging, "", list(dissections), layer_folders) != staging:
+        if report and separate_folders(list(dissections), layer_folders):
             write_index(staging, list(dissections))
 
     publish_set(out, "dissect", write)

@@ -25,6 +25,12 @@ class DissectError(ValueError):
         return message
 
 
+def one_line(message: str) -> str:
+    """``message`` with its line breaks written as ``\\n`` (a file named with one, or a
+    path read from a file): an error or warning stays one line on stderr."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class BrodenFormatError(DissectError):
     """A Broden-format folder that cannot be read as such."""
 

@@ -14,7 +14,6 @@ whose bits are not verified equal to one model's, the fingerprint and results.js
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -27,7 +26,7 @@ import numpy as np
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig
+from jaxdissect.config import DissectConfig, fit_to_images
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import load_image_array, load_label_arrays
 from jaxdissect.driver import (
@@ -58,6 +57,19 @@ def group_key(names: Sequence[str], fingerprints: Sequence[dict]) -> str:
     another group's states under its name."""
     members = json.dumps([list(names), list(fingerprints)], sort_keys=True, default=str)
     return hashlib.sha256(members.encode()).hexdigest()[:16]
+
+
+def _check_checkpoint_folders(out: Path, names: Sequence[str]) -> None:
+    """Refuses a link (or a file) at OUT/<name>: a checkpoint's outputs, whole OUT of its
+    own, were written wherever a link planted there led, outside OUT."""
+    for name in names:
+        folder = out / name
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise DissectError(
+                f"`out` {out}: {name} is a link or not a folder; each checkpoint's outputs "
+                "are written only inside OUT (move it away)",
+                arguments=("out",),
+            )
 
 
 def check_names(names: Sequence[str], argument: str) -> list[str]:
@@ -225,8 +237,8 @@ def dissect_many(
     if images is None:
         images = load_image_array(dataset, cache, progress)
     out = Path(out)
-    if config.top_images > len(images):  # as a single run: no more top images than images
-        config = dataclasses.replace(config, top_images=len(images))
+    config = fit_to_images(config, len(images))  # as a single run
+    _check_checkpoint_folders(out, names)
     current = {}  # while a group reads a batch: checkpoint name -> {layer: its activations}
     sources = _sources(models, names, weights, views, images, layers, current)
     fingerprints = {name: run_fingerprint(dataset, sources[name], config) for name in names}
@@ -348,7 +360,8 @@ def _group_pass(
     the batches' reader, the shapes of its {name/layer} activations, and the group's pass
     checkpoints in ``folder`` (None without ``checkpoint_every`` or under several
     processes)."""
-    read = _group_source(models, names, images, layers, config.batch_size, current, sources)
+    batch = min(config.batch_size, max(1, len(images)))  # batches are padded to this size
+    read = _group_source(models, names, images, layers, batch, current, sources)
     shapes = {
         f"{name}{SEPARATOR}{layer}": shape
         for name in names
@@ -356,12 +369,9 @@ def _group_pass(
     }
     checkpoints = None
     if checkpoint_every is not None and runtime.process_count() == 1:
-        heads = _group_source(
-            models, names, images[:: config.batch_size], layers, config.batch_size, current,
-            sources,
-        )  # fmt: skip
+        heads = _group_source(models, names, images[::batch], layers, batch, current, sources)
         checkpoints = _group_checkpoints(
-            folder, fingerprints, checkpoint_every, read, heads, len(images), config.batch_size
+            folder, fingerprints, checkpoint_every, read, heads, len(images), batch
         )
     return read, shapes, checkpoints
 

@@ -10,19 +10,25 @@ passes' checkpoints (``checkpoint``), keyed by ``run_fingerprint``; the machiner
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from jaxdissect import runtime
 from jaxdissect.checkpoint import PassCheckpoints
-from jaxdissect.config import DissectConfig, check_config, check_out_apart, check_paths
+from jaxdissect.config import (
+    DissectConfig,
+    check_config,
+    check_out_apart,
+    check_paths,
+    fit_to_images,
+)
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
 from jaxdissect.dissection import Dissection
 from jaxdissect.driver import (
     DEFAULT_CONFIG,
     dissect_activations,
+    layer_folder,
     open_inputs,
     run_fingerprint,
     write_outputs,
@@ -98,8 +104,7 @@ def dissect(
     dataset, source, images = open_inputs(
         dataset, source, layers, config.batch_size, weights, images, cache, progress
     )
-    if config.top_images > dataset.num_images:  # a unit has no more top images than that
-        config = dataclasses.replace(config, top_images=dataset.num_images)
+    config = fit_to_images(config, dataset.num_images)
     if labels is None:
         labels = load_label_arrays(dataset, cache, progress)
     mark("label cache")
@@ -155,6 +160,8 @@ def _dissect_into(
     """``dissect`` with an output folder: under OUT's lock, resumable from the passes'
     checkpoints, the outputs published as a set by process 0."""
     writer = runtime.process_index() == 0
+    for layer in source.shapes:  # each layer's folder name refused before any work
+        layer_folder(out, layer, list(source.shapes), layer_folders)
     fingerprint = run_fingerprint(dataset, source, config)
     with locked(out) if writer else contextlib.nullcontext():
         checkpoints = None

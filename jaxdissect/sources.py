@@ -133,8 +133,9 @@ def open_features(path: str | Path):
     from jaxdissect.data.npy_rows import NpyRows
 
     path = Path(path)
-    if not path.is_file():
-        raise FeaturesError(f"{path}: features file not found")
+    if not path.is_file():  # a folder, FIFO or /dev/zero was "not found" too
+        problem = "not a regular file" if path.exists() else "features file not found"
+        raise FeaturesError(f"{path}: {problem}")
     try:
         features = NpyRows(path)
     except (ValueError, OSError, SyntaxError) as error:
@@ -153,6 +154,11 @@ def features_source(
         raise FeaturesError(
             f"`features` must be an array, got {type(features).__name__} (features_activations "
             "reads a .npy path)",
+            arguments=("features",),
+        )
+    if np.dtype(features.dtype).kind not in "fiu":  # as a file's: complex lost its part
+        raise FeaturesError(
+            f"`features` must be a numeric array (float or integer), not {features.dtype}",
             arguments=("features",),
         )
     if features.ndim != 4:
@@ -186,6 +192,11 @@ def features_activations(features, layout: str = "nhwc", layer: str | None = Non
       layout: "nhwc" or "nchw".
       layer: the layer's name (default: the file's stem, or "features").
     """
+    if layer is not None and not isinstance(layer, str):
+        raise FeaturesError(
+            f"`layer` must be a name (str), got {type(layer).__name__} {layer!r}",
+            arguments=("layer",),
+        )
     if isinstance(features, (str, os.PathLike)):
         path = Path(features)
         array = open_features(path)
@@ -195,7 +206,7 @@ def features_activations(features, layout: str = "nhwc", layer: str | None = Non
         where = f"{path}: "
     else:
         array = features
-        identity = {"features": array_identity(np.asarray(features))}
+        identity = None  # hashed once the array is known to be numeric (not object)
         provenance = {}
         layer = layer or "features"
         where = ""
@@ -203,6 +214,7 @@ def features_activations(features, layout: str = "nhwc", layer: str | None = Non
         read, shapes = features_source(array, layout, layer)
     except FeaturesError as error:
         raise FeaturesError(f"{where}{error}", arguments=error.arguments) from None
+    identity = identity or {"features": array_identity(np.asarray(features))}
     return Activations(read, shapes, len(array), {**identity, "layout": layout}, provenance)
 
 
@@ -211,6 +223,12 @@ def load_model(spec: str, weights: str | Path | None = None):
     returns a ``jaxdissect.models.features.FeatureModel``)."""
     from jaxdissect.models.features import FeatureModel
 
+    if not isinstance(spec, str):  # .startswith's AttributeError otherwise
+        raise DissectError(
+            f"`model` must be 'zoo:NAME' or 'package.module:factory', got "
+            f"{type(spec).__name__} {spec!r}",
+            arguments=("model",),
+        )
     if spec.startswith("zoo:"):
         from jaxdissect.models import zoo
 
@@ -276,6 +294,7 @@ def model_run(
     from jaxdissect.models.features import model_activations
 
     layers = model.check_layers(layers)
+    batch_size = min(batch_size, max(1, len(images)))  # batches are padded to this size
     shapes = map_shapes(model.apply(jnp.asarray(np.asarray(images[:1])), layers), model.name)
     read = model_activations(model, images, layers, batch_size)
     # The first image of every batch, run together (one forward per batch of them).

@@ -4,6 +4,7 @@ line with exit status 2."""
 
 import base64
 import hashlib
+import io
 import json
 import os
 import re
@@ -881,6 +882,11 @@ def test_a_synthetic_image_above_2048_px_is_refused_at_once(tmp_path, capsys, co
         (["--epochs", "1000000000"], "--epochs must be at most 1000, got 1000000000"),
         (["--learning-rate", "inf"], "--learning-rate must be finite and > 0, got inf"),
         (["--learning-rate", "nan"], "--learning-rate must be finite and > 0, got nan"),
+        # Round three: 1e300 became inf in float32 after a NumPy warning; a seed beyond
+        # 2**63 ended in OverflowError's traceback, and 2**32 drew seed 0's split.
+        (["--learning-rate", "1e300"], "--learning-rate must fit float32"),
+        (["--seed", str(10**30)], f"--seed must lie in [0, 2**32), got {10**30}"),
+        (["--seed", str(2**32)], f"--seed must lie in [0, 2**32), got {2**32}"),
     ],
 )
 def test_directions_training_is_bounded_before_it_starts(probe, tmp_path, capsys, flags, message):
@@ -966,3 +972,412 @@ def test_a_synthetic_figure_of_too_many_pixels_is_refused_at_once(tmp_path, caps
     assert main(["synthetic", "figure", "--out", str(out), "--rows", "100", "--size", "2048"]) == 2
     _one_line_error(capsys, "--rows 100 x --size 2048**2", "16,777,216")
     assert not out.exists()
+
+
+# Round three: cases found by the final adversarial pass.
+
+
+def test_no_top_images_leave_no_empty_report_folder_to_keep_a_set(probe, tmp_path, capsys):
+    """An empty report/ is in no manifest: the next run kept the old set, naming nothing."""
+    np.save(tmp_path / "f.npy", dyadic_features(len(probe.planes), (4, 4, 3)))
+    out = tmp_path / "out"
+    args = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(out), "--no-progress", "--top-images", "0"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["report", str(out)]) == 0
+    assert "kept" not in capsys.readouterr().err
+    assert sorted(p.name for p in (out / ".jaxdissect").iterdir()) == [
+        "dissect", "dissect.2", "journal.json"
+    ]  # fmt: skip
+
+
+def test_a_batch_size_beyond_the_probe_pads_no_more_than_the_probe(probe, tmp_path):
+    """Batches are padded to the batch size: 10**9 allocated that many images and ran out of
+    memory; a batch is the probe's size at most (the fingerprint keeps the size asked)."""
+    base = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:factory",
+            "--layer", "conv_a", "--no-progress", "--no-report", "--quantile", "0.05"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "huge"), "--batch-size", str(10**9)]) == 0
+    size = str(len(probe.planes))
+    assert main([*base, "--out", str(tmp_path / "all"), "--batch-size", size]) == 0
+    assert (tmp_path / "huge/tally.csv").read_bytes() == (tmp_path / "all/tally.csv").read_bytes()
+    seeds = [str(tmp_path / "w.seed")]
+    (tmp_path / "w.seed").write_text("1")
+    base[4] = "user_model:seeded_factory"  # and several checkpoints in one pass
+    many = [*base, "--weights", seeds[0], "--weights", str(tmp_path / "w2.seed")]
+    (tmp_path / "w2.seed").write_text("2")
+    assert main([*many, "--out", str(tmp_path / "many"), "--batch-size", str(10**9)]) == 0
+
+
+def test_several_layers_write_their_index_page(probe, tmp_path, capsys):
+    """dissect printed "index: OUT/index.html" for several layers and wrote none."""
+    out = tmp_path / "out"
+    args = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:factory",
+            "--layer", "conv_a", "--layer", "conv_b", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert f"index: {out / 'index.html'}" in capsys.readouterr().out
+    assert 'href="conv_b/report.html"' in (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize("command", ["features", "figure"])
+def test_an_out_that_is_a_fifo_is_refused_not_replaced(tmp_path, capsys, command):
+    """The file was renamed onto any name: a FIFO, or as root /dev/null, became a file."""
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    if command == "features":
+        np.save(tmp_path / "im.npy", np.zeros((2, 8, 8, 3), np.uint8))
+        argv = ["features", "--model", "user_model:factory", "--layer", "conv_a",
+                "--images", str(tmp_path / "im.npy"), "--out", str(fifo)]  # fmt: skip
+    else:
+        argv = ["synthetic", "figure", "--out", str(fifo), "--rows", "1", "--size", "16"]
+    assert main(argv) == 2
+    _one_line_error(capsys, f"--out {fifo}: exists and is not a regular file")
+    assert fifo.is_fifo()
+
+
+def test_a_figure_is_never_written_through_a_link(tmp_path):
+    """savefig opened the name and wrote the PNG over the file a link there led to."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "fig.png").symlink_to(victim)
+    assert main(["synthetic", "figure", "--out", str(tmp_path / "fig.png"), "--rows", "1",
+                 "--size", "16"]) == 0  # fmt: skip
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "fig.png").is_symlink()
+    assert (tmp_path / "fig.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_summarize_names_a_tally_that_is_not_a_regular_file(tmp_path, capsys, kind):
+    """A FIFO or folder was "file not found"."""
+    path = tmp_path / "tally.csv"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    assert main(["summarize", str(path)]) == 2
+    _one_line_error(capsys, f"{path}: not a regular file")
+
+
+def test_summarize_reads_a_tally_with_a_byte_order_mark(dissected, tmp_path, capsys):
+    """A spreadsheet's BOM made the first column "\ufeffunit": "missing unit"."""
+    path = tmp_path / "tally.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (dissected / "tally.csv").read_bytes())
+    assert main(["summarize", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["units"] == 5
+
+
+def test_a_cache_that_is_a_file_is_named_with_its_flag(dissected, probe, tmp_path, capsys):
+    """mkdir's bare "FILE: File exists"; report's warning spelt `cache_root`."""
+    cache = tmp_path / "cache"
+    cache.write_text("mine")
+    argv = ["dissect", "--dataset", str(probe.directory), "--features",
+            str(dissected.parent / "f.npy"), "--out", str(tmp_path / "o"), "--cache", str(cache)]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, f"--cache {cache}: exists and is not a folder")
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy)
+    assert main(["report", str(copy), "--cache", str(cache)]) == 0
+    assert f"(--cache {cache}: exists and is not a folder)" in capsys.readouterr().err
+    assert cache.read_text() == "mine"
+
+
+def test_a_report_warning_about_a_dataset_with_a_line_break_stays_one_line(
+    dissected, tmp_path, capsys
+):
+    out = _tampered(dissected, tmp_path, _set(["dataset"], str(tmp_path / "no\nsuch")))
+    assert main(["report", out]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if line.startswith("jaxdissect: warning")]
+    assert len(warnings) == 1 and "no\\nsuch" in warnings[0], warnings
+
+
+def test_num_processes_beyond_an_int_is_refused_before_waiting(probe, tmp_path, capsys):
+    """10**20 processes: process 5 waited 300 s for a coordinator JAX could not start."""
+    argv = ["dissect", "--dataset", str(probe.directory), "--features", "f.npy", "--out",
+            str(tmp_path / "o"), "--coordinator", "localhost:1", "--num-processes",
+            str(10**20), "--process-id", "5", "--kernel", "xla"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "--num-processes must be at most 2,147,483,647")
+
+
+def _rewritten_counts(dissected, tmp_path, top_maps: bytes):
+    """A copy of ``dissected`` whose counts.npz holds ``top_maps`` as its top_maps.npy."""
+    import zipfile
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy)
+    counts = dict(np.load(copy / "counts.npz"))
+    (copy / "counts.npz").unlink()
+    with zipfile.ZipFile(copy / "counts.npz", "w") as archive:
+        for name, array in counts.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(f"{name}.npy", top_maps if name == "top_maps" else buffer.getvalue())
+    return copy, counts["top_maps"]
+
+
+def test_counts_whose_header_declares_more_than_they_hold_are_refused(dissected, tmp_path, capsys):
+    """A 4 kB counts.npz declaring 800 GB of maps: "out of memory" after NumPy's attempt."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (5, 8, 10**5, 10**5)}
+    )
+    copy, _ = _rewritten_counts(dissected, tmp_path, header.getvalue() + bytes(64))
+    assert main(["report", str(copy)]) == 2
+    _one_line_error(capsys, "counts.npz: top_maps.npy declares (5, 8, 100000, 100000) float32")
+
+
+@pytest.mark.parametrize("value, dtype", [(np.nan, np.float32), (1e300, np.float64)])
+def test_counts_with_maps_that_are_not_float32_numbers_are_refused(
+    dissected, tmp_path, capsys, value, dtype
+):
+    """NaN reached the page; 1e300 was cast with a NumPy warning on stderr."""
+    copy, maps = _rewritten_counts(dissected, tmp_path, b"")
+    maps = maps.astype(dtype)
+    maps.flat[0] = value
+    buffer = io.BytesIO()
+    np.save(buffer, maps)
+    copy, _ = _rewritten_counts(copy, tmp_path / "again", buffer.getvalue())
+    assert main(["report", str(copy)]) == 2
+    _one_line_error(capsys, "top_maps: not all finite float32 numbers")
+
+
+def _api_calls(probe, tmp_path):
+    """Per name: a call of the Python API with one argument of a wrong type or kind, and
+    what its DissectError says (each was a TypeError, ValueError or AttributeError from
+    deep inside, or was accepted)."""
+    import jaxdissect as jd
+
+    dataset = jd.open_broden(probe.directory)
+    labels = jd.load_label_arrays(dataset, progress=False)
+    color = jd.load_label_arrays(jd.open_broden(probe.directory, ["color"]), progress=False)
+    features = dyadic_features(dataset.num_images, (4, 4, 3))
+    shapes = {"l": (4, 4, 3)}
+
+    def read(start, stop):
+        return {"l": features[start:stop]}
+
+    def activations(n, labels=labels):
+        return jd.dissect_activations(read, n, shapes, dataset, labels, progress=False)
+
+    n = dataset.num_images
+    float_images = np.zeros((n, *dataset.image_size, 3), np.float32)
+    return {
+        "quantile str": (lambda: jd.DissectConfig(quantile="0.1"), "`quantile` must be a number"),
+        "batch float": (
+            lambda: jd.DissectConfig(batch_size=2.5),
+            "`batch_size` must be an integer",
+        ),
+        "top_images bool": (lambda: jd.DissectConfig(top_images=True), "`top_images` must be an"),
+        "directory int": (lambda: jd.open_broden(5), "`directory` must be a path"),
+        "directory None": (lambda: jd.open_broden(None), "`directory` is None"),
+        "out int": (lambda: jd.dissect(dataset, features, out=5), "`out` must be a path"),
+        "num_images float": (lambda: activations(float(n)), "`num_images` must be an integer"),
+        "labels str": (lambda: activations(n, "labels"), "`labels` must be LabelArrays"),
+        "labels of a subset": (lambda: activations(n, color), "`labels` hold planes of shape"),
+        "complex features": (
+            lambda: jd.dissect(dataset, features.astype(np.complex64), progress=False),
+            "`features` must be a numeric array",
+        ),
+        "object features": (
+            lambda: jd.dissect(dataset, features.astype(object), progress=False),
+            "`features` must be a numeric array",
+        ),
+        "layer list": (lambda: jd.features_activations(features, layer=["x"]), "`layer` must be"),
+        "float images": (
+            lambda: jd.dissect(dataset, features, images=float_images, out=tmp_path / "o"),
+            "`images` must be uint8 of shape",
+        ),
+        "model int": (lambda: jd.load_model(5), "`model` must be 'zoo:NAME'"),
+        "weights folder": (
+            lambda: jd.load_model("zoo:resnet20-cifar10", tmp_path),
+            "not a regular file",
+        ),
+        "bilinear float": (lambda: jd.bilinear_matrix(2.5, 4), "must be integers"),
+        "summarize lengths": (
+            lambda: jd.summarize(["c"], ["c", "c"], ["x"], [0.5], [["x"]], [[0.5]]),
+            "must describe the same units",
+        ),
+        "label_units nan": (
+            lambda: jd.label_units(np.full((2, 3), np.nan), np.zeros(3, np.int32), 1),
+            "`scores` must be finite IoUs",
+        ),
+        "summarize nan": (
+            lambda: jd.summarize(["c"], ["c"], ["x"], [np.nan], [["x"]], [[np.nan]]),
+            "must be finite",
+        ),
+    }
+
+
+API_CASES = ["quantile str", "batch float", "top_images bool", "directory int", "directory None",
+             "out int", "num_images float", "labels str", "labels of a subset", "complex features",
+             "object features", "layer list", "float images", "model int", "weights folder",
+             "bilinear float", "summarize lengths", "summarize nan", "label_units nan"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", API_CASES)
+def test_the_api_refuses_arguments_of_a_wrong_type_naming_them(probe, tmp_path, case):
+    call, message = _api_calls(probe, tmp_path)[case]
+    with pytest.raises(DissectError, match=re.escape(message)):
+        call()
+
+
+@pytest.mark.parametrize("command", ["dissect", "formulas", "report"])
+def test_an_out_inside_another_outs_store_is_refused(dissected, probe, tmp_path, capsys, command):
+    """--out OUT/.jaxdissect/dissect displaced OUT's published set into a store of its own."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy, symlinks=True)
+    inside = copy / ".jaxdissect" / "dissect"
+    before = sorted(p.name for p in inside.iterdir())
+    if command == "report":
+        argv = ["report", str(inside)]
+    else:
+        argv = [command, "--dataset", str(probe.directory), "--features",
+                str(dissected.parent / "f.npy"), "--out", str(inside / "x"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "is inside an output folder's .jaxdissect/")
+    assert sorted(p.name for p in inside.iterdir()) == before
+
+
+def test_report_of_one_layer_folder_redraws_it_in_its_outs_set(probe, tmp_path, capsys):
+    """`report OUT/conv_a` wrote an index for OUT/conv_a, reading OUT/conv_a/conv_a/results.json."""
+    out = tmp_path / "out"
+    args = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:factory",
+            "--layer", "conv_a", "--layer", "conv_b", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["report", str(out / "conv_a")]) == 0
+    assert f"report: {out / 'conv_a' / 'report.html'}" in capsys.readouterr().out
+    assert not (out / "conv_a" / "index.html").exists()
+    assert (out / "index.html").is_file() and (out / "conv_b" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("planted", ["label.csv link", "images link", "subfolder link", "fifo"])
+def test_a_probe_is_never_written_through_a_link_or_into_a_fifo(tmp_path, capsys, planted):
+    """label.csv linked elsewhere was overwritten there; images/ (or images/synthetic/)
+    linked elsewhere filled that folder; a FIFO at c_color.csv blocked the write."""
+    out, victim = tmp_path / "probe", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    (victim / "label.csv").write_text("keep")
+    if planted == "label.csv link":
+        (out / "label.csv").symlink_to(victim / "label.csv")
+    elif planted == "images link":
+        (out / "images").symlink_to(victim)
+    elif planted == "subfolder link":
+        (out / "images").mkdir()
+        (out / "images" / "synthetic").symlink_to(victim)
+    else:
+        os.mkfifo(out / "c_color.csv")
+    from jaxdissect.data.synthetic import world
+
+    with pytest.raises(DissectError, match="`directory`"):
+        world.write_probe(out, 2, 0, world.WorldConfig(image_size=16), progress=False)
+    assert sorted(p.name for p in victim.iterdir()) == ["label.csv"]
+    assert (victim / "label.csv").read_text() == "keep"
+
+
+@pytest.mark.parametrize("name", ["category.csv", "images", "file"])
+def test_synthetic_probe_refuses_an_out_holding_names_it_writes(tmp_path, capsys, name):
+    """A user's category.csv in --out was overwritten; --out a file said 'OUT/images: Not a
+    directory'."""
+    out = tmp_path / "out"
+    if name == "file":
+        out.write_text("mine")
+    else:
+        out.mkdir()
+        (out / name).mkdir() if name == "images" else (out / name).write_text("mine")
+    assert main(["synthetic", "probe", "--out", str(out), "--images", "2", "--size", "16"]) == 2
+    _one_line_error(capsys, "not a folder" if name == "file" else f"already holds {name}")
+    if name != "images":
+        assert (out if name == "file" else out / name).read_text() == "mine"
+
+
+def test_a_features_file_of_one_number_fails_in_one_line(probe, tmp_path, capsys):
+    """np.save of a scalar: the rows reader's shape[0] raised IndexError's traceback."""
+    np.save(tmp_path / "f.npy", np.float32(1))
+    argv = ["dissect", "--dataset", str(probe.directory), "--features", str(tmp_path / "f.npy"),
+            "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "0-dimensional array")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_features_path_that_is_not_a_regular_file_is_named_so(probe, tmp_path, capsys, kind):
+    """A FIFO, folder or link to /dev/zero was "features file not found"."""
+    path = tmp_path / "f.npy"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    argv = ["dissect", "--dataset", str(probe.directory), "--features", str(path),
+            "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, f"{path}: not a regular file")
+
+
+@pytest.mark.parametrize(
+    "command, flag", [("formulas", "--layer"), ("directions", "--weights"), ("features", "--layer")]
+)
+def test_a_one_layer_command_refuses_its_flag_given_twice(tmp_path, capsys, command, flag):
+    """formulas --layer a --layer b explained b alone, in silence."""
+    argv = [
+        command,
+        "--model",
+        "user_model:factory",
+        "--out",
+        str(tmp_path / "o"),
+        flag,
+        "a",
+        flag,
+        "b",
+    ]
+    argv += ["--images", "i.npy"] if command == "features" else ["--dataset", "d"]
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    assert f"argument {flag}: given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../escape", ".jaxdissect", "a/b", ""])
+def test_a_layer_name_that_is_no_folder_name_is_refused_before_any_work(probe, tmp_path, name):
+    """Several layers go to OUT/<layer>/: "../escape" wrote beside the set, outside it."""
+    import jaxdissect as jd
+
+    features = dyadic_features(len(probe.planes), (4, 4, 3))
+    acts = jd.Activations(
+        lambda start, stop: {"a": features[start:stop], name: features[start:stop]},
+        {"a": (4, 4, 3), name: (4, 4, 3)}, len(features), {"test": name}, {},
+    )  # fmt: skip
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(DissectError, match="cannot be a folder under OUT"):
+        jd.dissect(probe.directory, acts, out=out, report=False, progress=False)
+    assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.parametrize("forged", ["journal.json", "dissect/MANIFEST.json"])
+def test_a_store_file_nested_too_deeply_fails_in_one_line(
+    dissected, probe, tmp_path, capsys, forged
+):
+    """json's RecursionError is no ValueError: outdir's readers let it through as a traceback
+    (outdir.py should name the file; until then the command says what happened)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy, symlinks=True)
+    target = copy / ".jaxdissect" / forged
+    target = target.resolve()
+    target.unlink()
+    target.write_text("[" * 200_000 + "]" * 200_000)
+    argv = ["dissect", "--dataset", str(probe.directory), "--features",
+            str(dissected.parent / "f.npy"), "--out", str(copy), "--no-progress", "--quantile", "0.02"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "nested too deeply")
+
+
+def test_a_link_at_a_checkpoints_folder_is_refused(probe, tmp_path, capsys):
+    """OUT/a linked elsewhere: checkpoint a's whole output folder was written there."""
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    (out / "a").symlink_to(victim)
+    for name in "ab":
+        (tmp_path / f"{name}.seed").write_text("1")
+    argv = ["dissect", "--dataset", str(probe.directory), "--model", "user_model:seeded_factory",
+            "--layer", "conv_a", "--weights", str(tmp_path / "a.seed"), "--weights",
+            str(tmp_path / "b.seed"), "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, f"--out {out}: a is a link or not a folder")
+    assert list(victim.iterdir()) == []

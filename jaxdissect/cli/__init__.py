@@ -22,10 +22,10 @@ from jaxdissect.cli.small import (
     run_summarize,
     run_synthetic,
 )
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, one_line
 
 # The library's argument names that are not their flag with dashes for underscores.
-FLAGS = {"layers": "--layer"}
+FLAGS = {"layers": "--layer", "cache_root": "--cache"}
 
 RUNNERS = {
     "dissect": run_dissect,
@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except DissectError as error:
         _error(error.for_cli(FLAGS))
         return 2
+    except RecursionError:  # json's, on a forged file nested 100,000 deep that no check caught
+        _error(
+            f"{args.command}: a JSON file it read is nested too deeply to be one jaxdissect "
+            "wrote (was a file in OUT/.jaxdissect/ edited?)"
+        )
+        return 2
     except MemoryError:
         print(
             f"jaxdissect: error: {args.command}: out of memory (lower the sizes or batch size)",
@@ -84,5 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 def _error(message: str) -> None:
     """The one line of an error on stderr: a line break in a name the user gave (a file
     named with one) is written as ``\\n``, so that the error stays one line."""
-    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
-    print(f"jaxdissect: error: {one_line}", file=sys.stderr)
+    print(f"jaxdissect: error: {one_line(message)}", file=sys.stderr)

@@ -37,7 +37,8 @@ def run_dissect(args: argparse.Namespace) -> int:
             raise DissectError("--model needs at least one --layer")
         missing = [w for w in args.weights or [] if not w.is_file()]
         if missing:
-            raise DissectError(f"{missing[0]}: weights file not found")
+            problem = "not a regular file" if missing[0].exists() else "weights file not found"
+            raise DissectError(f"{missing[0]}: {problem}")
     dataset = open_broden(args.dataset, args.categories)
     announce_compile(config)
     weights, names = args.weights[0] if args.weights else None, None
@@ -137,6 +138,7 @@ def peak_memory() -> str:
 
 
 JOIN_TIMEOUT_S = 300  # how long a process waits for process 0's coordinator to listen
+MAX_PROCESSES = 2**31 - 1
 
 
 def _wait_for_coordinator(host: str, port: int, args: argparse.Namespace) -> None:
@@ -177,6 +179,10 @@ def start_processes(args: argparse.Namespace) -> bool:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise DissectError(
             f"--coordinator {args.coordinator!r}: expected host:port, a port in [1, 65535]"
+        )
+    if args.num_processes > MAX_PROCESSES:  # JAX's C++ holds it in an int
+        raise DissectError(
+            f"--num-processes must be at most {MAX_PROCESSES:,}, got {args.num_processes}"
         )
     if not 0 <= args.process_id < args.num_processes:
         raise DissectError(

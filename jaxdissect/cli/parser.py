@@ -39,6 +39,16 @@ def _int_at_least(minimum: int):
 _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
+class _Once(argparse.Action):
+    """Stores a flag's value, refusing the flag given twice: formulas and directions took
+    the last of two --layer (or --weights) in silence, as if both had been run."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            raise argparse.ArgumentError(self, "given twice; this command takes one")
+        setattr(namespace, self.dest, values)
+
+
 def _nonempty_path(text: str) -> Path:
     """Where a command writes (--out, --cache, --dir), or fetch's --from: not the empty
     string, which a Path reads as the current folder."""
@@ -86,9 +96,11 @@ class _Parents:
         )
         self.probe = self._probe()
         self.one_layer = _parent()
-        self.one_layer.add_argument("--weights", type=Path, default=None, help="as for dissect")
         self.one_layer.add_argument(
-            "--layer", default=None, help="the layer (required with --model)"
+            "--weights", type=Path, default=None, action=_Once, help="as for dissect"
+        )
+        self.one_layer.add_argument(
+            "--layer", default=None, action=_Once, help="the layer (required with --model)"
         )
         self.distributed = self._distributed()
         self.layout = _parent()
@@ -229,8 +241,8 @@ def _add_features(commands, parents: _Parents) -> None:
         "activations (N, h, w, U), or the classifier output for --layer logits.",
     )
     features.add_argument("--model", required=True, help="as for dissect")
-    features.add_argument("--weights", type=Path, default=None)
-    features.add_argument("--layer", required=True)
+    features.add_argument("--weights", type=Path, default=None, action=_Once)
+    features.add_argument("--layer", required=True, action=_Once)
     features.add_argument("--images", required=True, type=Path, help="uint8 (N, H, W, 3) .npy")
     features.add_argument("--out", required=True, type=_nonempty_path, help="output .npy")
 

@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from jaxdissect.errors import DissectError
+from jaxdissect.config import check_out_apart
+from jaxdissect.errors import DissectError, one_line
+from jaxdissect.outdir import STORE
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -16,6 +18,13 @@ def run_report(args: argparse.Namespace) -> int:
     from jaxdissect.report.html import write_index
     from jaxdissect.report.schema import check_same_probe, read_results
 
+    # A set folder in an OUT's store (not OUT/<layer>, a link into it): its files would be
+    # displaced by a set of its own.
+    layer_link = args.out.is_symlink() and os.readlink(args.out).startswith(f"{STORE}/")
+    try:
+        check_out_apart(None if layer_link else args.out, None)
+    except DissectError as error:
+        raise DissectError(str(error).replace("`out`", "OUT")) from None
     folders = (
         [args.out]
         if (args.out / "results.json").is_file()
@@ -35,8 +44,9 @@ def run_report(args: argparse.Namespace) -> int:
             check_same_probe(results, dataset)
             return load_image_array(dataset, args.cache, progress=False)
         except DissectError as error:
+            why = error.for_cli({"cache_root": "--cache"})
             print(
-                f"jaxdissect: warning: drawing {folder}'s cards without images ({error})",
+                one_line(f"jaxdissect: warning: drawing {folder}'s cards without images ({why})"),
                 file=sys.stderr,
             )
             return None
@@ -44,14 +54,14 @@ def run_report(args: argparse.Namespace) -> int:
     for root, layers in sets.items():
         for page in _republish_reports(root, layers, images_for):
             print(f"{'index' if page.name == 'index.html' else 'report'}: {page}")
-    if args.out not in sets:  # separate OUTs in one folder
+    # Separate OUTs in one folder (not OUT/<layer>, which its OUT's index already lists).
+    if args.out not in sets and all(f.parent == args.out for f in folders):
         print(f"index: {write_index(args.out, [f.name for f in folders])}")
     return 0
 
 
 def _set_of(folder: Path, top: Path) -> tuple[Path, str | None]:
     """(the OUT whose set holds ``folder``'s results, the layer folder's name in it or None)."""
-    from jaxdissect.outdir import STORE
 
     if folder.is_symlink() and os.readlink(folder).startswith(f"{STORE}/"):
         return folder.parent, folder.name  # a layer of the parent's set

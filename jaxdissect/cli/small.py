@@ -12,7 +12,7 @@ from jaxdissect.errors import DissectError
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from jaxdissect.report.results import atomic_path
+    from jaxdissect.report.results import atomic_path, check_output_file
     from jaxdissect.sources import load_model, open_features
 
     if args.out.exists() and args.images.exists() and os.path.samefile(args.out, args.images):
@@ -22,6 +22,7 @@ def run_features(args: argparse.Namespace) -> int:
         )
     if args.out.is_dir():
         raise DissectError(f"--out {args.out}: is a folder; name the .npy file to write")
+    check_output_file(args.out, "--out")  # before the model runs
     images = open_features(args.images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DissectError(
@@ -106,6 +107,24 @@ def _world_config(args: argparse.Namespace):
         raise DissectError(error.for_cli({"image_size": "--size"})) from None
 
 
+def _refuse_probe_names(out) -> None:
+    """Refuses an --out holding a name a probe set writes (a user's category.csv was
+    overwritten): nothing proves it ours, even after an interrupted write."""
+    import os
+
+    from jaxdissect.data.synthetic.world import CATEGORIES
+
+    if os.path.lexists(out) and not out.is_dir():  # else mkdir's "OUT/images: Not a directory"
+        raise DissectError(f"--out {out}: exists and is not a folder")
+    names = ["category.csv", "label.csv", *(f"c_{c}.csv" for c in CATEGORIES), "images"]
+    taken = [name for name in names if os.path.lexists(out / name)]
+    if taken:
+        raise DissectError(
+            f"--out {out}: already holds {', '.join(taken)}, which a probe set writes "
+            "(yours, or an interrupted write's): choose another --out, or remove them"
+        )
+
+
 def run_synthetic(args: argparse.Namespace) -> int:
     config = _world_config(args)
     if args.synthetic_command == "probe":
@@ -115,6 +134,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
             raise DissectError(
                 f"{args.out}: already holds a probe set (index.csv); choose another --out"
             )
+        _refuse_probe_names(args.out)
         try:
             write_probe(args.out, args.images, args.seed, config, progress=not args.no_progress)
         except DissectError as error:  # spelt with this command's flags

@@ -65,6 +65,15 @@ class DirectionConfig:
             refuse("epochs", f"must be at most {MAX_EPOCHS}, got {self.epochs}")
         if not 0 < self.learning_rate < math.inf:
             refuse("learning_rate", f"must be finite and > 0, got {self.learning_rate}")
+        # Training runs in float32: 1e300 became inf there, after a NumPy warning.
+        if self.learning_rate > float(np.finfo(np.float32).max):
+            refuse(
+                "learning_rate", f"must fit float32 (training runs in it), got {self.learning_rate}"
+            )
+        # jax.random.key keeps a seed's low 32 bits (2**32 drew seed 0's split); beyond
+        # 2**63 it raised OverflowError.
+        if not 0 <= self.seed < 2**32:
+            refuse("seed", f"must lie in [0, 2**32), got {self.seed}")
 
 
 class Directions(NamedTuple):

@@ -33,6 +33,7 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from jaxdissect.config import check_paths
 from jaxdissect.errors import BrodenFormatError, DissectError
 
 INDEX_FIELDS = ("image", "ih", "iw", "sh", "sw")
@@ -296,6 +297,11 @@ def open_broden(directory: str | Path, categories: Sequence[str] | None = None) 
     Raises:
       BrodenFormatError: naming the file, line and field at fault.
     """
+    if directory is None:  # pathlib's TypeError otherwise
+        raise DissectError(
+            "`directory` is None: give the probe set's folder", arguments=("directory",)
+        )
+    check_paths(directory=directory)
     directory = Path(directory)
     if not directory.is_dir():
         raise BrodenFormatError(f"{directory}: not a directory")

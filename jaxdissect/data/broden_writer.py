@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def write_broden(
       The folder.
     """
     directory = Path(directory)
+    _check_own_names(directory, categories)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     column_order = list(column_order or categories)
     rows = []
@@ -107,6 +109,29 @@ def write_broden(
     return directory
 
 
+def _check_own_names(directory: Path, categories: Sequence[str]) -> None:
+    """Refuses a link, or anything but a file (a folder for images/), at a name the set
+    writes: label.csv linked elsewhere was overwritten there, images/ linked elsewhere
+    filled that folder, and a FIFO would block the write."""
+    names = ["index.csv", "category.csv", "label.csv", *(f"c_{c}.csv" for c in categories)]
+    for name in [*names, "images"]:
+        path = directory / name
+        wrong_kind = not (path.is_dir() if name == "images" else path.is_file())
+        if path.is_symlink() or (os.path.lexists(path) and wrong_kind):
+            raise DissectError(
+                f"`directory` {directory}: {name} is a link or not a "
+                f"{'folder' if name == 'images' else 'regular file'}; a probe set writes "
+                "its own files there, never through it (remove it, or choose another folder)",
+                arguments=("directory",),
+            )
+
+
+def _inside(directory: Path, path: Path) -> bool:
+    """Whether ``path`` resolves inside ``directory`` (no link below it leads out)."""
+    root = os.path.realpath(directory)
+    return os.path.realpath(path).startswith(root.rstrip(os.sep) + os.sep)
+
+
 def _write_image(directory: Path, image: ProbeImage, column_order, frequency, measured) -> dict:
     """Writes one image and its label planes; counts its labels into ``frequency`` and
     ``measured`` (coverage); returns its index.csv row."""
@@ -114,6 +139,12 @@ def _write_image(directory: Path, image: ProbeImage, column_order, frequency, me
     label_shape = None
     row = {"image": f"{image.name}.jpg", "split": "train", "ih": height, "iw": width}
     (directory / "images" / image.name).parent.mkdir(parents=True, exist_ok=True)
+    if not _inside(directory, (directory / "images" / image.name).parent):
+        raise DissectError(
+            f"`directory` {directory}: images/{image.name} leads outside it through a link; "
+            "a probe set writes only inside its folder",
+            arguments=("directory",),
+        )
     Image.fromarray(image.pixels).save(directory / "images" / f"{image.name}.jpg", quality=95)
     for category in column_order:
         items = []

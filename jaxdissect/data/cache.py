@@ -86,7 +86,11 @@ def default_cache_root() -> Path:
 def _cache_root(cache_root: str | Path | None) -> Path:
     """The cache folder a caller named (``cache_root``), else ``default_cache_root()``."""
     check_paths(cache_root=cache_root)
-    return Path(cache_root) if cache_root is not None else default_cache_root()
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    if root.exists() and not root.is_dir():  # else mkdir's bare "File exists"
+        name = "the cache folder" if cache_root is None else "`cache_root`"
+        raise DissectError(f"{name} {root}: exists and is not a folder", arguments=("cache_root",))
+    return root
 
 
 def _stamps(root: Path, names) -> bytes:
@@ -312,7 +316,7 @@ def _verify(folder: Path) -> str | None:
                 return f"{path}: checksum differs from the one written"
     except FileNotFoundError as error:
         return f"{error.filename}: missing"
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:  # json's, too deep
         return f"{folder / MANIFEST}: unreadable ({error})"
     return None
 
@@ -329,7 +333,7 @@ def _remove_cache_folder(folder: Path) -> None:
     try:
         files = json.loads((folder / MANIFEST).read_text())["files"]
         names = [name for name in files if isinstance(name, str)]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         names = []
     for name in {*names, *CACHE_FILES}:
         path = folder / name
@@ -476,6 +480,29 @@ def check_is_dataset(dataset) -> None:
             f"`dataset` must be a BrodenDataset (open_broden(folder)), got "
             f"{type(dataset).__name__} {dataset!r}",
             arguments=("dataset",),
+        )
+
+
+def check_labels(labels, dataset: BrodenDataset) -> None:
+    """Refuses ``labels`` that are not LabelArrays of the shapes ``dataset`` decodes to: a
+    string met a TypeError deep in a kernel, and another category subset's labels were
+    counted against this one's (the decoded shapes follow the planes and sizes)."""
+    if not isinstance(labels, LabelArrays):
+        raise DissectError(
+            f"`labels` must be LabelArrays (load_label_arrays(dataset)), got "
+            f"{type(labels).__name__}",
+            arguments=("labels",),
+        )
+    planes = max(1, max(len(p) for p in dataset.pixel_planes))
+    expected = (dataset.num_images, planes, *dataset.label_size)
+    if tuple(np.shape(labels.slot_planes)) != expected or len(labels.image_labels) != len(
+        labels.slot_planes
+    ):
+        raise DissectError(
+            f"`labels` hold planes of shape {tuple(np.shape(labels.slot_planes))}, but "
+            f"{dataset.directory} with categories {', '.join(dataset.categories)} decodes to "
+            f"{expected}: give load_label_arrays of this dataset",
+            arguments=("labels",),
         )
 
 

@@ -77,6 +77,8 @@ class NpyRows:
             raise ValueError("Fortran-ordered arrays are not supported; save with C order")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.ndim = len(self.shape)
+        if self.ndim == 0:  # a scalar has no rows (shape[0] was an IndexError)
+            raise ValueError("a 0-dimensional array (a single number) has no rows")
         # Python integers: a forged header's sizes cannot overflow.
         self.row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
         expected = self.offset + self.shape[0] * self.row_bytes

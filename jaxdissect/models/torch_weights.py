@@ -277,8 +277,9 @@ def load_state_dict(
         the bound, and storages or tensors whose sizes do not agree.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DissectError(f"{path}: weights file not found")
+    if not path.is_file():  # a folder or FIFO was "not found" too
+        problem = "not a regular file" if path.exists() else "weights file not found"
+        raise DissectError(f"{path}: {problem}")
     max_bytes = (
         DEFAULT_MAX_BYTES
         if parameter_count is None

@@ -239,7 +239,6 @@ def write_layer_report(out: str | Path, images: np.ndarray | None) -> Path:
     if images is not None:
         counts = read_counts(out, len(thresholds), len(images))
     folder = out / "report"
-    folder.mkdir(exist_ok=True)
     strips, tile_style, coefficients = {}, "", ""
     if "top_indices" in counts:
         strips, tile_style, coefficients = _draw_strips(
@@ -295,6 +294,8 @@ def _draw_strips(
     shown = np.unique(top_indices[top_indices >= 0])
     if not len(shown):
         return {}, "", ""
+    # Made only for sheets: an empty folder is in no manifest, and would keep the set.
+    folder.mkdir(exist_ok=True)
     height, width = thumbnail(images[shown[0]]).shape[:2]
     per_sheet = SHEET * SHEET
 

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +30,27 @@ from jaxdissect.errors import DissectError
 TALLY_FIELDS = ("label", "truth", "activation", "intersect", "iou")
 
 
+def check_output_file(path: Path, name: str, arguments: tuple[str, ...] = ()) -> None:
+    """Refuses an existing ``path`` (named ``name`` in the message) that is neither a
+    regular file nor a link: a folder, FIFO or device there is someone's, and the rename
+    that writes a file would replace it (as root, even /dev/null)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # absent, or its folder is not one: the write says so
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise DissectError(
+            f"{name} {path}: exists and is not a regular file (a folder, FIFO or device); "
+            "nothing written",
+            arguments=arguments,
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; renames it onto ``path`` if the block succeeds."""
+    """Yields a temporary path beside ``path``; renames it onto ``path`` if the block succeeds
+    (a link at ``path`` is replaced, never written through)."""
+    check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".partial", dir=path.parent
@@ -157,10 +176,11 @@ def read_tally_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     the first that is not.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DissectError(f"{path}: file not found")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
+    if not path.is_file():  # a folder, FIFO or device was "not found" before
+        problem = "not a regular file" if path.exists() else "file not found"
+        raise DissectError(f"{path}: {problem}")
+    try:  # utf-8-sig: a spreadsheet's byte-order mark hid the "unit" column
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows, lines = [], []  # each row, and the line it ends on

@@ -189,12 +189,31 @@ def check_same_probe(results: dict, dataset) -> None:
         )
 
 
+def _check_member_sizes(path: Path) -> None:
+    """Refuses a member of the .npz at ``path`` whose header declares more data than the
+    member holds, before NumPy allocates what the header declares (a 4 kB file declaring
+    800 GB of maps ended in "out of memory")."""
+    from jaxdissect.data.npy_rows import read_npy_header
+
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                shape, _, dtype = read_npy_header(member)
+                declared = math.prod(shape) * dtype.itemsize
+                if declared > info.file_size - member.tell():
+                    raise DissectError(
+                        f"{path}: {info.filename} declares {shape} {dtype} ({declared:,} "
+                        f"bytes) but holds {info.file_size:,} bytes"
+                    )
+
+
 def read_counts(folder: str | Path, units: int, images: int | None) -> dict[str, np.ndarray]:
     """FOLDER/counts.npz's arrays the report draws from (``top_indices``, ``top_maps``),
     checked against ``units`` and, when given, the number of probe ``images``: {} when it
     holds no top images."""
     path = Path(folder) / "counts.npz"
     try:
+        _check_member_sizes(path)
         with np.load(path, allow_pickle=False) as counts:
             if "top_indices" not in counts.files:
                 return {}
@@ -203,6 +222,8 @@ def read_counts(folder: str | Path, units: int, images: int | None) -> dict[str,
             indices, maps = counts["top_indices"], counts["top_maps"]
     except FileNotFoundError:
         raise DissectError(f"{path}: file not found") from None
+    except DissectError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
         raise DissectError(f"{path}: not a readable .npz file ({error})") from None
     if indices.ndim != 2 or indices.shape[0] != units or indices.dtype.kind not in "iu":
@@ -217,6 +238,9 @@ def read_counts(folder: str | Path, units: int, images: int | None) -> dict[str,
         )
     if indices.size and indices.min() < -1:
         raise DissectError(f"{path}: top_indices: {indices.min()} is not an image index")
+    # The page holds the maps as float32: NaN, or 1e300 cast with a NumPy warning, is no map.
+    if maps.size and not (np.isfinite(maps) & (np.abs(maps) <= np.finfo(np.float32).max)).all():
+        raise DissectError(f"{path}: top_maps: not all finite float32 numbers")
     if images is not None and indices.size and indices.max() >= images:
         raise DissectError(
             f"{path}: top_indices: image {indices.max()} is beyond the probe's {images} images"

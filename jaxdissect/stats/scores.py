@@ -236,6 +236,8 @@ def label_units(scores, label_category, num_categories: int) -> UnitLabels:
             arguments=("scores", "label_category"),
         )
     _check_label_category(label_category, _check_num_categories(num_categories, scores))
+    if xp is np and not np.isfinite(scores).all():  # NaN lost every argmax: "no label"
+        raise DissectError("`scores` must be finite IoUs", arguments=("scores",))
     best_labels, best_ious = [], []
     for c in range(num_categories):
         in_category = xp.where((label_category == c)[None, :], scores, -xp.inf)
@@ -275,6 +277,34 @@ def _check_num_categories(num_categories, scores) -> int:
     return num_categories
 
 
+def _check_summary_inputs(categories, unit_category, unit_label, score, label, iou) -> None:
+    """Refuses per-unit inputs of different lengths (zip dropped the extra units), an IoU
+    table that is not (U, C), a unit category not in ``categories``, and scores or IoUs
+    that are not finite (NaN is never above the threshold: a silent non-detector)."""
+    units = len(score)
+    lengths = {"unit_category": len(unit_category), "unit_label": len(unit_label),
+               "category_label": len(label)}  # fmt: skip
+    wrong = [name for name, n in lengths.items() if n != units]
+    table = iou.shape == (units, len(categories)) or (units == 0 and iou.size == 0)
+    if score.ndim != 1 or wrong or not table:
+        raise DissectError(
+            f"`score` ({score.shape}), {', '.join(f'`{n}` ({lengths[n]})' for n in lengths)} "
+            f"and `category_iou` {iou.shape} must describe the same units, with one IoU per "
+            "category",
+            arguments=("score", *lengths, "category_iou"),
+        )
+    unknown = sorted(set(unit_category) - set(categories))
+    if unknown:
+        raise DissectError(
+            f"`unit_category` holds {unknown[0]!r}, not in `categories`",
+            arguments=("unit_category", "categories"),
+        )
+    if not (np.isfinite(score).all() and np.isfinite(iou).all()):
+        raise DissectError(
+            "`score` and `category_iou` must be finite", arguments=("score", "category_iou")
+        )
+
+
 def summarize(
     categories: list[str],
     unit_category: list[str],
@@ -307,6 +337,8 @@ def summarize(
         )
     score = np.asarray(score, np.float64)
     category_iou = np.asarray(category_iou, np.float64)
+    _check_summary_inputs(categories, unit_category, unit_label, score, category_label,
+                          category_iou)  # fmt: skip
     detector = score > iou_threshold
     top_label = {c: set() for c in categories}
     detectors_per_category = dict.fromkeys(categories, 0)

@@ -11,6 +11,8 @@ sample it bilinearly, without PIL's averaging.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from jaxdissect.errors import DissectError
@@ -21,6 +23,12 @@ MAX_MATRIX_ENTRIES = 2**26
 
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     """(out_size, in_size) float32 weights of half-pixel bilinear resizing along one axis."""
+    sizes = (out_size, in_size)
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in sizes):
+        raise DissectError(  # 2.5 met np.arange's TypeError
+            f"`out_size` and `in_size` must be integers, got {out_size!r} and {in_size!r}",
+            arguments=("out_size", "in_size"),
+        )
     if out_size < 1 or in_size < 1:
         raise DissectError(
             f"`out_size` and `in_size` must be >= 1, got {out_size} and {in_size}",

@@ -68,6 +68,16 @@ def test_truncated_file_is_rebuilt(dataset, tmp_path, capsys):
     assert path.stat().st_size == size
 
 
+def test_a_manifest_nested_too_deeply_is_rebuilt(dataset, tmp_path, capsys):
+    """json's RecursionError is no ValueError: it passed the check as a traceback."""
+    load_label_arrays(dataset, tmp_path / "c", progress=False)
+    path = _folder(dataset, tmp_path / "c") / cache.MANIFEST
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    labels = load_label_arrays(dataset, tmp_path / "c", progress=False)
+    assert f"cache {path}: unreadable" in capsys.readouterr().err
+    _assert_decodes_the_pngs(labels, dataset)
+
+
 @pytest.mark.parametrize("name", [cache.MANIFEST, "image_labels.npy"])
 def test_missing_file_is_rebuilt(dataset, tmp_path, capsys, name):
     load_label_arrays(dataset, tmp_path / "c", progress=False)

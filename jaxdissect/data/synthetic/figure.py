@@ -60,6 +60,8 @@ def save_world_figure(
     each label region named at its centre. Returns the file written (see ``figure_path``)."""
     import matplotlib
 
+    from jaxdissect.report.results import atomic_path, check_output_file
+
     check_paths(path=path)
     if not 1 <= rows <= MAX_ROWS:
         raise DissectError(f"`rows` must lie in [1, {MAX_ROWS}], got {rows!r}", arguments=("rows",))
@@ -72,6 +74,7 @@ def save_world_figure(
             arguments=("rows", "image_size"),
         )
     path, file_format = figure_path(path)
+    check_output_file(path, "`path`", ("path",))
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -112,7 +115,8 @@ def save_world_figure(
                     bbox={"facecolor": "white", "alpha": 0.7, "pad": 0.5, "linewidth": 0},
                 )
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90, format=file_format)
+    # Written beside and renamed: never through a link at ``path``, never half a file.
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=90, format=file_format)
     plt.close(figure)
     return path
