@@ -115,7 +115,7 @@ class PassCheckpoints:
     def _read_owned(self) -> set[str]:
         try:
             names = json.loads((self.directory / OWNED).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return set()
         if not isinstance(names, list):
             return set()

@@ -198,7 +198,7 @@ def completed(
         folder = layer_folder(Path(out), layer, layers, layer_folders)
         try:
             same = json.loads((folder / FINGERPRINT).read_text()) == _canonical(fingerprint)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return False
         if not same or not (folder / "results.json").is_file():
             return False

@@ -31,6 +31,26 @@ def one_line(message: str) -> str:
     return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
+def check_regular_file(path, what: str = "file", error: type[Exception] | None = None) -> None:
+    """Raises ``error`` (DissectError) naming ``path`` unless it is a regular file (or a link
+    to one): "{what} not found", or "not a regular file" for a folder, FIFO or device (a
+    FIFO would block its reader for ever; /dev/zero never ends)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        problem = "not a regular file" if path.exists() else f"{what} not found"
+        raise (error or DissectError)(f"{path}: {problem}")
+
+
+def notice(message: str) -> None:
+    """``jaxdissect: message`` on stderr, one line (``one_line``): what a run did or left
+    that the user should know of (a file moved aside, a folder kept)."""
+    import sys
+
+    print(f"jaxdissect: {one_line(message)}", file=sys.stderr, flush=True)
+
+
 class BrodenFormatError(DissectError):
     """A Broden-format folder that cannot be read as such."""
 

@@ -47,13 +47,12 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from stat import S_ISREG
 
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, notice
 
 STORE = ".jaxdissect"
 JOURNAL = "journal.json"
@@ -186,10 +185,9 @@ def report_leftovers(folder: Path, name: str) -> None:
     killed run left; never removes them (see the module docstring)."""
     left = sorted(p.name for p in folder.glob(f".{glob.escape(name)}.*.partial"))
     if left:
-        print(
-            f"jaxdissect: {folder}: {', '.join(left)} left by an interrupted write of {name}; "
-            "not removed (nothing records it as jaxdissect's): remove it yourself",
-            file=sys.stderr,
+        notice(
+            f"{folder}: {', '.join(left)} left by an interrupted write of {name}; "
+            "not removed (nothing records it as jaxdissect's): remove it yourself"
         )
 
 
@@ -206,7 +204,7 @@ def _read_journal(store: Path) -> dict:
         journal = json.loads((store / JOURNAL).read_text())
     except FileNotFoundError:
         return {"next": 1, "sets": {}, "links": {}, "displaced": [], "published": []}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise DissectError(f"{store / JOURNAL}: unreadable ({error}); move {store} away") from None
     if not (
         isinstance(journal, dict)
@@ -404,7 +402,7 @@ def _write_manifest(folder: Path) -> list[str]:
 def _read_manifest(folder: Path) -> dict | None:
     try:
         files = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return files if isinstance(files, dict) else None
 
@@ -438,11 +436,7 @@ def _displace(out: Path, store: Path, journal: dict, names: list[str]) -> None:
     aside.mkdir()
     for name in names:
         os.rename(out / name, aside / name)
-    print(
-        f"jaxdissect: moved {', '.join(names)} (not written as part of a set) from {out} "
-        f"to {aside}",
-        file=sys.stderr,
-    )
+    notice(f"moved {', '.join(names)} (not written as part of a set) from {out} to {aside}")
 
 
 def _pointed(out: Path, kind: str) -> Path | None:
@@ -512,10 +506,9 @@ def _remove_set(folder: Path, published: bool) -> bool:
         folder.rmdir()
     except OSError:
         left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        print(
-            f"jaxdissect: kept {folder} for what jaxdissect did not write there: "
-            f"{', '.join(left[:5])}{' ...' if len(left) > 5 else ''}",
-            file=sys.stderr,
+        notice(
+            f"kept {folder} for what jaxdissect did not write there: "
+            f"{', '.join(left[:5])}{' ...' if len(left) > 5 else ''}"
         )
     return True
 

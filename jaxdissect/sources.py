@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxdissect import runtime
-from jaxdissect.errors import DissectError, FeaturesError
+from jaxdissect.errors import DissectError, FeaturesError, check_regular_file
 from jaxdissect.kernels.base import ActivationSource, Shapes
 
 # Between the passes, labels and a model's pass-1 activations may occupy this share of one
@@ -133,9 +133,7 @@ def open_features(path: str | Path):
     from jaxdissect.data.npy_rows import NpyRows
 
     path = Path(path)
-    if not path.is_file():  # a folder, FIFO or /dev/zero was "not found" too
-        problem = "not a regular file" if path.exists() else "features file not found"
-        raise FeaturesError(f"{path}: {problem}")
+    check_regular_file(path, "features file", FeaturesError)
     try:
         features = NpyRows(path)
     except (ValueError, OSError, SyntaxError) as error:

@@ -1353,8 +1353,9 @@ def test_a_layer_name_that_is_no_folder_name_is_refused_before_any_work(probe, t
 def test_a_store_file_nested_too_deeply_fails_in_one_line(
     dissected, probe, tmp_path, capsys, forged
 ):
-    """json's RecursionError is no ValueError: outdir's readers let it through as a traceback
-    (outdir.py should name the file; until then the command says what happened)."""
+    """json's RecursionError is no ValueError: outdir's readers let it through as a traceback.
+    A journal that cannot be read is named; a manifest that cannot be read marks no set
+    complete, and the new set is published."""
     copy = tmp_path / "copy"
     shutil.copytree(dissected, copy, symlinks=True)
     target = copy / ".jaxdissect" / forged
@@ -1363,8 +1364,13 @@ def test_a_store_file_nested_too_deeply_fails_in_one_line(
     target.write_text("[" * 200_000 + "]" * 200_000)
     argv = ["dissect", "--dataset", str(probe.directory), "--features",
             str(dissected.parent / "f.npy"), "--out", str(copy), "--no-progress", "--quantile", "0.02"]  # fmt: skip
-    assert main(argv) == 2
-    _one_line_error(capsys, "nested too deeply")
+    if forged == "journal.json":
+        assert main(argv) == 2
+        _one_line_error(capsys, f"{target}: unreadable", "move")
+    else:
+        assert main(argv) == 0
+        assert "Traceback" not in capsys.readouterr().err
+        assert (copy / "tally.csv").is_file()
 
 
 def test_a_link_at_a_checkpoints_folder_is_refused(probe, tmp_path, capsys):
@@ -1381,3 +1387,18 @@ def test_a_link_at_a_checkpoints_folder_is_refused(probe, tmp_path, capsys):
     assert main(argv) == 2
     _one_line_error(capsys, f"--out {out}: a is a link or not a folder")
     assert list(victim.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["results.json", "counts.npz"])
+def test_report_names_a_results_file_that_is_a_fifo_not_a_regular_file(
+    dissected, tmp_path, capsys, name
+):
+    """A counts.npz (or results.json) that is a FIFO was "file not found" (or blocked)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy, symlinks=True)
+    file = (copy / name).resolve()  # in the published set, where OUT's name leads
+    file.unlink()
+    os.mkfifo(file)
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 2
+    _one_line_error(capsys, f"{copy / name}: not a regular file")

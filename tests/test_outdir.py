@@ -378,3 +378,32 @@ def test_a_removed_lock_goes_with_its_block_and_a_replaced_one_is_not_taken(tmp_
         assert not _still_at(opened_before, lock)
     with open(lock) as current:
         assert _still_at(current, lock)
+
+
+@pytest.mark.parametrize("file", ["journal", "manifest"])
+def test_a_json_file_nested_too_deeply_is_named_not_a_recursion_error(tmp_path, file):
+    """json's RecursionError on a journal or manifest nested 200,000 deep escaped the
+    library as a traceback."""
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    deep = "[" * 200_000 + "]" * 200_000
+    if file == "journal":
+        path = out / STORE / "journal.json"
+        path.write_text(deep)
+        with pytest.raises(DissectError, match=re.escape(f"{path}: unreadable")):
+            _publish(out, NEW)
+        assert _view(out) == _expected(OLD)
+    else:  # the previous set's: it is not removed file by file, and the new set publishes
+        path = current_set(out, "dissect") / MANIFEST
+        path.write_text(deep)
+        _publish(out, NEW)
+        assert _view(out) == _expected(NEW)
+
+
+def test_notices_naming_a_path_with_a_line_break_stay_one_line(tmp_path, capsys):
+    out = tmp_path / "a\nb"
+    out.mkdir()
+    (out / "report.html").write_bytes(b"mine")  # a user's file at one of the set's names
+    _publish(out, {**NEW, "report.html": b"new"})
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a\\nb" in err and "moved report.html" in err, err

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, check_regular_file
 
 
 def run_dissect(args: argparse.Namespace) -> int:
@@ -35,10 +35,8 @@ def run_dissect(args: argparse.Namespace) -> int:
     else:
         if not args.layer:
             raise DissectError("--model needs at least one --layer")
-        missing = [w for w in args.weights or [] if not w.is_file()]
-        if missing:
-            problem = "not a regular file" if missing[0].exists() else "weights file not found"
-            raise DissectError(f"{missing[0]}: {problem}")
+        for weights in args.weights or []:
+            check_regular_file(weights, "weights file")
     dataset = open_broden(args.dataset, args.categories)
     announce_compile(config)
     weights, names = args.weights[0] if args.weights else None, None

@@ -25,11 +25,9 @@ def run_report(args: argparse.Namespace) -> int:
         check_out_apart(None if layer_link else args.out, None)
     except DissectError as error:
         raise DissectError(str(error).replace("`out`", "OUT")) from None
-    folders = (
-        [args.out]
-        if (args.out / "results.json").is_file()
-        else sorted(p.parent for p in args.out.glob("*/results.json"))
-    )
+    # A results.json that is not a regular file (a FIFO) is named by read_results.
+    here = (args.out / "results.json").exists()
+    folders = [args.out] if here else sorted(p.parent for p in args.out.glob("*/results.json"))
     if not folders:
         raise DissectError(f"{args.out}: no results.json here or in its subfolders")
     sets: dict[Path, list[str | None]] = {}

@@ -34,7 +34,7 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 
 from jaxdissect.config import check_paths
-from jaxdissect.errors import BrodenFormatError, DissectError
+from jaxdissect.errors import BrodenFormatError, DissectError, check_regular_file
 
 INDEX_FIELDS = ("image", "ih", "iw", "sh", "sw")
 LABEL_FIELDS = ("number", "name")
@@ -86,9 +86,7 @@ class BrodenDataset:
 
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts, checking that the required columns exist."""
-    if not path.is_file():  # a FIFO would block the reader
-        problem = "not a regular file" if path.exists() else "file not found"
-        raise BrodenFormatError(f"{path}: {problem}")
+    check_regular_file(path, error=BrodenFormatError)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import zlib
@@ -46,7 +45,7 @@ from PIL import Image
 
 from jaxdissect.config import check_paths
 from jaxdissect.data.broden import BrodenDataset, member_file
-from jaxdissect.errors import BrodenFormatError, DissectError
+from jaxdissect.errors import BrodenFormatError, DissectError, notice
 from jaxdissect.progress import progress_bar
 
 CACHE_VERSION = 3
@@ -344,9 +343,7 @@ def _remove_cache_folder(folder: Path) -> None:
     try:
         folder.rmdir()
     except OSError:
-        print(
-            f"jaxdissect: kept {folder}: it holds files the cache did not record", file=sys.stderr
-        )
+        notice(f"kept {folder}: it holds files the cache did not record")
 
 
 def cached_folder(root: Path, key: str, write) -> Path:
@@ -365,7 +362,7 @@ def cached_folder(root: Path, key: str, write) -> Path:
         return folder
     root.mkdir(parents=True, exist_ok=True)
     if folder.exists():
-        print(f"jaxdissect: cache {problem}; rebuilding {folder}", file=sys.stderr)
+        notice(f"cache {problem}; rebuilding {folder}")
         trash = Path(tempfile.mkdtemp(prefix=".stale-", dir=root))
         try:
             folder.rename(trash / key)
@@ -433,10 +430,14 @@ def _build_lock(staging: Path):
     unlocked once its process is gone. The file is unlinked before the lock is released, so
     no one takes the lock of a build that finished."""
     path = staging / BUILD_LOCK
-    handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    # Made under another name and locked before it is renamed into place: a build starting
+    # meanwhile must never find the lock file unlocked, and take this build for a killed one.
+    making = staging / f"{BUILD_LOCK}.new"
+    handle = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
         os.write(handle, f"{os.getpid()}\n".encode())
+        os.rename(making, path)
         yield
         path.unlink()
     finally:
@@ -464,10 +465,9 @@ def _reclaim_killed_builds(root: Path) -> None:
             except OSError:
                 continue  # its build is running (or finished since)
             pid = file.read(16).strip()
-            print(
-                f"jaxdissect: removing {staging}, left by a cache build that was killed "
-                f"(pid {pid if pid.isdigit() else 'unknown'})",
-                file=sys.stderr,
+            notice(
+                f"removing {staging}, left by a cache build that was killed "
+                f"(pid {pid if pid.isdigit() else 'unknown'})"
             )
             lock.unlink()
             _remove_cache_folder(staging)

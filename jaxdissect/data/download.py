@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, notice
 from jaxdissect.outdir import open_plain_file, replace_file
 
 CHUNK_BYTES = 1 << 20
@@ -57,7 +57,7 @@ def _state(target: Path):
     path = state_path(target)
     try:
         return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -97,7 +97,7 @@ def report_unneeded_partial(target: Path, why: str) -> None:
                 f"{path}: not needed ({why}); not removed (no "
                 f"{state_path(target).name} of jaxdissect's records it): remove it yourself"
             )
-        print(f"jaxdissect: {message}", file=sys.stderr)
+        notice(message)
 
 
 def _open(url: str, start: int, state: dict):

@@ -129,7 +129,7 @@ def _manifest(directory: Path) -> dict:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise DissectError(f"{path}: unreadable ({error})") from None
     if not (isinstance(manifest, dict) and all(isinstance(e, dict) for e in manifest.values())):
         raise DissectError(f"{path}: expected a JSON object of fetched names and their records")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, check_regular_file
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 STORAGE_DTYPES = {
@@ -277,9 +277,7 @@ def load_state_dict(
         the bound, and storages or tensors whose sizes do not agree.
     """
     path = Path(path)
-    if not path.is_file():  # a folder or FIFO was "not found" too
-        problem = "not a regular file" if path.exists() else "weights file not found"
-        raise DissectError(f"{path}: {problem}")
+    check_regular_file(path, "weights file")
     max_bytes = (
         DEFAULT_MAX_BYTES
         if parameter_count is None

@@ -25,7 +25,7 @@ from jaxdissect.config import DissectConfig, check_paths
 from jaxdissect.data.broden import BrodenDataset
 from jaxdissect.data.cache import probe_identity
 from jaxdissect.dissection import Dissection
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, check_regular_file
 
 TALLY_FIELDS = ("label", "truth", "activation", "intersect", "iou")
 
@@ -176,9 +176,7 @@ def read_tally_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     the first that is not.
     """
     path = Path(path)
-    if not path.is_file():  # a folder, FIFO or device was "not found" before
-        problem = "not a regular file" if path.exists() else "file not found"
-        raise DissectError(f"{path}: {problem}")
+    check_regular_file(path)
     try:  # utf-8-sig: a spreadsheet's byte-order mark hid the "unit" column
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)

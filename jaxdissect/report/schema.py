@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, check_regular_file
 
 PER_CATEGORY = ("label", "truth", "activation", "intersect", "iou")
 # results.json is read whole; a dissection of 100 000 units writes about 150 MB.
@@ -164,6 +164,7 @@ def _check_units(check: _Checker, units: list, categories: list[str]) -> None:
 def read_results(folder: str | Path) -> dict:
     """FOLDER/results.json, parsed and checked (``check_results``)."""
     path = Path(folder) / "results.json"
+    check_regular_file(path)
     try:
         size = path.stat().st_size
         if size > MAX_RESULTS_BYTES:
@@ -212,6 +213,7 @@ def read_counts(folder: str | Path, units: int, images: int | None) -> dict[str,
     checked against ``units`` and, when given, the number of probe ``images``: {} when it
     holds no top images."""
     path = Path(folder) / "counts.npz"
+    check_regular_file(path)  # a FIFO or /dev/zero was "file not found"
     try:
         _check_member_sizes(path)
         with np.load(path, allow_pickle=False) as counts:
