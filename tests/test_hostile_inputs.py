@@ -1402,3 +1402,22 @@ def test_report_names_a_results_file_that_is_a_fifo_not_a_regular_file(
     capsys.readouterr()
     assert main(["report", str(copy)]) == 2
     _one_line_error(capsys, f"{copy / name}: not a regular file")
+
+
+def test_report_refuses_a_counts_npz_that_inflates_a_hundredfold(dissected, tmp_path, capsys):
+    """A 2 MB counts.npz inflating to 1.28 GB of maps (every size within bounds) took 54 s
+    of decompression before any check; jaxdissect writes counts.npz uncompressed."""
+    import zipfile
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dissected, copy, symlinks=True)
+    counts = (copy / "counts.npz").resolve()
+    with np.load(counts) as arrays:
+        members = {name: arrays[name] for name in arrays.files}
+    counts.unlink()
+    members["padding"] = np.zeros(2**22, np.float32)  # 16 MiB of zeros: deflates ~1000-fold
+    np.savez_compressed(counts, **members)
+    assert any(i.file_size > 100 * i.compress_size for i in zipfile.ZipFile(counts).infolist())
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 2
+    _one_line_error(capsys, f"{copy / 'counts.npz'}: padding.npy inflates", "100-fold")

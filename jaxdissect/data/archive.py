@@ -39,6 +39,13 @@ class ArchiveError(DissectError):
     """An archive refused as unsafe or corrupt."""
 
 
+def inflates_beyond(info: zipfile.ZipInfo, max_ratio: float = MAX_RATIO) -> bool:
+    """Whether a zip member of over RATIO_MIN_BYTES expands more than ``max_ratio``-fold."""
+    return info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(
+        info.compress_size, 1
+    )
+
+
 def _entry_kind(info: zipfile.ZipInfo) -> str:
     """ "file" or "folder", or raises for any other Unix file type."""
     mode = info.external_attr >> 16
@@ -86,9 +93,7 @@ def plan(archive: zipfile.ZipFile, max_bytes: int, max_ratio: float):
             folders.update(parts[:i] for i in range(1, len(parts)))
             total += info.file_size
             compressed += info.compress_size
-            if info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(
-                info.compress_size, 1
-            ):
+            if inflates_beyond(info, max_ratio):
                 raise ArchiveError(
                     f"entry {info.filename!r} expands {info.file_size / max(info.compress_size, 1):.0f}"
                     f"-fold, above the bound of {max_ratio:g} (a zip bomb?)"

@@ -194,10 +194,19 @@ def _check_member_sizes(path: Path) -> None:
     """Refuses a member of the .npz at ``path`` whose header declares more data than the
     member holds, before NumPy allocates what the header declares (a 4 kB file declaring
     800 GB of maps ended in "out of memory")."""
+    from jaxdissect.data.archive import MAX_RATIO, inflates_beyond
     from jaxdissect.data.npy_rows import read_npy_header
 
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
+            # jaxdissect writes counts.npz uncompressed; a member inflating 100-fold would
+            # cost a minute of decompression per GB before any check (a zip bomb).
+            if inflates_beyond(info):
+                raise DissectError(
+                    f"{path}: {info.filename} inflates {info.compress_size:,} bytes to "
+                    f"{info.file_size:,}, more than {MAX_RATIO:.0f}-fold (not a file "
+                    "jaxdissect wrote)"
+                )
             with archive.open(info) as member:
                 shape, _, dtype = read_npy_header(member)
                 declared = math.prod(shape) * dtype.itemsize
