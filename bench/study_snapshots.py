@@ -39,14 +39,14 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    from experiments import common, training_dynamics
+    from experiments import cli, common, training_dynamics
     from train.checkpoints import feature_model, list_checkpoints
 
     workdir = Path(args.workdir)
     study = ["--config", args.config, "--workdir", str(workdir), "--no-progress"]
     if training_dynamics.main([*study, *args.overrides]) != 0:
         return 2
-    _, config = common.parse_args(
+    _, config = cli.parse_args(
         training_dynamics.__doc__, training_dynamics.PRESETS, training_dynamics.Config,
         ["--config", args.config, *args.overrides],
     )  # fmt: skip

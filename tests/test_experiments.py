@@ -219,7 +219,7 @@ def test_gpu_preset_is_full_width_at_128_px():
     from flax import nnx
 
     from experiments import architectures, compare, rotation, training_dynamics
-    from experiments.common import parse_args
+    from experiments.cli import parse_args
     from train.config import make_config
     from train.models import build_model
 
