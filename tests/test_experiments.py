@@ -728,6 +728,48 @@ def test_a_workdir_of_another_study_is_refused(tmp_path, capsys):
     assert _snapshot(workdir) == before
 
 
+def test_a_dissections_out_or_a_folder_in_a_store_is_refused_before_any_work(tmp_path, capsys):
+    """Issue 27: a workdir inside another's .jaxdissect/ was trained, dissected and published
+    into that folder's set; one holding a dissection's set was refused only when the study
+    published its results.json, at the end of the whole run."""
+    from experiments import rotation
+    from jaxdissect import outdir
+
+    out = tmp_path / "out"
+    with outdir.locked(out):
+        folder = outdir.new_set(out, "dissect")
+        (folder / "results.json").write_text("{}\n")
+        outdir.publish(folder, out)
+    inside = outdir.current_set(out, "dissect") / "w"
+    for workdir, problem in [
+        (out, "holds jaxdissect's dissect outputs"),
+        (inside, "inside an output folder's .jaxdissect/"),
+    ]:
+        before = _snapshot(out)
+        argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+        assert rotation.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--workdir {workdir}: {problem}" in err
+        assert _snapshot(out) == before and not inside.exists()
+
+
+@pytest.mark.parametrize("name", ["probe", "runs"])
+def test_a_link_at_a_folder_the_study_writes_into_is_refused(tmp_path, capsys, name):
+    """Issue 27: a link planted at WORKDIR/probe had the synthetic probe written where it led,
+    outside the workdir (and WORKDIR/runs the trainings)."""
+    from experiments import rotation
+
+    workdir, outside = tmp_path / "w", tmp_path / "outside"
+    workdir.mkdir()
+    outside.mkdir()
+    (workdir / name).symlink_to(outside)
+    argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert rotation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--workdir {workdir}: {name} is a link" in err
+    assert list(outside.iterdir()) == []
+
+
 def test_a_workdir_from_before_the_record_is_told_by_its_config(tmp_path, capsys):
     """Without study.json, a workdir whose config.json has exactly another study's fields
     is refused, and is taken by the study that made it (which records itself)."""
