@@ -173,7 +173,10 @@ def replace_file(path: Path, content: str | bytes) -> None:
         with os.fdopen(handle, "w" if isinstance(content, str) else "wb") as file:
             file.write(content)
         os.chmod(temporary, 0o644)  # as a plain write would leave it, not mkstemp's 0600
-        os.replace(temporary, path)
+        try:
+            os.replace(temporary, path)
+        except IsADirectoryError:  # whose message names the temporary file, not ``path``
+            raise DissectError(f"{path}: a folder, where a file is written; move it away") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)

@@ -115,6 +115,13 @@ def evaluate(graphdef, params, rest, source, config: TrainConfig, batch_size: in
 def _check_workdir(workdir: Path, config: TrainConfig) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise TrainingError(f"--workdir {workdir}: a file, not a folder")
+    checkpoints = workdir / "checkpoints"
+    # Orbax follows a link there: a run's checkpoints would be written outside the workdir.
+    if checkpoints.is_symlink() or (checkpoints.exists() and not checkpoints.is_dir()):
+        raise TrainingError(
+            f"{checkpoints}: a link or not a folder; the run keeps its checkpoints in a "
+            "folder of its own: move it away"
+        )
     path = workdir / "config.json"
     if path.is_file():
         try:
@@ -200,8 +207,10 @@ def _restore_intact(manager, workdir: Path, params, rest, opt_state):
                 first = str(error).splitlines()[0] if str(error) else ""
                 problem = f"damaged ({type(error).__name__}: {first})"
         aside = workdir / "damaged-checkpoints" / str(step)
+        if aside.parent.is_symlink():  # the checkpoint would be moved where it leads
+            raise TrainingError(f"{aside.parent}: a link, not the run's folder; move it away")
         copies = 0
-        while aside.exists():
+        while os.path.lexists(aside):  # a dangling link there is someone's too
             copies += 1
             aside = aside.with_name(f"{step}-{copies}")
         aside.parent.mkdir(exist_ok=True)
