@@ -388,18 +388,21 @@ def _write_manifest(folder: Path) -> list[str]:
             path = Path(root, name)
             if path.is_symlink() or not path.is_file():
                 continue
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            stat = path.stat()
             files[path.relative_to(folder).as_posix()] = {
-                "size": stat.st_size,
-                "sha256": digest.hexdigest(),
+                "size": path.stat().st_size,
+                "sha256": _sha256(path),
             }
     replace_file(folder / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
     _sync_folder(folder)
     return sorted({name.split("/")[0] for name in files})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -500,6 +503,8 @@ def _remove_set(folder: Path, published: bool) -> bool:
             continue
         if not isinstance(record, dict) or path.stat().st_size != record.get("size"):
             continue  # rewritten since: not provably ours
+        if _sha256(path) != record.get("sha256"):
+            continue  # rewritten to the same size
         path.unlink()
     for directory in sorted(folders, key=lambda d: -len(d.parts)):
         with contextlib.suppress(OSError):
