@@ -591,3 +591,44 @@ def test_an_error_naming_a_workdir_with_a_line_break_stays_one_line(tmp_path, ca
         capsys.readouterr().err
         == f"train: error: --workdir {tmp_path}/a\\nb: a file, not a folder\n"
     )
+
+
+def test_forged_files_of_a_run_fail_in_one_line_naming_them(tmp_path, capsys):
+    """Issue 27: metrics.jsonl not UTF-8 failed naming no file; a line, checkpoints.sha256.json
+    or config.json nested too deeply, and an init_from run whose run.json lacks num_classes
+    or whose config.json has an unknown field, ended in tracebacks."""
+    import shutil
+
+    from train.__main__ import main
+
+    run = tmp_path / "run"
+
+    def go(workdir, *extra):
+        return main([*_SMOKE, "--workdir", str(workdir), "steps=2", "checkpoint_steps=0,2", *extra])
+
+    assert go(run) == 0
+    deep = "[" * 100_000 + "]" * 100_000
+    cases = [
+        ("metrics.jsonl", b"\xff\n", "not UTF-8"),
+        ("metrics.jsonl", f"{deep}\n{{}}\n".encode(), "line 1: not a JSON record"),
+        ("checkpoints.sha256.json", deep.encode(), "unreadable (maximum recursion"),
+        ("config.json", deep.encode(), "not a training config"),
+        ("run.json", b"{}", "num_classes None is not a count"),
+        ("run.json", deep.encode(), "unreadable (maximum recursion"),
+    ]
+    for number, (name, content, problem) in enumerate(cases):
+        copy = tmp_path / f"copy{number}"
+        shutil.copytree(run, copy)
+        (copy / name).write_bytes(content)
+        capsys.readouterr()
+        if name == "run.json":  # read when another run starts from this one
+            assert go(tmp_path / f"new{number}", f"init_from={copy}") == 2
+        else:
+            assert go(copy) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"train: error: {copy / name}") and problem in error, error
+        assert error.count("\n") == 1
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "bogus": 1}))
+    assert go(tmp_path / "new", f"init_from={run}") == 2
+    assert "unexpected keyword argument 'bogus'" in capsys.readouterr().err

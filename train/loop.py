@@ -126,7 +126,7 @@ def _check_workdir(workdir: Path, config: TrainConfig) -> None:
     if path.is_file():
         try:
             previous = json.loads(path.read_text())
-        except ValueError as error:  # JSONDecodeError, a bad UTF-8 byte
+        except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, too deep
             previous = f"not JSON ({error})"
         if not isinstance(previous, dict):
             raise TrainingError(
@@ -161,14 +161,20 @@ def _logged_until(path: Path, step: int) -> list[str]:
     A last line that is not JSON was cut short when the run was killed: it is dropped, with
     a warning. A bad line before it means the file is damaged: a TrainingError names it.
     """
-    lines = path.read_text().splitlines() if path.is_file() else []
+    try:
+        lines = path.read_text().splitlines() if path.is_file() else []
+    except UnicodeDecodeError as error:  # whose message names no file
+        raise TrainingError(
+            f"{path}: not UTF-8 ({error.reason} at byte {error.start}); repair it or move it "
+            "away to resume"
+        ) from None
     kept = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             redone = json.loads(line)["step"] > step
-        except (json.JSONDecodeError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # RecursionError: nested
             if number < len(lines):
                 raise TrainingError(
                     f"{path} line {number}: not a JSON record with a step; "
