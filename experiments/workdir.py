@@ -67,7 +67,7 @@ def claim_workdir(workdir: Path, study: str) -> None:
     if record.is_file():
         try:
             owner = json.loads(record.read_text())["study"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
             raise DissectError(
                 f"{record}: unreadable ({error}); move it or the workdir away"
             ) from None
@@ -120,7 +120,7 @@ def _config_owner(path: Path, study: str) -> str | None:
 
     try:
         fields = set(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
         return None
     owners = {"a training run (python -m train)": TrainConfig}
     for name in STUDIES:

@@ -770,6 +770,22 @@ def test_a_link_at_a_folder_the_study_writes_into_is_refused(tmp_path, capsys, n
     assert list(outside.iterdir()) == []
 
 
+def test_a_study_record_or_config_nested_too_deeply_is_named(tmp_path, capsys):
+    """Issue 27: a study.json (or an earlier version's config.json) nested 100,000 deep ended
+    in a RecursionError traceback."""
+    from experiments import rotation
+    from experiments.workdir import _config_owner
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "study.json").write_text("[" * 100_000 + "]" * 100_000)
+    (workdir / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert rotation.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{workdir / 'study.json'}: unreadable (maximum" in err
+    assert _config_owner(workdir / "config.json", "rotation") is None  # told by nothing
+
+
 def test_a_workdir_from_before_the_record_is_told_by_its_config(tmp_path, capsys):
     """Without study.json, a workdir whose config.json has exactly another study's fields
     is refused, and is taken by the study that made it (which records itself)."""
