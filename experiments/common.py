@@ -24,6 +24,7 @@ from experiments.workdir import (
     record_config,
     study_name,
 )
+from jaxdissect import outdir
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
@@ -126,6 +127,7 @@ def start_experiment(
     with held_workdir(workdir):
         claim_workdir(workdir, study)  # again: another study may have claimed it meanwhile
         check_own_folders(workdir)
+        outdir.check_store(workdir)  # a forged journal, refused now rather than at the end
         record_config(workdir, dataclasses.asdict(config))
         probe = config.probe
         prepared = prepare_probe(

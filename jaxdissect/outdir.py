@@ -202,6 +202,14 @@ def _store(out: Path) -> Path:
     return store
 
 
+def check_store(out: Path) -> None:
+    """Refuses, before a run's work, a store or journal in OUT that publishing would refuse
+    at its end (a run publishing last, as a study does, would lose its whole run)."""
+    store = Path(out) / STORE
+    if os.path.lexists(store):
+        _read_journal(_store(Path(out)))
+
+
 def _read_journal(store: Path) -> dict:
     try:
         journal = json.loads((store / JOURNAL).read_text())

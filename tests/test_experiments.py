@@ -786,6 +786,26 @@ def test_a_study_record_or_config_nested_too_deeply_is_named(tmp_path, capsys):
     assert _config_owner(workdir / "config.json", "rotation") is None  # told by nothing
 
 
+@pytest.mark.parametrize("store", ["forged journal", "file"])
+def test_a_store_publishing_would_refuse_is_refused_before_any_work(tmp_path, capsys, store):
+    """Issue 27: a forged .jaxdissect/journal.json (or a file at .jaxdissect) was refused only
+    when the study published, after its trainings and dissections."""
+    from experiments import rotation
+
+    workdir = tmp_path / "w"
+    (workdir / ".jaxdissect").mkdir(parents=True)
+    if store == "file":
+        (workdir / ".jaxdissect").rmdir()
+        (workdir / ".jaxdissect").write_text("mine")
+    else:
+        forged = {"next": 1, "sets": {"../x": "study"}, "links": {}, "displaced": []}
+        (workdir / ".jaxdissect" / "journal.json").write_text(json.dumps(forged))
+    assert rotation.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{workdir / '.jaxdissect'}" in err
+    assert not (workdir / "probe").exists()
+
+
 def test_a_workdir_from_before_the_record_is_told_by_its_config(tmp_path, capsys):
     """Without study.json, a workdir whose config.json has exactly another study's fields
     is refused, and is taken by the study that made it (which records itself)."""
