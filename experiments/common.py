@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.workdir import claim_workdir, held_workdir, record_config, study_name
+from experiments.workdir import (
+    check_own_folders,
+    claim_workdir,
+    held_workdir,
+    record_config,
+    study_name,
+)
+from jaxdissect import outdir
 from jaxdissect.config import DissectConfig
 from jaxdissect.data.broden import BrodenDataset, open_broden
 from jaxdissect.data.cache import LabelArrays, load_image_array, load_label_arrays
@@ -119,6 +126,8 @@ def start_experiment(
     claim_workdir(workdir, study)  # before the lock: another's workdir is left untouched
     with held_workdir(workdir):
         claim_workdir(workdir, study)  # again: another study may have claimed it meanwhile
+        check_own_folders(workdir)
+        outdir.check_store(workdir)  # a forged journal, refused now rather than at the end
         record_config(workdir, dataclasses.asdict(config))
         probe = config.probe
         prepared = prepare_probe(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ STUDY_SET = "study"  # the kind of output set a study publishes (jaxdissect.outd
 # The config of the latest run started in a workdir; config.json, a name of the published
 # set, is the config of the published results.
 RUN_CONFIG = "run_config.json"
+# The folders of a workdir that studies write their probe, trainings and dissections into.
+WORK_FOLDERS = ("probe", "runs", "dissections", "explanations", "directions")
 
 
 def study_name(config) -> str:
@@ -58,12 +61,13 @@ def claim_workdir(workdir: Path, study: str) -> None:
     """
     if workdir.exists() and not workdir.is_dir():
         raise DissectError(f"--workdir {workdir}: exists and is not a folder")
+    _check_no_outputs_of_another_kind(workdir)
     record = workdir / STUDY_RECORD
     owner = None
     if record.is_file():
         try:
             owner = json.loads(record.read_text())["study"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
             raise DissectError(
                 f"{record}: unreadable ({error}); move it or the workdir away"
             ) from None
@@ -79,6 +83,34 @@ def claim_workdir(workdir: Path, study: str) -> None:
         save_json(record, {"study": study})
 
 
+def check_own_folders(workdir: Path) -> None:
+    """Refuses a link at one of the folders a study writes into (``WORK_FOLDERS``): the
+    probe, trainings and dissections would be written where it leads, outside the workdir."""
+    for name in WORK_FOLDERS:
+        if (workdir / name).is_symlink():
+            raise DissectError(
+                f"--workdir {workdir}: {name} is a link; a study writes only into folders "
+                "of its own: move it away"
+            )
+
+
+def _check_no_outputs_of_another_kind(workdir: Path) -> None:
+    """Refuses, before any work, a workdir inside an output folder's store (its files would
+    land in another's set) or one holding a dissection's sets (publishing its results.json
+    would be refused only at the end of the run)."""
+    if outdir.STORE in Path(os.path.realpath(workdir)).parts:
+        raise DissectError(
+            f"--workdir {workdir}: inside an output folder's {outdir.STORE}/ (where it keeps "
+            "its sets); choose a folder outside it"
+        )
+    for kind in outdir.KINDS:
+        if kind != STUDY_SET and os.path.lexists(workdir / outdir.STORE / kind):
+            raise DissectError(
+                f"--workdir {workdir}: holds jaxdissect's {kind} outputs (an --out of "
+                "python -m jaxdissect), not a study's; choose another --workdir"
+            )
+
+
 def _config_owner(path: Path, study: str) -> str | None:
     """Whose config.json ``path`` is, by its fields, where that can be told: another
     study's or a training run's (``python -m train``); None where it cannot."""
@@ -88,7 +120,7 @@ def _config_owner(path: Path, study: str) -> str | None:
 
     try:
         fields = set(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):  # RecursionError: nested too deep
         return None
     owners = {"a training run (python -m train)": TrainConfig}
     for name in STUDIES:

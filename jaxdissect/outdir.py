@@ -173,7 +173,10 @@ def replace_file(path: Path, content: str | bytes) -> None:
         with os.fdopen(handle, "w" if isinstance(content, str) else "wb") as file:
             file.write(content)
         os.chmod(temporary, 0o644)  # as a plain write would leave it, not mkstemp's 0600
-        os.replace(temporary, path)
+        try:
+            os.replace(temporary, path)
+        except IsADirectoryError:  # whose message names the temporary file, not ``path``
+            raise DissectError(f"{path}: a folder, where a file is written; move it away") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -197,6 +200,14 @@ def _store(out: Path) -> Path:
         raise DissectError(f"{store}: not a folder of jaxdissect's; move it away")
     store.mkdir(exist_ok=True)
     return store
+
+
+def check_store(out: Path) -> None:
+    """Refuses, before a run's work, a store or journal in OUT that publishing would refuse
+    at its end (a run publishing last, as a study does, would lose its whole run)."""
+    store = Path(out) / STORE
+    if os.path.lexists(store):
+        _read_journal(_store(Path(out)))
 
 
 def _read_journal(store: Path) -> dict:
@@ -385,18 +396,21 @@ def _write_manifest(folder: Path) -> list[str]:
             path = Path(root, name)
             if path.is_symlink() or not path.is_file():
                 continue
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            stat = path.stat()
             files[path.relative_to(folder).as_posix()] = {
-                "size": stat.st_size,
-                "sha256": digest.hexdigest(),
+                "size": path.stat().st_size,
+                "sha256": _sha256(path),
             }
     replace_file(folder / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
     _sync_folder(folder)
     return sorted({name.split("/")[0] for name in files})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -497,6 +511,8 @@ def _remove_set(folder: Path, published: bool) -> bool:
             continue
         if not isinstance(record, dict) or path.stat().st_size != record.get("size"):
             continue  # rewritten since: not provably ours
+        if _sha256(path) != record.get("sha256"):
+            continue  # rewritten to the same size
         path.unlink()
     for directory in sorted(folders, key=lambda d: -len(d.parts)):
         with contextlib.suppress(OSError):

@@ -728,6 +728,84 @@ def test_a_workdir_of_another_study_is_refused(tmp_path, capsys):
     assert _snapshot(workdir) == before
 
 
+def test_a_dissections_out_or_a_folder_in_a_store_is_refused_before_any_work(tmp_path, capsys):
+    """Issue 27: a workdir inside another's .jaxdissect/ was trained, dissected and published
+    into that folder's set; one holding a dissection's set was refused only when the study
+    published its results.json, at the end of the whole run."""
+    from experiments import rotation
+    from jaxdissect import outdir
+
+    out = tmp_path / "out"
+    with outdir.locked(out):
+        folder = outdir.new_set(out, "dissect")
+        (folder / "results.json").write_text("{}\n")
+        outdir.publish(folder, out)
+    inside = outdir.current_set(out, "dissect") / "w"
+    for workdir, problem in [
+        (out, "holds jaxdissect's dissect outputs"),
+        (inside, "inside an output folder's .jaxdissect/"),
+    ]:
+        before = _snapshot(out)
+        argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+        assert rotation.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--workdir {workdir}: {problem}" in err
+        assert _snapshot(out) == before and not inside.exists()
+
+
+@pytest.mark.parametrize("name", ["probe", "runs"])
+def test_a_link_at_a_folder_the_study_writes_into_is_refused(tmp_path, capsys, name):
+    """Issue 27: a link planted at WORKDIR/probe had the synthetic probe written where it led,
+    outside the workdir (and WORKDIR/runs the trainings)."""
+    from experiments import rotation
+
+    workdir, outside = tmp_path / "w", tmp_path / "outside"
+    workdir.mkdir()
+    outside.mkdir()
+    (workdir / name).symlink_to(outside)
+    argv = ["--config", "smoke", "--workdir", str(workdir), "--no-progress"]
+    assert rotation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--workdir {workdir}: {name} is a link" in err
+    assert list(outside.iterdir()) == []
+
+
+def test_a_study_record_or_config_nested_too_deeply_is_named(tmp_path, capsys):
+    """Issue 27: a study.json (or an earlier version's config.json) nested 100,000 deep ended
+    in a RecursionError traceback."""
+    from experiments import rotation
+    from experiments.workdir import _config_owner
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "study.json").write_text("[" * 100_000 + "]" * 100_000)
+    (workdir / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert rotation.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{workdir / 'study.json'}: unreadable (maximum" in err
+    assert _config_owner(workdir / "config.json", "rotation") is None  # told by nothing
+
+
+@pytest.mark.parametrize("store", ["forged journal", "file"])
+def test_a_store_publishing_would_refuse_is_refused_before_any_work(tmp_path, capsys, store):
+    """Issue 27: a forged .jaxdissect/journal.json (or a file at .jaxdissect) was refused only
+    when the study published, after its trainings and dissections."""
+    from experiments import rotation
+
+    workdir = tmp_path / "w"
+    (workdir / ".jaxdissect").mkdir(parents=True)
+    if store == "file":
+        (workdir / ".jaxdissect").rmdir()
+        (workdir / ".jaxdissect").write_text("mine")
+    else:
+        forged = {"next": 1, "sets": {"../x": "study"}, "links": {}, "displaced": []}
+        (workdir / ".jaxdissect" / "journal.json").write_text(json.dumps(forged))
+    assert rotation.main(["--config", "smoke", "--workdir", str(workdir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{workdir / '.jaxdissect'}" in err
+    assert not (workdir / "probe").exists()
+
+
 def test_a_workdir_from_before_the_record_is_told_by_its_config(tmp_path, capsys):
     """Without study.json, a workdir whose config.json has exactly another study's fields
     is refused, and is taken by the study that made it (which records itself)."""

@@ -407,3 +407,16 @@ def test_notices_naming_a_path_with_a_line_break_stay_one_line(tmp_path, capsys)
     _publish(out, {**NEW, "report.html": b"new"})
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a\\nb" in err and "moved report.html" in err, err
+
+
+def test_a_set_file_rewritten_to_its_recorded_size_is_kept(tmp_path, capsys):
+    """Issue 27: a published set's file was removed when its size was the manifest's, so a
+    user's edit of the same length (a figure retouched, a byte fixed) was deleted."""
+    out = tmp_path / "out"
+    _publish(out, OLD)
+    old_folder = current_set(out, "dissect")
+    (old_folder / "tally.csv").write_bytes(b"my tally!")  # as long as b"old tally"
+    _publish(out, NEW)
+    assert (old_folder / "tally.csv").read_bytes() == b"my tally!"
+    assert not (old_folder / "results.json").exists()
+    assert f"kept {old_folder}" in capsys.readouterr().err

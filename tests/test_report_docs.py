@@ -208,3 +208,38 @@ Counts (mean over seeds [95 % interval]):
 | rotated | 0.040 [0.030, 0.050] | 0.050 [0.040, 0.060] | 0.055 [0.045, 0.065] | 0.250 [0.250, 0.250] | 0.000 [undefined: 1 seed] |
 """
     assert expected in block
+
+
+def test_hostile_results_and_out_fail_in_one_line_writing_nothing_through_links(tmp_path, capsys):
+    """Issue 27: a results.json FIFO or a *.md FIFO in --out blocked for ever, a results.json
+    not UTF-8 and an --out that is a file ended in tracebacks, and a page was written
+    through a link planted at its name."""
+    import os
+
+    results, out = tmp_path / "results", tmp_path / "docs"
+    write_results(results, "architectures", ARCHITECTURES)
+    argv = ["--results", str(results), "--out", str(out)]
+    out.mkdir()
+    os.mkfifo(out / "other.md")
+    victim = tmp_path / "victim"
+    victim.write_text("someone else's\n")
+    (out / "architectures.md").symlink_to(victim)
+    assert report_docs.main(argv) == 0
+    assert victim.read_text() == "someone else's\n"
+    assert EXPECTED in (out / "architectures.md").read_text()
+    capsys.readouterr()
+    (out / "architectures.md").unlink()
+    for problem, given in [
+        ("exists and is not a folder", ["--results", str(results), "--out", str(victim)]),
+        ("not JSON", argv),
+        ("not a regular file", argv),
+    ]:
+        if problem == "not JSON":
+            (results / "architectures" / "results.json").write_bytes(b"\xff")
+        elif problem == "not a regular file":
+            (results / "architectures" / "results.json").unlink()
+            os.mkfifo(results / "architectures" / "results.json")
+        assert report_docs.main(given) == 2
+        error = capsys.readouterr().err
+        assert problem in error and len(error.strip().splitlines()) == 1
+    assert victim.read_text() == "someone else's\n"

@@ -138,6 +138,60 @@ def test_a_run_writes_through_no_link_planted_in_its_workdir(tmp_path):
         assert not (workdir / name).is_symlink() and (workdir / name).is_file()
 
 
+@pytest.mark.parametrize("planted", ["checkpoints link", "checkpoints file", "config.json"])
+def test_a_link_or_folder_at_a_runs_names_is_refused_in_one_line(tmp_path, capsys, planted):
+    """Issue 27: a link at checkpoints/ had Orbax write the run's checkpoints outside the
+    workdir; a folder at config.json was named as the temporary file written beside it."""
+    from train.__main__ import main
+
+    workdir, outside = tmp_path / "run", tmp_path / "outside"
+    workdir.mkdir()
+    outside.mkdir()
+    if planted == "checkpoints link":
+        (workdir / "checkpoints").symlink_to(outside)
+    elif planted == "checkpoints file":
+        (workdir / "checkpoints").write_text("mine")
+    else:
+        (workdir / "config.json").mkdir()
+    assert main([*_SMOKE, "--workdir", str(workdir), "steps=2"]) == 2
+    error = capsys.readouterr().err
+    name = "checkpoints" if planted != "config.json" else "config.json"
+    assert error.startswith(f"train: error: {workdir / name}: ") and error.count("\n") == 1
+    assert list(outside.iterdir()) == [] and not (workdir / "checkpoints" / "0").exists()
+
+
+def test_a_damaged_checkpoint_is_one_warning_line_and_never_moved_through_a_link(tmp_path, capsys):
+    """Issue 27: resuming past a damaged checkpoint warned in Python's two lines (file, line
+    and source), and moved the checkpoint through a link planted at damaged-checkpoints/."""
+    import shutil
+
+    from train.__main__ import main
+
+    argv = [*_SMOKE, "--workdir", str(tmp_path / "run"), "steps=2", "checkpoint_steps=0,2"]
+    assert main(argv) == 0
+    digests = tmp_path / "run" / "checkpoints.sha256.json"
+    record = json.loads(digests.read_text())
+    del record["2"]  # killed between writing checkpoint 2 and recording it
+    digests.write_text(json.dumps(record))
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "run" / "damaged-checkpoints").symlink_to(outside)
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert (
+        error
+        == f"train: error: {tmp_path / 'run' / 'damaged-checkpoints'}: a link, not the run's folder; move it away\n"
+    )
+    assert list(outside.iterdir()) == []
+    argv[argv.index(str(tmp_path / "run"))] = str(tmp_path / "copy")
+    assert main(argv) == 0
+    error = capsys.readouterr().err
+    assert error.startswith(f"train: warning: {tmp_path / 'copy' / 'checkpoints' / '2'}: not ")
+    assert error.count("\n") == 1
+
+
 def test_damaged_metrics_line_is_named(tmp_path):
     config = make_config("smoke", ["steps=2"])
     train(config, tmp_path / "run", progress=False)
@@ -525,3 +579,56 @@ def test_an_override_given_twice_is_refused(tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == "python -m train: error: overrides set steps more than once"
     assert not (tmp_path / "w").exists()
+
+
+def test_an_error_naming_a_workdir_with_a_line_break_stays_one_line(tmp_path, capsys):
+    from train.__main__ import main
+
+    workdir = tmp_path / "a\nb"
+    workdir.write_text("mine")
+    assert main([*_SMOKE, "--workdir", str(workdir)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"train: error: --workdir {tmp_path}/a\\nb: a file, not a folder\n"
+    )
+
+
+def test_forged_files_of_a_run_fail_in_one_line_naming_them(tmp_path, capsys):
+    """Issue 27: metrics.jsonl not UTF-8 failed naming no file; a line, checkpoints.sha256.json
+    or config.json nested too deeply, and an init_from run whose run.json lacks num_classes
+    or whose config.json has an unknown field, ended in tracebacks."""
+    import shutil
+
+    from train.__main__ import main
+
+    run = tmp_path / "run"
+
+    def go(workdir, *extra):
+        return main([*_SMOKE, "--workdir", str(workdir), "steps=2", "checkpoint_steps=0,2", *extra])
+
+    assert go(run) == 0
+    deep = "[" * 100_000 + "]" * 100_000
+    cases = [
+        ("metrics.jsonl", b"\xff\n", "not UTF-8"),
+        ("metrics.jsonl", f"{deep}\n{{}}\n".encode(), "line 1: not a JSON record"),
+        ("checkpoints.sha256.json", deep.encode(), "unreadable (maximum recursion"),
+        ("config.json", deep.encode(), "not a training config"),
+        ("run.json", b"{}", "num_classes None is not a count"),
+        ("run.json", deep.encode(), "unreadable (maximum recursion"),
+    ]
+    for number, (name, content, problem) in enumerate(cases):
+        copy = tmp_path / f"copy{number}"
+        shutil.copytree(run, copy)
+        (copy / name).write_bytes(content)
+        capsys.readouterr()
+        if name == "run.json":  # read when another run starts from this one
+            assert go(tmp_path / f"new{number}", f"init_from={copy}") == 2
+        else:
+            assert go(copy) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"train: error: {copy / name}") and problem in error, error
+        assert error.count("\n") == 1
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "bogus": 1}))
+    assert go(tmp_path / "new", f"init_from={run}") == 2
+    assert "unexpected keyword argument 'bogus'" in capsys.readouterr().err

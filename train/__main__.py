@@ -6,7 +6,9 @@ train.config.TrainConfig for every key.
 
 import argparse
 import sys
+import warnings
 
+from jaxdissect.errors import one_line
 from jaxdissect.float_pin import pin_floats
 from train.checkpoints import list_checkpoints
 from train.config import PRESETS, make_config
@@ -43,16 +45,21 @@ def main(argv=None) -> int:
     # set before JAX starts its backend.
     pin_floats()
     try:
-        config = make_config(args.config, args.overrides)
-        result = train(
-            config, args.workdir, progress=not args.no_progress, stop_after=args.stop_after
-        )
+        with warnings.catch_warnings():
+            # A warning is one line naming the file, as errors are (not Python's two lines).
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"train: warning: {one_line(str(message))}", file=sys.stderr
+            )
+            config = make_config(args.config, args.overrides)
+            result = train(
+                config, args.workdir, progress=not args.no_progress, stop_after=args.stop_after
+            )
     except (ValueError, TrainingError) as error:
-        print(f"train: error: {error}", file=sys.stderr)
+        print(f"train: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:  # a full disk, a read-only folder
         where = f"{error.filename}: " if error.filename else ""
-        print(f"train: error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"train: error: {one_line(where + str(error.strerror or error))}", file=sys.stderr)
         return 2
     print(
         f"step {result['step']} of {config.steps}; evaluation accuracy "

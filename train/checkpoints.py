@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from jaxdissect.errors import DissectError
+from jaxdissect.errors import DissectError, check_regular_file
 from jaxdissect.models.features import FeatureModel
 from train.config import TrainConfig
 from train.models import build_model, to_feature_model
@@ -18,9 +18,25 @@ def read_config(workdir: str | Path) -> TrainConfig:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise DissectError(f"{workdir}: not a training workdir (no config.json)")
-    values = json.loads(path.read_text())
+    values = _read_record(path, "a training config")
     values["checkpoint_steps"] = tuple(values.get("checkpoint_steps", ()))
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as error:  # a field it lacks or has too many of
+        raise DissectError(f"{path}: not a training config ({error})") from None
+
+
+def _read_record(path: Path, what: str) -> dict:
+    """The JSON object in ``path``, or a DissectError naming it: the file is the user's to
+    edit, and a forged one must not end in a traceback."""
+    check_regular_file(path)
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as error:  # not UTF-8, not JSON, too deep
+        raise DissectError(f"{path}: unreadable ({error})") from None
+    if not isinstance(value, dict):
+        raise DissectError(f"{path}: not {what}")
+    return value
 
 
 def list_checkpoints(workdir: str | Path) -> list[int]:
@@ -41,8 +57,10 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, 
     step = steps[-1] if step is None else step
     if step not in steps:
         raise DissectError(f"{workdir}: no checkpoint at step {step}; there are: {steps}")
-    run = json.loads((workdir / "run.json").read_text())
-    model = build_model(config, run["num_classes"])
+    classes = _read_record(workdir / "run.json", "a run's record").get("num_classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 0 < classes <= 10**6:
+        raise DissectError(f"{workdir / 'run.json'}: num_classes {classes!r} is not a count")
+    model = build_model(config, classes)
     graphdef, params, rest = split(model)
     opt_state = make_optimizer(config).init(params)
     problem = damage(workdir, step)

@@ -115,11 +115,18 @@ def evaluate(graphdef, params, rest, source, config: TrainConfig, batch_size: in
 def _check_workdir(workdir: Path, config: TrainConfig) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise TrainingError(f"--workdir {workdir}: a file, not a folder")
+    checkpoints = workdir / "checkpoints"
+    # Orbax follows a link there: a run's checkpoints would be written outside the workdir.
+    if checkpoints.is_symlink() or (checkpoints.exists() and not checkpoints.is_dir()):
+        raise TrainingError(
+            f"{checkpoints}: a link or not a folder; the run keeps its checkpoints in a "
+            "folder of its own: move it away"
+        )
     path = workdir / "config.json"
     if path.is_file():
         try:
             previous = json.loads(path.read_text())
-        except ValueError as error:  # JSONDecodeError, a bad UTF-8 byte
+        except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, too deep
             previous = f"not JSON ({error})"
         if not isinstance(previous, dict):
             raise TrainingError(
@@ -154,14 +161,20 @@ def _logged_until(path: Path, step: int) -> list[str]:
     A last line that is not JSON was cut short when the run was killed: it is dropped, with
     a warning. A bad line before it means the file is damaged: a TrainingError names it.
     """
-    lines = path.read_text().splitlines() if path.is_file() else []
+    try:
+        lines = path.read_text().splitlines() if path.is_file() else []
+    except UnicodeDecodeError as error:  # whose message names no file
+        raise TrainingError(
+            f"{path}: not UTF-8 ({error.reason} at byte {error.start}); repair it or move it "
+            "away to resume"
+        ) from None
     kept = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             redone = json.loads(line)["step"] > step
-        except (json.JSONDecodeError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # RecursionError: nested
             if number < len(lines):
                 raise TrainingError(
                     f"{path} line {number}: not a JSON record with a step; "
@@ -200,8 +213,10 @@ def _restore_intact(manager, workdir: Path, params, rest, opt_state):
                 first = str(error).splitlines()[0] if str(error) else ""
                 problem = f"damaged ({type(error).__name__}: {first})"
         aside = workdir / "damaged-checkpoints" / str(step)
+        if aside.parent.is_symlink():  # the checkpoint would be moved where it leads
+            raise TrainingError(f"{aside.parent}: a link, not the run's folder; move it away")
         copies = 0
-        while aside.exists():
+        while os.path.lexists(aside):  # a dangling link there is someone's too
             copies += 1
             aside = aside.with_name(f"{step}-{copies}")
         aside.parent.mkdir(exist_ok=True)

@@ -88,7 +88,7 @@ def read_digests(workdir: Path) -> dict[str, dict[str, str]] | None:
             raise ValueError("not a file")
         recorded = json.loads(path.read_text())
         why = "not a record of SHA-256 digests by step and file"
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         recorded, why = None, f"unreadable ({error})"
     valid = isinstance(recorded, dict) and all(
         isinstance(files, dict) and all(isinstance(d, str) for d in files.values())

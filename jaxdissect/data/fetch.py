@@ -147,6 +147,11 @@ def expected_sha256(name: str, directory: Path) -> tuple[str | None, str]:
     if SOURCES[name].sha256 is not None:
         return SOURCES[name].sha256, "jaxdissect.data.fetch.SOURCES"
     recorded = _manifest(directory).get(name, {}).get("sha256")
+    if recorded is not None and not isinstance(recorded, str):
+        raise DissectError(
+            f"{directory / MANIFEST}: {name}'s sha256 {recorded!r} is not a SHA-256 (jaxdissect "
+            "did not write it); move it away"
+        )
     return recorded, f"recorded at the first fetch in {directory / MANIFEST}"
 
 
@@ -221,6 +226,8 @@ def fetch(
                 arguments=("url",),
             )
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():  # mkdir said only "File exists"
+        raise DissectError(f"{directory}: exists and is not a folder to fetch into")
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / f".{source.filename}.lock"
     busy = f"{directory}: fetching {name} in another process (pid {{pid}}); wait for it"
@@ -264,7 +271,9 @@ def _fetched_sha256(name: str, source: Source, directory: Path, final: Path) -> 
     """The SHA-256 of what an earlier fetch left at ``final``, after checking it: a file
     must match the hash known for ``name``, and a folder must be recorded as fetched into
     DIR; anything else there is refused, and kept."""
-    if name not in _manifest(directory) and (source.folder is not None or source.sha256 is None):
+    # A file's record must hold its hash: a forged one without (null) checked nothing.
+    unchecked = source.folder is None and expected_sha256(name, directory)[0] is None
+    if unchecked or (name not in _manifest(directory) and source.folder is not None):
         hint = " (a folder you unpacked yourself is read as it is)" if source.folder else ""
         raise DissectError(
             f"{final}: already there, but {directory / MANIFEST} records no fetch of {name} "

@@ -634,3 +634,25 @@ def test_a_second_fetch_of_the_same_name_into_dir_is_refused_while_one_runs(serv
     with pytest.raises(DissectError, match=r"broden1_224\.zip"):
         fetch("broden1_224", tmp_path, url=server.url("x"), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # its lock went with it
+
+
+def test_a_dir_that_is_a_file_is_named_so(tmp_path, capsys):
+    """--dir naming a file failed as "DIR: File exists", which said nothing of a folder."""
+    (tmp_path / "d").write_text("mine\n")
+    assert main(["fetch", "broden1_224", "--dir", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxdissect: error: {tmp_path / 'd'}: exists and is not a folder to fetch into\n"
+    )
+    assert (tmp_path / "d").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("recorded", [None, 5, ["a"]])
+def test_a_manifest_recording_no_hash_checks_nothing_and_is_refused(tmp_path, recorded):
+    """A manifest forged to record a checkpoint with "sha256": null made any file at its
+    name "already there", unchecked; one recording a number was taken as a hash."""
+    (tmp_path / MANIFEST).write_text(json.dumps({"resnet18_places365": {"sha256": recorded}}))
+    (tmp_path / "resnet18_places365.pth.tar").write_bytes(b"not a checkpoint")
+    problem = "records no fetch" if recorded is None else "is not a SHA-256"
+    with pytest.raises(DissectError, match=problem):
+        fetch("resnet18_places365", tmp_path, progress=False)
+    assert (tmp_path / "resnet18_places365.pth.tar").read_bytes() == b"not a checkpoint"
