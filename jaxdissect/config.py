@@ -118,11 +118,19 @@ def check_out_apart(out, dataset) -> None:
     """Refuses an ``out`` that is the dataset's own folder (``dataset``: a BrodenDataset or
     its folder): the outputs would be written among the probe's files; and one inside
     another OUT's store of sets (``.jaxdissect``, also through a link such as OUT/report):
-    its files would displace that OUT's published set."""
+    its files would displace that OUT's published set; and a study's workdir holding its
+    published results."""
     if out is not None and STORE in Path(os.path.realpath(out)).parts:
         raise DissectError(
             f"`out` {out} is inside an output folder's {STORE}/ (where it keeps its sets): "
             "choose a folder outside it",
+            arguments=("out",),
+        )
+    if out is not None and os.path.islink(Path(out, STORE, "study")):
+        # A study's results.json is at OUT's name: refused here, not after the passes.
+        raise DissectError(
+            f"`out` {out} holds a study's published results (a study's workdir): choose "
+            "another folder",
             arguments=("out",),
         )
     folder = getattr(dataset, "directory", dataset)

@@ -1421,3 +1421,37 @@ def test_report_refuses_a_counts_npz_that_inflates_a_hundredfold(dissected, tmp_
     capsys.readouterr()
     assert main(["report", str(copy)]) == 2
     _one_line_error(capsys, f"{copy / 'counts.npz'}: padding.npy inflates", "100-fold")
+
+
+def test_dissect_into_a_study_workdir_is_refused_before_any_work(
+    dissected, probe, tmp_path, capsys
+):
+    """dissect --out <a study's workdir> ran both passes, then was refused at publishing."""
+    from jaxdissect import outdir
+
+    workdir = tmp_path / "study"
+    workdir.mkdir()
+    with outdir.locked(workdir):
+        folder = outdir.new_set(workdir, "study")
+        (folder / "results.json").write_text("{}")
+        outdir.publish(folder, workdir)
+    argv = ["dissect", "--dataset", str(probe.directory), "--features",
+            str(dissected.parent / "f.npy"), "--out", str(workdir), "--no-progress"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    _one_line_error(capsys, f"{workdir} holds a study's published results")
+    assert not (workdir / ".checkpoint").exists() and not (workdir / "tally.csv").exists()
+
+
+def test_a_killed_digest_record_write_is_named_on_resume(trained_run, tmp_path, capsys):
+    """A kill while writing checkpoints.sha256.json left its temporary file unnamed."""
+    from train.loop import train
+
+    config, original = trained_run
+    workdir = tmp_path / "run"
+    shutil.copytree(original, workdir)
+    (workdir / ".checkpoints.sha256.json.abcd1234.partial").write_text("{")
+    train(config, workdir, progress=False)
+    err = capsys.readouterr().err
+    assert ".checkpoints.sha256.json.abcd1234.partial left by an interrupted write" in err
+    assert (workdir / ".checkpoints.sha256.json.abcd1234.partial").exists()  # never removed

@@ -102,11 +102,10 @@ class TrainConfig:
 
     def __post_init__(self):
         vit = self.family == "vit"
-        # name: (whether its value is allowed, the rule to print when not; "" for a rule the
-        # field's documentation states). The upper bounds keep a typo (width=100000) from
+        # name: (whether its value is allowed, the rule to print when not). The upper bounds keep a typo (width=100000) from
         # building a model of petabytes: far beyond any run these presets scale to.
         checks = {
-            "family": (self.family in ("alexnet", "resnet", "vit"), ""),
+            "family": (self.family in ("alexnet", "resnet", "vit"), "one of alexnet, resnet, vit"),
             "width": (0 < self.width <= MAX_WIDTH, f"must lie in (0, {MAX_WIDTH:g}]"),
             "depth": (
                 (3 <= self.depth <= 10) if self.family == "alexnet" else 1 <= self.depth <= 64,
@@ -114,12 +113,15 @@ class TrainConfig:
                 if self.family == "alexnet"
                 else "must lie in [1, 64]",
             ),
-            "init": (self.init in INITIALIZERS, ""),
-            "objective": (self.objective in ("supervised", "rotation"), ""),
+            "init": (self.init in INITIALIZERS, f"one of {', '.join(INITIALIZERS)}"),
+            "objective": (
+                self.objective in ("supervised", "rotation"),
+                "one of supervised, rotation",
+            ),
             "data": (
                 self.data == "synthetic"
                 or (self.data.startswith("tfds:") and self.data != "tfds:"),
-                "",
+                "synthetic or tfds:NAME",
             ),
             "image_size": (
                 16 <= self.image_size <= MAX_IMAGE_SIZE,
@@ -129,13 +131,13 @@ class TrainConfig:
                 1 <= self.patch <= self.image_size and self.image_size % self.patch == 0
                 if vit
                 else self.patch == _DEFAULT_PATCH,
-                "" if vit else "a ViT-only field",
+                "must divide image_size" if vit else "a ViT-only field",
             ),
             # A ViT has no batch norm and no last conv layer to widen: refused, not ignored.
-            "batch_norm": (not (vit and self.batch_norm), ""),
+            "batch_norm": (not (vit and self.batch_norm), "a ViT has no batch norm"),
             "last_width": (
                 0 < self.last_width <= MAX_WIDTH and (not vit or self.last_width == 1),
-                "" if vit else f"must lie in (0, {MAX_WIDTH:g}]",
+                "a CNN-only field" if vit else f"must lie in (0, {MAX_WIDTH:g}]",
             ),
             # A CNN has no patches, heads or MLPs: a value other than the default is refused,
             # not ignored (config.json leaves them out, so a resume would not see it either).
@@ -156,18 +158,24 @@ class TrainConfig:
                 1 <= self.eval_images <= MAX_IMAGES,
                 f"must lie in [1, {MAX_IMAGES:,}]",
             ),
-            "batch_size": (1 <= self.batch_size <= self.train_images, ""),
+            "batch_size": (
+                1 <= self.batch_size <= self.train_images,
+                f"must lie in [1, train_images={self.train_images}]",
+            ),
             "learning_rate": (0 < self.learning_rate < math.inf, "must be finite and > 0"),
             "momentum": (0 <= self.momentum < 1, "must lie in [0, 1)"),
             "weight_decay": (0 <= self.weight_decay < math.inf, "must be finite and >= 0"),
-            "log_every": (self.log_every >= 1, ""),
+            "log_every": (self.log_every >= 1, "must be at least 1"),
             **{
                 name: (0 <= getattr(self, name) <= MAX_SEED, f"must lie in [0, {MAX_SEED}]")
                 for name in ("seed", "init_seed", "world_seed")
             },
             # Read only for data="tfds:...": refused, not ignored, for the synthetic world.
             "data_dir": (not self.data_dir or self.data != "synthetic", "only for data=tfds:NAME"),
-            "checkpoint_steps": (all(0 <= s <= self.steps for s in self.checkpoint_steps), ""),
+            "checkpoint_steps": (
+                all(0 <= s <= self.steps for s in self.checkpoint_steps),
+                f"each must lie in [0, steps={self.steps}]",
+            ),
         }
         bad = [name for name, (ok, _) in checks.items() if not ok]
         if bad:

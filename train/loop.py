@@ -24,7 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdissect.data.loader import iterate_batches, rotation_pretext
-from jaxdissect.outdir import held_lock, open_plain_file, replace_file
+from jaxdissect.outdir import held_lock, open_plain_file, replace_file, report_leftovers
 from jaxdissect.progress import progress_bar
 from train.checkpoints import load_run
 from train.config import TrainConfig
@@ -197,6 +197,8 @@ def _restore_intact(manager, workdir: Path, params, rest, opt_state):
     to ``workdir/damaged-checkpoints/``, with a warning, so that the run redoes its steps.
     A digest record that cannot be read stops the run, naming it (``read_digests``)."""
     steps = sorted(manager.all_steps(), reverse=True)
+    for name in (DIGESTS, "run.json", "config.json"):  # killed writes' temporary files
+        report_leftovers(workdir, name)
     # Checked even before the first checkpoint, which adds to it.
     if read_digests(workdir) is None and steps:
         warnings.warn(
