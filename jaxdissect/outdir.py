@@ -135,11 +135,9 @@ def held_lock(
 def _still_at(handle, path: Path) -> bool:
     """Whether the open file ``handle`` is still the file at ``path`` (not removed since)."""
     try:
-        here = os.lstat(path)
+        return os.path.samestat(os.lstat(path), os.fstat(handle.fileno()))
     except FileNotFoundError:
         return False
-    mine = os.fstat(handle.fileno())
-    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def open_plain_file(path: Path, what: str) -> int:
@@ -398,14 +396,15 @@ def _write_manifest(folder: Path) -> list[str]:
                 continue
             files[path.relative_to(folder).as_posix()] = {
                 "size": path.stat().st_size,
-                "sha256": _sha256(path),
+                "sha256": sha256_file(path),
             }
     replace_file(folder / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
     _sync_folder(folder)
     return sorted({name.split("/")[0] for name in files})
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, read in blocks of 1 MiB."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -511,7 +510,7 @@ def _remove_set(folder: Path, published: bool) -> bool:
             continue
         if not isinstance(record, dict) or path.stat().st_size != record.get("size"):
             continue  # rewritten since: not provably ours
-        if _sha256(path) != record.get("sha256"):
+        if sha256_file(path) != record.get("sha256"):
             continue  # rewritten to the same size
         path.unlink()
     for directory in sorted(folders, key=lambda d: -len(d.parts)):

@@ -33,7 +33,6 @@ file's, saying whether its bytes were removed or where they are kept.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -50,7 +49,7 @@ from jaxdissect.data.download import (
     state_path,
 )
 from jaxdissect.errors import DissectError
-from jaxdissect.outdir import held_lock, replace_file, report_leftovers
+from jaxdissect.outdir import held_lock, replace_file, report_leftovers, sha256_file
 
 MANIFEST = "jaxdissect-fetch.json"
 GIB = 1 << 30
@@ -111,14 +110,6 @@ class Fetched:
     recorded: bool
     already: bool
     seconds: float
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _manifest(directory: Path) -> dict:
