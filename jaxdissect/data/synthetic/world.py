@@ -34,8 +34,9 @@ PIXEL_CATEGORIES = ("color", "object", "part", "material")
 SPLITS = {"probe": 0, "train": 1, "validation": 2, "test": 3}
 
 
-# The largest side drawn: one image of 2048 px draws in about 2.5 s (0.55 us a pixel); one
-# of 8192 px took 40 s, so that five of them drew for minutes. CNNs are dissected on
+# The largest side drawn: one image of 2048 px draws in 2.3 s (0.55 us a pixel, 2-core
+# machine); at that rate one of 8192 px takes about 37 s, and five drew for minutes. CNNs are
+# dissected on
 # probes of 224 to 384 px (Broden's two sets).
 MAX_IMAGE_SIZE = 2048
 
