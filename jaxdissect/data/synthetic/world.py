@@ -35,9 +35,8 @@ SPLITS = {"probe": 0, "train": 1, "validation": 2, "test": 3}
 
 
 # The largest side drawn: one image of 2048 px draws in 2.3 s (0.55 us a pixel, 2-core
-# machine); at that rate one of 8192 px takes about 37 s, and five drew for minutes. CNNs are
-# dissected on
-# probes of 224 to 384 px (Broden's two sets).
+# machine); at that rate one of 8192 px takes about 37 s, and five drew for minutes. CNNs
+# are dissected on probes of 224 to 384 px (Broden's two sets).
 MAX_IMAGE_SIZE = 2048
 
 # The most pixels one probe set draws (images x image_size**2): drawing takes about 0.6 us
